@@ -1,0 +1,33 @@
+"""fieldcrypt: bring-your-own-key field-level encryption for a Parquet data lake.
+
+The safe layer is `Workspace` (enable, protect, status, verify, reveal, rotate);
+cell formats, nonces, key bytes and wrapping stay internal. Formats: docs/FORMAT.md.
+"""
+
+from fieldcrypt.errors import (
+    AccessDeniedError,
+    FieldcryptError,
+    InputError,
+    IntegrityError,
+    KeyMaterialError,
+    KeyProviderError,
+    PolicyError,
+    ThrottledError,
+    VerificationError,
+)
+from fieldcrypt.workspace import KeyConfig, Workspace, WorkspaceConfig
+
+__all__ = [
+    "AccessDeniedError",
+    "FieldcryptError",
+    "InputError",
+    "IntegrityError",
+    "KeyConfig",
+    "KeyMaterialError",
+    "KeyProviderError",
+    "PolicyError",
+    "ThrottledError",
+    "VerificationError",
+    "Workspace",
+    "WorkspaceConfig",
+]

@@ -1,0 +1,114 @@
+"""Which master key a workspace's lake is bound to, and the rotation campaign under way.
+
+Stored at `_fieldcrypt/master_key.json`. The first protection binds the lake to the
+configured key; afterwards a run configured with another key is refused (it could
+not read what is stored). A rotation campaign moves the binding to a new key; while
+it runs, both keys decrypt and new data keys are wrapped under the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+
+from fieldcrypt.errors import KeyProviderError, PolicyError
+from fieldcrypt.store import LakeStore
+
+BINDING_PATH = "_fieldcrypt/master_key.json"
+BINDING_FORMAT = "fieldcrypt-master-key-v1"
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    """A master key (and version) by id; never key material."""
+
+    provider: str
+    key_id: str
+    key_version: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"{self.key_id}#{self.key_version}" if self.key_version else self.key_id
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """One master-key rotation: every wrapped data key moves from `old` to `new`."""
+
+    campaign_id: str
+    old: KeyRef
+    new: KeyRef
+    started_at: str
+    started_by: str
+    status: str = "in_progress"  # "in_progress" or "complete"
+    finished_at: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyBinding:
+    current: KeyRef
+    campaigns: tuple[Campaign, ...] = field(default_factory=tuple)
+
+    @property
+    def active_campaign(self) -> Campaign | None:
+        active = [c for c in self.campaigns if c.status == "in_progress"]
+        return active[-1] if active else None
+
+    def start(self, new: KeyRef, actor: str) -> KeyBinding:
+        if self.active_campaign is not None:
+            raise PolicyError(f"rotation {self.active_campaign.campaign_id} is still in progress; complete it first")
+        if new == self.current:
+            raise PolicyError(f"master key {new.ref} is already the current key")
+        campaign = Campaign(f"rot-{_now_compact()}-{secrets.token_hex(3)}", self.current, new, _now(), actor)
+        return KeyBinding(new, (*self.campaigns, campaign))
+
+    def complete(self) -> tuple[KeyBinding, Campaign]:
+        campaign = self.active_campaign
+        if campaign is None:
+            raise PolicyError("no rotation is in progress")
+        done = replace(campaign, status="complete", finished_at=_now())
+        return KeyBinding(self.current, tuple(done if c == campaign else c for c in self.campaigns)), done
+
+    def to_json(self) -> str:
+        doc = {
+            "format": BINDING_FORMAT,
+            "current": asdict(self.current),
+            "campaigns": [asdict(c) for c in self.campaigns],
+        }
+        return json.dumps(doc, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> KeyBinding:
+        try:
+            doc = json.loads(text)
+            if doc.get("format") != BINDING_FORMAT:
+                raise KeyProviderError(f"{where}: unknown master-key binding format {doc.get('format')!r}")
+            campaigns = tuple(
+                Campaign(**{**c, "old": KeyRef(**c["old"]), "new": KeyRef(**c["new"])}) for c in doc["campaigns"]
+            )
+            return cls(KeyRef(**doc["current"]), campaigns)
+        except (ValueError, KeyError, TypeError):
+            raise KeyProviderError(f"{where} is not a valid master-key binding") from None
+
+
+class BindingStore:
+    def __init__(self, store: LakeStore) -> None:
+        self.store = store
+
+    def load(self) -> KeyBinding | None:
+        if not self.store.exists(BINDING_PATH):
+            return None
+        return KeyBinding.from_json(self.store.read_bytes(BINDING_PATH).decode(), self.store.display(BINDING_PATH))
+
+    def save(self, binding: KeyBinding) -> None:
+        self.store.write_bytes(BINDING_PATH, binding.to_json().encode())
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _now_compact() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

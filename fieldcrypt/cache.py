@@ -1,0 +1,157 @@
+"""Data-key cache: plaintext data keys in process memory only, for a bounded time and use.
+
+Encryption keys are kept per (dataset, attribute) and retired after `ttl_seconds` or
+`max_cells_per_key` cells, whichever comes first; unwrapped keys are kept per wrapped
+value for `ttl_seconds`. The TTL can be set lower than 30 minutes, never higher, so
+revoking access to the master key stops all work within that time. Keys are held as
+AESGCM objects, never written anywhere. Every provider call is counted and audited.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from fieldcrypt.audit import AuditLog
+from fieldcrypt.cell import new_cipher
+from fieldcrypt.providers.base import EncryptionContext, KeyProvider, MasterKeyInfo
+from fieldcrypt.wrapped_key import WrappedKey
+
+MAX_TTL_SECONDS = 30 * 60
+# 2^32 random 96-bit nonces is NIST SP 800-38D's bound; stay 64x under it.
+MAX_CELLS_PER_KEY = 2**26
+
+
+@dataclass
+class KeyCallCounts:
+    """Provider (KMS) calls made through one cache."""
+
+    generate: int = 0
+    unwrap: int = 0
+    rewrap: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.generate + self.unwrap + self.rewrap
+
+
+@dataclass
+class _EncryptionKey:
+    cipher: AESGCM
+    wrapped: bytes
+    created: float
+    cells_left: int
+
+
+@dataclass
+class _DecryptionKey:
+    cipher: AESGCM
+    created: float
+
+
+@dataclass
+class DataKeyCache:
+    provider: KeyProvider
+    workspace: str
+    audit: AuditLog | None = None
+    ttl_seconds: float = MAX_TTL_SECONDS
+    max_cells_per_key: int = MAX_CELLS_PER_KEY
+    clock: Callable[[], float] = time.monotonic
+    calls: KeyCallCounts = field(default_factory=KeyCallCounts)
+    _encrypting: dict[tuple[str, str], _EncryptionKey] = field(default_factory=dict, repr=False)
+    _decrypting: dict[tuple[bytes, str, str], _DecryptionKey] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ttl_seconds <= MAX_TTL_SECONDS:
+            raise ValueError(f"data key TTL must be between 0 and {MAX_TTL_SECONDS} seconds, got {self.ttl_seconds}")
+        if not 0 < self.max_cells_per_key <= MAX_CELLS_PER_KEY:
+            raise ValueError(
+                f"cells per data key must be between 1 and {MAX_CELLS_PER_KEY}, got {self.max_cells_per_key}"
+            )
+
+    @property
+    def master_key(self) -> MasterKeyInfo:
+        return self.provider.describe()
+
+    def context(self, dataset: str, attribute: str) -> EncryptionContext:
+        return EncryptionContext(self.workspace, dataset, attribute)
+
+    def reserve(
+        self, dataset: str, attribute: str, cells: int, partition: str | None = None
+    ) -> tuple[AESGCM, bytes, int]:
+        """A data key for up to `cells` new cells: (cipher, stored wrapped-key value, cells granted).
+
+        Granted may be fewer than asked when the key's cell budget runs out; ask again
+        for the rest and a new key is generated.
+        """
+        with self._lock:
+            key = self._encrypting.get((dataset, attribute))
+            if key is None or key.cells_left <= 0 or self.clock() - key.created >= self.ttl_seconds:
+                context = self.context(dataset, attribute)
+                dek, wrapped = self.provider.generate_data_key(context)
+                self.calls.generate += 1
+                self._audit("generate_data_key", context, partition, wrapped)
+                key = _EncryptionKey(new_cipher(dek), wrapped.to_bytes(), self.clock(), self.max_cells_per_key)
+                del dek
+                self._encrypting[(dataset, attribute)] = key
+            granted = min(cells, key.cells_left)
+            key.cells_left -= granted
+            return key.cipher, key.wrapped, granted
+
+    def cipher_for(self, wrapped_value: bytes, dataset: str, attribute: str, partition: str | None = None) -> AESGCM:
+        """The cipher of a stored wrapped key, unwrapping (one provider call) on a miss."""
+        cache_key = (wrapped_value, dataset, attribute)
+        with self._lock:
+            hit = self._decrypting.get(cache_key)
+            if hit is not None and self.clock() - hit.created < self.ttl_seconds:
+                return hit.cipher
+            context = self.context(dataset, attribute)
+            wrapped = WrappedKey.from_bytes(wrapped_value)
+            dek = self.provider.unwrap(wrapped, context)
+            self.calls.unwrap += 1
+            self._audit("unwrap", context, partition, wrapped)
+            cipher = new_cipher(dek)
+            del dek
+            self._decrypting[cache_key] = _DecryptionKey(cipher, self.clock())
+            return cipher
+
+    def rewrap(self, wrapped_value: bytes, dataset: str, attribute: str, partition: str | None = None) -> bytes:
+        """The same data key under the current master key (never cached: rotation runs once)."""
+        context = self.context(dataset, attribute)
+        old = WrappedKey.from_bytes(wrapped_value)
+        new = self.provider.rewrap(old, context)
+        self.calls.rewrap += 1
+        if self.audit is not None:
+            self.audit.record(
+                "rewrap",
+                dataset=dataset,
+                attribute=attribute,
+                partition=partition,
+                master_key=old.master_key_ref,
+                to_master_key=new.master_key_ref,
+            )
+        return new.to_bytes()
+
+    def is_current(self, wrapped_value: bytes) -> bool:
+        return self.provider.is_current(WrappedKey.from_bytes(wrapped_value))
+
+    def clear(self) -> None:
+        """Drop every cached data key (end of a dispatch, or on request)."""
+        with self._lock:
+            self._encrypting.clear()
+            self._decrypting.clear()
+
+    def _audit(self, operation: str, context: EncryptionContext, partition: str | None, wrapped: WrappedKey) -> None:
+        if self.audit is not None:
+            self.audit.record(
+                operation,
+                dataset=context.dataset,
+                attribute=context.attribute,
+                partition=partition,
+                master_key=wrapped.master_key_ref,
+            )

@@ -1,0 +1,144 @@
+"""Where a row becomes ciphertext: encrypt the selected cells of one attribute in a batch.
+
+For each selected row the value is encrypted (fieldcrypt.cell), written to the
+`<attr>__fc_ct` column with its wrapped data key in the dictionary-encoded
+`<attr>__fc_dek` column, and the value itself is replaced by its mask. Rows not
+selected keep their value, ciphertext and wrapped key exactly as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fieldcrypt.cache import DataKeyCache
+from fieldcrypt.cell import ad_prefix, encrypt_cells
+from fieldcrypt.columns import raw_path, replace_path, row_key_text
+from fieldcrypt.errors import InputError
+from fieldcrypt.mask import mask_values
+from fieldcrypt.policy import AttributePolicy, DatasetSpec
+from fieldcrypt.select import RowSelection
+
+WRAPPED_KEY_TYPE = pa.dictionary(pa.int32(), pa.binary())
+
+
+@dataclass
+class EncryptedAttribute:
+    """What encrypting one attribute of one batch produced (for verification and reports)."""
+
+    cells: int = 0
+    ciphertext_digest: bytes = b""
+    new_wrapped_keys: list[bytes] = field(default_factory=list)
+
+
+def encrypt_values(
+    values: pa.Array,
+    row_keys: pa.Array | None,
+    cache: DataKeyCache,
+    dataset: str,
+    attribute: str,
+    partition: str | None = None,
+) -> tuple[pa.Array, pa.Array, list[bytes]]:
+    """The encryption kernel: non-null text values -> (ciphertext column, key index, wrapped keys).
+
+    Long inputs are split when a data key's cell budget runs out; `key_index[i]` says
+    which of the returned wrapped keys encrypted cell i.
+    """
+    plain = values.cast(pa.large_binary() if values.type == pa.large_string() else pa.binary()).to_pylist()
+    keys = row_keys.cast(pa.binary()).to_pylist() if row_keys is not None else None
+    prefix = ad_prefix(dataset, attribute, has_row_key=row_keys is not None)
+    cells: list[bytes] = []
+    wrapped_keys: list[bytes] = []
+    key_index = np.empty(len(plain), dtype=np.int32)
+    start = 0
+    while start < len(plain):
+        cipher, wrapped, granted = cache.reserve(dataset, attribute, len(plain) - start, partition)
+        end = start + granted
+        cells += encrypt_cells(cipher, prefix, plain[start:end], keys[start:end] if keys is not None else None)
+        if not wrapped_keys or wrapped_keys[-1] != wrapped:
+            wrapped_keys.append(wrapped)
+        key_index[start:end] = len(wrapped_keys) - 1
+        start = end
+    return pa.array(cells, type=pa.binary()), pa.array(key_index), wrapped_keys
+
+
+def encrypt_attribute(
+    batch: pa.RecordBatch,
+    dataset: DatasetSpec,
+    attribute: AttributePolicy,
+    rows: RowSelection,
+    cache: DataKeyCache,
+    partition: str | None = None,
+) -> tuple[pa.RecordBatch, EncryptedAttribute]:
+    """The batch with the selected rows of `attribute` encrypted and masked."""
+    if rows.count == 0:
+        return with_protection_columns(batch, attribute), EncryptedAttribute()
+    selected_values = pc.filter(rows.values, rows.selected)
+    row_keys = None
+    if dataset.primary_key is not None:
+        row_keys = pc.filter(row_key_text(batch, dataset.primary_key, dataset.name), rows.selected)
+        if row_keys.null_count:
+            raise InputError(f"{dataset.name}: {row_keys.null_count} rows to encrypt have a null {dataset.primary_key}")
+    ciphertext, key_index, wrapped_keys = encrypt_values(
+        selected_values, row_keys, cache, dataset.name, attribute.path, partition
+    )
+    batch = with_protection_columns(batch, attribute)
+    ct_at = batch.schema.get_field_index(attribute.ciphertext_column)
+    dek_at = batch.schema.get_field_index(attribute.wrapped_key_column)
+    new_ct = pc.replace_with_mask(rows.existing_ciphertext, rows.selected, ciphertext)
+    new_dek = _merge_wrapped_keys(batch.column(dek_at), rows.selected, key_index, wrapped_keys)
+    batch = batch.set_column(ct_at, batch.schema.field(ct_at), new_ct)
+    batch = batch.set_column(dek_at, batch.schema.field(dek_at), new_dek)
+    # Unselected rows keep their stored value, including a struct child under a null struct.
+    stored = raw_path(batch, attribute.path)
+    masked = pc.replace_with_mask(stored, rows.selected, mask_values(selected_values, attribute.mask))
+    batch = replace_path(batch, attribute.path, masked)
+    return batch, EncryptedAttribute(len(ciphertext), ciphertext_digest(ciphertext), wrapped_keys)
+
+
+def with_protection_columns(batch: pa.RecordBatch, attribute: AttributePolicy) -> pa.RecordBatch:
+    """Add the (all-null) ciphertext and wrapped-key columns if the batch lacks them."""
+    if batch.schema.get_field_index(attribute.ciphertext_column) < 0:
+        batch = batch.append_column(
+            pa.field(attribute.ciphertext_column, pa.binary()), pa.nulls(batch.num_rows, pa.binary())
+        )
+    index = batch.schema.get_field_index(attribute.wrapped_key_column)
+    if index < 0:
+        batch = batch.append_column(
+            pa.field(attribute.wrapped_key_column, WRAPPED_KEY_TYPE), pa.nulls(batch.num_rows, WRAPPED_KEY_TYPE)
+        )
+    elif batch.schema.field(index).type != WRAPPED_KEY_TYPE:
+        column = batch.column(index)
+        if not pa.types.is_binary(column.type):
+            raise InputError(f"{attribute.wrapped_key_column} is {column.type}, expected binary wrapped keys")
+        batch = batch.set_column(
+            index, pa.field(attribute.wrapped_key_column, WRAPPED_KEY_TYPE), column.dictionary_encode()
+        )
+    return batch
+
+
+def _merge_wrapped_keys(
+    existing: pa.DictionaryArray, selected: pa.BooleanArray, key_index: pa.Array, wrapped_keys: list[bytes]
+) -> pa.DictionaryArray:
+    """Old rows keep their dictionary index; selected rows point at the new wrapped keys."""
+    dictionary = existing.dictionary.to_pylist()
+    positions = []
+    for wrapped in wrapped_keys:
+        if wrapped not in dictionary:
+            dictionary.append(wrapped)
+        positions.append(dictionary.index(wrapped))
+    new_index = np.asarray(positions, dtype=np.int32)[key_index.to_numpy()]
+    indices = pc.replace_with_mask(existing.indices, selected, pa.array(new_index, pa.int32()))
+    return pa.DictionaryArray.from_arrays(indices, pa.array(dictionary, pa.binary()))
+
+
+def ciphertext_digest(array: pa.Array) -> bytes:
+    """SHA-256 of a non-null binary array's concatenated values (its data buffer, offsets respected)."""
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
+    data = array.buffers()[2]
+    payload = b"" if data is None else memoryview(data)[offsets[0] : offsets[-1]]
+    return hashlib.sha256(payload).digest()

@@ -1,0 +1,43 @@
+"""The one exception family of fieldcrypt.
+
+Messages name the thing that is wrong (attribute, key id, file) and never a secret:
+no plaintext value, no key bytes, no KMS response body.
+"""
+
+from __future__ import annotations
+
+
+class FieldcryptError(Exception):
+    """Base class of every error fieldcrypt raises on purpose."""
+
+
+class InputError(FieldcryptError):
+    """Bad input: unknown attribute, missing column, wrong type, corrupt Parquet."""
+
+
+class PolicyError(FieldcryptError):
+    """A policy change that is not allowed (dropping or altering an enabled attribute)."""
+
+
+class KeyMaterialError(FieldcryptError):
+    """A malformed key: wrong length, bad encoding, loose keystore permissions."""
+
+
+class KeyProviderError(FieldcryptError):
+    """The master key is unusable: wrong key, refused key properties, KMS failure."""
+
+
+class AccessDeniedError(KeyProviderError):
+    """The KMS refused access to the master key (revoked grant or key policy)."""
+
+
+class ThrottledError(KeyProviderError):
+    """The KMS kept throttling after the configured retries."""
+
+
+class IntegrityError(FieldcryptError):
+    """A ciphertext or wrapped key failed authentication: tampered, moved or wrong key."""
+
+
+class VerificationError(FieldcryptError):
+    """A freshly written file did not verify; the original was left in place."""

@@ -1,0 +1,187 @@
+"""Policy: which attributes of which dataset are protected, since when, with which mask.
+
+Stored in the lake at `_fieldcrypt/policy.json` so every run and reader sees the same.
+Enabling is irreversible: a policy that drops or alters an enabled attribute is
+refused when it is saved, and when it is loaded against what the lake holds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+
+from fieldcrypt.errors import PolicyError
+from fieldcrypt.store import LakeStore
+
+POLICY_PATH = "_fieldcrypt/policy.json"
+POLICY_FORMAT = "fieldcrypt-policy-v1"
+MASKS = ("full", "email", "last4")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to read a dataset: its ingestion-time column and optional primary key."""
+
+    name: str
+    ingested_at: str
+    primary_key: str | None = None
+
+
+@dataclass(frozen=True)
+class AttributePolicy:
+    """One protected attribute: `path` is a column or a dot path into struct columns."""
+
+    dataset: str
+    path: str
+    mask: str
+    enabled_at: datetime
+    enabled_by: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}.{self.path}"
+
+    @property
+    def column_stem(self) -> str:
+        return self.path.replace(".", "__")
+
+    @property
+    def ciphertext_column(self) -> str:
+        return f"{self.column_stem}__fc_ct"
+
+    @property
+    def wrapped_key_column(self) -> str:
+        return f"{self.column_stem}__fc_dek"
+
+
+@dataclass(frozen=True)
+class Policy:
+    workspace: str
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    attributes: dict[str, AttributePolicy] = field(default_factory=dict)
+
+    def for_dataset(self, dataset: str) -> list[AttributePolicy]:
+        return [a for a in self.attributes.values() if a.dataset == dataset]
+
+    def dataset(self, name: str) -> DatasetSpec:
+        try:
+            return self.datasets[name]
+        except KeyError:
+            raise PolicyError(
+                f"dataset {name!r} is not declared in the policy of workspace {self.workspace!r}"
+            ) from None
+
+    def with_dataset(self, spec: DatasetSpec) -> Policy:
+        _check_name(spec.name, "dataset")
+        existing = self.datasets.get(spec.name)
+        if existing is not None and existing != spec and self.for_dataset(spec.name):
+            raise PolicyError(
+                f"dataset {spec.name!r} already has protected attributes; its ingestion column and primary key "
+                f"({existing.ingested_at}, {existing.primary_key}) cannot change"
+            )
+        return replace(self, datasets={**self.datasets, spec.name: spec})
+
+    def with_enabled(self, attribute: str, mask: str, enabled_by: str, now: datetime | None = None) -> Policy:
+        """A policy with `dataset.path` enabled from now on; enabling twice is refused."""
+        dataset, _, path = attribute.partition(".")
+        if not path:
+            raise PolicyError(f"attribute {attribute!r} must be written dataset.column or dataset.struct.field")
+        for part in path.split("."):
+            _check_name(part, "attribute path segment")
+        spec = self.dataset(dataset)
+        if path.split(".")[0] in (spec.ingested_at, spec.primary_key):
+            raise PolicyError(
+                f"{attribute} is the ingestion-time or primary-key column of {dataset}; it cannot be encrypted"
+            )
+        if mask not in MASKS:
+            raise PolicyError(f"mask {mask!r} for {attribute} is not one of {', '.join(MASKS)}")
+        if attribute in self.attributes:
+            since = self.attributes[attribute].enabled_at.isoformat()
+            raise PolicyError(
+                f"{attribute} is already enabled (since {since}); enabling is irreversible and happens once"
+            )
+        enabled_at = (now or datetime.now(UTC)).astimezone(UTC)
+        entry = AttributePolicy(dataset, path, mask, enabled_at, enabled_by)
+        for other in self.for_dataset(dataset):
+            if other.column_stem == entry.column_stem:
+                raise PolicyError(f"{attribute} would share its ciphertext columns with {other.name}")
+        return replace(self, attributes={**self.attributes, attribute: entry})
+
+    def check_successor(self, new: Policy) -> None:
+        """Refuse a policy that would undo anything this one enabled."""
+        if new.workspace != self.workspace:
+            raise PolicyError(f"policy belongs to workspace {self.workspace!r}, not {new.workspace!r}")
+        for name, entry in self.attributes.items():
+            after = new.attributes.get(name)
+            if after is None:
+                raise PolicyError(f"policy drops enabled attribute {name}; enabling is irreversible")
+            if after != entry:
+                raise PolicyError(
+                    f"policy changes enabled attribute {name} (mask or enablement time); that is not allowed"
+                )
+            if new.datasets.get(entry.dataset) != self.datasets.get(entry.dataset):
+                raise PolicyError(f"policy changes dataset {entry.dataset}, which has enabled attributes")
+
+    # -- (de)serialisation -----------------------------------------------------------------
+
+    def to_json(self) -> str:
+        doc = {
+            "format": POLICY_FORMAT,
+            "workspace": self.workspace,
+            "datasets": {n: asdict(s) for n, s in sorted(self.datasets.items())},
+            "attributes": {
+                n: {"mask": a.mask, "enabled_at": _iso(a.enabled_at), "enabled_by": a.enabled_by}
+                for n, a in sorted(self.attributes.items())
+            },
+        }
+        return json.dumps(doc, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Policy:
+        try:
+            doc = json.loads(text)
+            if doc.get("format") != POLICY_FORMAT:
+                raise PolicyError(f"{where}: unknown policy format {doc.get('format')!r}")
+            datasets = {n: DatasetSpec(**s) for n, s in doc["datasets"].items()}
+            attributes = {}
+            for name, a in doc["attributes"].items():
+                dataset, _, path = name.partition(".")
+                enabled_at = datetime.fromisoformat(a["enabled_at"].replace("Z", "+00:00"))
+                attributes[name] = AttributePolicy(dataset, path, a["mask"], enabled_at, a["enabled_by"])
+            return cls(doc["workspace"], datasets, attributes)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PolicyError(f"{where} is not a valid fieldcrypt policy ({type(exc).__name__})") from None
+
+
+class PolicyStore:
+    """The policy of one workspace, in its lake."""
+
+    def __init__(self, store: LakeStore, workspace: str) -> None:
+        self.store = store
+        self.workspace = workspace
+
+    def load(self) -> Policy:
+        if not self.store.exists(POLICY_PATH):
+            return Policy(self.workspace)
+        policy = Policy.from_json(self.store.read_bytes(POLICY_PATH).decode(), self.store.display(POLICY_PATH))
+        if policy.workspace != self.workspace:
+            raise PolicyError(
+                f"lake {self.store.uri} belongs to workspace {policy.workspace!r}, not {self.workspace!r}"
+            )
+        return policy
+
+    def save(self, policy: Policy) -> None:
+        self.load().check_successor(policy)
+        self.store.write_bytes(POLICY_PATH, policy.to_json().encode())
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _NAME.match(name):
+        raise PolicyError(f"{what} {name!r} must be letters, digits and underscores, not starting with a digit")

@@ -1,0 +1,208 @@
+"""Protecting one partition file: read -> select rows -> encrypt -> mask -> verify -> replace.
+
+The data path, top to bottom:
+1. read: the file is streamed row group by row group (fieldcrypt.parquet_io);
+2. select: rows ingested at or after enablement, not null, not protected (fieldcrypt.select);
+3. encrypt and mask: fieldcrypt.encrypt (cells: fieldcrypt.cell, masks: fieldcrypt.mask);
+4. write: into a hidden temporary file next to the original;
+5. verify: the temporary file is re-read against the original (fieldcrypt.verify);
+6. replace: atomically, only if the original did not change meanwhile (fieldcrypt.store).
+
+A file with nothing to encrypt is not rewritten at all, so a re-run is a no-op.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fieldcrypt.cache import DataKeyCache
+from fieldcrypt.columns import TEXT_TYPES, field_type
+from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_attribute, with_protection_columns
+from fieldcrypt.errors import InputError, VerificationError
+from fieldcrypt.parquet_io import open_parquet, protected_writer, row_groups
+from fieldcrypt.policy import AttributePolicy, DatasetSpec
+from fieldcrypt.select import select_rows
+from fieldcrypt.store import LakeStore
+from fieldcrypt.verify import verify_rewrite
+
+
+@dataclass
+class AttributeCounts:
+    newly_encrypted: int = 0
+    already_protected: int = 0
+    historical_plaintext: int = 0
+    null_values: int = 0
+    pending: int = 0
+
+
+@dataclass
+class ProtectReport:
+    """What one protection (or status scan) of one file found and did; counts and ids only."""
+
+    path: str
+    rows: int = 0
+    attributes: dict[str, AttributeCounts] = field(default_factory=dict)
+    rewritten: bool = False
+    data_keys: int = 0
+    kms_calls: int = 0
+    master_key: str = ""
+    seconds: float = 0.0
+
+    @property
+    def newly_encrypted(self) -> int:
+        return sum(c.newly_encrypted for c in self.attributes.values())
+
+
+def check_schema(schema: pa.Schema, dataset: DatasetSpec, attributes: Sequence[AttributePolicy], where: str) -> None:
+    """Every input problem the file's schema can show, before any row is read."""
+    if dataset.ingested_at not in schema.names:
+        raise InputError(f"{where}: ingestion-time column {dataset.ingested_at!r} of {dataset.name} not found")
+    ingested_type = schema.field(dataset.ingested_at).type
+    if not pa.types.is_timestamp(ingested_type):
+        raise InputError(
+            f"{where}: ingestion-time column {dataset.ingested_at!r} is {ingested_type}, expected a timestamp"
+        )
+    if dataset.primary_key is not None and dataset.primary_key not in schema.names:
+        raise InputError(f"{where}: primary-key column {dataset.primary_key!r} of {dataset.name} not found")
+    for attribute in attributes:
+        value_type = field_type(schema, attribute.path, where)
+        if value_type not in TEXT_TYPES:
+            raise InputError(f"{where}: {attribute.name} is {value_type}; only string columns can be protected")
+        for column, accepted in (
+            (attribute.ciphertext_column, (pa.binary(),)),
+            (attribute.wrapped_key_column, (pa.binary(), WRAPPED_KEY_TYPE)),
+        ):
+            if column in schema.names and schema.field(column).type not in accepted:
+                raise InputError(f"{where}: column {column} is {schema.field(column).type}, not what fieldcrypt writes")
+
+
+def scan_file(store: LakeStore, rel: str, dataset: DatasetSpec, attributes: Sequence[AttributePolicy]) -> ProtectReport:
+    """Per-attribute counts of a file without changing it (reads only the columns involved)."""
+    where = store.display(rel)
+    report = ProtectReport(where, attributes={a.name: AttributeCounts() for a in attributes})
+    with open_parquet(store, rel) as parquet:
+        check_schema(parquet.schema_arrow, dataset, attributes, where)
+        names = parquet.schema_arrow.names
+        wanted = (
+            {dataset.ingested_at}
+            | {a.path.split(".")[0] for a in attributes}
+            | {a.ciphertext_column for a in attributes}
+        )
+        for batch in row_groups(parquet, where, columns=[n for n in names if n in wanted]):
+            report.rows += batch.num_rows
+            for attribute in attributes:
+                rows = select_rows(batch, dataset, attribute, where)
+                counts = report.attributes[attribute.name]
+                counts.pending += rows.count
+                counts.already_protected += rows.already_protected
+                counts.historical_plaintext += rows.historical_plaintext
+                counts.null_values += rows.null_values
+    return report
+
+
+def protect_file(
+    store: LakeStore,
+    rel: str,
+    dataset: DatasetSpec,
+    attributes: Sequence[AttributePolicy],
+    cache: DataKeyCache,
+    *,
+    partition: str | None = None,
+    sample_per_row_group: int = 32,
+) -> ProtectReport:
+    """Encrypt every pending cell of `rel` and replace it atomically; a no-op when none is pending."""
+    started = time.perf_counter()
+    calls_before = cache.calls.total
+    where = store.display(rel)
+    original_version = store.version(rel)
+    report = scan_file(store, rel, dataset, attributes)
+    report.master_key = cache.master_key.ref
+    if sum(c.pending for c in report.attributes.values()) == 0:
+        report.seconds = time.perf_counter() - started
+        return report
+
+    temp = store.temp_path(rel)
+    try:
+        with open_parquet(store, rel) as source:
+            schema = _protected_schema(source.schema_arrow, attributes)
+            expected = _write_protected(store, temp, source, schema, dataset, attributes, cache, partition, where)
+            with open_parquet(store, temp) as written:
+                verify_rewrite(
+                    source,
+                    written,
+                    schema,
+                    dataset,
+                    attributes,
+                    expected,
+                    cache,
+                    where,
+                    sample_per_row_group,
+                    partition,
+                )
+        if store.version(rel) != original_version:
+            raise VerificationError(f"{where} changed while it was being protected; nothing was replaced, run again")
+        store.replace(temp, rel)
+    finally:
+        store.delete(temp)
+
+    wrapped_keys: set[bytes] = set()
+    for row_group in expected:
+        for attribute in attributes:
+            written_attribute = row_group.get(attribute.name)
+            if written_attribute:
+                report.attributes[attribute.name].newly_encrypted += written_attribute.cells
+                wrapped_keys.update(written_attribute.new_wrapped_keys)
+    for counts in report.attributes.values():
+        counts.pending -= counts.newly_encrypted
+    if cache.audit is not None:
+        for name, counts in report.attributes.items():
+            if counts.newly_encrypted:
+                cache.audit.record(
+                    "encrypt",
+                    dataset=dataset.name,
+                    attribute=name.partition(".")[2],
+                    partition=partition,
+                    master_key=report.master_key,
+                    cells=counts.newly_encrypted,
+                )
+    report.rewritten = True
+    report.data_keys = len(wrapped_keys)
+    report.kms_calls = cache.calls.total - calls_before
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _protected_schema(schema: pa.Schema, attributes: Sequence[AttributePolicy]) -> pa.Schema:
+    empty = pa.RecordBatch.from_pylist([], schema=schema)
+    for attribute in attributes:
+        empty = with_protection_columns(empty, attribute)
+    return empty.schema
+
+
+def _write_protected(
+    store: LakeStore,
+    temp: str,
+    source: pq.ParquetFile,
+    schema: pa.Schema,
+    dataset: DatasetSpec,
+    attributes: Sequence[AttributePolicy],
+    cache: DataKeyCache,
+    partition: str | None,
+    where: str,
+) -> list[dict[str, EncryptedAttribute]]:
+    """Stream the source into `temp`, one output row group per input row group."""
+    written: list[dict[str, EncryptedAttribute]] = []
+    with store.open_output(temp) as sink, protected_writer(sink, schema, source, list(attributes)) as writer:
+        for batch in row_groups(source, where):
+            outcome: dict[str, EncryptedAttribute] = {}
+            for attribute in attributes:
+                rows = select_rows(batch, dataset, attribute, where)
+                batch, outcome[attribute.name] = encrypt_attribute(batch, dataset, attribute, rows, cache, partition)
+            writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))
+            written.append(outcome)
+    return written

@@ -1,0 +1,325 @@
+"""A workspace: one customer's lake, policy and master key; the safe entry point.
+
+`Workspace` exposes what users do - enable, protect, status, verify, reveal, rotate -
+and keeps key material, nonces and wrapping internal. Nothing here contacts a KMS
+until a key is first needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from fieldcrypt.audit import AuditLog
+from fieldcrypt.binding import BindingStore, Campaign, KeyBinding, KeyRef
+from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
+from fieldcrypt.errors import InputError, KeyProviderError, PolicyError
+from fieldcrypt.keystore import Keystore
+from fieldcrypt.lake import DEFAULT_DATASETS, list_partitions, partition_path
+from fieldcrypt.parquet_io import open_parquet, row_groups
+from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
+from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
+from fieldcrypt.providers.aws_kms import PROVIDER_ID as KMS
+from fieldcrypt.providers.aws_kms import AwsKmsProvider, kms_client, validate_kms_key
+from fieldcrypt.providers.base import KeyProvider
+from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
+from fieldcrypt.providers.local import LocalKeyProvider
+from fieldcrypt.reveal import reveal
+from fieldcrypt.rotate import RotateReport, rotate_file, wrapped_key_refs
+from fieldcrypt.store import LakeStore
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    """Where the master key lives. `local`: a keystore file; `aws-kms`: a key ARN or alias."""
+
+    provider: str = LOCAL
+    keystore_path: str | None = None
+    kms_key: str | None = None
+    kms_region: str | None = None
+    kms_endpoint_url: str | None = None
+    kms_retry_mode: str = "standard"
+    kms_max_attempts: int = 5
+
+    def __post_init__(self) -> None:
+        if self.provider not in (LOCAL, KMS):
+            raise KeyProviderError(f"key provider {self.provider!r} is not one of {LOCAL}, {KMS}")
+        if self.provider == LOCAL and not self.keystore_path:
+            raise KeyProviderError("the local key provider needs a keystore path")
+        if self.provider == KMS and not self.kms_key:
+            raise KeyProviderError("the aws-kms key provider needs a key ARN or alias")
+
+
+@dataclass(frozen=True)
+class WorkspaceConfig:
+    name: str
+    lake_uri: str
+    key: KeyConfig
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    data_key_ttl_seconds: float = MAX_TTL_SECONDS
+
+
+@dataclass
+class RotationStatus:
+    campaign: Campaign | None
+    remaining: dict[str, list[str]]  # "dataset/partition" -> master key refs still present that are not current
+    scanned: int
+
+    @property
+    def complete(self) -> bool:
+        return not self.remaining
+
+
+class Workspace:
+    def __init__(self, config: WorkspaceConfig, actor: str) -> None:
+        self.config = config
+        self.name = config.name
+        self.store = LakeStore.from_uri(config.lake_uri, endpoint_url=config.s3_endpoint_url, region=config.s3_region)
+        self.policies = PolicyStore(self.store, config.name)
+        self.bindings = BindingStore(self.store)
+        self.audit = AuditLog(self.store, config.name, actor)
+        self._cache: DataKeyCache | None = None
+
+    def __repr__(self) -> str:
+        return f"Workspace({self.name!r}, lake={self.store.uri!r})"
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def key_cache(self) -> DataKeyCache:
+        """The data-key cache over the bound master key, built (and the key described) on first use."""
+        if self._cache is None:
+            self._cache = DataKeyCache(
+                self._provider(), self.name, self.audit, ttl_seconds=self.config.data_key_ttl_seconds
+            )
+        return self._cache
+
+    def _provider(self) -> KeyProvider:
+        binding = self.bindings.load()
+        key = self.config.key
+        if key.provider == LOCAL:
+            keystore = self._keystore()
+            provider: KeyProvider = LocalKeyProvider(keystore)
+            configured = KeyRef(LOCAL, keystore.key_id, str(keystore.current))
+            if binding is not None and binding.current != configured:
+                raise KeyProviderError(
+                    f"lake {self.store.uri} is bound to master key {binding.current.ref}, but keystore "
+                    f"{keystore.path} holds {configured.ref}; use the keystore of this workspace, or finish "
+                    f"`fieldcrypt rotate start` if a rotation was interrupted"
+                )
+        else:
+            client = self._kms_client()
+            configured_arn = validate_kms_key(client, key.kms_key or "")
+            if binding is None:
+                current, also = configured_arn, []
+            else:
+                campaign = binding.active_campaign
+                allowed = {binding.current.key_id} | ({campaign.old.key_id} if campaign else set())
+                if binding.current.provider != KMS or configured_arn not in allowed:
+                    raise KeyProviderError(
+                        f"lake {self.store.uri} is bound to master key {binding.current.ref}, but this workspace is "
+                        f"configured with {configured_arn}; to move to it, run a rotation"
+                    )
+                current, also = binding.current.key_id, ([campaign.old.key_id] if campaign else [])
+            provider = AwsKmsProvider(current, self.name, client, also_decrypt=also)
+        info = provider.describe()
+        self.audit.record("describe_key", master_key=info.ref)
+        if binding is None:
+            self.bindings.save(KeyBinding(KeyRef(info.provider, info.key_id, info.key_version)))
+            self.audit.record("bind_master_key", master_key=info.ref)
+        return provider
+
+    def _keystore(self) -> Keystore:
+        keystore = Keystore.load(Path(self.config.key.keystore_path or ""))
+        if keystore.workspace != self.name:
+            raise KeyProviderError(
+                f"keystore {keystore.path} belongs to workspace {keystore.workspace!r}, not {self.name!r}"
+            )
+        return keystore
+
+    def _kms_client(self) -> object:
+        key = self.config.key
+        return kms_client(key.kms_region, key.kms_endpoint_url, key.kms_retry_mode, key.kms_max_attempts)
+
+    # -- policy --------------------------------------------------------------------------
+
+    def policy(self) -> Policy:
+        return self.policies.load()
+
+    def enable(
+        self, attribute: str, mask: str, *, acknowledge_irreversible: bool, dataset_spec: DatasetSpec | None = None
+    ) -> AttributePolicy:
+        """Protect `dataset.path` for every row ingested from now on. Irreversible."""
+        if not acknowledge_irreversible:
+            raise PolicyError(
+                f"enabling {attribute} is irreversible and leaves rows ingested before now unencrypted; "
+                "acknowledge both to proceed"
+            )
+        dataset = attribute.partition(".")[0]
+        policy = self.policy()
+        if dataset not in policy.datasets:
+            spec = dataset_spec or DEFAULT_DATASETS.get(dataset)
+            if spec is None:
+                raise PolicyError(
+                    f"dataset {dataset!r} is unknown; declare its ingestion-time column (and primary key)"
+                )
+            policy = policy.with_dataset(spec)
+        elif dataset_spec is not None and dataset_spec != policy.datasets[dataset]:
+            policy = policy.with_dataset(dataset_spec)
+        policy = policy.with_enabled(attribute, mask, enabled_by=self.audit.actor)
+        entry = policy.attributes[attribute]
+        partitions = list_partitions(self.store, dataset)
+        if partitions:  # the attribute must exist in the data landed so far
+            rel = partition_path(dataset, partitions[-1])
+            with open_parquet(self.store, rel) as parquet:
+                check_schema(parquet.schema_arrow, policy.datasets[dataset], [entry], self.store.display(rel))
+        self.policies.save(policy)
+        self.audit.record("enable", dataset=dataset, attribute=entry.path, detail=f"mask={mask}")
+        return entry
+
+    # -- protection ----------------------------------------------------------------------
+
+    def partitions(self, dataset: str) -> list[str]:
+        return list_partitions(self.store, dataset)
+
+    def protect(self, dataset: str, partition: str) -> ProtectReport:
+        spec, attributes = self._dataset(dataset)
+        rel = partition_path(dataset, partition)
+        if not self.store.exists(rel):
+            raise InputError(f"partition {partition} of {dataset} has no file at {self.store.display(rel)}")
+        if not attributes:
+            return scan_file(self.store, rel, spec, attributes)
+        return protect_file(self.store, rel, spec, attributes, self.key_cache(), partition=partition)
+
+    def status(self, dataset: str, partition: str) -> ProtectReport:
+        spec, attributes = self._dataset(dataset)
+        return scan_file(self.store, partition_path(dataset, partition), spec, attributes)
+
+    def verify(self, dataset: str, partition: str) -> dict[str, int]:
+        """Decrypt every protected cell of a partition (in memory); counts per attribute."""
+        counts: dict[str, int] = {}
+        for attribute, values, protected in self._revealed(dataset, partition):
+            counts[attribute.name] = counts.get(attribute.name, 0) + protected
+            del values
+        return counts
+
+    def reveal(self, dataset: str, partition: str, attributes: list[str]) -> Iterator[pa.RecordBatch]:
+        """Dispatch: batches of (row key, real values of `attributes`), plaintext in memory only."""
+        spec, enabled = self._dataset(dataset)
+        chosen = [a for a in enabled if a.name in attributes or a.path in attributes]
+        unknown = set(attributes) - {a.name for a in chosen} - {a.path for a in chosen}
+        if unknown:
+            raise InputError(f"{', '.join(sorted(unknown))} not enabled for {dataset}")
+        rel = partition_path(dataset, partition)
+        cache = self.key_cache()
+        with open_parquet(self.store, rel) as parquet:
+            for batch in row_groups(parquet, self.store.display(rel)):
+                columns = {a.name: reveal(batch, spec, a, cache, self.store.display(rel), partition) for a in chosen}
+                if spec.primary_key:
+                    columns = {spec.primary_key: batch.column(spec.primary_key), **columns}
+                yield pa.RecordBatch.from_pydict(columns)
+
+    def _revealed(self, dataset: str, partition: str) -> Iterator[tuple[AttributePolicy, pa.Array, int]]:
+        spec, attributes = self._dataset(dataset)
+        rel = partition_path(dataset, partition)
+        cache = self.key_cache()
+        with open_parquet(self.store, rel) as parquet:
+            for batch in row_groups(parquet, self.store.display(rel)):
+                for attribute in attributes:
+                    protected = 0
+                    if attribute.ciphertext_column in batch.schema.names:
+                        protected = len(batch) - batch.column(attribute.ciphertext_column).null_count
+                    yield (
+                        attribute,
+                        reveal(batch, spec, attribute, cache, self.store.display(rel), partition),
+                        protected,
+                    )
+
+    def _dataset(self, dataset: str) -> tuple[DatasetSpec, list[AttributePolicy]]:
+        policy = self.policy()
+        if dataset not in policy.datasets:
+            spec = DEFAULT_DATASETS.get(dataset)
+            if spec is None:
+                raise InputError(f"dataset {dataset!r} is not declared in workspace {self.name!r}")
+            return spec, []
+        return policy.datasets[dataset], policy.for_dataset(dataset)
+
+    # -- rotation ------------------------------------------------------------------------
+
+    def start_rotation(self, to_kms_key: str | None = None) -> Campaign:
+        """Start moving every wrapped data key to a new master key (local: a new key version)."""
+        binding = self.bindings.load()
+        if binding is None:
+            raise PolicyError(f"lake {self.store.uri} has no bound master key yet; nothing to rotate")
+        if binding.current.provider == LOCAL:
+            if to_kms_key:
+                raise PolicyError("rotation from the local provider to aws-kms is not supported")
+            keystore = self._keystore()
+            bound_version = int(binding.current.key_version)
+            # Resume: a start interrupted after the keystore gained its version reuses that version.
+            version = keystore.current if keystore.current > bound_version else keystore.add_version()
+            new = KeyRef(LOCAL, keystore.key_id, str(version))
+        else:
+            if not to_kms_key:
+                raise PolicyError("rotation on aws-kms needs the new key's ARN (--to)")
+            new = KeyRef(KMS, validate_kms_key(self._kms_client(), to_kms_key))
+        updated = binding.start(new, self.audit.actor)
+        self.bindings.save(updated)
+        campaign = updated.active_campaign
+        assert campaign is not None
+        self._cache = None
+        self.audit.record(
+            "rotation_start", master_key=campaign.old.ref, to_master_key=new.ref, detail=campaign.campaign_id
+        )
+        return campaign
+
+    def rotate(self, dataset: str, partition: str) -> RotateReport:
+        spec, attributes = self._dataset(dataset)
+        rel = partition_path(dataset, partition)
+        if not self.store.exists(rel):
+            raise InputError(f"partition {partition} of {dataset} has no file at {self.store.display(rel)}")
+        return rotate_file(self.store, rel, spec, attributes, self.key_cache(), partition=partition)
+
+    def rotation_status(self) -> RotationStatus:
+        """Scan every partition for wrapped keys not under the current master key (no KMS call)."""
+        binding = self.bindings.load()
+        current = binding.current.ref if binding else None
+        remaining: dict[str, list[str]] = {}
+        scanned = 0
+        policy = self.policy()
+        for dataset in sorted(policy.datasets):
+            attributes = policy.for_dataset(dataset)
+            for partition in self.partitions(dataset):
+                scanned += 1
+                refs = set(wrapped_key_refs(self.store, partition_path(dataset, partition), attributes).values())
+                stale = sorted(r for r in refs if r != current)
+                if stale:
+                    remaining[f"{dataset}/{partition}"] = stale
+        return RotationStatus(binding.active_campaign if binding else None, remaining, scanned)
+
+    def complete_rotation(self) -> Campaign:
+        """Prove no wrapped key under the old master key remains, then retire it."""
+        binding = self.bindings.load()
+        if binding is None or binding.active_campaign is None:
+            raise PolicyError("no rotation is in progress")
+        status = self.rotation_status()
+        if not status.complete:
+            listed = ", ".join(sorted(status.remaining)[:20])
+            raise PolicyError(
+                f"rotation incomplete: {len(status.remaining)} partitions still hold old wrapped keys: {listed}"
+            )
+        updated, campaign = binding.complete()
+        self.bindings.save(updated)
+        if campaign.old.provider == LOCAL:
+            self._keystore().retire(int(campaign.old.key_version))
+        self._cache = None
+        self.audit.record(
+            "rotation_complete",
+            master_key=campaign.old.ref,
+            to_master_key=campaign.new.ref,
+            detail=f"{campaign.campaign_id}; {status.scanned} partitions scanned",
+        )
+        return campaign

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fieldcrypt.audit import AuditLog
 from fieldcrypt.cell import new_cipher
+from fieldcrypt.errors import InputError
 from fieldcrypt.providers.base import EncryptionContext, KeyProvider, MasterKeyInfo
 from fieldcrypt.wrapped_key import WrappedKey
 
@@ -68,9 +69,9 @@ class DataKeyCache:
 
     def __post_init__(self) -> None:
         if not 0 < self.ttl_seconds <= MAX_TTL_SECONDS:
-            raise ValueError(f"data key TTL must be between 0 and {MAX_TTL_SECONDS} seconds, got {self.ttl_seconds}")
+            raise InputError(f"data key TTL must be between 0 and {MAX_TTL_SECONDS} seconds, got {self.ttl_seconds}")
         if not 0 < self.max_cells_per_key <= MAX_CELLS_PER_KEY:
-            raise ValueError(
+            raise InputError(
                 f"cells per data key must be between 1 and {MAX_CELLS_PER_KEY}, got {self.max_cells_per_key}"
             )
 

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
-from fieldcrypt.errors import FieldcryptError
+from fieldcrypt.errors import FieldcryptError, PolicyError
 from fieldcrypt.keystore import Keystore, new_wrapping_key, parse_base64_key, unwrap_imported_key
 from fieldcrypt.log_safety import silence_key_material_loggers
 from fieldcrypt.policy import MASKS, DatasetSpec
@@ -169,6 +169,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         written = land_sample_lake(workspace.store, args.start, args.days, args.users, args.events)
         print(f"landed {len(written)} snapshot files in {workspace.store.uri}")
     elif args.command == "enable":
+        if not args.acknowledged:  # the library's refusal cannot know the flag's name
+            raise PolicyError(
+                f"enabling {args.attribute} is irreversible and rows ingested before now stay unencrypted; "
+                f"pass {ACK_FLAG} to confirm both"
+            )
         spec = (
             DatasetSpec(args.attribute.partition(".")[0], args.ingested_at, args.primary_key)
             if args.ingested_at

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.cell import ad_prefix, associated_data, decrypt_cell
 from fieldcrypt.columns import raw_path, read_path, row_key_text
-from fieldcrypt.errors import InputError
+from fieldcrypt.errors import InputError, IntegrityError, KeyProviderError
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 
 
@@ -38,7 +38,10 @@ def decrypt_rows(
     out: list[bytes] = []
     row_numbers = rows.to_pylist()
     for i, (cell, wrapped_value) in enumerate(zip(ciphertext.to_pylist(), wrapped.to_pylist(), strict=True)):
-        cipher = cache.cipher_for(wrapped_value, dataset.name, attribute.path, partition)
+        try:
+            cipher = cache.cipher_for(wrapped_value, dataset.name, attribute.path, partition)
+        except (IntegrityError, KeyProviderError) as exc:  # say which file and row hold the bad wrapped key
+            raise type(exc)(f"{where} row {row_numbers[i]}: {exc}") from None
         ad = associated_data(prefix, keys[i] if keys is not None else None)
         out.append(decrypt_cell(cipher, cell, ad, f"{where} row {row_numbers[i]}"))
     value_type = raw_path(batch, attribute.path).type

@@ -109,3 +109,31 @@ def s3_bucket(moto: str) -> str:
     s3 = boto3.client("s3", endpoint_url=moto, region_name="us-east-1")
     s3.create_bucket(Bucket="lake-bucket")
     return "lake-bucket"
+
+
+# -- core library helpers (local provider) -----------------------------------------------
+
+
+@pytest.fixture
+def enable_at() -> Callable[..., Any]:
+    """Enable an attribute with a chosen enablement time, through the policy API.
+
+    `Workspace.enable` always stamps "now"; tests of the enablement boundary need a fixed
+    moment, so this builds the same policy with `Policy.with_enabled(now=...)` and saves it
+    through the same irreversibility check.
+    """
+    from fieldcrypt.lake import DEFAULT_DATASETS
+    from fieldcrypt.policy import DatasetSpec
+
+    def enable(
+        workspace: Workspace, attribute: str, mask: str, at: datetime = NOON, spec: DatasetSpec | None = None
+    ) -> Any:
+        policy = workspace.policy()
+        dataset = attribute.partition(".")[0]
+        if dataset not in policy.datasets:
+            policy = policy.with_dataset(spec or DEFAULT_DATASETS[dataset])
+        policy = policy.with_enabled(attribute, mask, enabled_by="test", now=at)
+        workspace.policies.save(policy)
+        return policy.attributes[attribute]
+
+    return enable

@@ -1,0 +1,239 @@
+"""The `fieldcrypt` command line with the local provider: keys, enable, protect, status, verify, audit.
+
+Sample snapshots are landed in 2030 so every row is ingested after an enablement made now.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from fieldcrypt.cli import ACK_FLAG, main, run
+from fieldcrypt.keystore import Keystore
+from fieldcrypt.lake import partition_path
+from fieldcrypt.policy import POLICY_PATH
+
+PARTITION = "2030-01-01"
+
+
+@pytest.fixture(autouse=True)
+def no_fieldcrypt_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("WORKSPACE", "LAKE", "KEY_PROVIDER", "KEYSTORE", "KMS_KEY", "KMS_ENDPOINT_URL", "S3_ENDPOINT_URL"):
+        monkeypatch.delenv(f"FIELDCRYPT_{name}", raising=False)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> list[str]:
+    """Global flags of a workspace whose keystore exists and whose lake holds one day of samples."""
+    flags = ["--workspace", "acme", "--lake", str(tmp_path / "lake"), "--keystore", str(tmp_path / "keystore.json")]
+    assert run([*flags, "key", "init"]) == 0
+    assert run([*flags, "sample", "--start", PARTITION, "--days", "1", "--users", "60", "--events", "120"]) == 0
+    return flags
+
+
+def documents(text: str) -> list[Any]:
+    """The JSON documents the CLI printed one after another."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while at < len(text):
+        if text[at].isspace():
+            at += 1
+            continue
+        document, at = decoder.raw_decode(text, at)
+        found.append(document)
+    return found
+
+
+def plaintext(lake: Path) -> set[str]:
+    table = pq.read_table(lake / partition_path("users", PARTITION))
+    return {v for column in ("email", "phone") for v in table.column(column).to_pylist() if v}
+
+
+def test_key_init_creates_an_owner_only_keystore_and_prints_ids_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "keystore.json"
+    assert run(["--workspace", "acme", "--keystore", str(path), "key", "init"]) == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    printed = json.loads(capsys.readouterr().out)
+    keystore = Keystore.load(path)
+    assert (printed["key_id"], printed["current"], printed["workspace"]) == (keystore.key_id, 1, "acme")
+    assert base64.b64encode(keystore.key_for(1)).decode() not in json.dumps(printed)
+
+
+def test_key_init_refuses_to_overwrite_a_keystore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "keystore.json"
+    run(["--workspace", "acme", "--keystore", str(path), "key", "init"])
+    before = path.read_bytes()
+    with pytest.raises(SystemExit) as exited:
+        main(["--workspace", "acme", "--keystore", str(path), "key", "init"])
+    assert exited.value.code == 2
+    assert "already exists; refusing to overwrite a master key" in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+
+def test_key_describe_shows_versions_and_never_the_key(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert run([*cli, "key", "describe"]) == 0
+    out = capsys.readouterr().out
+    key = Keystore.load(tmp_path / "keystore.json").key_for(1)
+    assert json.loads(out)["versions"][0]["origin"] == "generated"
+    assert base64.b64encode(key).decode() not in out and key.hex() not in out
+
+
+def test_enable_without_the_acknowledgment_flag_exits_non_zero_and_says_which_flag(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, "enable", "users.email", "--mask", "email"])
+    assert exited.value.code != 0
+    err = capsys.readouterr().err
+    assert "irreversible" in err and ACK_FLAG in err
+    assert not (tmp_path / "lake" / POLICY_PATH).exists()
+
+
+def test_enable_with_the_acknowledgment_flag_records_the_attribute(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG]) == 0
+    assert "users.email: enabled at" in capsys.readouterr().out
+    policy = json.loads((tmp_path / "lake" / POLICY_PATH).read_text())
+    assert policy["attributes"]["users.email"]["mask"] == "email"
+
+
+def test_enable_of_an_unknown_column_exits_non_zero_naming_it(
+    cli: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, "enable", "users.nickname", "--mask", "full", ACK_FLAG])
+    assert exited.value.code == 2
+    assert "column 'nickname' not found" in capsys.readouterr().err
+
+
+def test_enable_of_a_new_dataset_declares_its_ingestion_column(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["enable", "orders.note", "--mask", "full", "--ingested-at", "landed_at", "--primary-key", "order_id"]
+    assert run([*cli, *args, ACK_FLAG]) == 0
+    policy = json.loads((tmp_path / "lake" / POLICY_PATH).read_text())
+    assert policy["datasets"]["orders"] == {"name": "orders", "ingested_at": "landed_at", "primary_key": "order_id"}
+
+
+def test_protect_status_and_verify_print_counts_and_no_plaintext(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secrets = plaintext(tmp_path / "lake")
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    run([*cli, "enable", "users.phone", "--mask", "last4", ACK_FLAG])
+    capsys.readouterr()
+
+    assert run([*cli, "status", "users"]) == 0
+    (status,) = documents(capsys.readouterr().out)
+    assert status["partition"] == PARTITION and status["rows"] == 60
+    pending = status["attributes"]["users.email"]["pending"]
+    assert pending == 60 - status["attributes"]["users.email"]["null_values"] > 0
+
+    assert run([*cli, "protect", "users"]) == 0
+    protect_out = capsys.readouterr().out
+    (protected,) = documents(protect_out)
+    assert protected["rewritten"] is True
+    assert protected["attributes"]["users.email"]["newly_encrypted"] == pending
+    assert protected["master_key"].startswith("lk-")
+
+    assert run([*cli, "verify", "users"]) == 0
+    verify_out = capsys.readouterr().out
+    (verified,) = documents(verify_out)
+    assert verified == {
+        "partition": PARTITION,
+        "users.email": pending,
+        "users.phone": protected["attributes"]["users.phone"]["newly_encrypted"],
+    }
+    for out in (protect_out, verify_out):
+        assert not [s for s in secrets if s in out]
+
+
+def test_second_protect_through_the_cli_encrypts_nothing(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    run([*cli, "protect", "users"])
+    path = tmp_path / "lake" / partition_path("users", PARTITION)
+    before = path.read_bytes()
+    capsys.readouterr()
+    assert run([*cli, "protect", "users", "--partition", PARTITION]) == 0
+    (report,) = documents(capsys.readouterr().out)
+    assert report["rewritten"] is False
+    assert report["attributes"]["users.email"]["newly_encrypted"] == 0
+    assert path.read_bytes() == before
+
+
+def test_audit_prints_key_uses_as_json_lines(cli: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    run([*cli, "protect", "users"])
+    capsys.readouterr()
+    assert run([*cli, "audit"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    operations = [e["operation"] for e in events]
+    assert {"enable", "describe_key", "generate_data_key", "unwrap", "encrypt"} <= set(operations)
+    assert all(e["actor"].startswith("cli:") for e in events)
+
+
+def test_command_without_a_lake_exits_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "users"])
+    assert exited.value.code == 2
+    assert "no lake: pass --lake or set FIELDCRYPT_LAKE" in capsys.readouterr().err
+
+
+def test_key_command_without_a_keystore_exits_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["key", "init"])
+    assert exited.value.code == 2
+    assert "no keystore" in capsys.readouterr().err
+
+
+def test_protect_with_a_loose_keystore_exits_non_zero_and_leaves_the_file(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    (tmp_path / "keystore.json").chmod(0o644)
+    path = tmp_path / "lake" / partition_path("users", PARTITION)
+    before = path.read_bytes()
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, "protect", "users"])
+    assert exited.value.code == 2
+    assert "accessible by group or others (mode 0644)" in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+
+def test_verify_of_a_tampered_file_exits_non_zero_without_plaintext(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow as pa
+
+    secrets = plaintext(tmp_path / "lake")
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    run([*cli, "protect", "users"])
+    path = tmp_path / "lake" / partition_path("users", PARTITION)
+    table = pq.read_table(path)
+    cells = table.column("email__fc_ct").to_pylist()
+    rows = [i for i, c in enumerate(cells) if c]
+    cells[rows[0]], cells[rows[1]] = cells[rows[1]], cells[rows[0]]
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("email__fc_ct"), "email__fc_ct", pa.array(cells)), path
+    )
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, "verify", "users"])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert "failed authentication" in captured.err
+    assert not [s for s in secrets if s in captured.out + captured.err]

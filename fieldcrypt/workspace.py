@@ -23,7 +23,7 @@ from fieldcrypt.parquet_io import open_parquet, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
 from fieldcrypt.providers.aws_kms import PROVIDER_ID as KMS
-from fieldcrypt.providers.aws_kms import AwsKmsProvider, kms_client, validate_kms_key
+from fieldcrypt.providers.aws_kms import RETRY_MODES, AwsKmsProvider, kms_client, validate_kms_key
 from fieldcrypt.providers.base import KeyProvider
 from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
 from fieldcrypt.providers.local import LocalKeyProvider
@@ -51,6 +51,13 @@ class KeyConfig:
             raise KeyProviderError("the local key provider needs a keystore path")
         if self.provider == KMS and not self.kms_key:
             raise KeyProviderError("the aws-kms key provider needs a key ARN or alias")
+        # Refused here, not when the KMS client is first built mid-run.
+        if self.kms_retry_mode not in RETRY_MODES:
+            raise KeyProviderError(
+                f"KMS retry mode {self.kms_retry_mode!r} is not one of {', '.join(RETRY_MODES)}"
+            )
+        if self.kms_max_attempts < 1:
+            raise KeyProviderError(f"KMS max attempts must be at least 1, got {self.kms_max_attempts}")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR := demo-workspace
+UI_PORT ?= 3000
+# Concurrent KMS-calling steps allowed on the instance (the `kms` pool; see dagster.yaml).
+KMS_POOL_LIMIT ?= 4
 
 .PHONY: venv demo test lint typecheck pytest bench ui clean
 
@@ -33,10 +36,15 @@ bench: $(STAMP)
 	$(PY) bench/encrypt.py
 	$(PY) bench/rotate.py
 
+# dagster dev on loopback with a persistent instance under the project; after `make demo` it opens the
+# demo's lake, key and runs (demo-workspace/dagster.env), otherwise the defaults in resources/environment.py.
 ui: $(STAMP)
 	mkdir -p $(DEMO_DIR)/dagster_home
 	cp dagster.yaml $(DEMO_DIR)/dagster_home/dagster.yaml
-	DAGSTER_HOME=$(CURDIR)/$(DEMO_DIR)/dagster_home $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	set -a; if [ -f $(DEMO_DIR)/dagster.env ]; then . ./$(DEMO_DIR)/dagster.env; fi; set +a; \
+	export DAGSTER_HOME=$(CURDIR)/$(DEMO_DIR)/dagster_home; \
+	$(VENV)/bin/dagster instance concurrency set kms $(KMS_POOL_LIMIT) && \
+	exec $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
 
 clean:
 	rm -rf $(DEMO_DIR)

@@ -1,7 +1,9 @@
 """Generated sample snapshots (users and events) for the demo, tests and benchmarks.
 
 Values are synthetic; ingestion times are spread over the snapshot's day so that an
-enablement time inside the day splits the rows.
+enablement time inside the day splits the rows. `ingested_shift` moves every ingestion
+time by a fixed amount, so a demo can land past snapshot dates whose rows straddle "now"
+(the moment an attribute is enabled).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import random
 from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fieldcrypt.lake import partition_path
@@ -96,12 +99,25 @@ def write_snapshot(store: LakeStore, dataset: str, day: date, table: pa.Table, r
 
 
 def land_sample_lake(
-    store: LakeStore, first_day: date, days: int, users: int = 1_000, events: int = 3_000
+    store: LakeStore,
+    first_day: date,
+    days: int,
+    users: int = 1_000,
+    events: int = 3_000,
+    ingested_shift: timedelta = timedelta(0),
 ) -> list[str]:
     """Write `days` daily snapshots of both datasets; returns their relative paths."""
     written = []
     for offset in range(days):
         day = first_day + timedelta(days=offset)
-        written.append(write_snapshot(store, "users", day, users_table(day, users)))
-        written.append(write_snapshot(store, "events", day, events_table(day, events)))
+        written.append(write_snapshot(store, "users", day, _shifted(users_table(day, users), ingested_shift)))
+        written.append(write_snapshot(store, "events", day, _shifted(events_table(day, events), ingested_shift)))
     return written
+
+
+def _shifted(table: pa.Table, shift: timedelta) -> pa.Table:
+    if not shift:
+        return table
+    index = table.schema.get_field_index("ingested_at")
+    moved = pc.add(table.column(index), pa.scalar(shift, pa.duration("us")))
+    return table.set_column(index, table.schema.field(index), moved)

@@ -1,0 +1,1 @@
+"""Jobs, schedules and the assembled `Definitions` of the fieldcrypt code location, and `make demo`."""

@@ -1,0 +1,102 @@
+"""Helpers for the Dagster tests: local resources on a temp lake, sample days, run results.
+
+Partition keys are days just before today, so they exist in the code location's daily
+partitions whatever its start date (Dagster has no partition key after now).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from fieldcrypt.keystore import Keystore
+from fieldcrypt.sample import land_sample_lake
+from resources import FieldcryptResource, KeyProviderResource, LakeResource
+
+WORKSPACE = "acme"
+CODE_LOCATION_PACKAGES = ("assets", "resources", "pipelines")
+
+
+def past_day(days_ago: int) -> date:
+    return datetime.now(UTC).date() - timedelta(days=days_ago)
+
+
+def shift_to_straddle_now(day: date) -> timedelta:
+    """An ingestion-time shift that puts now in the middle of `day`'s rows: enabling now splits them."""
+    return datetime.now(UTC) - datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+
+
+def make_keystore(tmp_path: Path) -> Path:
+    path = tmp_path / "keys" / "keystore.json"
+    Keystore.create(path, WORKSPACE)
+    return path
+
+
+def local_fieldcrypt(lake: Path, keystore: Path) -> FieldcryptResource:
+    return FieldcryptResource(
+        workspace_name=WORKSPACE,
+        lake=LakeResource(uri=str(lake)),
+        key=KeyProviderResource(provider="local", keystore_path=str(keystore)),
+    )
+
+
+def land(fieldcrypt: FieldcryptResource, day: date, shift: timedelta, users: int = 200, events: int = 400) -> None:
+    land_sample_lake(fieldcrypt.workspace("test").store, day, 1, users=users, events=events, ingested_shift=shift)
+
+
+def enable(fieldcrypt: FieldcryptResource, *attributes: tuple[str, str]) -> None:
+    workspace = fieldcrypt.workspace("test")
+    for attribute, mask in attributes:
+        workspace.enable(attribute, mask, acknowledge_irreversible=True)
+
+
+def materialize_partition(
+    fieldcrypt: FieldcryptResource, partition: str, *, instance: dg.DagsterInstance | None = None, **kwargs: Any
+) -> dg.ExecuteInProcessResult:
+    from assets import PROTECTED_ASSETS
+
+    return dg.materialize(
+        PROTECTED_ASSETS,
+        partition_key=partition,
+        resources={"fieldcrypt": fieldcrypt},
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        **kwargs,
+    )
+
+
+def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
+    (materialization,) = result.asset_materializations_for_node(asset)
+    return {key: value.value for key, value in materialization.metadata.items()}
+
+
+def checks(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
+    """Check name -> evaluation, for the checks of `asset` in this run."""
+    return {e.check_name: e for e in result.get_asset_check_evaluations() if e.asset_key == dg.AssetKey(asset)}
+
+
+@contextlib.contextmanager
+def fresh_code_location_import() -> Iterator[None]:
+    """Inside: the code location's modules are imported anew, reading the environment as a new process would.
+
+    Runs launched in memory load the code location in this process; without this they would
+    reuse modules imported earlier under another environment. The old modules come back after.
+    """
+
+    def ours() -> dict[str, Any]:
+        return {n: m for n, m in sys.modules.items() if n.split(".")[0] in CODE_LOCATION_PACKAGES}
+
+    saved = ours()
+    for name in saved:
+        del sys.modules[name]
+    try:
+        yield
+    finally:
+        for name in ours():
+            del sys.modules[name]
+        sys.modules.update(saved)

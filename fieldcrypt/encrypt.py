@@ -9,6 +9,7 @@ selected keep their value, ciphertext and wrapped key exactly as they were.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fieldcrypt.cache import DataKeyCache
-from fieldcrypt.cell import ad_prefix, encrypt_cells
+from fieldcrypt.cell import ad_prefix, encrypt_array
 from fieldcrypt.columns import raw_path, replace_path, row_key_text
 from fieldcrypt.errors import InputError
 from fieldcrypt.mask import mask_values
@@ -24,6 +25,8 @@ from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.select import RowSelection
 
 WRAPPED_KEY_TYPE = pa.dictionary(pa.int32(), pa.binary())
+# Cells encrypted per kernel call: bounds the transient Python objects (values, nonces, AD).
+_KERNEL_SLICE = 1 << 16
 
 
 @dataclass
@@ -33,6 +36,7 @@ class EncryptedAttribute:
     cells: int = 0
     ciphertext_digest: bytes = b""
     new_wrapped_keys: list[bytes] = field(default_factory=list)
+    mask_digest: bytes = b""  # values_digest of the masks written to the encrypted rows, in row order
 
 
 def encrypt_values(
@@ -48,22 +52,29 @@ def encrypt_values(
     Long inputs are split when a data key's cell budget runs out; `key_index[i]` says
     which of the returned wrapped keys encrypted cell i.
     """
-    plain = values.cast(pa.large_binary() if values.type == pa.large_string() else pa.binary()).to_pylist()
-    keys = row_keys.cast(pa.binary()).to_pylist() if row_keys is not None else None
+    plain = values.cast(pa.large_binary() if values.type == pa.large_string() else pa.binary())
+    keys = row_keys.cast(pa.binary()) if row_keys is not None else None
     prefix = ad_prefix(dataset, attribute, has_row_key=row_keys is not None)
-    cells: list[bytes] = []
+    chunks: list[pa.Array] = []
     wrapped_keys: list[bytes] = []
     key_index = np.empty(len(plain), dtype=np.int32)
     start = 0
     while start < len(plain):
         cipher, wrapped, granted = cache.reserve(dataset, attribute, len(plain) - start, partition)
         end = start + granted
-        cells += encrypt_cells(cipher, prefix, plain[start:end], keys[start:end] if keys is not None else None)
+        # Bounded slices: the per-cell Python objects of one slice are all that exist at a time.
+        for at in range(start, end, _KERNEL_SLICE):
+            size = min(_KERNEL_SLICE, end - at)
+            part_keys = None if keys is None else keys.slice(at, size)
+            chunks.append(encrypt_array(cipher, prefix, plain.slice(at, size), part_keys))
         if not wrapped_keys or wrapped_keys[-1] != wrapped:
             wrapped_keys.append(wrapped)
         key_index[start:end] = len(wrapped_keys) - 1
         start = end
-    return pa.array(cells, type=pa.binary()), pa.array(key_index), wrapped_keys
+    if not chunks:
+        return pa.array([], pa.binary()), pa.array(key_index), wrapped_keys
+    cells = chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks)
+    return cells, pa.array(key_index), wrapped_keys
 
 
 def encrypt_attribute(
@@ -73,11 +84,18 @@ def encrypt_attribute(
     rows: RowSelection,
     cache: DataKeyCache,
     partition: str | None = None,
+    *,
+    helper: Executor | None = None,
 ) -> tuple[pa.RecordBatch, EncryptedAttribute]:
-    """The batch with the selected rows of `attribute` encrypted and masked."""
+    """The batch with the selected rows of `attribute` encrypted and masked.
+
+    With a `helper` executor the masks (Arrow kernels, which release the GIL) are computed
+    on it while this thread encrypts.
+    """
     if rows.count == 0:
         return with_protection_columns(batch, attribute), EncryptedAttribute()
     selected_values = pc.filter(rows.values, rows.selected)
+    masking = None if helper is None else helper.submit(_masks, selected_values, attribute.mask)
     row_keys = None
     if dataset.primary_key is not None:
         row_keys = pc.filter(row_key_text(batch, dataset.primary_key, dataset.name), rows.selected)
@@ -95,9 +113,14 @@ def encrypt_attribute(
     batch = batch.set_column(dek_at, batch.schema.field(dek_at), new_dek)
     # Unselected rows keep their stored value, including a struct child under a null struct.
     stored = raw_path(batch, attribute.path)
-    masked = pc.replace_with_mask(stored, rows.selected, mask_values(selected_values, attribute.mask))
-    batch = replace_path(batch, attribute.path, masked)
-    return batch, EncryptedAttribute(len(ciphertext), ciphertext_digest(ciphertext), wrapped_keys)
+    masks, mask_digest = _masks(selected_values, attribute.mask) if masking is None else masking.result()
+    batch = replace_path(batch, attribute.path, pc.replace_with_mask(stored, rows.selected, masks))
+    return batch, EncryptedAttribute(len(ciphertext), ciphertext_digest(ciphertext), wrapped_keys, mask_digest)
+
+
+def _masks(values: pa.Array, style: str) -> tuple[pa.Array, bytes]:
+    masks = mask_values(values, style)
+    return masks, values_digest(masks)
 
 
 def with_protection_columns(batch: pa.RecordBatch, attribute: AttributePolicy) -> pa.RecordBatch:
@@ -142,3 +165,27 @@ def ciphertext_digest(array: pa.Array) -> bytes:
     data = array.buffers()[2]
     payload = b"" if data is None else memoryview(data)[offsets[0] : offsets[-1]]
     return hashlib.sha256(payload).digest()
+
+
+def values_digest(array: pa.Array) -> bytes:
+    """SHA-256 of a string or binary array's validity, value lengths and concatenated values.
+
+    Two arrays have the same digest exactly when they hold the same values (whatever
+    their offsets, slicing or the bytes behind null slots).
+    """
+    valid = pc.is_valid(array).to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.binary_length(array), 0).to_numpy(zero_copy_only=False).astype("<i8")
+    digest = hashlib.sha256(valid.tobytes())
+    digest.update(lengths.tobytes())
+    compact = array if array.null_count == 0 else pc.drop_null(array)
+    if len(compact):
+        large = compact.type in (pa.large_string(), pa.large_binary())
+        offsets = np.frombuffer(
+            compact.buffers()[1],
+            dtype=np.int64 if large else np.int32,
+            count=len(compact) + 1,
+            offset=compact.offset * (8 if large else 4),
+        )
+        data = compact.buffers()[2]
+        digest.update(b"" if data is None else memoryview(data)[offsets[0] : offsets[-1]])
+    return digest.digest()

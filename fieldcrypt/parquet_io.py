@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from typing import IO
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,6 +16,7 @@ from fieldcrypt.policy import AttributePolicy
 from fieldcrypt.store import LakeStore
 
 FILE_METADATA_KEY = b"fieldcrypt"
+_BUFFER = 8 << 20  # bytes buffered between the Parquet writer and a Python file object
 _CODECS = {
     "UNCOMPRESSED": "none",
     "SNAPPY": "snappy",
@@ -39,12 +41,51 @@ def open_parquet(store: LakeStore, rel: str) -> Iterator[pq.ParquetFile]:
 def row_groups(parquet: pq.ParquetFile, where: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """Each row group as one record batch; bounded memory whatever the file size."""
     for index in range(parquet.num_row_groups):
-        try:
-            table = parquet.read_row_group(index, columns=columns)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InputError(f"{where}: row group {index} is corrupt ({type(exc).__name__})") from None
-        batches = table.combine_chunks().to_batches()
-        yield batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
+        yield row_group(parquet, index, where, columns)
+
+
+def row_group(parquet: pq.ParquetFile, index: int, where: str, columns: list[str] | None = None) -> pa.RecordBatch:
+    """One row group as one record batch."""
+    try:
+        table = parquet.read_row_group(index, columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{where}: row group {index} is corrupt ({type(exc).__name__})") from None
+    batches = table.combine_chunks().to_batches()
+    batch: pa.RecordBatch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
+    return batch
+
+
+def chunk_span(chunk: pq.ColumnChunkMetaData) -> tuple[int, int]:
+    """Where one column chunk's pages are stored in its file: [start, end), as a Parquet reader reads them."""
+    start = chunk.data_page_offset
+    if chunk.has_dictionary_page and chunk.dictionary_page_offset:
+        start = min(start, chunk.dictionary_page_offset)
+    return start, start + chunk.total_compressed_size
+
+
+@contextlib.contextmanager
+def read_ahead(batches: Iterator[pa.RecordBatch]) -> Iterator[Iterator[pa.RecordBatch]]:
+    """The same batches, the next one read on a helper thread while the caller works on this one.
+
+    Parquet decoding releases the GIL, so reading overlaps the caller's work. Leaving the
+    block waits for an in-flight read, so close the file after it, never before.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-read")
+    try:
+        yield _ahead(batches, pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ahead(batches: Iterator[pa.RecordBatch], pool: ThreadPoolExecutor) -> Iterator[pa.RecordBatch]:
+    end = object()
+    pending = pool.submit(next, batches, end)
+    while True:
+        batch = pending.result()
+        if batch is end:
+            return
+        pending = pool.submit(next, batches, end)
+        yield batch
 
 
 def codec_of(parquet: pq.ParquetFile) -> str:
@@ -57,8 +98,9 @@ def codec_of(parquet: pq.ParquetFile) -> str:
 def protected_writer(
     sink: IO[bytes] | pa.NativeFile, schema: pa.Schema, source: pq.ParquetFile, attributes: list[AttributePolicy]
 ) -> pq.ParquetWriter:
-    """A writer for the protected file: ciphertext columns plain (random bytes do not
-    dictionary-encode or compress), wrapped-key columns dictionary-encoded."""
+    """A writer for the protected file: ciphertext columns plain and uncompressed (random
+    bytes neither dictionary-encode nor compress; trying costs time), wrapped-key columns
+    dictionary-encoded, every other column with the source's codec."""
     ciphertext = {a.ciphertext_column for a in attributes}
     leaves = [source.schema.column(i).path for i in range(len(source.schema))]
     leaves += [a.wrapped_key_column for a in attributes if a.wrapped_key_column not in leaves]
@@ -69,11 +111,41 @@ def protected_writer(
     }
     metadata = dict(schema.metadata or {})
     metadata[FILE_METADATA_KEY] = json.dumps({"format": 1, "attributes": described}, sort_keys=True).encode()
-    return pq.ParquetWriter(
+    codec = codec_of(source)
+    return _BufferedWriter(
         sink,
         schema.with_metadata(metadata),
-        compression=codec_of(source),
+        compression={p: "none" if p in ciphertext else codec for p in leaves + sorted(ciphertext)},
         use_dictionary=plain_leaves,
         write_statistics=[p for p in plain_leaves if not p.endswith("__fc_dek")],
         store_schema=True,
     )
+
+
+class _BufferedWriter(pq.ParquetWriter):  # type: ignore[misc]
+    """A ParquetWriter that writes a Python file object through a large native buffer.
+
+    Without it every Parquet page is a call into Python, each waiting for the GIL while
+    another thread encrypts. The buffer is flushed into the file (not closed: its owner
+    fsyncs and closes it) when the writer closes.
+    """
+
+    def __init__(self, sink: IO[bytes] | pa.NativeFile, schema: pa.Schema, **options: Any) -> None:
+        self._buffered = None if isinstance(sink, pa.NativeFile) else pa.output_stream(sink, buffer_size=_BUFFER)
+        try:
+            super().__init__(sink if self._buffered is None else self._buffered, schema, **options)
+        except BaseException:
+            self._release()
+            raise
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Flush the buffer into the file and let go of it without closing the file."""
+        if self._buffered is not None:
+            buffered, self._buffered = self._buffered, None
+            buffered.detach()

@@ -9,12 +9,17 @@ The data path, top to bottom:
 6. replace: atomically, only if the original did not change meanwhile (fieldcrypt.store).
 
 A file with nothing to encrypt is not rewritten at all, so a re-run is a no-op.
+
+Steps 1-4 are pipelined: helper threads read the next row group, compute masks and
+encode the previous row group into Parquet (Arrow releases the GIL) while this thread
+runs the encryption loop, which needs the GIL.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -24,9 +29,9 @@ from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.columns import TEXT_TYPES, field_type
 from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_attribute, with_protection_columns
 from fieldcrypt.errors import InputError, VerificationError
-from fieldcrypt.parquet_io import open_parquet, protected_writer, row_groups
+from fieldcrypt.parquet_io import open_parquet, protected_writer, read_ahead, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
-from fieldcrypt.select import select_rows
+from fieldcrypt.select import RowSelection, select_rows
 from fieldcrypt.store import LakeStore
 from fieldcrypt.verify import verify_rewrite
 
@@ -83,6 +88,14 @@ def check_schema(schema: pa.Schema, dataset: DatasetSpec, attributes: Sequence[A
 
 def scan_file(store: LakeStore, rel: str, dataset: DatasetSpec, attributes: Sequence[AttributePolicy]) -> ProtectReport:
     """Per-attribute counts of a file without changing it (reads only the columns involved)."""
+    return _scan(store, rel, dataset, attributes, stop_when_pending=False)
+
+
+def _scan(
+    store: LakeStore, rel: str, dataset: DatasetSpec, attributes: Sequence[AttributePolicy], *, stop_when_pending: bool
+) -> ProtectReport:
+    """scan_file; with `stop_when_pending`, it stops at the first row group with a cell to
+    encrypt (its counts are then partial: the protection pass counts everything itself)."""
     where = store.display(rel)
     report = ProtectReport(where, attributes={a.name: AttributeCounts() for a in attributes})
     with open_parquet(store, rel) as parquet:
@@ -96,13 +109,17 @@ def scan_file(store: LakeStore, rel: str, dataset: DatasetSpec, attributes: Sequ
         for batch in row_groups(parquet, where, columns=[n for n in names if n in wanted]):
             report.rows += batch.num_rows
             for attribute in attributes:
-                rows = select_rows(batch, dataset, attribute, where)
-                counts = report.attributes[attribute.name]
-                counts.pending += rows.count
-                counts.already_protected += rows.already_protected
-                counts.historical_plaintext += rows.historical_plaintext
-                counts.null_values += rows.null_values
+                _count(report.attributes[attribute.name], select_rows(batch, dataset, attribute, where))
+            if stop_when_pending and any(c.pending for c in report.attributes.values()):
+                break
     return report
+
+
+def _count(counts: AttributeCounts, rows: RowSelection) -> None:
+    counts.pending += rows.count
+    counts.already_protected += rows.already_protected
+    counts.historical_plaintext += rows.historical_plaintext
+    counts.null_values += rows.null_values
 
 
 def protect_file(
@@ -120,17 +137,23 @@ def protect_file(
     calls_before = cache.calls.total
     where = store.display(rel)
     original_version = store.version(rel)
-    report = scan_file(store, rel, dataset, attributes)
+    # Reads the involved columns up to the first row group with work to do: a file with
+    # nothing pending is scanned whole (and left alone), any other is counted while written.
+    report = _scan(store, rel, dataset, attributes, stop_when_pending=True)
     report.master_key = cache.master_key.ref
     if sum(c.pending for c in report.attributes.values()) == 0:
         report.seconds = time.perf_counter() - started
         return report
+    report = ProtectReport(where, attributes={a.name: AttributeCounts() for a in attributes})
+    report.master_key = cache.master_key.ref
 
     temp = store.temp_path(rel)
     try:
         with open_parquet(store, rel) as source:
             schema = _protected_schema(source.schema_arrow, attributes)
-            expected = _write_protected(store, temp, source, schema, dataset, attributes, cache, partition, where)
+            expected = _write_protected(
+                store, temp, source, schema, dataset, attributes, cache, partition, where, report
+            )
             with open_parquet(store, temp) as written:
                 verify_rewrite(
                     source,
@@ -194,15 +217,34 @@ def _write_protected(
     cache: DataKeyCache,
     partition: str | None,
     where: str,
+    report: ProtectReport,
 ) -> list[dict[str, EncryptedAttribute]]:
-    """Stream the source into `temp`, one output row group per input row group."""
+    """Stream the source into `temp`, one output row group per input row group; counts into `report`."""
     written: list[dict[str, EncryptedAttribute]] = []
-    with store.open_output(temp) as sink, protected_writer(sink, schema, source, list(attributes)) as writer:
-        for batch in row_groups(source, where):
+    # Helper threads overlap the GIL-free Arrow work (reading, masks, Parquet encoding) with
+    # the GIL-bound encryption loop. The encoder is shut down, finishing any write, before
+    # the writer closes.
+    with (
+        store.open_output(temp) as sink,
+        protected_writer(sink, schema, source, list(attributes)) as writer,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-encode") as encoder,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-mask") as helper,
+        read_ahead(row_groups(source, where)) as batches,
+    ):
+        writing: Future[None] | None = None
+        for batch in batches:
+            report.rows += batch.num_rows
             outcome: dict[str, EncryptedAttribute] = {}
             for attribute in attributes:
                 rows = select_rows(batch, dataset, attribute, where)
-                batch, outcome[attribute.name] = encrypt_attribute(batch, dataset, attribute, rows, cache, partition)
-            writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))
+                _count(report.attributes[attribute.name], rows)
+                batch, outcome[attribute.name] = encrypt_attribute(
+                    batch, dataset, attribute, rows, cache, partition, helper=helper
+                )
+            if writing is not None:
+                writing.result()
+            writing = encoder.submit(writer.write_batch, batch, row_group_size=max(batch.num_rows, 1))
             written.append(outcome)
+        if writing is not None:
+            writing.result()
     return written

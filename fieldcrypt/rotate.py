@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.errors import VerificationError
-from fieldcrypt.parquet_io import open_parquet, protected_writer, row_groups
+from fieldcrypt.parquet_io import chunk_span, open_parquet, protected_writer, read_ahead, row_group, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.reveal import decrypt_rows
 from fieldcrypt.store import LakeStore
@@ -44,16 +44,28 @@ class RotateReport:
 
 def wrapped_key_refs(store: LakeStore, rel: str, attributes: Sequence[AttributePolicy]) -> dict[bytes, str]:
     """Every distinct stored wrapped key of the file -> the master key (ref) that wrapped it."""
-    found: dict[bytes, str] = {}
+    return {value: ref for value, (ref, _) in _stored_keys(store, rel, attributes).items()}
+
+
+def _stored_keys(
+    store: LakeStore, rel: str, attributes: Sequence[AttributePolicy]
+) -> dict[bytes, tuple[str, AttributePolicy]]:
+    """Every distinct wrapped key the file's rows use -> (master key ref, attribute whose column holds it).
+
+    One pass over the wrapped-key columns only; per row group only the dictionary entries
+    that rows use are looked at, never the rows' values.
+    """
+    found: dict[bytes, tuple[str, AttributePolicy]] = {}
     with open_parquet(store, rel) as parquet:
-        columns = [a.wrapped_key_column for a in attributes if a.wrapped_key_column in parquet.schema_arrow.names]
-        if not columns:
+        present = [a for a in attributes if a.wrapped_key_column in parquet.schema_arrow.names]
+        if not present:
             return found
+        columns = list(dict.fromkeys(a.wrapped_key_column for a in present))
         for batch in row_groups(parquet, store.display(rel), columns=columns):
-            for column in batch.columns:
-                for value in pc.unique(_decoded(column).drop_null()).to_pylist():
+            for attribute in present:
+                for value in _used_keys(batch.column(attribute.wrapped_key_column)):
                     if value not in found:
-                        found[value] = WrappedKey.from_bytes(value).master_key_ref
+                        found[value] = (WrappedKey.from_bytes(value).master_key_ref, attribute)
     return found
 
 
@@ -71,31 +83,34 @@ def rotate_file(
     where = store.display(rel)
     report = RotateReport(where)
     original_version = store.version(rel)
-    refs = wrapped_key_refs(store, rel, attributes)
-    report.distinct_data_keys = len(refs)
-    for ref in refs.values():
+    stored = _stored_keys(store, rel, attributes)
+    report.distinct_data_keys = len(stored)
+    for ref, _ in stored.values():
         report.master_keys_before[ref] = report.master_keys_before.get(ref, 0) + 1
-    stale = [value for value in refs if not cache.is_current(value)]
+    stale = [value for value in stored if not cache.is_current(value)]
     if not stale:
         report.seconds = time.perf_counter() - started
         return report
-    owner = _owners(store, rel, attributes, set(stale))
-    mapping = {value: cache.rewrap(value, dataset.name, owner[value].path, partition) for value in stale}
+    mapping = {value: cache.rewrap(value, dataset.name, stored[value][1].path, partition) for value in stale}
     report.rewrapped = len(mapping)
 
     temp = store.temp_path(rel)
     try:
         with open_parquet(store, rel) as source:
             schema = source.schema_arrow
-            with store.open_output(temp) as sink, protected_writer(sink, schema, source, list(attributes)) as writer:
-                for batch in row_groups(source, where):
+            with (
+                store.open_output(temp) as sink,
+                protected_writer(sink, schema, source, list(attributes)) as writer,
+                read_ahead(row_groups(source, where)) as batches,
+            ):
+                for batch in batches:
                     report.rows += batch.num_rows
                     for attribute in attributes:
                         batch = _map_wrapped_keys(batch, attribute, mapping)
                     writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))
             with open_parquet(store, temp) as written:
                 report.cells_under_rewrapped_keys = _verify_rotation(
-                    source, written, dataset, attributes, mapping, cache, where, partition
+                    store, rel, temp, source, written, dataset, attributes, mapping, cache, partition
                 )
         if store.version(rel) != original_version:
             raise VerificationError(f"{where} changed while it was being rotated; nothing was replaced, run again")
@@ -117,87 +132,175 @@ def rotate_file(
     return report
 
 
-def _decoded(column: pa.Array) -> pa.Array:
-    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+def _as_dictionary(column: pa.Array) -> pa.DictionaryArray:
+    return column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
 
 
-def _owners(
-    store: LakeStore, rel: str, attributes: Sequence[AttributePolicy], values: set[bytes]
-) -> dict[bytes, AttributePolicy]:
-    """Which attribute each wrapped key belongs to (its encryption context names the attribute)."""
-    owner: dict[bytes, AttributePolicy] = {}
-    with open_parquet(store, rel) as parquet:
-        for attribute in attributes:
-            if attribute.wrapped_key_column not in parquet.schema_arrow.names:
-                continue
-            for batch in row_groups(parquet, store.display(rel), columns=[attribute.wrapped_key_column]):
-                for value in pc.unique(_decoded(batch.column(0)).drop_null()).to_pylist():
-                    if value in values:
-                        owner.setdefault(value, attribute)
-    return owner
+def _used_keys(column: pa.Array) -> list[bytes]:
+    """The distinct non-null wrapped keys that rows of the column use."""
+    column = _as_dictionary(column)
+    used = pc.unique(column.indices.drop_null())
+    keys: list[bytes] = column.dictionary.take(used).to_pylist()
+    return [key for key in dict.fromkeys(keys) if key is not None]
 
 
 def _map_wrapped_keys(batch: pa.RecordBatch, attribute: AttributePolicy, mapping: dict[bytes, bytes]) -> pa.RecordBatch:
     index = batch.schema.get_field_index(attribute.wrapped_key_column)
     if index < 0:
         return batch
-    column = batch.column(index)
-    if not pa.types.is_dictionary(column.type):
-        column = column.dictionary_encode()
-    dictionary = [mapping.get(v, v) for v in column.dictionary.to_pylist()]
-    new = pa.DictionaryArray.from_arrays(column.indices, pa.array(dictionary, pa.binary()))
+    new = _mapped(_as_dictionary(batch.column(index)), mapping)
     return batch.set_column(index, batch.schema.field(index).with_type(new.type), new)
 
 
+def _mapped(column: pa.DictionaryArray, mapping: dict[bytes, bytes]) -> pa.DictionaryArray:
+    """The same rows with each dictionary entry mapped through `mapping` (indices untouched)."""
+    dictionary = [mapping.get(v, v) if v is not None else None for v in column.dictionary.to_pylist()]
+    return pa.DictionaryArray.from_arrays(column.indices, pa.array(dictionary, pa.binary()))
+
+
 def _verify_rotation(
+    store: LakeStore,
+    rel: str,
+    temp: str,
     source: pq.ParquetFile,
     written: pq.ParquetFile,
     dataset: DatasetSpec,
     attributes: Sequence[AttributePolicy],
     mapping: dict[bytes, bytes],
     cache: DataKeyCache,
-    where: str,
     partition: str | None,
 ) -> int:
-    """Everything but the wrapped keys byte-identical; every new wrapped key unwraps and decrypts a sample.
+    """Everything but the wrapped keys identical; every new wrapped key unwraps and decrypts a sample.
 
-    The ciphertexts are proven unchanged, so a sample authenticating under the new
-    wrapped key proves it holds the same data key. Returns the cells under new keys.
+    Columns other than the wrapped keys are compared as stored bytes, column chunk by
+    column chunk: identical pages decode to identical values, and no decoding is needed.
+    A row group where any of them differs (say, a file written with other settings) is
+    decoded from both files and compared value by value instead. The ciphertexts are so
+    proven unchanged, and a sample authenticating under each new wrapped key proves it
+    holds the same data key. Returns the cells under new keys.
     """
+    where = store.display(rel)
     if written.metadata.num_rows != source.metadata.num_rows:
         raise VerificationError(
             f"{where}: rotation rewrite has {written.metadata.num_rows} rows, original {source.metadata.num_rows}"
         )
+    if written.num_row_groups != source.num_row_groups or not written.schema.equals(source.schema):
+        raise VerificationError(f"{where}: rotation rewrite changed the file's row groups or schema")
+    if not written.schema_arrow.equals(source.schema_arrow, check_metadata=False):
+        raise VerificationError(f"{where}: rotation rewrite changed the file's schema")
+    present = [a for a in attributes if a.wrapped_key_column in source.schema_arrow.names]
+    key_columns = list(dict.fromkeys(a.wrapped_key_column for a in present))
+    identical = _identical_chunks(store, rel, temp, source.metadata, written.metadata, set(key_columns))
     rng = random.SystemRandom()
-    new_values = pa.array(list(mapping.values()), pa.binary())
+    new_set = set(mapping.values())
+    new_values = pa.array(list(new_set), pa.binary())
     cells = 0
     sampled: set[bytes] = set()
-    for index, (before, after) in enumerate(zip(row_groups(source, where), row_groups(written, where), strict=True)):
+    for index in range(source.num_row_groups):
         at = f"{where} row group {index}"
-        restored = after
-        for attribute in attributes:
-            column_at = after.schema.get_field_index(attribute.wrapped_key_column)
-            if column_at >= 0:
-                old = before.column(attribute.wrapped_key_column)
-                restored = restored.set_column(column_at, before.schema.field(attribute.wrapped_key_column), old)
-        if not restored.equals(before):
-            raise VerificationError(f"{at}: rotation changed a column other than the wrapped keys")
-        for attribute in attributes:
-            if after.schema.get_field_index(attribute.wrapped_key_column) < 0:
-                continue
-            old_keys = _decoded(before.column(attribute.wrapped_key_column))
-            new_keys = _decoded(after.column(attribute.wrapped_key_column))
-            expected = pa.array([None if v is None else mapping.get(v, v) for v in old_keys.to_pylist()], pa.binary())
-            if not new_keys.equals(expected):
+        if not identical[index]:
+            before, after = row_group(source, index, where), row_group(written, index, where)
+            restored = after
+            for column in key_columns:
+                column_at = after.schema.get_field_index(column)
+                restored = restored.set_column(column_at, before.schema.field(column), before.column(column))
+            if not restored.equals(before):
+                raise VerificationError(f"{at}: rotation changed a column other than the wrapped keys")
+        if not key_columns:
+            continue
+        old_keys, new_keys = row_group(source, index, where, key_columns), row_group(written, index, where, key_columns)
+        if old_keys.num_rows != new_keys.num_rows:
+            raise VerificationError(f"{at}: rotation rewrite has {new_keys.num_rows} rows, {old_keys.num_rows} read")
+        for attribute in present:
+            new = _as_dictionary(new_keys.column(attribute.wrapped_key_column))
+            expected = _mapped(_as_dictionary(old_keys.column(attribute.wrapped_key_column)), mapping)
+            if not _same_keys(new, expected):
                 raise VerificationError(f"{at}, {attribute.name}: a wrapped key was not mapped to its rewrap")
-            cells += int(pc.sum(pc.is_in(new_keys, value_set=new_values).cast(pa.int64())).as_py() or 0)
-            for new_value in set(mapping.values()) - sampled:
-                rows = pc.indices_nonzero(pc.equal(new_keys, pa.scalar(new_value, pa.binary()))).to_pylist()
+            is_new = pc.is_in(new.dictionary, value_set=new_values)
+            cells += int(pc.sum(pc.take(is_new, new.indices).cast(pa.int64())).as_py() or 0)
+            entries: dict[bytes, list[int]] = {}
+            for position, value in enumerate(new.dictionary.to_pylist()):
+                if value in new_set and value not in sampled:
+                    entries.setdefault(value, []).append(position)
+            picked: list[int] = []
+            for new_value, positions in entries.items():
+                uses = pc.is_in(new.indices, value_set=pa.array(positions, new.indices.type))
+                rows = pc.indices_nonzero(uses).to_pylist()
                 if rows:
-                    picked = pa.array(sorted(rng.sample(rows, min(_SAMPLE_PER_KEY, len(rows)))), pa.int64())
-                    decrypt_rows(after, dataset, attribute, cache, picked, at, partition)
+                    picked += rng.sample(rows, min(_SAMPLE_PER_KEY, len(rows)))
                     sampled.add(new_value)
-    unchecked = set(mapping.values()) - sampled
+            if picked:  # one read and one call for all the keys' samples; a failure is an IntegrityError
+                needed = [attribute.ciphertext_column, attribute.wrapped_key_column, attribute.path.split(".")[0]]
+                if dataset.primary_key is not None:
+                    needed.append(dataset.primary_key)
+                batch = row_group(written, index, where, list(dict.fromkeys(needed)))
+                decrypt_rows(batch, dataset, attribute, cache, pa.array(sorted(picked), pa.int64()), at, partition)
+    unchecked = new_set - sampled
     if unchecked:
         raise VerificationError(f"{where}: {len(unchecked)} rewrapped keys were not found in the rewrite")
     return cells
+
+
+def _identical_chunks(
+    store: LakeStore,
+    rel: str,
+    temp: str,
+    before: pq.FileMetaData,
+    after: pq.FileMetaData,
+    skip: set[str],
+) -> list[bool]:
+    """Per row group: are all its column chunks but `skip` stored byte for byte the same in both files?
+
+    Each file's row group is read as one byte range (one request on S3), then compared chunk by chunk.
+    """
+    result = []
+    with store.open_input(rel) as old_file, store.open_input(temp) as new_file:
+        for index in range(before.num_row_groups):
+            old_group, new_group = before.row_group(index), after.row_group(index)
+            if old_group.num_rows != new_group.num_rows or old_group.num_columns != new_group.num_columns:
+                result.append(False)
+                continue
+            old_chunks = [old_group.column(c) for c in range(old_group.num_columns)]
+            new_chunks = [new_group.column(c) for c in range(new_group.num_columns)]
+            if [c.path_in_schema for c in old_chunks] != [c.path_in_schema for c in new_chunks]:
+                result.append(False)
+                continue
+            compared = [
+                (old, new)
+                for old, new in zip(old_chunks, new_chunks, strict=True)
+                if old.path_in_schema not in skip
+            ]
+            same = all(
+                old.compression == new.compression
+                and old.num_values == new.num_values
+                and old.total_compressed_size == new.total_compressed_size
+                for old, new in compared
+            )
+            if same and compared:
+                old_bytes, old_base = _read_span(old_file, [chunk_span(old) for old, _ in compared])
+                new_bytes, new_base = _read_span(new_file, [chunk_span(new) for _, new in compared])
+                for old, new in compared:
+                    (old_start, old_end), (new_start, new_end) = chunk_span(old), chunk_span(new)
+                    old_chunk = old_bytes.slice(old_start - old_base, old_end - old_start)
+                    if not old_chunk.equals(new_bytes.slice(new_start - new_base, new_end - new_start)):
+                        same = False
+                        break
+            result.append(same)
+    return result
+
+
+def _read_span(file: pa.NativeFile, spans: list[tuple[int, int]]) -> tuple[pa.Buffer, int]:
+    """One read covering every span; returns the bytes (compared by memcmp) and the offset they start at."""
+    start, end = min(s for s, _ in spans), max(e for _, e in spans)
+    file.seek(start)
+    data = file.read_buffer(end - start)
+    if data.size != end - start:
+        raise VerificationError(f"column chunks at bytes {start}-{end} lie beyond the end of the file")
+    return data, start
+
+
+def _same_keys(new: pa.DictionaryArray, expected: pa.DictionaryArray) -> bool:
+    """Row-by-row equal wrapped keys; without decoding when the dictionaries are the same."""
+    if new.dictionary.equals(expected.dictionary):
+        return bool(new.indices.equals(expected.indices))
+    return bool(new.dictionary_decode().equals(expected.dictionary_decode()))

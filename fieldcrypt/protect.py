@@ -132,7 +132,13 @@ def protect_file(
     partition: str | None = None,
     sample_per_row_group: int = 32,
 ) -> ProtectReport:
-    """Encrypt every pending cell of `rel` and replace it atomically; a no-op when none is pending."""
+    """Encrypt every pending cell of `rel` and replace it atomically.
+
+    A file with nothing pending is left alone once it carries the protection columns of
+    every enabled attribute; before that it is rewritten once, values untouched, with the
+    (all-null) columns added, so that every file of a protected dataset has one schema
+    and analysts can read the dataset without reconciling schemas.
+    """
     started = time.perf_counter()
     calls_before = cache.calls.total
     where = store.display(rel)
@@ -141,7 +147,7 @@ def protect_file(
     # nothing pending is scanned whole (and left alone), any other is counted while written.
     report = _scan(store, rel, dataset, attributes, stop_when_pending=True)
     report.master_key = cache.master_key.ref
-    if sum(c.pending for c in report.attributes.values()) == 0:
+    if sum(c.pending for c in report.attributes.values()) == 0 and _has_protection_columns(store, rel, attributes):
         report.seconds = time.perf_counter() - started
         return report
     report = ProtectReport(where, attributes={a.name: AttributeCounts() for a in attributes})
@@ -198,6 +204,12 @@ def protect_file(
     report.kms_calls = cache.calls.total - calls_before
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _has_protection_columns(store: LakeStore, rel: str, attributes: Sequence[AttributePolicy]) -> bool:
+    with open_parquet(store, rel) as parquet:
+        names = set(parquet.schema_arrow.names)
+    return all({a.ciphertext_column, a.wrapped_key_column} <= names for a in attributes)
 
 
 def _protected_schema(schema: pa.Schema, attributes: Sequence[AttributePolicy]) -> pa.Schema:

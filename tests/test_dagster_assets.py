@@ -239,7 +239,7 @@ def test_enable_attribute_job_needs_the_acknowledgement_and_records_like_the_cli
 def test_protected_files_read_with_masks_in_original_columns_in_polars_pandas_and_duckdb(
     fieldcrypt: FieldcryptResource, lake: Path, split_partition: str
 ) -> None:
-    old_day = past_day(5)  # every row predates enablement: the file is never rewritten
+    old_day = past_day(5)  # every row predates enablement: only the (null) protection columns are added
     land(fieldcrypt, old_day, timedelta(0))
     materialize_partition(fieldcrypt, old_day.isoformat())
     materialize_partition(fieldcrypt, split_partition)

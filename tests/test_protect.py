@@ -132,6 +132,25 @@ def test_nanosecond_ingestion_time_1_ns_before_enablement_is_left_as_is(
     assert protected_rows(make_local_workspace, enable_at, ingested, NOON) == [False, True, True]
 
 
+def test_file_with_only_historical_rows_gains_the_protection_columns_once_with_values_untouched(
+    make_local_workspace: Callable[..., Workspace], enable_at: Enable
+) -> None:
+    workspace = make_local_workspace()
+    times = pa.array([NOON - 2 * US, NOON - US], pa.timestamp("us", tz="UTC"))
+    path = land(workspace, users(["old@example.com", "older@example.com"], times))
+    before = pq.read_table(path)
+    enable_at(workspace, "users.email", "email", NOON)
+    first = workspace.protect("users", PARTITION)
+    after = pq.read_table(path)
+    assert first.rewritten and first.newly_encrypted == 0
+    assert first.attributes["users.email"].historical_plaintext == 2
+    assert after.select(before.column_names).equals(before)  # every stored value as it was
+    assert after.column("email__fc_ct").null_count == 2 and after.column("email__fc_dek").null_count == 2
+    content = path.read_bytes()
+    assert not workspace.protect("users", PARTITION).rewritten
+    assert path.read_bytes() == content
+
+
 # -- idempotence ------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -20,6 +21,7 @@ import pyarrow.fs as pafs
 from fieldcrypt.errors import InputError
 
 TEMP_MARKER = ".fieldcrypt-tmp-"
+STALE_TEMP_SECONDS = 6 * 3600  # far longer than any run takes to write and verify one file
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,22 @@ class LakeStore:
         else:
             self.filesystem.copy_file(src, dst)
             self.filesystem.delete_file(src)
+
+    def sweep_temps(self, rel: str, older_than_seconds: float = STALE_TEMP_SECONDS) -> int:
+        """Delete temporary siblings of `rel` left by a crashed run; returns how many.
+
+        Only temps older than `older_than_seconds` go, so a run still writing one keeps it.
+        """
+        head, _, name = rel.rpartition("/")
+        selector = pafs.FileSelector(self.full_path(head), recursive=False, allow_not_found=True)
+        cutoff = time.time_ns() - int(older_than_seconds * 1e9)
+        swept = 0
+        for info in self.filesystem.get_file_info(selector):
+            stale = info.mtime_ns is not None and info.mtime_ns < cutoff
+            if info.base_name.startswith(f".{name}{TEMP_MARKER}") and stale:
+                self.delete(f"{head}/{info.base_name}" if head else info.base_name)
+                swept += 1
+        return swept
 
     def delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):

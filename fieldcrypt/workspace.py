@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fieldcrypt.audit import AuditLog
 from fieldcrypt.binding import BindingStore, Campaign, KeyBinding, KeyRef
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
-from fieldcrypt.errors import InputError, KeyProviderError, PolicyError
+from fieldcrypt.columns import read_path
+from fieldcrypt.errors import InputError, KeyProviderError, PolicyError, VerificationError
 from fieldcrypt.keystore import Keystore
 from fieldcrypt.lake import DEFAULT_DATASETS, list_partitions, partition_path
+from fieldcrypt.mask import mask_values
 from fieldcrypt.parquet_io import open_parquet, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
@@ -29,6 +32,7 @@ from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
 from fieldcrypt.providers.local import LocalKeyProvider
 from fieldcrypt.reveal import reveal
 from fieldcrypt.rotate import RotateReport, rotate_file, wrapped_key_refs
+from fieldcrypt.select import existing_ciphertext
 from fieldcrypt.store import LakeStore
 
 
@@ -53,9 +57,7 @@ class KeyConfig:
             raise KeyProviderError("the aws-kms key provider needs a key ARN or alias")
         # Refused here, not when the KMS client is first built mid-run.
         if self.kms_retry_mode not in RETRY_MODES:
-            raise KeyProviderError(
-                f"KMS retry mode {self.kms_retry_mode!r} is not one of {', '.join(RETRY_MODES)}"
-            )
+            raise KeyProviderError(f"KMS retry mode {self.kms_retry_mode!r} is not one of {', '.join(RETRY_MODES)}")
         if self.kms_max_attempts < 1:
             raise KeyProviderError(f"KMS max attempts must be at least 1, got {self.kms_max_attempts}")
 
@@ -206,11 +208,22 @@ class Workspace:
         return scan_file(self.store, partition_path(dataset, partition), spec, attributes)
 
     def verify(self, dataset: str, partition: str) -> dict[str, int]:
-        """Decrypt every protected cell of a partition (in memory); counts per attribute."""
+        """Decrypt every protected cell of a partition in memory and check its mask; counts per attribute.
+
+        Raises IntegrityError on a cell that does not authenticate, VerificationError on a
+        protected row whose stored mask is not the mask of its decrypted value.
+        """
         counts: dict[str, int] = {}
-        for attribute, values, protected in self._revealed(dataset, partition):
-            counts[attribute.name] = counts.get(attribute.name, 0) + protected
-            del values
+        for attribute, batch, plaintext, protected in self._revealed(dataset, partition):
+            counts[attribute.name] = counts.get(attribute.name, 0) + int(
+                pc.sum(protected.cast(pa.int64())).as_py() or 0
+            )
+            stored = pc.filter(read_path(batch, attribute.path), protected)
+            if not stored.equals(mask_values(pc.filter(plaintext, protected), attribute.mask)):
+                raise VerificationError(
+                    f"{self.store.display(partition_path(dataset, partition))}: a protected {attribute.name} "
+                    "value does not hold the mask of its decrypted value"
+                )
         return counts
 
     def reveal(self, dataset: str, partition: str, attributes: list[str]) -> Iterator[pa.RecordBatch]:
@@ -229,21 +242,19 @@ class Workspace:
                     columns = {spec.primary_key: batch.column(spec.primary_key), **columns}
                 yield pa.RecordBatch.from_pydict(columns)
 
-    def _revealed(self, dataset: str, partition: str) -> Iterator[tuple[AttributePolicy, pa.Array, int]]:
+    def _revealed(
+        self, dataset: str, partition: str
+    ) -> Iterator[tuple[AttributePolicy, pa.RecordBatch, pa.Array, pa.BooleanArray]]:
+        """Per row group and attribute: the batch, the real values, and which rows are protected."""
         spec, attributes = self._dataset(dataset)
         rel = partition_path(dataset, partition)
         cache = self.key_cache()
         with open_parquet(self.store, rel) as parquet:
             for batch in row_groups(parquet, self.store.display(rel)):
                 for attribute in attributes:
-                    protected = 0
-                    if attribute.ciphertext_column in batch.schema.names:
-                        protected = len(batch) - batch.column(attribute.ciphertext_column).null_count
-                    yield (
-                        attribute,
-                        reveal(batch, spec, attribute, cache, self.store.display(rel), partition),
-                        protected,
-                    )
+                    ciphertext = existing_ciphertext(batch, attribute)
+                    plaintext = reveal(batch, spec, attribute, cache, self.store.display(rel), partition)
+                    yield attribute, batch, plaintext, pc.is_valid(ciphertext)
 
     def _dataset(self, dataset: str) -> tuple[DatasetSpec, list[AttributePolicy]]:
         policy = self.policy()

@@ -283,3 +283,23 @@ def test_writer_that_changes_an_already_protected_row_is_caught_by_verification(
 
     wrap_encrypt(monkeypatch, damage_an_old_row)
     refused_intact(workspace, f"{problem} of a row that was not to be encrypted changed")
+
+
+def test_stale_temp_file_of_a_crashed_run_is_swept_by_the_next_run(
+    local_workspace: Workspace, enable_at: Callable[..., Any]
+) -> None:
+    import os
+
+    from fieldcrypt.store import TEMP_MARKER
+
+    path = Path(local_workspace.store.full_path(partition_path("users", PARTITION)))
+    stale = path.with_name(f".{path.name}{TEMP_MARKER}deadbeef")
+    fresh = path.with_name(f".{path.name}{TEMP_MARKER}cafecafe")
+    stale.write_bytes(b"left by a crash")
+    fresh.write_bytes(b"another run is writing this")
+    day_ago = path.stat().st_mtime - 86_400
+    os.utime(stale, (day_ago, day_ago))
+    enable_at(local_workspace, "users.email", "email")
+    local_workspace.protect("users", PARTITION)
+    assert not stale.exists()
+    assert fresh.exists()

@@ -14,23 +14,11 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 from fieldcrypt.errors import KeyProviderError, PolicyError
+from fieldcrypt.providers.base import MasterKeyInfo as KeyRef
 from fieldcrypt.store import LakeStore
 
 BINDING_PATH = "_fieldcrypt/master_key.json"
 BINDING_FORMAT = "fieldcrypt-master-key-v1"
-
-
-@dataclass(frozen=True)
-class KeyRef:
-    """A master key (and version) by id; never key material."""
-
-    provider: str
-    key_id: str
-    key_version: str = ""
-
-    @property
-    def ref(self) -> str:
-        return f"{self.key_id}#{self.key_version}" if self.key_version else self.key_id
 
 
 @dataclass(frozen=True)

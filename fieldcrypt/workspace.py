@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fieldcrypt.audit import AuditLog
-from fieldcrypt.binding import BindingStore, Campaign, KeyBinding, KeyRef
+from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.columns import read_path
 from fieldcrypt.errors import InputError, KeyProviderError, PolicyError, VerificationError
@@ -28,6 +28,7 @@ from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_f
 from fieldcrypt.providers.aws_kms import PROVIDER_ID as KMS
 from fieldcrypt.providers.aws_kms import RETRY_MODES, AwsKmsProvider, kms_client, validate_kms_key
 from fieldcrypt.providers.base import KeyProvider
+from fieldcrypt.providers.base import MasterKeyInfo as KeyRef
 from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
 from fieldcrypt.providers.local import LocalKeyProvider
 from fieldcrypt.reveal import reveal
@@ -137,7 +138,7 @@ class Workspace:
         info = provider.describe()
         self.audit.record("describe_key", master_key=info.ref)
         if binding is None:
-            self.bindings.save(KeyBinding(KeyRef(info.provider, info.key_id, info.key_version)))
+            self.bindings.save(KeyBinding(info))
             self.audit.record("bind_master_key", master_key=info.ref)
         return provider
 

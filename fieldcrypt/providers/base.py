@@ -35,11 +35,11 @@ class EncryptionContext:
 
 @dataclass(frozen=True)
 class MasterKeyInfo:
-    """The master key in force for new data keys: ids only, never key material."""
+    """A master key (and version) by id, e.g. the one in force for new data keys; never key material."""
 
     provider: str
     key_id: str
-    key_version: str
+    key_version: str = ""
 
     @property
     def ref(self) -> str:

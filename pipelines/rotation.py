@@ -1,0 +1,236 @@
+"""Master-key rotation jobs: start a campaign, rotate partitions, prove completion; optionally on a schedule.
+
+A campaign by hand (docs/OPERATIONS.md, "Rotation"):
+  1. `start_key_rotation` (launchpad; local: a new key version, aws-kms: `to_kms_key_arn`);
+  2. a backfill of the rotation assets over every partition (`rotate_keys` or the assets);
+  3. `complete_key_rotation`: scans every partition, fails listing those still under the old
+     key, otherwise marks the campaign complete and retires the old key.
+
+Scheduled rotation (optional, both STOPPED by default): `scheduled_key_rotation` runs
+`start_key_rotation` for a local key on FIELDCRYPT_ROTATION_CRON (default: quarterly),
+and the `key_rotation_driver` sensor does steps 2 and 3 for whatever campaign is in
+progress. Each tick it scans the lake (wrapped-key columns only, no KMS call) and
+requests one `rotate_keys` run per partition still holding old wrapped keys, with run key
+`<campaign id>/<date>`, so a partition is requested once per campaign however many ticks
+see it; when nothing remains it requests `complete_key_rotation` (run key
+`<campaign id>/complete`). Why a sensor of run requests rather than a sensor that launches
+a backfill: `RunRequest.for_asset_graph_subset` is private in Dagster 1.13, while run
+requests with run keys are the public, documented pattern, and the run queue and `kms`
+pool bound them exactly as they bound a backfill's runs. The price: a partition whose run
+failed is not requested again in the same campaign (its run key is spent); re-execute it
+from the UI and the driver moves on.
+"""
+
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from assets.partitions import snapshot_partitions
+from assets.rotation import DATASETS, ROTATION_ASSETS, rotation_asset_name
+from fieldcrypt import FieldcryptError, PolicyError
+from fieldcrypt.binding import Campaign
+from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
+from resources import FieldcryptResource
+
+# When Definitions binds the code location's resources to complete_key_rotation, Dagster 1.13 copies
+# key_rotation_driver (SensorDefinition.with_attributes) passing its own `owners` argument and warns
+# that the argument is beta. Nothing of ours uses it; only that warning is silenced.
+warnings.filterwarnings(
+    "ignore", message="Parameter `owners` of initializer `SensorDefinition", category=dg.BetaWarning
+)
+
+DEFAULT_ROTATION_CRON = "0 3 1 1,4,7,10 *"  # 03:00 UTC on the first day of each quarter
+CAMPAIGN_TAG = "fieldcrypt/rotation_campaign"
+
+
+class StartKeyRotationConfig(dg.Config):
+    to_kms_key_arn: str | None = Field(
+        default=None,
+        description=(
+            "aws-kms only: the ARN of the new master key, checked with DescribeKey before the campaign starts. "
+            "Leave empty for the local provider: a new key version is created."
+        ),
+    )
+
+
+@dg.op(description="Start a rotation campaign, as `fieldcrypt rotate start [--to ARN]` does.")
+def start_rotation_campaign(
+    context: dg.OpExecutionContext, config: StartKeyRotationConfig, fieldcrypt: FieldcryptResource
+) -> None:
+    workspace = fieldcrypt.workspace(actor=f"dagster:{context.run.run_id}")
+    try:
+        campaign = workspace.start_rotation(to_kms_key=config.to_kms_key_arn or None)
+    except FieldcryptError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    context.log.info(
+        f"rotation {campaign.campaign_id} started: {campaign.old.ref} -> {campaign.new.ref}. New data keys wrap "
+        "under the new key; both keys decrypt until the campaign completes. Next: backfill the rotation assets."
+    )
+    _observe_rotation_assets(context, campaign)
+
+
+@dg.job(
+    name="start_key_rotation",
+    description=(
+        "Start a master-key rotation campaign. local: creates a new key version; aws-kms: set to_kms_key_arn. "
+        "From now on new data keys wrap under the new key; then backfill the rotation assets."
+    ),
+)
+def start_key_rotation() -> None:
+    start_rotation_campaign()
+
+
+rotate_keys = dg.define_asset_job(
+    "rotate_keys",
+    selection=dg.AssetSelection.assets(*ROTATION_ASSETS),  # partitioned like them: daily snapshots
+    description="Rewrap the data keys of one daily partition of every dataset under the current master key.",
+)
+
+
+@dg.op(
+    description="Prove no wrapped key under the old master key remains, then retire it (`fieldcrypt rotate complete`)."
+)
+def complete_rotation_campaign(context: dg.OpExecutionContext, fieldcrypt: FieldcryptResource) -> None:
+    workspace = fieldcrypt.workspace(actor=f"dagster:{context.run.run_id}")
+    try:
+        campaign = workspace.complete_rotation()
+    except PolicyError as exc:
+        remaining = workspace.rotation_status().remaining  # the core's message lists the first 20; this has all
+        raise dg.Failure(
+            description=str(exc),
+            metadata={"remaining_partitions": len(remaining), "remaining": dg.MetadataValue.json(remaining)},
+            allow_retries=False,
+        ) from exc
+    except FieldcryptError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    if campaign.old.provider == LOCAL:
+        retired = f"local key version {campaign.old.key_version} is retired and no longer decrypts"
+    else:
+        retired = (
+            f"the customer may now disable the old key {campaign.old.key_id}; "
+            f"set FIELDCRYPT_KMS_KEY to {campaign.new.key_id} if not done yet"
+        )
+    context.log.info(
+        f"rotation {campaign.campaign_id} complete: no wrapped key under {campaign.old.ref} remains; {retired}"
+    )
+    _observe_rotation_assets(context, campaign)
+
+
+@dg.job(
+    name="complete_key_rotation",
+    description=(
+        "Scan every partition; fail listing those still holding wrapped keys under the old master key, "
+        "otherwise mark the campaign complete and retire the old key."
+    ),
+)
+def complete_key_rotation() -> None:
+    complete_rotation_campaign()
+
+
+def _observe_rotation_assets(context: dg.OpExecutionContext, campaign: Campaign) -> None:
+    """The campaign's start or end on each rotation asset's page (ids and times only)."""
+    metadata: Mapping[str, Any] = {
+        "campaign_id": campaign.campaign_id,
+        "status": campaign.status,
+        "old_master_key_id": campaign.old.ref,
+        "new_master_key_id": campaign.new.ref,
+        "started_at": campaign.started_at,
+        "finished_at": campaign.finished_at or "",
+    }
+    for asset in ROTATION_ASSETS:
+        context.log_event(dg.AssetObservation(asset_key=asset.key, metadata=dict(metadata)))
+
+
+# -- scheduled rotation (optional) -------------------------------------------------------------
+
+
+@dg.schedule(
+    name="scheduled_key_rotation",
+    cron_schedule=os.environ.get("FIELDCRYPT_ROTATION_CRON") or DEFAULT_ROTATION_CRON,
+    execution_timezone="UTC",
+    job=start_key_rotation,
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description=(
+        "Start a rotation campaign to a new local key version (FIELDCRYPT_ROTATION_CRON, default quarterly). "
+        "Turn on key_rotation_driver too: it rotates the partitions and completes the campaign."
+    ),
+)
+def scheduled_key_rotation(
+    context: dg.ScheduleEvaluationContext, fieldcrypt: FieldcryptResource
+) -> dg.RunRequest | dg.SkipReason:
+    if fieldcrypt.key.provider != LOCAL:
+        return dg.SkipReason(
+            f"scheduled rotation is for a local master key; this workspace uses {fieldcrypt.key.provider}, "
+            "whose key owner starts a rotation with a new key ARN (start_key_rotation)"
+        )
+    binding = fieldcrypt.workspace(actor="dagster:scheduled_key_rotation").bindings.load()
+    if binding is None:
+        return dg.SkipReason("the lake is not bound to a master key yet: nothing is protected, nothing to rotate")
+    if binding.active_campaign is not None:
+        return dg.SkipReason(f"rotation {binding.active_campaign.campaign_id} is still in progress")
+    return dg.RunRequest(tags={"fieldcrypt/rotation": "scheduled"})
+
+
+@dg.sensor(
+    name="key_rotation_driver",
+    jobs=[rotate_keys, complete_key_rotation],
+    minimum_interval_seconds=300,  # each tick reads the wrapped-key columns of every partition
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description=(
+        "While a rotation campaign is in progress: request one rotate_keys run per partition still holding "
+        "old wrapped keys (once per campaign), then complete_key_rotation when none remain."
+    ),
+)
+def key_rotation_driver(
+    context: dg.SensorEvaluationContext, fieldcrypt: FieldcryptResource
+) -> dg.SensorResult | dg.SkipReason:
+    status = fieldcrypt.workspace(actor="dagster:key_rotation_driver").rotation_status()
+    campaign = status.campaign
+    if campaign is None:
+        return dg.SkipReason("no rotation campaign in progress")
+    tags = {CAMPAIGN_TAG: campaign.campaign_id}
+    if status.complete:
+        complete = dg.RunRequest(
+            job_name=complete_key_rotation.name, run_key=f"{campaign.campaign_id}/complete", tags=tags
+        )
+        return dg.SensorResult(run_requests=[complete])
+    datasets_by_date: dict[str, list[str]] = {}
+    elsewhere = []  # a dataset without rotation assets here, or a date outside the partitions
+    for entry in sorted(status.remaining):
+        dataset, _, partition = entry.partition("/")
+        if dataset in DATASETS and snapshot_partitions.has_partition_key(partition):
+            datasets_by_date.setdefault(partition, []).append(dataset)
+        else:
+            elsewhere.append(entry)
+    if elsewhere:
+        context.log.warning(
+            f"rotation {campaign.campaign_id}: {len(elsewhere)} partitions outside this code location's rotation "
+            f"assets still hold old wrapped keys; rotate them with `fieldcrypt rotate-partition <dataset> "
+            f"--partition <date>`: {', '.join(elsewhere[:20])}"
+        )
+    if not datasets_by_date:
+        return dg.SkipReason(f"rotation {campaign.campaign_id}: only partitions outside the code location remain")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                job_name=rotate_keys.name,
+                partition_key=partition,
+                asset_selection=[dg.AssetKey(rotation_asset_name(dataset)) for dataset in datasets],
+                run_key=f"{campaign.campaign_id}/{partition}",
+                tags=tags,
+            )
+            for partition, datasets in datasets_by_date.items()
+        ]
+    )
+
+
+defs = dg.Definitions(
+    assets=ROTATION_ASSETS,
+    jobs=[start_key_rotation, rotate_keys, complete_key_rotation],
+    schedules=[scheduled_key_rotation],
+    sensors=[key_rotation_driver],
+)

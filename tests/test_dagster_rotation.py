@@ -1,0 +1,650 @@
+"""Master-key rotation through Dagster: the rotation assets, the campaign jobs, the backfill, the schedule and sensor.
+
+The rotation backfill is launched through GraphQL as the UI launches it, with the code
+location loaded out of process (as test_dagster_backfill.py does), on the local provider
+and on aws-kms against moto. The failure paths run in process, where KMS faults can be
+injected into boto3 (tests/faults.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from dagster import AssetCheckKey, DagsterInstance, DagsterRunStatus
+from dagster._core.definitions.reconstruct import ReconstructableJob
+from dagster._core.execution.backfill import BulkActionStatus
+from dagster._core.storage.dagster_run import RunsFilter
+from dagster._core.test_utils import instance_for_test
+from dagster._daemon.backfill import execute_backfill_iteration
+from dagster._serdes import serialize_value
+from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
+from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+from dagster_support import (
+    WORKSPACE,
+    enable,
+    fresh_code_location_import,
+    land,
+    local_fieldcrypt,
+    make_keystore,
+    past_day,
+)
+
+from fieldcrypt import AccessDeniedError, ThrottledError, Workspace
+from fieldcrypt.keystore import Keystore
+from fieldcrypt.lake import partition_path
+from fieldcrypt.store import TEMP_MARKER
+from resources import FieldcryptResource, KeyProviderResource, LakeResource
+from tests.faults import KmsFaults
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOCATION = "fieldcrypt_rotation_test"
+DAYS = [past_day(4), past_day(3), past_day(2)]
+PARTITIONS = [day.isoformat() for day in DAYS]
+DATASETS = ("users", "events")
+ROTATED = {"users": "rotated_users_keys", "events": "rotated_events_keys"}
+# Ingestion times a month after each snapshot day: after enablement, so every row is encrypted.
+FUTURE = timedelta(days=30)
+
+
+# -- setup ----------------------------------------------------------------------------------
+
+
+def protect_lake(fieldcrypt: FieldcryptResource, days: list[Any] = DAYS) -> None:
+    """Land `days` of users and events, enable three attributes and protect every partition
+    with several data keys per attribute (so rotation has several to rewrap)."""
+    for day in days:
+        land(fieldcrypt, day, FUTURE, users=120, events=160)
+    enable(fieldcrypt, ("users.email", "email"), ("users.phone", "last4"), ("events.properties.email", "email"))
+    workspace = fieldcrypt.workspace("test")
+    workspace.key_cache().max_cells_per_key = 50
+    for dataset in DATASETS:
+        for day in days:
+            assert workspace.protect(dataset, day.isoformat()).newly_encrypted > 0
+
+
+def read_table(workspace: Workspace, dataset: str, partition: str) -> pa.Table:
+    with workspace.store.open_input(partition_path(dataset, partition)) as handle:
+        return pq.read_table(handle)
+
+
+def all_but_wrapped_keys(workspace: Workspace) -> dict[str, pa.Table]:
+    """Every column except the wrapped-key ones (ciphertext, masks, the rest), per stored file."""
+    tables = {}
+    for dataset in DATASETS:
+        for partition in workspace.partitions(dataset):
+            table = read_table(workspace, dataset, partition)
+            tables[f"{dataset}/{partition}"] = table.select([n for n in table.column_names if "__fc_dek" not in n])
+    return tables
+
+
+def start_campaign(
+    fieldcrypt: FieldcryptResource, instance: DagsterInstance, **config: str
+) -> dg.ExecuteInProcessResult:
+    from pipelines.rotation import start_key_rotation
+
+    return start_key_rotation.execute_in_process(
+        run_config={"ops": {"start_rotation_campaign": {"config": config}}},
+        resources={"fieldcrypt": fieldcrypt},
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+def complete_campaign(fieldcrypt: FieldcryptResource, instance: DagsterInstance) -> dg.ExecuteInProcessResult:
+    from pipelines.rotation import complete_key_rotation
+
+    return complete_key_rotation.execute_in_process(
+        resources={"fieldcrypt": fieldcrypt}, instance=instance, raise_on_error=False
+    )
+
+
+def rotate_partition(
+    fieldcrypt: FieldcryptResource, partition: str, *, instance: DagsterInstance | None = None, **kwargs: Any
+) -> dg.ExecuteInProcessResult:
+    from assets.rotation import ROTATION_ASSETS
+
+    return dg.materialize(
+        ROTATION_ASSETS,
+        partition_key=partition,
+        resources={"fieldcrypt": fieldcrypt},
+        instance=instance or DagsterInstance.ephemeral(),
+        **kwargs,
+    )
+
+
+def rotation_metadata(result: dg.ExecuteInProcessResult, dataset: str) -> dict[str, Any]:
+    (materialization,) = result.asset_materializations_for_node(ROTATED[dataset])
+    return {key: value.value for key, value in materialization.metadata.items()}
+
+
+def failure_message(result: dg.ExecuteInProcessResult, node: str) -> str:
+    failure = result.failure_data_for_node(node)
+    assert failure is not None, node
+    return failure.error.message if failure.error else ""
+
+
+@pytest.fixture
+def fieldcrypt(tmp_path: Path) -> FieldcryptResource:
+    return local_fieldcrypt(tmp_path / "lake", make_keystore(tmp_path))
+
+
+# -- the rotation backfill through GraphQL, local and aws-kms --------------------------------
+
+
+@pytest.fixture
+def workspace_file(tmp_path: Path) -> Path:
+    path = tmp_path / "workspace.yaml"
+    path.write_text(
+        "load_from:\n"
+        "  - python_module:\n"
+        "      module_name: pipelines.definitions\n"
+        "      attribute: defs\n"
+        f"      working_directory: {REPO_ROOT}\n"
+        f"      location_name: {LOCATION}\n"
+    )
+    return path
+
+
+@pytest.fixture(params=["local", "aws-kms"])
+def provider(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The code location's settings (set in the environment, which the gRPC server subprocess and
+    the in-process runs read), the same workspace as a plain resource, and the campaign's config."""
+    settings = {
+        "FIELDCRYPT_WORKSPACE": WORKSPACE,
+        "FIELDCRYPT_DAGSTER_EXECUTOR": "in_process",
+        "FIELDCRYPT_PARTITIONS_START": DAYS[0].isoformat(),
+    }
+    if request.param == "local":
+        lake, keystore = tmp_path / "lake", make_keystore(tmp_path)
+        settings |= {
+            "FIELDCRYPT_LAKE": str(lake),
+            "FIELDCRYPT_KEY_PROVIDER": "local",
+            "FIELDCRYPT_KEYSTORE": str(keystore),
+        }
+        plain, start_config = local_fieldcrypt(lake, keystore), {}
+    else:
+        moto: str = request.getfixturevalue("moto")
+        make_kms_key: Callable[..., str] = request.getfixturevalue("make_kms_key")
+        bucket: str = request.getfixturevalue("s3_bucket")
+        old_key, new_key = make_kms_key(Description="old"), make_kms_key(Description="new")
+        settings |= {
+            "FIELDCRYPT_LAKE": f"s3://{bucket}/lake",
+            "FIELDCRYPT_S3_ENDPOINT_URL": moto,
+            "FIELDCRYPT_KEY_PROVIDER": "aws-kms",
+            "FIELDCRYPT_KMS_KEY": old_key,
+            "FIELDCRYPT_KMS_ENDPOINT_URL": moto,
+            "FIELDCRYPT_KMS_MAX_ATTEMPTS": "2",
+        }
+        plain = kms_fieldcrypt(settings["FIELDCRYPT_LAKE"], old_key, moto)
+        start_config = {"to_kms_key_arn": new_key}
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("FIELDCRYPT_PARTITIONS_END", raising=False)
+    return {"fieldcrypt": plain, "start_config": start_config}
+
+
+def kms_fieldcrypt(lake: str, key_arn: str, moto: str) -> FieldcryptResource:
+    return FieldcryptResource(
+        workspace_name=WORKSPACE,
+        lake=LakeResource(uri=lake, s3_endpoint_url=moto if lake.startswith("s3://") else None),
+        key=KeyProviderResource(
+            provider="aws-kms", kms_key_arn=key_arn, kms_endpoint_url=moto, kms_region="us-east-1", kms_max_attempts=2
+        ),
+    )
+
+
+def test_graphql_rotation_backfill_rewraps_both_datasets_resumes_and_completes(
+    provider: dict[str, Any], workspace_file: Path
+) -> None:
+    fieldcrypt: FieldcryptResource = provider["fieldcrypt"]
+    protect_lake(fieldcrypt)
+    workspace = fieldcrypt.workspace("test")
+    before = all_but_wrapped_keys(workspace)
+
+    with (
+        fresh_code_location_import(),
+        fresh_job_definitions(),
+        instance_for_test(synchronous_run_coordinator=True, synchronous_run_launcher=True) as instance,
+        define_out_of_process_context(str(workspace_file), None, instance) as context,
+    ):
+        assert context.get_code_location_entries()[LOCATION].load_error is None
+        started = start_campaign(fieldcrypt, instance, **provider["start_config"])
+        assert started.success
+        campaign = workspace.bindings.load().active_campaign  # type: ignore[union-attr]
+        assert campaign is not None and campaign.started_by == f"dagster:{started.run_id}"
+
+        first = launch_rotation_backfill(context, instance, PARTITIONS[:2])
+        mid_campaign = {p: workspace.verify("users", p) for p in (PARTITIONS[0], PARTITIONS[2])}
+        refused = complete_campaign(fieldcrypt, instance)
+        resumed = launch_rotation_backfill(context, instance, PARTITIONS)  # re-launched over everything
+        completed = complete_campaign(fieldcrypt, instance)
+
+        runs = {b: instance.get_runs(filters=RunsFilter.for_backfill(b)) for b in (first, resumed)}
+        latest = {
+            (dataset, partition): latest_metadata(instance, dataset, partition)
+            for dataset in DATASETS
+            for partition in PARTITIONS
+        }
+        check_results = {
+            dataset: instance.event_log_storage.get_asset_check_execution_history(
+                AssetCheckKey(dg.AssetKey(ROTATED[dataset]), "no_old_wrapped_keys"), limit=20
+            )
+            for dataset in DATASETS
+        }
+
+    # one run per partition, all succeeded
+    assert [len(runs[first]), len(runs[resumed])] == [2, 3]
+    assert {run.status for backfill in runs.values() for run in backfill} == {DagsterRunStatus.SUCCESS}
+    # mid-campaign, a rotated and a not yet rotated partition both decrypt
+    assert all(sum(counts.values()) > 0 for counts in mid_campaign.values())
+    # the completion check failed while the last day remained, naming it, and passed after the resume
+    assert not refused.success
+    message = failure_message(refused, "complete_rotation_campaign")
+    assert f"users/{PARTITIONS[2]}" in message and f"events/{PARTITIONS[2]}" in message
+    assert PARTITIONS[0] not in message
+    assert completed.success
+    assert workspace.bindings.load().campaigns[-1].status == "complete"  # type: ignore[union-attr]
+    # the resumed backfill skipped what the first one rotated, and rotated the rest once per data key
+    for dataset in DATASETS:
+        for partition in PARTITIONS[:2]:
+            assert latest[dataset, partition]["skipped"] is True and latest[dataset, partition]["kms_calls"] == 0
+        last = latest[dataset, PARTITIONS[2]]
+        assert last["rewritten"] is True and last["campaign_id"] == campaign.campaign_id
+        assert last["rewrapped"] == last["distinct_data_keys"] > 1
+        assert last["master_keys_before"] == {campaign.old.ref: last["distinct_data_keys"]}
+        assert last["master_key_id"] == campaign.new.ref
+    for dataset, history in check_results.items():
+        evaluated = [record for record in history if record.status.value != "PLANNED"]
+        assert len(evaluated) == 5 and {record.status.value for record in evaluated} == {"SUCCEEDED"}, dataset
+    # ciphertext, masks and every other column byte-identical; everything under the new key and readable
+    if campaign.new.provider == "aws-kms":  # after completion, only the new key opens the lake
+        fieldcrypt = kms_fieldcrypt(
+            os.environ["FIELDCRYPT_LAKE"], campaign.new.key_id, os.environ["FIELDCRYPT_KMS_ENDPOINT_URL"]
+        )
+    after_workspace = fieldcrypt.workspace("test")
+    assert {"email__fc_ct", "phone__fc_ct"} <= set(before[f"users/{PARTITIONS[0]}"].column_names)
+    assert all_but_wrapped_keys(after_workspace) == before
+    assert after_workspace.rotation_status().complete
+    assert sum(after_workspace.verify("users", PARTITIONS[0]).values()) > 0
+
+
+@contextlib.contextmanager
+def fresh_job_definitions() -> Iterator[None]:
+    """Runs launched in memory load their job through `ReconstructableJob`, whose last definition Dagster
+    keeps (lru_cache): a second test with the same job and another environment would get the first one's
+    resources. Forget it before and after."""
+    for cached in (ReconstructableJob.get_repository_definition, ReconstructableJob.get_definition):
+        cached.cache_clear()  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for cached in (ReconstructableJob.get_repository_definition, ReconstructableJob.get_definition):
+            cached.cache_clear()  # type: ignore[attr-defined]
+
+
+def launch_rotation_backfill(context: Any, instance: DagsterInstance, partitions: list[str]) -> str:
+    """A backfill of both rotation assets over `partitions`, as the UI launches it; driven to the end."""
+    launched = execute_dagster_graphql(
+        context,
+        LAUNCH_PARTITION_BACKFILL_MUTATION,
+        variables={
+            "backfillParams": {
+                "assetSelection": [{"path": [ROTATED[dataset]]} for dataset in DATASETS],
+                "partitionNames": partitions,
+            }
+        },
+    )
+    assert launched.data["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", launched.data
+    backfill_id: str = launched.data["launchPartitionBackfill"]["backfillId"]
+    logger = logging.getLogger("test_dagster_rotation")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        list(execute_backfill_iteration(context.process_context, logger))
+        backfill = instance.get_backfill(backfill_id)
+        assert backfill is not None
+        if backfill.status == BulkActionStatus.COMPLETED_SUCCESS:
+            return backfill_id
+        assert backfill.status == BulkActionStatus.REQUESTED, backfill.status
+    raise AssertionError(f"backfill {backfill_id} did not complete in time")
+
+
+def latest_metadata(instance: DagsterInstance, dataset: str, partition: str) -> dict[str, Any]:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(ROTATED[dataset]), asset_partitions=[partition]), limit=1
+    ).records
+    assert records and records[0].asset_materialization is not None
+    return {key: value.value for key, value in records[0].asset_materialization.metadata.items()}
+
+
+# -- the campaign jobs, in process ----------------------------------------------------------------
+
+
+def test_start_job_creates_a_new_local_key_version_and_records_the_campaign(
+    fieldcrypt: FieldcryptResource,
+) -> None:
+    protect_lake(fieldcrypt, DAYS[:1])
+    instance = DagsterInstance.ephemeral()
+
+    result = start_campaign(fieldcrypt, instance)
+
+    assert result.success
+    campaign = fieldcrypt.workspace("test").bindings.load().active_campaign  # type: ignore[union-attr]
+    assert campaign is not None
+    assert (campaign.old.key_version, campaign.new.key_version) == ("1", "2")
+    assert campaign.started_by == f"dagster:{result.run_id}"
+    assert Keystore.load(Path(fieldcrypt.key.keystore_path or "")).current == 2
+    observation = instance.fetch_observations(dg.AssetKey("rotated_users_keys"), limit=1).records[0]
+    assert observation.asset_observation is not None
+    assert observation.asset_observation.metadata["campaign_id"].value == campaign.campaign_id
+
+
+def test_start_job_is_refused_while_a_campaign_is_in_progress(fieldcrypt: FieldcryptResource) -> None:
+    protect_lake(fieldcrypt, DAYS[:1])
+    instance = DagsterInstance.ephemeral()
+    start_campaign(fieldcrypt, instance)
+
+    again = start_campaign(fieldcrypt, instance)
+
+    assert not again.success
+    assert "still in progress" in failure_message(again, "start_rotation_campaign")
+
+
+def test_completion_job_names_the_one_partition_left_and_succeeds_once_it_is_rotated(
+    fieldcrypt: FieldcryptResource,
+) -> None:
+    protect_lake(fieldcrypt, DAYS[:2])
+    instance = DagsterInstance.ephemeral()
+    campaign_start = start_campaign(fieldcrypt, instance)
+    assert campaign_start.success
+    rotate_partition(fieldcrypt, PARTITIONS[0], instance=instance)
+    rotate_partition(fieldcrypt, PARTITIONS[1], instance=instance, selection=["rotated_users_keys"])
+
+    refused = complete_campaign(fieldcrypt, instance)
+    rotate_partition(fieldcrypt, PARTITIONS[1], instance=instance, selection=["rotated_events_keys"])
+    completed = complete_campaign(fieldcrypt, instance)
+
+    message = failure_message(refused, "complete_rotation_campaign")
+    assert f"1 partitions still hold old wrapped keys: events/{PARTITIONS[1]}" in message
+    failure = refused.failure_data_for_node("complete_rotation_campaign")
+    assert failure is not None and failure.user_failure_data is not None
+    assert failure.user_failure_data.metadata["remaining"].value == {
+        f"events/{PARTITIONS[1]}": [campaign_ref(fieldcrypt, "old")]
+    }
+    assert completed.success
+    keystore = Keystore.load(Path(fieldcrypt.key.keystore_path or ""))
+    assert keystore.versions[1].key == b""  # the old local version is retired
+
+
+def campaign_ref(fieldcrypt: FieldcryptResource, which: str) -> str:
+    campaign = fieldcrypt.workspace("test").bindings.load().campaigns[-1]  # type: ignore[union-attr]
+    return str(getattr(campaign, which).ref)
+
+
+# -- the rotation asset, in process ---------------------------------------------------------------
+
+
+def test_rerotating_a_partition_is_skipped_without_rewrite_or_kms_call(fieldcrypt: FieldcryptResource) -> None:
+    protect_lake(fieldcrypt, DAYS[:1])
+    start_campaign(fieldcrypt, DagsterInstance.ephemeral())
+    rotate_partition(fieldcrypt, PARTITIONS[0])
+    path = Path(fieldcrypt.lake.uri) / partition_path("users", PARTITIONS[0])
+    stored, mtime = path.read_bytes(), path.stat().st_mtime_ns
+
+    result = rotate_partition(fieldcrypt, PARTITIONS[0])
+
+    users = rotation_metadata(result, "users")
+    assert (users["skipped"], users["rewritten"], users["rewrapped"], users["kms_calls"]) == (True, False, 0, 0)
+    assert users["already_current"] == users["distinct_data_keys"] > 0
+    assert path.read_bytes() == stored and path.stat().st_mtime_ns == mtime
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+
+
+def test_date_without_a_stored_file_materializes_with_nothing_to_rotate(fieldcrypt: FieldcryptResource) -> None:
+    protect_lake(fieldcrypt, DAYS[:1])
+    start_campaign(fieldcrypt, DagsterInstance.ephemeral())
+    empty_day = past_day(10).isoformat()
+
+    result = rotate_partition(fieldcrypt, empty_day)
+
+    assert result.success
+    assert rotation_metadata(result, "events") == {"partition": empty_day, "stored": False, "rewritten": False}
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    assert not (Path(fieldcrypt.lake.uri) / "events" / f"date={empty_day}").exists()
+
+
+def test_check_fails_naming_the_old_key_when_a_partition_still_holds_it(fieldcrypt: FieldcryptResource) -> None:
+    from assets.rotation import _no_old_wrapped_keys
+
+    protect_lake(fieldcrypt, DAYS[:1])
+    start_campaign(fieldcrypt, DagsterInstance.ephemeral())
+
+    result = _no_old_wrapped_keys(fieldcrypt.workspace("test"), "users", PARTITIONS[0])
+
+    assert not result.passed
+    assert result.metadata["old_master_keys"].value == [campaign_ref(fieldcrypt, "old")]
+
+
+def test_metadata_and_run_logs_hold_no_plaintext_and_no_key_bytes(fieldcrypt: FieldcryptResource) -> None:
+    protect_lake(fieldcrypt, DAYS[:1])
+    instance = DagsterInstance.ephemeral()
+    start = start_campaign(fieldcrypt, instance)
+    result = rotate_partition(fieldcrypt, PARTITIONS[0], instance=instance)
+    complete = complete_campaign(fieldcrypt, instance)
+
+    logged = "\n".join(serialize_value(e) for run in (start, result, complete) for e in instance.all_logs(run.run_id))
+    assert "cells_under_rewrapped_keys" in logged
+    batches = fieldcrypt.workspace("test").reveal("users", PARTITIONS[0], ["email"])
+    revealed = [row for batch in batches for row in batch.to_pylist()]
+    emails = {row["users.email"] for row in revealed if row["users.email"]}
+    assert emails and not [email for email in emails if email in logged]
+    keys = [v.key for v in Keystore.load(Path(fieldcrypt.key.keystore_path or "")).versions.values() if v.key]
+    assert keys
+    for key in keys:
+        assert base64.b64encode(key).decode() not in logged and key.hex() not in logged
+
+
+# -- failure paths: KMS faults injected in process ---------------------------------------------------
+
+
+@pytest.fixture
+def kms_faults(moto: str) -> Iterator[KmsFaults]:
+    """Fault injection on every KMS client fieldcrypt builds (they come from boto3's default session)."""
+    boto3.setup_default_session()
+    assert boto3.DEFAULT_SESSION is not None
+    events = boto3.DEFAULT_SESSION.events
+    faults = KmsFaults()
+    faults.install(events)
+    yield faults
+    faults.uninstall(events)
+    boto3.DEFAULT_SESSION = None
+
+
+def test_rewrap_denied_by_kms_fails_the_partition_leaves_its_file_intact_and_a_rerun_completes(
+    tmp_path: Path, moto: str, make_kms_key: Callable[..., str], kms_faults: KmsFaults
+) -> None:
+    old_key, new_key = make_kms_key(), make_kms_key()
+    fieldcrypt = kms_fieldcrypt(str(tmp_path / "lake"), old_key, moto)
+    protect_lake(fieldcrypt, DAYS[:1])
+    instance = DagsterInstance.ephemeral()
+    assert start_campaign(fieldcrypt, instance, to_kms_key_arn=new_key).success
+    path = tmp_path / "lake" / partition_path("users", PARTITIONS[0])
+    stored = path.read_bytes()
+    kms_faults.fail("ReEncrypt", "AccessDeniedException")
+
+    denied = rotate_partition(
+        fieldcrypt, PARTITIONS[0], instance=instance, selection=["rotated_users_keys"], raise_on_error=False
+    )
+
+    assert not denied.success
+    message = failure_message(denied, "rotated_users_keys")
+    assert f"rotating users partition {PARTITIONS[0]} failed: AccessDeniedError" in message and "ReEncrypt" in message
+    assert not [e for e in denied.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert path.read_bytes() == stored
+    assert not [name for name in os.listdir(path.parent) if TEMP_MARKER in name]
+    assert f"users/{PARTITIONS[0]}" in fieldcrypt.workspace("test").rotation_status().remaining
+
+    kms_faults.clear()
+    rerun = rotate_partition(fieldcrypt, PARTITIONS[0], instance=instance, selection=["rotated_users_keys"])
+
+    assert rerun.success and rotation_metadata(rerun, "users")["rewritten"] is True
+    assert all(e.passed for e in rerun.get_asset_check_evaluations())
+    assert f"users/{PARTITIONS[0]}" not in fieldcrypt.workspace("test").rotation_status().remaining
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [(ThrottledError("KMS kept throttling"), True), (AccessDeniedError("denied"), False), (OSError("gone"), False)],
+)
+def test_only_throttling_is_retried(error: Exception, retried: bool) -> None:
+    from assets.rotation import rotation_failure
+
+    failure = rotation_failure("users", PARTITIONS[0], error)
+
+    assert failure.allow_retries is retried
+    assert failure.description == f"rotating users partition {PARTITIONS[0]} failed: {type(error).__name__}: {error}"
+
+
+# -- scheduled rotation: schedule + driver sensor, evaluated as the daemon would -------------------
+
+
+def test_scheduled_rotation_starts_rotates_and_completes_a_local_campaign_by_itself(
+    fieldcrypt: FieldcryptResource,
+) -> None:
+    from pipelines.rotation import defs, key_rotation_driver, scheduled_key_rotation
+
+    protect_lake(fieldcrypt, DAYS[:2])
+    instance = DagsterInstance.ephemeral()
+    resources = {"fieldcrypt": fieldcrypt}
+    code_location = dg.Definitions.merge(defs, dg.Definitions(resources=resources))
+
+    def tick() -> Any:
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            return key_rotation_driver(context)
+
+    def launch(request: dg.RunRequest, job_name: str | None = None) -> None:
+        """What the daemon does with a run request, in process."""
+        job = code_location.resolve_job_def(job_name or request.job_name or "")
+        selection = {"asset_selection": request.asset_selection} if request.asset_selection else {}
+        run = job.execute_in_process(
+            run_config=request.run_config,
+            tags=request.tags,
+            partition_key=request.partition_key,
+            instance=instance,
+            **selection,
+        )
+        assert run.success
+
+    assert isinstance(tick(), dg.SkipReason)  # nothing in progress
+    with dg.build_schedule_context(instance=instance, resources=resources) as context:
+        start = scheduled_key_rotation(context)
+    assert isinstance(start, dg.RunRequest)
+    launch(start, scheduled_key_rotation.job_name)
+    campaign = fieldcrypt.workspace("test").bindings.load().active_campaign  # type: ignore[union-attr]
+    assert campaign is not None and campaign.new.key_version == "2"
+
+    rotations = tick().run_requests
+    assert sorted(r.run_key for r in rotations) == [f"{campaign.campaign_id}/{p}" for p in PARTITIONS[:2]]
+    for request in rotations:
+        assert request.job_name == "rotate_keys"
+        assert set(request.asset_selection) == {dg.AssetKey(name) for name in ROTATED.values()}
+        assert request.tags["fieldcrypt/rotation_campaign"] == campaign.campaign_id
+        launch(request)
+    (completion,) = tick().run_requests
+    assert (completion.job_name, completion.run_key) == ("complete_key_rotation", f"{campaign.campaign_id}/complete")
+    launch(completion)
+    assert fieldcrypt.workspace("test").bindings.load().campaigns[-1].status == "complete"  # type: ignore[union-attr]
+    assert isinstance(tick(), dg.SkipReason)
+
+
+def test_rotation_schedule_skips_while_a_campaign_is_in_progress(fieldcrypt: FieldcryptResource) -> None:
+    from pipelines.rotation import scheduled_key_rotation
+
+    protect_lake(fieldcrypt, DAYS[:1])
+    start_campaign(fieldcrypt, DagsterInstance.ephemeral())
+
+    with dg.build_schedule_context(resources={"fieldcrypt": fieldcrypt}) as context:
+        skipped = scheduled_key_rotation(context)
+
+    assert isinstance(skipped, dg.SkipReason) and "still in progress" in (skipped.skip_message or "")
+
+
+def test_rotation_schedule_leaves_an_aws_kms_key_to_its_owner() -> None:
+    from pipelines.rotation import scheduled_key_rotation
+
+    arn = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-0000-0000-000000000000"
+    fieldcrypt = kms_fieldcrypt("/nonexistent/lake", arn, "http://kms.invalid")
+
+    with dg.build_schedule_context(resources={"fieldcrypt": fieldcrypt}) as context:
+        skipped = scheduled_key_rotation(context)
+
+    assert isinstance(skipped, dg.SkipReason) and "local master key" in (skipped.skip_message or "")
+
+
+def test_driver_leaves_a_date_outside_the_partitions_to_the_cli(
+    fieldcrypt: FieldcryptResource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FIELDCRYPT_PARTITIONS_START", DAYS[1].isoformat())
+    protect_lake(fieldcrypt, DAYS[:2])
+    start_campaign(fieldcrypt, DagsterInstance.ephemeral())
+    with fresh_code_location_import():
+        from pipelines.rotation import key_rotation_driver
+
+        rotate_partition(fieldcrypt, PARTITIONS[1])
+        with dg.build_sensor_context(resources={"fieldcrypt": fieldcrypt}) as context:
+            skipped = key_rotation_driver(context)
+
+    assert isinstance(skipped, dg.SkipReason) and "outside the code location" in (skipped.skip_message or "")
+
+
+def test_rotation_cron_comes_from_the_environment_with_a_quarterly_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FIELDCRYPT_ROTATION_CRON", raising=False)
+    with fresh_code_location_import():
+        from pipelines.rotation import DEFAULT_ROTATION_CRON, scheduled_key_rotation
+
+        assert scheduled_key_rotation.cron_schedule == DEFAULT_ROTATION_CRON == "0 3 1 1,4,7,10 *"
+    monkeypatch.setenv("FIELDCRYPT_ROTATION_CRON", "0 4 * * 1")
+    with fresh_code_location_import():
+        from pipelines.rotation import scheduled_key_rotation
+
+        assert scheduled_key_rotation.cron_schedule == "0 4 * * 1"
+
+
+# -- the definitions ---------------------------------------------------------------------------------
+
+
+def test_rotation_assets_run_one_partition_per_run_in_the_kms_pool_with_their_check() -> None:
+    from assets.partitions import snapshot_partitions
+    from pipelines.definitions import defs
+
+    for dataset, name in ROTATED.items():
+        asset = defs.resolve_assets_def(name)
+        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(1)
+        assert asset.op.pool == "kms"
+        assert {key.name for key in asset.check_keys} == {"no_old_wrapped_keys"}
+        assert asset.partitions_def == snapshot_partitions
+        assert dg.AssetKey(f"protected_{dataset}") in asset.dependency_keys
+    assert {job.name for job in defs.resolve_all_job_defs()} >= {
+        "start_key_rotation",
+        "rotate_keys",
+        "complete_key_rotation",
+    }
+    assert defs.resolve_job_def("rotate_keys").partitions_def == snapshot_partitions
+    schedule = defs.resolve_schedule_def("scheduled_key_rotation")
+    sensor = defs.resolve_sensor_def("key_rotation_driver")
+    assert (schedule.job_name, schedule.execution_timezone) == ("start_key_rotation", "UTC")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    assert {job.name for job in sensor.jobs} == {"rotate_keys", "complete_key_rotation"}

@@ -129,9 +129,17 @@ class Workspace:
                 campaign = binding.active_campaign
                 allowed = {binding.current.key_id} | ({campaign.old.key_id} if campaign else set())
                 if binding.current.provider != KMS or configured_arn not in allowed:
+                    retired = [
+                        c for c in binding.campaigns if c.status == "complete" and c.old.key_id == configured_arn
+                    ]
+                    advice = (
+                        f"it was rotated out by {retired[-1].campaign_id}; configure the current key instead"
+                        if retired
+                        else "to move to it, run a rotation"
+                    )
                     raise KeyProviderError(
                         f"lake {self.store.uri} is bound to master key {binding.current.ref}, but this workspace is "
-                        f"configured with {configured_arn}; to move to it, run a rotation"
+                        f"configured with {configured_arn}; {advice}"
                     )
                 current, also = binding.current.key_id, ([campaign.old.key_id] if campaign else [])
             provider = AwsKmsProvider(current, self.name, client, also_decrypt=also)

@@ -23,7 +23,7 @@ from assets.partitions import snapshot_partitions
 from assets.protection import KMS_POOL
 from fieldcrypt import ThrottledError, Workspace
 from fieldcrypt.lake import partition_path
-from fieldcrypt.rotate import RotateReport, wrapped_key_refs
+from fieldcrypt.rotate import RotateReport
 from resources import FieldcryptResource
 
 DATASETS = ("users", "events")
@@ -127,9 +127,7 @@ def _no_old_wrapped_keys(workspace: Workspace, dataset: str, partition: str) -> 
     """The partition's share of the completion scan (`Workspace.rotation_status`), read back from the stored file."""
     binding = workspace.bindings.load()
     current = binding.current.ref if binding else None
-    attributes = workspace.policy().for_dataset(dataset)
-    refs = wrapped_key_refs(workspace.store, partition_path(dataset, partition), attributes).values()
-    old = sorted({ref for ref in refs if ref != current})
+    old = workspace.old_key_refs(dataset, partition)
     return dg.AssetCheckResult(
         check_name=NO_OLD_WRAPPED_KEYS,
         passed=not old,

@@ -310,19 +310,23 @@ class Workspace:
             raise InputError(f"partition {partition} of {dataset} has no file at {self.store.display(rel)}")
         return rotate_file(self.store, rel, spec, attributes, self.key_cache(), partition=partition)
 
+    def old_key_refs(self, dataset: str, partition: str) -> list[str]:
+        """Master keys (refs) other than the current one that still wrap data keys of a partition (no KMS call)."""
+        binding = self.bindings.load()
+        current = binding.current.ref if binding else None
+        attributes = self.policy().for_dataset(dataset)
+        refs = wrapped_key_refs(self.store, partition_path(dataset, partition), attributes).values()
+        return sorted({ref for ref in refs if ref != current})
+
     def rotation_status(self) -> RotationStatus:
         """Scan every partition for wrapped keys not under the current master key (no KMS call)."""
         binding = self.bindings.load()
-        current = binding.current.ref if binding else None
         remaining: dict[str, list[str]] = {}
         scanned = 0
-        policy = self.policy()
-        for dataset in sorted(policy.datasets):
-            attributes = policy.for_dataset(dataset)
+        for dataset in sorted(self.policy().datasets):
             for partition in self.partitions(dataset):
                 scanned += 1
-                refs = set(wrapped_key_refs(self.store, partition_path(dataset, partition), attributes).values())
-                stale = sorted(r for r in refs if r != current)
+                stale = self.old_key_refs(dataset, partition)
                 if stale:
                     remaining[f"{dataset}/{partition}"] = stale
         return RotationStatus(binding.active_campaign if binding else None, remaining, scanned)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fieldcrypt.audit import AuditLog
+from fieldcrypt.blind_index import BlindIndexKey, index_context_attribute
 from fieldcrypt.cell import new_cipher
 from fieldcrypt.errors import InputError
 from fieldcrypt.providers.base import EncryptionContext, KeyProvider, MasterKeyInfo
@@ -65,6 +66,7 @@ class DataKeyCache:
     calls: KeyCallCounts = field(default_factory=KeyCallCounts)
     _encrypting: dict[tuple[str, str], _EncryptionKey] = field(default_factory=dict, repr=False)
     _decrypting: dict[tuple[bytes, str, str], _DecryptionKey] = field(default_factory=dict, repr=False)
+    _index_keys: dict[tuple[bytes, str, str], tuple[BlindIndexKey, float]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -121,6 +123,30 @@ class DataKeyCache:
             self._decrypting[cache_key] = _DecryptionKey(cipher, self.clock())
             return cipher
 
+    def new_index_key(self, dataset: str, attribute: str) -> bytes:
+        """A new blind-index key for an attribute, as its stored wrapped value (the plaintext is dropped)."""
+        context = self.context(dataset, index_context_attribute(attribute))
+        key, wrapped = self.provider.generate_data_key(context)
+        del key
+        self.calls.generate += 1
+        self._audit("generate_index_key", context, None, wrapped)
+        return wrapped.to_bytes()
+
+    def index_key_for(self, wrapped_value: bytes, dataset: str, attribute: str) -> BlindIndexKey:
+        """The unwrapped blind-index key of an attribute, cached like data keys (TTL)."""
+        cache_key = (wrapped_value, dataset, index_context_attribute(attribute))
+        with self._lock:
+            hit = self._index_keys.get(cache_key)
+            if hit is not None and self.clock() - hit[1] < self.ttl_seconds:
+                return hit[0]
+            context = self.context(dataset, index_context_attribute(attribute))
+            wrapped = WrappedKey.from_bytes(wrapped_value)
+            index_key = BlindIndexKey(self.provider.unwrap(wrapped, context))
+            self.calls.unwrap += 1
+            self._audit("unwrap_index_key", context, None, wrapped)
+            self._index_keys[cache_key] = (index_key, self.clock())
+            return index_key
+
     def rewrap(self, wrapped_value: bytes, dataset: str, attribute: str, partition: str | None = None) -> bytes:
         """The same data key under the current master key (never cached: rotation runs once)."""
         context = self.context(dataset, attribute)
@@ -146,6 +172,7 @@ class DataKeyCache:
         with self._lock:
             self._encrypting.clear()
             self._decrypting.clear()
+            self._index_keys.clear()
 
     def _audit(self, operation: str, context: EncryptionContext, partition: str | None, wrapped: WrappedKey) -> None:
         if self.audit is not None:

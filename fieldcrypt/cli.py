@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     enable.add_argument("--ingested-at", help="ingestion-time column, for a dataset not yet declared")
     enable.add_argument("--primary-key", help="primary-key column, for a dataset not yet declared")
     enable.add_argument(
+        "--blind-index", action="store_true", help="also write a keyed index for joins and distinct counts"
+    )
+    enable.add_argument(
         ACK_FLAG,
         dest="acknowledged",
         action="store_true",
@@ -180,7 +183,11 @@ def run(argv: Sequence[str] | None = None) -> int:
             else None
         )
         entry = workspace.enable(
-            args.attribute, args.mask, acknowledge_irreversible=args.acknowledged, dataset_spec=spec
+            args.attribute,
+            args.mask,
+            acknowledge_irreversible=args.acknowledged,
+            dataset_spec=spec,
+            blind_index=args.blind_index,
         )
         print(
             f"{entry.name}: enabled at {entry.enabled_at.isoformat()} with mask {entry.mask}; "

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.cell import ad_prefix, encrypt_array
 from fieldcrypt.columns import raw_path, replace_path, row_key_text
@@ -37,6 +38,7 @@ class EncryptedAttribute:
     ciphertext_digest: bytes = b""
     new_wrapped_keys: list[bytes] = field(default_factory=list)
     mask_digest: bytes = b""  # values_digest of the masks written to the encrypted rows, in row order
+    index_digest: bytes = b""  # digest of the blind indexes written to the encrypted rows, if any
 
 
 def encrypt_values(
@@ -86,12 +88,16 @@ def encrypt_attribute(
     partition: str | None = None,
     *,
     helper: Executor | None = None,
+    index_key: BlindIndexKey | None = None,
 ) -> tuple[pa.RecordBatch, EncryptedAttribute]:
-    """The batch with the selected rows of `attribute` encrypted and masked.
+    """The batch with the selected rows of `attribute` encrypted, masked and (with an
+    `index_key`) blind-indexed.
 
     With a `helper` executor the masks (Arrow kernels, which release the GIL) are computed
     on it while this thread encrypts.
     """
+    if attribute.blind_index and index_key is None:
+        raise InputError(f"{attribute.name} has a blind index but no index key was given")
     if rows.count == 0:
         return with_protection_columns(batch, attribute), EncryptedAttribute()
     selected_values = pc.filter(rows.values, rows.selected)
@@ -115,7 +121,17 @@ def encrypt_attribute(
     stored = raw_path(batch, attribute.path)
     masks, mask_digest = _masks(selected_values, attribute.mask) if masking is None else masking.result()
     batch = replace_path(batch, attribute.path, pc.replace_with_mask(stored, rows.selected, masks))
-    return batch, EncryptedAttribute(len(ciphertext), ciphertext_digest(ciphertext), wrapped_keys, mask_digest)
+    index_digest = b""
+    if index_key is not None and attribute.blind_index_column is not None:
+        indexes = index_key.index(selected_values)
+        index_digest = ciphertext_digest(indexes)
+        at = batch.schema.get_field_index(attribute.blind_index_column)
+        batch = batch.set_column(
+            at, batch.schema.field(at), pc.replace_with_mask(batch.column(at), rows.selected, indexes)
+        )
+    return batch, EncryptedAttribute(
+        len(ciphertext), ciphertext_digest(ciphertext), wrapped_keys, mask_digest, index_digest
+    )
 
 
 def _masks(values: pa.Array, style: str) -> tuple[pa.Array, bytes]:
@@ -124,11 +140,10 @@ def _masks(values: pa.Array, style: str) -> tuple[pa.Array, bytes]:
 
 
 def with_protection_columns(batch: pa.RecordBatch, attribute: AttributePolicy) -> pa.RecordBatch:
-    """Add the (all-null) ciphertext and wrapped-key columns if the batch lacks them."""
-    if batch.schema.get_field_index(attribute.ciphertext_column) < 0:
-        batch = batch.append_column(
-            pa.field(attribute.ciphertext_column, pa.binary()), pa.nulls(batch.num_rows, pa.binary())
-        )
+    """Add the (all-null) ciphertext, wrapped-key and blind-index columns if the batch lacks them."""
+    for column in (attribute.ciphertext_column, attribute.blind_index_column):
+        if column is not None and batch.schema.get_field_index(column) < 0:
+            batch = batch.append_column(pa.field(column, pa.binary()), pa.nulls(batch.num_rows, pa.binary()))
     index = batch.schema.get_field_index(attribute.wrapped_key_column)
     if index < 0:
         batch = batch.append_column(

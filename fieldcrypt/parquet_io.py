@@ -101,12 +101,16 @@ def protected_writer(
     """A writer for the protected file: ciphertext columns plain and uncompressed (random
     bytes neither dictionary-encode nor compress; trying costs time), wrapped-key columns
     dictionary-encoded, every other column with the source's codec."""
-    ciphertext = {a.ciphertext_column for a in attributes}
+    # Ciphertexts and blind indexes are random-looking bytes: no dictionary, no compression.
+    ciphertext = {a.ciphertext_column for a in attributes} | {
+        a.blind_index_column for a in attributes if a.blind_index_column
+    }
     leaves = [source.schema.column(i).path for i in range(len(source.schema))]
     leaves += [a.wrapped_key_column for a in attributes if a.wrapped_key_column not in leaves]
     plain_leaves = [p for p in leaves if p not in ciphertext]
     described = {
         a.name: {"ciphertext": a.ciphertext_column, "wrapped_key": a.wrapped_key_column, "mask": a.mask}
+        | ({"blind_index": a.blind_index_column} if a.blind_index_column else {})
         for a in attributes
     }
     metadata = dict(schema.metadata or {})

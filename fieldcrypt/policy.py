@@ -39,6 +39,7 @@ class AttributePolicy:
     mask: str
     enabled_at: datetime
     enabled_by: str
+    blind_index: bool = False
 
     @property
     def name(self) -> str:
@@ -55,6 +56,10 @@ class AttributePolicy:
     @property
     def wrapped_key_column(self) -> str:
         return f"{self.column_stem}__fc_dek"
+
+    @property
+    def blind_index_column(self) -> str | None:
+        return f"{self.column_stem}__fc_bidx" if self.blind_index else None
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,9 @@ class Policy:
             )
         return replace(self, datasets={**self.datasets, spec.name: spec})
 
-    def with_enabled(self, attribute: str, mask: str, enabled_by: str, now: datetime | None = None) -> Policy:
+    def with_enabled(
+        self, attribute: str, mask: str, enabled_by: str, now: datetime | None = None, blind_index: bool = False
+    ) -> Policy:
         """A policy with `dataset.path` enabled from now on; enabling twice is refused."""
         dataset, _, path = attribute.partition(".")
         if not path:
@@ -104,7 +111,7 @@ class Policy:
                 f"{attribute} is already enabled (since {since}); enabling is irreversible and happens once"
             )
         enabled_at = (now or datetime.now(UTC)).astimezone(UTC)
-        entry = AttributePolicy(dataset, path, mask, enabled_at, enabled_by)
+        entry = AttributePolicy(dataset, path, mask, enabled_at, enabled_by, blind_index)
         for other in self.for_dataset(dataset):
             if other.column_stem == entry.column_stem:
                 raise PolicyError(f"{attribute} would share its ciphertext columns with {other.name}")
@@ -133,7 +140,12 @@ class Policy:
             "workspace": self.workspace,
             "datasets": {n: asdict(s) for n, s in sorted(self.datasets.items())},
             "attributes": {
-                n: {"mask": a.mask, "enabled_at": _iso(a.enabled_at), "enabled_by": a.enabled_by}
+                n: {
+                    "mask": a.mask,
+                    "enabled_at": _iso(a.enabled_at),
+                    "enabled_by": a.enabled_by,
+                    "blind_index": a.blind_index,
+                }
                 for n, a in sorted(self.attributes.items())
             },
         }
@@ -150,7 +162,9 @@ class Policy:
             for name, a in doc["attributes"].items():
                 dataset, _, path = name.partition(".")
                 enabled_at = datetime.fromisoformat(a["enabled_at"].replace("Z", "+00:00"))
-                attributes[name] = AttributePolicy(dataset, path, a["mask"], enabled_at, a["enabled_by"])
+                attributes[name] = AttributePolicy(
+                    dataset, path, a["mask"], enabled_at, a["enabled_by"], bool(a.get("blind_index", False))
+                )
             return cls(doc["workspace"], datasets, attributes)
         except (ValueError, KeyError, TypeError) as exc:
             raise PolicyError(f"{where} is not a valid fieldcrypt policy ({type(exc).__name__})") from None

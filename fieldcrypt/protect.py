@@ -18,13 +18,14 @@ runs the encryption loop, which needs the GIL.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.columns import TEXT_TYPES, field_type
 from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_attribute, with_protection_columns
@@ -81,8 +82,9 @@ def check_schema(schema: pa.Schema, dataset: DatasetSpec, attributes: Sequence[A
         for column, accepted in (
             (attribute.ciphertext_column, (pa.binary(),)),
             (attribute.wrapped_key_column, (pa.binary(), WRAPPED_KEY_TYPE)),
+            (attribute.blind_index_column, (pa.binary(),)),
         ):
-            if column in schema.names and schema.field(column).type not in accepted:
+            if column is not None and column in schema.names and schema.field(column).type not in accepted:
                 raise InputError(f"{where}: column {column} is {schema.field(column).type}, not what fieldcrypt writes")
 
 
@@ -131,8 +133,11 @@ def protect_file(
     *,
     partition: str | None = None,
     sample_per_row_group: int = 32,
+    index_keys: Mapping[str, BlindIndexKey] | None = None,
 ) -> ProtectReport:
     """Encrypt every pending cell of `rel` and replace it atomically.
+
+    `index_keys` holds the unwrapped blind-index key of each attribute that has one.
 
     A file with nothing pending is left alone once it carries the protection columns of
     every enabled attribute; before that it is rewritten once, values untouched, with the
@@ -159,7 +164,7 @@ def protect_file(
         with open_parquet(store, rel) as source:
             schema = _protected_schema(source.schema_arrow, attributes)
             expected = _write_protected(
-                store, temp, source, schema, dataset, attributes, cache, partition, where, report
+                store, temp, source, schema, dataset, attributes, cache, partition, where, report, index_keys or {}
             )
             with open_parquet(store, temp) as written:
                 verify_rewrite(
@@ -173,6 +178,7 @@ def protect_file(
                     where,
                     sample_per_row_group,
                     partition,
+                    index_keys or {},
                 )
         if store.version(rel) != original_version:
             raise VerificationError(f"{where} changed while it was being protected; nothing was replaced, run again")
@@ -210,7 +216,10 @@ def protect_file(
 def _has_protection_columns(store: LakeStore, rel: str, attributes: Sequence[AttributePolicy]) -> bool:
     with open_parquet(store, rel) as parquet:
         names = set(parquet.schema_arrow.names)
-    return all({a.ciphertext_column, a.wrapped_key_column} <= names for a in attributes)
+    return all(
+        {a.ciphertext_column, a.wrapped_key_column, a.blind_index_column or a.ciphertext_column} <= names
+        for a in attributes
+    )
 
 
 def _protected_schema(schema: pa.Schema, attributes: Sequence[AttributePolicy]) -> pa.Schema:
@@ -231,6 +240,7 @@ def _write_protected(
     partition: str | None,
     where: str,
     report: ProtectReport,
+    index_keys: Mapping[str, BlindIndexKey],
 ) -> list[dict[str, EncryptedAttribute]]:
     """Stream the source into `temp`, one output row group per input row group; counts into `report`."""
     written: list[dict[str, EncryptedAttribute]] = []
@@ -252,7 +262,14 @@ def _write_protected(
                 rows = select_rows(batch, dataset, attribute, where)
                 _count(report.attributes[attribute.name], rows)
                 batch, outcome[attribute.name] = encrypt_attribute(
-                    batch, dataset, attribute, rows, cache, partition, helper=helper
+                    batch,
+                    dataset,
+                    attribute,
+                    rows,
+                    cache,
+                    partition,
+                    helper=helper,
+                    index_key=index_keys.get(attribute.name),
                 )
             if writing is not None:
                 writing.result()

@@ -267,9 +267,7 @@ def _identical_chunks(
                 result.append(False)
                 continue
             compared = [
-                (old, new)
-                for old, new in zip(old_chunks, new_chunks, strict=True)
-                if old.path_in_schema not in skip
+                (old, new) for old, new in zip(old_chunks, new_chunks, strict=True) if old.path_in_schema not in skip
             ]
             same = all(
                 old.compression == new.compression

@@ -11,12 +11,13 @@ value and the cell decrypts to it.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.cell import CELL_OVERHEAD
 from fieldcrypt.columns import raw_path, replace_path
@@ -40,6 +41,7 @@ def verify_rewrite(
     where: str,
     sample_per_row_group: int = 32,
     partition: str | None = None,
+    index_keys: Mapping[str, BlindIndexKey] | None = None,
 ) -> None:
     """Raise VerificationError unless `written` is exactly the intended rewrite of `source`."""
     if written.metadata.num_rows != source.metadata.num_rows:
@@ -53,7 +55,17 @@ def verify_rewrite(
     rng = random.SystemRandom()
     with read_ahead(row_groups(source, where)) as befores, read_ahead(row_groups(written, where)) as afters:
         _verify_row_groups(
-            befores, afters, dataset, attributes, expected, cache, rng, where, sample_per_row_group, partition
+            befores,
+            afters,
+            dataset,
+            attributes,
+            expected,
+            cache,
+            rng,
+            where,
+            sample_per_row_group,
+            partition,
+            index_keys or {},
         )
 
 
@@ -68,6 +80,7 @@ def _verify_row_groups(
     where: str,
     sample_per_row_group: int,
     partition: str | None,
+    index_keys: Mapping[str, BlindIndexKey],
 ) -> None:
     for index, (before, after) in enumerate(zip(befores, afters, strict=True)):
         at = f"{where} row group {index}"
@@ -78,8 +91,8 @@ def _verify_row_groups(
             restored = replace_path(restored, attribute.path, raw_path(before, attribute.path))
             # A file protected earlier already has these columns; new cells change them, and
             # _verify_attribute checks them row by row (kept rows identical, new rows decrypt).
-            for column in (attribute.ciphertext_column, attribute.wrapped_key_column):
-                at_column = before.schema.get_field_index(column)
+            for column in (attribute.ciphertext_column, attribute.wrapped_key_column, attribute.blind_index_column):
+                at_column = before.schema.get_field_index(column) if column else -1
                 if at_column >= 0:
                     restored = restored.set_column(at_column, before.schema.field(at_column), before.column(at_column))
         if not restored.equals(before):
@@ -96,6 +109,7 @@ def _verify_row_groups(
                 rng,
                 sample_per_row_group,
                 partition,
+                index_keys.get(attribute.name),
             )
 
 
@@ -110,6 +124,7 @@ def _verify_attribute(
     rng: random.SystemRandom,
     sample: int,
     partition: str | None,
+    index_key: BlindIndexKey | None,
 ) -> None:
     at = f"{at}, {attribute.name}"
     rows = select_rows(before, dataset, attribute, at)
@@ -122,11 +137,13 @@ def _verify_attribute(
     new_dek = after.column(attribute.wrapped_key_column)
     old_dek_at = before.schema.get_field_index(attribute.wrapped_key_column)
     old_dek = before.column(old_dek_at) if old_dek_at >= 0 else pa.nulls(before.num_rows, pa.binary())
-    for name, old, new in (
-        ("value", old_value, new_value),
-        ("ciphertext", old_ct, new_ct),
-        ("wrapped key", old_dek, new_dek),
-    ):
+    compared = [("value", old_value, new_value), ("ciphertext", old_ct, new_ct), ("wrapped key", old_dek, new_dek)]
+    if attribute.blind_index_column is not None:
+        old_index_at = before.schema.get_field_index(attribute.blind_index_column)
+        old_index = before.column(old_index_at) if old_index_at >= 0 else pa.nulls(before.num_rows, pa.binary())
+        new_index = after.column(attribute.blind_index_column)
+        compared.append(("blind index", old_index, new_index))
+    for name, old, new in compared:
         # Filtered first, so a wrapped-key dictionary is decoded for the kept rows only.
         if not _decoded(pc.filter(new, kept)).equals(_decoded(pc.filter(old, kept))):
             raise VerificationError(f"{at}: {name} of a row that was not to be encrypted changed")
@@ -152,6 +169,11 @@ def _verify_attribute(
     original = rows.values.take(picked)
     if not new_value.take(picked).equals(mask_values(original, attribute.mask)):
         raise VerificationError(f"{at}: an encrypted row does not hold its mask")
+    if attribute.blind_index_column is not None:
+        if index_key is None or ciphertext_digest(pc.filter(new_index, rows.selected)) != written.index_digest:
+            raise VerificationError(f"{at}: blind indexes read back differ from those written")
+        if not new_index.take(picked).equals(index_key.index(original)):
+            raise VerificationError(f"{at}: a sampled blind index is not the index of its value")
     decrypted = decrypt_rows(after, dataset, attribute, cache, picked, at, partition)
     if not decrypted.equals(original.cast(decrypted.type)):
         raise VerificationError(f"{at}: a sampled cell did not decrypt to its original value")

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from fieldcrypt.audit import AuditLog
 from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
+from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore, index_context_attribute
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.columns import read_path
 from fieldcrypt.errors import InputError, KeyProviderError, PolicyError, VerificationError
@@ -35,6 +36,7 @@ from fieldcrypt.reveal import reveal
 from fieldcrypt.rotate import RotateReport, rotate_file, wrapped_key_refs
 from fieldcrypt.select import existing_ciphertext
 from fieldcrypt.store import LakeStore
+from fieldcrypt.wrapped_key import WrappedKey
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class Workspace:
         self.store = LakeStore.from_uri(config.lake_uri, endpoint_url=config.s3_endpoint_url, region=config.s3_region)
         self.policies = PolicyStore(self.store, config.name)
         self.bindings = BindingStore(self.store)
+        self.index_keys = IndexKeyStore(self.store)
         self.audit = AuditLog(self.store, config.name, actor)
         self._cache: DataKeyCache | None = None
 
@@ -168,9 +171,19 @@ class Workspace:
         return self.policies.load()
 
     def enable(
-        self, attribute: str, mask: str, *, acknowledge_irreversible: bool, dataset_spec: DatasetSpec | None = None
+        self,
+        attribute: str,
+        mask: str,
+        *,
+        acknowledge_irreversible: bool,
+        dataset_spec: DatasetSpec | None = None,
+        blind_index: bool = False,
     ) -> AttributePolicy:
-        """Protect `dataset.path` for every row ingested from now on. Irreversible."""
+        """Protect `dataset.path` for every row ingested from now on. Irreversible.
+
+        With `blind_index`, protected rows also get a keyed index of their value (joins and
+        distinct counts without decrypting); its key is created here, under the master key.
+        """
         if not acknowledge_irreversible:
             raise PolicyError(
                 f"enabling {attribute} is irreversible and leaves rows ingested before now unencrypted; "
@@ -187,13 +200,18 @@ class Workspace:
             policy = policy.with_dataset(spec)
         elif dataset_spec is not None and dataset_spec != policy.datasets[dataset]:
             policy = policy.with_dataset(dataset_spec)
-        policy = policy.with_enabled(attribute, mask, enabled_by=self.audit.actor)
+        policy = policy.with_enabled(attribute, mask, enabled_by=self.audit.actor, blind_index=blind_index)
         entry = policy.attributes[attribute]
         partitions = list_partitions(self.store, dataset)
         if partitions:  # the attribute must exist in the data landed so far
             rel = partition_path(dataset, partitions[-1])
             with open_parquet(self.store, rel) as parquet:
                 check_schema(parquet.schema_arrow, policy.datasets[dataset], [entry], self.store.display(rel))
+        self.policies.load().check_successor(policy)  # refuse before creating an index key
+        if blind_index:  # the key exists before any run can need it
+            index_keys = self.index_keys.load()
+            index_keys[entry.name] = self.key_cache().new_index_key(dataset, entry.path)
+            self.index_keys.save(index_keys)
         self.policies.save(policy)
         self.audit.record("enable", dataset=dataset, attribute=entry.path, detail=f"mask={mask}")
         return entry
@@ -210,7 +228,22 @@ class Workspace:
             raise InputError(f"partition {partition} of {dataset} has no file at {self.store.display(rel)}")
         if not attributes:
             return scan_file(self.store, rel, spec, attributes)
-        return protect_file(self.store, rel, spec, attributes, self.key_cache(), partition=partition)
+        cache = self.key_cache()
+        return protect_file(
+            self.store, rel, spec, attributes, cache, partition=partition, index_keys=self._index_keys(attributes)
+        )
+
+    def _index_keys(self, attributes: list[AttributePolicy]) -> dict[str, BlindIndexKey]:
+        """The unwrapped blind-index keys of the attributes that have one."""
+        wanted = [a for a in attributes if a.blind_index]
+        if not wanted:
+            return {}
+        stored = self.index_keys.load()
+        missing = [a.name for a in wanted if a.name not in stored]
+        if missing:
+            raise PolicyError(f"blind-index key of {', '.join(missing)} is missing from {INDEX_KEYS_PATH}")
+        cache = self.key_cache()
+        return {a.name: cache.index_key_for(stored[a.name], a.dataset, a.path) for a in wanted}
 
     def status(self, dataset: str, partition: str) -> ProtectReport:
         spec, attributes = self._dataset(dataset)
@@ -301,6 +334,7 @@ class Workspace:
         self.audit.record(
             "rotation_start", master_key=campaign.old.ref, to_master_key=new.ref, detail=campaign.campaign_id
         )
+        self._rotate_index_keys()
         return campaign
 
     def rotate(self, dataset: str, partition: str) -> RotateReport:
@@ -329,13 +363,30 @@ class Workspace:
                 stale = self.old_key_refs(dataset, partition)
                 if stale:
                     remaining[f"{dataset}/{partition}"] = stale
+        current = binding.current.ref if binding else None
+        index_refs = {WrappedKey.from_bytes(value).master_key_ref for value in self.index_keys.load().values()}
+        if index_refs - {current}:
+            remaining[INDEX_KEYS_PATH] = sorted(index_refs - {current})
         return RotationStatus(binding.active_campaign if binding else None, remaining, scanned)
+
+    def _rotate_index_keys(self) -> int:
+        """Rewrap every blind-index key not yet under the current master key; returns how many."""
+        stored = self.index_keys.load()
+        cache = self.key_cache()
+        stale = {name: value for name, value in stored.items() if not cache.is_current(value)}
+        for name, value in stale.items():
+            dataset, _, path = name.partition(".")
+            stored[name] = cache.rewrap(value, dataset, index_context_attribute(path))
+        if stale:
+            self.index_keys.save(stored)
+        return len(stale)
 
     def complete_rotation(self) -> Campaign:
         """Prove no wrapped key under the old master key remains, then retire it."""
         binding = self.bindings.load()
         if binding is None or binding.active_campaign is None:
             raise PolicyError("no rotation is in progress")
+        self._rotate_index_keys()  # a handful of keys: done here (and at start), not per partition
         status = self.rotation_status()
         if not status.complete:
             listed = ", ".join(sorted(status.remaining)[:20])

@@ -33,6 +33,10 @@ class EnableAttributeConfig(dg.Config):
             "unencrypted (historical plaintext)."
         ),
     )
+    blind_index: bool = Field(
+        default=False,
+        description="Also write a keyed blind index (<attribute>__fc_bidx) so analysts can join and count distinct.",
+    )
     ingested_at: str | None = Field(
         default=None, description="Ingestion-time column, only for a dataset not declared yet (not users/events)."
     )
@@ -55,6 +59,7 @@ def record_enablement(
             config.mask.value,
             acknowledge_irreversible=config.acknowledge_irreversible,
             dataset_spec=spec,
+            blind_index=config.blind_index,
         )
     except FieldcryptError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc

@@ -1,0 +1,71 @@
+"""Blind index: HMAC-SHA256 of a protected value under a per-attribute index key, truncated.
+
+Lets analysts join and count distinct on a protected attribute without decrypting:
+equal values of one attribute get equal indexes; nothing else about a value shows.
+The index key of an attribute is a 32-byte key generated and wrapped by the master key
+under the encryption context attribute `<path>#blind-index` (so it is rotated with the
+master key, and revoking the master key stops new indexes). Its wrapped value lives in
+`_fieldcrypt/blind_index_keys.json`. Format: docs/FORMAT.md, section "Blind index".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+
+import pyarrow as pa
+
+from fieldcrypt.errors import IntegrityError
+from fieldcrypt.store import LakeStore
+
+INDEX_SIZE = 16
+INDEX_KEYS_PATH = "_fieldcrypt/blind_index_keys.json"
+INDEX_KEYS_FORMAT = "fieldcrypt-blind-index-keys-v1"
+
+
+def index_context_attribute(path: str) -> str:
+    """The encryption-context attribute of an index key ('#' cannot appear in a real path)."""
+    return f"{path}#blind-index"
+
+
+class BlindIndexKey:
+    """An unwrapped index key; its bytes never show in a repr or a traceback's locals."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "BlindIndexKey(<hidden>)"
+
+    def index(self, values: pa.Array) -> pa.Array:
+        """The 16-byte index of each non-null text value (UTF-8 bytes, as stored)."""
+        plain = values.cast(pa.large_binary() if values.type == pa.large_string() else pa.binary()).to_pylist()
+        key, digest = self._key, hmac.digest
+        return pa.array([digest(key, value, "sha256")[:INDEX_SIZE] for value in plain], pa.binary())
+
+
+class IndexKeyStore:
+    """Wrapped index keys of a workspace, by attribute name (`dataset.path`)."""
+
+    def __init__(self, store: LakeStore) -> None:
+        self.store = store
+
+    def load(self) -> dict[str, bytes]:
+        if not self.store.exists(INDEX_KEYS_PATH):
+            return {}
+        where = self.store.display(INDEX_KEYS_PATH)
+        try:
+            doc = json.loads(self.store.read_bytes(INDEX_KEYS_PATH))
+            if doc.get("format") != INDEX_KEYS_FORMAT:
+                raise IntegrityError(f"{where}: unknown format {doc.get('format')!r}")
+            return {name: base64.b64decode(value, validate=True) for name, value in doc["keys"].items()}
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise IntegrityError(f"{where} is not a valid blind-index key file") from None
+
+    def save(self, keys: dict[str, bytes]) -> None:
+        doc = {"format": INDEX_KEYS_FORMAT, "keys": {n: base64.b64encode(v).decode() for n, v in sorted(keys.items())}}
+        self.store.write_bytes(INDEX_KEYS_PATH, (json.dumps(doc, indent=2) + "\n").encode())

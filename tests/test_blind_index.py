@@ -1,0 +1,218 @@
+"""Blind index: analysts join and count distinct on a protected attribute without decrypting."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fieldcrypt import PolicyError, VerificationError, Workspace
+from fieldcrypt.blind_index import INDEX_KEYS_PATH, INDEX_SIZE
+from fieldcrypt.keystore import Keystore
+from fieldcrypt.lake import partition_path
+from fieldcrypt.sample import write_snapshot
+from tests.conftest import NOON, SAMPLE_DAY
+
+DAYS = [SAMPLE_DAY, SAMPLE_DAY + timedelta(days=1)]
+EMAILS = ["a@example.com", "b@example.com", "a@example.com", None, "c@example.com"]
+
+
+def _land(workspace: Workspace) -> None:
+    for offset, day in enumerate(DAYS):
+        times = [NOON + timedelta(days=offset, minutes=i) for i in range(len(EMAILS))]
+        table = pa.table(
+            {
+                "user_id": pa.array([10 * offset + i for i in range(len(EMAILS))], pa.int64()),
+                "email": pa.array(EMAILS, pa.string()),
+                "ingested_at": pa.array(times, pa.timestamp("us", tz="UTC")),
+            }
+        )
+        write_snapshot(workspace.store, "users", day, table)
+
+
+def _backdate(workspace: Workspace) -> None:
+    path = Path(workspace.store.full_path("_fieldcrypt/policy.json"))
+    path.write_text(re.sub(r'"enabled_at": "[^"]+"', '"enabled_at": "2026-10-31T00:00:00.000000Z"', path.read_text()))
+
+
+@pytest.fixture
+def indexed(make_local_workspace: Callable[..., Workspace]) -> Workspace:
+    workspace = make_local_workspace()
+    _land(workspace)
+    workspace.enable("users.email", "email", acknowledge_irreversible=True, blind_index=True)
+    _backdate(workspace)
+    for day in DAYS:
+        assert workspace.protect("users", day.isoformat()).newly_encrypted == 4
+    return workspace
+
+
+def _indexes(workspace: Workspace, day: Any = SAMPLE_DAY) -> list[bytes | None]:
+    path = workspace.store.full_path(partition_path("users", day.isoformat()))
+    return pq.read_table(path).column("email__fc_bidx").to_pylist()
+
+
+def test_equal_values_get_equal_indexes_and_different_values_different_ones(indexed: Workspace) -> None:
+    first, second, again, null, third = _indexes(indexed)
+    assert first == again and len(first or b"") == INDEX_SIZE
+    assert len({first, second, third}) == 3
+    assert null is None
+
+
+def test_index_is_stable_across_partitions_so_analysts_can_join(indexed: Workspace) -> None:
+    lake = indexed.store.uri
+    joined = (
+        duckdb.connect()
+        .execute(
+            f"select count(*) from read_parquet('{lake}/users/date={DAYS[0]}/*.parquet') a "
+            f"join read_parquet('{lake}/users/date={DAYS[1]}/*.parquet') b on a.email__fc_bidx = b.email__fc_bidx"
+        )
+        .fetchone()
+    )
+    assert joined == (6,)  # a x a (2 x 2) + b x b + c x c; nulls never join
+    distinct = (
+        duckdb.connect()
+        .execute(f"select count(distinct email__fc_bidx) from read_parquet('{lake}/users/*/*.parquet')")
+        .fetchone()
+    )
+    assert distinct == (3,)
+
+
+def test_index_key_is_stored_wrapped_and_plaintext_never_appears(indexed: Workspace, keystore_path: Path) -> None:
+    doc = json.loads(Path(indexed.store.full_path(INDEX_KEYS_PATH)).read_text())
+    assert set(doc["keys"]) == {"users.email"}
+    lake_bytes = b"".join(p.read_bytes() for p in Path(indexed.store.uri).rglob("*") if p.is_file())
+    assert b"a@example.com" not in lake_bytes.replace(b"****@example.com", b"")
+    master = Keystore.load(keystore_path).key_for(1)
+    assert master not in lake_bytes
+
+
+def test_enabling_twice_with_a_blind_index_creates_no_second_key(indexed: Workspace) -> None:
+    before = Path(indexed.store.full_path(INDEX_KEYS_PATH)).read_bytes()
+    with pytest.raises(PolicyError, match="already enabled"):
+        indexed.enable("users.email", "email", acknowledge_irreversible=True, blind_index=True)
+    assert Path(indexed.store.full_path(INDEX_KEYS_PATH)).read_bytes() == before
+
+
+def test_rotation_rewraps_the_index_key_and_keeps_indexes_byte_identical(indexed: Workspace) -> None:
+    before = [_indexes(indexed, day) for day in DAYS]
+    campaign = indexed.start_rotation()
+    assert INDEX_KEYS_PATH not in indexed.rotation_status().remaining  # rewrapped at start
+    for day in DAYS:
+        indexed.rotate("users", day.isoformat())
+    indexed.complete_rotation()
+    assert [_indexes(indexed, day) for day in DAYS] == before
+    extra = SAMPLE_DAY + timedelta(days=5)
+    table = pa.table(
+        {
+            "user_id": pa.array([99], pa.int64()),
+            "email": pa.array(["a@example.com"], pa.string()),
+            "ingested_at": pa.array([NOON + timedelta(days=5)], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    write_snapshot(indexed.store, "users", extra, table)
+    indexed.protect("users", extra.isoformat())  # the rewrapped key still gives the same index
+    assert _indexes(indexed, extra) == [before[0][0]]
+    assert indexed.rotation_status().campaign is None and campaign.old.key_version == "1"
+
+
+def test_completion_rewraps_an_index_key_left_under_the_old_key(indexed: Workspace) -> None:
+    stored = Path(indexed.store.full_path(INDEX_KEYS_PATH)).read_bytes()
+    indexed.start_rotation()
+    Path(indexed.store.full_path(INDEX_KEYS_PATH)).write_bytes(stored)  # as if start died before rewrapping
+    assert INDEX_KEYS_PATH in indexed.rotation_status().remaining
+    for day in DAYS:
+        indexed.rotate("users", day.isoformat())
+    indexed.complete_rotation()
+    assert indexed.rotation_status().complete
+
+
+def test_verification_refuses_a_rewrite_with_a_wrong_index(indexed: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fieldcrypt.blind_index import BlindIndexKey
+
+    extra = SAMPLE_DAY + timedelta(days=3)
+    table = pa.table(
+        {
+            "user_id": pa.array([7], pa.int64()),
+            "email": pa.array(["z@example.com"], pa.string()),
+            "ingested_at": pa.array([NOON + timedelta(days=3)], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    write_snapshot(indexed.store, "users", extra, table)
+    path = Path(indexed.store.full_path(partition_path("users", extra.isoformat())))
+    original = path.read_bytes()
+    real = BlindIndexKey.index
+    calls: list[int] = []
+
+    def faulty(self: BlindIndexKey, values: pa.Array) -> pa.Array:  # fault injection: a corrupt index writer
+        calls.append(1)
+        result = real(self, values)
+        return pa.array([b"\x00" * INDEX_SIZE] * len(result), pa.binary()) if len(calls) == 1 else result
+
+    monkeypatch.setattr(BlindIndexKey, "index", faulty)
+    with pytest.raises(VerificationError, match="blind index"):
+        indexed.protect("users", extra.isoformat())
+    assert path.read_bytes() == original
+
+
+def test_blind_index_on_aws_kms_uses_its_own_encryption_context(
+    tmp_path: Path, moto: str, make_kms_key: Callable[..., str]
+) -> None:
+    import boto3
+
+    from fieldcrypt import KeyConfig, WorkspaceConfig
+    from fieldcrypt.wrapped_key import WrappedKey
+
+    config = WorkspaceConfig(
+        "acme", str(tmp_path / "lake"), KeyConfig(provider="aws-kms", kms_key=make_kms_key(), kms_endpoint_url=moto)
+    )
+    workspace = Workspace(config, actor="test")
+    _land(workspace)
+    workspace.enable("users.email", "email", acknowledge_irreversible=True, blind_index=True)
+    _backdate(workspace)
+    workspace.protect("users", SAMPLE_DAY.isoformat())
+    first, _, again, _, _ = _indexes(workspace)
+    assert first is not None and first == again
+    wrapped = WrappedKey.from_bytes(workspace.index_keys.load()["users.email"])
+    kms = boto3.client("kms", endpoint_url=moto, region_name="us-east-1")
+    context = {
+        "fieldcrypt:workspace": "acme",
+        "fieldcrypt:dataset": "users",
+        "fieldcrypt:attribute": "email#blind-index",
+    }
+    assert len(kms.decrypt(CiphertextBlob=wrapped.wrapped, EncryptionContext=context)["Plaintext"]) == 32
+
+
+def test_index_key_bytes_never_reach_the_lake_or_the_audit_log(
+    make_local_workspace: Callable[..., Workspace], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
+    from fieldcrypt.providers.local import LocalKeyProvider
+
+    issued: list[bytes] = []
+    real = LocalKeyProvider.generate_data_key
+
+    def recording(self: LocalKeyProvider, context: Any) -> Any:  # records keys to search for; passes through
+        key, wrapped = real(self, context)
+        issued.append(key)
+        return key, wrapped
+
+    monkeypatch.setattr(LocalKeyProvider, "generate_data_key", recording)
+    workspace = make_local_workspace()
+    _land(workspace)
+    workspace.enable("users.email", "email", acknowledge_irreversible=True, blind_index=True)
+    _backdate(workspace)
+    workspace.protect("users", SAMPLE_DAY.isoformat())
+    assert len(issued) == 2  # the index key and one data key
+    stored = b"".join(p.read_bytes() for p in Path(workspace.store.uri).rglob("*") if p.is_file())
+    for key in issued:
+        for form in (key, key.hex().encode(), base64.b64encode(key)):
+            assert form not in stored

@@ -20,6 +20,7 @@ import pytest
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
 from fieldcrypt.keystore import Keystore
 from fieldcrypt.sample import land_sample_lake
+from tests.faults import KmsFaults
 
 SAMPLE_DAY = date(2026, 11, 1)
 NOON = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -137,3 +138,16 @@ def enable_at() -> Callable[..., Any]:
         return policy.attributes[attribute]
 
     return enable
+
+
+@pytest.fixture
+def kms_faults(moto: str) -> Iterator[KmsFaults]:
+    """Fault injection on every KMS client fieldcrypt builds (they come from boto3's default session)."""
+    boto3.setup_default_session()
+    assert boto3.DEFAULT_SESSION is not None
+    events = boto3.DEFAULT_SESSION.events
+    faults = KmsFaults()
+    faults.install(events)
+    yield faults
+    faults.uninstall(events)
+    boto3.DEFAULT_SESSION = None

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import boto3
 import botocore.retries.standard
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -51,19 +50,6 @@ CONTEXT_KEYS = {"fieldcrypt:workspace", "fieldcrypt:dataset", "fieldcrypt:attrib
 
 
 # -- fixtures -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def kms_faults(moto: str) -> Iterator[KmsFaults]:
-    """Fault injection on every KMS client fieldcrypt builds (they come from boto3's default session)."""
-    boto3.setup_default_session()
-    assert boto3.DEFAULT_SESSION is not None
-    events = boto3.DEFAULT_SESSION.events
-    faults = KmsFaults()
-    faults.install(events)
-    yield faults
-    faults.uninstall(events)
-    boto3.DEFAULT_SESSION = None
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -457,19 +456,6 @@ def test_metadata_and_run_logs_hold_no_plaintext_and_no_key_bytes(fieldcrypt: Fi
 
 
 # -- failure paths: KMS faults injected in process ---------------------------------------------------
-
-
-@pytest.fixture
-def kms_faults(moto: str) -> Iterator[KmsFaults]:
-    """Fault injection on every KMS client fieldcrypt builds (they come from boto3's default session)."""
-    boto3.setup_default_session()
-    assert boto3.DEFAULT_SESSION is not None
-    events = boto3.DEFAULT_SESSION.events
-    faults = KmsFaults()
-    faults.install(events)
-    yield faults
-    faults.uninstall(events)
-    boto3.DEFAULT_SESSION = None
 
 
 def test_rewrap_denied_by_kms_fails_the_partition_leaves_its_file_intact_and_a_rerun_completes(

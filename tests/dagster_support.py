@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.reconstruct import ReconstructableJob
 
 from fieldcrypt.keystore import Keystore
 from fieldcrypt.sample import land_sample_lake
@@ -86,17 +87,25 @@ def fresh_code_location_import() -> Iterator[None]:
 
     Runs launched in memory load the code location in this process; without this they would
     reuse modules imported earlier under another environment. The old modules come back after.
+    Dagster also keeps the last job definition it reconstructed (lru_cache on ReconstructableJob):
+    it is forgotten too, or a second test with the same job would get the first one's resources.
     """
 
     def ours() -> dict[str, Any]:
         return {n: m for n, m in sys.modules.items() if n.split(".")[0] in CODE_LOCATION_PACKAGES}
 
+    def forget_reconstructed_jobs() -> None:
+        for cached in (ReconstructableJob.get_repository_definition, ReconstructableJob.get_definition):
+            cached.cache_clear()  # type: ignore[attr-defined]
+
     saved = ours()
     for name in saved:
         del sys.modules[name]
+    forget_reconstructed_jobs()
     try:
         yield
     finally:
+        forget_reconstructed_jobs()
         for name in ours():
             del sys.modules[name]
         sys.modules.update(saved)

@@ -9,11 +9,10 @@ injected into boto3 (tests/faults.py).
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckKey, DagsterInstance, DagsterRunStatus
-from dagster._core.definitions.reconstruct import ReconstructableJob
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.dagster_run import RunsFilter
 from dagster._core.test_utils import instance_for_test
@@ -215,7 +213,6 @@ def test_graphql_rotation_backfill_rewraps_both_datasets_resumes_and_completes(
 
     with (
         fresh_code_location_import(),
-        fresh_job_definitions(),
         instance_for_test(synchronous_run_coordinator=True, synchronous_run_launcher=True) as instance,
         define_out_of_process_context(str(workspace_file), None, instance) as context,
     ):
@@ -278,20 +275,6 @@ def test_graphql_rotation_backfill_rewraps_both_datasets_resumes_and_completes(
     assert all_but_wrapped_keys(after_workspace) == before
     assert after_workspace.rotation_status().complete
     assert sum(after_workspace.verify("users", PARTITIONS[0]).values()) > 0
-
-
-@contextlib.contextmanager
-def fresh_job_definitions() -> Iterator[None]:
-    """Runs launched in memory load their job through `ReconstructableJob`, whose last definition Dagster
-    keeps (lru_cache): a second test with the same job and another environment would get the first one's
-    resources. Forget it before and after."""
-    for cached in (ReconstructableJob.get_repository_definition, ReconstructableJob.get_definition):
-        cached.cache_clear()  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        for cached in (ReconstructableJob.get_repository_definition, ReconstructableJob.get_definition):
-            cached.cache_clear()  # type: ignore[attr-defined]
 
 
 def launch_rotation_backfill(context: Any, instance: DagsterInstance, partitions: list[str]) -> str:

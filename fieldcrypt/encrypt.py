@@ -159,6 +159,15 @@ def with_protection_columns(batch: pa.RecordBatch, attribute: AttributePolicy) -
     return batch
 
 
+def used_wrapped_keys(column: pa.Array) -> list[bytes]:
+    """The distinct non-null wrapped keys that rows of a wrapped-key column use (without decoding every row)."""
+    if pa.types.is_dictionary(column.type):
+        keys: list[bytes] = column.dictionary.take(pc.unique(column.indices.drop_null())).to_pylist()
+    else:
+        keys = pc.unique(column.drop_null()).to_pylist()
+    return [key for key in dict.fromkeys(keys) if key is not None]
+
+
 def _merge_wrapped_keys(
     existing: pa.DictionaryArray, selected: pa.BooleanArray, key_index: pa.Array, wrapped_keys: list[bytes]
 ) -> pa.DictionaryArray:

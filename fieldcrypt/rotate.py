@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fieldcrypt.cache import DataKeyCache
+from fieldcrypt.encrypt import used_wrapped_keys
 from fieldcrypt.errors import VerificationError
 from fieldcrypt.parquet_io import chunk_span, open_parquet, protected_writer, read_ahead, row_group, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
@@ -63,7 +64,7 @@ def _stored_keys(
         columns = list(dict.fromkeys(a.wrapped_key_column for a in present))
         for batch in row_groups(parquet, store.display(rel), columns=columns):
             for attribute in present:
-                for value in _used_keys(batch.column(attribute.wrapped_key_column)):
+                for value in used_wrapped_keys(batch.column(attribute.wrapped_key_column)):
                     if value not in found:
                         found[value] = (WrappedKey.from_bytes(value).master_key_ref, attribute)
     return found
@@ -135,14 +136,6 @@ def rotate_file(
 
 def _as_dictionary(column: pa.Array) -> pa.DictionaryArray:
     return column if pa.types.is_dictionary(column.type) else column.dictionary_encode()
-
-
-def _used_keys(column: pa.Array) -> list[bytes]:
-    """The distinct non-null wrapped keys that rows of the column use."""
-    column = _as_dictionary(column)
-    used = pc.unique(column.indices.drop_null())
-    keys: list[bytes] = column.dictionary.take(used).to_pylist()
-    return [key for key in dict.fromkeys(keys) if key is not None]
 
 
 def _map_wrapped_keys(batch: pa.RecordBatch, attribute: AttributePolicy, mapping: dict[bytes, bytes]) -> pa.RecordBatch:
@@ -218,7 +211,7 @@ def _verify_rotation(
             if not _same_keys(new, expected):
                 raise VerificationError(f"{at}, {attribute.name}: a wrapped key was not mapped to its rewrap")
             is_new = pc.is_in(new.dictionary, value_set=new_values)
-            cells += int(pc.sum(pc.take(is_new, new.indices).cast(pa.int64())).as_py() or 0)
+            cells += pc.take(is_new, new.indices).true_count
             entries: dict[bytes, list[int]] = {}
             for position, value in enumerate(new.dictionary.to_pylist()):
                 if value in new_set and value not in sampled:

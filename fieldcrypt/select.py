@@ -47,9 +47,9 @@ def select_rows(batch: pa.RecordBatch, dataset: DatasetSpec, attribute: Attribut
         selected=selected,
         values=values,
         existing_ciphertext=existing,
-        count=_true_count(selected),
-        already_protected=_true_count(protected),
-        historical_plaintext=_true_count(pc.and_(unprotected_value, pc.invert(after))),
+        count=selected.true_count,
+        already_protected=protected.true_count,
+        historical_plaintext=pc.and_(unprotected_value, pc.invert(after)).true_count,
         null_values=values.null_count,
     )
 
@@ -60,7 +60,3 @@ def existing_ciphertext(batch: pa.RecordBatch, attribute: AttributePolicy) -> pa
     if index < 0:
         return pa.nulls(batch.num_rows, pa.binary())
     return batch.column(index)
-
-
-def _true_count(mask: pa.BooleanArray) -> int:
-    return int(pc.sum(mask.cast(pa.int64())).as_py() or 0)

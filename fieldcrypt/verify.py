@@ -21,7 +21,7 @@ from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.cell import CELL_OVERHEAD
 from fieldcrypt.columns import raw_path, replace_path
-from fieldcrypt.encrypt import EncryptedAttribute, ciphertext_digest, values_digest
+from fieldcrypt.encrypt import EncryptedAttribute, ciphertext_digest, used_wrapped_keys, values_digest
 from fieldcrypt.errors import VerificationError
 from fieldcrypt.mask import mask_values
 from fieldcrypt.parquet_io import read_ahead, row_groups
@@ -162,7 +162,7 @@ def _verify_attribute(
         raise VerificationError(f"{at}: a ciphertext has the wrong length")
     if ciphertext_digest(ciphertext) != written.ciphertext_digest:
         raise VerificationError(f"{at}: ciphertexts read back differ from those written")
-    for wrapped in _referenced_keys(new_dek):
+    for wrapped in used_wrapped_keys(new_dek):
         cache.cipher_for(wrapped, dataset.name, attribute.path, partition)
     positions = pc.indices_nonzero(rows.selected).to_pylist()
     picked = pa.array(sorted(rng.sample(positions, min(sample, len(positions)))), pa.int64())
@@ -181,13 +181,3 @@ def _verify_attribute(
 
 def _decoded(column: pa.Array) -> pa.Array:
     return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
-
-
-def _referenced_keys(wrapped_keys: pa.Array) -> list[bytes]:
-    """The distinct wrapped keys the column's rows use (without decoding every row)."""
-    if pa.types.is_dictionary(wrapped_keys.type):
-        used = pc.unique(wrapped_keys.indices.drop_null())
-        keys: list[bytes] = wrapped_keys.dictionary.take(used).to_pylist()
-    else:
-        keys = pc.unique(wrapped_keys.drop_null()).to_pylist()
-    return [k for k in dict.fromkeys(keys) if k is not None]

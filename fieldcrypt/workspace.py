@@ -257,9 +257,7 @@ class Workspace:
         """
         counts: dict[str, int] = {}
         for attribute, batch, plaintext, protected in self._revealed(dataset, partition):
-            counts[attribute.name] = counts.get(attribute.name, 0) + int(
-                pc.sum(protected.cast(pa.int64())).as_py() or 0
-            )
+            counts[attribute.name] = counts.get(attribute.name, 0) + protected.true_count
             stored = pc.filter(read_path(batch, attribute.path), protected)
             if not stored.equals(mask_values(pc.filter(plaintext, protected), attribute.mask)):
                 raise VerificationError(

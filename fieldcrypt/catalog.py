@@ -146,6 +146,7 @@ class WorkspaceEntry(_Strict):
     region: str | None = None
     key: Annotated[LocalKeyEntry | AwsKmsKeyEntry, Field(discriminator="provider")]
     data_key_ttl_seconds: float = Field(default=MAX_TTL_SECONDS, gt=0, le=MAX_TTL_SECONDS)
+    file_workers: int = Field(default=2, ge=1, le=64, description="files of one partition processed at once")
     partitions_start: date | datetime | None = None
     partitions_end: date | datetime | None = None
     datasets: dict[str, DatasetEntry] = Field(default_factory=dict)
@@ -232,9 +233,7 @@ class Catalog:
                     kms_max_attempts=entry.key.max_attempts,
                 )
             )
-            datasets = {
-                dataset: self._layout(dataset, spec, entry) for dataset, spec in sorted(entry.datasets.items())
-            }
+            datasets = {dataset: self._layout(dataset, spec, entry) for dataset, spec in sorted(entry.datasets.items())}
         except FieldcryptError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         lake = entry.lake if entry.lake.startswith("s3://") else self._local_path(entry.lake)
@@ -246,6 +245,7 @@ class Catalog:
             s3_region=entry.region,
             data_key_ttl_seconds=entry.data_key_ttl_seconds,
             datasets=datasets,
+            file_workers=entry.file_workers,
         )
 
     def _local_path(self, value: str) -> str:

@@ -31,9 +31,43 @@ KEY_EXAMPLES = {"daily": "2026-11-28", "hourly": "2026-11-28T13", "monthly": "20
 # The directory format used when a level is declared by its key name alone.
 DEFAULT_LEVEL_FORMATS = {"daily": "%Y-%m-%d", "hourly": "%Y-%m-%d-%H", "monthly": "%Y-%m"}
 _HIVE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Which strftime fields each granularity's levels must cover between them, exactly.
+# Which fields each granularity's levels must cover between them, exactly once.
 _FIELDS = {"daily": {"Y", "m", "d"}, "hourly": {"Y", "m", "d", "H"}, "monthly": {"Y", "m"}}
-_DIRECTIVE = re.compile(r"%(.)")
+# Directives of a level format: zero-padded (%m) or, as Spark and DuckDB write integers, not (%-m).
+_DIRECTIVE = re.compile(r"%(-?)([YmdH])|%(.)")
+_WIDTH = {"Y": 4, "m": 2, "d": 2, "H": 2}
+
+
+def _directives(fmt: str) -> list[tuple[bool, str]]:
+    """(padded, field) of each directive of a level format; a named error for anything else."""
+    found = []
+    for match in _DIRECTIVE.finditer(fmt):
+        if match.group(3) is not None:
+            raise InputError(f"format {fmt!r}: only %Y, %m, %d, %H (or unpadded %-m, %-d, %-H) are supported")
+        found.append((match.group(1) != "-", match.group(2)))
+    return found
+
+
+def _value_pattern(fmt: str) -> re.Pattern[str]:
+    """A regex reading a level value written with `fmt`, one group per field."""
+    parts, at = [], 0
+    for match in _DIRECTIVE.finditer(fmt):
+        parts.append(re.escape(fmt[at : match.start()]))
+        padded, name = match.group(1) != "-", match.group(2)
+        digits = f"\\d{{{_WIDTH[name]}}}" if padded or name == "Y" else "[1-9]\\d?|0"
+        parts.append(f"(?P<{name}>{digits})")
+        at = match.end()
+    parts.append(re.escape(fmt[at:]))
+    return re.compile("".join(parts))
+
+
+def _write_value(fmt: str, moment: datetime) -> str:
+    def field(match: re.Match[str]) -> str:
+        padded, name = match.group(1) != "-", match.group(2)
+        value = {"Y": moment.year, "m": moment.month, "d": moment.day, "H": moment.hour}[name]
+        return f"{value:0{_WIDTH[name]}d}" if padded else str(value)
+
+    return _DIRECTIVE.sub(field, fmt)
 
 
 @dataclass(frozen=True)
@@ -64,11 +98,9 @@ class Partitioning:
         for level in self.levels:
             if not _HIVE_KEY.fullmatch(level.key):
                 raise InputError(f"partition key {level.key!r} must be letters, digits and underscores")
-            directives = _DIRECTIVE.findall(level.format)
-            if not directives or any(d not in "YmdH" for d in directives):
-                raise InputError(
-                    f"partition level {level.key}: format {level.format!r} may only use %Y, %m, %d and %H"
-                )
+            directives = [name for _, name in _directives(level.format)]
+            if not directives:
+                raise InputError(f"partition level {level.key}: format {level.format!r} has no %Y, %m, %d or %H")
             used += directives
         if sorted(used) != sorted(_FIELDS[self.granularity]):
             raise InputError(
@@ -102,26 +134,24 @@ class Partitioning:
     def directory(self, key: str) -> str:
         """The Hive directory of a partition, relative to the dataset: `dt=2026-11-28/hour=13`."""
         moment = self.parse_key(key)
-        return "/".join(f"{level.key}={moment.strftime(level.format)}" for level in self.levels)
+        return "/".join(f"{level.key}={_write_value(level.format, moment)}" for level in self.levels)
 
     def key_of_directories(self, parts: list[str], where: str) -> str:
         """The canonical key of a file's leading directories (exactly `len(levels)` of them)."""
-        values = []
+        fields: dict[str, int] = {}
         for part, level in zip(parts, self.levels, strict=True):
             name, sep, value = part.partition("=")
             if not sep or name != level.key:
                 raise InputError(f"{where}: directory {part!r} is not the partition level {level.key}=...")
-            values.append(value)
-        fmt = "\x00".join(level.format for level in self.levels)
-        joined = "\x00".join(values)
+            match = _value_pattern(level.format).fullmatch(value)
+            if match is None:
+                declared = f"{level.key}={level.format}"
+                raise InputError(f"{where}: {part!r} does not match the declared partition level {declared}")
+            fields.update({field: int(text) for field, text in match.groupdict().items()})
         try:
-            moment = datetime.strptime(joined, fmt).replace(tzinfo=UTC)
+            moment = datetime(fields["Y"], fields.get("m", 1), fields.get("d", 1), fields.get("H", 0), tzinfo=UTC)
         except ValueError:
-            moment = None
-        # Strict: the directory must be exactly what the format writes (no "hour=3" for "%H").
-        if moment is None or moment.strftime(fmt) != joined:
-            expected = "/".join(f"{level.key}={level.format}" for level in self.levels)
-            raise InputError(f"{where}: {'/'.join(parts)} does not match the declared partitioning {expected}")
+            raise InputError(f"{where}: {'/'.join(parts)} is not a valid {self.granularity} partition") from None
         return self.key_of(moment)
 
 

@@ -269,3 +269,22 @@ def test_verify_of_a_tampered_file_exits_non_zero_without_plaintext(
     captured = capsys.readouterr()
     assert "failed authentication" in captured.err
     assert not [s for s in secrets if s in captured.out + captured.err]
+
+
+def test_protect_of_every_partition_goes_on_past_a_bad_one_and_exits_non_zero(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    land_sample_lake(LakeStore.from_uri(str(tmp_path / "lake")), date(2030, 1, 2), 1, 60, 120)
+    (tmp_path / "lake" / snapshot_path("users", PARTITION)).write_bytes(b"PAR1 not parquet")
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, "protect", "users"])
+
+    assert exited.value.code == 2
+    output = capsys.readouterr()
+    assert f"users {PARTITION}: " in output.err and "is not a readable Parquet file" in output.err
+    assert "1 of 2 partitions failed" in output.err
+    (done,) = documents(output.out)
+    assert done["partition"] == "2030-01-02" and done["attributes"]["users.email"]["newly_encrypted"] > 0

@@ -35,6 +35,7 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) bench/encrypt.py
 	PYTHONPATH=$(CURDIR) $(PY) bench/rotate.py
+	PYTHONPATH=$(CURDIR) $(PY) bench/layout.py
 
 # dagster dev on loopback with a persistent instance under the project; after `make demo` it opens the
 # demo's lake, key and runs (demo-workspace/dagster.env), otherwise the catalog's (fieldcrypt.yaml) defaults.

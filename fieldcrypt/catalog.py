@@ -7,7 +7,7 @@ ingested_at: field required`. Environment variables override the selected worksp
 settings (see `ENV_OVERRIDES`); an error in an overridden value names the variable.
 Loading reads one local file and the environment: no network call.
 
-Shape (docs/FORMAT.md, "The catalog", has every field)::
+Shape (docs/CATALOG.md has every field)::
 
     default_workspace: demo
     workspaces:

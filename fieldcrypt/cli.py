@@ -172,7 +172,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         _run_key(args)
         return 0
     if args.command == "kms-policy":
-        print(key_policy_statements(args.key_arn, args.role_arn, _config(args).name))
+        # The statements name the workspace (the encryption-context condition); the customer's lake need not exist yet.
+        workspace_name = args.workspace or Catalog.load(args.catalog).selected
+        print(key_policy_statements(args.key_arn, args.role_arn, workspace_name))
         return 0
     workspace = _workspace(args)
     if args.command == "enable":

@@ -44,7 +44,7 @@ def make_keystore(tmp_path: Path) -> Path:
 def catalog_fieldcrypt(
     directory: Path, lake: str, key: dict[str, Any], datasets: dict[str, Any] | None = None, **settings: Any
 ) -> FieldcryptResource:
-    """The resource of workspace `acme`, declared (by default with the demo's datasets) in `directory/fieldcrypt.yaml`."""
+    """Workspace `acme`, declared (by default with the demo's datasets) in `directory/fieldcrypt.yaml`."""
     catalog = write_catalog(directory / "fieldcrypt.yaml", WORKSPACE, lake, key, datasets, **settings)
     return FieldcryptResource(catalog_path=str(catalog), workspace_name=WORKSPACE)
 

@@ -117,5 +117,5 @@ def _failed(check_name: str, partition: str | None, exc: FieldcryptError) -> dg.
 
 
 def attribute_path(attribute_name: str) -> str:
-    """`users.email` -> `email`, `events.properties.email` -> `properties.email`."""
+    """`customers.email` -> `email`, `clicks.properties.email` -> `properties.email`."""
     return attribute_name.partition(".")[2]

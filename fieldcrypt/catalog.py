@@ -2,7 +2,7 @@
 
 The CLI and the Dagster code location read the same file, validated here with one
 schema (pydantic models, unknown keys refused) into the core's `WorkspaceConfig`.
-Errors name the key and the problem: `fieldcrypt.yaml: workspaces.acme.datasets.users.
+Errors name the key and the problem: `fieldcrypt.yaml: workspaces.acme.datasets.customers.
 ingested_at: field required`. Environment variables override the selected workspace's
 settings (see `ENV_OVERRIDES`); an error in an overridden value names the variable.
 Loading reads one local file and the environment: no network call.
@@ -15,8 +15,8 @@ Shape (docs/CATALOG.md has every field)::
         lake: demo-workspace/lake                # relative to this file, or s3://bucket/prefix
         key: {provider: local, keystore: demo-workspace/keys/keystore.json}
         datasets:
-          users:
-            path: users
+          customers:
+            path: raw/customers
             partitioning: {granularity: daily, key: date, start: 2026-01-01}
             ingested_at: ingested_at
             primary_key: user_id                 # or a list for a composite key

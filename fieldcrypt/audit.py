@@ -18,7 +18,17 @@ from typing import Any
 from fieldcrypt.store import LakeStore
 
 AUDIT_DIR = "_fieldcrypt/audit"
-_ALLOWED_FIELDS = {"dataset", "attribute", "partition", "master_key", "cells", "data_keys", "detail", "to_master_key"}
+_ALLOWED_FIELDS = {
+    "dataset",
+    "attribute",
+    "partition",
+    "master_key",
+    "cells",
+    "data_keys",
+    "detail",
+    "to_master_key",
+    "reason",  # why plaintext was revealed (a ticket id), given by the operator
+}
 
 
 @dataclass

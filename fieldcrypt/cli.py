@@ -13,6 +13,7 @@ import argparse
 import getpass
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fieldcrypt.catalog import CATALOG_ENV, WORKSPACE_ENV, Catalog
+from fieldcrypt.cli_output import Output
 from fieldcrypt.errors import FieldcryptError, InputError, KeyProviderError, PolicyError
 from fieldcrypt.keystore import Keystore, new_wrapping_key, parse_base64_key, unwrap_imported_key
 from fieldcrypt.layout import partition_label
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kms-endpoint-url", help="override: KMS-compatible endpoint")
     parser.add_argument("--s3-endpoint-url", help="override: S3-compatible endpoint")
     parser.add_argument("--region", help="override: AWS region of the lake and key")
+    parser.add_argument("--json", action="store_true", help="print JSON lines (one object per row, then a summary)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     key = commands.add_parser("key", help="local master key").add_subparsers(dest="key_command", required=True)
@@ -101,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--to", help="aws-kms: the new key ARN (local: a new key version is created)")
     rotate.add_parser("status", help="which partitions still hold wrapped keys under an old key")
     rotate.add_parser("complete", help="prove nothing is left under the old key, then retire it")
+
+    reveal = commands.add_parser(
+        "reveal", help="print the plaintext of chosen rows (support, dispatch); audited with a required reason"
+    )
+    reveal.add_argument("dataset")
+    reveal.add_argument("--partition", help="partition key (required for a partitioned dataset)")
+    reveal.add_argument("--attribute", action="append", required=True, help="attribute to reveal (repeatable)")
+    rows = reveal.add_mutually_exclusive_group(required=True)
+    rows.add_argument("--row-key", action="append", help="primary-key value of a row to reveal (repeatable)")
+    rows.add_argument("--row-keys-file", type=Path, help="file with one primary-key value per line")
+    reveal.add_argument("--reason", required=True, help="why (a ticket id): recorded in the audit log with your user")
+    reveal.add_argument("--out", type=Path, help="write to this file (created 0600) instead of stdout")
 
     commands.add_parser("datasets", help="list the workspace's declared datasets and their partitions")
     commands.add_parser("audit", help="print the audit log (JSON lines)")
@@ -174,7 +189,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.command == "kms-policy":
         # The statements name the workspace (the encryption-context condition); the customer's lake need not exist yet.
         workspace_name = args.workspace or Catalog.load(args.catalog).selected
-        print(key_policy_statements(args.key_arn, args.role_arn, workspace_name))
+        print(key_policy_statements(_key_arn(args.key_arn), args.role_arn, workspace_name))
         return 0
     workspace = _workspace(args)
     if args.command == "enable":
@@ -190,51 +205,56 @@ def run(argv: Sequence[str] | None = None) -> int:
             f"{entry.name}: enabled at {entry.enabled_at.isoformat()} with mask {entry.mask}; "
             "rows ingested earlier stay as they are"
         )
-    elif args.command in ("protect", "status", "verify", "rotate-partition"):
-        action: Callable[[str, str | None], Any] = {
-            "protect": workspace.protect,
-            "status": workspace.status,
-            "verify": workspace.verify,
-            "rotate-partition": workspace.rotate,
-        }[args.command]
-        return _each_partition(workspace, args.dataset, args.partition, action)
+    elif args.command in PARTITION_COMMANDS:
+        return _each_partition(workspace, args.command, args.dataset, args.partition, Output(args.json))
+    elif args.command == "reveal":
+        _reveal(workspace, args)
     elif args.command == "rotate":
-        if args.rotate_command == "start":
-            _print(asdict(workspace.start_rotation(args.to)))
-        elif args.rotate_command == "status":
-            status = workspace.rotation_status()
-            _print(
-                {
-                    "campaign": asdict(status.campaign) if status.campaign else None,
-                    "scanned": status.scanned,
-                    "remaining": status.remaining,
-                    "complete": status.complete,
-                }
-            )
-        else:
-            _print(asdict(workspace.complete_rotation()))
+        _rotate(workspace, args)
     elif args.command == "datasets":
+        out = Output(args.json, ["dataset", "path", "partitioning", "primary_key", "partitions", "enabled"])
+        policy = workspace.policy()
         for dataset in workspace.datasets:
             layout = workspace.layout(dataset)
-            partitions = workspace.partitions(dataset)
-            _print(
+            out.row(
                 {
                     "dataset": dataset,
                     "path": workspace.store.display(layout.path),
                     "partitioning": layout.partitioning.granularity,
-                    "partitions_with_data": len(partitions),
+                    "primary_key": ", ".join(layout.spec.primary_key)
+                    if not isinstance(layout.spec.primary_key, str) and layout.spec.primary_key
+                    else layout.spec.primary_key,
+                    "partitions": len(workspace.partitions(dataset)),
+                    "enabled": ", ".join(a.path for a in policy.for_dataset(dataset)) or "-",
                 }
             )
+        out.finish(f"{len(workspace.datasets)} datasets declared in workspace {workspace.name}")
     elif args.command == "audit":
         for event in workspace.audit.events():
             print(json.dumps(event, sort_keys=True))
     return 0
 
 
-def _each_partition(
-    workspace: Workspace, dataset: str, chosen: list[str] | None, action: Callable[[str, str | None], Any]
-) -> int:
-    """Run `action` on each chosen partition (default: all with data); every partition is tried."""
+_KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+")
+
+
+def _key_arn(value: str) -> str:
+    """A KMS key named by its full key ARN; an alias (or alias ARN) does not work across accounts."""
+    if ":alias/" in value or value.startswith("alias/"):
+        raise InputError(
+            f"{value} is an alias; key policies and cross-account access need the key's ARN "
+            "(arn:aws:kms:<region>:<account>:key/<id>)"
+        )
+    if not _KEY_ARN.fullmatch(value):
+        raise InputError(f"{value!r} is not a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>)")
+    return value
+
+
+PARTITION_COMMANDS = ("protect", "status", "verify", "rotate-partition")
+
+
+def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: list[str] | None, out: Output) -> int:
+    """Run `command` on each chosen partition (default: all with data); every partition is tried."""
     layout = workspace.layout(dataset)
     partitions: list[str | None]
     if chosen:
@@ -245,20 +265,212 @@ def _each_partition(
         partitions = workspace.partitions(dataset)
         if not partitions:
             raise InputError(f"dataset {dataset} has no data files under {workspace.store.display(layout.path)}")
+    row_of, out.columns, totals = _COMMANDS[command]
     failed = 0
-    for partition in partitions:
+    summed: dict[str, int] = {}
+    for partition in out.progress(partitions, f"{command} {dataset}"):
         try:
-            result = action(dataset, partition)
+            rows = row_of(workspace, dataset, partition)
         except FieldcryptError as exc:
             failed += 1
             print(f"fieldcrypt: error: {dataset} {partition_label(partition)}: {exc}", file=sys.stderr)
             continue
-        fields = result if isinstance(result, dict) else asdict(result)
-        _print({"partition": partition, **fields})
+        for row in rows:
+            out.row(row)
+            for key in totals:
+                summed[key] = summed.get(key, 0) + int(row.get(key) or 0)
+    done = len(partitions) - failed
+    out.finish(_summary(command, done, summed, failed), {"partitions": done, "failed": failed, **summed})
     if failed:
         print(f"fieldcrypt: {failed} of {len(partitions)} partitions failed", file=sys.stderr)
         return 2
     return 0
+
+
+def _protect_rows(workspace: Workspace, dataset: str, partition: str | None) -> list[dict[str, Any]]:
+    report = workspace.protect(dataset, partition)
+    return [
+        {
+            "partition": partition_label(partition),
+            "attribute": name,
+            "files": report.files,
+            "files_rewritten": report.files_rewritten,
+            "rows": report.rows,
+            "newly_encrypted": counts.newly_encrypted,
+            "already_protected": counts.already_protected,
+            "historical_plaintext": counts.historical_plaintext,
+            "kms_calls": report.kms_calls,
+        }
+        for name, counts in report.attributes.items()
+    ] or [_no_attribute_row(report, partition)]
+
+
+def _status_rows(workspace: Workspace, dataset: str, partition: str | None) -> list[dict[str, Any]]:
+    report = workspace.status(dataset, partition)
+    return [
+        {
+            "partition": partition_label(partition),
+            "attribute": name,
+            "files": report.files,
+            "rows": report.rows,
+            "protected": counts.already_protected,
+            "pending": counts.pending,
+            "historical_plaintext": counts.historical_plaintext,
+            "null": counts.null_values,
+        }
+        for name, counts in report.attributes.items()
+    ] or [_no_attribute_row(report, partition)]
+
+
+def _no_attribute_row(report: Any, partition: str | None) -> dict[str, Any]:
+    return {
+        "partition": partition_label(partition),
+        "attribute": "(none enabled)",
+        "files": report.files,
+        "rows": report.rows,
+    }
+
+
+def _verify_rows(workspace: Workspace, dataset: str, partition: str | None) -> list[dict[str, Any]]:
+    counts = workspace.verify(dataset, partition)
+    files = len(workspace.files(dataset, partition))
+    return [
+        {"partition": partition_label(partition), "attribute": name, "files": files, "cells_verified": cells}
+        for name, cells in counts.items()
+    ] or [{"partition": partition_label(partition), "attribute": "(none enabled)", "files": files, "cells_verified": 0}]
+
+
+def _rotate_rows(workspace: Workspace, dataset: str, partition: str | None) -> list[dict[str, Any]]:
+    report = workspace.rotate(dataset, partition)
+    return [
+        {
+            "partition": partition_label(partition),
+            "files": report.files,
+            "files_rewritten": report.files_rewritten,
+            "rows": report.rows,
+            "data_keys": report.distinct_data_keys,
+            "rewrapped": report.rewrapped,
+            "kms_calls": report.kms_calls,
+        }
+    ]
+
+
+_COMMANDS: dict[str, tuple[Callable[[Workspace, str, str | None], list[dict[str, Any]]], list[str], list[str]]] = {
+    "protect": (
+        _protect_rows,
+        [
+            "partition",
+            "attribute",
+            "files",
+            "files_rewritten",
+            "rows",
+            "newly_encrypted",
+            "already_protected",
+            "historical_plaintext",
+            "kms_calls",
+        ],
+        ["newly_encrypted", "files_rewritten"],
+    ),
+    "status": (
+        _status_rows,
+        ["partition", "attribute", "files", "rows", "protected", "pending", "historical_plaintext", "null"],
+        ["protected", "pending", "historical_plaintext"],
+    ),
+    "verify": (_verify_rows, ["partition", "attribute", "files", "cells_verified"], ["cells_verified"]),
+    "rotate-partition": (
+        _rotate_rows,
+        ["partition", "files", "files_rewritten", "rows", "data_keys", "rewrapped", "kms_calls"],
+        ["rewrapped", "files_rewritten", "kms_calls"],
+    ),
+}
+
+
+def _summary(command: str, done: int, summed: dict[str, int], failed: int) -> str:
+    partitions = f"{done:,} partition{'s' if done != 1 else ''}"
+    tail = f"; {failed} failed" if failed else ""
+    if command == "protect":
+        return (
+            f"protected {partitions}: {summed.get('newly_encrypted', 0):,} cells newly encrypted, "
+            f"{summed.get('files_rewritten', 0):,} files rewritten{tail}"
+        )
+    if command == "status":
+        return (
+            f"{partitions}: {summed.get('protected', 0):,} cells protected, {summed.get('pending', 0):,} pending, "
+            f"{summed.get('historical_plaintext', 0):,} historical plaintext{tail}"
+        )
+    if command == "verify":
+        verdict = "all authentic" if not failed else f"{failed} partitions FAILED"
+        return f"verified {partitions}, {summed.get('cells_verified', 0):,} cells, {verdict}"
+    return (
+        f"rotated {partitions}: {summed.get('rewrapped', 0):,} data keys rewrapped in "
+        f"{summed.get('files_rewritten', 0):,} files, {summed.get('kms_calls', 0):,} KMS calls{tail}"
+    )
+
+
+def _rotate(workspace: Workspace, args: argparse.Namespace) -> None:
+    if args.rotate_command == "start":
+        campaign = workspace.start_rotation(args.to)
+        print(f"rotation {campaign.campaign_id} started: {campaign.old.ref} -> {campaign.new.ref}")
+        print("new data keys wrap under the new key; both decrypt until `fieldcrypt rotate complete`")
+    elif args.rotate_command == "complete":
+        campaign = workspace.complete_rotation()
+        print(f"rotation {campaign.campaign_id} complete at {campaign.finished_at}: {campaign.old.ref} retired")
+    else:
+        status = workspace.rotation_status()
+        binding = workspace.bindings.load()
+        last = binding.campaigns[-1] if binding and binding.campaigns else None
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "campaign": asdict(last) if last else None,
+                        "scanned": status.scanned,
+                        "remaining": status.remaining,
+                        "complete": status.complete,
+                    },
+                    default=str,
+                )
+            )
+            return
+        if last is None:
+            print(f"no rotation campaign yet; {status.scanned} partitions scanned")
+        elif last.status == "complete":
+            print(f"last campaign {last.campaign_id}: {last.old.ref} -> {last.new.ref}, complete at {last.finished_at}")
+        else:
+            print(f"campaign {last.campaign_id} in progress since {last.started_at}: {last.old.ref} -> {last.new.ref}")
+        for where, refs in sorted(status.remaining.items()):
+            print(f"  {where}: still under {', '.join(refs)}")
+        scanned = f"{status.scanned} partition{'' if status.scanned == 1 else 's'}"
+        print(f"{scanned} scanned, {len(status.remaining)} still hold data keys under an old key")
+
+
+def _reveal(workspace: Workspace, args: argparse.Namespace) -> None:
+    """Plaintext of chosen rows, to stdout or a 0600 file; the audit log records who, why and how many cells."""
+    keys = args.row_key or [line.strip() for line in args.row_keys_file.read_text().splitlines() if line.strip()]
+    reason = args.reason.strip()
+    if not reason:
+        raise InputError("--reason must say why (a ticket id, a request): it is recorded in the audit log")
+    batches = workspace.reveal(args.dataset, args.partition, args.attribute, row_keys=keys, reason=reason)
+    sink = _private_output(args.out) if args.out else sys.stdout
+    found = 0
+    try:
+        for batch in batches:
+            for row in batch.to_pylist():
+                sink.write(json.dumps(row, default=str) + "\n")
+                found += 1
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    print(f"revealed {found} of {len(keys)} rows; audited as {workspace.audit.actor}: {reason}", file=sys.stderr)
+
+
+def _private_output(path: Path) -> Any:
+    """A new file only its owner can read (plaintext); refuses to overwrite."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise InputError(f"{path} exists; reveal never overwrites a file") from None
+    return os.fdopen(fd, "w")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -267,3 +479,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except FieldcryptError as exc:
         print(f"fieldcrypt: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: stop quietly, without a traceback at interpreter exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)

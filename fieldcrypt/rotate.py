@@ -107,6 +107,8 @@ def rotate_file(
         report.master_keys_before[ref] = report.master_keys_before.get(ref, 0) + 1
     stale = [value for value in stored if not cache.is_current(value)]
     if not stale:
+        with open_parquet(store, rel) as parquet:  # rows from the footer: a skipped file still counts its rows
+            report.rows = parquet.metadata.num_rows
         report.seconds = time.perf_counter() - started
         return report
     mapping = {value: cache.rewrap(value, dataset.name, stored[value][1].path, partition) for value in stale}

@@ -7,7 +7,7 @@ until a key is first needed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ from fieldcrypt.audit import AuditLog
 from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore, index_context_attribute
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
-from fieldcrypt.columns import read_path
+from fieldcrypt.columns import read_path, row_key_text
 from fieldcrypt.errors import ConfigError, FieldcryptError, InputError, KeyProviderError, PolicyError, VerificationError
 from fieldcrypt.keystore import Keystore
 from fieldcrypt.layout import DatasetLayout
@@ -346,19 +346,48 @@ class Workspace:
                 )
         return counts
 
-    def reveal(self, dataset: str, partition: str | None, attributes: list[str]) -> Iterator[pa.RecordBatch]:
-        """Dispatch: batches of (row key, real values of `attributes`), plaintext in memory only."""
+    def reveal(
+        self,
+        dataset: str,
+        partition: str | None,
+        attributes: list[str],
+        *,
+        row_keys: Sequence[str] | None = None,
+        reason: str | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Dispatch and support: batches of (primary key, real values of `attributes`), plaintext in memory only.
+
+        With `row_keys` (primary-key values as text) only those rows are decrypted. The audit log
+        records, per file and attribute, the cells revealed, with the workspace's actor and `reason`.
+        """
         spec, enabled = self._dataset(dataset)
         chosen = [a for a in enabled if a.name in attributes or a.path in attributes]
         unknown = set(attributes) - {a.name for a in chosen} - {a.path for a in chosen}
         if unknown:
             raise InputError(f"{', '.join(sorted(unknown))} not enabled for {dataset}")
+        if row_keys is not None and not spec.primary_key:
+            raise InputError(f"{dataset} has no primary key: rows cannot be chosen by key")
+        wanted = None if row_keys is None else pa.array(list(row_keys), pa.string())
         cache = self.key_cache()
         for rel in self.files(dataset, partition):
             where = self.store.display(rel)
             with open_parquet(self.store, rel) as parquet:
                 for batch in row_groups(parquet, where):
+                    if wanted is not None and spec.primary_key:  # decrypt the chosen rows only
+                        keys = row_key_text(batch, spec.primary_key, where)
+                        batch = batch.filter(pc.is_in(keys, value_set=wanted))
+                        if batch.num_rows == 0:
+                            continue
                     columns = {a.name: reveal(batch, spec, a, cache, where, partition) for a in chosen}
+                    for attribute in chosen:
+                        self.audit.record(
+                            "reveal",
+                            dataset=dataset,
+                            attribute=attribute.path,
+                            partition=partition,
+                            cells=batch.num_rows - existing_ciphertext(batch, attribute).null_count,
+                            reason=reason,
+                        )
                     if spec.primary_key:
                         columns = {spec.primary_key: batch.column(spec.primary_key), **columns}
                     yield pa.RecordBatch.from_pydict(columns)

@@ -129,13 +129,18 @@ def test_enable_of_an_unknown_column_exits_non_zero_naming_it(
     assert "column 'nickname' not found" in capsys.readouterr().err
 
 
-def test_enable_of_an_undeclared_dataset_names_the_catalog(
-    cli: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_enable_of_an_undeclared_dataset_names_the_catalog(cli: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main([*cli, "enable", "orders.note", "--mask", "full", ACK_FLAG])
     assert exited.value.code == 2
     assert "dataset 'orders' is not declared in workspace 'acme'" in capsys.readouterr().err
+
+
+def json_lines(text: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The rows and the summary of a command run with --json."""
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert "summary" in lines[-1]
+    return lines[:-1], lines[-1]["summary"]
 
 
 def test_protect_status_and_verify_print_counts_and_no_plaintext(
@@ -146,27 +151,27 @@ def test_protect_status_and_verify_print_counts_and_no_plaintext(
     run([*cli, "enable", "users.phone", "--mask", "last4", ACK_FLAG])
     capsys.readouterr()
 
-    assert run([*cli, "status", "users"]) == 0
-    (status,) = documents(capsys.readouterr().out)
-    assert status["partition"] == PARTITION and status["rows"] == 60
-    pending = status["attributes"]["users.email"]["pending"]
-    assert pending == 60 - status["attributes"]["users.email"]["null_values"] > 0
+    assert run([*cli, "--json", "status", "users"]) == 0
+    status, _ = json_lines(capsys.readouterr().out)
+    email = next(row for row in status if row["attribute"] == "users.email")
+    assert (email["partition"], email["rows"], email["files"]) == (PARTITION, 60, 1)
+    pending = email["pending"]
+    assert pending == 60 - email["null"] > 0
+    assert not {"rewritten", "kms_calls", "seconds"} & set(email)
 
-    assert run([*cli, "protect", "users"]) == 0
+    assert run([*cli, "--json", "protect", "users"]) == 0
     protect_out = capsys.readouterr().out
-    (protected,) = documents(protect_out)
-    assert protected["rewritten"] is True
-    assert protected["attributes"]["users.email"]["newly_encrypted"] == pending
-    assert protected["master_key"].startswith("lk-")
+    protected, summary = json_lines(protect_out)
+    by_attribute = {row["attribute"]: row for row in protected}
+    assert by_attribute["users.email"]["newly_encrypted"] == pending
+    assert by_attribute["users.email"]["files_rewritten"] == 1
+    assert summary["newly_encrypted"] == sum(row["newly_encrypted"] for row in protected)
 
     assert run([*cli, "verify", "users"]) == 0
     verify_out = capsys.readouterr().out
-    (verified,) = documents(verify_out)
-    assert verified == {
-        "partition": PARTITION,
-        "users.email": pending,
-        "users.phone": protected["attributes"]["users.phone"]["newly_encrypted"],
-    }
+    cells = pending + by_attribute["users.phone"]["newly_encrypted"]
+    assert verify_out.splitlines()[-1] == f"verified 1 partition, {cells:,} cells, all authentic"
+    assert "users.email" in verify_out and "users.phone" in verify_out
     for out in (protect_out, verify_out):
         assert not [s for s in secrets if s in out]
 
@@ -179,10 +184,9 @@ def test_second_protect_through_the_cli_encrypts_nothing(
     path = tmp_path / "lake" / snapshot_path("users", PARTITION)
     before = path.read_bytes()
     capsys.readouterr()
-    assert run([*cli, "protect", "users", "--partition", PARTITION]) == 0
-    (report,) = documents(capsys.readouterr().out)
-    assert report["rewritten"] is False
-    assert report["attributes"]["users.email"]["newly_encrypted"] == 0
+    assert run([*cli, "--json", "protect", "users", "--partition", PARTITION]) == 0
+    (report,), _ = json_lines(capsys.readouterr().out)
+    assert (report["files_rewritten"], report["newly_encrypted"]) == (0, 0)
     assert path.read_bytes() == before
 
 
@@ -280,11 +284,104 @@ def test_protect_of_every_partition_goes_on_past_a_bad_one_and_exits_non_zero(
     capsys.readouterr()
 
     with pytest.raises(SystemExit) as exited:
-        main([*cli, "protect", "users"])
+        main([*cli, "--json", "protect", "users"])
 
     assert exited.value.code == 2
     output = capsys.readouterr()
     assert f"users {PARTITION}: " in output.err and "is not a readable Parquet file" in output.err
     assert "1 of 2 partitions failed" in output.err
-    (done,) = documents(output.out)
-    assert done["partition"] == "2030-01-02" and done["attributes"]["users.email"]["newly_encrypted"] > 0
+    (done,), summary = json_lines(output.out)
+    assert done["partition"] == "2030-01-02" and done["newly_encrypted"] > 0
+    assert (summary["partitions"], summary["failed"]) == (1, 1)
+
+
+def test_default_output_is_a_table_with_a_summary_line(cli: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    capsys.readouterr()
+    assert run([*cli, "status", "users"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "partition",
+        "attribute",
+        "files",
+        "rows",
+        "protected",
+        "pending",
+        "historical_plaintext",
+        "null",
+    ]
+    assert lines[2].split()[:4] == [PARTITION, "users.email", "1", "60"]
+    assert lines[-1].startswith("1 partition: 0 cells protected, ") and lines[-1].endswith("historical plaintext")
+
+
+def test_output_piped_into_a_closed_reader_ends_without_a_traceback(cli: list[str], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    for day in range(2, 30):
+        land_sample_lake(LakeStore.from_uri(str(tmp_path / "lake")), date(2030, 1, day), 1, 30, 10)
+    command = [sys.executable, "-c", "from fieldcrypt.cli import main; main()", *cli, "status", "users"]
+    completed = subprocess.run(
+        f"{' '.join(command)} | head -c 10", shell=True, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0
+    assert "Traceback" not in completed.stderr and "BrokenPipeError" not in completed.stderr
+
+
+def test_kms_policy_refuses_an_alias(capsys: pytest.CaptureFixture[str]) -> None:
+    role = "arn:aws:iam::444455556666:role/fieldcrypt"
+    for alias in ("alias/customer-key", "arn:aws:kms:eu-west-1:111122223333:alias/customer-key"):
+        with pytest.raises(SystemExit) as exited:
+            main(["--workspace", "acme", "kms-policy", "--key-arn", alias, "--role-arn", role])
+        assert exited.value.code == 2
+        assert "is an alias; key policies and cross-account access need the key's ARN" in capsys.readouterr().err
+
+
+def test_rotate_status_shows_the_campaign_that_just_completed(
+    cli: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    run([*cli, "protect", "users"])
+    run([*cli, "rotate", "start"])
+    run([*cli, "rotate-partition", "users"])
+    assert run([*cli, "rotate", "complete"]) == 0
+    capsys.readouterr()
+    assert run([*cli, "rotate", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "last campaign rot-" in out and "#1 -> " in out and ", complete at 20" in out
+    assert out.splitlines()[-1] == "1 partition scanned, 0 still hold data keys under an old key"
+
+
+def test_reveal_needs_a_reason_and_shows_only_the_chosen_rows_audited(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = pq.read_table(tmp_path / "lake" / snapshot_path("users", PARTITION)).to_pylist()
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    run([*cli, "protect", "users"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, "reveal", "users", "--partition", PARTITION, "--attribute", "email", "--row-key", "7"])
+    assert exited.value.code == 2
+    assert "--reason" in capsys.readouterr().err
+
+    out = tmp_path / "revealed.jsonl"
+    args = ["reveal", "users", "--partition", PARTITION, "--attribute", "email", "--reason", "TICKET-42"]
+    assert run([*cli, *args, "--row-key", "7", "--row-key", "8", "--out", str(out)]) == 0
+
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == [
+        {"user_id": 7, "users.email": original[7]["email"]},
+        {"user_id": 8, "users.email": original[8]["email"]},
+    ]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert capsys.readouterr().out == ""  # plaintext went to the file only
+    events = [e for e in documents_of_audit(tmp_path / "lake") if e["operation"] == "reveal"]
+    assert [(e["reason"], e["cells"], e["actor"].startswith("cli:")) for e in events] == [("TICKET-42", 2, True)]
+
+
+def documents_of_audit(lake: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for path in sorted((lake / "_fieldcrypt" / "audit").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]

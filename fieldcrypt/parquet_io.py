@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.errors import InputError
 from fieldcrypt.policy import AttributePolicy
+from fieldcrypt.select import FILE_METADATA_KEY
 from fieldcrypt.store import LakeStore
 
-FILE_METADATA_KEY = b"fieldcrypt"
 _BUFFER = 8 << 20  # bytes buffered between the Parquet writer and a Python file object
 _CODECS = {
     "UNCOMPRESSED": "none",

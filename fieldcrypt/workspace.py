@@ -278,8 +278,7 @@ class Workspace:
         with open_parquet(self.store, rel) as parquet:
             for batch in row_groups(parquet, self.store.display(rel)):
                 columns = {a.name: reveal(batch, spec, a, cache, self.store.display(rel), partition) for a in chosen}
-                if spec.primary_key:
-                    columns = {spec.primary_key: batch.column(spec.primary_key), **columns}
+                columns = {key: batch.column(key) for key in spec.primary_key} | columns
                 yield pa.RecordBatch.from_pydict(columns)
 
     def _revealed(

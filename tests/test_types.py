@@ -674,3 +674,28 @@ def test_rotation_of_a_file_rewritten_by_another_writer_compares_nan_by_bits(
     workspace.start_rotation()
     assert workspace.rotate("things", PARTITION).rewritten
     assert same_column(pq.read_table(path).column("score"), floats_table().column("score"))
+
+
+def test_standalone_decryptor_of_format_md_reads_a_map_value_under_a_composite_key(
+    make_local_workspace: Callable[..., Workspace], enable_at: Enable, keystore_path: Path
+) -> None:
+    from fieldcrypt.keystore import Keystore
+    from tests.conftest import WORKSPACE
+    from tests.test_format_doc import standalone_decryptor
+
+    workspace = make_local_workspace()
+    table = map_table().append_column("tenant", pa.array(["a", "b", "a", "b", "a", "b"]))
+    path = land(workspace, table)
+    spec = DatasetSpec("things", "ingested_at", ("tenant", "id"))
+    enable_at(workspace, "things.properties['email']", "email", NOON, spec)
+    workspace.protect("things", PARTITION)
+    keystore = Keystore.load(keystore_path)
+    decrypted = standalone_decryptor()["decrypt_column"](
+        str(path),
+        WORKSPACE,
+        "things",
+        "properties['email']",
+        primary_key=["tenant", "id"],
+        local_master_keys={v: keystore.key_for(v) for v in keystore.versions},
+    )
+    assert decrypted == {0: "a@example.com", 4: "c@example.com"}

@@ -699,3 +699,15 @@ def test_standalone_decryptor_of_format_md_reads_a_map_value_under_a_composite_k
         local_master_keys={v: keystore.key_for(v) for v in keystore.versions},
     )
     assert decrypted == {0: "a@example.com", 4: "c@example.com"}
+
+
+def test_two_keys_of_one_map_are_protected_side_by_side(
+    make_local_workspace: Callable[..., Workspace], enable_at: Enable
+) -> None:
+    workspace = make_local_workspace()
+    land(workspace, map_table())
+    enable_at(workspace, "things.properties['plan']", "full", NOON, THINGS)
+    protected_round_trip(workspace, enable_at, "things.properties['email']")
+    after = pq.read_table(workspace.store.full_path(partition_path("things", PARTITION)))
+    assert after.column("properties").to_pylist()[:2] == [[("email", "****"), ("plan", "****")], [("plan", "****")]]
+    assert revealed(workspace, "properties['plan']") == ["pro", "free", None, "pro", "x", None]

@@ -1,7 +1,8 @@
 """Verification of a rewritten partition file before it replaces the original.
 
 Row group by row group, against the original: same rows; every column outside the
-protected attributes identical; for each attribute, unselected rows byte-identical,
+protected attributes identical bit for bit (fieldcrypt.columns.identical: a NaN is equal
+to itself, -0.0 differs from 0.0); for each attribute, unselected rows byte-identical,
 selected rows masked with exactly the masks written (digest), ciphertexts present, of
 the right length and exactly the ones written (digest), every distinct wrapped key
 unwraps, and for a random sample of new cells the mask is recomputed from the original

@@ -50,7 +50,7 @@ class ProtectionColumns:
     declared: bool  # the file's fieldcrypt metadata says the attribute is protected in it
 
 
-def declared_attributes(schema: pa.Schema) -> set[str]:
+def declared_attributes(schema: pa.Schema, where: str) -> set[str]:
     """The attributes a file's fieldcrypt metadata (written with its protection columns) names."""
     raw = (schema.metadata or {}).get(FILE_METADATA_KEY)
     if raw is None:
@@ -59,12 +59,12 @@ def declared_attributes(schema: pa.Schema) -> set[str]:
         described = json.loads(raw)["attributes"]
         return {str(name) for name in described}
     except (ValueError, KeyError, TypeError):
-        raise IntegrityError("the file's fieldcrypt metadata is not valid JSON naming its attributes") from None
+        raise IntegrityError(f"{where}: the file's fieldcrypt metadata is not JSON naming its attributes") from None
 
 
 def protection_columns(batch: pa.RecordBatch, attribute: AttributePolicy, where: str) -> ProtectionColumns:
     """The attribute's protection columns, refusing a protected row with missing parts."""
-    declared = attribute.name in declared_attributes(batch.schema)
+    declared = attribute.name in declared_attributes(batch.schema, where)
     ct_at = batch.schema.get_field_index(attribute.ciphertext_column)
     dek_at = batch.schema.get_field_index(attribute.wrapped_key_column)
     if declared:

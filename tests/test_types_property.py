@@ -1,5 +1,6 @@
 """Property: for random schemas and values (NaN, nulls at every level, nested structs,
-lists, maps, multibyte and empty strings) and a random enablement split of the rows,
+lists, maps, multibyte and empty strings), a random text type for a protected column,
+and a random enablement split of the rows,
 protect + verify leaves every other column exactly as it was and every protected cell
 decrypts to its original."""
 
@@ -67,14 +68,23 @@ row = st.fixed_dictionaries(
         **{name: strategy for name, (_, strategy) in UNTOUCHED.items()},
     }
 )
-examples = st.tuples(st.lists(row, max_size=12), st.sets(st.sampled_from(sorted(UNTOUCHED))))
+EMAIL_STORAGE = [
+    pa.string(),
+    pa.large_string(),
+    pa.string_view(),
+    pa.dictionary(pa.int16(), pa.string()),
+    pa.dictionary(pa.int32(), pa.large_string()),
+]
+examples = st.tuples(
+    st.lists(row, max_size=12), st.sets(st.sampled_from(sorted(UNTOUCHED))), st.sampled_from(EMAIL_STORAGE)
+)
 
 
-def build(rows: list[dict[str, Any]], extra: set[str]) -> pa.Table:
+def build(rows: list[dict[str, Any]], extra: set[str], email_type: pa.DataType) -> pa.Table:
     n = len(rows)
     columns: dict[str, pa.Array] = {
         "id": pa.array(range(n), pa.int64()),
-        "email": pa.array([r["email"] for r in rows], pa.string()),
+        "email": pa.array([r["email"] for r in rows], pa.string()).cast(email_type),
         "ctx": pa.array([r["ctx"] for r in rows], CTX),
         "props": pa.array([r["props"] for r in rows], PROPS),
         "ingested_at": pa.array(
@@ -99,19 +109,20 @@ def workspace(make_local_workspace: Callable[..., Workspace], enable_at: Callabl
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(example=examples)
 def test_random_tables_round_trip_exactly_through_protect(
-    workspace: Workspace, example: tuple[list[dict[str, Any]], set[str]]
+    workspace: Workspace, example: tuple[list[dict[str, Any]], set[str], pa.DataType]
 ) -> None:
-    rows, extra = example
+    rows, extra, email_type = example
     day = date(2031, 1, 1) + timedelta(days=next(days))
     path = Path(workspace.store.full_path(partition_path("things", day.isoformat())))
     path.parent.mkdir(parents=True)
-    pq.write_table(build(rows, extra), path, row_group_size=5)
+    pq.write_table(build(rows, extra, email_type), path, row_group_size=5)
     original = pq.read_table(path)
 
     workspace.protect("things", day.isoformat())
     workspace.verify("things", day.isoformat())
 
     after = pq.read_table(path)
+    assert after.schema.field("email").type == original.schema.field("email").type
     for name in ["id", "ingested_at", *sorted(extra)]:
         assert identical(after.column(name).combine_chunks(), original.column(name).combine_chunks()), name
     batches = list(workspace.reveal("things", day.isoformat(), list(ATTRIBUTES)))

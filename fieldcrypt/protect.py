@@ -27,10 +27,11 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
-from fieldcrypt.columns import check_attribute_type, is_row_key_type
+from fieldcrypt.columns import check_attribute_type, is_row_key_type, row_key_bytes
 from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_attribute, with_protection_columns
 from fieldcrypt.errors import InputError, VerificationError
 from fieldcrypt.parquet_io import open_parquet, protected_writer, read_ahead, row_groups
+from fieldcrypt.parquet_io import row_group as read_row_group
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.select import RowSelection, UniqueRowKeys, select_rows
 from fieldcrypt.store import LakeStore
@@ -267,7 +268,13 @@ def _write_protected(
         read_ahead(row_groups(source, where)) as batches,
     ):
         writing: Future[None] | None = None
-        row_keys = UniqueRowKeys(dataset, where)
+        row_keys = UniqueRowKeys(
+            dataset,
+            where,
+            lambda index: row_key_bytes(
+                read_row_group(source, index, where, list(dataset.primary_key)), dataset.primary_key, where
+            ),
+        )
         for index, batch in enumerate(batches):
             report.rows += batch.num_rows
             at = f"{where} row group {index}"

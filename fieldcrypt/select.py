@@ -14,9 +14,11 @@ IntegrityErrors: never re-encrypted, never "repaired" into ciphertexts without a
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -137,14 +139,20 @@ class UniqueRowKeys:
 
     A repeated key would let two rows' cells be swapped undetected (the key is what binds
     a cell to its row). Fed row group by row group; `check` at the end of the file.
-    Holds the canonical keys of those rows only (not their values).
+
+    Memory stays small whatever the key: 12 bytes per involved row (a keyed 64-bit hash of
+    its canonical row key and its row number), not the keys. Equal keys always hash equal,
+    so no repeat is missed; a repeated hash is confirmed on the keys themselves, re-read
+    through `load_keys(row_group)`, so a hash collision never refuses a valid file.
     """
 
-    def __init__(self, dataset: DatasetSpec, where: str) -> None:
+    def __init__(self, dataset: DatasetSpec, where: str, load_keys: Callable[[int], pa.Array]) -> None:
         self.dataset = dataset
         self.where = where
-        self._keys: list[pa.Array] = []
-        self._places: list[tuple[int, pa.Array]] = []
+        self._load_keys = load_keys
+        self._seed = np.frombuffer(os.urandom(16), dtype=np.uint64)
+        self._hashes: list[np.ndarray] = []
+        self._places: list[tuple[int, np.ndarray]] = []
 
     def add(self, batch: pa.RecordBatch, selections: Sequence[RowSelection], row_group: int) -> None:
         if not self.dataset.primary_key or not selections:
@@ -155,37 +163,86 @@ class UniqueRowKeys:
         if not involved.true_count:
             return
         at = f"{self.where} row group {row_group}"
-        keys = pc.filter(row_key_bytes(batch, self.dataset.primary_key, at), involved)
-        places = pc.indices_nonzero(involved)
+        single = self.dataset.primary_key[0] if len(self.dataset.primary_key) == 1 else None
+        if single is not None and single in batch.schema.names and pa.types.is_integer(batch.schema.field(single).type):
+            keys = pc.filter(batch.column(single), involved)  # the common case, hashed without text
+        else:
+            keys = pc.filter(row_key_bytes(batch, self.dataset.primary_key, at), involved)
+        places = pc.indices_nonzero(involved).to_numpy().astype(np.int32)
         if keys.null_count:
-            row = places[pc.indices_nonzero(pc.is_null(keys))[0].as_py()].as_py()
+            row = int(places[pc.indices_nonzero(pc.is_null(keys))[0].as_py()])
             raise InputError(
                 f"{at} row {row}: primary key ({', '.join(self.dataset.primary_key)}) of {self.dataset.name} is null "
                 "on a row that is protected or to be encrypted"
             )
-        self._keys.append(keys)
+        hashes = _integer_hashes if pa.types.is_integer(keys.type) else _keyed_hashes
+        self._hashes.append(hashes(keys, self._seed))
         self._places.append((row_group, places))
 
     def check(self) -> None:
-        if not self._keys:
+        if not self._hashes:
             return
-        keys = pa.chunked_array(self._keys, pa.binary()).combine_chunks()
-        if len(pc.unique(keys)) == len(keys):  # the common case, and the cheap test (~0.1 s per million keys)
-            return
-        counts = pc.value_counts(keys)
-        repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
-        if not len(repeated):
-            return
-        first, second = pc.indices_nonzero(pc.equal(keys, repeated[0])).to_pylist()[:2]
-        raise InputError(
-            f"{self.where}: primary key ({', '.join(self.dataset.primary_key)}) of {self.dataset.name} repeats on "
-            f"{self._place(first)} and {self._place(second)}; a repeated key would let two rows' cells be swapped "
-            "undetected"
-        )
+        ordered = np.sort(np.concatenate(self._hashes))
+        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        for value in repeated:
+            rows = [
+                (row_group, int(places[i]))
+                for hashes, (row_group, places) in zip(self._hashes, self._places, strict=True)
+                for i in np.flatnonzero(hashes == value)
+            ]
+            seen: dict[bytes, tuple[int, int]] = {}
+            for row_group, row in rows:
+                key = self._load_keys(row_group)[row].as_py()
+                if key in seen:
+                    first = seen[key]
+                    raise InputError(
+                        f"{self.where}: primary key ({', '.join(self.dataset.primary_key)}) of {self.dataset.name} "
+                        f"repeats on row group {first[0]} row {first[1]} and row group {row_group} row {row}; a "
+                        "repeated key would let two rows' cells be swapped undetected"
+                    )
+                seen[key] = (row_group, row)
 
-    def _place(self, index: int) -> str:
-        for row_group, places in self._places:
-            if index < len(places):
-                return f"row group {row_group} row {places[index].as_py()}"
-            index -= len(places)
-        raise AssertionError("index beyond the keys added")
+
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, element-wise (uint64 arithmetic wraps)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _MIX_1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _MIX_2
+    mixed: np.ndarray = x ^ (x >> np.uint64(31))
+    return mixed
+
+
+def _keyed_hashes(keys: pa.Array, seed: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each (non-null, binary) key under a per-file random seed.
+
+    Equal keys give equal hashes. A key's hash mixes its length with the wrapping sum of
+    (byte + 1) * m[position] over its bytes (m: random odd multipliers from the seed), so
+    distinct keys rarely collide; a collision costs a re-read, never a wrong answer.
+    """
+    if keys.type != pa.binary():
+        keys = keys.cast(pa.binary())
+    count = len(keys)
+    offsets = np.frombuffer(keys.buffers()[1], dtype=np.int32, count=count + 1, offset=keys.offset * 4).astype(np.int64)
+    start, end = int(offsets[0]), int(offsets[-1])
+    data = keys.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8)[start:end] if data is not None else np.empty(0, np.uint8)
+    lengths = np.diff(offsets)
+    longest = int(lengths.max()) if count else 0
+    multipliers = _mix(np.arange(longest, dtype=np.uint64) ^ seed[0]) | np.uint64(1)
+    positions = np.arange(end - start, dtype=np.int64) - np.repeat(offsets[:-1] - start, lengths)
+    terms = (raw.astype(np.uint64) + np.uint64(1)) * multipliers[positions]
+    sums = np.concatenate((np.zeros(1, np.uint64), np.cumsum(terms, dtype=np.uint64)))
+    per_key = sums[offsets[1:] - start] - sums[offsets[:-1] - start]
+    return _mix(per_key ^ _mix(lengths.astype(np.uint64) ^ seed[1]))
+
+
+def _integer_hashes(values: pa.Array, seed: np.ndarray) -> np.ndarray:
+    """The hash of each (non-null) integer key: a bijection of its 64 bits, so no two distinct keys collide."""
+    as_int64 = values.cast(pa.uint64() if pa.types.is_unsigned_integer(values.type) else pa.int64())
+    bits = as_int64.to_numpy(zero_copy_only=False).view(np.uint64)
+    return _mix(bits ^ seed[0])

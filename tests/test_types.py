@@ -711,3 +711,29 @@ def test_two_keys_of_one_map_are_protected_side_by_side(
     after = pq.read_table(workspace.store.full_path(partition_path("things", PARTITION)))
     assert after.column("properties").to_pylist()[:2] == [[("email", "****"), ("plan", "****")], [("plan", "****")]]
     assert revealed(workspace, "properties['plan']") == ["pro", "free", None, "pro", "x", None]
+
+
+def test_duplicate_integer_primary_key_in_another_row_group_is_refused(
+    make_local_workspace: Callable[..., Workspace], enable_at: Enable
+) -> None:
+    workspace = make_local_workspace()
+    path = land(workspace, text_table(pa.string()).set_column(0, "id", pa.array([0, 1, 2, 3, 4, 1])), row_group_size=3)
+    content = path.read_bytes()
+    enable_at(workspace, "things.email", "full", NOON, THINGS)
+    with pytest.raises(InputError, match=r"repeats on row group 0 row 1 and row group 1 row 2"):
+        workspace.protect("things", PARTITION)
+    assert path.read_bytes() == content
+
+
+def test_hash_collisions_between_distinct_keys_do_not_refuse_the_file(
+    make_local_workspace: Callable[..., Workspace], enable_at: Enable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from fieldcrypt import select
+
+    monkeypatch.setattr(select, "_keyed_hashes", lambda keys, seed: np.zeros(len(keys), np.uint64))
+    workspace = make_local_workspace()
+    land(workspace, composite_table(["a", "b", "a"], [1, 1, 2]), row_group_size=2)
+    enable_at(workspace, "things.email", "full", NOON, COMPOSITE)
+    assert workspace.protect("things", PARTITION).newly_encrypted == 3

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
-from fieldcrypt.columns import check_attribute_type, is_row_key_type, row_key_bytes
+from fieldcrypt.columns import check_attribute_type, is_row_key_type
 from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_attribute, with_protection_columns
 from fieldcrypt.errors import InputError, VerificationError
 from fieldcrypt.parquet_io import open_parquet, protected_writer, read_ahead, row_groups
@@ -271,9 +271,8 @@ def _write_protected(
         row_keys = UniqueRowKeys(
             dataset,
             where,
-            lambda index: row_key_bytes(
-                read_row_group(source, index, where, list(dataset.primary_key)), dataset.primary_key, where
-            ),
+            source.metadata.num_rows,
+            lambda index: read_row_group(source, index, where, list(dataset.primary_key)),
         )
         for index, batch in enumerate(batches):
             report.rows += batch.num_rows

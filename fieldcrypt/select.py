@@ -140,19 +140,22 @@ class UniqueRowKeys:
     A repeated key would let two rows' cells be swapped undetected (the key is what binds
     a cell to its row). Fed row group by row group; `check` at the end of the file.
 
-    Memory stays small whatever the key: 12 bytes per involved row (a keyed 64-bit hash of
-    its canonical row key and its row number), not the keys. Equal keys always hash equal,
-    so no repeat is missed; a repeated hash is confirmed on the keys themselves, re-read
-    through `load_keys(row_group)`, so a hash collision never refuses a valid file.
+    Memory: 8 bytes and 1 bit per row of the file (a keyed 64-bit hash of each involved
+    row's key, and which rows are involved), never the keys. Equal keys always hash equal,
+    so no repeat is missed. Only when hashes repeat are the keys re-read, through
+    `load_keys(row_group)` (the primary-key columns of that row group of the source), to
+    confirm on the keys themselves and name the rows: a hash collision never refuses a
+    valid file.
     """
 
-    def __init__(self, dataset: DatasetSpec, where: str, load_keys: Callable[[int], pa.Array]) -> None:
+    def __init__(self, dataset: DatasetSpec, where: str, rows: int, load_keys: Callable[[int], pa.RecordBatch]) -> None:
         self.dataset = dataset
         self.where = where
         self._load_keys = load_keys
         self._seed = np.frombuffer(os.urandom(16), dtype=np.uint64)
-        self._hashes: list[np.ndarray] = []
-        self._places: list[tuple[int, np.ndarray]] = []
+        self._hashes = np.empty(rows if dataset.primary_key else 0, dtype=np.uint64)
+        self._count = 0
+        self._involved: list[tuple[int, int, np.ndarray]] = []  # (row group, rows, packed involvement bits)
 
     def add(self, batch: pa.RecordBatch, selections: Sequence[RowSelection], row_group: int) -> None:
         if not self.dataset.primary_key or not selections:
@@ -163,36 +166,42 @@ class UniqueRowKeys:
         if not involved.true_count:
             return
         at = f"{self.where} row group {row_group}"
+        hashes = self._hashed(batch, involved, at)
+        self._hashes[self._count : self._count + len(hashes)] = hashes
+        self._count += len(hashes)
+        self._involved.append((row_group, batch.num_rows, np.packbits(involved.to_numpy(zero_copy_only=False))))
+
+    def _hashed(self, batch: pa.RecordBatch, involved: pa.BooleanArray, at: str) -> np.ndarray:
+        """The hashes of the involved rows' keys, in row order; a null key is refused."""
         single = self.dataset.primary_key[0] if len(self.dataset.primary_key) == 1 else None
-        if single is not None and single in batch.schema.names and pa.types.is_integer(batch.schema.field(single).type):
+        if single is not None and pa.types.is_integer(batch.schema.field(single).type):
             keys = pc.filter(batch.column(single), involved)  # the common case, hashed without text
         else:
             keys = pc.filter(row_key_bytes(batch, self.dataset.primary_key, at), involved)
-        places = pc.indices_nonzero(involved).to_numpy().astype(np.int32)
         if keys.null_count:
-            row = int(places[pc.indices_nonzero(pc.is_null(keys))[0].as_py()])
+            row = pc.indices_nonzero(involved)[pc.indices_nonzero(pc.is_null(keys))[0].as_py()].as_py()
             raise InputError(
                 f"{at} row {row}: primary key ({', '.join(self.dataset.primary_key)}) of {self.dataset.name} is null "
                 "on a row that is protected or to be encrypted"
             )
-        hashes = _integer_hashes if pa.types.is_integer(keys.type) else _keyed_hashes
-        self._hashes.append(hashes(keys, self._seed))
-        self._places.append((row_group, places))
+        return _integer_hashes(keys, self._seed) if pa.types.is_integer(keys.type) else _keyed_hashes(keys, self._seed)
 
     def check(self) -> None:
-        if not self._hashes:
+        hashes = self._hashes[: self._count]
+        hashes.sort()
+        repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+        self._hashes = np.empty(0, dtype=np.uint64)
+        if not len(repeated):
             return
-        ordered = np.sort(np.concatenate(self._hashes))
-        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-        for value in repeated:
-            rows = [
-                (row_group, int(places[i]))
-                for hashes, (row_group, places) in zip(self._hashes, self._places, strict=True)
-                for i in np.flatnonzero(hashes == value)
-            ]
-            seen: dict[bytes, tuple[int, int]] = {}
-            for row_group, row in rows:
-                key = self._load_keys(row_group)[row].as_py()
+        seen: dict[bytes, tuple[int, int]] = {}
+        for row_group, count, packed in self._involved:
+            involved = pa.array(np.unpackbits(packed, count=count).astype(bool))
+            batch = self._load_keys(row_group)
+            rows = pc.indices_nonzero(involved).to_numpy()
+            suspect = np.isin(self._hashed(batch, involved, self.where), repeated)
+            canonical = row_key_bytes(batch, self.dataset.primary_key, self.where)
+            for row in rows[suspect]:
+                key = canonical[int(row)].as_py()
                 if key in seen:
                     first = seen[key]
                     raise InputError(
@@ -200,7 +209,7 @@ class UniqueRowKeys:
                         f"repeats on row group {first[0]} row {first[1]} and row group {row_group} row {row}; a "
                         "repeated key would let two rows' cells be swapped undetected"
                     )
-                seen[key] = (row_group, row)
+                seen[key] = (row_group, int(row))
 
 
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -141,6 +141,7 @@ def wide_table(n: int = 6) -> pa.Table:
         ),
         "d256": pa.array([decimal.Decimal(f"{i}" * 40) for i in rows], pa.decimal256(50, 0)),
         "date32": pa.array([date(1970, 1, 1) + timedelta(days=i * 1000) for i in rows], pa.date32()),
+        "date64": pa.array([date(2000, 1, 1) + timedelta(days=i) for i in rows], pa.date64()),
         "t32s": pa.array([time(1, 2, 3)] * n, pa.time32("s")),
         "t32ms": pa.array([time(1, 2, 3, 4000)] * n, pa.time32("ms")),
         "t64us": pa.array([time(1, 2, 3, 4)] * n, pa.time64("us")),

@@ -255,13 +255,12 @@ class Catalog:
     @staticmethod
     def _layout(name: str, entry: DatasetEntry, workspace: WorkspaceEntry) -> DatasetLayout:
         partitioning = entry.partitioning_entry()
-        primary_key = tuple(entry.primary_key) if isinstance(entry.primary_key, list) else entry.primary_key
         try:
             layout_partitioning = partitioning.partitioning()
         except FieldcryptError as exc:
             raise ConfigError(f"datasets.{name}.partitioning: {exc}") from None
         return DatasetLayout(
-            spec=DatasetSpec(name, entry.ingested_at, primary_key),  # type: ignore[arg-type]
+            spec=DatasetSpec(name, entry.ingested_at, entry.primary_key),
             path=entry.path or name,
             partitioning=layout_partitioning,
             attributes=dict(entry.attributes),

@@ -221,9 +221,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                     "dataset": dataset,
                     "path": workspace.store.display(layout.path),
                     "partitioning": layout.partitioning.granularity,
-                    "primary_key": ", ".join(layout.spec.primary_key)
-                    if not isinstance(layout.spec.primary_key, str) and layout.spec.primary_key
-                    else layout.spec.primary_key,
+                    "primary_key": ", ".join(layout.spec.primary_key) or "-",
                     "partitions": len(workspace.partitions(dataset)),
                     "enabled": ", ".join(a.path for a in policy.for_dataset(dataset)) or "-",
                 }

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.cell import ad_prefix, encrypt_array
-from fieldcrypt.columns import raw_path, replace_path, row_key_text
+from fieldcrypt.columns import raw_path, replace_path, row_key_bytes
 from fieldcrypt.errors import InputError
 from fieldcrypt.mask import mask_values
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
@@ -103,10 +103,13 @@ def encrypt_attribute(
     selected_values = pc.filter(rows.values, rows.selected)
     masking = None if helper is None else helper.submit(_masks, selected_values, attribute.mask)
     row_keys = None
-    if dataset.primary_key is not None:
-        row_keys = pc.filter(row_key_text(batch, dataset.primary_key, dataset.name), rows.selected)
+    if dataset.primary_key:
+        row_keys = pc.filter(row_key_bytes(batch, dataset.primary_key, dataset.name), rows.selected)
         if row_keys.null_count:
-            raise InputError(f"{dataset.name}: {row_keys.null_count} rows to encrypt have a null {dataset.primary_key}")
+            raise InputError(
+                f"{dataset.name}: {row_keys.null_count} rows to encrypt have a null primary key "
+                f"({', '.join(dataset.primary_key)})"
+            )
     ciphertext, key_index, wrapped_keys = encrypt_values(
         selected_values, row_keys, cache, dataset.name, attribute.path, partition
     )
@@ -118,9 +121,9 @@ def encrypt_attribute(
     batch = batch.set_column(ct_at, batch.schema.field(ct_at), new_ct)
     batch = batch.set_column(dek_at, batch.schema.field(dek_at), new_dek)
     # Unselected rows keep their stored value, including a struct child under a null struct.
-    stored = raw_path(batch, attribute.path)
+    stored = raw_path(batch, attribute.path, dataset.name)
     masks, mask_digest = _masks(selected_values, attribute.mask) if masking is None else masking.result()
-    batch = replace_path(batch, attribute.path, pc.replace_with_mask(stored, rows.selected, masks))
+    batch = replace_path(batch, attribute.path, pc.replace_with_mask(stored, rows.selected, masks), dataset.name)
     index_digest = b""
     if index_key is not None and attribute.blind_index_column is not None:
         indexes = index_key.index(selected_values)

@@ -42,3 +42,19 @@ def mask_values(values: pa.Array, style: str) -> pa.Array:
         raise ValueError(f"unknown mask style {style!r}")
     result: pa.Array = pc.if_else(pc.is_valid(values), masked, pa.scalar(None, values.type)).cast(values.type)
     return result
+
+
+# What a stored mask of each style looks like (docs/FORMAT.md, section 7).
+_MASK_FORMS = {
+    "full": r"^\*\*\*\*$",
+    "email": r"^\*\*\*\*(@[^@\s]+\.[^@\s]+)?$",
+    "last4": r"^\*\*\*\*([0-9]{4})?$",
+}
+
+
+def is_mask_form(values: pa.Array, style: str) -> pa.BooleanArray:
+    """Which values look exactly like a mask of `style` (false for nulls)."""
+    if style not in _MASK_FORMS:
+        raise ValueError(f"unknown mask style {style!r}")
+    result: pa.BooleanArray = pc.fill_null(pc.match_substring_regex(values, _MASK_FORMS[style]), False)
+    return result

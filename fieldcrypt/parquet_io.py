@@ -13,16 +13,18 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.errors import InputError
 from fieldcrypt.policy import AttributePolicy
+from fieldcrypt.select import FILE_METADATA_KEY
 from fieldcrypt.store import LakeStore
 
-FILE_METADATA_KEY = b"fieldcrypt"
 _BUFFER = 8 << 20  # bytes buffered between the Parquet writer and a Python file object
+_DEFAULT_CODEC = "zstd"
 _CODECS = {
     "UNCOMPRESSED": "none",
     "SNAPPY": "snappy",
     "GZIP": "gzip",
     "BROTLI": "brotli",
     "ZSTD": "zstd",
+    "LZ4": "lz4",  # pyarrow writes (and names) LZ4_RAW this way; Hadoop LZ4 cannot be written back
     "LZ4_RAW": "lz4",
 }
 
@@ -89,24 +91,70 @@ def _ahead(batches: Iterator[pa.RecordBatch], pool: ThreadPoolExecutor) -> Itera
 
 
 def codec_of(parquet: pq.ParquetFile) -> str:
-    """The source's compression, kept for the replacement (zstd when there is none to copy)."""
+    """The source's compression of its first column, the default for columns it does not have."""
     if parquet.metadata.num_row_groups == 0 or parquet.metadata.num_columns == 0:
-        return "zstd"
-    return _CODECS.get(parquet.metadata.row_group(0).column(0).compression, "zstd")
+        return _DEFAULT_CODEC
+    return _CODECS.get(parquet.metadata.row_group(0).column(0).compression, _DEFAULT_CODEC)
+
+
+def leaf_paths(schema: pa.Schema) -> list[str]:
+    """The Parquet column paths (dot strings) this package's writer gives an Arrow schema's leaves."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), sink, store_schema=False)
+    written = pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema
+    return [written.column(i).path for i in range(len(written))]
+
+
+def source_codecs(source: pq.ParquetFile, output_leaves: list[str]) -> dict[str, str]:
+    """Output leaf path -> the codec of the source's column chunk for the same leaf.
+
+    Leaves are matched by top-level column and position within it, so a source that names
+    list leaves differently (Spark's legacy `bag.array_element`, say) keeps its codecs.
+    """
+    if source.metadata.num_row_groups == 0:
+        return {}
+    chunks = source.metadata.row_group(0)
+    by_column: dict[str, list[str]] = {}
+    for index in range(chunks.num_columns):
+        chunk = chunks.column(index)
+        by_column.setdefault(chunk.path_in_schema.split(".")[0], []).append(
+            _CODECS.get(chunk.compression, _DEFAULT_CODEC)
+        )
+    outputs: dict[str, list[str]] = {}
+    for path in output_leaves:
+        outputs.setdefault(path.split(".")[0], []).append(path)
+    codecs: dict[str, str] = {}
+    for column, paths in outputs.items():
+        found = by_column.get(column)
+        if found is not None and len(found) == len(paths):
+            codecs.update(zip(paths, found, strict=True))
+    return codecs
+
+
+def _int96_timestamps(source: pq.ParquetFile) -> bool:
+    """Did the writer store every timestamp as INT96 (Spark's default)? Then so do we, or Spark misreads them."""
+    leaves = [source.schema.column(i) for i in range(len(source.schema))]
+    int96 = any(leaf.physical_type == "INT96" for leaf in leaves)
+    int64 = any(leaf.logical_type.type == "TIMESTAMP" for leaf in leaves)
+    return int96 and not int64
 
 
 def protected_writer(
     sink: IO[bytes] | pa.NativeFile, schema: pa.Schema, source: pq.ParquetFile, attributes: list[AttributePolicy]
 ) -> pq.ParquetWriter:
-    """A writer for the protected file: ciphertext columns plain and uncompressed (random
-    bytes neither dictionary-encode nor compress; trying costs time), wrapped-key columns
-    dictionary-encoded, every other column with the source's codec."""
+    """A writer for the protected file that keeps the writer's choices of the source.
+
+    Every source column keeps its codec (per column chunk), the file keeps the source's
+    key-value metadata (pandas and Spark schemas included, so those engines read it as
+    before) and INT96 timestamps stay INT96. Ciphertext and blind-index columns are plain
+    and uncompressed (random bytes neither dictionary-encode nor compress; trying costs
+    time), wrapped-key columns dictionary-encoded with the source's first codec.
+    """
     # Ciphertexts and blind indexes are random-looking bytes: no dictionary, no compression.
     ciphertext = {a.ciphertext_column for a in attributes} | {
         a.blind_index_column for a in attributes if a.blind_index_column
     }
-    leaves = [source.schema.column(i).path for i in range(len(source.schema))]
-    leaves += [a.wrapped_key_column for a in attributes if a.wrapped_key_column not in leaves]
+    leaves = leaf_paths(schema)
     plain_leaves = [p for p in leaves if p not in ciphertext]
     described = {
         a.name: {"ciphertext": a.ciphertext_column, "wrapped_key": a.wrapped_key_column, "mask": a.mask}
@@ -115,13 +163,16 @@ def protected_writer(
     }
     metadata = dict(schema.metadata or {})
     metadata[FILE_METADATA_KEY] = json.dumps({"format": 1, "attributes": described}, sort_keys=True).encode()
-    codec = codec_of(source)
+    default = codec_of(source)
+    kept = source_codecs(source, leaves)
+    wrapped_keys = {a.wrapped_key_column for a in attributes}
     return _BufferedWriter(
         sink,
         schema.with_metadata(metadata),
-        compression={p: "none" if p in ciphertext else codec for p in leaves + sorted(ciphertext)},
+        compression={p: "none" if p in ciphertext else kept.get(p, default) for p in leaves},
         use_dictionary=plain_leaves,
-        write_statistics=[p for p in plain_leaves if not p.endswith("__fc_dek")],
+        write_statistics=[p for p in plain_leaves if p not in wrapped_keys],
+        use_deprecated_int96_timestamps=_int96_timestamps(source),
         store_schema=True,
     )
 

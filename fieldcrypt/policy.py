@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from fieldcrypt.attribute_path import AttributePath
 from fieldcrypt.errors import PolicyError
 from fieldcrypt.store import LakeStore
 
@@ -23,11 +25,37 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """How to read a dataset: its ingestion-time column and optional primary key."""
+    """How to read a dataset: its ingestion-time column and its primary key.
+
+    `primary_key` is the tuple of key columns: empty for no primary key, one column for a
+    single key, several for a composite key (canonical row-key bytes: docs/FORMAT.md,
+    section 3). A plain string or None is accepted and normalised, so a single key can
+    still be written `primary_key="user_id"`.
+    """
 
     name: str
     ingested_at: str
-    primary_key: str | None = None
+    primary_key: tuple[str, ...] = ()
+
+    def __init__(self, name: str, ingested_at: str, primary_key: str | Sequence[str] | None = ()) -> None:
+        if primary_key is None:
+            columns: tuple[str, ...] = ()
+        elif isinstance(primary_key, str):
+            columns = (primary_key,) if primary_key else ()
+        else:
+            columns = tuple(primary_key)
+        if not all(isinstance(c, str) and c for c in columns) or len(set(columns)) != len(columns):
+            raise PolicyError(f"primary key of dataset {name!r} must be distinct non-empty column names")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "ingested_at", ingested_at)
+        object.__setattr__(self, "primary_key", columns)
+
+    def to_json_dict(self) -> dict[str, object]:
+        """Policy form: a single key as a plain string (as before composite keys), several as a list, none as null."""
+        key: str | list[str] | None = list(self.primary_key) if len(self.primary_key) > 1 else None
+        if len(self.primary_key) == 1:
+            key = self.primary_key[0]
+        return {"name": self.name, "ingested_at": self.ingested_at, "primary_key": key}
 
 
 @dataclass(frozen=True)
@@ -46,8 +74,17 @@ class AttributePolicy:
         return f"{self.dataset}.{self.path}"
 
     @property
+    def parsed_path(self) -> AttributePath:
+        return AttributePath.parse(self.path)
+
+    @property
+    def column(self) -> str:
+        """The top-level column holding the attribute."""
+        return self.parsed_path.column
+
+    @property
     def column_stem(self) -> str:
-        return self.path.replace(".", "__")
+        return self.parsed_path.stem
 
     @property
     def ciphertext_column(self) -> str:
@@ -96,10 +133,9 @@ class Policy:
         dataset, _, path = attribute.partition(".")
         if not path:
             raise PolicyError(f"attribute {attribute!r} must be written dataset.column or dataset.struct.field")
-        for part in path.split("."):
-            _check_name(part, "attribute path segment")
+        column = AttributePath.parse(path).column
         spec = self.dataset(dataset)
-        if path.split(".")[0] in (spec.ingested_at, spec.primary_key):
+        if column in (spec.ingested_at, *spec.primary_key):
             raise PolicyError(
                 f"{attribute} is the ingestion-time or primary-key column of {dataset}; it cannot be encrypted"
             )
@@ -138,7 +174,7 @@ class Policy:
         doc = {
             "format": POLICY_FORMAT,
             "workspace": self.workspace,
-            "datasets": {n: asdict(s) for n, s in sorted(self.datasets.items())},
+            "datasets": {n: s.to_json_dict() for n, s in sorted(self.datasets.items())},
             "attributes": {
                 n: {
                     "mask": a.mask,

@@ -27,12 +27,13 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
-from fieldcrypt.columns import TEXT_TYPES, field_type
+from fieldcrypt.columns import check_attribute_type, is_row_key_type
 from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_attribute, with_protection_columns
 from fieldcrypt.errors import InputError, VerificationError
 from fieldcrypt.parquet_io import open_parquet, protected_writer, read_ahead, row_groups
+from fieldcrypt.parquet_io import row_group as read_row_group
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
-from fieldcrypt.select import RowSelection, select_rows
+from fieldcrypt.select import RowSelection, UniqueRowKeys, select_rows
 from fieldcrypt.store import LakeStore
 from fieldcrypt.verify import verify_rewrite
 
@@ -86,7 +87,12 @@ class ProtectReport:
 
 
 def check_schema(schema: pa.Schema, dataset: DatasetSpec, attributes: Sequence[AttributePolicy], where: str) -> None:
-    """Every input problem the file's schema can show, before any row is read."""
+    """Every input problem the file's schema can show, before any row is read (also run at enablement).
+
+    The ingestion-time column must be a timestamp; each primary-key column an integer or
+    text; each attribute text (string, large_string, string_view or a dictionary of them) in
+    a column, a struct field at any depth or a `map<string, string>` value by key.
+    """
     if dataset.ingested_at not in schema.names:
         raise InputError(f"{where}: ingestion-time column {dataset.ingested_at!r} of {dataset.name} not found")
     ingested_type = schema.field(dataset.ingested_at).type
@@ -94,12 +100,17 @@ def check_schema(schema: pa.Schema, dataset: DatasetSpec, attributes: Sequence[A
         raise InputError(
             f"{where}: ingestion-time column {dataset.ingested_at!r} is {ingested_type}, expected a timestamp"
         )
-    if dataset.primary_key is not None and dataset.primary_key not in schema.names:
-        raise InputError(f"{where}: primary-key column {dataset.primary_key!r} of {dataset.name} not found")
+    for key in dataset.primary_key:
+        if key not in schema.names:
+            raise InputError(f"{where}: primary-key column {key!r} of {dataset.name} not found")
+        key_type = schema.field(key).type
+        if not is_row_key_type(key_type):
+            raise InputError(
+                f"{where}: primary-key column {key!r} of {dataset.name} is {key_type}; "
+                "a primary key must be integer or string columns"
+            )
     for attribute in attributes:
-        value_type = field_type(schema, attribute.path, where)
-        if value_type not in TEXT_TYPES:
-            raise InputError(f"{where}: {attribute.name} is {value_type}; only string columns can be protected")
+        check_attribute_type(schema, attribute.path, attribute.name, where)
         for column, accepted in (
             (attribute.ciphertext_column, (pa.binary(),)),
             (attribute.wrapped_key_column, (pa.binary(), WRAPPED_KEY_TYPE)),
@@ -126,13 +137,15 @@ def _scan(
         names = parquet.schema_arrow.names
         wanted = (
             {dataset.ingested_at}
-            | {a.path.split(".")[0] for a in attributes}
+            | {a.column for a in attributes}
             | {a.ciphertext_column for a in attributes}
+            | {a.wrapped_key_column for a in attributes}
         )
-        for batch in row_groups(parquet, where, columns=[n for n in names if n in wanted]):
+        for index, batch in enumerate(row_groups(parquet, where, columns=[n for n in names if n in wanted])):
             report.rows += batch.num_rows
+            at = f"{where} row group {index}"
             for attribute in attributes:
-                _count(report.attributes[attribute.name], select_rows(batch, dataset, attribute, where))
+                _count(report.attributes[attribute.name], select_rows(batch, dataset, attribute, at))
             if stop_when_pending and any(c.pending for c in report.attributes.values()):
                 break
     return report
@@ -277,11 +290,20 @@ def _write_protected(
         read_ahead(row_groups(source, where)) as batches,
     ):
         writing: Future[None] | None = None
-        for batch in batches:
+        row_keys = UniqueRowKeys(
+            dataset,
+            where,
+            source.metadata.num_rows,
+            lambda index: read_row_group(source, index, where, list(dataset.primary_key)),
+        )
+        for index, batch in enumerate(batches):
             report.rows += batch.num_rows
+            at = f"{where} row group {index}"
+            # Selected on the batch as read: encrypting one attribute never changes another's cells.
+            selections = [select_rows(batch, dataset, attribute, at) for attribute in attributes]
+            row_keys.add(batch, selections, index)
             outcome: dict[str, EncryptedAttribute] = {}
-            for attribute in attributes:
-                rows = select_rows(batch, dataset, attribute, where)
+            for attribute, rows in zip(attributes, selections, strict=True):
                 _count(report.attributes[attribute.name], rows)
                 batch, outcome[attribute.name] = encrypt_attribute(
                     batch,
@@ -299,4 +321,5 @@ def _write_protected(
             written.append(outcome)
         if writing is not None:
             writing.result()
+        row_keys.check()
     return written

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fieldcrypt.cache import DataKeyCache
+from fieldcrypt.columns import identical as identical_values
 from fieldcrypt.encrypt import used_wrapped_keys
 from fieldcrypt.errors import VerificationError
 from fieldcrypt.parquet_io import chunk_span, open_parquet, protected_writer, read_ahead, row_group, row_groups
@@ -217,7 +218,7 @@ def _verify_rotation(
             for column in key_columns:
                 column_at = after.schema.get_field_index(column)
                 restored = restored.set_column(column_at, before.schema.field(column), before.column(column))
-            if not restored.equals(before):
+            if not identical_values(restored, before):
                 raise VerificationError(f"{at}: rotation changed a column other than the wrapped keys")
         if not key_columns:
             continue
@@ -243,9 +244,8 @@ def _verify_rotation(
                     picked += rng.sample(rows, min(_SAMPLE_PER_KEY, len(rows)))
                     sampled.add(new_value)
             if picked:  # one read and one call for all the keys' samples; a failure is an IntegrityError
-                needed = [attribute.ciphertext_column, attribute.wrapped_key_column, attribute.path.split(".")[0]]
-                if dataset.primary_key is not None:
-                    needed.append(dataset.primary_key)
+                needed = [attribute.ciphertext_column, attribute.wrapped_key_column, attribute.column]
+                needed += dataset.primary_key
                 batch = row_group(written, index, where, list(dict.fromkeys(needed)))
                 decrypt_rows(batch, dataset, attribute, cache, pa.array(sorted(picked), pa.int64()), at, partition)
     unchecked = new_set - sampled

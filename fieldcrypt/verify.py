@@ -1,7 +1,8 @@
 """Verification of a rewritten partition file before it replaces the original.
 
 Row group by row group, against the original: same rows; every column outside the
-protected attributes identical; for each attribute, unselected rows byte-identical,
+protected attributes identical bit for bit (fieldcrypt.columns.identical: a NaN is equal
+to itself, -0.0 differs from 0.0); for each attribute, unselected rows byte-identical,
 selected rows masked with exactly the masks written (digest), ciphertexts present, of
 the right length and exactly the ones written (digest), every distinct wrapped key
 unwraps, and for a random sample of new cells the mask is recomputed from the original
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.cell import CELL_OVERHEAD
-from fieldcrypt.columns import raw_path, replace_path
+from fieldcrypt.columns import identical, raw_path, replace_path
 from fieldcrypt.encrypt import EncryptedAttribute, ciphertext_digest, used_wrapped_keys, values_digest
 from fieldcrypt.errors import VerificationError
 from fieldcrypt.mask import mask_values
@@ -86,16 +87,21 @@ def _verify_row_groups(
         at = f"{where} row group {index}"
         if before.num_rows != after.num_rows:
             raise VerificationError(f"{at}: {after.num_rows} rows written, {before.num_rows} read")
+        # Both sides get the original attribute values written back in, so what is compared
+        # is everything else, bit for bit (fieldcrypt.columns.identical: NaN-safe).
         restored = after.select(before.schema.names)
+        original = before
         for attribute in attributes:
-            restored = replace_path(restored, attribute.path, raw_path(before, attribute.path))
+            values = raw_path(before, attribute.path, at)
+            restored = replace_path(restored, attribute.path, values, at)
+            original = replace_path(original, attribute.path, values, at)
             # A file protected earlier already has these columns; new cells change them, and
             # _verify_attribute checks them row by row (kept rows identical, new rows decrypt).
             for column in (attribute.ciphertext_column, attribute.wrapped_key_column, attribute.blind_index_column):
                 at_column = before.schema.get_field_index(column) if column else -1
                 if at_column >= 0:
                     restored = restored.set_column(at_column, before.schema.field(at_column), before.column(at_column))
-        if not restored.equals(before):
+        if not identical(restored, original):
             raise VerificationError(f"{at}: a column outside the protected attributes changed")
         for attribute in attributes:
             _verify_attribute(
@@ -132,7 +138,7 @@ def _verify_attribute(
     cells = written.cells if written else 0
     if rows.count != cells:
         raise VerificationError(f"{at}: {cells} cells encrypted, {rows.count} selected on re-read")
-    old_value, new_value = raw_path(before, attribute.path), raw_path(after, attribute.path)
+    old_value, new_value = raw_path(before, attribute.path, at), raw_path(after, attribute.path, at)
     old_ct, new_ct = existing_ciphertext(before, attribute), after.column(attribute.ciphertext_column)
     new_dek = after.column(attribute.wrapped_key_column)
     old_dek_at = before.schema.get_field_index(attribute.wrapped_key_column)

@@ -20,7 +20,7 @@ from fieldcrypt.audit import AuditLog
 from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore, index_context_attribute
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
-from fieldcrypt.columns import read_path, row_key_text
+from fieldcrypt.columns import read_path, row_key_bytes
 from fieldcrypt.errors import ConfigError, FieldcryptError, InputError, KeyProviderError, PolicyError, VerificationError
 from fieldcrypt.keystore import Keystore
 from fieldcrypt.layout import DatasetLayout
@@ -365,20 +365,21 @@ class Workspace:
         unknown = set(attributes) - {a.name for a in chosen} - {a.path for a in chosen}
         if unknown:
             raise InputError(f"{', '.join(sorted(unknown))} not enabled for {dataset}")
-        if row_keys is not None and not spec.primary_key:
-            raise InputError(f"{dataset} has no primary key: rows cannot be chosen by key")
-        wanted = None if row_keys is None else pa.array(list(row_keys), pa.string())
+        if row_keys is not None and len(spec.primary_key) != 1:
+            raise InputError(f"{dataset} has no single-column primary key: rows cannot be chosen by key")
+        wanted = None if row_keys is None else pa.array([key.encode() for key in row_keys], pa.binary())
         cache = self.key_cache()
         for rel in self.files(dataset, partition):
             where = self.store.display(rel)
             with open_parquet(self.store, rel) as parquet:
-                for batch in row_groups(parquet, where):
-                    if wanted is not None and spec.primary_key:  # decrypt the chosen rows only
-                        keys = row_key_text(batch, spec.primary_key, where)
+                for index, batch in enumerate(row_groups(parquet, where)):
+                    at = f"{where} row group {index}"
+                    if wanted is not None:  # decrypt the chosen rows only
+                        keys = row_key_bytes(batch, spec.primary_key, at).cast(pa.binary())
                         batch = batch.filter(pc.is_in(keys, value_set=wanted))
                         if batch.num_rows == 0:
                             continue
-                    columns = {a.name: reveal(batch, spec, a, cache, where, partition) for a in chosen}
+                    columns = {a.name: reveal(batch, spec, a, cache, at, partition) for a in chosen}
                     for attribute in chosen:
                         self.audit.record(
                             "reveal",
@@ -388,8 +389,7 @@ class Workspace:
                             cells=batch.num_rows - existing_ciphertext(batch, attribute).null_count,
                             reason=reason,
                         )
-                    if spec.primary_key:
-                        columns = {spec.primary_key: batch.column(spec.primary_key), **columns}
+                    columns = {key: batch.column(key) for key in spec.primary_key} | columns
                     yield pa.RecordBatch.from_pydict(columns)
 
     def _revealed(
@@ -401,10 +401,10 @@ class Workspace:
         for rel in self.files(dataset, partition):
             where = self.store.display(rel)
             with open_parquet(self.store, rel) as parquet:
-                for batch in row_groups(parquet, where):
+                for index, batch in enumerate(row_groups(parquet, where)):
                     for attribute in attributes:
                         ciphertext = existing_ciphertext(batch, attribute)
-                        plaintext = reveal(batch, spec, attribute, cache, where, partition)
+                        plaintext = reveal(batch, spec, attribute, cache, f"{where} row group {index}", partition)
                         yield rel, attribute, batch, plaintext, pc.is_valid(ciphertext)
 
     # -- rotation ------------------------------------------------------------------------

@@ -30,17 +30,18 @@ def declared(
 ) -> DatasetLayout:
     """A dataset declaration as the catalog would make it (daily `date=` partitions by default)."""
     return DatasetLayout(
-        spec=DatasetSpec(name, ingested_at, primary_key),  # type: ignore[arg-type]
+        spec=DatasetSpec(name, ingested_at, primary_key),
         path=path or name,
         partitioning=partitioning or Partitioning(),
     )
 
 
 # What the core tests' workspaces declare: the demo's users and events without the catalog's list of
-# expected attributes (tests enable others), and two more datasets, orders and logs (no primary key).
+# expected attributes (tests enable others), and orders, things and logs (no primary key).
 TEST_DATASETS: dict[str, DatasetLayout] = {
     **{name: replace(layout, attributes={}) for name, layout in DEMO_DATASETS.items()},
     "orders": declared("orders", "ingested_at", "order_id"),
+    "things": declared("things", "ingested_at", "id"),
     "logs": declared("logs", "ingested_at", None),
 }
 

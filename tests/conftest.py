@@ -123,15 +123,23 @@ def enable_at() -> Callable[..., Any]:
 
     `Workspace.enable` always stamps "now"; tests of the enablement boundary need a fixed
     moment, so this builds the same policy with `Policy.with_enabled(now=...)` and saves it
-    through the same irreversibility check.
+    through the same irreversibility check. A `spec` for a dataset the test made up is
+    declared in the workspace's catalog too, as the catalog would declare it.
     """
+    from dataclasses import replace
+
     from fieldcrypt.policy import DatasetSpec
+    from tests.catalogs import declared
 
     def enable(
         workspace: Workspace, attribute: str, mask: str, at: datetime = NOON, spec: DatasetSpec | None = None
     ) -> Any:
         policy = workspace.policy()
         dataset = attribute.partition(".")[0]
+        known = workspace.config.datasets.get(dataset)
+        if spec is not None and (known is None or known.spec != spec):
+            layout = declared(spec.name, spec.ingested_at, spec.primary_key)
+            workspace.config = replace(workspace.config, datasets={**workspace.config.datasets, dataset: layout})
         if dataset not in policy.datasets:
             policy = policy.with_dataset(spec or workspace.layout(dataset).spec)
         policy = policy.with_enabled(attribute, mask, enabled_by="test", now=at)

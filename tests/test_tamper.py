@@ -97,7 +97,7 @@ def test_bit_flip_in_a_ciphertext_is_detected(lake: Lake, position: int) -> None
     cell[position] ^= 0x04
     lake.set_cells("email__fc_ct", {row: bytes(cell)})
     message = lake.refused()
-    assert f"part-0.parquet row {row}" in message
+    assert f"part-0.parquet row group 0 row {row}" in message
 
 
 def test_truncated_ciphertext_is_detected(lake: Lake) -> None:

@@ -90,7 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_parser("status", help="which partitions still hold wrapped keys under an old key")
     rotate.add_parser("complete", help="prove nothing is left under the old key, then retire it")
 
-    commands.add_parser("audit", help="print the audit log (JSON lines)")
+    audit = commands.add_parser("audit", help="print the audit log (JSON lines)")
+    audit.add_argument(
+        "--unconfirmed", action="store_true", help="only intents never confirmed (a run died around a replace)"
+    )
+
+    policy = commands.add_parser("policy", help="the workspace policy").add_subparsers(
+        dest="policy_command", required=True
+    )
+    policy.add_parser(
+        "adopt",
+        help="authenticate a legacy (unauthenticated) policy after checking it against every stored file",
+    )
 
     sample = commands.add_parser("sample", help="land generated sample snapshots in the lake")
     sample.add_argument("--start", type=date.fromisoformat, required=True)
@@ -219,8 +230,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         else:
             _print(asdict(workspace.complete_rotation()))
     elif args.command == "audit":
-        for event in workspace.audit.events():
+        for event in workspace.audit.unconfirmed() if args.unconfirmed else workspace.audit.events():
             print(json.dumps(event, sort_keys=True))
+    elif args.command == "policy":
+        adopted = workspace.adopt_policy()
+        print(
+            f"policy of workspace {workspace.name} authenticated under the master key: "
+            f"{len(adopted.attributes)} enabled attributes ({', '.join(sorted(adopted.attributes)) or 'none'})"
+        )
     return 0
 
 

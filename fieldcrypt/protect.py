@@ -32,6 +32,7 @@ from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_att
 from fieldcrypt.errors import InputError, VerificationError
 from fieldcrypt.parquet_io import open_parquet, protected_writer, read_ahead, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
+from fieldcrypt.replace_guard import before_replace, confirm_replace
 from fieldcrypt.select import RowSelection, select_rows
 from fieldcrypt.store import LakeStore
 from fieldcrypt.verify import verify_rewrite
@@ -182,6 +183,7 @@ def protect_file(
                 )
         if store.version(rel) != original_version:
             raise VerificationError(f"{where} changed while it was being protected; nothing was replaced, run again")
+        intent = before_replace(store, rel, attributes, cache, dataset.name, partition, expected)
         store.replace(temp, rel)
     finally:
         store.delete(temp)
@@ -205,7 +207,9 @@ def protect_file(
                     partition=partition,
                     master_key=report.master_key,
                     cells=counts.newly_encrypted,
+                    intent=intent,
                 )
+    confirm_replace(cache, intent, dataset.name, partition, report.newly_encrypted)
     report.rewritten = True
     report.data_keys = len(wrapped_keys)
     report.kms_calls = cache.calls.total - calls_before

@@ -23,6 +23,7 @@ from fieldcrypt.encrypt import used_wrapped_keys
 from fieldcrypt.errors import VerificationError
 from fieldcrypt.parquet_io import chunk_span, open_parquet, protected_writer, read_ahead, row_group, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
+from fieldcrypt.replace_guard import before_replace
 from fieldcrypt.reveal import decrypt_rows
 from fieldcrypt.store import LakeStore
 from fieldcrypt.wrapped_key import WrappedKey
@@ -116,6 +117,7 @@ def rotate_file(
                 )
         if store.version(rel) != original_version:
             raise VerificationError(f"{where} changed while it was being rotated; nothing was replaced, run again")
+        intent = before_replace(store, rel, attributes, cache, dataset.name, partition, None, "rotate_partition")
         store.replace(temp, rel)
     finally:
         store.delete(temp)
@@ -127,6 +129,7 @@ def rotate_file(
             data_keys=len(mapping),
             cells=report.cells_under_rewrapped_keys,
             master_key=cache.master_key.ref,
+            intent=intent,
         )
     report.rewritten = True
     report.kms_calls = cache.calls.total - calls_before

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  re-run of partition {partitions[-1]}: {sum(int(m['newly_encrypted']) for m in rerun)} cells encrypted, "
         f"{sum(bool(m['rewritten']) for m in rerun)} files rewritten"
     )
-    _analyst_view(Path(settings["FIELDCRYPT_LAKE"]))
+    _analyst_view(Path(settings["FIELDCRYPT_LAKE"]), Path(settings["FIELDCRYPT_KEYSTORE"]))
     print(f"\nNext: `make ui` opens this instance ({settings['DAGSTER_HOME']}) at http://127.0.0.1:3000")
     return 0
 
@@ -183,15 +183,16 @@ def _report(totals: dict[str, DatasetTotals], wall: float, runs: int, checks_pas
     print(f"  asset checks: {checks_passed}/{checks_total} passed")
 
 
-def _analyst_view(lake: Path) -> None:
+def _analyst_view(lake: Path, keystore: Path) -> None:
     """What an analyst reading the lake sees. Only rows ingested after enablement are shown:
     older rows are historical plaintext by design, so they are counted, never printed."""
     import polars as pl
 
-    from fieldcrypt.policy import PolicyStore
-    from fieldcrypt.store import LakeStore
+    from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
 
-    policy = PolicyStore(LakeStore.from_uri(str(lake)), WORKSPACE).load()
+    # The policy is authenticated under the master key: read it through a workspace.
+    key = KeyConfig(provider="local", keystore_path=str(keystore))
+    policy = Workspace(WorkspaceConfig(WORKSPACE, str(lake), key), actor="demo").policy()
     pl.Config.set_tbl_hide_dataframe_shape(True)
     pl.Config.set_fmt_str_lengths(40)
     shown = {

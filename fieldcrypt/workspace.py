@@ -151,6 +151,11 @@ class Workspace:
                 "after this process loaded it (a rotation by another process); nothing was written under the old "
                 "key - restart this run"
             )
+        cache = self._cache
+        if cache is not None and isinstance(cache.provider, LocalKeyProvider) and binding.active_campaign is None:
+            for campaign in binding.campaigns:  # another process retired them: drop our copy of the bytes
+                if campaign.status == "complete" and campaign.old.provider == LOCAL:
+                    cache.provider.forget(parse_key_version(campaign.old.key_version))
         self._binding_seen = seen
 
     @staticmethod

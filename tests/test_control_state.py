@@ -486,3 +486,17 @@ def test_cli_policy_adopt_authenticates_a_legacy_policy(
     assert run([*args, "policy", "adopt"]) == 0
     assert "users.email" in capsys.readouterr().out
     assert "authentication" in policy_doc(protected)
+
+
+def test_another_process_completing_a_rotation_drops_the_retired_key_from_this_process(protected: Workspace) -> None:
+    protected.start_rotation()
+    protected.rotate("users", DAY)
+    provider = protected.key_cache().provider  # this process holds versions 1 and 2
+    fresh(protected, actor="completer").complete_rotation()
+    from fieldcrypt.sample import land_sample_lake
+
+    land_sample_lake(protected.store, SAMPLE_DAY.replace(day=2), 1, users=50, events=10)
+    protected.protect("users", "2026-11-02")  # a new data key re-checks the binding first
+    assert isinstance(provider, LocalKeyProvider)
+    with pytest.raises(KeyMaterialError, match="retired"):
+        provider._keystore.key_for(1)

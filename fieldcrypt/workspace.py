@@ -26,7 +26,7 @@ from fieldcrypt.lake import DEFAULT_DATASETS, list_partitions, partition_path
 from fieldcrypt.mask import mask_values
 from fieldcrypt.parquet_io import open_parquet, row_groups
 from fieldcrypt.policy import POLICY_PATH, AttributePolicy, DatasetSpec, Policy, PolicyStore
-from fieldcrypt.policy_auth import check_stored_file
+from fieldcrypt.policy_auth import check_file_protection, check_stored_file
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
 from fieldcrypt.providers.aws_kms import PROVIDER_ID as KMS
 from fieldcrypt.providers.aws_kms import RETRY_MODES, AwsKmsProvider, kms_client, validate_kms_key
@@ -375,6 +375,7 @@ class Workspace:
         rel = partition_path(dataset, partition)
         cache = self.key_cache()
         with open_parquet(self.store, rel) as parquet:
+            check_file_protection(parquet, attributes, self.store.display(rel))  # verify checks what the file says
             for batch in row_groups(parquet, self.store.display(rel)):
                 self._audit_decryption("verify_decrypt", batch, attributes, partition)
                 for attribute in attributes:

@@ -500,3 +500,12 @@ def test_another_process_completing_a_rotation_drops_the_retired_key_from_this_p
     assert isinstance(provider, LocalKeyProvider)
     with pytest.raises(KeyMaterialError, match="retired"):
         provider._keystore.key_for(1)
+
+
+def test_verify_under_a_policy_lacking_an_attribute_the_file_protects_fails_instead_of_checking_nothing(
+    protected: Workspace,
+) -> None:
+    policy = protected.policy()
+    protected.policies.write_authenticated(replace(policy, attributes={}))  # e.g. an older policy replayed
+    with pytest.raises(PolicyError, match="holds protected attribute users.email"):
+        fresh(protected).verify("users", DAY)

@@ -103,7 +103,7 @@ def sealed(doc: dict[str, Any], auth: dict[str, Any] | None, where: str) -> Seal
         raise UnauthenticatedPolicyError(
             f"{where} is not authenticated (written by an older fieldcrypt, or edited by hand); it is refused. "
             "Review it, then run `fieldcrypt policy adopt` to authenticate it under the master key "
-            "(docs/OPERATIONS.md, 'Unauthenticated policy')"
+            "(docs/OPERATIONS.md, 'Control-state failures')"
         )
     try:
         if auth.get("format") != AUTH_FORMAT:

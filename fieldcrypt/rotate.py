@@ -49,6 +49,13 @@ def wrapped_key_refs(store: LakeStore, rel: str, attributes: Sequence[AttributeP
     return {value: ref for value, (ref, _) in _stored_keys(store, rel, attributes).items()}
 
 
+def stored_wrapped_keys(
+    store: LakeStore, rel: str, attributes: Sequence[AttributePolicy]
+) -> dict[bytes, AttributePolicy]:
+    """Every distinct stored wrapped key of the file -> the attribute whose column holds it."""
+    return {value: attribute for value, (_, attribute) in _stored_keys(store, rel, attributes).items()}
+
+
 def _stored_keys(
     store: LakeStore, rel: str, attributes: Sequence[AttributePolicy]
 ) -> dict[bytes, tuple[str, AttributePolicy]]:

@@ -7,7 +7,9 @@ until a key is first needed.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,27 +17,36 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fieldcrypt import policy_auth
 from fieldcrypt.audit import AuditLog
 from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore, index_context_attribute
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.columns import read_path
-from fieldcrypt.errors import InputError, KeyProviderError, PolicyError, VerificationError, WrongMasterKeyError
+from fieldcrypt.errors import (
+    FieldcryptError,
+    InputError,
+    IntegrityError,
+    KeyProviderError,
+    PolicyError,
+    VerificationError,
+    WrongMasterKeyError,
+)
 from fieldcrypt.keystore import Keystore, parse_key_version
 from fieldcrypt.lake import DEFAULT_DATASETS, list_partitions, partition_path
 from fieldcrypt.mask import mask_values
 from fieldcrypt.parquet_io import open_parquet, row_groups
 from fieldcrypt.policy import POLICY_PATH, AttributePolicy, DatasetSpec, Policy, PolicyStore
-from fieldcrypt.policy_auth import check_file_protection, check_stored_file
+from fieldcrypt.policy_auth import MAC_KEY_ATTRIBUTE, MAC_KEY_DATASET, check_file_protection, check_stored_file
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
 from fieldcrypt.providers.aws_kms import PROVIDER_ID as KMS
 from fieldcrypt.providers.aws_kms import RETRY_MODES, AwsKmsProvider, kms_client, validate_kms_key
-from fieldcrypt.providers.base import KeyProvider
+from fieldcrypt.providers.base import EncryptionContext, KeyProvider
 from fieldcrypt.providers.base import MasterKeyInfo as KeyRef
 from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
 from fieldcrypt.providers.local import LocalKeyProvider
 from fieldcrypt.reveal import reveal
-from fieldcrypt.rotate import RotateReport, rotate_file, wrapped_key_refs
+from fieldcrypt.rotate import RotateReport, rotate_file, stored_wrapped_keys, wrapped_key_refs
 from fieldcrypt.select import existing_ciphertext
 from fieldcrypt.store import FileVersion, LakeStore
 from fieldcrypt.wrapped_key import WrappedKey
@@ -170,12 +181,6 @@ class Workspace:
         key = self.config.key
         if key.provider == LOCAL:
             keystore = self._keystore()  # refuses a version whose bytes do not match its own KCV
-            added = keystore.add_missing_check_values()
-            if added:
-                self.audit.record(
-                    "key_check_value_added", master_key=keystore.key_id, detail=f"keystore versions {added}"
-                )
-            provider: KeyProvider = LocalKeyProvider(keystore)
             configured = KeyRef(LOCAL, keystore.key_id, str(keystore.current))
             if binding is not None and binding.current != configured:
                 raise KeyProviderError(
@@ -183,8 +188,14 @@ class Workspace:
                     f"{keystore.path} holds {configured.ref}; use the keystore of this workspace, or finish "
                     f"`fieldcrypt rotate start` if a rotation was interrupted"
                 )
-            if binding is not None:
+            if binding is not None:  # the binding's KCVs first: a wrong key is refused before any write
                 binding = self._checked_values(binding, keystore)
+            added = keystore.add_missing_check_values()
+            if added:
+                self.audit.record(
+                    "key_check_value_added", master_key=keystore.key_id, detail=f"keystore versions {added}"
+                )
+            provider: KeyProvider = LocalKeyProvider(keystore)
         else:
             client = self._kms_client()
             configured_arn = validate_kms_key(client, key.kms_key or "")
@@ -223,6 +234,8 @@ class Workspace:
             actual = keystore.check_value(parse_key_version(ref.key_version))
             expected = binding.check_values.get(ref.ref)
             if expected is None:
+                if actual:
+                    self._prove_local_key(keystore, ref)  # never adopt a KCV for bytes that do not fit the lake
                 updated = updated.with_check_value(ref, actual)
             elif actual and not hmac.compare_digest(expected, actual):
                 raise WrongMasterKeyError(
@@ -235,6 +248,50 @@ class Workspace:
             added = sorted(set(updated.check_values) - set(binding.check_values))
             self.audit.record("key_check_value_added", detail=f"binding: {', '.join(added)}")
         return updated
+
+    def _prove_local_key(self, keystore: Keystore, ref: KeyRef) -> None:
+        """Migration check: the first stored wrapped key under `ref` must unwrap with the keystore's bytes.
+
+        Looks at the policy's MAC key, the blind-index keys, then the partitions of the
+        datasets the stored policy names (read for their names only, not trusted), and
+        stops at the first key under `ref`. Nothing stored under `ref`: nothing to lose.
+        """
+        provider = LocalKeyProvider(keystore)
+        for value, context in self._stored_wrapped_keys():
+            wrapped = WrappedKey.from_bytes(value)
+            if wrapped.master_key_ref != ref.ref:
+                continue
+            try:
+                provider.unwrap(wrapped, context)
+            except IntegrityError:
+                raise WrongMasterKeyError(
+                    f"wrong master key: keystore {keystore.path} holds {ref.ref}, but its bytes do not unwrap the data "
+                    f"keys lake {self.store.uri} stores under it; nothing was written - restore this lake's keystore"
+                ) from None
+            return
+
+    def _stored_wrapped_keys(self) -> Iterator[tuple[bytes, EncryptionContext]]:
+        with contextlib.suppress(FieldcryptError):
+            mac_key = self.policies.mac_key_value()
+            if mac_key is not None:
+                yield mac_key, EncryptionContext(self.name, MAC_KEY_DATASET, MAC_KEY_ATTRIBUTE)
+        with contextlib.suppress(FieldcryptError):
+            for name, value in self.index_keys.load().items():
+                dataset, _, path = name.partition(".")
+                yield value, EncryptionContext(self.name, dataset, index_context_attribute(path))
+        try:
+            where = self.store.display(POLICY_PATH)
+            doc, _ = policy_auth.split(self.store.read_bytes(POLICY_PATH), where)
+            named = Policy.from_json(json.dumps(doc), where)
+        except (FieldcryptError, OSError):
+            return
+        for dataset in sorted(named.datasets):
+            attributes = named.for_dataset(dataset)
+            for partition in list_partitions(self.store, dataset):
+                with contextlib.suppress(FieldcryptError):
+                    found = stored_wrapped_keys(self.store, partition_path(dataset, partition), attributes)
+                    for value, attribute in found.items():
+                        yield value, EncryptionContext(self.name, dataset, attribute.path)
 
     def _keystore(self) -> Keystore:
         keystore = Keystore.load(Path(self.config.key.keystore_path or ""))

@@ -133,6 +133,33 @@ def test_keystore_and_binding_without_check_values_get_them_on_first_use_and_it_
     assert operations(protected).count("key_check_value_added") == 2
 
 
+@pytest.mark.parametrize("policy_authenticated", [True, False], ids=["policy-mac-key", "data-keys-of-a-legacy-lake"])
+def test_legacy_binding_never_adopts_the_check_value_of_a_keystore_whose_bytes_do_not_fit_the_lake(
+    protected: Workspace, keystore_path: Path, policy_authenticated: bool
+) -> None:
+    if not policy_authenticated:
+        legacy = policy_doc(protected)
+        del legacy["authentication"]
+        write_policy_doc(protected, legacy)
+    doc = keystore_doc(keystore_path)
+    impostor = Keystore.create(keystore_path.with_name("other.json"), "acme")
+    doc["versions"][0]["key"] = keystore_doc(impostor.path)["versions"][0]["key"]
+    del doc["versions"][0]["kcv"]  # a keystore and binding from before check values, the key swapped meanwhile
+    write_keystore_doc(keystore_path, doc)
+    binding_path = Path(protected.store.full_path(BINDING_PATH))
+    binding = json.loads(binding_path.read_text())
+    del binding["check_values"]
+    binding_path.write_text(json.dumps(binding))
+    keystore_before, binding_before = keystore_path.read_bytes(), binding_path.read_bytes()
+
+    workspace = fresh(protected)
+    with pytest.raises(WrongMasterKeyError, match="do not unwrap the data keys"):
+        workspace.protect("users", DAY) if policy_authenticated else workspace.adopt_policy()
+
+    assert keystore_path.read_bytes() == keystore_before
+    assert binding_path.read_bytes() == binding_before
+
+
 # -- 2. stale long-lived process ---------------------------------------------------------------
 
 

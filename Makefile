@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m pipelines.demo --dir $(DEMO_DIR)
+	$(PY) -m demo.run --dir $(DEMO_DIR)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -33,11 +33,12 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	$(PY) bench/encrypt.py
-	$(PY) bench/rotate.py
+	PYTHONPATH=$(CURDIR) $(PY) bench/encrypt.py
+	PYTHONPATH=$(CURDIR) $(PY) bench/rotate.py
+	PYTHONPATH=$(CURDIR) $(PY) bench/layout.py
 
 # dagster dev on loopback with a persistent instance under the project; after `make demo` it opens the
-# demo's lake, key and runs (demo-workspace/dagster.env), otherwise the defaults in resources/environment.py.
+# demo's lake, key and runs (demo-workspace/dagster.env), otherwise the catalog's (fieldcrypt.yaml) defaults.
 ui: $(STAMP)
 	mkdir -p $(DEMO_DIR)/dagster_home
 	cp dagster.yaml $(DEMO_DIR)/dagster_home/dagster.yaml

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from fieldcrypt import FieldcryptError, Workspace
+from fieldcrypt.layout import partition_label
 from fieldcrypt.protect import ProtectReport
 
 NO_PLAINTEXT_AFTER_ENABLEMENT = "no_plaintext_after_enablement"
@@ -46,13 +47,13 @@ def protection_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
         dg.AssetCheckSpec(
             ROW_COUNT_PRESERVED,
             asset=asset,
-            description="The partition file holds as many rows as before protection.",
+            description="The partition's files hold as many rows as before protection.",
         ),
     ]
 
 
 def evaluate_protection_checks(
-    workspace: Workspace, dataset: str, partition: str, protected: ProtectReport
+    workspace: Workspace, dataset: str, partition: str | None, protected: ProtectReport
 ) -> Iterator[dg.AssetCheckResult]:
     """Check the partition as stored now; with a fresh data-key cache in `workspace`, unwraps reach the KMS."""
     try:
@@ -68,22 +69,28 @@ def evaluate_protection_checks(
         yield dg.AssetCheckResult(
             check_name=NO_PLAINTEXT_AFTER_ENABLEMENT,
             passed=all(a.pending == 0 for a in stored.attributes.values()),
-            metadata={"partition": partition, **counts},
+            metadata={"partition": partition_label(partition), **counts},
         )
         yield dg.AssetCheckResult(
             check_name=ROW_COUNT_PRESERVED,
             passed=stored.rows == protected.rows,
-            metadata={"partition": partition, "rows_before": protected.rows, "rows_after": stored.rows},
+            metadata={
+                "partition": partition_label(partition),
+                "rows_before": protected.rows,
+                "rows_after": stored.rows,
+            },
         )
     yield _data_keys_unwrap(workspace, dataset, partition, protected)
 
 
 def _data_keys_unwrap(
-    workspace: Workspace, dataset: str, partition: str, protected: ProtectReport
+    workspace: Workspace, dataset: str, partition: str | None, protected: ProtectReport
 ) -> dg.AssetCheckResult:
     if not protected.attributes:  # nothing enabled: no data key to unwrap, and no reason to reach the KMS
         return dg.AssetCheckResult(
-            check_name=DATA_KEYS_UNWRAP, passed=True, metadata={"partition": partition, "attributes_enabled": 0}
+            check_name=DATA_KEYS_UNWRAP,
+            passed=True,
+            metadata={"partition": partition_label(partition), "attributes_enabled": 0},
         )
     try:
         decrypted = workspace.verify(dataset, partition)
@@ -93,22 +100,22 @@ def _data_keys_unwrap(
         check_name=DATA_KEYS_UNWRAP,
         passed=True,
         metadata={
-            "partition": partition,
+            "partition": partition_label(partition),
             "kms_calls": workspace.key_cache().calls.total,
             **{f"decrypted_cells.{attribute_path(name)}": count for name, count in decrypted.items()},
         },
     )
 
 
-def _failed(check_name: str, partition: str, exc: FieldcryptError) -> dg.AssetCheckResult:
+def _failed(check_name: str, partition: str | None, exc: FieldcryptError) -> dg.AssetCheckResult:
     # fieldcrypt error messages name the file, attribute or key, never a value or key bytes.
     return dg.AssetCheckResult(
         check_name=check_name,
         passed=False,
-        metadata={"partition": partition, "error": f"{type(exc).__name__}: {exc}"},
+        metadata={"partition": partition_label(partition), "error": f"{type(exc).__name__}: {exc}"},
     )
 
 
 def attribute_path(attribute_name: str) -> str:
-    """`users.email` -> `email`, `events.properties.email` -> `properties.email`."""
+    """`customers.email` -> `email`, `clicks.properties.email` -> `properties.email`."""
     return attribute_name.partition(".")[2]

@@ -1,22 +1,77 @@
-"""The daily partitions of the lake: one partition per snapshot date (`date=YYYY-MM-DD`).
+"""Dagster partitions from the catalog: each dataset's declared granularity, start and end.
 
-FIELDCRYPT_PARTITIONS_START is the first snapshot date of the lake (default 2026-01-01,
-before any demo week); FIELDCRYPT_PARTITIONS_END, optional, is the first date *not* in the
-set (`make demo` writes both for its week so the UI shows exactly the demo's partitions).
-With no end, the newest partition is yesterday (UTC): a day's snapshot is complete once
-the day is over, and Dagster has no partition keys after now.
+Partition keys are the core's canonical keys (fieldcrypt.layout): daily `2026-11-28`,
+hourly `2026-11-28T13`, monthly `2026-11`. Datasets declared with the same partitioning
+share one PartitionsDefinition, so one job (and one backfill) covers all of them.
+With no end, the newest partition is the last complete one (UTC): a day's snapshot is
+complete once the day is over, and Dagster has no partition keys after now.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import dagster as dg
 
-DEFAULT_START = "2026-01-01"
+from fieldcrypt.layout import KEY_FORMATS, DatasetLayout
 
-snapshot_partitions = dg.DailyPartitionsDefinition(
-    start_date=os.environ.get("FIELDCRYPT_PARTITIONS_START") or DEFAULT_START,
-    end_date=os.environ.get("FIELDCRYPT_PARTITIONS_END") or None,
-    timezone="UTC",
-)
+DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)  # when the catalog declares no start
+_DEFINITIONS = {
+    "daily": dg.DailyPartitionsDefinition,
+    "hourly": dg.HourlyPartitionsDefinition,
+    "monthly": dg.MonthlyPartitionsDefinition,
+}
+
+
+@dataclass
+class PartitionGroup:
+    """Datasets that share a partitions definition (None: unpartitioned)."""
+
+    suffix: str  # "" for the only group, else e.g. "_hourly"
+    granularity: str
+    partitions_def: dg.PartitionsDefinition | None
+    datasets: list[str] = field(default_factory=list)
+
+
+def _signature(layout: DatasetLayout) -> tuple[str, datetime | None, datetime | None]:
+    granularity = layout.partitioning.granularity
+    if granularity == "none":
+        return granularity, None, None
+    return granularity, layout.partitions_start or DEFAULT_START, layout.partitions_end
+
+
+def _definition(granularity: str, start: datetime | None, end: datetime | None) -> dg.PartitionsDefinition | None:
+    if granularity == "none":
+        return None
+    naive = {"start_date": start.replace(tzinfo=None) if start else None}
+    if end is not None:
+        naive["end_date"] = end.replace(tzinfo=None)
+    definition: dg.PartitionsDefinition = _DEFINITIONS[granularity](
+        **naive, fmt=KEY_FORMATS[granularity], timezone="UTC"
+    )
+    return definition
+
+
+def partition_groups(datasets: Mapping[str, DatasetLayout]) -> list[PartitionGroup]:
+    """The catalog's datasets grouped by partitioning, in a stable order."""
+    by_signature: dict[tuple[str, datetime | None, datetime | None], list[str]] = {}
+    for name in sorted(datasets):
+        by_signature.setdefault(_signature(datasets[name]), []).append(name)
+    groups = []
+    single = len(by_signature) == 1
+    for signature, names in by_signature.items():
+        granularity, start, _ = signature
+        suffix = "" if single else f"_{granularity}"
+        if not single and sum(s[0] == granularity for s in by_signature) > 1 and start is not None:
+            suffix += f"_{start:%Y%m%d%H}"
+        groups.append(PartitionGroup(suffix, granularity, _definition(*signature), names))
+    return groups
+
+
+def partitions_of(groups: list[PartitionGroup], dataset: str) -> dg.PartitionsDefinition | None:
+    for group in groups:
+        if dataset in group.datasets:
+            return group.partitions_def
+    raise KeyError(dataset)

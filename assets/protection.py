@@ -1,10 +1,11 @@
-"""The two assets every dataset has: its landed daily snapshot, and the protection of that snapshot.
+"""The two assets every declared dataset has: its landed snapshot, and the protection of that snapshot.
 
-The landed snapshot is an external asset: an upstream ingestion job writes
-`<lake>/<dataset>/date=YYYY-MM-DD/part-0.parquet`; this code location only reads it.
-The protected snapshot is the same file after the core's `Workspace.protect` rewrote it
-in place (encrypt, mask, verify, atomic replace). The asset function only builds the
-workspace, calls the core, and reports counts and ids as metadata.
+The landed snapshot is an external asset: an upstream job (Spark, DuckDB, pandas, ...)
+writes the partition's Parquet files under the dataset's path in the lake; this code
+location only reads them. The protected snapshot is the same files after the core's
+`Workspace.protect` rewrote each in place (encrypt, mask, verify, atomic replace). The
+asset function only builds the workspace, calls the core, and reports counts and ids as
+metadata. Both are generated from the catalog (`assets.build_assets`).
 """
 
 import warnings
@@ -14,28 +15,43 @@ from typing import Any
 import dagster as dg
 
 from assets.checks import attribute_path, evaluate_protection_checks, protection_check_specs
-from assets.partitions import snapshot_partitions
 from fieldcrypt import FieldcryptError, ThrottledError
+from fieldcrypt.layout import DatasetLayout, partition_label
 from fieldcrypt.protect import ProtectReport
 from resources import FieldcryptResource
 
-LAYOUT = "<lake>/{dataset}/date=YYYY-MM-DD/part-0.parquet"
 KMS_POOL = "kms"
 
 
-def landed_snapshot(dataset: str, description: str) -> dg.AssetSpec:
+def layout_description(layout: DatasetLayout) -> str:
+    """Where the dataset's files are, as the catalog declares it."""
+    levels = "/".join(f"{level.key}={level.format}" for level in layout.partitioning.levels)
+    return f"<lake>/{layout.path}/{levels + '/' if levels else ''}*.parquet (any file names, nested folders)"
+
+
+def partition_of(context: dg.AssetExecutionContext) -> str | None:
+    """The run's partition key; None for an unpartitioned dataset."""
+    return None if context.assets_def.partitions_def is None else context.partition_key
+
+
+def landed_snapshot(layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetSpec:
+    spec = layout.spec
     return dg.AssetSpec(
-        key=dataset,
-        description=description,
-        partitions_def=snapshot_partitions,
+        key=layout.name,
+        description=(
+            f"Snapshot of {layout.name} landed by the upstream ingestion job (ingestion time {spec.ingested_at}, "
+            f"primary key {spec.primary_key or 'none'})."
+        ),
+        partitions_def=partitions_def,
         group_name="landed",
         kinds={"parquet"},
-        metadata={"layout": LAYOUT.format(dataset=dataset)},
+        metadata={"layout": layout_description(layout)},
     )
 
 
-def protected_snapshot(dataset: str, description: str) -> dg.AssetsDefinition:
+def protected_snapshot(layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
     """The asset `protected_<dataset>`: one run per partition, KMS use bounded by the `kms` pool."""
+    dataset = layout.name
     asset_name = f"protected_{dataset}"
     with warnings.catch_warnings():
         # `backfill_policy` is marked beta in Dagster 1.13; multi_run(1) (one run per partition, so
@@ -44,10 +60,15 @@ def protected_snapshot(dataset: str, description: str) -> dg.AssetsDefinition:
 
         @dg.asset(
             name=asset_name,
-            description=description,
+            description=(
+                f"The {dataset} snapshot with every enabled attribute encrypted for rows ingested at or after its "
+                "enablement: ciphertext and wrapped data-key columns added, a mask in the original column. Each "
+                "file is rewritten in place, verified before an atomic replace; a re-run with nothing pending is "
+                "a no-op."
+            ),
             deps=[dataset],
-            partitions_def=snapshot_partitions,
-            backfill_policy=dg.BackfillPolicy.multi_run(1),
+            partitions_def=partitions_def,
+            backfill_policy=dg.BackfillPolicy.multi_run(1) if partitions_def is not None else None,
             pool=KMS_POOL,
             # Only throttling (and errors that are not fieldcrypt's, e.g. a dropped S3 connection) is
             # retried: a re-run is safe (nothing half-written, done rows are skipped); bad input is not.
@@ -55,23 +76,24 @@ def protected_snapshot(dataset: str, description: str) -> dg.AssetsDefinition:
             check_specs=protection_check_specs(asset_name),
             group_name="protected",
             kinds={"parquet"},
-            metadata={"layout": LAYOUT.format(dataset=dataset)},
+            metadata={"layout": layout_description(layout)},
         )
         def protect_partition(
             context: dg.AssetExecutionContext, fieldcrypt: FieldcryptResource
         ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-            partition = context.partition_key
+            partition = partition_of(context)
             actor = f"dagster:{context.run.run_id}"
             try:
                 report = fieldcrypt.workspace(actor).protect(dataset, partition)
             except FieldcryptError as exc:
                 raise dg.Failure(
-                    description=f"protecting {dataset} partition {partition} failed: {exc}",
+                    description=f"protecting {dataset} partition {partition_label(partition)} failed: {exc}",
                     allow_retries=isinstance(exc, ThrottledError),
                 ) from exc
             context.log.info(
-                f"{dataset} {partition}: {report.rows} rows, {report.newly_encrypted} cells newly encrypted, "
-                f"{report.kms_calls} KMS calls, rewritten={report.rewritten}"
+                f"{dataset} {partition_label(partition)}: {report.files} files, {report.rows} rows, "
+                f"{report.newly_encrypted} cells newly encrypted, {report.kms_calls} KMS calls, "
+                f"{report.files_rewritten} files rewritten"
             )
             yield dg.MaterializeResult(metadata=protection_metadata(report, partition))
             # A second workspace, with an empty data-key cache: the checks unwrap through the KMS.
@@ -80,11 +102,14 @@ def protected_snapshot(dataset: str, description: str) -> dg.AssetsDefinition:
     return protect_partition
 
 
-def protection_metadata(report: ProtectReport, partition: str) -> dict[str, Any]:
+def protection_metadata(report: ProtectReport, partition: str | None) -> dict[str, Any]:
     """Counts and ids only: never a value, never key bytes."""
     metadata: dict[str, Any] = {
-        "partition": partition,
+        "partition": partition_label(partition),
         "path": report.path,
+        "files": report.files,
+        "empty": report.files == 0,
+        "files_rewritten": report.files_rewritten,
         "rows": report.rows,
         "newly_encrypted": report.newly_encrypted,
         "rewritten": report.rewritten,

@@ -1,7 +1,7 @@
 """Master-key rotation as assets: `rotated_<dataset>_keys`, partitioned like the data it rewraps.
 
-A partition of `rotated_users_keys` is "every wrapped data key in the users file of that
-date is under the current master key". Materializing it calls the core's
+A partition of `rotated_<dataset>_keys` is "every wrapped data key in the dataset's files
+of that partition is under the current master key". Materializing it calls the core's
 `Workspace.rotate`, which rewraps each distinct data key not yet under the current key
 once, rewrites only the wrapped-key columns, verifies and replaces atomically; a file
 already under the current key is skipped without being rewritten. So a rotation
@@ -9,7 +9,7 @@ campaign's bulk work is a backfill of these assets over every partition: partiti
 in parallel (one run each), bounded by the `kms` pool and the run queue, and a failed
 or interrupted backfill is resumed by launching it again.
 
-A date with no stored file has nothing to rotate: it materializes at once with
+A partition with no stored file has nothing to rotate: it materializes at once with
 `stored: false`, so a backfill over the whole partition range needs no hand-picking.
 """
 
@@ -19,14 +19,12 @@ from typing import Any
 
 import dagster as dg
 
-from assets.partitions import snapshot_partitions
-from assets.protection import KMS_POOL
+from assets.protection import KMS_POOL, partition_of
 from fieldcrypt import ThrottledError, Workspace
-from fieldcrypt.lake import partition_path
+from fieldcrypt.layout import DatasetLayout, partition_label
 from fieldcrypt.rotate import RotateReport
 from resources import FieldcryptResource
 
-DATASETS = ("users", "events")
 NO_OLD_WRAPPED_KEYS = "no_old_wrapped_keys"
 
 
@@ -34,27 +32,29 @@ def rotation_asset_name(dataset: str) -> str:
     return f"rotated_{dataset}_keys"
 
 
-def rotated_keys(dataset: str) -> dg.AssetsDefinition:
+def rotated_keys(layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
     """The asset `rotated_<dataset>_keys`: one run per partition, KMS use bounded by the `kms` pool."""
     with warnings.catch_warnings():
         # `backfill_policy` is beta in Dagster 1.13; multi_run(1) is what we mean (see assets/protection.py).
         warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
-        return _rotation_asset(dataset, rotation_asset_name(dataset))
+        return _rotation_asset(layout.name, rotation_asset_name(layout.name), partitions_def)
 
 
-def _rotation_asset(dataset: str, asset_name: str) -> dg.AssetsDefinition:
+def _rotation_asset(
+    dataset: str, asset_name: str, partitions_def: dg.PartitionsDefinition | None
+) -> dg.AssetsDefinition:
     @dg.asset(
         name=asset_name,
         description=(
-            f"Every wrapped data key of the {dataset} snapshot of the date is under the current master key. "
+            f"Every wrapped data key of the {dataset} snapshot of the partition is under the current master key. "
             "Materializing rewraps each data key left under the old key once (KMS calls scale with distinct "
             "data keys, not rows), "
             "rewrites only the wrapped-key columns (ciphertext byte-identical), verifies, replaces atomically. "
             "A partition already under the current key is skipped without rewriting."
         ),
         deps=[f"protected_{dataset}"],
-        partitions_def=snapshot_partitions,
-        backfill_policy=dg.BackfillPolicy.multi_run(1),
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.multi_run(1) if partitions_def is not None else None,
         pool=KMS_POOL,
         retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
         check_specs=[
@@ -70,19 +70,25 @@ def _rotation_asset(dataset: str, asset_name: str) -> dg.AssetsDefinition:
     def rotate_partition(
         context: dg.AssetExecutionContext, fieldcrypt: FieldcryptResource
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-        partition = context.partition_key
+        partition = partition_of(context)
+        label = partition_label(partition)
         workspace = fieldcrypt.workspace(actor=f"dagster:{context.run.run_id}")
-        if not workspace.store.exists(partition_path(dataset, partition)):
-            context.log.info(f"{dataset} {partition}: no stored file, nothing to rotate")
-            yield dg.MaterializeResult(metadata={"partition": partition, "stored": False, "rewritten": False})
-            yield dg.AssetCheckResult(check_name=NO_OLD_WRAPPED_KEYS, passed=True, metadata={"partition": partition})
+        try:
+            stored = bool(workspace.files(dataset, partition))
+        except Exception as exc:
+            raise rotation_failure(dataset, label, exc) from exc
+        if not stored:
+            context.log.info(f"{dataset} {label}: no stored file, nothing to rotate")
+            yield dg.MaterializeResult(metadata={"partition": label, "stored": False, "rewritten": False})
+            yield dg.AssetCheckResult(check_name=NO_OLD_WRAPPED_KEYS, passed=True, metadata={"partition": label})
             return
         try:
             report = workspace.rotate(dataset, partition)
         except Exception as exc:
-            raise rotation_failure(dataset, partition, exc) from exc
+            raise rotation_failure(dataset, label, exc) from exc
         context.log.info(
-            f"{dataset} {partition}: {report.rewrapped} of {report.distinct_data_keys} data keys rewrapped, "
+            f"{dataset} {label}: {report.files} files, "
+            f"{report.rewrapped} of {report.distinct_data_keys} data keys rewrapped, "
             f"{report.kms_calls} KMS calls, rewritten={report.rewritten}"
         )
         yield dg.MaterializeResult(metadata=rotation_metadata(workspace, report, partition))
@@ -101,14 +107,16 @@ def rotation_failure(dataset: str, partition: str, exc: Exception) -> dg.Failure
     )
 
 
-def rotation_metadata(workspace: Workspace, report: RotateReport, partition: str) -> dict[str, Any]:
+def rotation_metadata(workspace: Workspace, report: RotateReport, partition: str | None) -> dict[str, Any]:
     """Counts and key ids only: never a value, never key bytes."""
     binding = workspace.bindings.load()
     campaign = binding.active_campaign if binding else None
     return {
-        "partition": partition,
+        "partition": partition_label(partition),
         "path": report.path,
         "stored": True,
+        "files": report.files,
+        "files_rewritten": report.files_rewritten,
         "campaign_id": campaign.campaign_id if campaign else "(none in progress)",
         "master_key_id": binding.current.ref if binding else "(lake not bound)",
         "distinct_data_keys": report.distinct_data_keys,
@@ -123,7 +131,7 @@ def rotation_metadata(workspace: Workspace, report: RotateReport, partition: str
     }
 
 
-def _no_old_wrapped_keys(workspace: Workspace, dataset: str, partition: str) -> dg.AssetCheckResult:
+def _no_old_wrapped_keys(workspace: Workspace, dataset: str, partition: str | None) -> dg.AssetCheckResult:
     """The partition's share of the completion scan (`Workspace.rotation_status`), read back from the stored file."""
     binding = workspace.bindings.load()
     current = binding.current.ref if binding else None
@@ -132,11 +140,9 @@ def _no_old_wrapped_keys(workspace: Workspace, dataset: str, partition: str) -> 
         check_name=NO_OLD_WRAPPED_KEYS,
         passed=not old,
         metadata={
-            "partition": partition,
+            "partition": partition_label(partition),
             "master_key_id": current or "(lake not bound)",
             "old_master_keys": dg.MetadataValue.json(old),
         },
     )
 
-
-ROTATION_ASSETS = [rotated_keys(dataset) for dataset in DATASETS]

@@ -16,18 +16,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from demo.sample_data import USERS_SCHEMA, snapshot_path
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
+from fieldcrypt.catalog import Catalog
 from fieldcrypt.keystore import Keystore
-from fieldcrypt.lake import USERS, partition_path
-from fieldcrypt.sample import USERS_SCHEMA
 
 BENCH_DIR = Path(__file__).resolve().parent
+# The demo's declarations of users (and events), from the project's catalog.
+DATASETS = Catalog.load(BENCH_DIR.parent / "fieldcrypt.yaml", environ={}).workspace_config("demo").datasets
 OUT_DIR = BENCH_DIR / "out"
 WORKSPACE = "bench"
 DAY = date(2026, 11, 1)
 PARTITION = DAY.isoformat()
 ENABLED_AT = datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC)  # every generated row is ingested after it
-ROW_GROUP_SIZE = 64_000  # what fieldcrypt.sample.write_snapshot lands
+ROW_GROUP_SIZE = 64_000  # what demo.sample_data.write_snapshot lands
 CODEC = "zstd"
 ATTRIBUTES = (("email", "email"), ("phone", "last4"))
 _DOMAINS = pa.array(["Example.com", "mail.test", "corp.example", "post.invalid"])
@@ -35,7 +37,7 @@ _COUNTRIES = pa.array(["FR", "DE", "US", "BR", "JP", "IN"])
 
 
 def users_batch(start: int, rows: int, total: int, seed: int = 0) -> pa.RecordBatch:
-    """Rows [start, start+rows) of a users snapshot shaped like fieldcrypt.sample.users_table, vectorised."""
+    """Rows [start, start+rows) of a users snapshot shaped like demo.sample_data.users_table, vectorised."""
     rng = np.random.default_rng([seed, start])
     ids = np.arange(start, start + rows, dtype=np.int64)
     id_text = pa.array(ids).cast(pa.string())
@@ -79,14 +81,14 @@ class BenchLake:
 
     @property
     def rel(self) -> str:
-        return partition_path("users", PARTITION)
+        return snapshot_path("users", PARTITION)
 
     @property
     def file(self) -> Path:
         return self.lake / self.rel
 
     def workspace(self, actor: str = "bench") -> Workspace:
-        config = WorkspaceConfig(WORKSPACE, str(self.lake), KeyConfig("local", str(self.keystore)))
+        config = WorkspaceConfig(WORKSPACE, str(self.lake), KeyConfig("local", str(self.keystore)), datasets=DATASETS)
         return Workspace(config, actor=actor)
 
     def land(self, source: Path) -> None:
@@ -102,7 +104,7 @@ def make_lake(root: Path, attributes: Iterable[tuple[str, str]] = ATTRIBUTES) ->
     lake = BenchLake(root, root / "keys" / "keystore.json", root / "lake")
     Keystore.create(lake.keystore, WORKSPACE)
     workspace = lake.workspace()
-    policy = workspace.policy().with_dataset(USERS)
+    policy = workspace.policy().with_dataset(DATASETS["users"].spec)
     for path, mask in attributes:
         policy = policy.with_enabled(f"users.{path}", mask, "bench", now=ENABLED_AT)
     workspace.policies.save(policy)

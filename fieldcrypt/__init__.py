@@ -6,6 +6,7 @@ cell formats, nonces, key bytes and wrapping stay internal. Formats: docs/FORMAT
 
 from fieldcrypt.errors import (
     AccessDeniedError,
+    ConfigError,
     FieldcryptError,
     InputError,
     IntegrityError,
@@ -21,6 +22,7 @@ from fieldcrypt.workspace import KeyConfig, Workspace, WorkspaceConfig
 
 __all__ = [
     "AccessDeniedError",
+    "ConfigError",
     "FieldcryptError",
     "InputError",
     "IntegrityError",

@@ -15,6 +15,10 @@ class InputError(FieldcryptError):
     """Bad input: unknown attribute, missing column, wrong type, corrupt Parquet."""
 
 
+class ConfigError(FieldcryptError):
+    """The catalog or a setting is invalid: the message names the key (or variable) and the problem."""
+
+
 class PolicyError(FieldcryptError):
     """A policy change that is not allowed (dropping or altering an enabled attribute)."""
 

@@ -60,9 +60,30 @@ class ProtectReport:
     master_key: str = ""
     seconds: float = 0.0
 
+    files: int = 1
+    files_rewritten: int = 0
+
     @property
     def newly_encrypted(self) -> int:
         return sum(c.newly_encrypted for c in self.attributes.values())
+
+    @classmethod
+    def total(cls, path: str, reports: Sequence[ProtectReport], master_key: str = "") -> ProtectReport:
+        """One report summing the reports of a partition's files (`rewritten` when any file was)."""
+        summed = cls(path, files=len(reports), master_key=master_key)
+        for report in reports:
+            summed.rows += report.rows
+            summed.data_keys += report.data_keys
+            summed.kms_calls += report.kms_calls
+            summed.seconds += report.seconds
+            summed.files_rewritten += report.files_rewritten
+            summed.master_key = summed.master_key or report.master_key
+            for name, counts in report.attributes.items():
+                into = summed.attributes.setdefault(name, AttributeCounts())
+                for counter in vars(counts):
+                    setattr(into, counter, getattr(into, counter) + getattr(counts, counter))
+        summed.rewritten = summed.files_rewritten > 0
+        return summed
 
 
 def check_schema(schema: pa.Schema, dataset: DatasetSpec, attributes: Sequence[AttributePolicy], where: str) -> None:
@@ -211,6 +232,7 @@ def protect_file(
                 )
     confirm_replace(cache, intent, dataset.name, partition, report.newly_encrypted)
     report.rewritten = True
+    report.files_rewritten = 1
     report.data_keys = len(wrapped_keys)
     report.kms_calls = cache.calls.total - calls_before
     report.seconds = time.perf_counter() - started

@@ -42,6 +42,22 @@ class RotateReport:
     kms_calls: int = 0
     master_keys_before: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    files: int = 1
+    files_rewritten: int = 0
+
+    @classmethod
+    def total(cls, path: str, reports: Sequence[RotateReport]) -> RotateReport:
+        """One report summing the reports of a partition's files (`rewritten` when any file was)."""
+        summed = cls(path, files=len(reports))
+        for report in reports:
+            for counter in ("rows", "distinct_data_keys", "rewrapped", "cells_under_rewrapped_keys", "kms_calls"):
+                setattr(summed, counter, getattr(summed, counter) + getattr(report, counter))
+            summed.seconds += report.seconds
+            summed.files_rewritten += report.files_rewritten
+            for ref, count in report.master_keys_before.items():
+                summed.master_keys_before[ref] = summed.master_keys_before.get(ref, 0) + count
+        summed.rewritten = summed.files_rewritten > 0
+        return summed
 
 
 def wrapped_key_refs(store: LakeStore, rel: str, attributes: Sequence[AttributePolicy]) -> dict[bytes, str]:
@@ -139,6 +155,7 @@ def rotate_file(
             intent=intent,
         )
     report.rewritten = True
+    report.files_rewritten = 1
     report.kms_calls = cache.calls.total - calls_before
     report.seconds = time.perf_counter() - started
     return report

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,6 +26,7 @@ from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.columns import read_path
 from fieldcrypt.errors import (
+    ConfigError,
     FieldcryptError,
     InputError,
     IntegrityError,
@@ -33,7 +36,7 @@ from fieldcrypt.errors import (
     WrongMasterKeyError,
 )
 from fieldcrypt.keystore import Keystore, parse_key_version
-from fieldcrypt.lake import DEFAULT_DATASETS, list_partitions, partition_path
+from fieldcrypt.layout import DatasetLayout
 from fieldcrypt.mask import mask_values
 from fieldcrypt.parquet_io import open_parquet, row_groups
 from fieldcrypt.policy import POLICY_PATH, AttributePolicy, DatasetSpec, Policy, PolicyStore
@@ -86,12 +89,17 @@ class WorkspaceConfig:
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     data_key_ttl_seconds: float = MAX_TTL_SECONDS
+    datasets: Mapping[str, DatasetLayout] = field(default_factory=dict)  # the catalog's declarations
+    file_workers: int = 2  # files of one partition processed at once
+
+
+Result = TypeVar("Result")
 
 
 @dataclass
 class RotationStatus:
     campaign: Campaign | None
-    remaining: dict[str, list[str]]  # "dataset/partition" -> master key refs still present that are not current
+    remaining: dict[str, list[str]]  # "dataset/partition" (or "dataset") -> old master key refs still present
     scanned: int
 
     @property
@@ -285,13 +293,13 @@ class Workspace:
             named = Policy.from_json(json.dumps(doc), where)
         except (FieldcryptError, OSError):
             return
-        for dataset in sorted(named.datasets):
+        for dataset in sorted(set(named.datasets) & set(self.config.datasets)):
             attributes = named.for_dataset(dataset)
-            for partition in list_partitions(self.store, dataset):
-                with contextlib.suppress(FieldcryptError):
-                    found = stored_wrapped_keys(self.store, partition_path(dataset, partition), attributes)
-                    for value, attribute in found.items():
-                        yield value, EncryptionContext(self.name, dataset, attribute.path)
+            for files in self.layout(dataset).partitions(self.store).values():
+                for rel in files:
+                    with contextlib.suppress(FieldcryptError):
+                        for value, attribute in stored_wrapped_keys(self.store, rel, attributes).items():
+                            yield value, EncryptionContext(self.name, dataset, attribute.path)
 
     def _keystore(self) -> Keystore:
         keystore = Keystore.load(Path(self.config.key.keystore_path or ""))
@@ -316,11 +324,12 @@ class Workspace:
         mask: str,
         *,
         acknowledge_irreversible: bool,
-        dataset_spec: DatasetSpec | None = None,
         blind_index: bool = False,
     ) -> AttributePolicy:
         """Protect `dataset.path` for every row ingested from now on. Irreversible.
 
+        The dataset must be declared in the catalog; the attribute must exist, with a type
+        that can be protected, in every file of the newest partition landed so far.
         With `blind_index`, protected rows also get a keyed index of their value (joins and
         distinct counts without decrypting); its key is created here, under the master key.
         """
@@ -330,23 +339,17 @@ class Workspace:
                 "acknowledge both to proceed"
             )
         dataset = attribute.partition(".")[0]
+        layout = self.layout(dataset)
         policy = self.policy()
         if dataset not in policy.datasets:
-            spec = dataset_spec or DEFAULT_DATASETS.get(dataset)
-            if spec is None:
-                raise PolicyError(
-                    f"dataset {dataset!r} is unknown; declare its ingestion-time column (and primary key)"
-                )
-            policy = policy.with_dataset(spec)
-        elif dataset_spec is not None and dataset_spec != policy.datasets[dataset]:
-            policy = policy.with_dataset(dataset_spec)
+            policy = policy.with_dataset(layout.spec)
         policy = policy.with_enabled(attribute, mask, enabled_by=self.audit.actor, blind_index=blind_index)
         entry = policy.attributes[attribute]
-        partitions = list_partitions(self.store, dataset)
-        if partitions:  # the attribute must exist in the data landed so far
-            rel = partition_path(dataset, partitions[-1])
-            with open_parquet(self.store, rel) as parquet:
-                check_schema(parquet.schema_arrow, policy.datasets[dataset], [entry], self.store.display(rel))
+        partitions = layout.partitions(self.store)
+        if partitions:  # the attribute must exist, with a protectable type, in the data landed so far
+            for rel in partitions[list(partitions)[-1]]:
+                with open_parquet(self.store, rel) as parquet:
+                    check_schema(parquet.schema_arrow, policy.datasets[dataset], [entry], self.store.display(rel))
         self.policies.load().check_successor(policy)  # refuse before creating an index key
         if blind_index:  # the key exists before any run can need it
             index_keys = self.index_keys.load()
@@ -356,23 +359,98 @@ class Workspace:
         self.audit.record("enable", dataset=dataset, attribute=entry.path, detail=f"mask={mask}")
         return entry
 
+    # -- datasets and partitions ---------------------------------------------------------
+
+    @property
+    def datasets(self) -> list[str]:
+        """The declared datasets, by name."""
+        return sorted(self.config.datasets)
+
+    def layout(self, dataset: str) -> DatasetLayout:
+        """A declared dataset; a named error for one the catalog does not declare."""
+        layout = self.config.datasets.get(dataset)
+        if layout is None:
+            declared = ", ".join(self.datasets) or "none"
+            raise InputError(f"dataset {dataset!r} is not declared in workspace {self.name!r} (declared: {declared})")
+        return layout
+
+    def partitions(self, dataset: str) -> list[str | None]:
+        """The partitions of `dataset` that hold data files, oldest first (None: unpartitioned)."""
+        return list(self.layout(dataset).partitions(self.store))
+
+    def files(self, dataset: str, partition: str | None) -> list[str]:
+        """The data files of one partition, relative to the lake; empty for an empty partition."""
+        return self.layout(dataset).files(self.store, partition)
+
+    def partition_display(self, dataset: str, partition: str | None) -> str:
+        return self.store.display(self.layout(dataset).partition_dir(partition))
+
+    def _dataset(self, dataset: str) -> tuple[DatasetSpec, list[AttributePolicy]]:
+        """How to read `dataset` and its enabled attributes; the catalog must agree with the policy."""
+        layout = self.layout(dataset)
+        policy = self.policy()
+        spec = policy.datasets.get(dataset)
+        attributes = policy.for_dataset(dataset)
+        if spec is not None and attributes and spec != layout.spec:
+            raise ConfigError(
+                f"catalog declares {dataset} with ingestion column {layout.spec.ingested_at!r} and primary key "
+                f"{layout.spec.primary_key!r}, but its enabled attributes were enabled with {spec.ingested_at!r} "
+                f"and {spec.primary_key!r}; enabling is irreversible, restore the declaration"
+            )
+        dropped = [a.path for a in attributes if layout.attributes and a.path not in layout.attributes]
+        if dropped:
+            raise ConfigError(
+                f"catalog lists the attributes of {dataset} without {', '.join(dropped)}, which "
+                "are enabled; enabling is irreversible, add them back"
+            )
+        return spec or layout.spec, attributes
+
+    def _each_file(self, dataset: str, partition: str | None, work: Callable[[str], Result]) -> list[Result]:
+        """`work(rel)` for each file of a partition, a few at a time; every file is tried.
+
+        Files are independent (each verified and replaced on its own), so one failing file
+        does not stop the others; the first failure is raised afterwards, naming how many failed.
+        """
+        files = self.files(dataset, partition)
+        if len(files) <= 1:
+            return [work(rel) for rel in files]
+        results: list[Result] = []
+        failures: list[FieldcryptError] = []
+        with ThreadPoolExecutor(max_workers=self.config.file_workers, thread_name_prefix="fieldcrypt-file") as pool:
+            for future in [pool.submit(work, rel) for rel in files]:
+                try:
+                    results.append(future.result())
+                except FieldcryptError as exc:
+                    failures.append(exc)
+        if failures:
+            first = failures[0]
+            raise type(first)(
+                f"{len(failures)} of {len(files)} files of {self.partition_display(dataset, partition)} failed "
+                f"(the others are done); first: {first}"
+            ) from first
+        return results
+
     # -- protection ----------------------------------------------------------------------
 
-    def partitions(self, dataset: str) -> list[str]:
-        return list_partitions(self.store, dataset)
-
-    def protect(self, dataset: str, partition: str) -> ProtectReport:
+    def protect(self, dataset: str, partition: str | None) -> ProtectReport:
+        """Encrypt every pending cell of every file of a partition; a report summed over its files."""
         spec, attributes = self._dataset(dataset)
-        rel = partition_path(dataset, partition)
-        if not self.store.exists(rel):
-            raise InputError(f"partition {partition} of {dataset} has no file at {self.store.display(rel)}")
+        where = self.partition_display(dataset, partition)
         if not attributes:
-            check_stored_file(self.store, rel, attributes)  # a file protected under a lost policy is refused
-            return scan_file(self.store, rel, spec, attributes)
+            # a file protected under a lost policy is refused, not scanned as "nothing enabled"
+            return ProtectReport.total(
+                where, self._each_file(dataset, partition, lambda rel: self._checked_scan(rel, spec, attributes))
+            )
         cache = self.key_cache()
-        return protect_file(
-            self.store, rel, spec, attributes, cache, partition=partition, index_keys=self._index_keys(attributes)
+        index_keys = self._index_keys(attributes)
+        reports = self._each_file(
+            dataset,
+            partition,
+            lambda rel: protect_file(
+                self.store, rel, spec, attributes, cache, partition=partition, index_keys=index_keys
+            ),
         )
+        return ProtectReport.total(where, reports, master_key=cache.master_key.ref)
 
     def _index_keys(self, attributes: list[AttributePolicy]) -> dict[str, BlindIndexKey]:
         """The unwrapped blind-index keys of the attributes that have one."""
@@ -386,62 +464,66 @@ class Workspace:
         cache = self.key_cache()
         return {a.name: cache.index_key_for(stored[a.name], a.dataset, a.path) for a in wanted}
 
-    def status(self, dataset: str, partition: str) -> ProtectReport:
+    def status(self, dataset: str, partition: str | None) -> ProtectReport:
+        """Per-attribute counts of a partition, summed over its files, without changing anything."""
         spec, attributes = self._dataset(dataset)
-        return scan_file(self.store, partition_path(dataset, partition), spec, attributes)
+        reports = self._each_file(dataset, partition, lambda rel: scan_file(self.store, rel, spec, attributes))
+        return ProtectReport.total(self.partition_display(dataset, partition), reports)
 
-    def verify(self, dataset: str, partition: str) -> dict[str, int]:
+    def verify(self, dataset: str, partition: str | None) -> dict[str, int]:
         """Decrypt every protected cell of a partition in memory and check its mask; counts per attribute.
 
         Raises IntegrityError on a cell that does not authenticate, VerificationError on a
         protected row whose stored mask is not the mask of its decrypted value.
         """
         counts: dict[str, int] = {}
-        for attribute, batch, plaintext, protected in self._revealed(dataset, partition):
+        for rel, attribute, batch, plaintext, protected in self._revealed(dataset, partition):
             counts[attribute.name] = counts.get(attribute.name, 0) + protected.true_count
             stored = pc.filter(read_path(batch, attribute.path), protected)
             if not stored.equals(mask_values(pc.filter(plaintext, protected), attribute.mask)):
                 raise VerificationError(
-                    f"{self.store.display(partition_path(dataset, partition))}: a protected {attribute.name} "
+                    f"{self.store.display(rel)}: a protected {attribute.name} "
                     "value does not hold the mask of its decrypted value"
                 )
         return counts
 
-    def reveal(self, dataset: str, partition: str, attributes: list[str]) -> Iterator[pa.RecordBatch]:
+    def reveal(self, dataset: str, partition: str | None, attributes: list[str]) -> Iterator[pa.RecordBatch]:
         """Dispatch: batches of (row key, real values of `attributes`), plaintext in memory only."""
         spec, enabled = self._dataset(dataset)
         chosen = [a for a in enabled if a.name in attributes or a.path in attributes]
         unknown = set(attributes) - {a.name for a in chosen} - {a.path for a in chosen}
         if unknown:
             raise InputError(f"{', '.join(sorted(unknown))} not enabled for {dataset}")
-        rel = partition_path(dataset, partition)
         cache = self.key_cache()
-        with open_parquet(self.store, rel) as parquet:
-            for batch in row_groups(parquet, self.store.display(rel)):
-                self._audit_decryption("reveal", batch, chosen, partition)
-                columns = {a.name: reveal(batch, spec, a, cache, self.store.display(rel), partition) for a in chosen}
-                if spec.primary_key:
-                    columns = {spec.primary_key: batch.column(spec.primary_key), **columns}
-                yield pa.RecordBatch.from_pydict(columns)
+        for rel in self.files(dataset, partition):
+            where = self.store.display(rel)
+            with open_parquet(self.store, rel) as parquet:
+                for batch in row_groups(parquet, where):
+                    self._audit_decryption("reveal", batch, chosen, partition)
+                    columns = {a.name: reveal(batch, spec, a, cache, where, partition) for a in chosen}
+                    if spec.primary_key:
+                        columns = {spec.primary_key: batch.column(spec.primary_key), **columns}
+                    yield pa.RecordBatch.from_pydict(columns)
 
     def _revealed(
-        self, dataset: str, partition: str
-    ) -> Iterator[tuple[AttributePolicy, pa.RecordBatch, pa.Array, pa.BooleanArray]]:
-        """Per row group and attribute: the batch, the real values, and which rows are protected."""
+        self, dataset: str, partition: str | None
+    ) -> Iterator[tuple[str, AttributePolicy, pa.RecordBatch, pa.Array, pa.BooleanArray]]:
+        """Per file, row group and attribute: the batch, the real values, and which rows are protected."""
         spec, attributes = self._dataset(dataset)
-        rel = partition_path(dataset, partition)
         cache = self.key_cache()
-        with open_parquet(self.store, rel) as parquet:
-            check_file_protection(parquet, attributes, self.store.display(rel))  # verify checks what the file says
-            for batch in row_groups(parquet, self.store.display(rel)):
-                self._audit_decryption("verify_decrypt", batch, attributes, partition)
-                for attribute in attributes:
-                    ciphertext = existing_ciphertext(batch, attribute)
-                    plaintext = reveal(batch, spec, attribute, cache, self.store.display(rel), partition)
-                    yield attribute, batch, plaintext, pc.is_valid(ciphertext)
+        for rel in self.files(dataset, partition):
+            where = self.store.display(rel)
+            with open_parquet(self.store, rel) as parquet:
+                check_file_protection(parquet, attributes, where)  # verify checks what the file says it protects
+                for batch in row_groups(parquet, where):
+                    self._audit_decryption("verify_decrypt", batch, attributes, partition)
+                    for attribute in attributes:
+                        ciphertext = existing_ciphertext(batch, attribute)
+                        plaintext = reveal(batch, spec, attribute, cache, where, partition)
+                        yield rel, attribute, batch, plaintext, pc.is_valid(ciphertext)
 
     def _audit_decryption(
-        self, operation: str, batch: pa.RecordBatch, attributes: list[AttributePolicy], partition: str
+        self, operation: str, batch: pa.RecordBatch, attributes: list[AttributePolicy], partition: str | None
     ) -> None:
         """One event per attribute and row group, written before any of its plaintext exists."""
         for attribute in attributes:
@@ -451,14 +533,9 @@ class Workspace:
                     operation, dataset=attribute.dataset, attribute=attribute.path, partition=partition, cells=cells
                 )
 
-    def _dataset(self, dataset: str) -> tuple[DatasetSpec, list[AttributePolicy]]:
-        policy = self.policy()
-        if dataset not in policy.datasets:
-            spec = DEFAULT_DATASETS.get(dataset)
-            if spec is None:
-                raise InputError(f"dataset {dataset!r} is not declared in workspace {self.name!r}")
-            return spec, []
-        return policy.datasets[dataset], policy.for_dataset(dataset)
+    def _checked_scan(self, rel: str, spec: DatasetSpec, attributes: list[AttributePolicy]) -> ProtectReport:
+        check_stored_file(self.store, rel, attributes)
+        return scan_file(self.store, rel, spec, attributes)
 
     # -- rotation ------------------------------------------------------------------------
 
@@ -501,33 +578,40 @@ class Workspace:
         self._rotate_index_keys()
         return campaign
 
-    def rotate(self, dataset: str, partition: str) -> RotateReport:
+    def rotate(self, dataset: str, partition: str | None) -> RotateReport:
+        """Rewrap the data keys of every file of a partition under the current master key."""
         spec, attributes = self._dataset(dataset)
-        rel = partition_path(dataset, partition)
-        if not self.store.exists(rel):
-            raise InputError(f"partition {partition} of {dataset} has no file at {self.store.display(rel)}")
-        return rotate_file(self.store, rel, spec, attributes, self.key_cache(), partition=partition)
+        cache = self.key_cache()
+        reports = self._each_file(
+            dataset, partition, lambda rel: rotate_file(self.store, rel, spec, attributes, cache, partition=partition)
+        )
+        return RotateReport.total(self.partition_display(dataset, partition), reports)
 
-    def old_key_refs(self, dataset: str, partition: str) -> list[str]:
+    def old_key_refs(self, dataset: str, partition: str | None) -> list[str]:
         """Master keys (refs) other than the current one that still wrap data keys of a partition (no KMS call)."""
         binding = self.bindings.load()
-        current = binding.current.ref if binding else None
-        attributes = self.policy().for_dataset(dataset)
-        refs = wrapped_key_refs(self.store, partition_path(dataset, partition), attributes).values()
-        return sorted({ref for ref in refs if ref != current})
+        _, attributes = self._dataset(dataset)
+        return self._old_key_refs(attributes, self.files(dataset, partition), binding.current.ref if binding else None)
+
+    def _old_key_refs(self, attributes: list[AttributePolicy], files: list[str], current: str | None) -> list[str]:
+        refs: set[str] = set()
+        for rel in files:
+            refs.update(wrapped_key_refs(self.store, rel, attributes).values())
+        return sorted(ref for ref in refs if ref != current)
 
     def rotation_status(self) -> RotationStatus:
         """Scan every partition for wrapped keys not under the current master key (no KMS call)."""
         binding = self.bindings.load()
+        current = binding.current.ref if binding else None
         remaining: dict[str, list[str]] = {}
         scanned = 0
         for dataset in sorted(self.policy().datasets):
-            for partition in self.partitions(dataset):
+            _, attributes = self._dataset(dataset)  # a protected dataset the catalog dropped is an error
+            for partition, files in self.layout(dataset).partitions(self.store).items():
                 scanned += 1
-                stale = self.old_key_refs(dataset, partition)
+                stale = self._old_key_refs(attributes, files, current)
                 if stale:
-                    remaining[f"{dataset}/{partition}"] = stale
-        current = binding.current.ref if binding else None
+                    remaining[dataset if partition is None else f"{dataset}/{partition}"] = stale
         index_refs = {WrappedKey.from_bytes(value).master_key_ref for value in self.index_keys.load().values()}
         if index_refs - {current}:
             remaining[INDEX_KEYS_PATH] = sorted(index_refs - {current})
@@ -620,12 +704,12 @@ class Workspace:
         """
         legacy = self.policies.unauthenticated()
         policy = legacy if legacy is not None else Policy(self.name)
-        datasets = set(policy.datasets) | set(DEFAULT_DATASETS)
         checked = 0
-        for dataset in sorted(datasets):
-            for partition in list_partitions(self.store, dataset):
-                check_stored_file(self.store, partition_path(dataset, partition), policy.for_dataset(dataset))
-                checked += 1
+        for dataset in self.datasets:  # every declared dataset's files, whatever the policy names
+            for files in self.layout(dataset).partitions(self.store).values():
+                for rel in files:
+                    check_stored_file(self.store, rel, policy.for_dataset(dataset))
+                    checked += 1
         self.key_cache()
         self.policies.write_authenticated(policy)
         self.audit.record(

@@ -1,8 +1,10 @@
-"""The fieldcrypt code location: `Definitions.merge` of small per-area definitions.
+"""The fieldcrypt code location: `Definitions.merge` of small per-area definitions, built from the catalog.
 
-Importing it reads the environment (see `resources.environment`) and makes no network or
-KMS call. FIELDCRYPT_DAGSTER_EXECUTOR=in_process runs each run's steps in one process
-(tests, small machines); by default steps run in parallel processes.
+Importing it reads the catalog (`resources.settings`: fieldcrypt.yaml, or $FIELDCRYPT_CATALOG,
+with the environment's overrides) and makes no network or KMS call. Every declared dataset
+gets its landed, protected and rotation assets; a new dataset is one catalog entry and a
+code-location reload. FIELDCRYPT_DAGSTER_EXECUTOR=in_process runs each run's steps in one
+process (tests, small machines); by default steps run in parallel processes.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import os
 
 import dagster as dg
 
-import assets
-from pipelines import jobs, rotation, schedules
-from resources import resources_from_env
+from assets import build_assets
+from fieldcrypt.errors import ConfigError
+from pipelines.jobs import enable_attribute_job, protect_jobs
+from pipelines.rotation import build_rotation_definitions
+from pipelines.schedules import build_schedule_definitions
+from resources.settings import WORKSPACE, resources_from_catalog
 
 
 def _executor_defs() -> dg.Definitions:
@@ -22,14 +27,17 @@ def _executor_defs() -> dg.Definitions:
         return dg.Definitions(executor=dg.in_process_executor)
     if choice == "multiprocess":
         return dg.Definitions(executor=dg.multiprocess_executor)
-    raise ValueError(f"FIELDCRYPT_DAGSTER_EXECUTOR={choice!r} is not one of in_process, multiprocess")
+    raise ConfigError(f"FIELDCRYPT_DAGSTER_EXECUTOR={choice!r} is not one of in_process, multiprocess")
 
+
+dataset_assets = build_assets(WORKSPACE.datasets)
+protect = protect_jobs(dataset_assets)
 
 defs = dg.Definitions.merge(
-    assets.defs,
-    jobs.defs,
-    schedules.defs,
-    rotation.defs,  # master-key rotation: its assets, jobs, schedule and sensor
-    dg.Definitions(resources=resources_from_env()),
+    dataset_assets.definitions(),
+    dg.Definitions(jobs=[*protect, enable_attribute_job(dataset_assets)]),
+    build_schedule_definitions(dataset_assets.groups, protect),
+    build_rotation_definitions(dataset_assets),  # master-key rotation: its jobs, schedule and sensor
+    dg.Definitions(resources=resources_from_catalog()),
     _executor_defs(),
 )

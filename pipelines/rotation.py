@@ -27,10 +27,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from pydantic import Field
 
-from assets.partitions import snapshot_partitions
-from assets.rotation import DATASETS, ROTATION_ASSETS, rotation_asset_name
+from assets import DatasetAssets
+from assets.rotation import rotation_asset_name
 from fieldcrypt import FieldcryptError, PolicyError
 from fieldcrypt.binding import Campaign
 from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
@@ -84,11 +85,18 @@ def start_key_rotation() -> None:
     start_rotation_campaign()
 
 
-rotate_keys = dg.define_asset_job(
-    "rotate_keys",
-    selection=dg.AssetSelection.assets(*ROTATION_ASSETS),  # partitioned like them: daily snapshots
-    description="Rewrap the data keys of one daily partition of every dataset under the current master key.",
-)
+def rotate_jobs(assets: DatasetAssets) -> list[UnresolvedAssetJobDefinition]:
+    """One job per partition group, like the protect jobs: `rotate_keys` when all datasets share one."""
+    return [
+        dg.define_asset_job(
+            f"rotate_keys{group.suffix}",
+            selection=dg.AssetSelection.assets(*(assets.rotated[name] for name in group.datasets)),
+            description=(
+                f"Rewrap the data keys of one partition of {', '.join(group.datasets)} under the current master key."
+            ),
+        )
+        for group in assets.groups
+    ]
 
 
 @dg.op(
@@ -133,6 +141,7 @@ def complete_key_rotation() -> None:
 
 def _observe_rotation_assets(context: dg.OpExecutionContext, campaign: Campaign) -> None:
     """The campaign's start or end on each rotation asset's page (ids and times only)."""
+    from resources.settings import WORKSPACE  # the datasets of this code location
     metadata: Mapping[str, Any] = {
         "campaign_id": campaign.campaign_id,
         "status": campaign.status,
@@ -141,8 +150,8 @@ def _observe_rotation_assets(context: dg.OpExecutionContext, campaign: Campaign)
         "started_at": campaign.started_at,
         "finished_at": campaign.finished_at or "",
     }
-    for asset in ROTATION_ASSETS:
-        context.log_event(dg.AssetObservation(asset_key=asset.key, metadata=dict(metadata)))
+    for dataset in WORKSPACE.datasets:
+        context.log_event(dg.AssetObservation(asset_key=rotation_asset_name(dataset), metadata=dict(metadata)))
 
 
 # -- scheduled rotation (optional) -------------------------------------------------------------
@@ -162,9 +171,10 @@ def _observe_rotation_assets(context: dg.OpExecutionContext, campaign: Campaign)
 def scheduled_key_rotation(
     context: dg.ScheduleEvaluationContext, fieldcrypt: FieldcryptResource
 ) -> dg.RunRequest | dg.SkipReason:
-    if fieldcrypt.key.provider != LOCAL:
+    provider = fieldcrypt.config().key.provider
+    if provider != LOCAL:
         return dg.SkipReason(
-            f"scheduled rotation is for a local master key; this workspace uses {fieldcrypt.key.provider}, "
+            f"scheduled rotation is for a local master key; this workspace uses {provider}, "
             "whose key owner starts a rotation with a new key ARN (start_key_rotation)"
         )
     binding = fieldcrypt.workspace(actor="dagster:scheduled_key_rotation").bindings.load()
@@ -175,62 +185,85 @@ def scheduled_key_rotation(
     return dg.RunRequest(tags={"fieldcrypt/rotation": "scheduled"})
 
 
-@dg.sensor(
-    name="key_rotation_driver",
-    jobs=[rotate_keys, complete_key_rotation],
-    minimum_interval_seconds=300,  # each tick reads the wrapped-key columns of every partition
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description=(
-        "While a rotation campaign is in progress: request one rotate_keys run per partition still holding "
-        "old wrapped keys (once per campaign), then complete_key_rotation when none remain."
-    ),
-)
-def key_rotation_driver(
-    context: dg.SensorEvaluationContext, fieldcrypt: FieldcryptResource
-) -> dg.SensorResult | dg.SkipReason:
-    status = fieldcrypt.workspace(actor="dagster:key_rotation_driver").rotation_status()
-    campaign = status.campaign
-    if campaign is None:
-        return dg.SkipReason("no rotation campaign in progress")
-    tags = {CAMPAIGN_TAG: campaign.campaign_id}
-    if status.complete:
-        complete = dg.RunRequest(
-            job_name=complete_key_rotation.name, run_key=f"{campaign.campaign_id}/complete", tags=tags
-        )
-        return dg.SensorResult(run_requests=[complete])
-    datasets_by_date: dict[str, list[str]] = {}
-    elsewhere = []  # a dataset without rotation assets here, or a date outside the partitions
-    for entry in sorted(status.remaining):
-        dataset, _, partition = entry.partition("/")
-        if dataset in DATASETS and snapshot_partitions.has_partition_key(partition):
-            datasets_by_date.setdefault(partition, []).append(dataset)
-        else:
-            elsewhere.append(entry)
-    if elsewhere:
-        context.log.warning(
-            f"rotation {campaign.campaign_id}: {len(elsewhere)} partitions outside this code location's rotation "
-            f"assets still hold old wrapped keys; rotate them with `fieldcrypt rotate-partition <dataset> "
-            f"--partition <date>`: {', '.join(elsewhere[:20])}"
-        )
-    if not datasets_by_date:
-        return dg.SkipReason(f"rotation {campaign.campaign_id}: only partitions outside the code location remain")
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                job_name=rotate_keys.name,
-                partition_key=partition,
-                asset_selection=[dg.AssetKey(rotation_asset_name(dataset)) for dataset in datasets],
-                run_key=f"{campaign.campaign_id}/{partition}",
-                tags=tags,
-            )
-            for partition, datasets in datasets_by_date.items()
-        ]
+def key_rotation_driver_sensor(
+    assets: DatasetAssets, rotate: list[UnresolvedAssetJobDefinition]
+) -> dg.SensorDefinition:
+    """The driver of a campaign: one rotate run per partition still under the old key, then the completion."""
+    job_of = {name: job for group, job in zip(assets.groups, rotate, strict=True) for name in group.datasets}
+    partitions_of = {name: group.partitions_def for group in assets.groups for name in group.datasets}
+
+    @dg.sensor(
+        name="key_rotation_driver",
+        jobs=[*rotate, complete_key_rotation],
+        minimum_interval_seconds=300,  # each tick reads the wrapped-key columns of every partition
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=(
+            "While a rotation campaign is in progress: request one rotate_keys run per partition still holding "
+            "old wrapped keys (once per campaign), then complete_key_rotation when none remain."
+        ),
     )
+    def key_rotation_driver(
+        context: dg.SensorEvaluationContext, fieldcrypt: FieldcryptResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        status = fieldcrypt.workspace(actor="dagster:key_rotation_driver").rotation_status()
+        campaign = status.campaign
+        if campaign is None:
+            return dg.SkipReason("no rotation campaign in progress")
+        tags = {CAMPAIGN_TAG: campaign.campaign_id}
+        if status.complete:
+            complete = dg.RunRequest(
+                job_name=complete_key_rotation.name, run_key=f"{campaign.campaign_id}/complete", tags=tags
+            )
+            return dg.SensorResult(run_requests=[complete])
+        # (job, partition) -> datasets to rotate in one run
+        wanted: dict[tuple[str, str | None], list[str]] = {}
+        elsewhere = []  # a dataset without rotation assets here, or a partition outside the definitions
+        for entry in sorted(status.remaining):
+            dataset, _, key = entry.partition("/")
+            partition = key or None
+            partitions_def = partitions_of.get(dataset)
+            in_range = partition is None if partitions_def is None else (
+                partition is not None and partitions_def.has_partition_key(partition)
+            )
+            if dataset in job_of and in_range:
+                wanted.setdefault((job_of[dataset].name, partition), []).append(dataset)
+            else:
+                elsewhere.append(entry)
+        if elsewhere:
+            context.log.warning(
+                f"rotation {campaign.campaign_id}: {len(elsewhere)} partitions outside this code location's rotation "
+                f"assets still hold old wrapped keys; rotate them with `fieldcrypt rotate-partition <dataset> "
+                f"--partition <key>`: {', '.join(elsewhere[:20])}"
+            )
+        if not wanted:
+            return dg.SkipReason(f"rotation {campaign.campaign_id}: only partitions outside the code location remain")
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    job_name=job_name,
+                    partition_key=partition,
+                    asset_selection=[dg.AssetKey(rotation_asset_name(dataset)) for dataset in datasets],
+                    run_key=_run_key(campaign.campaign_id, job_name, partition),
+                    tags=tags,
+                )
+                for (job_name, partition), datasets in wanted.items()
+            ]
+        )
+
+    return key_rotation_driver
 
 
-defs = dg.Definitions(
-    assets=ROTATION_ASSETS,
-    jobs=[start_key_rotation, rotate_keys, complete_key_rotation],
-    schedules=[scheduled_key_rotation],
-    sensors=[key_rotation_driver],
-)
+def _run_key(campaign_id: str, job_name: str, partition: str | None) -> str:
+    """Once per campaign and partition (and partition group, when there are several)."""
+    if job_name == "rotate_keys" and partition is not None:
+        return f"{campaign_id}/{partition}"
+    return f"{campaign_id}/{job_name}/{partition or 'all'}"
+
+
+def build_rotation_definitions(assets: DatasetAssets) -> dg.Definitions:
+    rotate = rotate_jobs(assets)
+    return dg.Definitions(
+        jobs=[start_key_rotation, *rotate, complete_key_rotation],
+        schedules=[scheduled_key_rotation],
+        sensors=[key_rotation_driver_sensor(assets, rotate)],
+    )

@@ -1,20 +1,31 @@
-"""Schedules: protect the newest daily partition once its day is over."""
+"""Schedules: protect the newest partition of each partition group once it is complete."""
 
 from __future__ import annotations
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from pipelines.jobs import protect_snapshots
+from assets.partitions import PartitionGroup
 
-# 02:00 UTC: the partition of the day that just ended (the newest one) is protected once its
-# snapshot has landed. Stopped by default; start it in the UI (Automation) or with
-# `dagster schedule start protect_newest_partition`.
-protect_newest_partition = dg.build_schedule_from_partitioned_job(
-    protect_snapshots,
-    name="protect_newest_partition",
-    hour_of_day=2,
-    minute_of_hour=0,
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-)
+# 02:00 UTC for daily partitions (the day that just ended), 15 minutes past each hour for hourly,
+# 02:00 on the 1st for monthly. Stopped by default; start them in the UI (Automation) or with
+# `dagster schedule start protect_newest_partition`. Unpartitioned datasets have no schedule.
+_TIMING = {"daily": {"hour_of_day": 2}, "hourly": {"minute_of_hour": 15}, "monthly": {"hour_of_day": 2}}
 
-defs = dg.Definitions(schedules=[protect_newest_partition])
+
+def build_schedule_definitions(
+    groups: list[PartitionGroup], protect_jobs: list[UnresolvedAssetJobDefinition]
+) -> dg.Definitions:
+    schedules = []
+    for group, job in zip(groups, protect_jobs, strict=True):
+        if group.partitions_def is None:
+            continue
+        schedules.append(
+            dg.build_schedule_from_partitioned_job(
+                job,
+                name=f"protect_newest_partition{group.suffix}",
+                default_status=dg.DefaultScheduleStatus.STOPPED,
+                **_TIMING[group.granularity],
+            )
+        )
+    return dg.Definitions(schedules=schedules)

@@ -1,6 +1,5 @@
-"""Dagster resources of the fieldcrypt code location; `resources.environment` picks them from the environment."""
+"""Dagster resources of the fieldcrypt code location; `resources.settings` reads the catalog they come from."""
 
-from resources.environment import resources_from_env
-from resources.fieldcrypt_resource import FieldcryptResource, KeyProviderResource, LakeResource
+from resources.fieldcrypt_resource import FieldcryptResource
 
-__all__ = ["FieldcryptResource", "KeyProviderResource", "LakeResource", "resources_from_env"]
+__all__ = ["FieldcryptResource"]

@@ -17,9 +17,10 @@ from typing import Any
 import boto3
 import pytest
 
+from demo.sample_data import land_sample_lake
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
 from fieldcrypt.keystore import Keystore
-from fieldcrypt.sample import land_sample_lake
+from tests.catalogs import TEST_DATASETS
 from tests.faults import KmsFaults
 
 SAMPLE_DAY = date(2026, 11, 1)
@@ -38,6 +39,7 @@ def keystore_path(tmp_path: Path) -> Path:
 def make_local_workspace(tmp_path: Path, keystore_path: Path) -> Callable[..., Workspace]:
     def make(lake: str | None = None, actor: str = "test", **config: Any) -> Workspace:
         key = KeyConfig(provider="local", keystore_path=str(keystore_path))
+        config.setdefault("datasets", TEST_DATASETS)
         return Workspace(WorkspaceConfig(WORKSPACE, lake or str(tmp_path / "lake"), key, **config), actor=actor)
 
     return make
@@ -123,7 +125,6 @@ def enable_at() -> Callable[..., Any]:
     moment, so this builds the same policy with `Policy.with_enabled(now=...)` and saves it
     through the same irreversibility check.
     """
-    from fieldcrypt.lake import DEFAULT_DATASETS
     from fieldcrypt.policy import DatasetSpec
 
     def enable(
@@ -132,7 +133,7 @@ def enable_at() -> Callable[..., Any]:
         policy = workspace.policy()
         dataset = attribute.partition(".")[0]
         if dataset not in policy.datasets:
-            policy = policy.with_dataset(spec or DEFAULT_DATASETS[dataset])
+            policy = policy.with_dataset(spec or workspace.layout(dataset).spec)
         policy = policy.with_enabled(attribute, mask, enabled_by="test", now=at)
         workspace.policies.save(policy)
         return policy.attributes[attribute]

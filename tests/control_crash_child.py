@@ -21,6 +21,7 @@ from typing import Any
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
 from fieldcrypt.keystore import Keystore
 from fieldcrypt.store import LakeStore
+from tests.catalogs import TEST_DATASETS
 
 CRASHED = 17
 WORKSPACE = "acme"
@@ -54,7 +55,8 @@ def run(lake: str, keystore: str, operation: str) -> None:
         Keystore.create(Path(keystore), WORKSPACE, parse_base64_key(IMPORTED_KEY), origin="imported")
         return
     workspace = Workspace(
-        WorkspaceConfig(WORKSPACE, lake, KeyConfig(provider="local", keystore_path=keystore)), actor="crash-test"
+        WorkspaceConfig(WORKSPACE, lake, KeyConfig(provider="local", keystore_path=keystore), datasets=TEST_DATASETS),
+        actor="crash-test",
     )
     if operation == "enable":
         workspace.enable("users.phone", "last4", acknowledge_irreversible=True, blind_index=True)

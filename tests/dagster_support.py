@@ -16,12 +16,14 @@ from typing import Any
 import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableJob
 
+from demo.sample_data import land_sample_lake
 from fieldcrypt.keystore import Keystore
-from fieldcrypt.sample import land_sample_lake
-from resources import FieldcryptResource, KeyProviderResource, LakeResource
+from resources import FieldcryptResource
+from tests.catalogs import write_catalog
 
 WORKSPACE = "acme"
 CODE_LOCATION_PACKAGES = ("assets", "resources", "pipelines")
+SHIPPED = Path(__file__).resolve().parents[1] / "fieldcrypt.yaml"
 
 
 def past_day(days_ago: int) -> date:
@@ -39,12 +41,24 @@ def make_keystore(tmp_path: Path) -> Path:
     return path
 
 
-def local_fieldcrypt(lake: Path, keystore: Path) -> FieldcryptResource:
-    return FieldcryptResource(
-        workspace_name=WORKSPACE,
-        lake=LakeResource(uri=str(lake)),
-        key=KeyProviderResource(provider="local", keystore_path=str(keystore)),
-    )
+def catalog_fieldcrypt(
+    directory: Path, lake: str, key: dict[str, Any], datasets: dict[str, Any] | None = None, **settings: Any
+) -> FieldcryptResource:
+    """Workspace `acme`, declared (by default with the demo's datasets) in `directory/fieldcrypt.yaml`."""
+    catalog = write_catalog(directory / "fieldcrypt.yaml", WORKSPACE, lake, key, datasets, **settings)
+    return FieldcryptResource(catalog_path=str(catalog), workspace_name=WORKSPACE)
+
+
+def local_fieldcrypt(lake: Path, keystore: Path, **settings: Any) -> FieldcryptResource:
+    """A local-key workspace whose catalog file sits beside its keystore."""
+    return catalog_fieldcrypt(keystore.parent, str(lake), {"provider": "local", "keystore": str(keystore)}, **settings)
+
+
+def kms_fieldcrypt(directory: Path, lake: str, key_arn: str, moto: str) -> FieldcryptResource:
+    """An aws-kms workspace on moto (lake local or `s3://` on moto too)."""
+    key = {"provider": "aws-kms", "kms_key": key_arn, "endpoint_url": moto, "region": "us-east-1", "max_attempts": 2}
+    s3 = {"s3_endpoint_url": moto, "region": "us-east-1"} if lake.startswith("s3://") else {}
+    return catalog_fieldcrypt(directory, lake, key, **s3)
 
 
 def land(fieldcrypt: FieldcryptResource, day: date, shift: timedelta, users: int = 200, events: int = 400) -> None:
@@ -60,10 +74,10 @@ def enable(fieldcrypt: FieldcryptResource, *attributes: tuple[str, str]) -> None
 def materialize_partition(
     fieldcrypt: FieldcryptResource, partition: str, *, instance: dg.DagsterInstance | None = None, **kwargs: Any
 ) -> dg.ExecuteInProcessResult:
-    from assets import PROTECTED_ASSETS
+    from assets import build_assets
 
     return dg.materialize(
-        PROTECTED_ASSETS,
+        list(build_assets(fieldcrypt.config().datasets).protected.values()),
         partition_key=partition,
         resources={"fieldcrypt": fieldcrypt},
         instance=instance or dg.DagsterInstance.ephemeral(),

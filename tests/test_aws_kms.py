@@ -22,6 +22,7 @@ import pytest
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from demo.sample_data import land_sample_lake, snapshot_path, users_table
 from fieldcrypt import (
     AccessDeniedError,
     IntegrityError,
@@ -33,12 +34,11 @@ from fieldcrypt import (
     WorkspaceConfig,
 )
 from fieldcrypt.binding import BINDING_PATH
-from fieldcrypt.lake import partition_path
 from fieldcrypt.providers.aws_kms import AwsKmsProvider, key_policy_statements, kms_client
 from fieldcrypt.providers.base import EncryptionContext
-from fieldcrypt.sample import land_sample_lake, users_table
 from fieldcrypt.store import TEMP_MARKER
 from fieldcrypt.wrapped_key import WrappedKey
+from tests.catalogs import TEST_DATASETS
 from tests.conftest import WORKSPACE
 from tests.faults import KmsFaults
 
@@ -66,7 +66,13 @@ def make_kms_workspace(moto: str, tmp_path: Path) -> Callable[..., Workspace]:
         )
         extra: dict[str, Any] = {} if ttl is None else {"data_key_ttl_seconds": ttl}
         config = WorkspaceConfig(
-            WORKSPACE, lake or str(tmp_path / "lake"), key_config, s3_endpoint_url=moto, s3_region="us-east-1", **extra
+            WORKSPACE,
+            lake or str(tmp_path / "lake"),
+            key_config,
+            s3_endpoint_url=moto,
+            s3_region="us-east-1",
+            datasets=TEST_DATASETS,
+            **extra,
         )
         return Workspace(config, actor="test")
 
@@ -131,12 +137,12 @@ def revealed(workspace: Workspace, partition: str, attribute: str) -> list[str |
 
 
 def users_file(workspace: Workspace, partition: str) -> pa.Table:
-    with workspace.store.open_input(partition_path("users", partition)) as handle:
+    with workspace.store.open_input(snapshot_path("users", partition)) as handle:
         return pq.read_table(handle)
 
 
 def users_bytes(workspace: Workspace, partition: str) -> bytes:
-    return workspace.store.read_bytes(partition_path("users", partition))
+    return workspace.store.read_bytes(snapshot_path("users", partition))
 
 
 def distinct_wrapped_keys(table: pa.Table) -> set[bytes]:

@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from demo.sample_data import snapshot_path, write_snapshot
 from fieldcrypt import PolicyError, VerificationError, Workspace
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, INDEX_SIZE
 from fieldcrypt.keystore import Keystore
-from fieldcrypt.lake import partition_path
-from fieldcrypt.sample import write_snapshot
+from tests.catalogs import TEST_DATASETS
 from tests.conftest import NOON, SAMPLE_DAY
 from tests.policy_support import backdate_policy
 
@@ -54,7 +54,7 @@ def indexed(make_local_workspace: Callable[..., Workspace]) -> Workspace:
 
 
 def _indexes(workspace: Workspace, day: Any = SAMPLE_DAY) -> list[bytes | None]:
-    path = workspace.store.full_path(partition_path("users", day.isoformat()))
+    path = workspace.store.full_path(snapshot_path("users", day.isoformat()))
     return pq.read_table(path).column("email__fc_bidx").to_pylist()
 
 
@@ -145,7 +145,7 @@ def test_verification_refuses_a_rewrite_with_a_wrong_index(indexed: Workspace, m
         }
     )
     write_snapshot(indexed.store, "users", extra, table)
-    path = Path(indexed.store.full_path(partition_path("users", extra.isoformat())))
+    path = Path(indexed.store.full_path(snapshot_path("users", extra.isoformat())))
     original = path.read_bytes()
     real = BlindIndexKey.index
     calls: list[int] = []
@@ -170,7 +170,10 @@ def test_blind_index_on_aws_kms_uses_its_own_encryption_context(
     from fieldcrypt.wrapped_key import WrappedKey
 
     config = WorkspaceConfig(
-        "acme", str(tmp_path / "lake"), KeyConfig(provider="aws-kms", kms_key=make_kms_key(), kms_endpoint_url=moto)
+        "acme",
+        str(tmp_path / "lake"),
+        KeyConfig(provider="aws-kms", kms_key=make_kms_key(), kms_endpoint_url=moto),
+        datasets=TEST_DATASETS,
     )
     workspace = Workspace(config, actor="test")
     _land(workspace)

@@ -14,10 +14,10 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from demo.sample_data import snapshot_path
 from fieldcrypt import InputError, KeyConfig, Workspace, WorkspaceConfig
 from fieldcrypt.cache import MAX_CELLS_PER_KEY, MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.keystore import Keystore
-from fieldcrypt.lake import partition_path
 from fieldcrypt.protect import protect_file
 from fieldcrypt.providers.base import EncryptionContext
 from fieldcrypt.providers.local import LocalKeyProvider
@@ -185,7 +185,7 @@ def test_small_cell_budget_puts_several_wrapped_keys_in_the_files_dictionary(
     enable_at(local_workspace, "users.email", "email")
     policy = local_workspace.policy()
     cache = DataKeyCache(provider, "acme", clock=clock, max_cells_per_key=50)
-    rel = partition_path("users", PARTITION)
+    rel = snapshot_path("users", PARTITION)
     report = protect_file(
         local_workspace.store, rel, policy.datasets["users"], policy.for_dataset("users"), cache, partition=PARTITION
     )
@@ -211,7 +211,7 @@ def test_report_counts_the_provider_calls_of_a_run(local_workspace: Workspace, e
 def test_data_keys_are_reused_across_partitions_within_the_ttl(
     local_workspace: Workspace, enable_at: Callable[..., Any]
 ) -> None:
-    from fieldcrypt.sample import land_sample_lake
+    from demo.sample_data import land_sample_lake
 
     land_sample_lake(local_workspace.store, date(2026, 11, 2), 2, users=100, events=10)
     enable_at(local_workspace, "users.email", "email")

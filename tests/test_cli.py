@@ -7,25 +7,36 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import stat
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
+from demo.sample_data import land_sample_lake, snapshot_path
 from fieldcrypt.cli import ACK_FLAG, main, run
 from fieldcrypt.keystore import Keystore
-from fieldcrypt.lake import partition_path
 from fieldcrypt.policy import POLICY_PATH
+from fieldcrypt.store import LakeStore
+from tests.catalogs import write_catalog
 
 PARTITION = "2030-01-01"
 
 
 @pytest.fixture(autouse=True)
-def no_fieldcrypt_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("WORKSPACE", "LAKE", "KEY_PROVIDER", "KEYSTORE", "KMS_KEY", "KMS_ENDPOINT_URL", "S3_ENDPOINT_URL"):
-        monkeypatch.delenv(f"FIELDCRYPT_{name}", raising=False)
+def acme_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A catalog declaring workspace `acme` (the demo's datasets) in the test's folder, found by the CLI
+    through FIELDCRYPT_CATALOG; no other setting comes from the environment."""
+    for name in [n for n in os.environ if n.startswith("FIELDCRYPT_")]:
+        monkeypatch.delenv(name)
+    catalog = write_catalog(
+        tmp_path / "fieldcrypt.yaml", "acme", "lake", {"provider": "local", "keystore": "keystore.json"}
+    )
+    monkeypatch.setenv("FIELDCRYPT_CATALOG", str(catalog))
+    return catalog
 
 
 @pytest.fixture
@@ -33,7 +44,7 @@ def cli(tmp_path: Path) -> list[str]:
     """Global flags of a workspace whose keystore exists and whose lake holds one day of samples."""
     flags = ["--workspace", "acme", "--lake", str(tmp_path / "lake"), "--keystore", str(tmp_path / "keystore.json")]
     assert run([*flags, "key", "init"]) == 0
-    assert run([*flags, "sample", "--start", PARTITION, "--days", "1", "--users", "60", "--events", "120"]) == 0
+    land_sample_lake(LakeStore.from_uri(str(tmp_path / "lake")), date.fromisoformat(PARTITION), 1, 60, 120)
     return flags
 
 
@@ -50,7 +61,7 @@ def documents(text: str) -> list[Any]:
 
 
 def plaintext(lake: Path) -> set[str]:
-    table = pq.read_table(lake / partition_path("users", PARTITION))
+    table = pq.read_table(lake / snapshot_path("users", PARTITION))
     return {v for column in ("email", "phone") for v in table.column(column).to_pylist() if v}
 
 
@@ -118,13 +129,11 @@ def test_enable_of_an_unknown_column_exits_non_zero_naming_it(
     assert "column 'nickname' not found" in capsys.readouterr().err
 
 
-def test_enable_of_a_new_dataset_declares_its_ingestion_column(
-    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    args = ["enable", "orders.note", "--mask", "full", "--ingested-at", "landed_at", "--primary-key", "order_id"]
-    assert run([*cli, *args, ACK_FLAG]) == 0
-    policy = json.loads((tmp_path / "lake" / POLICY_PATH).read_text())
-    assert policy["datasets"]["orders"] == {"name": "orders", "ingested_at": "landed_at", "primary_key": "order_id"}
+def test_enable_of_an_undeclared_dataset_names_the_catalog(cli: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, "enable", "orders.note", "--mask", "full", ACK_FLAG])
+    assert exited.value.code == 2
+    assert "dataset 'orders' is not declared in workspace 'acme'" in capsys.readouterr().err
 
 
 def test_protect_status_and_verify_print_counts_and_no_plaintext(
@@ -165,7 +174,7 @@ def test_second_protect_through_the_cli_encrypts_nothing(
 ) -> None:
     run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
     run([*cli, "protect", "users"])
-    path = tmp_path / "lake" / partition_path("users", PARTITION)
+    path = tmp_path / "lake" / snapshot_path("users", PARTITION)
     before = path.read_bytes()
     capsys.readouterr()
     assert run([*cli, "protect", "users", "--partition", PARTITION]) == 0
@@ -186,18 +195,39 @@ def test_audit_prints_key_uses_as_json_lines(cli: list[str], capsys: pytest.Capt
     assert all(e["actor"].startswith("cli:") for e in events)
 
 
-def test_command_without_a_lake_exits_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
+def test_command_without_a_catalog_exits_non_zero_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FIELDCRYPT_CATALOG", str(tmp_path / "missing.yaml"))
     with pytest.raises(SystemExit) as exited:
         main(["status", "users"])
     assert exited.value.code == 2
-    assert "no lake: pass --lake or set FIELDCRYPT_LAKE" in capsys.readouterr().err
+    assert f"no catalog at {tmp_path / 'missing.yaml'}" in capsys.readouterr().err
 
 
-def test_key_command_without_a_keystore_exits_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
+def test_key_command_on_a_kms_workspace_exits_non_zero(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        main(["key", "init"])
+        main(["--provider", "aws-kms", "--kms-key", "arn:aws:kms:us-east-1:111122223333:key/k", "key", "init"])
     assert exited.value.code == 2
-    assert "no keystore" in capsys.readouterr().err
+    assert "uses the aws-kms provider, not a local keystore" in capsys.readouterr().err
+
+
+def test_unknown_dataset_exits_non_zero_naming_the_declared_ones(
+    cli: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, "verify", "Users"])
+    assert exited.value.code == 2
+    assert "dataset 'Users' is not declared in workspace 'acme' (declared: events, users)" in capsys.readouterr().err
+
+
+def test_invalid_partition_key_exits_non_zero_saying_it_is_not_a_date(
+    cli: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, "protect", "users", "--partition", "2026-13-01"])
+    assert exited.value.code == 2
+    assert "'2026-13-01' is not a valid daily partition key (like 2026-11-28)" in capsys.readouterr().err
 
 
 def test_protect_with_a_loose_keystore_exits_non_zero_and_leaves_the_file(
@@ -205,7 +235,7 @@ def test_protect_with_a_loose_keystore_exits_non_zero_and_leaves_the_file(
 ) -> None:
     run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
     (tmp_path / "keystore.json").chmod(0o644)
-    path = tmp_path / "lake" / partition_path("users", PARTITION)
+    path = tmp_path / "lake" / snapshot_path("users", PARTITION)
     before = path.read_bytes()
     with pytest.raises(SystemExit) as exited:
         main([*cli, "protect", "users"])
@@ -222,7 +252,7 @@ def test_verify_of_a_tampered_file_exits_non_zero_without_plaintext(
     secrets = plaintext(tmp_path / "lake")
     run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
     run([*cli, "protect", "users"])
-    path = tmp_path / "lake" / partition_path("users", PARTITION)
+    path = tmp_path / "lake" / snapshot_path("users", PARTITION)
     table = pq.read_table(path)
     cells = table.column("email__fc_ct").to_pylist()
     rows = [i for i, c in enumerate(cells) if c]
@@ -237,3 +267,22 @@ def test_verify_of_a_tampered_file_exits_non_zero_without_plaintext(
     captured = capsys.readouterr()
     assert "failed authentication" in captured.err
     assert not [s for s in secrets if s in captured.out + captured.err]
+
+
+def test_protect_of_every_partition_goes_on_past_a_bad_one_and_exits_non_zero(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    land_sample_lake(LakeStore.from_uri(str(tmp_path / "lake")), date(2030, 1, 2), 1, 60, 120)
+    (tmp_path / "lake" / snapshot_path("users", PARTITION)).write_bytes(b"PAR1 not parquet")
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, "protect", "users"])
+
+    assert exited.value.code == 2
+    output = capsys.readouterr()
+    assert f"users {PARTITION}: " in output.err and "is not a readable Parquet file" in output.err
+    assert "1 of 2 partitions failed" in output.err
+    (done,) = documents(output.out)
+    assert done["partition"] == "2030-01-02" and done["attributes"]["users.email"]["newly_encrypted"] > 0

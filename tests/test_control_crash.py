@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from demo.sample_data import land_sample_lake
 from fieldcrypt import FieldcryptError, KeyConfig, Workspace, WorkspaceConfig
 from fieldcrypt.keystore import Keystore, key_check_value, parse_base64_key
-from fieldcrypt.sample import land_sample_lake
+from tests.catalogs import TEST_DATASETS
 from tests.conftest import SAMPLE_DAY, WORKSPACE
 from tests.control_crash_child import CRASHED, IMPORTED_KEY
 from tests.policy_support import backdate_policy
@@ -32,7 +33,8 @@ MAX_WRITES = 40
 
 
 def _workspace(lake: Path, keystore: Path) -> Workspace:
-    config = WorkspaceConfig(WORKSPACE, str(lake), KeyConfig(provider="local", keystore_path=str(keystore)))
+    key = KeyConfig(provider="local", keystore_path=str(keystore))
+    config = WorkspaceConfig(WORKSPACE, str(lake), key, datasets=TEST_DATASETS)
     return Workspace(config, actor="resume")
 
 

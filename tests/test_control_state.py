@@ -19,7 +19,6 @@ from fieldcrypt.binding import BINDING_PATH
 from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.errors import KeyVersionError, WrongMasterKeyError
 from fieldcrypt.keystore import Keystore, parse_base64_key
-from fieldcrypt.lake import partition_path
 from fieldcrypt.policy import POLICY_PATH, DatasetSpec, Policy
 from fieldcrypt.policy_auth import UnauthenticatedPolicyError
 from fieldcrypt.providers.local import LocalKeyProvider
@@ -54,7 +53,7 @@ def fresh(workspace: Workspace, actor: str = "test") -> Workspace:
 
 
 def users_file(workspace: Workspace) -> Path:
-    return Path(workspace.store.full_path(partition_path("users", DAY)))
+    return Path(workspace.store.full_path(workspace.files("users", DAY)[0]))
 
 
 def keystore_doc(path: Path) -> dict[str, Any]:
@@ -166,7 +165,7 @@ def test_legacy_binding_never_adopts_the_check_value_of_a_keystore_whose_bytes_d
 def test_process_loaded_before_another_process_rotated_stops_instead_of_wrapping_under_the_retired_key(
     protected: Workspace,
 ) -> None:
-    from fieldcrypt.sample import land_sample_lake
+    from demo.sample_data import land_sample_lake
 
     land_sample_lake(protected.store, SAMPLE_DAY.replace(day=2), 1, users=50, events=10)
     clock = FakeClock()
@@ -178,7 +177,7 @@ def test_process_loaded_before_another_process_rotated_stops_instead_of_wrapping
     other.rotate("users", DAY)
     other.complete_rotation()
     clock.now += protected.key_cache().ttl_seconds  # the stale process's data keys expire
-    rel = Path(protected.store.full_path(partition_path("users", "2026-11-02")))
+    rel = Path(protected.store.full_path(protected.files("users", "2026-11-02")[0]))
     before = rel.read_bytes()
     with pytest.raises(KeyProviderError, match="moved from .* to .*restart this run"):
         protected.protect("users", "2026-11-02")
@@ -482,8 +481,19 @@ def test_retired_master_key_bytes_do_not_linger_in_the_provider_after_rotation(p
         provider._keystore.key_for(1)
 
 
+@pytest.fixture
+def cli_args(tmp_path: Path, keystore_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """CLI flags for the test workspace, declared in a catalog found through FIELDCRYPT_CATALOG."""
+    from tests.catalogs import write_catalog
+
+    keystore = str(keystore_path.relative_to(tmp_path))
+    catalog = write_catalog(tmp_path / "fieldcrypt.yaml", "acme", "lake", {"provider": "local", "keystore": keystore})
+    monkeypatch.setenv("FIELDCRYPT_CATALOG", str(catalog))
+    return ["--workspace", "acme"]
+
+
 def test_cli_lists_only_unconfirmed_intents(
-    local_workspace: Workspace, keystore_path: Path, capsys: pytest.CaptureFixture[str]
+    local_workspace: Workspace, cli_args: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from fieldcrypt.cli import run
 
@@ -491,22 +501,20 @@ def test_cli_lists_only_unconfirmed_intents(
     confirmed = local_workspace.audit.intent("encrypt", dataset="users", partition="2026-11-02")
     local_workspace.audit.record("encrypt", dataset="users", partition="2026-11-02", intent=confirmed)
     capsys.readouterr()
-    args = ["--workspace", "acme", "--lake", local_workspace.store.uri, "--keystore", str(keystore_path)]
-    assert run([*args, "audit", "--unconfirmed"]) == 0
+    assert run([*cli_args, "audit", "--unconfirmed"]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(e["operation"], e["partition"]) for e in printed] == [("encrypt_intent", DAY)]
 
 
 def test_cli_policy_adopt_authenticates_a_legacy_policy(
-    protected: Workspace, keystore_path: Path, capsys: pytest.CaptureFixture[str]
+    protected: Workspace, cli_args: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     from fieldcrypt.cli import run
 
     doc = policy_doc(protected)
     del doc["authentication"]
     write_policy_doc(protected, doc)
-    args = ["--workspace", "acme", "--lake", protected.store.uri, "--keystore", str(keystore_path)]
-    assert run([*args, "policy", "adopt"]) == 0
+    assert run([*cli_args, "policy", "adopt"]) == 0
     assert "users.email" in capsys.readouterr().out
     assert "authentication" in policy_doc(protected)
 
@@ -516,7 +524,7 @@ def test_another_process_completing_a_rotation_drops_the_retired_key_from_this_p
     protected.rotate("users", DAY)
     provider = protected.key_cache().provider  # this process holds versions 1 and 2
     fresh(protected, actor="completer").complete_rotation()
-    from fieldcrypt.sample import land_sample_lake
+    from demo.sample_data import land_sample_lake
 
     land_sample_lake(protected.store, SAMPLE_DAY.replace(day=2), 1, users=50, events=10)
     protected.protect("users", "2026-11-02")  # a new data key re-checks the binding first

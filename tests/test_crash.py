@@ -21,10 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import fieldcrypt
+from demo.sample_data import snapshot_path, users_table, write_snapshot
 from fieldcrypt import VerificationError, Workspace
 from fieldcrypt.columns import raw_path, replace_path
-from fieldcrypt.lake import partition_path
-from fieldcrypt.sample import users_table, write_snapshot
 from fieldcrypt.store import TEMP_MARKER
 
 DAY = date(2026, 11, 1)
@@ -68,7 +67,10 @@ def encrypt_attribute(*args, **kwargs):
 
 fieldcrypt.store.LakeStore.replace = replace
 fieldcrypt.protect.encrypt_attribute = encrypt_attribute
-workspace = Workspace(WorkspaceConfig("acme", lake, KeyConfig("local", keystore)), actor="crash-test")
+from tests.catalogs import TEST_DATASETS
+
+config = WorkspaceConfig("acme", lake, KeyConfig("local", keystore), datasets=TEST_DATASETS)
+workspace = Workspace(config, actor="crash-test")
 workspace.protect("users", "2026-11-01")
 print("protect finished without being killed")
 """
@@ -85,7 +87,7 @@ def workspace(make_local_workspace: Callable[..., Workspace], enable_at: Callabl
 
 
 def original_file(workspace: Workspace) -> Path:
-    return Path(workspace.store.full_path(partition_path("users", PARTITION)))
+    return Path(workspace.store.full_path(snapshot_path("users", PARTITION)))
 
 
 def temp_files(workspace: Workspace) -> list[Path]:
@@ -123,7 +125,7 @@ def test_kill_9_leftover_temp_file_is_invisible_to_readers_and_to_the_next_run(w
     assert child.returncode == -signal.SIGKILL
     assert temp_files(workspace)
     assert pq.read_table(path.parents[1]).num_rows == 300  # dataset readers skip the hidden temp file
-    assert workspace.store.list_files("users") == [partition_path("users", PARTITION)]
+    assert workspace.store.list_files("users") == [snapshot_path("users", PARTITION)]
     report = workspace.protect("users", PARTITION)
     assert report.rewritten and report.newly_encrypted > 0
     assert workspace.verify("users", PARTITION)["users.email"] == report.newly_encrypted
@@ -292,7 +294,7 @@ def test_stale_temp_file_of_a_crashed_run_is_swept_by_the_next_run(
 
     from fieldcrypt.store import TEMP_MARKER
 
-    path = Path(local_workspace.store.full_path(partition_path("users", PARTITION)))
+    path = Path(local_workspace.store.full_path(snapshot_path("users", PARTITION)))
     stale = path.with_name(f".{path.name}{TEMP_MARKER}deadbeef")
     fresh = path.with_name(f".{path.name}{TEMP_MARKER}cafecafe")
     stale.write_bytes(b"left by a crash")

@@ -27,8 +27,8 @@ from dagster_support import (
     shift_to_straddle_now,
 )
 
+from demo.sample_data import snapshot_path
 from fieldcrypt.keystore import Keystore
-from fieldcrypt.lake import partition_path
 from resources import FieldcryptResource
 
 DAY = past_day(3)
@@ -56,7 +56,7 @@ def split_partition(fieldcrypt: FieldcryptResource) -> str:
 
 
 def _file(lake: Path, dataset: str, partition: str = PARTITION) -> Path:
-    return lake / partition_path(dataset, partition)
+    return lake / snapshot_path(dataset, partition)
 
 
 def test_partition_materializes_with_counts_ids_and_passing_checks(
@@ -74,7 +74,7 @@ def test_partition_materializes_with_counts_ids_and_passing_checks(
         assert users[f"historical_plaintext.{attribute}"] > 0
         assert users[f"already_protected.{attribute}"] == 0
     assert users["newly_encrypted"] == users["newly_encrypted.email"] + users["newly_encrypted.phone"]
-    keystore = Keystore.load(Path(fieldcrypt.key.keystore_path or ""))
+    keystore = Keystore.load(Path(fieldcrypt.config().key.keystore_path or ""))
     assert users["master_key_id"] == f"{keystore.key_id}#1"
     assert users["kms_calls"] >= 2  # a data key per attribute, at least
     assert users["duration_s"] > 0
@@ -146,17 +146,16 @@ def test_schema_drift_fails_clearly_and_leaves_the_stored_file_untouched(
     assert sorted(p.name for p in path.parent.iterdir()) == ["part-0.parquet"]  # no temporary file left
 
 
-def test_missing_partition_fails_clearly_and_writes_nothing(
+def test_partition_without_files_materializes_as_empty_and_writes_nothing(
     fieldcrypt: FieldcryptResource, lake: Path, split_partition: str
 ) -> None:
     missing = past_day(2).isoformat()
 
-    result = materialize_partition(fieldcrypt, missing, raise_on_error=False, selection=["protected_users"])
+    result = materialize_partition(fieldcrypt, missing, selection=["protected_users"])
 
-    assert not result.success
-    failure = result.failure_data_for_node("protected_users")
-    assert failure is not None
-    assert f"partition {missing} of users has no file at" in failure.error.message
+    values = metadata(result, "protected_users")
+    assert (values["files"], values["empty"], values["rows"], values["rewritten"]) == (0, True, 0, False)
+    assert all(e.passed for e in checks(result, "protected_users").values())
     assert not (lake / "users" / f"date={missing}").exists()
 
 
@@ -188,7 +187,7 @@ def test_metadata_and_run_logs_hold_no_plaintext_and_no_key_bytes(
     events = pq.read_table(_file(lake, "events"))
     secrets = {v for v in users["email"].to_pylist() + users["phone"].to_pylist() if v}
     secrets |= {p["email"] for p in events["properties"].to_pylist() if p and p["email"]}
-    keystore = Keystore.load(Path(fieldcrypt.key.keystore_path or ""))
+    keystore = Keystore.load(Path(fieldcrypt.config().key.keystore_path or ""))
     key_bytes = [version.key for version in keystore.versions.values()]
     instance = dg.DagsterInstance.ephemeral()
 
@@ -206,7 +205,9 @@ def test_metadata_and_run_logs_hold_no_plaintext_and_no_key_bytes(
 def test_enable_attribute_job_needs_the_acknowledgement_and_records_like_the_cli(
     fieldcrypt: FieldcryptResource,
 ) -> None:
-    from pipelines.jobs import enable_attribute
+    from pipelines.definitions import defs
+
+    enable_attribute = defs.resolve_job_def("enable_attribute")
 
     land(fieldcrypt, DAY, shift_to_straddle_now(DAY))
     instance = dg.DagsterInstance.ephemeral()

@@ -58,10 +58,8 @@ def test_graphql_partition_backfill_protects_every_partition(
         land(fieldcrypt, day, shift_to_straddle_now(DAYS[1]))
     enable(fieldcrypt, ("users.email", "email"), ("events.properties.email", "email"))
     for name, value in {
+        "FIELDCRYPT_CATALOG": fieldcrypt.catalog_path,  # the code location's catalog: workspace acme on this lake
         "FIELDCRYPT_WORKSPACE": WORKSPACE,
-        "FIELDCRYPT_LAKE": str(lake),
-        "FIELDCRYPT_KEY_PROVIDER": "local",
-        "FIELDCRYPT_KEYSTORE": str(keystore),
         "FIELDCRYPT_DAGSTER_EXECUTOR": "in_process",
         "FIELDCRYPT_PARTITIONS_START": DAYS[0].isoformat(),
     }.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,13 +12,15 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster_support import fresh_code_location_import
 
-from fieldcrypt import KeyProviderError
+from fieldcrypt import ConfigError
 from resources import FieldcryptResource
-from resources.environment import DEFAULT_KEYSTORE, DEFAULT_LAKE, resources_from_env
+from tests.catalogs import demo_datasets_yaml, write_catalog
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROTECTED = ("protected_users", "protected_events")
+LOCAL_KEY = {"provider": "local", "keystore": "keys/keystore.json"}
 CHECK_NAMES = {"no_plaintext_after_enablement", "data_keys_unwrap", "row_count_preserved"}
 
 
@@ -60,7 +63,8 @@ def test_importing_the_code_location_makes_no_network_or_kms_call(tmp_path: Path
 
         dg.Definitions.validate_loadable(defs)
         resource = defs.resources["fieldcrypt"]
-        print(resource.key.provider, resource.lake.uri.env_var_name, resource.key.kms_key_arn.env_var_name)
+        config = resource.config()
+        print(resource.workspace_name, config.key.provider, config.lake_uri, config.key.kms_key)
         """
     )
     env = _subprocess_env(
@@ -77,8 +81,13 @@ def test_importing_the_code_location_makes_no_network_or_kms_call(tmp_path: Path
     )
 
     assert completed.returncode == 0, completed.stderr
-    # the lake and key are EnvVars: their values are read when a run starts, not at import
-    assert completed.stdout.split() == ["aws-kms", "FIELDCRYPT_LAKE", "FIELDCRYPT_KMS_KEY"]
+    # the environment overrides the catalog's demo workspace: S3 lake and KMS key, and no call made to either
+    assert completed.stdout.split() == [
+        "demo",
+        "aws-kms",
+        "s3://customer-bucket/lake",
+        "arn:aws:kms:eu-west-1:111122223333:key/00000000-0000-0000-0000-000000000000",
+    ]
 
 
 def test_protection_assets_run_one_partition_per_run_in_the_kms_pool_with_three_checks() -> None:
@@ -109,29 +118,76 @@ def test_daily_schedule_protects_the_newest_partition() -> None:
     assert request.partition_key == yesterday
 
 
-def test_resources_default_to_the_local_demo_workspace(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("FIELDCRYPT_KEY_PROVIDER", "FIELDCRYPT_LAKE", "FIELDCRYPT_KEYSTORE", "FIELDCRYPT_WORKSPACE"):
-        monkeypatch.delenv(name, raising=False)
+def test_resources_default_to_the_shipped_catalogs_demo_workspace(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("FIELDCRYPT_")]:
+        monkeypatch.delenv(name)
 
-    resource: FieldcryptResource = resources_from_env()["fieldcrypt"]
+    with fresh_code_location_import():
+        from resources.settings import resources_from_catalog
 
-    assert (resource.key.provider, resource.key.keystore_path, resource.lake.uri) == (
+        resource: FieldcryptResource = resources_from_catalog()["fieldcrypt"]
+        config = resource.config()
+
+    assert (resource.catalog_path, resource.workspace_name) == (str(REPO_ROOT / "fieldcrypt.yaml"), "demo")
+    assert (config.key.provider, config.key.keystore_path, config.lake_uri) == (
         "local",
-        DEFAULT_KEYSTORE,
-        DEFAULT_LAKE,
+        str(REPO_ROOT / "demo-workspace" / "keys" / "keystore.json"),
+        str(REPO_ROOT / "demo-workspace" / "lake"),
     )
 
 
-def test_aws_kms_without_a_key_arn_is_refused_when_the_location_loads(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FIELDCRYPT_KEY_PROVIDER", "aws-kms")
-    monkeypatch.delenv("FIELDCRYPT_KMS_KEY", raising=False)
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("FIELDCRYPT_KEY_PROVIDER", "aws-kms", "workspaces.demo.key.kms_key: Field required"),
+        ("FIELDCRYPT_KEY_PROVIDER", "vault", "workspaces.demo.key.provider (from FIELDCRYPT_KEY_PROVIDER)"),
+        ("FIELDCRYPT_DATA_KEY_TTL_SECONDS", "abc", "data_key_ttl_seconds (from FIELDCRYPT_DATA_KEY_TTL_SECONDS)"),
+        ("FIELDCRYPT_DATA_KEY_TTL_SECONDS", "3600", "less than or equal to 1800"),
+        ("FIELDCRYPT_WORKSPACE", "nosuch", "workspace 'nosuch' (FIELDCRYPT_WORKSPACE) is not declared"),
+    ],
+)
+def test_a_bad_setting_fails_the_code_location_load_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(variable, value)
 
-    with pytest.raises(KeyProviderError, match="needs FIELDCRYPT_KMS_KEY"):
-        resources_from_env()
+    with pytest.raises(ConfigError, match=re.escape(named)), fresh_code_location_import():
+        import pipelines.definitions  # noqa: F401
 
 
-def test_unknown_key_provider_is_refused_when_the_location_loads(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FIELDCRYPT_KEY_PROVIDER", "vault")
+def test_a_dataset_added_to_the_catalog_gets_its_assets_jobs_and_partitions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    datasets = {
+        **demo_datasets_yaml(),
+        "clicks": {
+            "partitioning": {
+                "granularity": "hourly",
+                "levels": [{"key": "dt", "format": "%Y-%m-%d"}, {"key": "hour", "format": "%H"}],
+                "start": "2026-11-01",
+            },
+            "ingested_at": "ts",
+            "primary_key": "click_id",
+        },
+        "accounts": {"partitioning": "none", "ingested_at": "updated_at", "primary_key": "account_id"},
+    }
+    catalog = write_catalog(tmp_path / "fieldcrypt.yaml", "acme", str(tmp_path / "lake"), LOCAL_KEY, datasets)
+    monkeypatch.setenv("FIELDCRYPT_CATALOG", str(catalog))
 
-    with pytest.raises(KeyProviderError, match="'vault' is not one of local, aws-kms"):
-        resources_from_env()
+    with fresh_code_location_import():
+        from pipelines.definitions import defs
+
+        clicks = defs.resolve_assets_def("protected_clicks")
+        accounts = defs.resolve_assets_def("protected_accounts")
+        jobs = {job.name for job in defs.resolve_all_job_defs()}
+        schedules = {schedule.name for schedule in defs.schedules or []}
+
+    assert isinstance(clicks.partitions_def, dg.HourlyPartitionsDefinition)
+    assert clicks.partitions_def.get_partition_keys()[:2] == ["2026-11-01T00", "2026-11-01T01"]
+    assert accounts.partitions_def is None
+    assert {"protect_snapshots_daily", "protect_snapshots_hourly", "protect_snapshots_none"} <= jobs
+    assert {"rotate_keys_daily", "rotate_keys_hourly", "rotate_keys_none"} <= jobs
+    assert {"protect_newest_partition_daily", "protect_newest_partition_hourly"} == schedules - {
+        "scheduled_key_rotation"
+    }
+    assert defs.resolve_assets_def("rotated_clicks_keys").partitions_def == clicks.partitions_def

@@ -33,17 +33,18 @@ from dagster_support import (
     WORKSPACE,
     enable,
     fresh_code_location_import,
+    kms_fieldcrypt,
     land,
     local_fieldcrypt,
     make_keystore,
     past_day,
 )
 
+from demo.sample_data import snapshot_path
 from fieldcrypt import AccessDeniedError, ThrottledError, Workspace
 from fieldcrypt.keystore import Keystore
-from fieldcrypt.lake import partition_path
 from fieldcrypt.store import TEMP_MARKER
-from resources import FieldcryptResource, KeyProviderResource, LakeResource
+from resources import FieldcryptResource
 from tests.faults import KmsFaults
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def protect_lake(fieldcrypt: FieldcryptResource, days: list[Any] = DAYS) -> None
 
 
 def read_table(workspace: Workspace, dataset: str, partition: str) -> pa.Table:
-    with workspace.store.open_input(partition_path(dataset, partition)) as handle:
+    with workspace.store.open_input(snapshot_path(dataset, partition)) as handle:
         return pq.read_table(handle)
 
 
@@ -111,10 +112,10 @@ def complete_campaign(fieldcrypt: FieldcryptResource, instance: DagsterInstance)
 def rotate_partition(
     fieldcrypt: FieldcryptResource, partition: str, *, instance: DagsterInstance | None = None, **kwargs: Any
 ) -> dg.ExecuteInProcessResult:
-    from assets.rotation import ROTATION_ASSETS
+    from assets import build_assets
 
     return dg.materialize(
-        ROTATION_ASSETS,
+        list(build_assets(fieldcrypt.config().datasets).rotated.values()),
         partition_key=partition,
         resources={"fieldcrypt": fieldcrypt},
         instance=instance or DagsterInstance.ephemeral(),
@@ -185,22 +186,13 @@ def provider(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest
             "FIELDCRYPT_KMS_ENDPOINT_URL": moto,
             "FIELDCRYPT_KMS_MAX_ATTEMPTS": "2",
         }
-        plain = kms_fieldcrypt(settings["FIELDCRYPT_LAKE"], old_key, moto)
+        plain = kms_fieldcrypt(tmp_path, settings["FIELDCRYPT_LAKE"], old_key, moto)
         start_config = {"to_kms_key_arn": new_key}
+    settings["FIELDCRYPT_CATALOG"] = plain.catalog_path
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("FIELDCRYPT_PARTITIONS_END", raising=False)
     return {"fieldcrypt": plain, "start_config": start_config}
-
-
-def kms_fieldcrypt(lake: str, key_arn: str, moto: str) -> FieldcryptResource:
-    return FieldcryptResource(
-        workspace_name=WORKSPACE,
-        lake=LakeResource(uri=lake, s3_endpoint_url=moto if lake.startswith("s3://") else None),
-        key=KeyProviderResource(
-            provider="aws-kms", kms_key_arn=key_arn, kms_endpoint_url=moto, kms_region="us-east-1", kms_max_attempts=2
-        ),
-    )
 
 
 def test_graphql_rotation_backfill_rewraps_both_datasets_resumes_and_completes(
@@ -267,8 +259,13 @@ def test_graphql_rotation_backfill_rewraps_both_datasets_resumes_and_completes(
         assert len(evaluated) == 5 and {record.status.value for record in evaluated} == {"SUCCEEDED"}, dataset
     # ciphertext, masks and every other column byte-identical; everything under the new key and readable
     if campaign.new.provider == "aws-kms":  # after completion, only the new key opens the lake
+        # what the operator does next: point the configuration at the new key (the variable overrides the catalog)
+        os.environ["FIELDCRYPT_KMS_KEY"] = campaign.new.key_id  # restored by the fixture's monkeypatch
         fieldcrypt = kms_fieldcrypt(
-            os.environ["FIELDCRYPT_LAKE"], campaign.new.key_id, os.environ["FIELDCRYPT_KMS_ENDPOINT_URL"]
+            workspace_file.parent / "after",
+            os.environ["FIELDCRYPT_LAKE"],
+            campaign.new.key_id,
+            os.environ["FIELDCRYPT_KMS_ENDPOINT_URL"],
         )
     after_workspace = fieldcrypt.workspace("test")
     assert {"email__fc_ct", "phone__fc_ct"} <= set(before[f"users/{PARTITIONS[0]}"].column_names)
@@ -327,7 +324,7 @@ def test_start_job_creates_a_new_local_key_version_and_records_the_campaign(
     assert campaign is not None
     assert (campaign.old.key_version, campaign.new.key_version) == ("1", "2")
     assert campaign.started_by == f"dagster:{result.run_id}"
-    assert Keystore.load(Path(fieldcrypt.key.keystore_path or "")).current == 2
+    assert Keystore.load(Path(fieldcrypt.config().key.keystore_path or "")).current == 2
     observation = instance.fetch_observations(dg.AssetKey("rotated_users_keys"), limit=1).records[0]
     assert observation.asset_observation is not None
     assert observation.asset_observation.metadata["campaign_id"].value == campaign.campaign_id
@@ -366,7 +363,7 @@ def test_completion_job_names_the_one_partition_left_and_succeeds_once_it_is_rot
         f"events/{PARTITIONS[1]}": [campaign_ref(fieldcrypt, "old")]
     }
     assert completed.success
-    keystore = Keystore.load(Path(fieldcrypt.key.keystore_path or ""))
+    keystore = Keystore.load(Path(fieldcrypt.config().key.keystore_path or ""))
     assert keystore.versions[1].key == b""  # the old local version is retired
 
 
@@ -382,7 +379,7 @@ def test_rerotating_a_partition_is_skipped_without_rewrite_or_kms_call(fieldcryp
     protect_lake(fieldcrypt, DAYS[:1])
     start_campaign(fieldcrypt, DagsterInstance.ephemeral())
     rotate_partition(fieldcrypt, PARTITIONS[0])
-    path = Path(fieldcrypt.lake.uri) / partition_path("users", PARTITIONS[0])
+    path = Path(fieldcrypt.config().lake_uri) / snapshot_path("users", PARTITIONS[0])
     stored, mtime = path.read_bytes(), path.stat().st_mtime_ns
 
     result = rotate_partition(fieldcrypt, PARTITIONS[0])
@@ -404,7 +401,7 @@ def test_date_without_a_stored_file_materializes_with_nothing_to_rotate(fieldcry
     assert result.success
     assert rotation_metadata(result, "events") == {"partition": empty_day, "stored": False, "rewritten": False}
     assert all(e.passed for e in result.get_asset_check_evaluations())
-    assert not (Path(fieldcrypt.lake.uri) / "events" / f"date={empty_day}").exists()
+    assert not (Path(fieldcrypt.config().lake_uri) / "events" / f"date={empty_day}").exists()
 
 
 def test_check_fails_naming_the_old_key_when_a_partition_still_holds_it(fieldcrypt: FieldcryptResource) -> None:
@@ -432,7 +429,7 @@ def test_metadata_and_run_logs_hold_no_plaintext_and_no_key_bytes(fieldcrypt: Fi
     revealed = [row for batch in batches for row in batch.to_pylist()]
     emails = {row["users.email"] for row in revealed if row["users.email"]}
     assert emails and not [email for email in emails if email in logged]
-    keys = [v.key for v in Keystore.load(Path(fieldcrypt.key.keystore_path or "")).versions.values() if v.key]
+    keys = [v.key for v in Keystore.load(Path(fieldcrypt.config().key.keystore_path or "")).versions.values() if v.key]
     assert keys
     for key in keys:
         assert base64.b64encode(key).decode() not in logged and key.hex() not in logged
@@ -445,11 +442,11 @@ def test_rewrap_denied_by_kms_fails_the_partition_leaves_its_file_intact_and_a_r
     tmp_path: Path, moto: str, make_kms_key: Callable[..., str], kms_faults: KmsFaults
 ) -> None:
     old_key, new_key = make_kms_key(), make_kms_key()
-    fieldcrypt = kms_fieldcrypt(str(tmp_path / "lake"), old_key, moto)
+    fieldcrypt = kms_fieldcrypt(tmp_path, str(tmp_path / "lake"), old_key, moto)
     protect_lake(fieldcrypt, DAYS[:1])
     instance = DagsterInstance.ephemeral()
     assert start_campaign(fieldcrypt, instance, to_kms_key_arn=new_key).success
-    path = tmp_path / "lake" / partition_path("users", PARTITIONS[0])
+    path = tmp_path / "lake" / snapshot_path("users", PARTITIONS[0])
     stored = path.read_bytes()
     kms_faults.fail("ReEncrypt", "AccessDeniedException")
 
@@ -492,12 +489,17 @@ def test_only_throttling_is_retried(error: Exception, retried: bool) -> None:
 def test_scheduled_rotation_starts_rotates_and_completes_a_local_campaign_by_itself(
     fieldcrypt: FieldcryptResource,
 ) -> None:
-    from pipelines.rotation import defs, key_rotation_driver, scheduled_key_rotation
+    from assets import build_assets
+    from pipelines.rotation import build_rotation_definitions, scheduled_key_rotation
 
     protect_lake(fieldcrypt, DAYS[:2])
     instance = DagsterInstance.ephemeral()
     resources = {"fieldcrypt": fieldcrypt}
-    code_location = dg.Definitions.merge(defs, dg.Definitions(resources=resources))
+    generated = build_assets(fieldcrypt.config().datasets)
+    defs = dg.Definitions.merge(
+        generated.definitions(), build_rotation_definitions(generated), dg.Definitions(resources=resources)
+    )
+    key_rotation_driver = defs.resolve_sensor_def("key_rotation_driver")
 
     def tick() -> Any:
         with dg.build_sensor_context(instance=instance, resources=resources) as context:
@@ -505,7 +507,7 @@ def test_scheduled_rotation_starts_rotates_and_completes_a_local_campaign_by_its
 
     def launch(request: dg.RunRequest, job_name: str | None = None) -> None:
         """What the daemon does with a run request, in process."""
-        job = code_location.resolve_job_def(job_name or request.job_name or "")
+        job = defs.resolve_job_def(job_name or request.job_name or "")
         selection = {"asset_selection": request.asset_selection} if request.asset_selection else {}
         run = job.execute_in_process(
             run_config=request.run_config,
@@ -550,11 +552,11 @@ def test_rotation_schedule_skips_while_a_campaign_is_in_progress(fieldcrypt: Fie
     assert isinstance(skipped, dg.SkipReason) and "still in progress" in (skipped.skip_message or "")
 
 
-def test_rotation_schedule_leaves_an_aws_kms_key_to_its_owner() -> None:
+def test_rotation_schedule_leaves_an_aws_kms_key_to_its_owner(tmp_path: Path) -> None:
     from pipelines.rotation import scheduled_key_rotation
 
     arn = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-0000-0000-000000000000"
-    fieldcrypt = kms_fieldcrypt("/nonexistent/lake", arn, "http://kms.invalid")
+    fieldcrypt = kms_fieldcrypt(tmp_path, "/nonexistent/lake", arn, "http://kms.invalid")
 
     with dg.build_schedule_context(resources={"fieldcrypt": fieldcrypt}) as context:
         skipped = scheduled_key_rotation(context)
@@ -569,8 +571,9 @@ def test_driver_leaves_a_date_outside_the_partitions_to_the_cli(
     protect_lake(fieldcrypt, DAYS[:2])
     start_campaign(fieldcrypt, DagsterInstance.ephemeral())
     with fresh_code_location_import():
-        from pipelines.rotation import key_rotation_driver
+        from pipelines.definitions import defs
 
+        key_rotation_driver = defs.resolve_sensor_def("key_rotation_driver")
         rotate_partition(fieldcrypt, PARTITIONS[1])
         with dg.build_sensor_context(resources={"fieldcrypt": fieldcrypt}) as context:
             skipped = key_rotation_driver(context)
@@ -595,9 +598,9 @@ def test_rotation_cron_comes_from_the_environment_with_a_quarterly_default(monke
 
 
 def test_rotation_assets_run_one_partition_per_run_in_the_kms_pool_with_their_check() -> None:
-    from assets.partitions import snapshot_partitions
     from pipelines.definitions import defs
 
+    snapshot_partitions = defs.resolve_assets_def("protected_users").partitions_def
     for dataset, name in ROTATED.items():
         asset = defs.resolve_assets_def(name)
         assert asset.backfill_policy == dg.BackfillPolicy.multi_run(1)

@@ -11,10 +11,10 @@ from typing import Any
 import boto3
 import pyarrow.parquet as pq
 
+from demo.sample_data import land_sample_lake, snapshot_path
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
 from fieldcrypt.keystore import Keystore
-from fieldcrypt.lake import partition_path
-from fieldcrypt.sample import land_sample_lake
+from tests.catalogs import TEST_DATASETS
 from tests.conftest import SAMPLE_DAY, WORKSPACE
 from tests.policy_support import backdate_policy
 
@@ -31,7 +31,7 @@ def standalone_decryptor() -> dict[str, Any]:
 
 def _original_and_protected(workspace: Workspace, attribute: str, mask: str) -> tuple[list[Any], str]:
     dataset = attribute.split(".")[0]
-    rel = partition_path(dataset, SAMPLE_DAY.isoformat())
+    rel = snapshot_path(dataset, SAMPLE_DAY.isoformat())
     original = pq.read_table(workspace.store.full_path(rel))
     workspace.enable(attribute, mask, acknowledge_irreversible=True)
     # Enablement is "now", after the sample's ingestion times: move it back so rows get protected.
@@ -64,7 +64,10 @@ def test_standalone_decryptor_reads_local_key_files(local_workspace: Workspace, 
 def test_standalone_decryptor_reads_aws_kms_files(tmp_path: Path, moto: str, make_kms_key: Callable[..., str]) -> None:
     key_arn = make_kms_key()
     config = WorkspaceConfig(
-        WORKSPACE, str(tmp_path / "lake"), KeyConfig(provider="aws-kms", kms_key=key_arn, kms_endpoint_url=moto)
+        WORKSPACE,
+        str(tmp_path / "lake"),
+        KeyConfig(provider="aws-kms", kms_key=key_arn, kms_endpoint_url=moto),
+        datasets=TEST_DATASETS,
     )
     workspace = Workspace(config, actor="test")
     land_sample_lake(workspace.store, SAMPLE_DAY, 1, users=50, events=50)

@@ -16,11 +16,19 @@ import pytest
 from fieldcrypt import KeyMaterialError, KeyProviderError, Workspace
 from fieldcrypt.cli import run
 from fieldcrypt.keystore import Keystore, parse_base64_key
+from tests.catalogs import write_catalog
 
 OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl binary not installed")
 KEY = bytes(range(1, 33))
 KEY_B64 = base64.b64encode(KEY).decode()
+
+
+@pytest.fixture(autouse=True)
+def acme_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's catalog: workspace `acme` in the test's folder (the commands pass --keystore)."""
+    catalog = write_catalog(tmp_path / "fieldcrypt.yaml", "acme", "lake", {"provider": "local", "keystore": "ks.json"})
+    monkeypatch.setenv("FIELDCRYPT_CATALOG", str(catalog))
 
 
 def mode_of(path: Path) -> int:
@@ -231,8 +239,12 @@ def wrapping_keys(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     for name in ("first", "second"):
         folder = tmp_path_factory.mktemp(name)
         keystore = folder / "keystore.json"
+        local = {"provider": "local", "keystore": "ks.json"}
+        catalog = write_catalog(folder / "fieldcrypt.yaml", "acme", "lake", local)
         run(
             [
+                "--catalog",
+                str(catalog),
                 "--workspace",
                 "acme",
                 "--keystore",

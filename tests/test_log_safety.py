@@ -23,12 +23,13 @@ from typing import Any
 import boto3
 import pytest
 
+from demo.sample_data import land_sample_lake, users_table
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
 from fieldcrypt.log_safety import BODY_LOGGERS, silence_key_material_loggers
 from fieldcrypt.providers.aws_kms import AwsKmsProvider, kms_client
 from fieldcrypt.providers.base import EncryptionContext, KeyProvider
-from fieldcrypt.sample import land_sample_lake, users_table
 from fieldcrypt.wrapped_key import WrappedKey
+from tests.catalogs import TEST_DATASETS
 from tests.conftest import WORKSPACE
 
 # Ingestion times on this day are all after "now", so every row is encrypted on enablement.
@@ -110,7 +111,7 @@ def leaks(text: str, data_keys: list[bytes], plaintexts: list[str]) -> list[str]
 @pytest.fixture
 def kms_workspace(moto: str, tmp_path: Path, make_kms_key: Callable[..., str]) -> Workspace:
     key = KeyConfig(provider="aws-kms", kms_key=make_kms_key(), kms_region="us-east-1", kms_endpoint_url=moto)
-    workspace = Workspace(WorkspaceConfig(WORKSPACE, str(tmp_path / "lake"), key), actor="test")
+    workspace = Workspace(WorkspaceConfig(WORKSPACE, str(tmp_path / "lake"), key, datasets=TEST_DATASETS), actor="test")
     land_sample_lake(workspace.store, DAY, 1, users=ROWS, events=ROWS)
     workspace.enable("users.email", "email", acknowledge_irreversible=True)
     workspace.enable("users.phone", "last4", acknowledge_irreversible=True)

@@ -21,13 +21,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from demo.sample_data import snapshot_path
 from fieldcrypt import IntegrityError, Workspace
 from fieldcrypt.cli import run
 from fieldcrypt.keystore import Keystore
-from fieldcrypt.lake import partition_path
 from fieldcrypt.providers.base import EncryptionContext
 from fieldcrypt.providers.local import LocalKeyProvider
 from fieldcrypt.wrapped_key import WrappedKey
+from tests.catalogs import write_catalog
 
 PARTITION = "2026-11-01"
 ATTRIBUTES = {
@@ -143,7 +144,7 @@ def test_full_run_leaves_no_plaintext_and_no_key_bytes_anywhere(
     caplog.set_level(logging.DEBUG)
     master_key = Keystore.load(keystore_path).key_for(1)
     originals = {
-        dataset: pq.read_table(local_workspace.store.full_path(partition_path(dataset, PARTITION)))
+        dataset: pq.read_table(local_workspace.store.full_path(snapshot_path(dataset, PARTITION)))
         for dataset in ATTRIBUTES
     }
     for dataset, attributes in ATTRIBUTES.items():
@@ -155,7 +156,7 @@ def test_full_run_leaves_no_plaintext_and_no_key_bytes_anywhere(
     historical_values: set[str] = set()
     for dataset, attributes in ATTRIBUTES.items():
         local_workspace.protect(dataset, PARTITION)
-        stored = pq.read_table(local_workspace.store.full_path(partition_path(dataset, PARTITION)))
+        stored = pq.read_table(local_workspace.store.full_path(snapshot_path(dataset, PARTITION)))
         for path, _ in attributes:
             encrypted = stored.column(f"{path.replace('.', '__')}__fc_ct").is_valid()
             values = attribute_values(originals[dataset], path)
@@ -168,7 +169,9 @@ def test_full_run_leaves_no_plaintext_and_no_key_bytes_anywhere(
         revealed = pa.Table.from_batches(list(local_workspace.reveal(dataset, PARTITION, [p for p, _ in attributes])))
         assert secrets & {v for c in revealed.columns for v in c.to_pylist() if isinstance(v, str)}
         local_workspace.verify(dataset, PARTITION)
-    cli = ["--workspace", "acme", "--lake", local_workspace.config.lake_uri, "--keystore", str(keystore_path)]
+    key = {"provider": "local", "keystore": str(keystore_path)}
+    catalog = write_catalog(tmp_path / "fieldcrypt.yaml", "acme", local_workspace.config.lake_uri, key)
+    cli = ["--catalog", str(catalog)]
     for command in ("status", "verify", "protect"):
         for dataset in ATTRIBUTES:
             assert run([*cli, command, dataset]) == 0
@@ -176,7 +179,7 @@ def test_full_run_leaves_no_plaintext_and_no_key_bytes_anywhere(
     assert run([*cli, "key", "describe"]) == 0
 
     # one tampered file: a ciphertext moved to another row
-    rel = partition_path("users", PARTITION)
+    rel = snapshot_path("users", PARTITION)
     table = pq.read_table(local_workspace.store.full_path(rel))
     cells = table.column("email__fc_ct").to_pylist()
     protected_rows = [i for i, cell in enumerate(cells) if cell is not None]
@@ -205,7 +208,7 @@ def test_full_run_leaves_no_plaintext_and_no_key_bytes_anywhere(
 
 def test_scan_finds_plaintext_in_an_unprotected_snapshot(local_workspace: Workspace) -> None:
     """The decoded-Parquet scan sees values that raw bytes of a compressed file would hide."""
-    table = pq.read_table(local_workspace.store.full_path(partition_path("users", PARTITION)))
+    table = pq.read_table(local_workspace.store.full_path(snapshot_path("users", PARTITION)))
     emails = {e for e in table.column("email").to_pylist() if e}
     found = Leaks(emails, []).in_tree(Path(local_workspace.store.full_path("users")), set())
     assert any(f.startswith("plaintext value in decoded values of") for f in found)

@@ -10,9 +10,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from demo.sample_data import write_snapshot
 from fieldcrypt import InputError, PolicyError, Workspace
 from fieldcrypt.policy import POLICY_PATH, DatasetSpec, Policy, PolicyStore
-from fieldcrypt.sample import write_snapshot
+from tests.catalogs import TEST_DATASETS, declared
 
 DAY = date(2026, 11, 1)
 ORDERS = DatasetSpec("orders", "ingested_at", "order_id")
@@ -170,35 +171,35 @@ def test_unknown_attribute_is_refused_naming_it(local_workspace: Workspace, attr
 def test_integer_column_is_refused(local_workspace: Workspace) -> None:
     land_orders(local_workspace)
     with pytest.raises(InputError, match="orders.amount is int64; only string columns can be protected"):
-        local_workspace.enable("orders.amount", "full", acknowledge_irreversible=True, dataset_spec=ORDERS)
+        local_workspace.enable("orders.amount", "full", acknowledge_irreversible=True)
     assert not policy_file(local_workspace).exists()
 
 
-def test_missing_ingestion_column_is_refused_naming_it(local_workspace: Workspace) -> None:
-    land_orders(local_workspace)
-    spec = DatasetSpec("orders", "landed_at", "order_id")
+def test_missing_ingestion_column_is_refused_naming_it(make_local_workspace: Callable[..., Workspace]) -> None:
+    workspace = make_local_workspace(datasets={**TEST_DATASETS, "orders": declared("orders", "landed_at", "order_id")})
+    land_orders(workspace)
     with pytest.raises(InputError, match="ingestion-time column 'landed_at' of orders not found"):
-        local_workspace.enable("orders.note", "full", acknowledge_irreversible=True, dataset_spec=spec)
-    assert not policy_file(local_workspace).exists()
+        workspace.enable("orders.note", "full", acknowledge_irreversible=True)
+    assert not policy_file(workspace).exists()
 
 
 def test_ingestion_column_that_is_not_a_timestamp_is_refused(local_workspace: Workspace) -> None:
     land_orders(local_workspace, ingested_at=pa.array(["2026-11-01T12:00:00Z"] * 2))
     with pytest.raises(InputError, match="ingestion-time column 'ingested_at' is string, expected a timestamp"):
-        local_workspace.enable("orders.note", "full", acknowledge_irreversible=True, dataset_spec=ORDERS)
+        local_workspace.enable("orders.note", "full", acknowledge_irreversible=True)
 
 
 def test_missing_primary_key_column_is_refused(local_workspace: Workspace) -> None:
     land_orders(local_workspace, order_id=None)
     with pytest.raises(InputError, match="primary-key column 'order_id' of orders not found"):
-        local_workspace.enable("orders.note", "full", acknowledge_irreversible=True, dataset_spec=ORDERS)
+        local_workspace.enable("orders.note", "full", acknowledge_irreversible=True)
 
 
 def test_corrupt_latest_partition_is_refused_naming_the_file(local_workspace: Workspace) -> None:
     rel = land_orders(local_workspace)
     Path(local_workspace.store.full_path(rel)).write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(InputError, match=r"orders/date=2026-11-01/part-0.parquet is not a readable Parquet file"):
-        local_workspace.enable("orders.note", "full", acknowledge_irreversible=True, dataset_spec=ORDERS)
+        local_workspace.enable("orders.note", "full", acknowledge_irreversible=True)
 
 
 @pytest.mark.parametrize("column", ["users.ingested_at", "users.user_id"])
@@ -212,9 +213,9 @@ def test_unknown_mask_is_refused(local_workspace: Workspace) -> None:
         local_workspace.enable("users.email", "first3", acknowledge_irreversible=True)
 
 
-def test_undeclared_dataset_is_refused(local_workspace: Workspace) -> None:
-    with pytest.raises(PolicyError, match="dataset 'orders' is unknown"):
-        local_workspace.enable("orders.note", "full", acknowledge_irreversible=True)
+def test_dataset_not_declared_in_the_catalog_is_refused(local_workspace: Workspace) -> None:
+    with pytest.raises(InputError, match="dataset 'invoices' is not declared in workspace 'acme'"):
+        local_workspace.enable("invoices.note", "full", acknowledge_irreversible=True)
 
 
 @pytest.mark.parametrize("attribute", ["users", "users.", "users.e-mail", "users.1email", "users.email..x"])

@@ -13,10 +13,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from demo.sample_data import snapshot_path, write_snapshot
 from fieldcrypt import InputError, Workspace
 from fieldcrypt.cell import CELL_OVERHEAD
-from fieldcrypt.lake import partition_path
-from fieldcrypt.sample import write_snapshot
 from fieldcrypt.store import TEMP_MARKER
 from fieldcrypt.wrapped_key import WrappedKey
 
@@ -28,7 +27,7 @@ Enable = Callable[..., Any]
 
 
 def file_of(workspace: Workspace, dataset: str = "users", partition: str = PARTITION) -> Path:
-    return Path(workspace.store.full_path(partition_path(dataset, partition)))
+    return Path(workspace.store.full_path(snapshot_path(dataset, partition)))
 
 
 def land(workspace: Workspace, table: pa.Table, dataset: str = "users", row_group_size: int = 64_000) -> Path:
@@ -481,12 +480,14 @@ def test_corrupt_parquet_file_is_refused_naming_it_and_left_unchanged(
     refused_unchanged(protected_users, "users", "users/date=2026-11-01/part-0.parquet is not a readable Parquet file")
 
 
-def test_missing_partition_is_refused_naming_it(local_workspace: Workspace, enable_at: Enable) -> None:
+def test_partition_without_files_is_reported_empty_not_an_error(local_workspace: Workspace, enable_at: Enable) -> None:
     enable_at(local_workspace, "users.email", "email")
-    with pytest.raises(InputError, match="partition 2026-12-01 of users has no file"):
-        local_workspace.protect("users", "2026-12-01")
+    report = local_workspace.protect("users", "2026-12-01")
+    assert (report.files, report.rows, report.rewritten) == (0, 0, False)
+    assert report.path.endswith("users/date=2026-12-01")
 
 
-def test_partition_that_is_not_a_date_is_refused(local_workspace: Workspace) -> None:
-    with pytest.raises(InputError, match="partition '../etc' is not a date"):
-        local_workspace.protect("users", "../etc")
+@pytest.mark.parametrize("partition", ["../etc", "2026-13-01", "2026-11-1", "20261101"])
+def test_partition_that_is_not_a_date_is_refused(local_workspace: Workspace, partition: str) -> None:
+    with pytest.raises(InputError, match=f"partition '{partition}' is not a valid daily partition key"):
+        local_workspace.protect("users", partition)

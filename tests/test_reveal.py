@@ -15,11 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from demo.sample_data import snapshot_path, write_snapshot
 from fieldcrypt import InputError, Workspace
-from fieldcrypt.lake import partition_path
 from fieldcrypt.policy import DatasetSpec
 from fieldcrypt.reveal import decrypt_rows
-from fieldcrypt.sample import write_snapshot
 
 NOON = datetime(2026, 11, 1, 12, tzinfo=UTC)
 PARTITION = "2026-11-01"
@@ -80,7 +79,7 @@ def test_any_text_round_trips_through_protect_and_reveal(
     report = users_workspace.protect("users", day.isoformat())
     expected_cells = sum(1 for value, after in data if after and value is not None)
     assert report.attributes["users.email"].newly_encrypted == expected_cells
-    stored = pq.read_table(users_workspace.store.full_path(partition_path("users", day.isoformat())))
+    stored = pq.read_table(users_workspace.store.full_path(snapshot_path("users", day.isoformat())))
     for (value, after), stored_value in zip(data, stored.column("email").to_pylist(), strict=True):
         if after and value is not None:
             assert stored_value.startswith("****")
@@ -114,7 +113,7 @@ def test_any_struct_field_round_trips_through_protect_and_reveal(
     )
     write_snapshot(workspace.store, "events", day, table)
     workspace.protect("events", day.isoformat())
-    stored = pq.read_table(workspace.store.full_path(partition_path("events", day.isoformat())))
+    stored = pq.read_table(workspace.store.full_path(snapshot_path("events", day.isoformat())))
     assert stored.column("properties").is_null().equals(table.column("properties").is_null())
     assert pc.struct_field(stored.column("properties"), "phone").equals(
         pc.struct_field(table.column("properties"), "phone")
@@ -128,7 +127,7 @@ def test_any_struct_field_round_trips_through_protect_and_reveal(
 def test_reveal_returns_plaintext_where_protected_and_stored_values_where_historical(
     local_workspace: Workspace, enable_at: Enable
 ) -> None:
-    original = pq.read_table(local_workspace.store.full_path(partition_path("users", PARTITION)))
+    original = pq.read_table(local_workspace.store.full_path(snapshot_path("users", PARTITION)))
     enable_at(local_workspace, "users.email", "email")
     local_workspace.protect("users", PARTITION)
     result = revealed(local_workspace, "users", date(2026, 11, 1), ["users.email"])
@@ -153,7 +152,7 @@ def test_reveal_of_a_dataset_without_a_primary_key_round_trips(
 def test_reveal_writes_nothing_to_the_data_files(local_workspace: Workspace, enable_at: Enable) -> None:
     enable_at(local_workspace, "users.email", "email")
     local_workspace.protect("users", PARTITION)
-    path = Path(local_workspace.store.full_path(partition_path("users", PARTITION)))
+    path = Path(local_workspace.store.full_path(snapshot_path("users", PARTITION)))
     before = path.read_bytes(), path.stat().st_mtime_ns
     revealed(local_workspace, "users", date(2026, 11, 1), ["email"])
     local_workspace.verify("users", PARTITION)
@@ -182,15 +181,15 @@ def test_reveal_of_an_attribute_that_is_not_enabled_is_refused(local_workspace: 
         list(local_workspace.reveal("users", PARTITION, ["name"]))
 
 
-def test_reveal_of_an_undeclared_dataset_is_refused(local_workspace: Workspace) -> None:
-    with pytest.raises(InputError, match="dataset 'orders' is not declared in workspace 'acme'"):
-        list(local_workspace.reveal("orders", PARTITION, ["note"]))
+def test_reveal_of_a_dataset_not_in_the_catalog_is_refused(local_workspace: Workspace) -> None:
+    with pytest.raises(InputError, match="dataset 'invoices' is not declared in workspace 'acme'"):
+        list(local_workspace.reveal("invoices", PARTITION, ["note"]))
 
 
 def test_decrypting_a_row_that_is_not_protected_is_refused(local_workspace: Workspace, enable_at: Enable) -> None:
     entry = enable_at(local_workspace, "users.email", "email")
     local_workspace.protect("users", PARTITION)
-    rel = partition_path("users", PARTITION)
+    rel = snapshot_path("users", PARTITION)
     batch = pq.read_table(local_workspace.store.full_path(rel)).combine_chunks().to_batches()[0]
     historical = pc.indices_nonzero(batch.column("email__fc_ct").is_null())[:1]
     spec = local_workspace.policy().datasets["users"]

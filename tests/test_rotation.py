@@ -13,11 +13,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from demo.sample_data import land_sample_lake, snapshot_path
 from fieldcrypt import KeyMaterialError, PolicyError, Workspace
 from fieldcrypt.keystore import Keystore
-from fieldcrypt.lake import partition_path
 from fieldcrypt.rotate import wrapped_key_refs
-from fieldcrypt.sample import land_sample_lake
 from tests.conftest import SAMPLE_DAY
 from tests.policy_support import backdate_policy
 
@@ -45,7 +44,7 @@ def protected_lake(make_local_workspace) -> Workspace:
 
 
 def _columns(workspace: Workspace, dataset: str, partition: str, names: list[str]) -> dict[str, list[object]]:
-    table = pq.read_table(workspace.store.full_path(partition_path(dataset, partition)), columns=names)
+    table = pq.read_table(workspace.store.full_path(snapshot_path(dataset, partition)), columns=names)
     return {name: table.column(name).to_pylist() for name in names}
 
 
@@ -68,7 +67,7 @@ def test_rotation_rewraps_every_partition_and_leaves_ciphertext_byte_identical(p
         assert _columns(protected_lake, "users", partition, untouched) == before[partition]
         refs = set(
             wrapped_key_refs(
-                protected_lake.store, partition_path("users", partition), protected_lake.policy().for_dataset("users")
+                protected_lake.store, snapshot_path("users", partition), protected_lake.policy().for_dataset("users")
             ).values()
         )
         assert refs == {f"{campaign.new.key_id}#2"}
@@ -78,7 +77,7 @@ def test_rotation_rewraps_every_partition_and_leaves_ciphertext_byte_identical(p
 def test_partition_already_under_new_key_is_skipped_without_rewrite(protected_lake: Workspace) -> None:
     protected_lake.start_rotation()
     protected_lake.rotate("users", PARTITIONS[0])
-    path = Path(protected_lake.store.full_path(partition_path("users", PARTITIONS[0])))
+    path = Path(protected_lake.store.full_path(snapshot_path("users", PARTITIONS[0])))
     stat_before, bytes_before = path.stat(), path.read_bytes()
     report = protected_lake.rotate("users", PARTITIONS[0])
     assert not report.rewritten and report.rewrapped == 0 and report.kms_calls == 0
@@ -99,7 +98,7 @@ def test_mixed_state_mid_campaign_is_readable_and_new_rows_wrap_under_new_key(pr
     refs = set(
         wrapped_key_refs(
             protected_lake.store,
-            partition_path("users", extra.isoformat()),
+            snapshot_path("users", extra.isoformat()),
             protected_lake.policy().for_dataset("users"),
         ).values()
     )
@@ -154,12 +153,14 @@ KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys
     from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
     from fieldcrypt.store import LakeStore
+    from tests.catalogs import TEST_DATASETS
 
     def die(self, temp, rel):
         os.kill(os.getpid(), signal.SIGKILL)  # a real crash after the rewrite was written and verified
 
     LakeStore.replace = die
-    config = WorkspaceConfig("acme", sys.argv[1], KeyConfig(provider="local", keystore_path=sys.argv[2]))
+    key = KeyConfig(provider="local", keystore_path=sys.argv[2])
+    config = WorkspaceConfig("acme", sys.argv[1], key, datasets=TEST_DATASETS)
     Workspace(config, actor="crash").rotate("users", sys.argv[3])
     """
 )
@@ -168,7 +169,7 @@ KILL_SCRIPT = textwrap.dedent(
 def test_process_killed_during_rewrap_loses_nothing(protected_lake: Workspace, keystore_path: Path) -> None:
     protected_lake.start_rotation()
     partition = PARTITIONS[0]
-    path = Path(protected_lake.store.full_path(partition_path("users", partition)))
+    path = Path(protected_lake.store.full_path(snapshot_path("users", partition)))
     original = path.read_bytes()
     result = subprocess.run(
         [sys.executable, "-c", KILL_SCRIPT, protected_lake.store.uri, str(keystore_path), partition],

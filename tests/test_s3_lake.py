@@ -17,10 +17,10 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 
+from demo.sample_data import land_sample_lake, snapshot_path, users_table
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
-from fieldcrypt.lake import partition_path
-from fieldcrypt.sample import land_sample_lake, users_table
 from fieldcrypt.store import TEMP_MARKER, LakeStore
+from tests.catalogs import TEST_DATASETS
 from tests.conftest import WORKSPACE
 
 # Ingestion times on this day are all after "now", so every row is encrypted on enablement.
@@ -28,7 +28,7 @@ DAY = date(2099, 1, 1)
 DAY1 = "2099-01-01"
 ROWS = 40
 PREFIX = "prefix"
-USERS_KEY = f"{PREFIX}/{partition_path('users', DAY1)}"
+USERS_KEY = f"{PREFIX}/{snapshot_path('users', DAY1)}"
 
 
 @pytest.fixture
@@ -40,7 +40,14 @@ def s3(moto: str) -> Any:
 def s3_workspace(moto: str, s3_bucket: str, make_kms_key: Callable[..., str]) -> Workspace:
     """A workspace on s3://lake-bucket/prefix with one landed users partition and users.email enabled."""
     key = KeyConfig(provider="aws-kms", kms_key=make_kms_key(), kms_region="us-east-1", kms_endpoint_url=moto)
-    config = WorkspaceConfig(WORKSPACE, f"s3://{s3_bucket}/{PREFIX}", key, s3_endpoint_url=moto, s3_region="us-east-1")
+    config = WorkspaceConfig(
+        WORKSPACE,
+        f"s3://{s3_bucket}/{PREFIX}",
+        key,
+        s3_endpoint_url=moto,
+        s3_region="us-east-1",
+        datasets=TEST_DATASETS,
+    )
     workspace = Workspace(config, actor="run-42")
     land_sample_lake(workspace.store, DAY, 1, users=ROWS, events=ROWS)
     workspace.enable("users.email", "email", acknowledge_irreversible=True)

@@ -16,9 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from demo.sample_data import snapshot_path, users_table, write_snapshot
 from fieldcrypt import IntegrityError, KeyProviderError, Workspace
-from fieldcrypt.lake import partition_path
-from fieldcrypt.sample import users_table, write_snapshot
 from fieldcrypt.wrapped_key import WrappedKey
 
 DAY = date(2026, 11, 1)
@@ -30,7 +29,7 @@ class Lake:
 
     def __init__(self, workspace: Workspace, plaintext: pa.Table) -> None:
         self.workspace = workspace
-        self.path = Path(workspace.store.full_path(partition_path("users", PARTITION)))
+        self.path = Path(workspace.store.full_path(snapshot_path("users", PARTITION)))
         self.table = pq.read_table(self.path)
         both = pc.and_(self.table.column("email__fc_ct").is_valid(), self.table.column("phone__fc_ct").is_valid())
         self.rows = pc.indices_nonzero(both.combine_chunks()).to_pylist()
@@ -79,7 +78,7 @@ class Lake:
 
 @pytest.fixture
 def lake(local_workspace: Workspace, enable_at: Callable[..., Any]) -> Lake:
-    plaintext = pq.read_table(local_workspace.store.full_path(partition_path("users", PARTITION)))
+    plaintext = pq.read_table(local_workspace.store.full_path(snapshot_path("users", PARTITION)))
     enable_at(local_workspace, "users.email", "email")
     enable_at(local_workspace, "users.phone", "last4")
     local_workspace.protect("users", PARTITION)
@@ -153,7 +152,7 @@ def test_wrong_wrapped_key_of_the_same_attribute_is_detected(
     write_snapshot(lake.workspace.store, "users", next_day, users_table(next_day, 50))
     other_run = make_local_workspace(lake.workspace.config.lake_uri)
     other_run.protect("users", next_day.isoformat())
-    other = pq.read_table(other_run.store.full_path(partition_path("users", next_day.isoformat())))
+    other = pq.read_table(other_run.store.full_path(snapshot_path("users", next_day.isoformat())))
     foreign = other.column("email__fc_dek").combine_chunks().dictionary[0].as_py()
     assert foreign != lake.cell("email__fc_dek", lake.rows[0])
     lake.set_cells("email__fc_dek", {lake.rows[0]: foreign})
@@ -202,7 +201,7 @@ def test_ciphertext_of_another_file_for_the_same_row_key_decrypts_only_with_its_
     write_snapshot(lake.workspace.store, "users", next_day, users_table(next_day, 300))
     other_run = make_local_workspace(lake.workspace.config.lake_uri)
     other_run.protect("users", next_day.isoformat())
-    other = pq.read_table(other_run.store.full_path(partition_path("users", next_day.isoformat())))
+    other = pq.read_table(other_run.store.full_path(snapshot_path("users", next_day.isoformat())))
     row = lake.rows[0]
     assert other.column("user_id")[row].as_py() == lake.cell("user_id", row)
     foreign_cell = other.column("email__fc_ct")[row].as_py()

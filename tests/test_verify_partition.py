@@ -11,8 +11,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from demo.sample_data import snapshot_path
 from fieldcrypt import VerificationError, Workspace
-from fieldcrypt.lake import partition_path
 from tests.conftest import SAMPLE_DAY
 
 PARTITION = SAMPLE_DAY.isoformat()
@@ -26,12 +26,12 @@ def protected(local_workspace: Workspace, enable_at: Callable[..., Any]) -> Work
 
 
 def test_verify_counts_every_protected_cell(protected: Workspace) -> None:
-    table = pq.read_table(protected.store.full_path(partition_path("users", PARTITION)))
+    table = pq.read_table(protected.store.full_path(snapshot_path("users", PARTITION)))
     assert protected.verify("users", PARTITION) == {"users.email": table.column("email__fc_ct").drop_null().length()}
 
 
 def test_verify_refuses_a_protected_row_whose_mask_was_replaced(protected: Workspace) -> None:
-    path = Path(protected.store.full_path(partition_path("users", PARTITION)))
+    path = Path(protected.store.full_path(snapshot_path("users", PARTITION)))
     table = pq.read_table(path)
     row = pc.index(pc.is_valid(table.column("email__fc_ct")), True).as_py()
     emails = table.column("email").to_pylist()

@@ -1,5 +1,9 @@
 """Generated sample snapshots (users and events) for the demo, tests and benchmarks.
 
+They land where the demo's catalog (fieldcrypt.yaml) declares them: `<lake>/<dataset>/
+date=YYYY-MM-DD/part-0.parquet`, one file per daily partition, as a simple upstream job
+would. Lakes written by real engines (many files, other names) are built in the tests.
+
 Values are synthetic; ingestion times are spread over the snapshot's day so that an
 enablement time inside the day splits the rows. `ingested_shift` moves every ingestion
 time by a fixed amount, so a demo can land past snapshot dates whose rows straddle "now"
@@ -15,8 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fieldcrypt.lake import partition_path
 from fieldcrypt.store import LakeStore
+
+PART_FILE = "part-0.parquet"
 
 _DOMAINS = ["Example.com", "mail.test", "corp.example", "post.invalid"]
 _COUNTRIES = ["FR", "DE", "US", "BR", "JP", "IN"]
@@ -88,9 +93,14 @@ def events_table(day: date, rows: int, seed: int = 0) -> pa.Table:
     )
 
 
+def snapshot_path(dataset: str, day: date | str) -> str:
+    """Where the demo lands one daily snapshot of a dataset, relative to the lake."""
+    return f"{dataset}/date={day if isinstance(day, str) else day.isoformat()}/{PART_FILE}"
+
+
 def write_snapshot(store: LakeStore, dataset: str, day: date, table: pa.Table, row_group_size: int = 64_000) -> str:
     """Land a snapshot file as an upstream job would (atomic, zstd)."""
-    rel = partition_path(dataset, day.isoformat())
+    rel = snapshot_path(dataset, day)
     temp = store.temp_path(rel)
     with store.open_output(temp) as sink:
         pq.write_table(table, sink, row_group_size=row_group_size, compression="zstd")

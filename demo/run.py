@@ -2,10 +2,11 @@
 
 1. fresh state under --dir (refuses a non-empty folder it did not create);
 2. a local master key (0600 keystore) and a week of users and events snapshots whose
-   ingestion times are shifted so that "now" falls in the middle of the week;
-3. `users.email` (email), `users.phone` (last4) and `events.properties.email` (email) enabled
-   through the `enable_attribute` job: enablement is now, so the week's older rows stay
-   historical plaintext and the newer ones get encrypted;
+   ingestion times are shifted so that "now" falls in the middle of the week, where the
+   catalog (fieldcrypt.yaml, workspace `demo`) declares them;
+3. the attributes the catalog lists (`users.email`, `users.phone`, `events.properties.email`)
+   enabled through the `enable_attribute` job: enablement is now, so the week's older rows
+   stay historical plaintext and the newer ones get encrypted;
 4. every partition protected by the `protect_snapshots` job, one Dagster run per partition, on
    a persistent instance under --dir/dagster_home (what `make ui` opens afterwards);
 5. a report (counts, never values) and what an analyst sees: masked columns via polars.
@@ -29,7 +30,7 @@ from typing import Any
 DAYS = 7
 WORKSPACE = "demo"
 MARKER = ".fieldcrypt-demo"
-ENABLE = (("users", "email", "email"), ("users", "phone", "last4"), ("events", "properties.email", "email"))
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 KMS_POOL_LIMIT = 4
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the runs' events stay in the instance
 
@@ -60,18 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     # Imported only now: the code location reads its settings from the environment at import.
     import dagster as dg
 
+    from demo.sample_data import land_sample_lake
     from fieldcrypt.keystore import Keystore
-    from fieldcrypt.sample import land_sample_lake
     from fieldcrypt.store import LakeStore
     from pipelines.definitions import defs
+    from resources.settings import WORKSPACE as CONFIG
 
-    keystore = Keystore.create(Path(settings["FIELDCRYPT_KEYSTORE"]), WORKSPACE)
+    keystore = Keystore.create(Path(CONFIG.key.keystore_path or ""), WORKSPACE)
     # Snapshot day D holds rows ingested over [D, D+1) + shift: the week's midpoint lands on now.
     week_start = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC)
     shift = datetime.now(UTC) - (week_start + timedelta(days=DAYS / 2))
-    land_sample_lake(
-        LakeStore.from_uri(settings["FIELDCRYPT_LAKE"]), first_day, DAYS, args.users, args.events, ingested_shift=shift
-    )
+    lake = LakeStore.from_uri(CONFIG.lake_uri)
+    land_sample_lake(lake, first_day, DAYS, args.users, args.events, ingested_shift=shift)
     print(f"fieldcrypt demo in {root}")
     mode = stat.S_IMODE(keystore.path.stat().st_mode)
     print(f"  local master key {keystore.key_id} v{keystore.current} in {keystore.path} (mode {mode:04o})")
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     with dg.DagsterInstance.get() as instance:
         instance.event_log_storage.set_concurrency_slots("kms", KMS_POOL_LIMIT)
         enable_job = defs.resolve_job_def("enable_attribute")
-        for dataset, attribute, mask in ENABLE:
+        declared = [(name, path, mask) for name, ds in CONFIG.datasets.items() for path, mask in ds.attributes.items()]
+        for dataset, attribute, mask in declared:
             config = {"dataset": dataset, "attribute": attribute, "mask": mask, "acknowledge_irreversible": True}
             result = enable_job.execute_in_process(
                 run_config={**QUIET, "ops": {"record_enablement": {"config": config}}}, instance=instance
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             if not result.success:
                 print(f"  protect {partition}: run {result.run_id} FAILED; see `make ui`", file=sys.stderr)
                 return 1
-            for dataset, metadata in _materializations(result):
+            for dataset, metadata in _materializations(result, CONFIG.datasets):
                 _add(totals.setdefault(dataset, DatasetTotals()), metadata)
             evaluations = result.get_asset_check_evaluations()
             checks_total += len(evaluations)
@@ -109,14 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - started
 
         rerun = protect_job.execute_in_process(partition_key=partitions[-1], instance=instance, run_config=QUIET)
-        rerun = [m for _, m in _materializations(rerun)]
+        rerun = [m for _, m in _materializations(rerun, CONFIG.datasets)]
 
     _report(totals, wall, len(partitions), checks_passed, checks_total)
     print(
         f"  re-run of partition {partitions[-1]}: {sum(int(m['newly_encrypted']) for m in rerun)} cells encrypted, "
         f"{sum(bool(m['rewritten']) for m in rerun)} files rewritten"
     )
-    _analyst_view(Path(settings["FIELDCRYPT_LAKE"]), Path(settings["FIELDCRYPT_KEYSTORE"]))
+    _analyst_view(Path(CONFIG.lake_uri), CONFIG)
     print(f"\nNext: `make ui` opens this instance ({settings['DAGSTER_HOME']}) at http://127.0.0.1:3000")
     return 0
 
@@ -131,27 +133,31 @@ def _fresh(root: Path) -> None:
 
 
 def _configure(root: Path, first_day: date, end: date) -> dict[str, str]:
-    """Point the code location at the demo, here and for `make ui` (demo-workspace/dagster.env)."""
+    """Point the code location at the demo, here and for `make ui` (demo-workspace/dagster.env).
+
+    The catalog declares the demo's lake and keystore under demo-workspace/; another --dir
+    overrides them, as the environment overrides any catalog setting.
+    """
     settings = {
+        "FIELDCRYPT_CATALOG": str(PROJECT_ROOT / "fieldcrypt.yaml"),
         "FIELDCRYPT_WORKSPACE": WORKSPACE,
-        "FIELDCRYPT_LAKE": str(root / "lake"),
-        "FIELDCRYPT_KEY_PROVIDER": "local",
-        "FIELDCRYPT_KEYSTORE": str(root / "keys" / "keystore.json"),
         "FIELDCRYPT_PARTITIONS_START": first_day.isoformat(),
         "FIELDCRYPT_PARTITIONS_END": end.isoformat(),
         "DAGSTER_HOME": str(root / "dagster_home"),
     }
+    if root != (PROJECT_ROOT / "demo-workspace").resolve():
+        settings |= {"FIELDCRYPT_LAKE": str(root / "lake"), "FIELDCRYPT_KEYSTORE": str(root / "keys" / "keystore.json")}
     os.environ.update(settings)
     home = Path(settings["DAGSTER_HOME"])
     home.mkdir()
-    shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     (root / "dagster.env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     return settings
 
 
-def _materializations(result: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+def _materializations(result: Any, datasets: Any) -> Iterator[tuple[str, dict[str, Any]]]:
     """(dataset, metadata values) of each protected snapshot materialized by a run."""
-    for dataset in ("users", "events"):
+    for dataset in datasets:
         for materialization in result.asset_materializations_for_node(f"protected_{dataset}"):
             yield dataset, {key: value.value for key, value in materialization.metadata.items()}
 
@@ -183,16 +189,15 @@ def _report(totals: dict[str, DatasetTotals], wall: float, runs: int, checks_pas
     print(f"  asset checks: {checks_passed}/{checks_total} passed")
 
 
-def _analyst_view(lake: Path, keystore: Path) -> None:
+def _analyst_view(lake: Path, config: Any) -> None:
     """What an analyst reading the lake sees. Only rows ingested after enablement are shown:
     older rows are historical plaintext by design, so they are counted, never printed."""
     import polars as pl
 
-    from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
+    from fieldcrypt import Workspace
 
     # The policy is authenticated under the master key: read it through a workspace.
-    key = KeyConfig(provider="local", keystore_path=str(keystore))
-    policy = Workspace(WorkspaceConfig(WORKSPACE, str(lake), key), actor="demo").policy()
+    policy = Workspace(config, actor="demo").policy()
     pl.Config.set_tbl_hide_dataframe_shape(True)
     pl.Config.set_fmt_str_lengths(40)
     shown = {

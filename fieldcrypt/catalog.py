@@ -1,0 +1,343 @@
+"""The catalog: one YAML file declaring each workspace's lake, master key and datasets.
+
+The CLI and the Dagster code location read the same file, validated here with one
+schema (pydantic models, unknown keys refused) into the core's `WorkspaceConfig`.
+Errors name the key and the problem: `fieldcrypt.yaml: workspaces.acme.datasets.customers.
+ingested_at: field required`. Environment variables override the selected workspace's
+settings (see `ENV_OVERRIDES`); an error in an overridden value names the variable.
+Loading reads one local file and the environment: no network call.
+
+Shape (docs/CATALOG.md has every field)::
+
+    default_workspace: demo
+    workspaces:
+      demo:
+        lake: demo-workspace/lake                # relative to this file, or s3://bucket/prefix
+        key: {provider: local, keystore: demo-workspace/keys/keystore.json}
+        datasets:
+          customers:
+            path: raw/customers
+            partitioning: {granularity: daily, key: date, start: 2026-01-01}
+            ingested_at: ingested_at
+            primary_key: user_id                 # or a list for a composite key
+            attributes: {email: email, phone: last4}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fieldcrypt.cache import MAX_TTL_SECONDS
+from fieldcrypt.errors import ConfigError, FieldcryptError
+from fieldcrypt.layout import DEFAULT_LEVEL_FORMATS, DatasetLayout, HiveLevel, Partitioning
+from fieldcrypt.policy import DatasetSpec
+from fieldcrypt.workspace import KeyConfig, WorkspaceConfig
+
+CATALOG_ENV = "FIELDCRYPT_CATALOG"
+WORKSPACE_ENV = "FIELDCRYPT_WORKSPACE"
+DEFAULT_CATALOG = "fieldcrypt.yaml"
+DEFAULT_KEY_NAMES = {"daily": "date", "hourly": "dt", "monthly": "month"}
+
+# Environment variable -> where it lands in the selected workspace's entry.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "FIELDCRYPT_LAKE": ("lake",),
+    "FIELDCRYPT_S3_ENDPOINT_URL": ("s3_endpoint_url",),
+    "FIELDCRYPT_REGION": ("region",),
+    "FIELDCRYPT_KEY_PROVIDER": ("key", "provider"),
+    "FIELDCRYPT_KEYSTORE": ("key", "keystore"),
+    "FIELDCRYPT_KMS_KEY": ("key", "kms_key"),
+    "FIELDCRYPT_KMS_ENDPOINT_URL": ("key", "endpoint_url"),
+    "FIELDCRYPT_KMS_RETRY_MODE": ("key", "retry_mode"),
+    "FIELDCRYPT_KMS_MAX_ATTEMPTS": ("key", "max_attempts"),
+    "FIELDCRYPT_DATA_KEY_TTL_SECONDS": ("data_key_ttl_seconds",),
+    "FIELDCRYPT_PARTITIONS_START": ("partitions_start",),
+    "FIELDCRYPT_PARTITIONS_END": ("partitions_end",),
+}
+
+_NAME = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalKeyEntry(_Strict):
+    provider: Literal["local"]
+    keystore: str = Field(min_length=1, description="keystore file, relative to the catalog file")
+
+
+class AwsKmsKeyEntry(_Strict):
+    provider: Literal["aws-kms"]
+    kms_key: str = Field(min_length=1, description="the key's full ARN")
+    region: str | None = None
+    endpoint_url: str | None = None
+    retry_mode: Literal["standard", "adaptive"] = "standard"
+    max_attempts: int = Field(default=5, ge=1, le=20)
+
+
+class LevelEntry(_Strict):
+    key: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    format: str
+
+
+class PartitioningEntry(_Strict):
+    granularity: Literal["daily", "hourly", "monthly", "none"] = "daily"
+    key: str | None = Field(default=None, description="shorthand for one level with the granularity's format")
+    levels: list[LevelEntry] | None = None
+    start: date | datetime | None = None
+    end: date | datetime | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_name_levels(self) -> PartitioningEntry:
+        if self.key is not None and self.levels is not None:
+            raise ValueError("give either key or levels, not both")
+        if self.granularity == "none" and (self.key or self.levels):
+            raise ValueError("an unpartitioned dataset (granularity none) has no key or levels")
+        return self
+
+    def partitioning(self) -> Partitioning:
+        if self.granularity == "none":
+            return Partitioning("none", ())
+        if self.levels is not None:
+            levels = tuple(HiveLevel(level.key, level.format) for level in self.levels)
+        else:
+            key = self.key or DEFAULT_KEY_NAMES[self.granularity]
+            levels = (HiveLevel(key, DEFAULT_LEVEL_FORMATS[self.granularity]),)
+        return Partitioning(self.granularity, levels)
+
+
+class DatasetEntry(_Strict):
+    path: str | None = Field(default=None, description="folder under the lake; default: the dataset's name")
+    partitioning: PartitioningEntry | Literal["daily", "hourly", "monthly", "none"] = "daily"
+    ingested_at: str = Field(min_length=1)
+    primary_key: str | list[str] | None = None
+    attributes: dict[str, Literal["full", "email", "last4"]] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _relative_path(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip("/") or value.startswith("/") or ".." in value.split("/")):
+            raise ValueError("must be a folder relative to the lake root, without '..'")
+        return value.strip("/") if value else value
+
+    @field_validator("primary_key")
+    @classmethod
+    def _key_columns(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError("a composite primary key lists distinct columns")
+        return value
+
+    def partitioning_entry(self) -> PartitioningEntry:
+        if isinstance(self.partitioning, str):
+            return PartitioningEntry(granularity=self.partitioning)
+        return self.partitioning
+
+
+class WorkspaceEntry(_Strict):
+    lake: str = Field(min_length=1, description="local folder (relative to the catalog file) or s3://bucket/prefix")
+    s3_endpoint_url: str | None = None
+    region: str | None = None
+    key: Annotated[LocalKeyEntry | AwsKmsKeyEntry, Field(discriminator="provider")]
+    data_key_ttl_seconds: float = Field(default=MAX_TTL_SECONDS, gt=0, le=MAX_TTL_SECONDS)
+    file_workers: int = Field(default=2, ge=1, le=64, description="files of one partition processed at once")
+    partitions_start: date | datetime | None = None
+    partitions_end: date | datetime | None = None
+    datasets: dict[str, DatasetEntry] = Field(default_factory=dict)
+
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_names(cls, value: dict[str, DatasetEntry]) -> dict[str, DatasetEntry]:
+        import re
+
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"dataset name {name!r} must be letters, digits and underscores")
+        return value
+
+
+class CatalogFile(_Strict):
+    default_workspace: str | None = None
+    workspaces: dict[str, WorkspaceEntry] = Field(min_length=1)
+
+
+class Catalog:
+    """A validated catalog file, with the environment's overrides applied to the selected workspace."""
+
+    def __init__(self, path: Path, doc: CatalogFile, selected: str) -> None:
+        self.path = path
+        self.doc = doc
+        self.selected = selected
+
+    def __repr__(self) -> str:
+        return f"Catalog({str(self.path)!r}, selected={self.selected!r})"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Catalog:
+        """Read and validate the catalog (`path`, else $FIELDCRYPT_CATALOG, else ./fieldcrypt.yaml)."""
+        env = os.environ if environ is None else environ
+        chosen = Path(path or env.get(CATALOG_ENV) or DEFAULT_CATALOG)
+        try:
+            text = chosen.read_text()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"no catalog at {chosen}: create it (see fieldcrypt.yaml in the project) or set {CATALOG_ENV}"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"catalog {chosen} cannot be read ({exc.strerror})") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{chosen}: not valid YAML{at}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{chosen}: expected a mapping with `workspaces:`")
+        selected = _selected_workspace(raw, env, chosen)
+        overridden = _apply_overrides(raw, selected, env)
+        try:
+            doc = CatalogFile.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(_describe(chosen, exc, selected, overridden)) from None
+        return cls(chosen.resolve(), doc, selected)
+
+    @property
+    def workspace_names(self) -> list[str]:
+        return sorted(self.doc.workspaces)
+
+    def workspace_config(self, name: str | None = None) -> WorkspaceConfig:
+        """The core's configuration of one workspace (the selected one by default)."""
+        name = name or self.selected
+        entry = self.doc.workspaces.get(name)
+        if entry is None:
+            raise ConfigError(
+                f"{self.path}: workspace {name!r} is not declared (declared: {', '.join(self.workspace_names)})"
+            )
+        where = f"{self.path}: workspaces.{name}"
+        try:
+            key = (
+                KeyConfig(provider="local", keystore_path=self._local_path(entry.key.keystore))
+                if isinstance(entry.key, LocalKeyEntry)
+                else KeyConfig(
+                    provider="aws-kms",
+                    kms_key=entry.key.kms_key,
+                    kms_region=entry.key.region or entry.region,
+                    kms_endpoint_url=entry.key.endpoint_url,
+                    kms_retry_mode=entry.key.retry_mode,
+                    kms_max_attempts=entry.key.max_attempts,
+                )
+            )
+            datasets = {dataset: self._layout(dataset, spec, entry) for dataset, spec in sorted(entry.datasets.items())}
+        except FieldcryptError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        lake = entry.lake if entry.lake.startswith("s3://") else self._local_path(entry.lake)
+        return WorkspaceConfig(
+            name,
+            lake,
+            key,
+            s3_endpoint_url=entry.s3_endpoint_url,
+            s3_region=entry.region,
+            data_key_ttl_seconds=entry.data_key_ttl_seconds,
+            datasets=datasets,
+            file_workers=entry.file_workers,
+        )
+
+    def _local_path(self, value: str) -> str:
+        path = Path(value.removeprefix("file://")).expanduser()
+        return str(path if path.is_absolute() else (self.path.parent / path).resolve())
+
+    @staticmethod
+    def _layout(name: str, entry: DatasetEntry, workspace: WorkspaceEntry) -> DatasetLayout:
+        partitioning = entry.partitioning_entry()
+        primary_key = tuple(entry.primary_key) if isinstance(entry.primary_key, list) else entry.primary_key
+        try:
+            layout_partitioning = partitioning.partitioning()
+        except FieldcryptError as exc:
+            raise ConfigError(f"datasets.{name}.partitioning: {exc}") from None
+        return DatasetLayout(
+            spec=DatasetSpec(name, entry.ingested_at, primary_key),  # type: ignore[arg-type]
+            path=entry.path or name,
+            partitioning=layout_partitioning,
+            attributes=dict(entry.attributes),
+            partitions_start=_utc(workspace.partitions_start or partitioning.start),
+            partitions_end=_utc(workspace.partitions_end or partitioning.end),
+        )
+
+
+def _utc(value: date | datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _selected_workspace(raw: dict[str, Any], env: Mapping[str, str], path: Path) -> str:
+    workspaces = raw.get("workspaces")
+    names = sorted(workspaces) if isinstance(workspaces, dict) else []
+    chosen = env.get(WORKSPACE_ENV) or raw.get("default_workspace") or (names[0] if len(names) == 1 else None)
+    if chosen is None:
+        raise ConfigError(f"{path}: several workspaces are declared; set default_workspace or {WORKSPACE_ENV}")
+    if chosen not in names:
+        origin = WORKSPACE_ENV if env.get(WORKSPACE_ENV) else "default_workspace"
+        raise ConfigError(
+            f"{path}: workspace {chosen!r} ({origin}) is not declared (declared: {', '.join(names) or 'none'})"
+        )
+    return str(chosen)
+
+
+def _apply_overrides(raw: dict[str, Any], workspace: str, env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Set the environment's values into the selected workspace's entry; returns loc -> variable."""
+    entry = raw["workspaces"][workspace]
+    if not isinstance(entry, dict):
+        return {}
+    provider = env.get("FIELDCRYPT_KEY_PROVIDER")
+    key = entry.get("key")
+    if provider and (not isinstance(key, dict) or key.get("provider") != provider):
+        entry["key"] = {"provider": provider}  # another provider's settings do not carry over
+    overridden: dict[tuple[str, ...], str] = {}
+    for variable, path in ENV_OVERRIDES.items():
+        value = env.get(variable)
+        if not value:
+            continue
+        target = entry
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = value
+        overridden[("workspaces", workspace, *path)] = variable
+    return overridden
+
+
+def _describe(path: Path, exc: ValidationError, workspace: str, overridden: dict[tuple[str, ...], str]) -> str:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = _readable_loc(error["loc"])
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):  # the tag is the `provider` key
+            loc = (*loc, "provider")
+        variable = overridden.get(loc)
+        origin = f" (from {variable})" if variable else ""
+        lines.append(f"{'.'.join(loc) or '(top level)'}{origin}: {error['msg']}")
+    return f"{path}: " + "; ".join(dict.fromkeys(lines))
+
+
+# Parts of a pydantic error location that name a union member, not a key of the file.
+_UNION_MEMBERS = {"str", "list[str]", "date", "datetime", "PartitioningEntry", "LocalKeyEntry", "AwsKmsKeyEntry"}
+
+
+def _readable_loc(loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    """The error's location as keys of the file: `workspaces.demo.key.keystore`."""
+    parts: list[str] = []
+    for raw in loc:
+        part = str(raw)
+        if parts and parts[-1] == "key" and part in ("local", "aws-kms"):  # the discriminated union's tag
+            continue
+        if part in _UNION_MEMBERS or part.startswith(("literal[", "function-")):
+            continue
+        parts.append(part)
+    return tuple(parts)

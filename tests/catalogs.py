@@ -1,0 +1,71 @@
+"""Catalogs for the tests: the shipped demo declarations, and catalog files written for a test's lake."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fieldcrypt.catalog import Catalog
+from fieldcrypt.layout import DatasetLayout, Partitioning
+from fieldcrypt.policy import DatasetSpec
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_CATALOG = REPO_ROOT / "fieldcrypt.yaml"
+# The demo's users and events, exactly as the shipped fieldcrypt.yaml declares them.
+DEMO_DATASETS: dict[str, DatasetLayout] = dict(
+    Catalog.load(SHIPPED_CATALOG, environ={}).workspace_config("demo").datasets
+)
+
+
+def declared(
+    name: str,
+    ingested_at: str = "ingested_at",
+    primary_key: str | tuple[str, ...] | None = None,
+    *,
+    path: str | None = None,
+    partitioning: Partitioning | None = None,
+) -> DatasetLayout:
+    """A dataset declaration as the catalog would make it (daily `date=` partitions by default)."""
+    return DatasetLayout(
+        spec=DatasetSpec(name, ingested_at, primary_key),  # type: ignore[arg-type]
+        path=path or name,
+        partitioning=partitioning or Partitioning(),
+    )
+
+
+# What the core tests' workspaces declare: the demo's users and events without the catalog's list of
+# expected attributes (tests enable others), and two more datasets, orders and logs (no primary key).
+TEST_DATASETS: dict[str, DatasetLayout] = {
+    **{name: replace(layout, attributes={}) for name, layout in DEMO_DATASETS.items()},
+    "orders": declared("orders", "ingested_at", "order_id"),
+    "logs": declared("logs", "ingested_at", None),
+}
+
+
+def demo_datasets_yaml(*, with_attributes: bool = False) -> dict[str, Any]:
+    """The demo's dataset declarations as catalog YAML (to declare them in another workspace); without
+    the list of expected attributes unless asked, since tests enable others."""
+    doc = yaml.safe_load(SHIPPED_CATALOG.read_text())
+    datasets: dict[str, Any] = doc["workspaces"]["demo"]["datasets"]
+    if not with_attributes:
+        for declaration in datasets.values():
+            declaration.pop("attributes", None)
+    return datasets
+
+
+def write_catalog(
+    path: Path,
+    workspace: str,
+    lake: str,
+    key: dict[str, Any],
+    datasets: dict[str, Any] | None = None,
+    **settings: Any,
+) -> Path:
+    """A catalog file declaring one workspace (the demo's datasets unless `datasets` is given)."""
+    entry = {"lake": lake, "key": key, "datasets": demo_datasets_yaml() if datasets is None else datasets, **settings}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"default_workspace": workspace, "workspaces": {workspace: entry}}))
+    return path

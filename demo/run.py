@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  re-run of partition {partitions[-1]}: {sum(int(m['newly_encrypted']) for m in rerun)} cells encrypted, "
         f"{sum(bool(m['rewritten']) for m in rerun)} files rewritten"
     )
-    _analyst_view(Path(CONFIG.lake_uri))
+    _analyst_view(Path(CONFIG.lake_uri), CONFIG)
     print(f"\nNext: `make ui` opens this instance ({settings['DAGSTER_HOME']}) at http://127.0.0.1:3000")
     return 0
 
@@ -189,15 +189,15 @@ def _report(totals: dict[str, DatasetTotals], wall: float, runs: int, checks_pas
     print(f"  asset checks: {checks_passed}/{checks_total} passed")
 
 
-def _analyst_view(lake: Path) -> None:
+def _analyst_view(lake: Path, config: Any) -> None:
     """What an analyst reading the lake sees. Only rows ingested after enablement are shown:
     older rows are historical plaintext by design, so they are counted, never printed."""
     import polars as pl
 
-    from fieldcrypt.policy import PolicyStore
-    from fieldcrypt.store import LakeStore
+    from fieldcrypt import Workspace
 
-    policy = PolicyStore(LakeStore.from_uri(str(lake)), WORKSPACE).load()
+    # The policy is authenticated under the master key: read it through a workspace.
+    policy = Workspace(config, actor="demo").policy()
     pl.Config.set_tbl_hide_dataframe_shape(True)
     pl.Config.set_fmt_str_lengths(40)
     shown = {

@@ -12,9 +12,11 @@ from fieldcrypt.errors import (
     IntegrityError,
     KeyMaterialError,
     KeyProviderError,
+    KeyVersionError,
     PolicyError,
     ThrottledError,
     VerificationError,
+    WrongMasterKeyError,
 )
 from fieldcrypt.workspace import KeyConfig, Workspace, WorkspaceConfig
 
@@ -27,9 +29,11 @@ __all__ = [
     "KeyConfig",
     "KeyMaterialError",
     "KeyProviderError",
+    "KeyVersionError",
     "PolicyError",
     "ThrottledError",
     "VerificationError",
     "Workspace",
     "WorkspaceConfig",
+    "WrongMasterKeyError",
 ]

@@ -28,7 +28,9 @@ _ALLOWED_FIELDS = {
     "detail",
     "to_master_key",
     "reason",  # why plaintext was revealed (a ticket id), given by the operator
+    "intent",
 }
+INTENT_SUFFIX = "_intent"
 
 
 @dataclass
@@ -60,6 +62,30 @@ class AuditLog:
         else:
             stamp = now.strftime("%H%M%S%f")
             self.store.write_bytes(f"{AUDIT_DIR}/{day}/{stamp}-{secrets.token_hex(4)}.jsonl", line.encode())
+
+    def intent(self, operation: str, **fields: Any) -> str:
+        """Record that `operation` is about to change stored data; returns the intent id.
+
+        The events that record the change carry `intent=<id>`; an intent without any such
+        event (a crash between the intent and the change's record) is listed by `unconfirmed`.
+        """
+        intent_id = f"int-{secrets.token_hex(8)}"
+        self.record(operation + INTENT_SUFFIX, intent=intent_id, **fields)
+        return intent_id
+
+    def unconfirmed(self) -> list[dict[str, Any]]:
+        """Intent events no later event confirmed: the change may or may not have happened."""
+        intents: dict[str, dict[str, Any]] = {}
+        confirmed: set[str] = set()
+        for event in self.events():
+            intent_id = event.get("intent")
+            if intent_id is None:
+                continue
+            if str(event.get("operation", "")).endswith(INTENT_SUFFIX):
+                intents[intent_id] = event
+            else:
+                confirmed.add(intent_id)
+        return [event for intent_id, event in intents.items() if intent_id not in confirmed]
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Every event in the log, oldest first."""

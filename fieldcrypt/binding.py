@@ -4,6 +4,10 @@ Stored at `_fieldcrypt/master_key.json`. The first protection binds the lake to 
 configured key; afterwards a run configured with another key is refused (it could
 not read what is stored). A rotation campaign moves the binding to a new key; while
 it runs, both keys decrypt and new data keys are wrapped under the new one.
+
+`check_values` maps a local master-key ref (`key_id#version`) to its key check value
+(docs/FORMAT.md section 5), so a keystore whose key bytes differ from the ones the lake
+was bound to is refused as a wrong master key before anything is written.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from datetime import UTC, datetime
 
 from fieldcrypt.errors import KeyProviderError, PolicyError
 from fieldcrypt.providers.base import MasterKeyInfo as KeyRef
-from fieldcrypt.store import LakeStore
+from fieldcrypt.store import FileVersion, LakeStore
 
 BINDING_PATH = "_fieldcrypt/master_key.json"
 BINDING_FORMAT = "fieldcrypt-master-key-v1"
@@ -38,26 +42,36 @@ class Campaign:
 class KeyBinding:
     current: KeyRef
     campaigns: tuple[Campaign, ...] = field(default_factory=tuple)
+    check_values: dict[str, str] = field(default_factory=dict)
+
+    def with_check_value(self, ref: KeyRef, kcv: str) -> KeyBinding:
+        return replace(self, check_values={**self.check_values, ref.ref: kcv}) if kcv else self
 
     @property
     def active_campaign(self) -> Campaign | None:
         active = [c for c in self.campaigns if c.status == "in_progress"]
         return active[-1] if active else None
 
-    def start(self, new: KeyRef, actor: str) -> KeyBinding:
+    def start(self, new: KeyRef, actor: str, new_kcv: str = "") -> KeyBinding:
         if self.active_campaign is not None:
             raise PolicyError(f"rotation {self.active_campaign.campaign_id} is still in progress; complete it first")
         if new == self.current:
             raise PolicyError(f"master key {new.ref} is already the current key")
         campaign = Campaign(f"rot-{_now_compact()}-{secrets.token_hex(3)}", self.current, new, _now(), actor)
-        return KeyBinding(new, (*self.campaigns, campaign))
+        return KeyBinding(new, (*self.campaigns, campaign), self.check_values).with_check_value(new, new_kcv)
 
     def complete(self) -> tuple[KeyBinding, Campaign]:
         campaign = self.active_campaign
         if campaign is None:
             raise PolicyError("no rotation is in progress")
         done = replace(campaign, status="complete", finished_at=_now())
-        return KeyBinding(self.current, tuple(done if c == campaign else c for c in self.campaigns)), done
+        campaigns = tuple(done if c == campaign else c for c in self.campaigns)
+        return KeyBinding(self.current, campaigns, self.check_values), done
+
+    @property
+    def last_completed(self) -> Campaign | None:
+        done = [c for c in self.campaigns if c.status == "complete"]
+        return done[-1] if done else None
 
     def to_json(self) -> str:
         doc = {
@@ -65,6 +79,8 @@ class KeyBinding:
             "current": asdict(self.current),
             "campaigns": [asdict(c) for c in self.campaigns],
         }
+        if self.check_values:
+            doc["check_values"] = dict(sorted(self.check_values.items()))
         return json.dumps(doc, indent=2) + "\n"
 
     @classmethod
@@ -76,7 +92,12 @@ class KeyBinding:
             campaigns = tuple(
                 Campaign(**{**c, "old": KeyRef(**c["old"]), "new": KeyRef(**c["new"])}) for c in doc["campaigns"]
             )
-            return cls(KeyRef(**doc["current"]), campaigns)
+            check_values = doc.get("check_values", {})
+            if not isinstance(check_values, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in check_values.items()
+            ):
+                raise TypeError("check_values")
+            return cls(KeyRef(**doc["current"]), campaigns, dict(check_values))
         except (ValueError, KeyError, TypeError):
             raise KeyProviderError(f"{where} is not a valid master-key binding") from None
 
@@ -89,6 +110,10 @@ class BindingStore:
         if not self.store.exists(BINDING_PATH):
             return None
         return KeyBinding.from_json(self.store.read_bytes(BINDING_PATH).decode(), self.store.display(BINDING_PATH))
+
+    def version(self) -> FileVersion | None:
+        """What identifies the stored binding without reading it (one stat / HEAD)."""
+        return self.store.version(BINDING_PATH) if self.store.exists(BINDING_PATH) else None
 
     def save(self, binding: KeyBinding) -> None:
         self.store.write_bytes(BINDING_PATH, binding.to_json().encode())

@@ -5,14 +5,22 @@ Encryption keys are kept per (dataset, attribute) and retired after `ttl_seconds
 value for `ttl_seconds`. The TTL can be set lower than 30 minutes, never higher, so
 revoking access to the master key stops all work within that time. Keys are held as
 AESGCM objects, never written anywhere. Every provider call is counted and audited.
+
+Expired entries are evicted (not only skipped) whenever the cache is used, and each map
+holds at most `max_entries` keys: entries are kept in creation order, so the oldest go
+first. `guard`, when set, is called before every provider call and before every replace
+(`check_current`): the workspace uses it to stop a process whose master key was moved
+by another process's rotation.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -20,12 +28,16 @@ from fieldcrypt.audit import AuditLog
 from fieldcrypt.blind_index import BlindIndexKey, index_context_attribute
 from fieldcrypt.cell import new_cipher
 from fieldcrypt.errors import InputError
+from fieldcrypt.policy_auth import MAC_KEY_ATTRIBUTE, MAC_KEY_DATASET, MacKey
 from fieldcrypt.providers.base import EncryptionContext, KeyProvider, MasterKeyInfo
 from fieldcrypt.wrapped_key import WrappedKey
 
 MAX_TTL_SECONDS = 30 * 60
 # 2^32 random 96-bit nonces is NIST SP 800-38D's bound; stay 64x under it.
 MAX_CELLS_PER_KEY = 2**26
+MAX_CACHED_KEYS = 4096  # per map; far above the distinct keys one run touches within a TTL
+
+_K = TypeVar("_K")
 
 
 @dataclass
@@ -64,14 +76,18 @@ class DataKeyCache:
     max_cells_per_key: int = MAX_CELLS_PER_KEY
     clock: Callable[[], float] = time.monotonic
     calls: KeyCallCounts = field(default_factory=KeyCallCounts)
-    _encrypting: dict[tuple[str, str], _EncryptionKey] = field(default_factory=dict, repr=False)
-    _decrypting: dict[tuple[bytes, str, str], _DecryptionKey] = field(default_factory=dict, repr=False)
-    _index_keys: dict[tuple[bytes, str, str], tuple[BlindIndexKey, float]] = field(default_factory=dict, repr=False)
+    guard: Callable[[], None] | None = None
+    max_entries: int = MAX_CACHED_KEYS
+    _encrypting: OrderedDict[tuple[str, str], _EncryptionKey] = field(default_factory=OrderedDict, repr=False)
+    _decrypting: OrderedDict[tuple[bytes, str, str], _DecryptionKey] = field(default_factory=OrderedDict, repr=False)
+    _index_keys: OrderedDict[tuple[bytes, str, str], tuple[Any, float]] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.ttl_seconds <= MAX_TTL_SECONDS:
             raise InputError(f"data key TTL must be between 0 and {MAX_TTL_SECONDS} seconds, got {self.ttl_seconds}")
+        if self.max_entries < 1:
+            raise InputError(f"cache size must be at least 1, got {self.max_entries}")
         if not 0 < self.max_cells_per_key <= MAX_CELLS_PER_KEY:
             raise InputError(
                 f"cells per data key must be between 1 and {MAX_CELLS_PER_KEY}, got {self.max_cells_per_key}"
@@ -93,15 +109,17 @@ class DataKeyCache:
         for the rest and a new key is generated.
         """
         with self._lock:
+            self._evict_expired()
             key = self._encrypting.get((dataset, attribute))
-            if key is None or key.cells_left <= 0 or self.clock() - key.created >= self.ttl_seconds:
+            if key is None or key.cells_left <= 0:
+                self.check_current()
                 context = self.context(dataset, attribute)
                 dek, wrapped = self.provider.generate_data_key(context)
                 self.calls.generate += 1
                 self._audit("generate_data_key", context, partition, wrapped)
                 key = _EncryptionKey(new_cipher(dek), wrapped.to_bytes(), self.clock(), self.max_cells_per_key)
                 del dek
-                self._encrypting[(dataset, attribute)] = key
+                self._put(self._encrypting, (dataset, attribute), key)
             granted = min(cells, key.cells_left)
             key.cells_left -= granted
             return key.cipher, key.wrapped, granted
@@ -110,9 +128,11 @@ class DataKeyCache:
         """The cipher of a stored wrapped key, unwrapping (one provider call) on a miss."""
         cache_key = (wrapped_value, dataset, attribute)
         with self._lock:
+            self._evict_expired()
             hit = self._decrypting.get(cache_key)
-            if hit is not None and self.clock() - hit.created < self.ttl_seconds:
+            if hit is not None:
                 return hit.cipher
+            self.check_current()
             context = self.context(dataset, attribute)
             wrapped = WrappedKey.from_bytes(wrapped_value)
             dek = self.provider.unwrap(wrapped, context)
@@ -120,12 +140,13 @@ class DataKeyCache:
             self._audit("unwrap", context, partition, wrapped)
             cipher = new_cipher(dek)
             del dek
-            self._decrypting[cache_key] = _DecryptionKey(cipher, self.clock())
+            self._put(self._decrypting, cache_key, _DecryptionKey(cipher, self.clock()))
             return cipher
 
     def new_index_key(self, dataset: str, attribute: str) -> bytes:
         """A new blind-index key for an attribute, as its stored wrapped value (the plaintext is dropped)."""
         context = self.context(dataset, index_context_attribute(attribute))
+        self.check_current()
         key, wrapped = self.provider.generate_data_key(context)
         del key
         self.calls.generate += 1
@@ -134,18 +155,40 @@ class DataKeyCache:
 
     def index_key_for(self, wrapped_value: bytes, dataset: str, attribute: str) -> BlindIndexKey:
         """The unwrapped blind-index key of an attribute, cached like data keys (TTL)."""
-        cache_key = (wrapped_value, dataset, index_context_attribute(attribute))
+        return self._secret_key(wrapped_value, dataset, index_context_attribute(attribute), BlindIndexKey)
+
+    def new_policy_key(self) -> tuple[MacKey, bytes]:
+        """A new policy MAC key and its stored wrapped value (fieldcrypt.policy_auth)."""
+        context = self.context(MAC_KEY_DATASET, MAC_KEY_ATTRIBUTE)
+        self.check_current()
+        key, wrapped = self.provider.generate_data_key(context)
+        self.calls.generate += 1
+        self._audit("generate_policy_key", context, None, wrapped)
+        mac_key, value = MacKey(key), wrapped.to_bytes()
         with self._lock:
+            self._put(self._index_keys, (value, MAC_KEY_DATASET, MAC_KEY_ATTRIBUTE), (mac_key, self.clock()))
+        return mac_key, value
+
+    def policy_key_for(self, wrapped_value: bytes) -> MacKey:
+        """The unwrapped policy MAC key, cached like data keys (TTL)."""
+        return self._secret_key(wrapped_value, MAC_KEY_DATASET, MAC_KEY_ATTRIBUTE, MacKey)
+
+    def _secret_key(self, wrapped_value: bytes, dataset: str, attribute: str, kind: Callable[[bytes], _K]) -> _K:
+        cache_key = (wrapped_value, dataset, attribute)
+        with self._lock:
+            self._evict_expired()
             hit = self._index_keys.get(cache_key)
-            if hit is not None and self.clock() - hit[1] < self.ttl_seconds:
-                return hit[0]
-            context = self.context(dataset, index_context_attribute(attribute))
+            if hit is not None and isinstance(hit[0], kind):  # type: ignore[arg-type]
+                found: _K = hit[0]
+                return found
+            self.check_current()
+            context = self.context(dataset, attribute)
             wrapped = WrappedKey.from_bytes(wrapped_value)
-            index_key = BlindIndexKey(self.provider.unwrap(wrapped, context))
+            key = kind(self.provider.unwrap(wrapped, context))
             self.calls.unwrap += 1
-            self._audit("unwrap_index_key", context, None, wrapped)
-            self._index_keys[cache_key] = (index_key, self.clock())
-            return index_key
+            self._audit("unwrap_index_key" if kind is BlindIndexKey else "unwrap_policy_key", context, None, wrapped)
+            self._put(self._index_keys, cache_key, (key, self.clock()))
+            return key
 
     def rewrap(self, wrapped_value: bytes, dataset: str, attribute: str, partition: str | None = None) -> bytes:
         """The same data key under the current master key (never cached: rotation runs once)."""
@@ -166,6 +209,34 @@ class DataKeyCache:
 
     def is_current(self, wrapped_value: bytes) -> bool:
         return self.provider.is_current(WrappedKey.from_bytes(wrapped_value))
+
+    def check_current(self) -> None:
+        """Raise if the master key this cache wraps under is no longer the lake's current one."""
+        if self.guard is not None:
+            self.guard()
+
+    def size(self) -> int:
+        """Cached keys of every kind (after evicting the expired ones)."""
+        with self._lock:
+            self._evict_expired()
+            return len(self._encrypting) + len(self._decrypting) + len(self._index_keys)
+
+    def _evict_expired(self) -> None:
+        """Drop every entry past its TTL; entries are in creation order, so only the front is looked at."""
+        now = self.clock()
+        for entries in (self._encrypting, self._decrypting, self._index_keys):
+            while entries:
+                first: Any = next(iter(entries.values()))
+                created = first[1] if isinstance(first, tuple) else first.created
+                if now - created < self.ttl_seconds:
+                    break
+                entries.popitem(last=False)
+
+    def _put(self, entries: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        entries.pop(key, None)  # re-inserted at the end: creation order is kept
+        entries[key] = value
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
 
     def clear(self) -> None:
         """Drop every cached data key (end of a dispatch, or on request)."""

@@ -118,7 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     reveal.add_argument("--out", type=Path, help="write to this file (created 0600) instead of stdout")
 
     commands.add_parser("datasets", help="list the workspace's declared datasets and their partitions")
-    commands.add_parser("audit", help="print the audit log (JSON lines)")
+    audit = commands.add_parser("audit", help="print the audit log (JSON lines)")
+    audit.add_argument(
+        "--unconfirmed", action="store_true", help="only intents never confirmed (a run died around a replace)"
+    )
+
+    policy = commands.add_parser("policy", help="the workspace policy").add_subparsers(
+        dest="policy_command", required=True
+    )
+    policy.add_parser(
+        "adopt",
+        help="authenticate a legacy (unauthenticated) policy after checking it against every stored file",
+    )
     return parser
 
 
@@ -228,8 +239,14 @@ def run(argv: Sequence[str] | None = None) -> int:
             )
         out.finish(f"{len(workspace.datasets)} datasets declared in workspace {workspace.name}")
     elif args.command == "audit":
-        for event in workspace.audit.events():
+        for event in workspace.audit.unconfirmed() if args.unconfirmed else workspace.audit.events():
             print(json.dumps(event, sort_keys=True))
+    elif args.command == "policy":
+        adopted = workspace.adopt_policy()
+        print(
+            f"policy of workspace {workspace.name} authenticated under the master key: "
+            f"{len(adopted.attributes)} enabled attributes ({', '.join(sorted(adopted.attributes)) or 'none'})"
+        )
     return 0
 
 

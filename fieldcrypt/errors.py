@@ -45,3 +45,11 @@ class IntegrityError(FieldcryptError):
 
 class VerificationError(FieldcryptError):
     """A freshly written file did not verify; the original was left in place."""
+
+
+class WrongMasterKeyError(KeyProviderError):
+    """The master key does not match its key check value: altered bytes or another key under the same id."""
+
+
+class KeyVersionError(KeyMaterialError, IntegrityError):
+    """A local master-key version that is not in its one canonical form (ASCII digits, no leading zero)."""

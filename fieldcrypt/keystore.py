@@ -1,16 +1,26 @@
 """Local keystore: versioned 256-bit master keys in a 0600 JSON file.
 
 The keystore is the one place a master key touches disk, by design of the `local`
-provider. It is refused when group or others can read it, and written atomically
-(temp file 0600, fsync, rename) so a crash never leaves half a keystore.
+provider. It is opened without following symlinks and refused when another user owns
+it or group or others can read it (both checked on the open descriptor). It is written
+atomically (temp file 0600, fsync, rename, fsync of the directory) so a crash never
+leaves half a keystore, and created with a hard link that fails if the name exists, so
+two creators can never overwrite each other's key.
+
+Each version carries a key check value (KCV, docs/FORMAT.md section 5): the first 16
+bytes of HMAC-SHA256(key, "fieldcrypt key check value v1"). A version whose bytes do
+not match its KCV is a wrong master key and is refused when the keystore is loaded.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass
@@ -20,9 +30,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from fieldcrypt.errors import KeyMaterialError
+from fieldcrypt.errors import KeyMaterialError, KeyVersionError, WrongMasterKeyError
 
 MASTER_KEY_SIZE = 32
+KCV_LABEL = b"fieldcrypt key check value v1"
+KCV_SIZE = 16
+_KEY_ID = re.compile(r"lk-[0-9a-f]{16}")
+_VERSION = re.compile(r"[1-9][0-9]{0,8}")
 KEYSTORE_FORMAT = "fieldcrypt-keystore-v1"
 WRAPPING_KEY_BITS = 4096
 
@@ -34,6 +48,7 @@ class KeyVersion:
     origin: str  # "generated", "imported", "imported-wrapped"
     state: str  # "enabled" or "retired"
     key: bytes
+    kcv: str = ""  # hex key check value; "" only in keystores written before KCVs existed
 
     def __repr__(self) -> str:  # never show key bytes, even in a traceback's locals
         return f"KeyVersion(version={self.version}, origin={self.origin!r}, state={self.state!r})"
@@ -58,46 +73,110 @@ class Keystore:
 
     @classmethod
     def create(cls, path: Path, workspace: str, key: bytes | None = None, origin: str = "generated") -> Keystore:
-        """A new keystore holding version 1; refuses to overwrite an existing file."""
-        if path.exists():
-            raise KeyMaterialError(f"keystore {path} already exists; refusing to overwrite a master key")
+        """A new keystore holding version 1; refuses to overwrite an existing file.
+
+        The key is checked before anything is written; the file is published with a hard
+        link, which fails if the name exists even when another process just created it.
+        """
         material = _checked_key(key) if key is not None else secrets.token_bytes(MASTER_KEY_SIZE)
+        if os.path.lexists(path):
+            raise KeyMaterialError(f"keystore {path} already exists; refusing to overwrite a master key")
         store = cls(
-            path, workspace, f"lk-{secrets.token_hex(8)}", 1, [KeyVersion(1, _now(), origin, "enabled", material)]
+            path,
+            workspace,
+            f"lk-{secrets.token_hex(8)}",
+            1,
+            [KeyVersion(1, _now(), origin, "enabled", material, key_check_value(material))],
         )
-        store.save()
+        write_private_file(path, store._document(), exclusive=True)
         return store
 
     @classmethod
     def load(cls, path: Path) -> Keystore:
+        """Open (no symlinks), check owner and mode on the same descriptor, parse, check every KCV."""
         try:
-            mode = path.stat().st_mode
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             raise KeyMaterialError(f"keystore {path} does not exist; create it with `fieldcrypt key init`") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        except OSError as exc:  # ELOOP: the name is a symlink
             raise KeyMaterialError(
-                f"keystore {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
-                f"run `chmod 600 {path}`"
-            )
+                f"keystore {path} cannot be opened safely ({os.strerror(exc.errno or 0)}); "
+                "it must be a regular file, not a symlink"
+            ) from None
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise KeyMaterialError(f"keystore {path} is not a regular file")
+            if info.st_uid != os.geteuid():
+                raise KeyMaterialError(
+                    f"keystore {path} is owned by uid {info.st_uid}, not by this process's user ({os.geteuid()})"
+                )
+            mode = info.st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise KeyMaterialError(
+                    f"keystore {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
+                    f"run `chmod 600 {path}`"
+                )
+            raw = handle.read()
         try:
-            doc = json.loads(path.read_text())
+            doc = json.loads(raw)
             if doc.get("format") != KEYSTORE_FORMAT:
                 raise KeyMaterialError(f"keystore {path}: unknown format {doc.get('format')!r}")
+            key_id = doc["key_id"]
+            if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+                raise KeyMaterialError(f"keystore {path}: key id is not of the form lk-<16 hex digits>")
             versions = [
                 KeyVersion(
-                    int(v["version"]),
+                    _json_version(v["version"], path),
                     v["created_at"],
                     v["origin"],
                     v["state"],
-                    _checked_key(base64.b64decode(v["key"], validate=True)) if v["state"] == "enabled" else b"",
+                    _checked_length(base64.b64decode(v["key"], validate=True)) if v["state"] == "enabled" else b"",
+                    str(v.get("kcv", "")),
                 )
                 for v in doc["versions"]
             ]
-            return cls(path, doc["workspace"], doc["key_id"], int(doc["current"]), versions)
+            store = cls(path, doc["workspace"], key_id, _json_version(doc["current"], path), versions)
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise KeyMaterialError(f"keystore {path} is not a valid fieldcrypt keystore") from None
+        for entry in store.versions.values():
+            if (
+                entry.state == "enabled"
+                and entry.kcv
+                and not hmac.compare_digest(entry.kcv, key_check_value(entry.key))
+            ):
+                raise WrongMasterKeyError(
+                    f"wrong master key: keystore {path} version {entry.version} of {key_id} does not match its "
+                    "key check value (the key bytes were altered or replaced); restore the keystore from backup"
+                )
+        return store
+
+    def missing_check_values(self) -> list[int]:
+        """Enabled versions written before KCVs existed (see `add_missing_check_values`)."""
+        return sorted(v.version for v in self.versions.values() if v.state == "enabled" and not v.kcv)
+
+    def add_missing_check_values(self) -> list[int]:
+        """Migration: store the KCV of every enabled version that has none; returns those versions."""
+        missing = self.missing_check_values()
+        for version in missing:
+            self.versions[version].kcv = key_check_value(self.versions[version].key)
+        if missing:
+            self.save()
+        return missing
+
+    def check_value(self, version: int) -> str:
+        entry = self.versions.get(version)
+        if entry is None:
+            raise KeyMaterialError(f"master key {self.key_id} has no version {version} in keystore {self.path}")
+        return entry.kcv or (key_check_value(entry.key) if entry.state == "enabled" else "")
+
+    def next_version(self) -> int:
+        return max(self.versions) + 1
 
     def save(self) -> None:
+        write_private_file(self.path, self._document())
+
+    def _document(self) -> bytes:
         doc = {
             "format": KEYSTORE_FORMAT,
             "workspace": self.workspace,
@@ -110,11 +189,12 @@ class Keystore:
                     "origin": v.origin,
                     "state": v.state,
                     "key": base64.b64encode(v.key).decode(),
+                    "kcv": v.kcv,
                 }
                 for v in sorted(self.versions.values(), key=lambda v: v.version)
             ],
         }
-        write_private_file(self.path, json.dumps(doc, indent=2).encode())
+        return json.dumps(doc, indent=2).encode()
 
     # -- versions ------------------------------------------------------------------------
 
@@ -128,9 +208,9 @@ class Keystore:
 
     def add_version(self, key: bytes | None = None, origin: str = "generated") -> int:
         """Add and switch to a new version (rotation); older versions keep decrypting."""
-        version = max(self.versions) + 1
+        version = self.next_version()
         material = _checked_key(key) if key is not None else secrets.token_bytes(MASTER_KEY_SIZE)
-        self.versions[version] = KeyVersion(version, _now(), origin, "enabled", material)
+        self.versions[version] = KeyVersion(version, _now(), origin, "enabled", material, key_check_value(material))
         self.current = version
         self.save()
         return version
@@ -145,20 +225,61 @@ class Keystore:
         self.save()
 
 
-def write_private_file(path: Path, content: bytes) -> None:
-    """Write a file readable by its owner only, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_private_file(path: Path, content: bytes, *, exclusive: bool = False) -> None:
+    """Write a file readable by its owner only, atomically, and fsync its directory.
+
+    `exclusive`: publish with link(2), which fails if `path` exists (never overwrites).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise KeyMaterialError(f"{path} already exists; refusing to overwrite a master key") from None
+        else:
+            os.replace(tmp, path)
+        _fsync_directory(path.parent)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def key_check_value(key: bytes) -> str:
+    """The KCV of a master key: hex of HMAC-SHA256(key, KCV_LABEL)[:16] (docs/FORMAT.md section 5).
+
+    A MAC of a fixed public label under the key: it identifies the key and tells nothing
+    else about it (no encryption of zeros, which would double as a known-plaintext block).
+    """
+    return hmac.digest(key, KCV_LABEL, hashlib.sha256)[:KCV_SIZE].hex()
+
+
+def parse_key_version(text: str, what: str = "master key version") -> int:
+    """The one canonical form of a local key version: ASCII digits, no leading zero."""
+    if not _VERSION.fullmatch(text):
+        raise KeyVersionError(
+            f"{what} {text!r} is not canonical: expected ASCII digits without a leading zero (1, 2, ...)"
+        )
+    return int(text)
+
+
+def _json_version(value: object, path: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise KeyVersionError(f"keystore {path}: version {value!r} is not a positive integer")
+    return value
 
 
 def parse_base64_key(text: str) -> bytes:
@@ -225,9 +346,19 @@ def unwrap_imported_key(private_path: Path, wrapped: bytes) -> bytes:
     return _checked_key(key)
 
 
-def _checked_key(key: bytes) -> bytes:
+def _checked_length(key: bytes) -> bytes:
     if len(key) != MASTER_KEY_SIZE:
         raise KeyMaterialError(f"master key must be exactly {MASTER_KEY_SIZE} bytes (256 bits), got {len(key)}")
+    return key
+
+
+def _checked_key(key: bytes) -> bytes:
+    """A key about to become a master key: right length, and not a constant (all bytes equal)."""
+    _checked_length(key)
+    if len(set(key)) == 1:
+        raise KeyMaterialError(
+            "master key is refused: all 32 bytes are the same value (a placeholder or test key, not a secret)"
+        )
     return key
 
 

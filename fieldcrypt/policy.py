@@ -2,25 +2,29 @@
 
 Stored in the lake at `_fieldcrypt/policy.json` so every run and reader sees the same.
 Enabling is irreversible: a policy that drops or alters an enabled attribute is
-refused when it is saved, and when it is loaded against what the lake holds.
+refused when it is saved, and when it is loaded against what the lake holds. The stored
+policy is authenticated under the master-key hierarchy (fieldcrypt.policy_auth).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from fieldcrypt import policy_auth
 from fieldcrypt.attribute_path import AttributePath
+from fieldcrypt.binding import BINDING_PATH
 from fieldcrypt.errors import PolicyError
+from fieldcrypt.policy_auth import PolicyKeys
 from fieldcrypt.store import LakeStore
 
 POLICY_PATH = "_fieldcrypt/policy.json"
 POLICY_FORMAT = "fieldcrypt-policy-v1"
 MASKS = ("full", "email", "last4")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -207,25 +211,101 @@ class Policy:
 
 
 class PolicyStore:
-    """The policy of one workspace, in its lake."""
+    """The policy of one workspace, in its lake, authenticated under the master-key hierarchy.
 
-    def __init__(self, store: LakeStore, workspace: str) -> None:
+    Loading an existing policy verifies its MAC, which needs the MAC key unwrapped once
+    per cache lifetime (one KMS call on aws-kms): `keys` returns the workspace's data-key
+    cache and is only called when a stored policy is read or written. See
+    fieldcrypt.policy_auth and docs/FORMAT.md section 6a.
+    """
+
+    def __init__(self, store: LakeStore, workspace: str, keys: Callable[[], PolicyKeys] | None = None) -> None:
         self.store = store
         self.workspace = workspace
+        self._keys = keys
+
+    def exists(self) -> bool:
+        return self.store.exists(POLICY_PATH)
 
     def load(self) -> Policy:
+        where = self.store.display(POLICY_PATH)
         if not self.store.exists(POLICY_PATH):
+            if self.store.exists(BINDING_PATH):
+                raise PolicyError(
+                    f"{where} is missing but the lake is bound to a master key ({self.store.display(BINDING_PATH)}); "
+                    "a deleted policy is refused, never read as 'nothing enabled': restore it from backup"
+                )
             return Policy(self.workspace)
-        policy = Policy.from_json(self.store.read_bytes(POLICY_PATH).decode(), self.store.display(POLICY_PATH))
-        if policy.workspace != self.workspace:
+        doc, auth = policy_auth.split(self.store.read_bytes(POLICY_PATH), where)
+        self._check_workspace(doc, where)
+        sealed = policy_auth.sealed(doc, auth, where)
+        policy = Policy.from_json(sealed.document, where)
+        if not self._require_keys(where).policy_key_for(sealed.mac_key).verify(policy.to_json(), sealed.mac):
             raise PolicyError(
-                f"lake {self.store.uri} belongs to workspace {policy.workspace!r}, not {self.workspace!r}"
+                f"{where} failed authentication: it was edited outside fieldcrypt (or replaced); it is refused. "
+                "Restore it from backup"
             )
         return policy
 
     def save(self, policy: Policy) -> None:
         self.load().check_successor(policy)
-        self.store.write_bytes(POLICY_PATH, policy.to_json().encode())
+        self.write_authenticated(policy)
+
+    def write_authenticated(self, policy: Policy) -> None:
+        """Write `policy` with its MAC, under the stored MAC key (a new one for the first policy).
+
+        No successor check: `save` is the way to change a policy. This is for the first
+        policy, adoption of a reviewed legacy policy, and tests.
+        """
+        where = self.store.display(POLICY_PATH)
+        keys = self._require_keys(where)
+        wrapped = self.mac_key_value()
+        if wrapped is None:
+            key, wrapped = keys.new_policy_key()
+        else:
+            key = keys.policy_key_for(wrapped)
+        self.store.write_bytes(POLICY_PATH, policy_auth.seal(policy.to_json(), key, wrapped))
+
+    def mac_key_value(self) -> bytes | None:
+        """The stored wrapped MAC key, or None when there is no authenticated policy."""
+        if not self.store.exists(POLICY_PATH):
+            return None
+        where = self.store.display(POLICY_PATH)
+        doc, auth = policy_auth.split(self.store.read_bytes(POLICY_PATH), where)
+        return None if auth is None else policy_auth.sealed(doc, auth, where).mac_key
+
+    def unauthenticated(self) -> Policy | None:
+        """A legacy policy without authentication, parsed for review and adoption; None if there is none."""
+        if not self.store.exists(POLICY_PATH):
+            return None
+        where = self.store.display(POLICY_PATH)
+        doc, auth = policy_auth.split(self.store.read_bytes(POLICY_PATH), where)
+        if auth is not None:
+            raise PolicyError(f"{where} is already authenticated; there is nothing to adopt")
+        self._check_workspace(doc, where)
+        return Policy.from_json(json.dumps(doc), where)
+
+    def rewrap_key(self) -> bool:
+        """Rewrap the MAC key under the current master key (rotation); True if it was rewritten."""
+        wrapped = self.mac_key_value()
+        keys = self._require_keys(self.store.display(POLICY_PATH))
+        if wrapped is None or keys.is_current(wrapped):
+            return False
+        self.load()  # never rewrap the key of a policy that does not authenticate
+        new = keys.rewrap(wrapped, policy_auth.MAC_KEY_DATASET, policy_auth.MAC_KEY_ATTRIBUTE)
+        self.store.write_bytes(POLICY_PATH, policy_auth.reseal_key(self.store.read_bytes(POLICY_PATH), new))
+        return True
+
+    def _check_workspace(self, doc: dict[str, object], where: str) -> None:
+        if doc.get("workspace") != self.workspace:
+            raise PolicyError(
+                f"lake {self.store.uri} belongs to workspace {doc.get('workspace')!r}, not {self.workspace!r}"
+            )
+
+    def _require_keys(self, where: str) -> PolicyKeys:
+        if self._keys is None:
+            raise PolicyError(f"{where} is authenticated under the master key; open it through a Workspace")
+        return self._keys()
 
 
 def _iso(moment: datetime) -> str:
@@ -233,5 +313,5 @@ def _iso(moment: datetime) -> str:
 
 
 def _check_name(name: str, what: str) -> None:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise PolicyError(f"{what} {name!r} must be letters, digits and underscores, not starting with a digit")

@@ -33,6 +33,7 @@ from fieldcrypt.errors import InputError, VerificationError
 from fieldcrypt.parquet_io import open_parquet, protected_writer, read_ahead, row_groups
 from fieldcrypt.parquet_io import row_group as read_row_group
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
+from fieldcrypt.replace_guard import before_replace, confirm_replace
 from fieldcrypt.select import RowSelection, UniqueRowKeys, select_rows
 from fieldcrypt.store import LakeStore
 from fieldcrypt.verify import verify_rewrite
@@ -216,6 +217,7 @@ def protect_file(
                 )
         if store.version(rel) != original_version:
             raise VerificationError(f"{where} changed while it was being protected; nothing was replaced, run again")
+        intent = before_replace(store, rel, attributes, cache, dataset.name, partition, expected)
         store.replace(temp, rel)
     finally:
         store.delete(temp)
@@ -239,7 +241,9 @@ def protect_file(
                     partition=partition,
                     master_key=report.master_key,
                     cells=counts.newly_encrypted,
+                    intent=intent,
                 )
+    confirm_replace(cache, intent, dataset.name, partition, report.newly_encrypted)
     report.rewritten = True
     report.files_rewritten = 1
     report.data_keys = len(wrapped_keys)

@@ -24,6 +24,7 @@ from fieldcrypt.encrypt import used_wrapped_keys
 from fieldcrypt.errors import VerificationError
 from fieldcrypt.parquet_io import chunk_span, open_parquet, protected_writer, read_ahead, row_group, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
+from fieldcrypt.replace_guard import before_replace
 from fieldcrypt.reveal import decrypt_rows
 from fieldcrypt.store import LakeStore
 from fieldcrypt.wrapped_key import WrappedKey
@@ -63,6 +64,13 @@ class RotateReport:
 def wrapped_key_refs(store: LakeStore, rel: str, attributes: Sequence[AttributePolicy]) -> dict[bytes, str]:
     """Every distinct stored wrapped key of the file -> the master key (ref) that wrapped it."""
     return {value: ref for value, (ref, _) in _stored_keys(store, rel, attributes).items()}
+
+
+def stored_wrapped_keys(
+    store: LakeStore, rel: str, attributes: Sequence[AttributePolicy]
+) -> dict[bytes, AttributePolicy]:
+    """Every distinct stored wrapped key of the file -> the attribute whose column holds it."""
+    return {value: attribute for value, (_, attribute) in _stored_keys(store, rel, attributes).items()}
 
 
 def _stored_keys(
@@ -135,6 +143,7 @@ def rotate_file(
                 )
         if store.version(rel) != original_version:
             raise VerificationError(f"{where} changed while it was being rotated; nothing was replaced, run again")
+        intent = before_replace(store, rel, attributes, cache, dataset.name, partition, None, "rotate_partition")
         store.replace(temp, rel)
     finally:
         store.delete(temp)
@@ -146,6 +155,7 @@ def rotate_file(
             data_keys=len(mapping),
             cells=report.cells_under_rewrapped_keys,
             master_key=cache.master_key.ref,
+            intent=intent,
         )
     report.rewritten = True
     report.files_rewritten = 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -150,6 +151,7 @@ class LakeStore:
         """Atomically make `rel` hold what `temp_rel` holds."""
         src, dst = self.full_path(temp_rel), self.full_path(rel)
         if self.is_local:
+            _keep_mode(src, dst)
             os.replace(src, dst)
             dir_fd = os.open(os.path.dirname(dst), os.O_RDONLY)
             try:
@@ -179,3 +181,12 @@ class LakeStore:
     def delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):
             self.filesystem.delete_file(self.full_path(rel))
+
+
+def _keep_mode(src: str, dst: str) -> None:
+    """Give the replacement the permission bits of the file it replaces (a 0600 file stays 0600)."""
+    try:
+        mode = stat.S_IMODE(os.stat(dst).st_mode)
+    except FileNotFoundError:
+        return
+    os.chmod(src, mode)

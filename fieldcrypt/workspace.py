@@ -7,6 +7,9 @@ until a key is first needed.
 
 from __future__ import annotations
 
+import contextlib
+import hmac
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,28 +19,39 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fieldcrypt import policy_auth
 from fieldcrypt.audit import AuditLog
 from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore, index_context_attribute
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.columns import read_path, row_key_bytes
-from fieldcrypt.errors import ConfigError, FieldcryptError, InputError, KeyProviderError, PolicyError, VerificationError
-from fieldcrypt.keystore import Keystore
+from fieldcrypt.errors import (
+    ConfigError,
+    FieldcryptError,
+    InputError,
+    IntegrityError,
+    KeyProviderError,
+    PolicyError,
+    VerificationError,
+    WrongMasterKeyError,
+)
+from fieldcrypt.keystore import Keystore, parse_key_version
 from fieldcrypt.layout import DatasetLayout
 from fieldcrypt.mask import mask_values
 from fieldcrypt.parquet_io import open_parquet, row_groups
-from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
+from fieldcrypt.policy import POLICY_PATH, AttributePolicy, DatasetSpec, Policy, PolicyStore
+from fieldcrypt.policy_auth import MAC_KEY_ATTRIBUTE, MAC_KEY_DATASET, check_file_protection, check_stored_file
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
 from fieldcrypt.providers.aws_kms import PROVIDER_ID as KMS
 from fieldcrypt.providers.aws_kms import RETRY_MODES, AwsKmsProvider, kms_client, validate_kms_key
-from fieldcrypt.providers.base import KeyProvider
+from fieldcrypt.providers.base import EncryptionContext, KeyProvider
 from fieldcrypt.providers.base import MasterKeyInfo as KeyRef
 from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
 from fieldcrypt.providers.local import LocalKeyProvider
 from fieldcrypt.reveal import reveal
-from fieldcrypt.rotate import RotateReport, rotate_file, wrapped_key_refs
+from fieldcrypt.rotate import RotateReport, rotate_file, stored_wrapped_keys, wrapped_key_refs
 from fieldcrypt.select import existing_ciphertext
-from fieldcrypt.store import LakeStore
+from fieldcrypt.store import FileVersion, LakeStore
 from fieldcrypt.wrapped_key import WrappedKey
 
 
@@ -98,11 +112,13 @@ class Workspace:
         self.config = config
         self.name = config.name
         self.store = LakeStore.from_uri(config.lake_uri, endpoint_url=config.s3_endpoint_url, region=config.s3_region)
-        self.policies = PolicyStore(self.store, config.name)
+        self.policies = PolicyStore(self.store, config.name, keys=self.key_cache)
         self.bindings = BindingStore(self.store)
         self.index_keys = IndexKeyStore(self.store)
         self.audit = AuditLog(self.store, config.name, actor)
         self._cache: DataKeyCache | None = None
+        self._bound: KeyRef | None = None  # the master key this process's cache wraps under
+        self._binding_seen: FileVersion | None = None
 
     def __repr__(self) -> str:
         return f"Workspace({self.name!r}, lake={self.store.uri!r})"
@@ -110,19 +126,69 @@ class Workspace:
     # -- keys ----------------------------------------------------------------------------
 
     def key_cache(self) -> DataKeyCache:
-        """The data-key cache over the bound master key, built (and the key described) on first use."""
+        """The data-key cache over the bound master key, built (and the key described) on first use.
+
+        A lake seen for the first time is bound here: its (empty) authenticated policy is
+        written first, then the binding with the key's check value, so a crash between the
+        two leaves a lake that the next run binds.
+        """
         if self._cache is None:
-            self._cache = DataKeyCache(
-                self._provider(), self.name, self.audit, ttl_seconds=self.config.data_key_ttl_seconds
+            provider, binding = self._provider()
+            info = provider.describe()
+            cache = DataKeyCache(
+                provider,
+                self.name,
+                self.audit,
+                ttl_seconds=self.config.data_key_ttl_seconds,
+                guard=self._check_binding,
             )
+            if binding is None:
+                self._cache = cache  # the policy store below reaches the cache through key_cache()
+                try:
+                    if not self.policies.exists():
+                        self.policies.write_authenticated(Policy(self.name))
+                    self.bindings.save(KeyBinding(info).with_check_value(info, self._check_value(provider, info)))
+                except BaseException:
+                    self._cache = None
+                    raise
+                self.audit.record("bind_master_key", master_key=info.ref)
+            self._bound = info
+            self._binding_seen = self.bindings.version()
+            self._cache = cache
         return self._cache
 
-    def _provider(self) -> KeyProvider:
+    def _check_binding(self) -> None:
+        """Stop a process whose master key another process rotated away (one stat while unchanged)."""
+        seen = self.bindings.version()
+        if seen == self._binding_seen:
+            return
+        binding = self.bindings.load()
+        if binding is None or self._bound is None or binding.current != self._bound:
+            now = binding.current.ref if binding else "nothing"
+            raise KeyProviderError(
+                f"master key of lake {self.store.uri} moved from {self._bound.ref if self._bound else '?'} to {now} "
+                "after this process loaded it (a rotation by another process); nothing was written under the old "
+                "key - restart this run"
+            )
+        cache = self._cache
+        if cache is not None and isinstance(cache.provider, LocalKeyProvider) and binding.active_campaign is None:
+            for campaign in binding.campaigns:  # another process retired them: drop our copy of the bytes
+                if campaign.status == "complete" and campaign.old.provider == LOCAL:
+                    cache.provider.forget(parse_key_version(campaign.old.key_version))
+        self._binding_seen = seen
+
+    @staticmethod
+    def _check_value(provider: KeyProvider, info: KeyRef) -> str:
+        if isinstance(provider, LocalKeyProvider):
+            return provider.check_value(int(info.key_version))
+        return ""  # aws-kms: the key ARN is the check (docs/FORMAT.md section 5)
+
+    def _provider(self) -> tuple[KeyProvider, KeyBinding | None]:
+        """The provider of the bound (or, on a new lake, configured) key, and the stored binding."""
         binding = self.bindings.load()
         key = self.config.key
         if key.provider == LOCAL:
-            keystore = self._keystore()
-            provider: KeyProvider = LocalKeyProvider(keystore)
+            keystore = self._keystore()  # refuses a version whose bytes do not match its own KCV
             configured = KeyRef(LOCAL, keystore.key_id, str(keystore.current))
             if binding is not None and binding.current != configured:
                 raise KeyProviderError(
@@ -130,6 +196,14 @@ class Workspace:
                     f"{keystore.path} holds {configured.ref}; use the keystore of this workspace, or finish "
                     f"`fieldcrypt rotate start` if a rotation was interrupted"
                 )
+            if binding is not None:  # the binding's KCVs first: a wrong key is refused before any write
+                binding = self._checked_values(binding, keystore)
+            added = keystore.add_missing_check_values()
+            if added:
+                self.audit.record(
+                    "key_check_value_added", master_key=keystore.key_id, detail=f"keystore versions {added}"
+                )
+            provider: KeyProvider = LocalKeyProvider(keystore)
         else:
             client = self._kms_client()
             configured_arn = validate_kms_key(client, key.kms_key or "")
@@ -155,10 +229,77 @@ class Workspace:
             provider = AwsKmsProvider(current, self.name, client, also_decrypt=also)
         info = provider.describe()
         self.audit.record("describe_key", master_key=info.ref)
-        if binding is None:
-            self.bindings.save(KeyBinding(info))
-            self.audit.record("bind_master_key", master_key=info.ref)
-        return provider
+        return provider, binding
+
+    def _checked_values(self, binding: KeyBinding, keystore: Keystore) -> KeyBinding:
+        """Compare the keystore's key check values with the binding's; record the missing ones (migration)."""
+        campaign = binding.active_campaign
+        refs = [binding.current] + ([campaign.old] if campaign and campaign.old.provider == LOCAL else [])
+        updated = binding
+        for ref in refs:
+            if ref.key_id != keystore.key_id:
+                continue
+            actual = keystore.check_value(parse_key_version(ref.key_version))
+            expected = binding.check_values.get(ref.ref)
+            if expected is None:
+                if actual:
+                    self._prove_local_key(keystore, ref)  # never adopt a KCV for bytes that do not fit the lake
+                updated = updated.with_check_value(ref, actual)
+            elif actual and not hmac.compare_digest(expected, actual):
+                raise WrongMasterKeyError(
+                    f"wrong master key: keystore {keystore.path} holds {ref.ref}, but its key check value differs "
+                    f"from the one lake {self.store.uri} was bound to (same id and version, other key bytes); "
+                    "nothing was written - restore this lake's keystore"
+                )
+        if updated != binding:
+            self.bindings.save(updated)
+            added = sorted(set(updated.check_values) - set(binding.check_values))
+            self.audit.record("key_check_value_added", detail=f"binding: {', '.join(added)}")
+        return updated
+
+    def _prove_local_key(self, keystore: Keystore, ref: KeyRef) -> None:
+        """Migration check: the first stored wrapped key under `ref` must unwrap with the keystore's bytes.
+
+        Looks at the policy's MAC key, the blind-index keys, then the partitions of the
+        datasets the stored policy names (read for their names only, not trusted), and
+        stops at the first key under `ref`. Nothing stored under `ref`: nothing to lose.
+        """
+        provider = LocalKeyProvider(keystore)
+        for value, context in self._stored_wrapped_keys():
+            wrapped = WrappedKey.from_bytes(value)
+            if wrapped.master_key_ref != ref.ref:
+                continue
+            try:
+                provider.unwrap(wrapped, context)
+            except IntegrityError:
+                raise WrongMasterKeyError(
+                    f"wrong master key: keystore {keystore.path} holds {ref.ref}, but its bytes do not unwrap the data "
+                    f"keys lake {self.store.uri} stores under it; nothing was written - restore this lake's keystore"
+                ) from None
+            return
+
+    def _stored_wrapped_keys(self) -> Iterator[tuple[bytes, EncryptionContext]]:
+        with contextlib.suppress(FieldcryptError):
+            mac_key = self.policies.mac_key_value()
+            if mac_key is not None:
+                yield mac_key, EncryptionContext(self.name, MAC_KEY_DATASET, MAC_KEY_ATTRIBUTE)
+        with contextlib.suppress(FieldcryptError):
+            for name, value in self.index_keys.load().items():
+                dataset, _, path = name.partition(".")
+                yield value, EncryptionContext(self.name, dataset, index_context_attribute(path))
+        try:
+            where = self.store.display(POLICY_PATH)
+            doc, _ = policy_auth.split(self.store.read_bytes(POLICY_PATH), where)
+            named = Policy.from_json(json.dumps(doc), where)
+        except (FieldcryptError, OSError):
+            return
+        for dataset in sorted(set(named.datasets) & set(self.config.datasets)):
+            attributes = named.for_dataset(dataset)
+            for files in self.layout(dataset).partitions(self.store).values():
+                for rel in files:
+                    with contextlib.suppress(FieldcryptError):
+                        for value, attribute in stored_wrapped_keys(self.store, rel, attributes).items():
+                            yield value, EncryptionContext(self.name, dataset, attribute.path)
 
     def _keystore(self) -> Keystore:
         keystore = Keystore.load(Path(self.config.key.keystore_path or ""))
@@ -264,9 +405,7 @@ class Workspace:
             )
         return spec or layout.spec, attributes
 
-    def _each_file(
-        self, dataset: str, partition: str | None, work: Callable[[str], Result]
-    ) -> list[Result]:
+    def _each_file(self, dataset: str, partition: str | None, work: Callable[[str], Result]) -> list[Result]:
         """`work(rel)` for each file of a partition, a few at a time; every file is tried.
 
         Files are independent (each verified and replaced on its own), so one failing file
@@ -298,8 +437,10 @@ class Workspace:
         spec, attributes = self._dataset(dataset)
         where = self.partition_display(dataset, partition)
         if not attributes:
-            return ProtectReport.total(where, self._each_file(dataset, partition, lambda rel: scan_file(
-                self.store, rel, spec, attributes)))
+            # a file protected under a lost policy is refused, not scanned as "nothing enabled"
+            return ProtectReport.total(
+                where, self._each_file(dataset, partition, lambda rel: self._checked_scan(rel, spec, attributes))
+            )
         cache = self.key_cache()
         index_keys = self._index_keys(attributes)
         reports = self._each_file(
@@ -379,16 +520,8 @@ class Workspace:
                         batch = batch.filter(pc.is_in(keys, value_set=wanted))
                         if batch.num_rows == 0:
                             continue
+                    self._audit_decryption("reveal", batch, chosen, partition, reason=reason)
                     columns = {a.name: reveal(batch, spec, a, cache, at, partition) for a in chosen}
-                    for attribute in chosen:
-                        self.audit.record(
-                            "reveal",
-                            dataset=dataset,
-                            attribute=attribute.path,
-                            partition=partition,
-                            cells=batch.num_rows - existing_ciphertext(batch, attribute).null_count,
-                            reason=reason,
-                        )
                     columns = {key: batch.column(key) for key in spec.primary_key} | columns
                     yield pa.RecordBatch.from_pydict(columns)
 
@@ -401,16 +534,47 @@ class Workspace:
         for rel in self.files(dataset, partition):
             where = self.store.display(rel)
             with open_parquet(self.store, rel) as parquet:
+                check_file_protection(parquet, attributes, where)  # verify checks what the file says it protects
                 for index, batch in enumerate(row_groups(parquet, where)):
+                    self._audit_decryption("verify_decrypt", batch, attributes, partition)
                     for attribute in attributes:
                         ciphertext = existing_ciphertext(batch, attribute)
                         plaintext = reveal(batch, spec, attribute, cache, f"{where} row group {index}", partition)
                         yield rel, attribute, batch, plaintext, pc.is_valid(ciphertext)
 
+    def _audit_decryption(
+        self,
+        operation: str,
+        batch: pa.RecordBatch,
+        attributes: list[AttributePolicy],
+        partition: str | None,
+        reason: str | None = None,
+    ) -> None:
+        """One event per attribute and row group, written before any of its plaintext exists."""
+        for attribute in attributes:
+            cells = pc.is_valid(existing_ciphertext(batch, attribute)).true_count
+            if cells:
+                self.audit.record(
+                    operation,
+                    dataset=attribute.dataset,
+                    attribute=attribute.path,
+                    partition=partition,
+                    cells=cells,
+                    reason=reason,
+                )
+
+    def _checked_scan(self, rel: str, spec: DatasetSpec, attributes: list[AttributePolicy]) -> ProtectReport:
+        check_stored_file(self.store, rel, attributes)
+        return scan_file(self.store, rel, spec, attributes)
+
     # -- rotation ------------------------------------------------------------------------
 
     def start_rotation(self, to_kms_key: str | None = None) -> Campaign:
-        """Start moving every wrapped data key to a new master key (local: a new key version)."""
+        """Start moving every wrapped data key to a new master key (local: a new key version).
+
+        Everything is validated before the first write (the keystore's new version), and
+        the binding is written last; a crash between them is resumed by running it again.
+        """
         binding = self.bindings.load()
         if binding is None:
             raise PolicyError(f"lake {self.store.uri} has no bound master key yet; nothing to rotate")
@@ -418,19 +582,26 @@ class Workspace:
             if to_kms_key:
                 raise PolicyError("rotation from the local provider to aws-kms is not supported")
             keystore = self._keystore()
-            bound_version = int(binding.current.key_version)
+            binding = self._checked_values(binding, keystore)  # a wrong master key is refused here
+            bound_version = parse_key_version(binding.current.key_version)
             # Resume: a start interrupted after the keystore gained its version reuses that version.
-            version = keystore.current if keystore.current > bound_version else keystore.add_version()
+            resuming = keystore.current > bound_version
+            version = keystore.current if resuming else keystore.next_version()
             new = KeyRef(LOCAL, keystore.key_id, str(version))
+            binding.start(new, self.audit.actor)  # validation only: refuses a second campaign before any write
+            if not resuming:
+                keystore.add_version()
+            updated = binding.start(new, self.audit.actor, keystore.check_value(version))
         else:
             if not to_kms_key:
                 raise PolicyError("rotation on aws-kms needs the new key's ARN (--to)")
+            self.key_cache()  # the configured key is the bound one
             new = KeyRef(KMS, validate_kms_key(self._kms_client(), to_kms_key))
-        updated = binding.start(new, self.audit.actor)
+            updated = binding.start(new, self.audit.actor)
         self.bindings.save(updated)
         campaign = updated.active_campaign
         assert campaign is not None
-        self._cache = None
+        self._drop_cache()
         self.audit.record(
             "rotation_start", master_key=campaign.old.ref, to_master_key=new.ref, detail=campaign.campaign_id
         )
@@ -474,10 +645,13 @@ class Workspace:
         index_refs = {WrappedKey.from_bytes(value).master_key_ref for value in self.index_keys.load().values()}
         if index_refs - {current}:
             remaining[INDEX_KEYS_PATH] = sorted(index_refs - {current})
+        mac_key = self.policies.mac_key_value()
+        if mac_key is not None and WrappedKey.from_bytes(mac_key).master_key_ref != current:
+            remaining[POLICY_PATH] = [WrappedKey.from_bytes(mac_key).master_key_ref]
         return RotationStatus(binding.active_campaign if binding else None, remaining, scanned)
 
     def _rotate_index_keys(self) -> int:
-        """Rewrap every blind-index key not yet under the current master key; returns how many."""
+        """Rewrap every blind-index key and the policy MAC key not yet under the current master key."""
         stored = self.index_keys.load()
         cache = self.key_cache()
         stale = {name: value for name, value in stored.items() if not cache.is_current(value)}
@@ -486,13 +660,29 @@ class Workspace:
             stored[name] = cache.rewrap(value, dataset, index_context_attribute(path))
         if stale:
             self.index_keys.save(stored)
-        return len(stale)
+        return len(stale) + int(self.policies.rewrap_key())
 
     def complete_rotation(self) -> Campaign:
-        """Prove no wrapped key under the old master key remains, then retire it."""
+        """Prove no wrapped key under the old master key remains, then retire it.
+
+        The binding is marked complete first, then the old local version retired; run
+        again after a crash between the two, it finishes the retirement.
+        """
         binding = self.bindings.load()
-        if binding is None or binding.active_campaign is None:
+        if binding is None:
             raise PolicyError("no rotation is in progress")
+        if binding.active_campaign is None:
+            done = binding.last_completed
+            if done is not None and self._retire_old_version(done):
+                self.audit.record(
+                    "rotation_complete",
+                    master_key=done.old.ref,
+                    to_master_key=done.new.ref,
+                    detail=f"{done.campaign_id}; retirement of the old key version resumed",
+                )
+                return done
+            raise PolicyError("no rotation is in progress")
+        self.key_cache()  # the configured key matches the binding (and its check value)
         self._rotate_index_keys()  # a handful of keys: done here (and at start), not per partition
         status = self.rotation_status()
         if not status.complete:
@@ -502,9 +692,7 @@ class Workspace:
             )
         updated, campaign = binding.complete()
         self.bindings.save(updated)
-        if campaign.old.provider == LOCAL:
-            self._keystore().retire(int(campaign.old.key_version))
-        self._cache = None
+        self._retire_old_version(campaign)
         self.audit.record(
             "rotation_complete",
             master_key=campaign.old.ref,
@@ -512,3 +700,51 @@ class Workspace:
             detail=f"{campaign.campaign_id}; {status.scanned} partitions scanned",
         )
         return campaign
+
+    def _retire_old_version(self, campaign: Campaign) -> bool:
+        """Retire a completed campaign's old local key version if still enabled; True if it was."""
+        if campaign.old.provider != LOCAL:
+            return False
+        keystore = self._keystore()
+        version = parse_key_version(campaign.old.key_version)
+        entry = keystore.versions.get(version)
+        if keystore.key_id != campaign.old.key_id or entry is None or entry.state != "enabled":
+            return False
+        keystore.retire(version)
+        if self._cache is not None and isinstance(self._cache.provider, LocalKeyProvider):
+            self._cache.provider.forget(version)
+        self._drop_cache()
+        return True
+
+    def _drop_cache(self) -> None:
+        """Forget every cached key and the provider (and with it any retired key material)."""
+        if self._cache is not None:
+            self._cache.clear()
+        self._cache = None
+        self._bound = None
+        self._binding_seen = None
+
+    # -- policy adoption -----------------------------------------------------------------
+
+    def adopt_policy(self) -> Policy:
+        """Authenticate a legacy (unauthenticated) policy after checking it against every stored file.
+
+        The operator reviews the policy first (`fieldcrypt policy adopt` prints it). A policy
+        that lacks an attribute some file says is protected is refused. Audited.
+        """
+        legacy = self.policies.unauthenticated()
+        policy = legacy if legacy is not None else Policy(self.name)
+        checked = 0
+        for dataset in self.datasets:  # every declared dataset's files, whatever the policy names
+            for files in self.layout(dataset).partitions(self.store).values():
+                for rel in files:
+                    check_stored_file(self.store, rel, policy.for_dataset(dataset))
+                    checked += 1
+        self.key_cache()
+        self.policies.write_authenticated(policy)
+        self.audit.record(
+            "policy_adopt",
+            detail=f"{len(policy.attributes)} attributes; {checked} files checked; "
+            + ("legacy policy authenticated" if legacy is not None else "missing policy replaced by an empty one"),
+        )
+        return policy

@@ -222,7 +222,8 @@ def test_a_second_workspace_with_a_cold_cache_reveals_through_kms(
     reader = make_kms_workspace(key_a, lake=lake_uri)
 
     assert revealed(reader, DAY1, "users.email") == original(DAY1, "email")
-    assert kms_faults.calls["Decrypt"] == len(distinct_wrapped_keys(users_file(reader, DAY1)))
+    # one Decrypt per distinct data key, plus one for the policy's MAC key (the policy is authenticated)
+    assert kms_faults.calls["Decrypt"] == len(distinct_wrapped_keys(users_file(reader, DAY1))) + 1
 
 
 # -- encryption context and key pinning -----------------------------------------------------
@@ -422,11 +423,10 @@ def test_refused_key_leaves_the_lake_unbound_and_unchanged(
     asymmetric = make_kms_key(KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")
     workspace = make_kms_workspace(asymmetric)
     land_users(workspace)
-    enable_users(workspace)
     before = lake_snapshot(tmp_path / "lake")
 
-    with pytest.raises(KeyProviderError, match="KeySpec is RSA_2048"):
-        workspace.protect("users", DAY1)
+    with pytest.raises(KeyProviderError, match="KeySpec is RSA_2048"):  # enabling authenticates the policy
+        enable_users(workspace)
 
     assert not workspace.store.exists(BINDING_PATH)
     assert lake_snapshot(tmp_path / "lake") == before
@@ -470,9 +470,10 @@ def revoked(
     """DAY1 protected (its data keys cached), DAY2 landed unprotected, then access revoked."""
     workspace = make_kms_workspace(key_a)
     land_users(workspace, days=3)
-    enable_users(workspace)
     clock = FakeClock()
     workspace.key_cache().clock = clock
+    workspace.key_cache().clear()  # the policy's MAC key, cached when the lake was bound, is cached again on this clock
+    enable_users(workspace)
     workspace.protect("users", DAY1)
     kms_faults.fail("Decrypt", "AccessDeniedException")
     kms_faults.fail("GenerateDataKey", "AccessDeniedException")
@@ -534,7 +535,7 @@ def test_after_the_cache_ttl_revoked_access_stops_protection_and_changes_nothing
     with pytest.raises(AccessDeniedError, match="access denied") as denied:
         workspace.protect("users", DAY2)
 
-    assert "GenerateDataKey" in str(denied.value)
+    assert "Decrypt" in str(denied.value)  # the policy's MAC key is unwrapped first, then refused
     assert lake_snapshot(tmp_path / "lake") == before
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from fieldcrypt.blind_index import INDEX_KEYS_PATH, INDEX_SIZE
 from fieldcrypt.keystore import Keystore
 from tests.catalogs import TEST_DATASETS
 from tests.conftest import NOON, SAMPLE_DAY
+from tests.policy_support import backdate_policy
 
 DAYS = [SAMPLE_DAY, SAMPLE_DAY + timedelta(days=1)]
 EMAILS = ["a@example.com", "b@example.com", "a@example.com", None, "c@example.com"]
@@ -39,8 +39,7 @@ def _land(workspace: Workspace) -> None:
 
 
 def _backdate(workspace: Workspace) -> None:
-    path = Path(workspace.store.full_path("_fieldcrypt/policy.json"))
-    path.write_text(re.sub(r'"enabled_at": "[^"]+"', '"enabled_at": "2026-10-31T00:00:00.000000Z"', path.read_text()))
+    backdate_policy(workspace)
 
 
 @pytest.fixture
@@ -214,7 +213,7 @@ def test_index_key_bytes_never_reach_the_lake_or_the_audit_log(
     workspace.enable("users.email", "email", acknowledge_irreversible=True, blind_index=True)
     _backdate(workspace)
     workspace.protect("users", SAMPLE_DAY.isoformat())
-    assert len(issued) == 2  # the index key and one data key
+    assert len(issued) == 3  # the policy MAC key, the index key and one data key
     stored = b"".join(p.read_bytes() for p in Path(workspace.store.uri).rglob("*") if p.is_file())
     for key in issued:
         for form in (key, key.hex().encode(), base64.b64encode(key)):

@@ -16,6 +16,7 @@ from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
 from fieldcrypt.keystore import Keystore
 from tests.catalogs import TEST_DATASETS
 from tests.conftest import SAMPLE_DAY, WORKSPACE
+from tests.policy_support import backdate_policy
 
 FORMAT_DOC = Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
 
@@ -41,10 +42,8 @@ def _original_and_protected(workspace: Workspace, attribute: str, mask: str) -> 
 
 
 def _backdate(workspace: Workspace, attribute: str) -> None:
-    """Rewrite the policy file so the attribute was enabled before the sample day (test setup only)."""
-    path = Path(workspace.store.full_path("_fieldcrypt/policy.json"))
-    text = path.read_text()
-    path.write_text(re.sub(r'"enabled_at": "[^"]+"', '"enabled_at": "2026-10-31T00:00:00.000000Z"', text))
+    """Rewrite the policy so the attribute was enabled before the sample day (test setup only)."""
+    backdate_policy(workspace)
 
 
 def test_standalone_decryptor_reads_local_key_files(local_workspace: Workspace, keystore_path: Path) -> None:

@@ -69,8 +69,9 @@ def test_workspace_with_a_world_readable_keystore_refuses_before_touching_data(
     keystore_path.chmod(0o644)
     file = Path(local_workspace.store.full_path("users/date=2026-11-01/part-0.parquet"))
     before = file.read_bytes()
+    fresh = Workspace(local_workspace.config, actor="test")  # a new run loads the keystore again
     with pytest.raises(KeyMaterialError, match="accessible by group or others"):
-        local_workspace.protect("users", "2026-11-01")
+        fresh.protect("users", "2026-11-01")
     assert file.read_bytes() == before
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,14 +18,14 @@ from fieldcrypt import KeyMaterialError, PolicyError, Workspace
 from fieldcrypt.keystore import Keystore
 from fieldcrypt.rotate import wrapped_key_refs
 from tests.conftest import SAMPLE_DAY
+from tests.policy_support import backdate_policy
 
 DAYS = [SAMPLE_DAY + timedelta(days=i) for i in range(3)]
 PARTITIONS = [d.isoformat() for d in DAYS]
 
 
 def _backdate_policy(workspace: Workspace) -> None:
-    path = Path(workspace.store.full_path("_fieldcrypt/policy.json"))
-    path.write_text(re.sub(r'"enabled_at": "[^"]+"', '"enabled_at": "2026-10-31T00:00:00.000000Z"', path.read_text()))
+    backdate_policy(workspace)
 
 
 @pytest.fixture
@@ -144,7 +143,7 @@ def test_second_campaign_cannot_start_before_the_first_completes(protected_lake:
 def test_rotation_events_are_audited_with_counts(protected_lake: Workspace) -> None:
     protected_lake.start_rotation()
     protected_lake.rotate("users", PARTITIONS[0])
-    events = [e for e in protected_lake.audit.events() if e["operation"].startswith("rot")]
+    events = [e for e in protected_lake.audit.events() if e["operation"] in ("rotation_start", "rotate_partition")]
     assert [e["operation"] for e in events] == ["rotation_start", "rotate_partition"]
     assert events[1]["partition"] == PARTITIONS[0] and events[1]["cells"] > 0 and events[1]["data_keys"] >= 1
 

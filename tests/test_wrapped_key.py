@@ -148,7 +148,7 @@ def test_wrapped_key_relabelled_with_another_version_is_refused(
 
 def test_non_numeric_local_key_version_is_refused(provider: LocalKeyProvider) -> None:
     _, wrapped = provider.generate_data_key(EMAIL)
-    with pytest.raises(IntegrityError, match="non-numeric version"):
+    with pytest.raises(IntegrityError, match="not canonical"):
         provider.unwrap(WrappedKey(wrapped.provider, wrapped.key_id, "x", wrapped.wrapped), EMAIL)
 
 

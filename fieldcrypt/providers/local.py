@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fieldcrypt.cell import DEK_SIZE, NONCE_SIZE
 from fieldcrypt.errors import IntegrityError, KeyProviderError
-from fieldcrypt.keystore import Keystore
+from fieldcrypt.keystore import Keystore, parse_key_version
 from fieldcrypt.providers.base import EncryptionContext, KeyProvider, MasterKeyInfo
 from fieldcrypt.wrapped_key import WrappedKey
 
@@ -69,9 +69,17 @@ class LocalKeyProvider(KeyProvider):
                 f"data key is wrapped by {wrapped.provider} master key {wrapped.key_id}, "
                 f"not by this workspace's local master key {self._keystore.key_id}"
             )
-        if not wrapped.key_version.isdigit():
-            raise IntegrityError(f"local wrapped key has a non-numeric version {wrapped.key_version!r}")
-        return int(wrapped.key_version)
+        return parse_key_version(wrapped.key_version, "local wrapped key version")
+
+    def check_value(self, version: int) -> str:
+        """The key check value of one version (docs/FORMAT.md section 5); never key bytes."""
+        return self._keystore.check_value(version)
+
+    def forget(self, version: int) -> None:
+        """Drop a retired version's key material from this provider's keystore copy."""
+        entry = self._keystore.versions.get(version)
+        if entry is not None and version != self._keystore.current:
+            entry.state, entry.key = "retired", b""
 
 
 def _wrap_ad(key_id: str, version: int, context: EncryptionContext) -> bytes:

@@ -4,7 +4,7 @@ Encryption keys are kept per (dataset, attribute) and retired after `ttl_seconds
 `max_cells_per_key` cells, whichever comes first; unwrapped keys are kept per wrapped
 value for `ttl_seconds`. The TTL can be set lower than 30 minutes, never higher, so
 revoking access to the master key stops all work within that time. Keys are held as
-AESGCM objects, never written anywhere. Every provider call is counted and audited.
+DataKey holders (fieldcrypt.cell), never written anywhere. Every provider call is counted and audited.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from fieldcrypt.audit import AuditLog
 from fieldcrypt.blind_index import BlindIndexKey, index_context_attribute
-from fieldcrypt.cell import new_cipher
+from fieldcrypt.cell import DataKey
 from fieldcrypt.errors import InputError
 from fieldcrypt.providers.base import EncryptionContext, KeyProvider, MasterKeyInfo
 from fieldcrypt.wrapped_key import WrappedKey
@@ -43,7 +41,7 @@ class KeyCallCounts:
 
 @dataclass
 class _EncryptionKey:
-    cipher: AESGCM
+    data_key: DataKey
     wrapped: bytes
     created: float
     cells_left: int
@@ -51,7 +49,7 @@ class _EncryptionKey:
 
 @dataclass
 class _DecryptionKey:
-    cipher: AESGCM
+    data_key: DataKey
     created: float
 
 
@@ -86,8 +84,8 @@ class DataKeyCache:
 
     def reserve(
         self, dataset: str, attribute: str, cells: int, partition: str | None = None
-    ) -> tuple[AESGCM, bytes, int]:
-        """A data key for up to `cells` new cells: (cipher, stored wrapped-key value, cells granted).
+    ) -> tuple[DataKey, bytes, int]:
+        """A data key for up to `cells` new cells: (data key, stored wrapped-key value, cells granted).
 
         Granted may be fewer than asked when the key's cell budget runs out; ask again
         for the rest and a new key is generated.
@@ -99,29 +97,29 @@ class DataKeyCache:
                 dek, wrapped = self.provider.generate_data_key(context)
                 self.calls.generate += 1
                 self._audit("generate_data_key", context, partition, wrapped)
-                key = _EncryptionKey(new_cipher(dek), wrapped.to_bytes(), self.clock(), self.max_cells_per_key)
+                key = _EncryptionKey(DataKey(dek), wrapped.to_bytes(), self.clock(), self.max_cells_per_key)
                 del dek
                 self._encrypting[(dataset, attribute)] = key
             granted = min(cells, key.cells_left)
             key.cells_left -= granted
-            return key.cipher, key.wrapped, granted
+            return key.data_key, key.wrapped, granted
 
-    def cipher_for(self, wrapped_value: bytes, dataset: str, attribute: str, partition: str | None = None) -> AESGCM:
-        """The cipher of a stored wrapped key, unwrapping (one provider call) on a miss."""
+    def cipher_for(self, wrapped_value: bytes, dataset: str, attribute: str, partition: str | None = None) -> DataKey:
+        """The data key of a stored wrapped key, unwrapping (one provider call) on a miss."""
         cache_key = (wrapped_value, dataset, attribute)
         with self._lock:
             hit = self._decrypting.get(cache_key)
             if hit is not None and self.clock() - hit.created < self.ttl_seconds:
-                return hit.cipher
+                return hit.data_key
             context = self.context(dataset, attribute)
             wrapped = WrappedKey.from_bytes(wrapped_value)
             dek = self.provider.unwrap(wrapped, context)
             self.calls.unwrap += 1
             self._audit("unwrap", context, partition, wrapped)
-            cipher = new_cipher(dek)
+            data_key = DataKey(dek)
             del dek
-            self._decrypting[cache_key] = _DecryptionKey(cipher, self.clock())
-            return cipher
+            self._decrypting[cache_key] = _DecryptionKey(data_key, self.clock())
+            return data_key
 
     def new_index_key(self, dataset: str, attribute: str) -> bytes:
         """A new blind-index key for an attribute, as its stored wrapped value (the plaintext is dropped)."""

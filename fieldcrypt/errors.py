@@ -41,3 +41,7 @@ class IntegrityError(FieldcryptError):
 
 class VerificationError(FieldcryptError):
     """A freshly written file did not verify; the original was left in place."""
+
+
+class KernelError(FieldcryptError):
+    """The requested cell kernel cannot be used (FIELDCRYPT_KERNEL=native without the extension) or failed."""

@@ -5,13 +5,15 @@ Plaintext only ever lives in the returned Arrow arrays; nothing here writes or l
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from fieldcrypt.cache import DataKeyCache
-from fieldcrypt.cell import ad_prefix, associated_data, decrypt_cell
+from fieldcrypt.cell import ad_prefix
 from fieldcrypt.columns import raw_path, read_path, row_key_text
 from fieldcrypt.errors import InputError, IntegrityError, KeyProviderError
+from fieldcrypt.kernel import decrypt_column
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 
 
@@ -24,28 +26,46 @@ def decrypt_rows(
     where: str,
     partition: str | None = None,
 ) -> pa.Array:
-    """Plaintext (as UTF-8 text) of the protected cells at `rows`; IntegrityError on any tampering."""
+    """Plaintext (as UTF-8 text) of the protected cells at `rows`; IntegrityError on any tampering.
+
+    Cells are decrypted by the batch kernel (fieldcrypt.kernel), one call per data key; every
+    data key is unwrapped before any cell is decrypted, and a bad one names the first row using it.
+    """
     ciphertext = batch.column(attribute.ciphertext_column).take(rows)
     wrapped = batch.column(attribute.wrapped_key_column).take(rows)
-    if pa.types.is_dictionary(wrapped.type):
-        wrapped = wrapped.dictionary_decode()
     if ciphertext.null_count or wrapped.null_count:
         raise InputError(f"{where}: asked to decrypt a row that is not protected")
+    if not pa.types.is_dictionary(wrapped.type):
+        wrapped = wrapped.dictionary_encode()
     keys = None
     if dataset.primary_key is not None:
-        keys = row_key_text(batch, dataset.primary_key, where).take(rows).cast(pa.binary()).to_pylist()
+        keys = row_key_text(batch, dataset.primary_key, where).take(rows).cast(pa.binary())
     prefix = ad_prefix(dataset.name, attribute.path, has_row_key=keys is not None)
-    out: list[bytes] = []
-    row_numbers = rows.to_pylist()
-    for i, (cell, wrapped_value) in enumerate(zip(ciphertext.to_pylist(), wrapped.to_pylist(), strict=True)):
+    key_of_row = wrapped.indices.to_numpy(zero_copy_only=False)
+    used, first_row = np.unique(key_of_row, return_index=True)
+    groups = used[np.argsort(first_row)]  # data keys in the order of their first row
+    data_keys = {}
+    for index, first in zip(used, first_row, strict=True):
         try:
-            cipher = cache.cipher_for(wrapped_value, dataset.name, attribute.path, partition)
+            stored = wrapped.dictionary[index].as_py()
+            data_keys[index] = cache.cipher_for(stored, dataset.name, attribute.path, partition)
         except (IntegrityError, KeyProviderError) as exc:  # say which file and row hold the bad wrapped key
-            raise type(exc)(f"{where} row {row_numbers[i]}: {exc}") from None
-        ad = associated_data(prefix, keys[i] if keys is not None else None)
-        out.append(decrypt_cell(cipher, cell, ad, f"{where} row {row_numbers[i]}"))
+            raise type(exc)(f"{where} row {rows[first].as_py()}: {exc}") from None
+    if len(groups) == 0:
+        plaintext = pa.array([], pa.binary())
+    elif len(groups) == 1:
+        plaintext = decrypt_column(data_keys[groups[0]], prefix, ciphertext, keys, where, rows)
+    else:
+        parts, positions = [], []
+        for index in groups:
+            at = pa.array(np.flatnonzero(key_of_row == index))
+            part_keys = None if keys is None else keys.take(at)
+            parts.append(decrypt_column(data_keys[index], prefix, ciphertext.take(at), part_keys, where, rows.take(at)))
+            positions.append(at)
+        order = pc.sort_indices(pa.concat_arrays(positions))
+        plaintext = pa.concat_arrays(parts).take(order)
     value_type = raw_path(batch, attribute.path).type
-    return pa.array(out, pa.large_binary() if value_type == pa.large_string() else pa.binary()).cast(value_type)
+    return plaintext.cast(pa.large_binary() if value_type == pa.large_string() else pa.binary()).cast(value_type)
 
 
 def reveal(

@@ -16,9 +16,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import date
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 from fieldcrypt.errors import FieldcryptError, PolicyError
+from fieldcrypt.kernel import describe as describe_kernel
 from fieldcrypt.keystore import Keystore, new_wrapping_key, parse_base64_key, unwrap_imported_key
 from fieldcrypt.log_safety import silence_key_material_loggers
 from fieldcrypt.policy import MASKS, DatasetSpec
@@ -33,8 +35,20 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: the package version and the cell kernel in use (fieldcrypt.kernel), then exit."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"fieldcrypt {package_version('fieldcrypt')}, {describe_kernel()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fieldcrypt", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--version", action=_VersionAction, help="print the version and the active cell kernel")
     parser.add_argument("--workspace", default=_env("FIELDCRYPT_WORKSPACE", "default"))
     parser.add_argument("--lake", default=_env("FIELDCRYPT_LAKE"), help="local folder or s3://bucket/prefix")
     parser.add_argument("--provider", default=_env("FIELDCRYPT_KEY_PROVIDER", "local"), choices=["local", "aws-kms"])

@@ -37,7 +37,7 @@ from fieldcrypt.cell import (
     short_cell,
     unknown_version,
 )
-from fieldcrypt.errors import InputError, IntegrityError, KernelError
+from fieldcrypt.errors import FieldcryptError, InputError, IntegrityError, KernelError
 
 KERNEL_ENV = "FIELDCRYPT_KERNEL"
 THREADS_ENV = "FIELDCRYPT_THREADS"
@@ -178,10 +178,10 @@ def describe() -> str:
     """One line for `fieldcrypt --version`: the active kernel and why (never raises)."""
     try:
         kernel = selected_kernel()
-    except KernelError as exc:
+        if isinstance(kernel, NativeKernel):
+            return f"cell kernel: native ({kernel.openssl_version}, {threads()} threads)"
+    except FieldcryptError as exc:
         return f"cell kernel: unusable ({exc})"
-    if isinstance(kernel, NativeKernel):
-        return f"cell kernel: native ({kernel.openssl_version}, {threads()} threads)"
     why = f"forced by {KERNEL_ENV}" if os.environ.get(KERNEL_ENV) else f"native unavailable: {NATIVE_MISSING}"
     return f"cell kernel: python ({why})"
 

@@ -23,12 +23,15 @@
 #include <Python.h>
 
 #include <limits.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/opensslv.h>
+#include <openssl/params.h>
 #include <openssl/rand.h>
 
 /*
@@ -165,17 +168,62 @@ static int evp_update(EVP_CIPHER_CTX *ctx, int encrypting, unsigned char *out, c
     return 1;
 }
 
-/* The associated data of cell i: prefix [|| u32be(len(row key)) || row key]. */
-static int feed_associated_data(EVP_CIPHER_CTX *ctx, int encrypting, const Py_buffer *prefix,
+/*
+ * The associated data of the cells, assembled in one scratch buffer so that a cell's AD is
+ * usually one EVP update: prefix || u32be(len(row key)) || row key (the key copied in when
+ * it fits, fed as a second update otherwise). Each EVP call costs a provider dispatch.
+ */
+#define SCRATCH_ROW_KEY 512
+
+typedef struct {
+    unsigned char *buffer; /* prefix || 4-byte length || room for SCRATCH_ROW_KEY bytes */
+    size_t prefix_size;
+} ad_scratch;
+
+static int scratch_open(ad_scratch *scratch, const Py_buffer *prefix) {
+    scratch->prefix_size = (size_t)prefix->len;
+    scratch->buffer = malloc(scratch->prefix_size + 4 + SCRATCH_ROW_KEY);
+    if (scratch->buffer == NULL) return 0;
+    memcpy(scratch->buffer, prefix->buf, scratch->prefix_size);
+    return 1;
+}
+
+static void scratch_close(ad_scratch *scratch) {
+    free(scratch->buffer); /* not secret: names and row keys */
+    scratch->buffer = NULL;
+}
+
+static int feed_associated_data(EVP_CIPHER_CTX *ctx, int encrypting, const ad_scratch *scratch,
                                 const binary_view *row_keys, Py_ssize_t i) {
-    if (!evp_update(ctx, encrypting, NULL, prefix->buf, prefix->len)) return 0;
-    if (row_keys == NULL) return 1;
+    if (row_keys == NULL) return evp_update(ctx, encrypting, NULL, scratch->buffer, (int64_t)scratch->prefix_size);
     int64_t size;
     const unsigned char *key = view_value(row_keys, i, &size);
     if (size > (int64_t)UINT32_MAX) return 0; /* checked before the loop; kept as a guard */
-    unsigned char length[4] = {(unsigned char)(size >> 24), (unsigned char)(size >> 16), (unsigned char)(size >> 8),
-                               (unsigned char)size};
-    return evp_update(ctx, encrypting, NULL, length, 4) && evp_update(ctx, encrypting, NULL, key, size);
+    unsigned char *length = scratch->buffer + scratch->prefix_size;
+    length[0] = (unsigned char)(size >> 24);
+    length[1] = (unsigned char)(size >> 16);
+    length[2] = (unsigned char)(size >> 8);
+    length[3] = (unsigned char)size;
+    int64_t head = (int64_t)scratch->prefix_size + 4;
+    if (size <= SCRATCH_ROW_KEY) {
+        memcpy(length + 4, key, (size_t)size);
+        return evp_update(ctx, encrypting, NULL, scratch->buffer, head + size);
+    }
+    return evp_update(ctx, encrypting, NULL, scratch->buffer, head) && evp_update(ctx, encrypting, NULL, key, size);
+}
+
+/* The GCM tag through the provider's parameters (EVP_CIPHER_CTX_ctrl would translate to these). */
+static int get_tag(EVP_CIPHER_CTX *ctx, unsigned char *tag) {
+    OSSL_PARAM params[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, TAG_SIZE),
+                            OSSL_PARAM_construct_end()};
+    return EVP_CIPHER_CTX_get_params(ctx, params) == 1;
+}
+
+static int set_tag(EVP_CIPHER_CTX *ctx, const unsigned char *tag) {
+    OSSL_PARAM params[2] = {
+        OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, (void *)tag, TAG_SIZE),
+        OSSL_PARAM_construct_end()};
+    return EVP_CIPHER_CTX_set_params(ctx, params) == 1;
 }
 
 static void write_offset32(unsigned char *offsets, Py_ssize_t i, int64_t value) {
@@ -312,8 +360,11 @@ static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS
     unsigned char nonces[NONCE_BATCH * NONCE_SIZE];
-    EVP_CIPHER_CTX *ctx = new_context(&buffers.key, 1);
-    ok = ctx != NULL;
+    ad_scratch scratch;
+    EVP_CIPHER_CTX *ctx = NULL;
+    ok = scratch_open(&scratch, &buffers.prefix);
+    if (ok) ctx = new_context(&buffers.key, 1);
+    ok = ok && ctx != NULL;
     int64_t at = 0;
     write_offset32(offsets, 0, 0);
     for (Py_ssize_t i = 0; ok && i < n; i++) {
@@ -334,14 +385,15 @@ static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
         cell[0] = CELL_VERSION;
         memcpy(cell + 1, nonce, NONCE_SIZE);
         CHECK_REGION(cell + 1 + NONCE_SIZE + size, TAG_SIZE);
-        ok = EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) && feed_associated_data(ctx, 1, &buffers.prefix, row_keys, i) &&
+        ok = EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) && feed_associated_data(ctx, 1, &scratch, row_keys, i) &&
              evp_update(ctx, 1, cell + 1 + NONCE_SIZE, value, size) &&
              EVP_EncryptFinal_ex(ctx, cell + 1 + NONCE_SIZE + size, &tail) && tail == 0 &&
-             EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_SIZE, cell + 1 + NONCE_SIZE + size) == 1;
+             get_tag(ctx, cell + 1 + NONCE_SIZE + size);
         at += size + CELL_OVERHEAD;
         write_offset32(offsets, i + 1, at);
     }
     EVP_CIPHER_CTX_free(ctx);
+    scratch_close(&scratch);
     Py_END_ALLOW_THREADS
     buffers_release(&buffers);
     if (!ok) {
@@ -398,8 +450,11 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
     Py_ssize_t failed_at = -1;
     long reason = 0, detail = 0;
     Py_BEGIN_ALLOW_THREADS
-    EVP_CIPHER_CTX *ctx = new_context(&buffers.key, 0);
-    ok = ctx != NULL;
+    ad_scratch scratch;
+    EVP_CIPHER_CTX *ctx = NULL;
+    ok = scratch_open(&scratch, &buffers.prefix);
+    if (ok) ctx = new_context(&buffers.key, 0);
+    ok = ok && ctx != NULL;
     int64_t at = 0;
     write_offset32(offsets, 0, 0);
     for (Py_ssize_t i = 0; ok && i < n; i++) {
@@ -418,9 +473,9 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
         CHECK_REGION(cell + 1, NONCE_SIZE);
         CHECK_REGION(cell + 1 + NONCE_SIZE + body, TAG_SIZE);
         ok = EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, cell + 1) &&
-             feed_associated_data(ctx, 0, &buffers.prefix, row_keys, i) &&
+             feed_associated_data(ctx, 0, &scratch, row_keys, i) &&
              evp_update(ctx, 0, plain + at, cell + 1 + NONCE_SIZE, body) &&
-             EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_SIZE, (void *)(cell + 1 + NONCE_SIZE + body)) == 1;
+             set_tag(ctx, cell + 1 + NONCE_SIZE + body);
         if (ok && EVP_DecryptFinal_ex(ctx, plain + at + body, &tail) <= 0) {
             failed_at = i, reason = FAIL_TAG, detail = 0;
             break;
@@ -429,6 +484,7 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
         write_offset32(offsets, i + 1, at);
     }
     EVP_CIPHER_CTX_free(ctx);
+    scratch_close(&scratch);
     if (!ok || failed_at >= 0) OPENSSL_cleanse(plain, (size_t)total); /* no plaintext of a failed call survives */
     Py_END_ALLOW_THREADS
     buffers_release(&buffers);

@@ -232,11 +232,12 @@ def bench_protect(source: Path, lake_root: Path, reps: int) -> tuple[dict[str, f
     }, kept
 
 
-def bench_read(lake_root: Path, protected: Path, reps: int) -> dict[str, float]:
-    """Workspace.verify (decrypt every cell, check its mask) and Workspace.reveal of the protected file."""
-    lake = make_lake(lake_root)
-    lake.land(protected)
-    workspace = lake.workspace()
+def bench_read(lake_root: Path, reps: int) -> dict[str, float]:
+    """Workspace.verify (decrypt every cell, check its mask) and Workspace.reveal of the file
+    bench_protect left protected in its lake."""
+    from common import BenchLake
+
+    workspace = BenchLake(lake_root, lake_root / "keys" / "keystore.json", lake_root / "lake").workspace()
     workspace.key_cache()
     cells = sum(workspace.verify("users", PARTITION).values())
     names = [a for a, _ in ATTRIBUTES]
@@ -364,7 +365,7 @@ def main() -> None:
             protect, protected = bench_protect(source, out / "protect", args.protect_reps)
             result.update(protect)
             result.update(file_facts(source, protected))
-            result.update(bench_read(out / "read", protected, args.protect_reps))
+            result.update(bench_read(out / "protect", args.protect_reps))
         result.update(rss)
         print(f"bench/encrypt.py took {time.perf_counter() - started:.0f}s")
         print(json.dumps(result))

@@ -43,14 +43,15 @@ def decrypt_rows(
     prefix = ad_prefix(dataset.name, attribute.path, has_row_key=keys is not None)
     key_of_row = wrapped.indices.to_numpy(zero_copy_only=False)
     used, first_row = np.unique(key_of_row, return_index=True)
-    groups = used[np.argsort(first_row)]  # data keys in the order of their first row
+    in_row_order = np.argsort(first_row)
+    groups = used[in_row_order]  # data keys in the order of their first row
     data_keys = {}
-    for index, first in zip(used, first_row, strict=True):
+    for index, first in zip(groups, first_row[in_row_order], strict=True):
         try:
-            stored = wrapped.dictionary[index].as_py()
+            stored = wrapped.dictionary[int(index)].as_py()
             data_keys[index] = cache.cipher_for(stored, dataset.name, attribute.path, partition)
         except (IntegrityError, KeyProviderError) as exc:  # say which file and row hold the bad wrapped key
-            raise type(exc)(f"{where} row {rows[first].as_py()}: {exc}") from None
+            raise type(exc)(f"{where} row {rows[int(first)].as_py()}: {exc}") from None
     if len(groups) == 0:
         plaintext = pa.array([], pa.binary())
     elif len(groups) == 1:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -30,6 +31,7 @@ from fieldcrypt.cli import run
 from fieldcrypt.errors import KernelError
 from fieldcrypt.kernel import CellFailure, Kernel, decrypt_column, encrypt_column
 from fieldcrypt.lake import partition_path
+from fieldcrypt.reveal import decrypt_rows
 from fieldcrypt.sample import land_sample_lake
 
 REPO = Path(__file__).resolve().parent.parent
@@ -347,3 +349,30 @@ def test_a_file_protected_by_one_kernel_is_revealed_by_the_other(
     monkeypatch.setenv("FIELDCRYPT_KERNEL", reveal_with)
     revealed = pa.Table.from_batches(list(workspace.reveal("users", "2026-11-01", ["email"])))
     assert revealed.column("users.email").equals(before.column("email"))
+
+
+@pytest.mark.parametrize("kernel_name", ["native", "python"])
+def test_rows_under_several_data_keys_decrypt_in_row_order_and_a_bad_cell_names_its_row(
+    local_workspace: Workspace, enable_at: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, kernel_name: str
+) -> None:
+    monkeypatch.setenv("FIELDCRYPT_KERNEL", kernel_name)
+    entry = enable_at(local_workspace, "users.email", "email")
+    rel = partition_path("users", "2026-11-01")
+    original = pq.read_table(local_workspace.store.full_path(rel)).column("email")
+    local_workspace.key_cache().max_cells_per_key = 37  # several data keys in one row group
+    local_workspace.protect("users", "2026-11-01")
+    batch = pq.read_table(local_workspace.store.full_path(rel)).combine_chunks().to_batches()[0]
+    assert len(set(batch.column("email__fc_dek").to_pylist()) - {None}) > 3
+    protected = pc.indices_nonzero(pc.is_valid(batch.column("email__fc_ct")))
+    rows = pa.array(list(reversed(protected.to_pylist())), pa.int64())  # out of order on purpose
+    spec = local_workspace.policy().datasets["users"]
+    cache = local_workspace.key_cache()
+    decrypted = decrypt_rows(batch, spec, entry, cache, rows, rel)
+    assert decrypted.equals(original.combine_chunks().take(rows))
+    victim = protected[len(protected) // 2].as_py()
+    cells = batch.column("email__fc_ct").to_pylist()
+    cells[victim] = cells[victim][:-1] + bytes([cells[victim][-1] ^ 1])
+    at = batch.schema.get_field_index("email__fc_ct")
+    broken = batch.set_column(at, batch.schema.field(at), pa.array(cells, pa.binary()))
+    with pytest.raises(IntegrityError, match=rf"^{rel} row {victim}: ciphertext failed authentication"):
+        decrypt_rows(broken, spec, entry, cache, rows, rel)

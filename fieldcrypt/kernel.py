@@ -286,6 +286,16 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _forget_pools_after_fork() -> None:
+    """A forked child has none of the parent's threads: it starts its own pools on first use."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
+
+
 def _pool(workers: int) -> ThreadPoolExecutor:
     """The process-wide pool of native kernel threads (one per thread count asked for)."""
     with _POOLS_LOCK:

@@ -8,6 +8,7 @@ bounds checks, kernel selection and the fallback when the extension is missing.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import subprocess
@@ -376,3 +377,25 @@ def test_rows_under_several_data_keys_decrypt_in_row_order_and_a_bad_cell_names_
     broken = batch.set_column(at, batch.schema.field(at), pa.array(cells, pa.binary()))
     with pytest.raises(IntegrityError, match=rf"^{rel} row {victim}: ciphertext failed authentication"):
         decrypt_rows(broken, spec, entry, cache, rows, rel)
+
+
+def encrypt_in_child(results: Any) -> None:
+    values = pa.array([f"v{i}" for i in range(20_000)])
+    cells = encrypt_column(KEY, PREFIX_UNKEYED, values, None)
+    results.put(PYTHON.decrypt(KEY, PREFIX_UNKEYED, cells, None).equals(values.cast(pa.binary())))
+
+
+def test_a_forked_child_encrypts_on_threads_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FIELDCRYPT_THREADS", "2")
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_CELLS", 10)
+    encrypt_column(KEY, PREFIX_UNKEYED, pa.array([f"v{i}" for i in range(1000)]), None)  # the parent's pool runs
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=encrypt_in_child, args=(results,))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung waiting for the parent's kernel threads")
+    assert child.exitcode == 0
+    assert results.get(timeout=5) is True

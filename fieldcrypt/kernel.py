@@ -14,6 +14,7 @@ why. FIELDCRYPT_THREADS bounds the threads running native calls (default: usable
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from collections.abc import Callable
@@ -145,10 +146,10 @@ _NATIVE_REASONS: dict[int, Callable[[int], str]] = {
 
 def _import_native() -> tuple[NativeKernel | None, str]:
     try:
-        from fieldcrypt import _native
-    except ImportError as exc:
+        module = importlib.import_module("fieldcrypt._native")
+    except ImportError as exc:  # not built (no compiler or OpenSSL headers at install), or libcrypto missing
         return None, f"the extension fieldcrypt._native did not import ({exc})"
-    return NativeKernel(_native), ""
+    return NativeKernel(module), ""
 
 
 PYTHON = PythonKernel()

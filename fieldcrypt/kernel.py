@@ -120,6 +120,8 @@ class NativeKernel:
             offsets, data = self._module.encrypt(key.key_bytes, prefix, *_buffers(values), *_key_buffers(keys))
         except self._module.KernelFailure as exc:
             raise KernelError(f"native kernel: {exc}") from None
+        except OverflowError:  # a single value near 2 GiB: its cell cannot be stored in a binary column
+            raise InputError("a value is too large to encrypt: its cell would exceed 2 GiB") from None
         return _from_buffers(len(values), offsets, data)
 
     def decrypt(self, key: DataKey, prefix: bytes, cells: pa.Array, row_keys: pa.Array | None) -> pa.Array:

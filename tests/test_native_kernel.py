@@ -399,3 +399,17 @@ def test_a_forked_child_encrypts_on_threads_of_its_own(monkeypatch: pytest.Monke
         pytest.fail("the forked child hung waiting for the parent's kernel threads")
     assert child.exitcode == 0
     assert results.get(timeout=5) is True
+
+
+@pytest.mark.parametrize(("writer", "reader"), DIRECTIONS)
+def test_row_keys_longer_than_the_scratch_buffer_cross_between_kernels(writer: Kernel, reader: Kernel) -> None:
+    sizes = [0, 1, 511, 512, 513, 600, 5000, 70_000]
+    values = pa.array([f"value {size}" for size in sizes])
+    keys = pa.array([os.urandom(size) for size in sizes], pa.binary())
+    cells = writer.encrypt(KEY, PREFIX_KEYED, values, keys)
+    assert reader.decrypt(KEY, PREFIX_KEYED, cells, keys).to_pylist() == plain_bytes(values)
+    other = pa.array([key[:-1] + b"\x00" if key else b"\x00" for key in keys.to_pylist()], pa.binary())
+    assert failure(reader, cells, other)[0] == 0
+    last = keys[-1].as_py()
+    last_changed = pa.array([*keys.to_pylist()[:-1], last[:-1] + bytes([last[-1] ^ 1])], pa.binary())
+    assert failure(reader, cells, last_changed)[0] == len(sizes) - 1

@@ -3,8 +3,8 @@
 Encryption keys are kept per (dataset, attribute) and retired after `ttl_seconds` or
 `max_cells_per_key` cells, whichever comes first; unwrapped keys are kept per wrapped
 value for `ttl_seconds`. The TTL can be set lower than 30 minutes, never higher, so
-revoking access to the master key stops all work within that time. Keys are held as
-DataKey holders (fieldcrypt.cell), never written anywhere. Every provider call is counted and audited.
+revoking access to the master key stops all work within that time. Keys are held (DataKey) as bytes and
+AESGCM objects, never written anywhere. Every provider call is counted and audited.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class KeyCallCounts:
 
 @dataclass
 class _EncryptionKey:
-    data_key: DataKey
+    cipher: DataKey
     wrapped: bytes
     created: float
     cells_left: int
@@ -49,7 +49,7 @@ class _EncryptionKey:
 
 @dataclass
 class _DecryptionKey:
-    data_key: DataKey
+    cipher: DataKey
     created: float
 
 
@@ -102,7 +102,7 @@ class DataKeyCache:
                 self._encrypting[(dataset, attribute)] = key
             granted = min(cells, key.cells_left)
             key.cells_left -= granted
-            return key.data_key, key.wrapped, granted
+            return key.cipher, key.wrapped, granted
 
     def cipher_for(self, wrapped_value: bytes, dataset: str, attribute: str, partition: str | None = None) -> DataKey:
         """The data key of a stored wrapped key, unwrapping (one provider call) on a miss."""
@@ -110,16 +110,16 @@ class DataKeyCache:
         with self._lock:
             hit = self._decrypting.get(cache_key)
             if hit is not None and self.clock() - hit.created < self.ttl_seconds:
-                return hit.data_key
+                return hit.cipher
             context = self.context(dataset, attribute)
             wrapped = WrappedKey.from_bytes(wrapped_value)
             dek = self.provider.unwrap(wrapped, context)
             self.calls.unwrap += 1
             self._audit("unwrap", context, partition, wrapped)
-            data_key = DataKey(dek)
+            cipher = DataKey(dek)
             del dek
-            self._decrypting[cache_key] = _DecryptionKey(data_key, self.clock())
-            return data_key
+            self._decrypting[cache_key] = _DecryptionKey(cipher, self.clock())
+            return cipher
 
     def new_index_key(self, dataset: str, attribute: str) -> bytes:
         """A new blind-index key for an attribute, as its stored wrapped value (the plaintext is dropped)."""

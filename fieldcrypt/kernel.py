@@ -212,20 +212,20 @@ def encrypt_column(key: DataKey, prefix: bytes, values: pa.Array, row_keys: pa.A
 
 
 def decrypt_column(
-    key: DataKey, prefix: bytes, cells: pa.Array, row_keys: pa.Array | None, where: str, rows: pa.Array
+    key: DataKey, prefix: bytes, cells: pa.Array, row_keys: pa.Array | None, name_cell: Callable[[int], str]
 ) -> pa.Array:
     """Authenticate and decrypt non-null cells into a binary array of plaintexts.
 
-    The first cell (in order) that fails is an IntegrityError naming `where` and its row
-    number, `rows[i]`; nothing decrypted is returned then.
+    The first cell (in order) that fails is an IntegrityError that starts with
+    `name_cell(i)` (e.g. "<file> row 17"; never a value) and says why; nothing decrypted
+    is returned then.
     """
     kernel = selected_kernel()
     sizes = pc.binary_length(cells).to_numpy(zero_copy_only=False).astype(np.int64)
     try:
         parts = _run(kernel, kernel.decrypt, key, prefix, cells, row_keys, _slices(sizes, _parts(kernel, len(cells))))
     except _SliceFailure as failure:
-        row = rows[failure.start + failure.cell.index].as_py()
-        raise IntegrityError(f"{where} row {row}: {failure.cell.reason}") from None
+        raise IntegrityError(f"{name_cell(failure.start + failure.cell.index)}: {failure.cell.reason}") from None
     return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
 
 

@@ -5,6 +5,8 @@ Plaintext only ever lives in the returned Arrow arrays; nothing here writes or l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -52,21 +54,28 @@ def decrypt_rows(
             data_keys[index] = cache.cipher_for(stored, dataset.name, attribute.path, partition)
         except (IntegrityError, KeyProviderError) as exc:  # say which file and row hold the bad wrapped key
             raise type(exc)(f"{where} row {rows[int(first)].as_py()}: {exc}") from None
+    row_numbers = rows.to_numpy(zero_copy_only=False)
     if len(groups) == 0:
         plaintext = pa.array([], pa.binary())
     elif len(groups) == 1:
-        plaintext = decrypt_column(data_keys[groups[0]], prefix, ciphertext, keys, where, rows)
+        plaintext = decrypt_column(data_keys[groups[0]], prefix, ciphertext, keys, _row_namer(where, row_numbers))
     else:
         parts, positions = [], []
         for index in groups:
-            at = pa.array(np.flatnonzero(key_of_row == index))
+            at = np.flatnonzero(key_of_row == index)
             part_keys = None if keys is None else keys.take(at)
-            parts.append(decrypt_column(data_keys[index], prefix, ciphertext.take(at), part_keys, where, rows.take(at)))
-            positions.append(at)
+            name_row = _row_namer(where, row_numbers[at])
+            parts.append(decrypt_column(data_keys[index], prefix, ciphertext.take(at), part_keys, name_row))
+            positions.append(pa.array(at))
         order = pc.sort_indices(pa.concat_arrays(positions))
         plaintext = pa.concat_arrays(parts).take(order)
     value_type = raw_path(batch, attribute.path).type
     return plaintext.cast(pa.large_binary() if value_type == pa.large_string() else pa.binary()).cast(value_type)
+
+
+def _row_namer(where: str, row_numbers: np.ndarray) -> Callable[[int], str]:
+    """Names cell i of a kernel call by its row in the file (for errors; never a value)."""
+    return lambda i: f"{where} row {row_numbers[i]}"
 
 
 def reveal(

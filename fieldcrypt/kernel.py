@@ -194,7 +194,7 @@ def threads() -> int:
     setting = os.environ.get(THREADS_ENV, "").strip()
     if not setting:
         return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    if not setting.isdigit() or not 1 <= int(setting) <= 256:
+    if not (setting.isascii() and setting.isdigit()) or not 1 <= int(setting) <= 256:
         raise InputError(f"{THREADS_ENV} must be a whole number from 1 to 256, got {setting!r}")
     return int(setting)
 

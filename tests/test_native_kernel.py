@@ -211,7 +211,7 @@ def test_a_failure_in_a_later_slice_names_its_row(monkeypatch: pytest.MonkeyPatc
 
 
 def test_threads_setting_must_be_a_positive_number(monkeypatch: pytest.MonkeyPatch) -> None:
-    for bad in ("0", "-1", "two", "1.5"):
+    for bad in ("0", "-1", "two", "1.5", "²", "257"):
         monkeypatch.setenv("FIELDCRYPT_THREADS", bad)
         with pytest.raises(InputError, match="FIELDCRYPT_THREADS"):
             kernels.threads()

@@ -8,9 +8,10 @@ UI_PORT ?= 3000
 # Concurrent KMS-calling steps allowed on the instance (the `kms` pool; see dagster.yaml).
 KMS_POOL_LIMIT ?= 4
 
-.PHONY: venv demo test lint typecheck pytest bench ui clean
+.PHONY: venv demo test lint typecheck pytest pytest-python-kernel sanitize bench ui clean
 
-$(STAMP): pyproject.toml
+# setup.py builds the native cell kernel (fieldcrypt/_native.c) when gcc and the OpenSSL headers exist.
+$(STAMP): pyproject.toml setup.py fieldcrypt/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -29,6 +30,15 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+# The reference kernel on the end-to-end paths (the differential tests run both kernels in every run).
+pytest-python-kernel: $(STAMP)
+	FIELDCRYPT_KERNEL=python $(VENV)/bin/pytest -q -p no:cacheprovider \
+		tests/test_protect.py tests/test_reveal.py tests/test_tamper.py tests/test_verify_partition.py
+
+# The native kernel's tests with the extension built under AddressSanitizer + UBSan (see .ci/sanitize).
+sanitize: $(STAMP)
+	PY=$(PY) .ci/sanitize
 
 test: lint typecheck pytest
 

@@ -1,7 +1,9 @@
 """Encryption bench (`make bench`): kernel vs a plain AES-GCM loop, end-to-end protect vs
 Parquet read + write, peak RSS at 1M and 4M rows, ciphertext overhead.
 
-Human-readable lines first; the last line is one JSON object (see issue 2, item 10).
+Human-readable lines first; the last line is one JSON object (see issue 2, item 10, and
+issue 9 for the native kernel keys: native_kernel_*, native_decrypt_*, *threads_2_vs_1,
+protect_vs_copy, verify_cells_per_s, reveal_cells_per_s, cell_kernel).
 Usage: python bench/encrypt.py [--rows N] [--reps N] [--protect-reps N] [--only PART] [--keep]
 
 The kernel is fieldcrypt.encrypt.encrypt_values on the email column of a 1M-row users
@@ -10,6 +12,10 @@ reference loop is AESGCM.encrypt(os.urandom(12), value, None) over the same valu
 pre-encoded. Protect is Workspace.protect of the whole file with email and phone
 enabled before every row's ingestion time. Best of the repetitions is reported, with
 medians printed beside it.
+
+The kernel part also times fieldcrypt.kernel directly on the same cells: the native kernel
+on 1 and 2 threads (FIELDCRYPT_THREADS) for encryption and decryption, the pure-Python
+reference kernel, and a plain AESGCM.decrypt loop, all in one interleaved loop.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -46,6 +53,8 @@ from common import (  # noqa: E402
     write_users,
 )
 
+from fieldcrypt import kernel  # noqa: E402
+from fieldcrypt.cell import DataKey, ad_prefix  # noqa: E402
 from fieldcrypt.columns import row_key_text  # noqa: E402
 from fieldcrypt.encrypt import encrypt_values  # noqa: E402
 
@@ -59,8 +68,33 @@ def plain_loop(values: list[bytes]) -> list[bytes]:
     return [encrypt(urandom(12), value, None) for value in values]
 
 
-def bench_kernel(source: Path, lake_root: Path, reps: int) -> dict[str, float]:
-    """encrypt_values vs the plain loop, same values, interleaved repetitions."""
+def plain_decrypt_loop(cells: list[bytes], aead: AESGCM) -> list[bytes]:
+    """The reference for decryption: AESGCM.decrypt of `nonce || ciphertext || tag` cells, no associated data."""
+    decrypt = aead.decrypt
+    return [decrypt(cell[:12], cell[12:], None) for cell in cells]
+
+
+def with_env(settings: dict[str, str], fn: Callable[[], object]) -> Callable[[], object]:
+    """fn run with environment settings (FIELDCRYPT_KERNEL, FIELDCRYPT_THREADS), restored after."""
+
+    def run() -> object:
+        saved = {name: os.environ.get(name) for name in settings}
+        os.environ.update(settings)
+        try:
+            return fn()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    return run
+
+
+def bench_kernel(source: Path, lake_root: Path, reps: int) -> dict[str, float | str]:
+    """encrypt_values vs the plain loop, same values, interleaved repetitions; then the kernels
+    themselves (fieldcrypt.kernel) on 1 and 2 threads, both directions, against the plain loops."""
     table = pq.read_table(source, columns=["user_id", "email"])
     batch = table.combine_chunks().to_batches()[0]
     valid = pc.is_valid(batch.column(1))
@@ -69,21 +103,74 @@ def bench_kernel(source: Path, lake_root: Path, reps: int) -> dict[str, float]:
     encoded = values.cast(pa.binary()).to_pylist()
     cache = make_lake(lake_root).workspace().key_cache()
     encrypt_values(values.slice(0, 1000), row_keys.slice(0, 1000), cache, "users", "email")  # warm: key generated
-    kernel_times, loop_times = [], []
-    for _ in range(reps):  # interleaved so both see the same machine state
+    key = DataKey(os.urandom(32))
+    prefix = ad_prefix("users", "email", has_row_key=True)
+    cells_native = kernel.encrypt_column(key, prefix, values, row_keys) if kernel.NATIVE else None
+    aead = AESGCM(AESGCM.generate_key(256))
+    plain_cells = [nonce + aead.encrypt(nonce, value, None) for value in encoded for nonce in (os.urandom(12),)]
+    native = {
+        "native_encrypt_1": lambda: kernel.encrypt_column(key, prefix, values, row_keys),
+        "native_decrypt_1": lambda: kernel.decrypt_column(key, prefix, cells_native, row_keys, str),
+    }
+    extra: dict[str, Callable[[], object]] = {
+        "python_encrypt": lambda: kernel.encrypt_column(key, prefix, values, row_keys)
+    }
+    settings = {"python_encrypt": {"FIELDCRYPT_KERNEL": "python"}}
+    if kernel.NATIVE is not None:
+        for name, fn in native.items():
+            extra[name] = fn
+            settings[name] = {"FIELDCRYPT_KERNEL": "native", "FIELDCRYPT_THREADS": "1"}
+            extra[name.replace("_1", "_2")] = fn
+            settings[name.replace("_1", "_2")] = {"FIELDCRYPT_KERNEL": "native", "FIELDCRYPT_THREADS": "2"}
+    extra_times: dict[str, list[float]] = {name: [] for name in extra}
+    kernel_times, loop_times, decrypt_loop_times = [], [], []
+    for _ in range(reps):  # interleaved so all see the same machine state
         kernel_times.append(timed(lambda: encrypt_values(values, row_keys, cache, "users", "email")))
         loop_times.append(timed(lambda: plain_loop(encoded)))
+        decrypt_loop_times.append(timed(lambda: plain_decrypt_loop(plain_cells, aead)))
+        for name, fn in extra.items():
+            extra_times[name].append(timed(with_env(settings[name], fn)))
     cells = len(values)
-    kernel = cells / min(kernel_times)
+    kernel_rate = cells / min(kernel_times)
     loop = cells / min(loop_times)
-    print(f"kernel: {cells} cells, {summary(kernel_times)} -> {kernel:,.0f} cells/s ({1e9 / kernel:.0f} ns/cell)")
+    decrypt_loop = cells / min(decrypt_loop_times)
+    print(
+        f"encrypt_values ({kernel.describe()}): {cells} cells, {summary(kernel_times)} -> "
+        f"{kernel_rate:,.0f} cells/s ({1e9 / kernel_rate:.0f} ns/cell)"
+    )
     print(f"plain AESGCM loop: {summary(loop_times)} -> {loop:,.0f} cells/s ({1e9 / loop:.0f} ns/cell)")
+    print(f"plain AESGCM decrypt loop: {summary(decrypt_loop_times)} -> {decrypt_loop:,.0f} cells/s")
     print(f"kernel ratio (median-based: {statistics.median(loop_times) / statistics.median(kernel_times):.2f})")
-    return {
-        "kernel_cells_per_s": round(kernel),
+    result: dict[str, float | str] = {
+        "kernel_cells_per_s": round(kernel_rate),
         "aesgcm_loop_cells_per_s": round(loop),
-        "kernel_ratio": round(kernel / loop, 3),
+        "kernel_ratio": round(kernel_rate / loop, 3),
+        "cell_kernel": kernel.active_kernel(),
+        "aesgcm_decrypt_loop_cells_per_s": round(decrypt_loop),
     }
+    rate = {name: cells / min(times) for name, times in extra_times.items()}
+    for name, times in extra_times.items():
+        print(f"  {name.replace('_', ' ')} thread(s): {summary(times)} -> {rate[name]:,.0f} cells/s")
+    result["python_kernel_cells_per_s"] = round(rate["python_encrypt"])
+    if kernel.NATIVE is not None:
+        result.update(
+            {
+                "native_kernel_cells_per_s": round(rate["native_encrypt_1"]),
+                "native_kernel_ratio": round(rate["native_encrypt_1"] / loop, 3),
+                "native_kernel_2_threads_cells_per_s": round(rate["native_encrypt_2"]),
+                "threads_2_vs_1": round(rate["native_encrypt_2"] / rate["native_encrypt_1"], 3),
+                "native_decrypt_cells_per_s": round(rate["native_decrypt_1"]),
+                "native_decrypt_ratio": round(rate["native_decrypt_1"] / decrypt_loop, 3),
+                "native_decrypt_2_threads_cells_per_s": round(rate["native_decrypt_2"]),
+                "decrypt_threads_2_vs_1": round(rate["native_decrypt_2"] / rate["native_decrypt_1"], 3),
+            }
+        )
+        print(
+            f"native kernel vs plain loop: encrypt {result['native_kernel_ratio']:.2f}x, decrypt "
+            f"{result['native_decrypt_ratio']:.2f}x (1 thread); 2 threads vs 1: encrypt "
+            f"{result['threads_2_vs_1']:.2f}x, decrypt {result['decrypt_threads_2_vs_1']:.2f}x"
+        )
+    return result
 
 
 def bench_protect(source: Path, lake_root: Path, reps: int) -> tuple[dict[str, float], Path]:
@@ -130,11 +217,39 @@ def bench_protect(source: Path, lake_root: Path, reps: int) -> tuple[dict[str, f
         f"{statistics.median(per_rep):.2f}; CPU-time ratio {min(protect_cpu) / min(baseline_cpu):.2f} "
         f"(protect runs reading, masking and Parquet encoding on helper threads, beside the encryption loop)"
     )
+    copy = min(rw_times)
+    print(
+        f"protect vs Parquet read + write alone: {protect / copy:.2f} (median of per-repetition ratios "
+        f"{statistics.median(p / r for p, r in zip(protect_times, rw_times, strict=True)):.2f})"
+    )
     return {
         "protect_s": round(protect, 3),
         "baseline_s": round(baseline, 3),
         "protect_ratio": round(protect / baseline, 3),
+        "copy_s": round(copy, 3),
+        "protect_vs_copy": round(protect / copy, 3),
     }, kept
+
+
+def bench_read(lake_root: Path, reps: int) -> dict[str, float]:
+    """Workspace.verify (decrypt every cell, check its mask) and Workspace.reveal of the file
+    bench_protect left protected in its lake."""
+    from common import BenchLake
+
+    workspace = BenchLake(lake_root, lake_root / "keys" / "keystore.json", lake_root / "lake").workspace()
+    workspace.key_cache()
+    cells = sum(workspace.verify("users", PARTITION).values())
+    names = [a for a, _ in ATTRIBUTES]
+    verify_times = [timed(lambda: workspace.verify("users", PARTITION)) for _ in range(reps)]
+    reveal_times = [
+        timed(lambda: sum(b.num_rows for b in workspace.reveal("users", PARTITION, names))) for _ in range(reps)
+    ]
+    print(f"verify {cells} cells: {summary(verify_times)} -> {cells / min(verify_times):,.0f} cells/s")
+    print(f"reveal {cells} cells: {summary(reveal_times)} -> {cells / min(reveal_times):,.0f} cells/s")
+    return {
+        "verify_cells_per_s": round(cells / min(verify_times)),
+        "reveal_cells_per_s": round(cells / min(reveal_times)),
+    }
 
 
 def file_facts(source: Path, protected: Path) -> dict[str, object]:
@@ -249,6 +364,7 @@ def main() -> None:
             protect, protected = bench_protect(source, out / "protect", args.protect_reps)
             result.update(protect)
             result.update(file_facts(source, protected))
+            result.update(bench_read(out / "protect", args.protect_reps))
         result.update(rss)
         print(f"bench/encrypt.py took {time.perf_counter() - started:.0f}s")
         print(json.dumps(result))

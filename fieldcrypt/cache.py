@@ -3,7 +3,7 @@
 Encryption keys are kept per (dataset, attribute) and retired after `ttl_seconds` or
 `max_cells_per_key` cells, whichever comes first; unwrapped keys are kept per wrapped
 value for `ttl_seconds`. The TTL can be set lower than 30 minutes, never higher, so
-revoking access to the master key stops all work within that time. Keys are held as
+revoking access to the master key stops all work within that time. Keys are held (DataKey) as bytes and
 AESGCM objects, never written anywhere. Every provider call is counted and audited.
 
 Expired entries are evicted (not only skipped) whenever the cache is used, and each map
@@ -22,11 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from fieldcrypt.audit import AuditLog
 from fieldcrypt.blind_index import BlindIndexKey, index_context_attribute
-from fieldcrypt.cell import new_cipher
+from fieldcrypt.cell import DataKey
 from fieldcrypt.errors import InputError
 from fieldcrypt.policy_auth import MAC_KEY_ATTRIBUTE, MAC_KEY_DATASET, MacKey
 from fieldcrypt.providers.base import EncryptionContext, KeyProvider, MasterKeyInfo
@@ -55,7 +53,7 @@ class KeyCallCounts:
 
 @dataclass
 class _EncryptionKey:
-    cipher: AESGCM
+    cipher: DataKey
     wrapped: bytes
     created: float
     cells_left: int
@@ -63,7 +61,7 @@ class _EncryptionKey:
 
 @dataclass
 class _DecryptionKey:
-    cipher: AESGCM
+    cipher: DataKey
     created: float
 
 
@@ -102,8 +100,8 @@ class DataKeyCache:
 
     def reserve(
         self, dataset: str, attribute: str, cells: int, partition: str | None = None
-    ) -> tuple[AESGCM, bytes, int]:
-        """A data key for up to `cells` new cells: (cipher, stored wrapped-key value, cells granted).
+    ) -> tuple[DataKey, bytes, int]:
+        """A data key for up to `cells` new cells: (data key, stored wrapped-key value, cells granted).
 
         Granted may be fewer than asked when the key's cell budget runs out; ask again
         for the rest and a new key is generated.
@@ -117,15 +115,15 @@ class DataKeyCache:
                 dek, wrapped = self.provider.generate_data_key(context)
                 self.calls.generate += 1
                 self._audit("generate_data_key", context, partition, wrapped)
-                key = _EncryptionKey(new_cipher(dek), wrapped.to_bytes(), self.clock(), self.max_cells_per_key)
+                key = _EncryptionKey(DataKey(dek), wrapped.to_bytes(), self.clock(), self.max_cells_per_key)
                 del dek
                 self._put(self._encrypting, (dataset, attribute), key)
             granted = min(cells, key.cells_left)
             key.cells_left -= granted
             return key.cipher, key.wrapped, granted
 
-    def cipher_for(self, wrapped_value: bytes, dataset: str, attribute: str, partition: str | None = None) -> AESGCM:
-        """The cipher of a stored wrapped key, unwrapping (one provider call) on a miss."""
+    def cipher_for(self, wrapped_value: bytes, dataset: str, attribute: str, partition: str | None = None) -> DataKey:
+        """The data key of a stored wrapped key, unwrapping (one provider call) on a miss."""
         cache_key = (wrapped_value, dataset, attribute)
         with self._lock:
             self._evict_expired()
@@ -138,7 +136,7 @@ class DataKeyCache:
             dek = self.provider.unwrap(wrapped, context)
             self.calls.unwrap += 1
             self._audit("unwrap", context, partition, wrapped)
-            cipher = new_cipher(dek)
+            cipher = DataKey(dek)
             del dek
             self._put(self._decrypting, cache_key, _DecryptionKey(cipher, self.clock()))
             return cipher

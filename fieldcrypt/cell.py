@@ -4,7 +4,7 @@ Cell layout::
 
     offset  size  field
     0       1     format version, 0x01
-    1       12    nonce, fresh from os.urandom for every cell
+    1       12    nonce, 96 fresh random bits for every cell (os.urandom, or RAND_bytes in the native kernel)
     13      n     AES-256-GCM ciphertext of the UTF-8 value (n = len(value))
     13+n    16    GCM tag
 
@@ -47,6 +47,29 @@ def new_cipher(dek: bytes) -> AESGCM:
     if len(dek) != DEK_SIZE:
         raise KeyMaterialError(f"data key must be {DEK_SIZE} bytes, got {len(dek)}")
     return AESGCM(dek)
+
+
+class DataKey:
+    """A data key as both cell kernels use it: its 32 bytes (handed to the native kernel for
+    the duration of one call, which keeps no copy) and the AESGCM object of the pure-Python
+    kernel. Its repr hides the bytes, and it refuses to be pickled or copied out of process.
+    """
+
+    __slots__ = ("_key_bytes", "aead")
+
+    def __init__(self, key_bytes: bytes) -> None:
+        self.aead = new_cipher(key_bytes)
+        self._key_bytes = bytes(key_bytes)
+
+    @property
+    def key_bytes(self) -> bytes:
+        return self._key_bytes
+
+    def __repr__(self) -> str:
+        return "DataKey(<32 bytes hidden>)"
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("a DataKey holds key material and cannot be pickled")
 
 
 def ad_prefix(dataset: str, attribute: str, has_row_key: bool) -> bytes:
@@ -140,13 +163,30 @@ def _fixed_width(data: bytes, width: int, count: int) -> pa.Array:
 
 def decrypt_cell(cipher: AESGCM, cell: bytes, ad: bytes, where: str) -> bytes:
     """Authenticate and decrypt one cell; `where` names it in errors (never its value)."""
-    if len(cell) < CELL_OVERHEAD:
-        raise IntegrityError(f"{where}: ciphertext is {len(cell)} bytes, shorter than the {CELL_OVERHEAD}-byte minimum")
-    if cell[0] != CELL_VERSION:
-        raise IntegrityError(f"{where}: unknown cell format version {cell[0]}")
+    malformed = cell_format_problem(cell)
+    if malformed is not None:
+        raise IntegrityError(f"{where}: {malformed}")
     try:
         return cipher.decrypt(cell[1 : 1 + NONCE_SIZE], cell[1 + NONCE_SIZE :], ad)
     except InvalidTag:
-        raise IntegrityError(
-            f"{where}: ciphertext failed authentication (tampered, moved to another row or column, or wrong data key)"
-        ) from None
+        raise IntegrityError(f"{where}: {AUTHENTICATION_FAILED}") from None
+
+
+AUTHENTICATION_FAILED = "ciphertext failed authentication (tampered, moved to another row or column, or wrong data key)"
+
+
+def cell_format_problem(cell: bytes) -> str | None:
+    """Why a cell cannot be a version-1 cell before it is authenticated (too short, unknown version), or None."""
+    if len(cell) < CELL_OVERHEAD:
+        return short_cell(len(cell))
+    if cell[0] != CELL_VERSION:
+        return unknown_version(cell[0])
+    return None
+
+
+def short_cell(length: int) -> str:
+    return f"ciphertext is {length} bytes, shorter than the {CELL_OVERHEAD}-byte minimum"
+
+
+def unknown_version(version: int) -> str:
+    return f"unknown cell format version {version}"

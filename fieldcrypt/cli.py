@@ -17,12 +17,14 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
 from fieldcrypt.catalog import CATALOG_ENV, WORKSPACE_ENV, Catalog
 from fieldcrypt.cli_output import Output
 from fieldcrypt.errors import FieldcryptError, InputError, KeyProviderError, PolicyError
+from fieldcrypt.kernel import describe as describe_kernel
 from fieldcrypt.keystore import Keystore, new_wrapping_key, parse_base64_key, unwrap_imported_key
 from fieldcrypt.layout import partition_label
 from fieldcrypt.log_safety import silence_key_material_loggers
@@ -43,8 +45,20 @@ _OVERRIDE_FLAGS = {
 }
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: the package version and the cell kernel in use (fieldcrypt.kernel), then exit."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"fieldcrypt {package_version('fieldcrypt')}, {describe_kernel()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fieldcrypt", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--version", action=_VersionAction, help="print the version and the active cell kernel")
     parser.add_argument("--catalog", help=f"catalog file (default: ${CATALOG_ENV} or ./fieldcrypt.yaml)")
     parser.add_argument("--workspace", help=f"workspace of the catalog (default: ${WORKSPACE_ENV} or its default)")
     parser.add_argument("--lake", help="override: local folder or s3://bucket/prefix")

@@ -18,16 +18,15 @@ import pyarrow.compute as pc
 
 from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
-from fieldcrypt.cell import ad_prefix, encrypt_array
+from fieldcrypt.cell import ad_prefix
 from fieldcrypt.columns import raw_path, replace_path, row_key_bytes
 from fieldcrypt.errors import InputError
+from fieldcrypt.kernel import encrypt_column
 from fieldcrypt.mask import mask_values
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.select import RowSelection
 
 WRAPPED_KEY_TYPE = pa.dictionary(pa.int32(), pa.binary())
-# Cells encrypted per kernel call: bounds the transient Python objects (values, nonces, AD).
-_KERNEL_SLICE = 1 << 16
 
 
 @dataclass
@@ -62,13 +61,11 @@ def encrypt_values(
     key_index = np.empty(len(plain), dtype=np.int32)
     start = 0
     while start < len(plain):
-        cipher, wrapped, granted = cache.reserve(dataset, attribute, len(plain) - start, partition)
+        data_key, wrapped, granted = cache.reserve(dataset, attribute, len(plain) - start, partition)
         end = start + granted
-        # Bounded slices: the per-cell Python objects of one slice are all that exist at a time.
-        for at in range(start, end, _KERNEL_SLICE):
-            size = min(_KERNEL_SLICE, end - at)
-            part_keys = None if keys is None else keys.slice(at, size)
-            chunks.append(encrypt_array(cipher, prefix, plain.slice(at, size), part_keys))
+        # The kernel slices the column itself (bounded memory; several threads with the native kernel).
+        part_keys = None if keys is None else keys.slice(start, granted)
+        chunks.append(encrypt_column(data_key, prefix, plain.slice(start, granted), part_keys))
         if not wrapped_keys or wrapped_keys[-1] != wrapped:
             wrapped_keys.append(wrapped)
         key_index[start:end] = len(wrapped_keys) - 1

@@ -53,3 +53,7 @@ class WrongMasterKeyError(KeyProviderError):
 
 class KeyVersionError(KeyMaterialError, IntegrityError):
     """A local master-key version that is not in its one canonical form (ASCII digits, no leading zero)."""
+
+
+class KernelError(FieldcryptError):
+    """The requested cell kernel cannot be used (FIELDCRYPT_KERNEL=native without the extension) or failed."""

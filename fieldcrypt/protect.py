@@ -12,7 +12,8 @@ A file with nothing to encrypt is not rewritten at all, so a re-run is a no-op.
 
 Steps 1-4 are pipelined: helper threads read the next row group, compute masks and
 encode the previous row group into Parquet (Arrow releases the GIL) while this thread
-runs the encryption loop, which needs the GIL.
+encrypts; the native kernel encrypts each column's slices on the shared kernel pool
+(fieldcrypt.kernel, FIELDCRYPT_THREADS), so one row group is in flight per attribute.
 """
 
 from __future__ import annotations

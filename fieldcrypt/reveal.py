@@ -5,13 +5,17 @@ Plaintext only ever lives in the returned Arrow arrays; nothing here writes or l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from fieldcrypt.cache import DataKeyCache
-from fieldcrypt.cell import ad_prefix, associated_data, decrypt_cell
+from fieldcrypt.cell import ad_prefix
 from fieldcrypt.columns import read_path, row_key_bytes
 from fieldcrypt.errors import InputError, IntegrityError, KeyProviderError
+from fieldcrypt.kernel import decrypt_column
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.select import protection_columns
 
@@ -26,33 +30,60 @@ def decrypt_rows(
     partition: str | None = None,
 ) -> pa.Array:
     """Plaintext of the protected cells at `rows`, typed like `read_path` returns the attribute
-    (string or large_string); IntegrityError on any tampering or missing part."""
-    stored = protection_columns(batch, attribute, where)
-    ciphertext = stored.ciphertext.take(rows)
-    wrapped = stored.wrapped_key.take(rows)
-    if pa.types.is_dictionary(wrapped.type):
-        wrapped = wrapped.dictionary_decode()
+    (string or large_string); IntegrityError on any tampering or missing part.
+
+    Cells are decrypted by the batch kernel (fieldcrypt.kernel), one call per data key; every
+    data key is unwrapped before any cell is decrypted, and a bad one names the first row using it.
+    """
+    stored_columns = protection_columns(batch, attribute, where)
+    ciphertext = stored_columns.ciphertext.take(rows)
+    wrapped = stored_columns.wrapped_key.take(rows)
     if ciphertext.null_count or wrapped.null_count:
         raise InputError(f"{where}: asked to decrypt a row that is not protected")
-    row_numbers = rows.to_pylist()
+    if not pa.types.is_dictionary(wrapped.type):
+        wrapped = wrapped.dictionary_encode()
     keys = None
     if dataset.primary_key:
-        key_array = row_key_bytes(batch, dataset.primary_key, where).take(rows)
-        if key_array.null_count:
-            row = row_numbers[pc.indices_nonzero(pc.is_null(key_array))[0].as_py()]
+        keys = row_key_bytes(batch, dataset.primary_key, where).take(rows)
+        if keys.null_count:
+            row = rows[pc.indices_nonzero(pc.is_null(keys))[0].as_py()].as_py()
             raise IntegrityError(f"{where} row {row}: protected {attribute.name} has a null primary key")
-        keys = key_array.to_pylist()
+        keys = keys.cast(pa.binary())
     prefix = ad_prefix(dataset.name, attribute.path, has_row_key=keys is not None)
-    out: list[bytes] = []
-    for i, (cell, wrapped_value) in enumerate(zip(ciphertext.to_pylist(), wrapped.to_pylist(), strict=True)):
+    key_of_row = wrapped.indices.to_numpy(zero_copy_only=False)
+    used, first_row = np.unique(key_of_row, return_index=True)
+    in_row_order = np.argsort(first_row)
+    groups = used[in_row_order]  # data keys in the order of their first row
+    data_keys = {}
+    for index, first in zip(groups, first_row[in_row_order], strict=True):
         try:
-            cipher = cache.cipher_for(wrapped_value, dataset.name, attribute.path, partition)
+            stored = wrapped.dictionary[int(index)].as_py()
+            data_keys[index] = cache.cipher_for(stored, dataset.name, attribute.path, partition)
         except (IntegrityError, KeyProviderError) as exc:  # say which file and row hold the bad wrapped key
-            raise type(exc)(f"{where} row {row_numbers[i]}: {exc}") from None
-        ad = associated_data(prefix, keys[i] if keys is not None else None)
-        out.append(decrypt_cell(cipher, cell, ad, f"{where} row {row_numbers[i]}, {attribute.name}"))
+            raise type(exc)(f"{where} row {rows[int(first)].as_py()}: {exc}") from None
+    row_numbers = rows.to_numpy(zero_copy_only=False)
+    name = f"{attribute.name}"
+    if len(groups) == 0:
+        plaintext = pa.array([], pa.binary())
+    elif len(groups) == 1:
+        plaintext = decrypt_column(data_keys[groups[0]], prefix, ciphertext, keys, _row_namer(where, row_numbers, name))
+    else:
+        parts, positions = [], []
+        for index in groups:
+            at = np.flatnonzero(key_of_row == index)
+            part_keys = None if keys is None else keys.take(at)
+            name_row = _row_namer(where, row_numbers[at], name)
+            parts.append(decrypt_column(data_keys[index], prefix, ciphertext.take(at), part_keys, name_row))
+            positions.append(pa.array(at))
+        order = pc.sort_indices(pa.concat_arrays(positions))
+        plaintext = pa.concat_arrays(parts).take(order)
     value_type = read_path(batch.slice(0, 0), attribute.path, where).type
-    return pa.array(out, pa.large_binary() if value_type == pa.large_string() else pa.binary()).cast(value_type)
+    return plaintext.cast(pa.large_binary() if value_type == pa.large_string() else pa.binary()).cast(value_type)
+
+
+def _row_namer(where: str, row_numbers: np.ndarray, attribute: str) -> Callable[[int], str]:
+    """Names cell i of a kernel call by its row in the file and its attribute (for errors; never a value)."""
+    return lambda i: f"{where} row {row_numbers[i]}, {attribute}"
 
 
 def reveal(

@@ -1,0 +1,36 @@
+# Types of the C extension fieldcrypt._native (fieldcrypt/_native.c); used through fieldcrypt.kernel only.
+from typing_extensions import Buffer
+
+OPENSSL_VERSION: str
+CELL_OVERHEAD: int
+
+class KernelFailure(RuntimeError): ...
+
+def encrypt(
+    key: Buffer,
+    prefix: Buffer,
+    value_offsets: Buffer,
+    value_data: Buffer,
+    value_start: int,
+    count: int,
+    value_width: int,
+    key_offsets: Buffer | None,
+    key_data: Buffer | None,
+    key_start: int,
+    key_width: int,
+    /,
+) -> tuple[bytes, bytes]: ...
+def decrypt(
+    key: Buffer,
+    prefix: Buffer,
+    cell_offsets: Buffer,
+    cell_data: Buffer,
+    cell_start: int,
+    count: int,
+    cell_width: int,
+    key_offsets: Buffer | None,
+    key_data: Buffer | None,
+    key_start: int,
+    key_width: int,
+    /,
+) -> tuple[bytes, bytes, None] | tuple[None, None, tuple[int, int, int]]: ...

@@ -5,7 +5,7 @@ date=YYYY-MM-DD/part-0.parquet`, one file per daily partition, as a simple upstr
 would. Lakes written by real engines (many files, other names) are built in the tests.
 
 Values are synthetic; ingestion times are spread over the snapshot's day (or over a
-chosen span within it, `ingested=`), so that an enablement time inside the day splits
+chosen spans within it, `ingested=`), so that an enablement time inside the day splits
 the rows. `ingested_shift` moves every ingestion time by a fixed amount (tests use it to
 straddle "now"; the demo does not: its rows are ingested within their own day, never
 after now).
@@ -14,6 +14,7 @@ after now).
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
@@ -49,20 +50,24 @@ EVENTS_SCHEMA = pa.schema(
 )
 
 
-Ingested = tuple[datetime, datetime]  # [from, to) of a snapshot's ingestion times
+Span = tuple[datetime, datetime]  # [from, to) of ingestion times
 
 
-def _times(day: date, rows: int, rng: random.Random, ingested: Ingested | None = None) -> list[datetime]:
-    """Sorted ingestion times over the snapshot's day, or over `ingested` (which must lie within that day)."""
+def _times(day: date, rows: int, rng: random.Random, ingested: Sequence[Span] | None = None) -> list[datetime]:
+    """Sorted ingestion times over the snapshot's day, or split evenly over `ingested` spans within that day."""
     day_start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    start, end = ingested or (day_start, day_start + timedelta(days=1))
-    if not (day_start <= start < end <= day_start + timedelta(days=1)):
-        raise ValueError(f"ingestion times {start} .. {end} are not within the snapshot's day {day}")
-    span = (end - start) // timedelta(microseconds=1)
-    return sorted(start + timedelta(microseconds=rng.randrange(span)) for _ in range(rows))
+    spans = list(ingested or [(day_start, day_start + timedelta(days=1))])
+    times = []
+    for index, (start, end) in enumerate(spans):
+        if not (day_start <= start < end <= day_start + timedelta(days=1)):
+            raise ValueError(f"ingestion times {start} .. {end} are not within the snapshot's day {day}")
+        count = rows // len(spans) + (index < rows % len(spans))
+        width = (end - start) // timedelta(microseconds=1)
+        times.extend(start + timedelta(microseconds=rng.randrange(width)) for _ in range(count))
+    return sorted(times)
 
 
-def users_table(day: date, rows: int, seed: int = 0, ingested: Ingested | None = None) -> pa.Table:
+def users_table(day: date, rows: int, seed: int = 0, ingested: Sequence[Span] | None = None) -> pa.Table:
     rng = random.Random(f"users-{day}-{seed}")
     ids = list(range(rows))
     return pa.table(
@@ -78,7 +83,7 @@ def users_table(day: date, rows: int, seed: int = 0, ingested: Ingested | None =
     )
 
 
-def events_table(day: date, rows: int, seed: int = 0, ingested: Ingested | None = None) -> pa.Table:
+def events_table(day: date, rows: int, seed: int = 0, ingested: Sequence[Span] | None = None) -> pa.Table:
     rng = random.Random(f"events-{day}-{seed}")
     props = [
         None

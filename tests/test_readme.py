@@ -6,8 +6,8 @@ block runs in bash. They run from a folder holding a copy of the project's catal
 (fieldcrypt.yaml) and the demo's lake and keystore where it declares them
 (demo-workspace/), with no FIELDCRYPT_* variable set: what a user has after `make demo`.
 The lake is built through the core (not Dagster, for speed) with the demo's datasets,
-partitions (the week before today) and story: every attribute the catalog lists enabled
-before yesterday's rows were ingested, so older rows stay values and yesterday's are masks.
+partitions and story (demo/run.py): a week of complete days, every attribute the catalog
+lists enabled now, then today's snapshot, half of it ingested after the enablement.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from demo.run import land_today
 from demo.sample_data import land_sample_lake
 from fieldcrypt import Workspace
 from fieldcrypt.catalog import Catalog
@@ -31,6 +32,8 @@ from fieldcrypt.keystore import Keystore
 PROJECT = Path(__file__).resolve().parents[1]
 README = PROJECT / "README.md"
 DAYS = 7
+USERS = 5_000  # the demo's size: the README's reveal names user 4242, ingested after enablement
+EVENTS = 100
 FENCE = re.compile(r"^```(\w+) readme-test\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
@@ -57,17 +60,13 @@ def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = catalog.workspace_config()
     Keystore.create(Path(config.key.keystore_path or ""), config.name)
     workspace = Workspace(config, actor="readme-test")
-    yesterday = datetime.now(UTC).date() - timedelta(days=1)
-    first_day = yesterday - timedelta(days=DAYS - 1)
-    land_sample_lake(workspace.store, first_day, DAYS, users=60, events=60)
-    enabled_at = datetime(yesterday.year, yesterday.month, yesterday.day, tzinfo=UTC)
-    policy = workspace.policy()
+    today = datetime.now(UTC).date()
+    land_sample_lake(workspace.store, today - timedelta(days=DAYS), DAYS, users=USERS, events=EVENTS)
     for dataset, layout in config.datasets.items():
-        policy = policy.with_dataset(layout.spec)
         for path, mask in layout.attributes.items():
-            # Enablement before yesterday's rows (Workspace.enable stamps "now"; the demo does it through Dagster).
-            policy = policy.with_enabled(f"{dataset}.{path}", mask, enabled_by="readme-test", now=enabled_at)
-    workspace.policies.save(policy)
+            workspace.enable(f"{dataset}.{path}", mask, acknowledge_irreversible=True)
+    enabled_at = max(entry.enabled_at for entry in workspace.policy().attributes.values())
+    land_today(workspace.store, enabled_at, USERS, EVENTS)
     for dataset in config.datasets:
         for partition in workspace.layout(dataset).partitions(workspace.store):
             workspace.protect(dataset, partition)
@@ -100,8 +99,8 @@ def test_sql_snippet_runs_in_duckdb(index: int, demo_folder: Path, monkeypatch: 
         if statement.strip():
             results.append(connection.sql(statement))
     rows = results[-1].fetchall()
-    assert rows and all(row[1] > 0 for row in rows[:-1])  # older days hold values
-    assert rows[-1][2] > 0  # yesterday's rows are masks
+    assert rows and all(row[1] > 0 and row[2] == 0 for row in rows[:-1])  # the complete days hold values
+    assert rows[-1][2] > 0  # today's rows ingested after enablement are masks
 
 
 def test_duckdb_view_counts_masks_apart_from_values(demo_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -170,6 +170,20 @@ def test_s3_lake_scans_with_flags(s3_protected_lake: Workspace, moto: str) -> No
     assert not [name for name in frame.columns if "__fc_" in name]
 
 
+def test_s3_lake_is_found_through_the_catalog_with_its_endpoint(
+    s3_protected_lake: Workspace, moto: str, tmp_path: Path
+) -> None:
+    catalog = write_catalog(
+        tmp_path / "fieldcrypt.yaml",
+        WORKSPACE,
+        lake_of(s3_protected_lake),
+        {"provider": "local", "keystore": "k.json"},
+        s3_endpoint_url=moto,
+        region="us-east-1",
+    )
+    assert scan_dataset("users", catalog=catalog).filter(pl.col("email_is_protected")).collect().height > 0
+
+
 def test_pandas_recipe_reads_an_s3_partition_through_pyarrow_filesystem(
     s3_protected_lake: Workspace, moto: str
 ) -> None:

@@ -187,7 +187,10 @@ def _run_key(args: argparse.Namespace) -> None:
         store = Keystore.create(path, config.name)
     elif args.key_command == "wrapping-key":
         args.out.write_bytes(new_wrapping_key(wrapping_private))
-        print(f"wrote RSA public wrapping key to {args.out}; see docs/OPERATIONS.md for the openssl command")
+        print(
+            f"wrote RSA public wrapping key to {args.out}; the customer wraps their key with the openssl "
+            'command of docs/OPERATIONS.md, "Importing a customer key"'
+        )
         return
     elif args.key_command == "import":
         if args.wrapped:

@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="rotate_command", required=True
     )
     start = rotate.add_parser("start", help="start a campaign: new data keys wrap under the new key")
-    start.add_argument("--to", help="aws-kms: the new key ARN (local: a new key version is created)")
+    start.add_argument(
+        "--to", help="aws-kms: the new key ARN; pkcs11:<label>: a key in the configured token (local: a new version)"
+    )
     rotate.add_parser("status", help="which partitions still hold wrapped keys under an old key")
     rotate.add_parser("complete", help="prove nothing is left under the old key, then retire it")
 

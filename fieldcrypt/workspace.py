@@ -48,6 +48,8 @@ from fieldcrypt.providers.base import EncryptionContext, KeyProvider
 from fieldcrypt.providers.base import MasterKeyInfo as KeyRef
 from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
 from fieldcrypt.providers.local import LocalKeyProvider
+from fieldcrypt.providers.pkcs11 import PROVIDER_ID as PKCS11
+from fieldcrypt.providers.pkcs11 import MigratingProvider, Pkcs11Provider, Pkcs11Settings, Pkcs11Token
 from fieldcrypt.reveal import reveal
 from fieldcrypt.rotate import RotateReport, rotate_file, stored_wrapped_keys, wrapped_key_refs
 from fieldcrypt.select import existing_ciphertext
@@ -57,7 +59,8 @@ from fieldcrypt.wrapped_key import WrappedKey
 
 @dataclass(frozen=True)
 class KeyConfig:
-    """Where the master key lives. `local`: a keystore file; `aws-kms`: a key ARN or alias."""
+    """Where the master key lives. `local`: a keystore file; `aws-kms`: a key ARN or alias;
+    `pkcs11`: a key label in an HSM token (`keystore_path`: the old local keystore while rotating from local)."""
 
     provider: str = LOCAL
     keystore_path: str | None = None
@@ -66,10 +69,19 @@ class KeyConfig:
     kms_endpoint_url: str | None = None
     kms_retry_mode: str = "standard"
     kms_max_attempts: int = 5
+    pkcs11_module: str | None = None
+    pkcs11_token: str | None = None
+    pkcs11_key_label: str | None = None
+    pkcs11_pin_env: str | None = None  # the name of the variable holding the PIN, never the PIN
+    pkcs11_pin_file: str | None = None
 
     def __post_init__(self) -> None:
-        if self.provider not in (LOCAL, KMS):
-            raise KeyProviderError(f"key provider {self.provider!r} is not one of {LOCAL}, {KMS}")
+        if self.provider not in (LOCAL, KMS, PKCS11):
+            raise KeyProviderError(f"key provider {self.provider!r} is not one of {LOCAL}, {KMS}, {PKCS11}")
+        if self.provider == PKCS11:
+            self.pkcs11_settings()  # refuses a missing module, token or PIN source here
+            if not self.pkcs11_key_label:
+                raise KeyProviderError("the pkcs11 key provider needs a key label")
         if self.provider == LOCAL and not self.keystore_path:
             raise KeyProviderError("the local key provider needs a keystore path")
         if self.provider == KMS and not self.kms_key:
@@ -79,6 +91,11 @@ class KeyConfig:
             raise KeyProviderError(f"KMS retry mode {self.kms_retry_mode!r} is not one of {', '.join(RETRY_MODES)}")
         if self.kms_max_attempts < 1:
             raise KeyProviderError(f"KMS max attempts must be at least 1, got {self.kms_max_attempts}")
+
+    def pkcs11_settings(self) -> Pkcs11Settings:
+        return Pkcs11Settings(
+            self.pkcs11_module or "", self.pkcs11_token or "", self.pkcs11_pin_env, self.pkcs11_pin_file
+        )
 
 
 @dataclass(frozen=True)
@@ -181,6 +198,8 @@ class Workspace:
     def _check_value(provider: KeyProvider, info: KeyRef) -> str:
         if isinstance(provider, LocalKeyProvider):
             return provider.check_value(int(info.key_version))
+        if isinstance(provider, Pkcs11Provider):
+            return provider.check_value(info.key_id)
         return ""  # aws-kms: the key ARN is the check (docs/FORMAT.md section 5)
 
     def _provider(self) -> tuple[KeyProvider, KeyBinding | None]:
@@ -204,6 +223,8 @@ class Workspace:
                     "key_check_value_added", master_key=keystore.key_id, detail=f"keystore versions {added}"
                 )
             provider: KeyProvider = LocalKeyProvider(keystore)
+        elif key.provider == PKCS11:
+            provider = self._pkcs11_provider(binding)
         else:
             client = self._kms_client()
             configured_arn = validate_kms_key(client, key.kms_key or "")
@@ -230,6 +251,43 @@ class Workspace:
         info = provider.describe()
         self.audit.record("describe_key", master_key=info.ref)
         return provider, binding
+
+    def _pkcs11_provider(self, binding: KeyBinding | None) -> KeyProvider:
+        """The pkcs11 provider of the bound key (and, mid-rotation, of the old one), key check values compared."""
+        key = self.config.key
+        token = Pkcs11Token.for_settings(key.pkcs11_settings())
+        configured = key.pkcs11_key_label or ""
+        if binding is None:
+            return Pkcs11Provider(token, configured)
+        campaign = binding.active_campaign
+        old = campaign.old if campaign else None
+        allowed = {binding.current.key_id} | ({old.key_id} if old and old.provider == PKCS11 else set())
+        if binding.current.provider != PKCS11 or configured not in allowed:
+            raise KeyProviderError(
+                f"lake {self.store.uri} is bound to master key {binding.current.provider}:{binding.current.ref}, but "
+                f"this workspace is configured with pkcs11 key {configured!r} on token {token.label!r}; to move to "
+                f"it, run `fieldcrypt rotate start --to pkcs11:{configured}`"
+            )
+        also = [old.key_id] if old is not None and old.provider == PKCS11 else []
+        provider = Pkcs11Provider(token, binding.current.key_id, also_decrypt=also)
+        for ref in [binding.current] + ([old] if old is not None and old.provider == PKCS11 else []):
+            expected = binding.check_values.get(ref.ref)
+            if expected is not None and not hmac.compare_digest(expected, provider.check_value(ref.key_id)):
+                raise WrongMasterKeyError(
+                    f"wrong master key: pkcs11 key {ref.key_id!r} on token {token.label!r} does not match the key "
+                    f"check value lake {self.store.uri} was bound to (another key under the same label); nothing "
+                    "was written - restore the key or the token"
+                )
+        if old is not None and old.provider == LOCAL:  # mid-rotation from local: the old keystore unwraps
+            if not key.keystore_path:
+                raise KeyProviderError(
+                    f"lake {self.store.uri} is rotating from local master key {old.ref} to pkcs11 key "
+                    f"{binding.current.key_id!r}; the catalog's pkcs11 key needs `keystore:` until it completes"
+                )
+            keystore = self._keystore()
+            self._checked_values(binding, keystore)
+            return MigratingProvider(provider, LocalKeyProvider(keystore))
+        return provider
 
     def _checked_values(self, binding: KeyBinding, keystore: Keystore) -> KeyBinding:
         """Compare the keystore's key check values with the binding's; record the missing ones (migration)."""
@@ -569,16 +627,23 @@ class Workspace:
 
     # -- rotation ------------------------------------------------------------------------
 
-    def start_rotation(self, to_kms_key: str | None = None) -> Campaign:
+    def start_rotation(self, to: str | None = None, *, to_kms_key: str | None = None) -> Campaign:
         """Start moving every wrapped data key to a new master key (local: a new key version).
+
+        `to`: aws-kms, the new key's ARN; `pkcs11:<label>`, a key in the configured token (from
+        local or pkcs11; the workspace must be configured with the pkcs11 provider).
 
         Everything is validated before the first write (the keystore's new version), and
         the binding is written last; a crash between them is resumed by running it again.
         """
+        to = to or to_kms_key
         binding = self.bindings.load()
         if binding is None:
             raise PolicyError(f"lake {self.store.uri} has no bound master key yet; nothing to rotate")
-        if binding.current.provider == LOCAL:
+        if to is not None and to.startswith(f"{PKCS11}:"):
+            updated = self._start_pkcs11_rotation(binding, to.removeprefix(f"{PKCS11}:"))
+            new = updated.current
+        elif binding.current.provider == LOCAL:
             if to_kms_key:
                 raise PolicyError("rotation from the local provider to aws-kms is not supported")
             keystore = self._keystore()
@@ -592,11 +657,13 @@ class Workspace:
             if not resuming:
                 keystore.add_version()
             updated = binding.start(new, self.audit.actor, keystore.check_value(version))
+        elif binding.current.provider == PKCS11:
+            raise PolicyError("rotation on pkcs11 needs the new key's label (--to pkcs11:<label>)")
         else:
-            if not to_kms_key:
+            if not to:
                 raise PolicyError("rotation on aws-kms needs the new key's ARN (--to)")
             self.key_cache()  # the configured key is the bound one
-            new = KeyRef(KMS, validate_kms_key(self._kms_client(), to_kms_key))
+            new = KeyRef(KMS, validate_kms_key(self._kms_client(), to))
             updated = binding.start(new, self.audit.actor)
         self.bindings.save(updated)
         campaign = updated.active_campaign
@@ -607,6 +674,40 @@ class Workspace:
         )
         self._rotate_index_keys()
         return campaign
+
+    def _start_pkcs11_rotation(self, binding: KeyBinding, label: str) -> KeyBinding:
+        """Validate the new pkcs11 key (and the bound key) before writing the binding that starts the campaign."""
+        key = self.config.key
+        if key.provider != PKCS11:
+            raise PolicyError(
+                f"rotation to pkcs11:{label} needs the workspace configured with the pkcs11 provider (module, token, "
+                "PIN source; and, from local, `keystore:` with the current keystore)"
+            )
+        if not label:
+            raise PolicyError("rotation to pkcs11 needs the new key's label (--to pkcs11:<label>)")
+        token = Pkcs11Token.for_settings(key.pkcs11_settings())
+        if binding.current.provider == LOCAL:
+            if not key.keystore_path:
+                raise PolicyError(
+                    f"rotation from local master key {binding.current.ref} to pkcs11 needs the current keystore "
+                    "(`keystore:` in the catalog's pkcs11 key)"
+                )
+            keystore = self._keystore()
+            binding = self._checked_values(binding, keystore)  # a wrong local master key is refused here
+            if binding.current != KeyRef(LOCAL, keystore.key_id, str(keystore.current)):
+                raise KeyProviderError(
+                    f"lake {self.store.uri} is bound to {binding.current.ref}, keystore {keystore.path} holds "
+                    f"{keystore.key_id}#{keystore.current}; use the keystore of this workspace"
+                )
+        elif binding.current.provider == PKCS11:
+            if label == binding.current.key_id:
+                raise PolicyError(f"pkcs11 key {label!r} is already the current master key")
+            Pkcs11Provider(token, binding.current.key_id)  # the bound key is still usable
+        else:
+            raise PolicyError(f"rotation from {binding.current.provider} to pkcs11 is not supported")
+        target = Pkcs11Provider(token, label)  # refuses a key without the required attributes, naming it
+        new = KeyRef(PKCS11, label)
+        return binding.start(new, self.audit.actor, target.check_value(label))
 
     def rotate(self, dataset: str, partition: str | None) -> RotateReport:
         """Rewrap the data keys of every file of a partition under the current master key."""
@@ -703,8 +804,8 @@ class Workspace:
 
     def _retire_old_version(self, campaign: Campaign) -> bool:
         """Retire a completed campaign's old local key version if still enabled; True if it was."""
-        if campaign.old.provider != LOCAL:
-            return False
+        if campaign.old.provider != LOCAL or campaign.new.provider != LOCAL:
+            return False  # moved off the keystore (to pkcs11): nothing left to retire in it; the operator destroys it
         keystore = self._keystore()
         version = parse_key_version(campaign.old.key_version)
         entry = keystore.versions.get(version)

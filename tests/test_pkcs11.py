@@ -29,6 +29,7 @@ from tests.conftest import SAMPLE_DAY, WORKSPACE
 
 MODULE_CANDIDATES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
 TOKEN = "fieldcrypt-test"
+REMOVABLE_TOKEN = "fieldcrypt-removable"  # deleted by the one test of token removal
 PIN_ENV = "FIELDCRYPT_TEST_HSM_PIN"
 PIN = "test-user-pin-4821"
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "softhsm_key.py"
@@ -53,26 +54,18 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     patch = pytest.MonkeyPatch()
     patch.setenv("SOFTHSM2_CONF", str(conf))
     patch.setenv(PIN_ENV, PIN)
-    subprocess.run(
-        [
-            shutil.which("softhsm2-util") or "softhsm2-util",
-            "--init-token",
-            "--free",
-            "--label",
-            TOKEN,
-            "--so-pin",
-            "so-pin-1337",
-            "--pin",
-            PIN,
-        ],
-        check=True,
-        capture_output=True,
-    )
+    for label in (TOKEN, REMOVABLE_TOKEN):  # SoftHSM sees only the tokens present when it is first loaded
+        subprocess.run(
+            [shutil.which("softhsm2-util") or "softhsm2-util", "--init-token", "--free", "--label", label]
+            + ["--so-pin", "so-pin-1337", "--pin", PIN],
+            check=True,
+            capture_output=True,
+        )
     yield module
     patch.undo()
 
 
-def _script(module: str, label: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _script(module: str, label: str, *extra: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -80,7 +73,7 @@ def _script(module: str, label: str, *extra: str) -> subprocess.CompletedProcess
             "--module",
             module,
             "--token",
-            TOKEN,
+            token,
             "--label",
             label,
             "--pin-env",
@@ -309,6 +302,17 @@ def test_deleted_key_is_access_denied_naming_token_and_label(
         _revealed(make_hsm_workspace(label))
 
 
+def test_removed_token_is_access_denied_naming_token_and_label(softhsm: str) -> None:
+    label = f"fc-master-{uuid.uuid4().hex[:8]}"
+    _script(softhsm, label, token=REMOVABLE_TOKEN)
+    token = Pkcs11Token.for_settings(Pkcs11Settings(softhsm, REMOVABLE_TOKEN, pin_env=PIN_ENV))
+    provider = Pkcs11Provider(token, label)
+    _, wrapped = provider.generate_data_key(CONTEXT)
+    subprocess.run(["softhsm2-util", "--delete-token", "--token", REMOVABLE_TOKEN], check=True, capture_output=True)
+    with pytest.raises(AccessDeniedError, match=f"'{label}' on token '{REMOVABLE_TOKEN}'"):
+        provider.unwrap(wrapped, CONTEXT)
+
+
 def test_rotation_from_local_to_hsm_rewraps_every_data_key(
     make_local_workspace: Callable[..., Workspace],
     make_hsm_workspace: Callable[..., Workspace],
@@ -402,3 +406,50 @@ def test_catalog_pkcs11_key_needs_a_pin_source(tmp_path: Path) -> None:
     without = {k: v for k, v in PKCS11_ENTRY.items() if k != "pin_env"}
     with pytest.raises(ConfigError, match="exactly one of pin_env"):
         Catalog.load(_catalog(tmp_path, without), environ={})
+
+
+# -- docs/FORMAT.md ----------------------------------------------------------------------
+
+_STANDALONE = """
+import hashlib, json, os, sys
+import pkcs11
+from tests.test_format_doc import standalone_decryptor
+module, token, path, workspace = sys.argv[1:5]
+session = pkcs11.lib(module).get_token(token_label=token).open(user_pin=os.environ[{pin_env!r}])
+out = standalone_decryptor()["decrypt_column"](path, workspace, "users", "email", primary_key="user_id",
+                                               pkcs11=(session, token))
+# only a digest leaves this process: plaintext never reaches test output
+print(len(out), hashlib.sha256(json.dumps(sorted(out.items())).encode()).hexdigest())
+"""
+
+
+def test_standalone_decryptor_unwraps_with_the_token(
+    softhsm: str, make_hsm_workspace: Callable[..., Workspace], make_hsm_key: Callable[[], str]
+) -> None:
+    import hashlib
+    import json
+
+    import pyarrow.parquet as pq
+
+    workspace = make_hsm_workspace(make_hsm_key())
+    land_sample_lake(workspace.store, SAMPLE_DAY, 1, users=60, events=10)
+    (rel,) = workspace.files("users", PARTITION)
+    original = pq.read_table(workspace.store.full_path(rel)).column("email").to_pylist()
+    _enable_and_protect(workspace)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _STANDALONE.format(pin_env=PIN_ENV),
+            softhsm,
+            TOKEN,
+            workspace.store.full_path(rel),
+            WORKSPACE,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    every = [(row, value) for row, value in enumerate(original) if value is not None]
+    assert result.stdout.split() == [str(len(every)), hashlib.sha256(json.dumps(every).encode()).hexdigest()]

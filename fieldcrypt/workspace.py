@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore, index_context_attribute
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.columns import read_path, row_key_bytes
+from fieldcrypt.dispatch import DispatchReport, Segment, key_statistics
 from fieldcrypt.errors import (
     ConfigError,
     FieldcryptError,
@@ -38,7 +39,7 @@ from fieldcrypt.errors import (
 from fieldcrypt.keystore import Keystore, parse_key_version
 from fieldcrypt.layout import DatasetLayout
 from fieldcrypt.mask import mask_values
-from fieldcrypt.parquet_io import open_parquet, row_groups
+from fieldcrypt.parquet_io import open_parquet, row_group, row_groups
 from fieldcrypt.policy import POLICY_PATH, AttributePolicy, DatasetSpec, Policy, PolicyStore
 from fieldcrypt.policy_auth import MAC_KEY_ATTRIBUTE, MAC_KEY_DATASET, check_file_protection, check_stored_file
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
@@ -582,6 +583,78 @@ class Workspace:
                     columns = {a.name: reveal(batch, spec, a, cache, at, partition) for a in chosen}
                     columns = {key: batch.column(key) for key in spec.primary_key} | columns
                     yield pa.RecordBatch.from_pydict(columns)
+
+    def dispatch(
+        self,
+        dataset: str,
+        segment: pa.Array | Iterable[object],
+        attributes: Sequence[str],
+        *,
+        reason: str,
+        partition: str | None = None,
+        report: DispatchReport | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Campaign sends: batches of (primary key, real values of `attributes`) for the rows of `segment`.
+
+        `segment` holds primary-key values (one key column; millions are fine). `partition`
+        defaults to the dataset's latest. Row groups whose key statistics hold no segment key
+        are not read; the others are read for the key and the chosen attributes only, and
+        only the segment's rows are decrypted. Each row group's decryption is audited
+        (`dispatch`, actor, reason, attribute, cells) before its plaintext exists; the
+        plaintext lives only in the yielded batches. `report`, if given, is filled with counts.
+        """
+        if not reason or not reason.strip():
+            raise InputError("a dispatch needs a reason (campaign or ticket id): it is written to the audit log")
+        spec, enabled = self._dataset(dataset)
+        chosen = [a for a in enabled if a.name in attributes or a.path in attributes]
+        unknown = set(attributes) - {a.name for a in chosen} - {a.path for a in chosen}
+        if unknown or not chosen:
+            raise InputError(f"{', '.join(sorted(unknown)) or 'no attribute'} not enabled for {dataset}")
+        if len(spec.primary_key) != 1:
+            raise InputError(f"{dataset} has no single-column primary key: a segment cannot name its rows")
+        (key_column,) = spec.primary_key
+        if partition is None:
+            landed = self.partitions(dataset)
+            if not landed:
+                raise InputError(f"{dataset} has no partition with data to dispatch from")
+            partition = landed[-1]
+        report = report if report is not None else DispatchReport(dataset, partition)
+        report.partition = partition
+        cache = self.key_cache()
+        chosen_segment: Segment | None = None
+        for rel in self.files(dataset, partition):
+            where = self.store.display(rel)
+            with open_parquet(self.store, rel) as parquet:
+                check_file_protection(parquet, enabled, where)
+                schema = parquet.schema_arrow
+                if schema.get_field_index(key_column) < 0:
+                    raise InputError(f"{where}: primary-key column {key_column!r} is missing")
+                if chosen_segment is None:
+                    chosen_segment = Segment(segment, schema.field(key_column).type, dataset)
+                    report.segment_keys = len(chosen_segment)
+                wanted = {key_column} | {a.path.split(".")[0].split("[")[0] for a in chosen}
+                wanted |= {c for a in chosen for c in (a.ciphertext_column, a.wrapped_key_column)}
+                columns = [name for name in schema.names if name in wanted]
+                stats = key_statistics(parquet, key_column)
+                report.files += 1
+                for index in range(parquet.num_row_groups):
+                    bounds = stats(index)
+                    if len(chosen_segment) == 0 or (bounds is not None and not chosen_segment.overlaps(*bounds)):
+                        report.row_groups_skipped += 1
+                        continue
+                    report.row_groups_read += 1
+                    at = f"{where} row group {index}"
+                    batch = row_group(parquet, index, where, columns)
+                    batch = batch.filter(chosen_segment.contains(batch.column(key_column)))
+                    if batch.num_rows == 0:
+                        continue
+                    self._audit_decryption("dispatch", batch, chosen, partition, reason=reason)
+                    values = {a.name: reveal(batch, spec, a, cache, at, partition) for a in chosen}
+                    for a in chosen:
+                        cells = pc.is_valid(existing_ciphertext(batch, a)).true_count
+                        report.cells[a.name] = report.cells.get(a.name, 0) + cells
+                    report.rows += batch.num_rows
+                    yield pa.RecordBatch.from_pydict({key_column: batch.column(key_column)} | values)
 
     def _revealed(
         self, dataset: str, partition: str | None

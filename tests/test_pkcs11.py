@@ -453,3 +453,34 @@ def test_standalone_decryptor_unwraps_with_the_token(
     )
     every = [(row, value) for row, value in enumerate(original) if value is not None]
     assert result.stdout.split() == [str(len(every)), hashlib.sha256(json.dumps(every).encode()).hexdigest()]
+
+
+def test_pin_file_is_read_for_the_login(softhsm: str, make_hsm_key: Callable[[], str], tmp_path: Path) -> None:
+    pin_file = tmp_path / "hsm-pin"
+    pin_file.write_text(PIN + "\n")
+    pin_file.chmod(0o600)
+    token = Pkcs11Token(Pkcs11Settings(softhsm, TOKEN, pin_file=str(pin_file)))
+    provider = Pkcs11Provider(token, make_hsm_key())
+    dek, wrapped = provider.generate_data_key(CONTEXT)
+    assert provider.unwrap(wrapped, CONTEXT) == dek
+
+
+def test_rotation_to_pkcs11_needs_the_pkcs11_provider_configured(
+    make_local_workspace: Callable[..., Workspace], make_hsm_key: Callable[[], str]
+) -> None:
+    from fieldcrypt import PolicyError
+
+    workspace = make_local_workspace()
+    workspace.key_cache()
+    with pytest.raises(PolicyError, match="needs the workspace configured with the pkcs11 provider"):
+        workspace.start_rotation(f"pkcs11:{make_hsm_key()}")
+    assert workspace.bindings.load().active_campaign is None
+
+
+def test_hsm_workspace_with_an_unrelated_label_is_refused_naming_both(
+    make_hsm_workspace: Callable[..., Workspace], make_hsm_key: Callable[[], str]
+) -> None:
+    bound, other = make_hsm_key(), make_hsm_key()
+    make_hsm_workspace(bound).key_cache()
+    with pytest.raises(KeyProviderError, match=f"bound to master key pkcs11:{bound}.*'{other}'"):
+        make_hsm_workspace(other).key_cache()

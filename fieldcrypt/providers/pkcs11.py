@@ -134,6 +134,9 @@ class Pkcs11Token:
                     raise AccessDeniedError(
                         f"{where}: no token with this label (removed or never initialised)"
                     ) from None
+                except p11e.MultipleTokensReturned:
+                    self._session = None
+                    raise KeyProviderError(f"{where}: several tokens carry this label; labels must be unique") from None
                 except p11e.PKCS11Error as exc:
                     raise KeyProviderError(f"{where}: failed ({type(exc).__name__})") from None
             raise AssertionError("unreachable")
@@ -143,8 +146,14 @@ class Pkcs11Token:
         if self._session is not None and self._pid == pid:
             return self._session
         lib = _library(self.settings.module, forked=self._pid not in (-1, pid))
-        token = lib.get_token(token_label=self.label)
-        self._session = token.open(user_pin=self.settings.pin())
+        token = _find_token(lib, self.label)
+        pin = self.settings.pin()
+        try:
+            self._session = token.open(user_pin=pin)
+        except Exception as exc:  # the login state is per process: another session of ours already logged in
+            if type(exc).__name__ != "UserAlreadyLoggedIn":
+                raise
+            self._session = token.open()
         self._pid = pid
         return self._session
 
@@ -174,6 +183,25 @@ def _library(module: str, forked: bool) -> Any:
         raise KeyProviderError(f"PKCS#11 module {module} failed to initialise ({type(exc).__name__})") from None
     _LIBRARIES[module] = (pid, lib)
     return lib
+
+
+def _find_token(lib: Any, label: str) -> Any:
+    """The token with `label`; a slot whose token cannot be described (removed mid-process) is passed over."""
+    import pkcs11.exceptions as p11e
+
+    found = []
+    for slot in lib.get_slots(token_present=True):
+        try:
+            token = slot.get_token()
+        except p11e.PKCS11Error:
+            continue
+        if token.label == label:
+            found.append(token)
+    if not found:
+        raise p11e.NoSuchToken()
+    if len(found) > 1:
+        raise p11e.MultipleTokensReturned()
+    return found[0]
 
 
 class Pkcs11Provider(KeyProvider):

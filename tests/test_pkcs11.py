@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -484,3 +485,25 @@ def test_hsm_workspace_with_an_unrelated_label_is_refused_naming_both(
     make_hsm_workspace(bound).key_cache()
     with pytest.raises(KeyProviderError, match=f"bound to master key pkcs11:{bound}.*'{other}'"):
         make_hsm_workspace(other).key_cache()
+
+
+# -- Dagster -----------------------------------------------------------------------------
+
+
+def test_dagster_materializes_a_partition_under_an_hsm_key(
+    tmp_path: Path, softhsm: str, make_hsm_key: Callable[[], str]
+) -> None:
+    from tests.dagster_support import catalog_fieldcrypt, enable, land, materialize_partition, past_day
+
+    label = make_hsm_key()
+    key = {"provider": "pkcs11", "module": softhsm, "token": TOKEN, "key_label": label, "pin_env": PIN_ENV}
+    fieldcrypt = catalog_fieldcrypt(tmp_path, str(tmp_path / "lake"), key)
+    day = past_day(3)
+    land(fieldcrypt, day, timedelta(days=10))  # every row ingested after the enablement below (now)
+    enable(fieldcrypt, ("users.email", "email"))
+    result = materialize_partition(fieldcrypt, day.isoformat(), selection="protected_users")
+    assert result.success
+    workspace = fieldcrypt.workspace("test")
+    (rel,) = workspace.files("users", day.isoformat())
+    _, attributes = workspace._dataset("users")
+    assert set(wrapped_key_refs(workspace.store, rel, attributes).values()) == {label}

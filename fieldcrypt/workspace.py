@@ -264,10 +264,19 @@ class Workspace:
         old = campaign.old if campaign else None
         allowed = {binding.current.key_id} | ({old.key_id} if old and old.provider == PKCS11 else set())
         if binding.current.provider != PKCS11 or configured not in allowed:
+            retired = [
+                c
+                for c in binding.campaigns
+                if c.status == "complete" and c.old.provider == PKCS11 and c.old.key_id == configured
+            ]
+            advice = (
+                f"it was rotated out by {retired[-1].campaign_id}; configure the current key instead"
+                if retired
+                else f"to move to it, run `fieldcrypt rotate start --to pkcs11:{configured}`"
+            )
             raise KeyProviderError(
                 f"lake {self.store.uri} is bound to master key {binding.current.provider}:{binding.current.ref}, but "
-                f"this workspace is configured with pkcs11 key {configured!r} on token {token.label!r}; to move to "
-                f"it, run `fieldcrypt rotate start --to pkcs11:{configured}`"
+                f"this workspace is configured with pkcs11 key {configured!r} on token {token.label!r}; {advice}"
             )
         also = [old.key_id] if old is not None and old.provider == PKCS11 else []
         provider = Pkcs11Provider(token, binding.current.key_id, also_decrypt=also)

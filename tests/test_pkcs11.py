@@ -349,6 +349,18 @@ def test_rotation_to_a_new_hsm_key_label_rewraps_every_data_key(
     assert _revealed(make_hsm_workspace(new)) == before
 
 
+def test_workspace_still_configured_with_a_rotated_out_label_is_told_to_configure_the_current_one(
+    make_hsm_workspace: Callable[..., Workspace], make_hsm_key: Callable[[], str]
+) -> None:
+    old, new = make_hsm_key(), make_hsm_key()
+    workspace = make_hsm_workspace(old)
+    workspace.key_cache()
+    workspace.start_rotation(f"pkcs11:{new}")
+    workspace.complete_rotation()
+    with pytest.raises(KeyProviderError, match="it was rotated out by .*configure the current key instead"):
+        make_hsm_workspace(old).key_cache()
+
+
 def test_hsm_workspace_on_a_local_bound_lake_names_the_rotation_to_run(
     make_local_workspace: Callable[..., Workspace],
     make_hsm_workspace: Callable[..., Workspace],

@@ -152,3 +152,28 @@ def test_dispatch_changes_no_file_of_the_lake_but_the_audit_log(lake: Workspace)
     before = snapshot()
     _rows(lake, list(range(ROWS)))
     assert snapshot() == before
+
+
+def test_dispatch_reads_an_s3_lake_under_aws_kms(moto: str, s3_bucket: str, make_kms_key: Callable[..., str]) -> None:
+    from fieldcrypt import KeyConfig, WorkspaceConfig
+    from tests.catalogs import TEST_DATASETS
+    from tests.conftest import WORKSPACE
+
+    key = KeyConfig(provider="aws-kms", kms_key=make_kms_key(), kms_region="us-east-1", kms_endpoint_url=moto)
+    config = WorkspaceConfig(
+        WORKSPACE, f"s3://{s3_bucket}/lake", key, s3_endpoint_url=moto, s3_region="us-east-1", datasets=TEST_DATASETS
+    )
+    workspace = Workspace(config, actor="campaign-runner")
+    write_snapshot(workspace.store, "users", DAYS[0], users_table(DAYS[0], ROWS), row_group_size=GROUP)
+    workspace.enable("users.email", "email", acknowledge_irreversible=True)
+    backdate_policy(workspace)
+    workspace.protect("users", DAYS[0].isoformat())
+    report = DispatchReport("users", None)
+    rows = [
+        row
+        for batch in workspace.dispatch("users", [10, 520], ["email"], reason="campaign-42", report=report)
+        for row in batch.to_pylist()
+    ]
+    plain = _plain(0)
+    assert [(row["user_id"], row["users.email"]) for row in rows] == [(10, plain[10][0]), (520, plain[520][0])]
+    assert (report.row_groups_read, report.row_groups_skipped) == (2, 8)

@@ -519,3 +519,23 @@ def test_dagster_materializes_a_partition_under_an_hsm_key(
     (rel,) = workspace.files("users", day.isoformat())
     _, attributes = workspace._dataset("users")
     assert set(wrapped_key_refs(workspace.store, rel, attributes).values()) == {label}
+
+
+def test_wrong_pin_is_access_denied_without_the_pin_in_the_message(
+    softhsm: str, make_hsm_key: Callable[[], str]
+) -> None:
+    # A fresh process: this one is already logged in to the token (PKCS#11 login is per process).
+    code = f"""
+import os, sys
+from fieldcrypt.providers.pkcs11 import Pkcs11Provider, Pkcs11Settings, Pkcs11Token
+from fieldcrypt.errors import AccessDeniedError
+os.environ["WRONG_PIN"] = "wrong-pin-7731"
+try:
+    Pkcs11Provider(Pkcs11Token(Pkcs11Settings({softhsm!r}, {TOKEN!r}, pin_env="WRONG_PIN")), {make_hsm_key()!r})
+except AccessDeniedError as exc:
+    print("refused", "leaked" if "wrong-pin-7731" in str(exc) else "clean", "PIN" in str(exc))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=SCRIPT.parents[1]
+    )
+    assert result.stdout.split() == ["refused", "clean", "True"]

@@ -51,6 +51,7 @@ from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
 from fieldcrypt.providers.local import LocalKeyProvider
 from fieldcrypt.providers.pkcs11 import PROVIDER_ID as PKCS11
 from fieldcrypt.providers.pkcs11 import MigratingProvider, Pkcs11Provider, Pkcs11Settings, Pkcs11Token
+from fieldcrypt.reindex import IndexKeys, ReindexReport, RetiringIndexKeys, reindex_file
 from fieldcrypt.reveal import reveal
 from fieldcrypt.rotate import RotateReport, rotate_file, stored_wrapped_keys, wrapped_key_refs
 from fieldcrypt.select import existing_ciphertext
@@ -133,6 +134,7 @@ class Workspace:
         self.policies = PolicyStore(self.store, config.name, keys=self.key_cache)
         self.bindings = BindingStore(self.store)
         self.index_keys = IndexKeyStore(self.store)
+        self.retiring_index_keys = RetiringIndexKeys(self.store)  # old keys of blind-index re-indexes under way
         self.audit = AuditLog(self.store, config.name, actor)
         self._cache: DataKeyCache | None = None
         self._bound: KeyRef | None = None  # the master key this process's cache wraps under
@@ -722,6 +724,11 @@ class Workspace:
         binding = self.bindings.load()
         if binding is None:
             raise PolicyError(f"lake {self.store.uri} has no bound master key yet; nothing to rotate")
+        reindexing = self._reindexing()
+        if reindexing:
+            raise PolicyError(
+                f"a blind-index re-index of {', '.join(reindexing)} is under way; complete it before a rotation"
+            )
         if to is not None and to.startswith(f"{PKCS11}:"):
             updated = self._start_pkcs11_rotation(binding, to.removeprefix(f"{PKCS11}:"))
             new = updated.current
@@ -906,6 +913,91 @@ class Workspace:
         self._cache = None
         self._bound = None
         self._binding_seen = None
+
+    # -- blind-index re-index ------------------------------------------------------------
+
+    def _reindexing(self) -> list[str]:
+        """Attributes whose re-index campaign is under way (an old key kept that differs from the current one)."""
+        current = self.index_keys.load()
+        return sorted(name for name, old in self.retiring_index_keys.load().items() if current.get(name) != old)
+
+    def start_reindex(self, attribute: str) -> None:
+        """Give a blind-indexed attribute a new index key; new rows are indexed under it from now on.
+
+        The old key is kept (`_fieldcrypt/blind_index_retiring.json`, written first) until
+        `complete_reindex`. Run `reindex` on every partition of the dataset in between.
+        """
+        entry = self.policy().attributes.get(attribute)
+        if entry is None or not entry.blind_index:
+            raise PolicyError(f"{attribute} is not an enabled attribute with a blind index; nothing to re-index")
+        binding = self.bindings.load()
+        if binding is not None and binding.active_campaign is not None:
+            raise PolicyError("a master-key rotation is under way; complete it before a blind-index re-index")
+        if attribute in self._reindexing():
+            raise PolicyError(f"a re-index of {attribute} is already under way: run it, then complete it")
+        current = self.index_keys.load()
+        if attribute not in current:
+            raise PolicyError(f"blind-index key of {attribute} is missing from {INDEX_KEYS_PATH}")
+        retiring = self.retiring_index_keys.load()
+        retiring[attribute] = current[attribute]
+        self.retiring_index_keys.save(retiring)  # first: a crash after it leaves no campaign (old == current)
+        current[attribute] = self.key_cache().new_index_key(entry.dataset, entry.path)
+        self.index_keys.save(current)
+        self.audit.record("reindex_start", dataset=entry.dataset, attribute=entry.path)
+
+    def reindex(self, dataset: str, partition: str | None) -> ReindexReport:
+        """Recompute, in every file of a partition, the blind indexes of the attributes being re-indexed."""
+        return self._reindex(dataset, partition, dry_run=False)
+
+    def _reindex(self, dataset: str, partition: str | None, *, dry_run: bool) -> ReindexReport:
+        spec, attributes = self._dataset(dataset)
+        names = set(self._reindexing())
+        targets = [a for a in attributes if a.name in names]
+        where = self.partition_display(dataset, partition)
+        if not targets:
+            raise PolicyError(f"no blind-index re-index of {dataset} is under way (start one first)")
+        cache = self.key_cache()
+        current, retiring = self.index_keys.load(), self.retiring_index_keys.load()
+        keys = IndexKeys(
+            new={a.name: cache.index_key_for(current[a.name], a.dataset, a.path) for a in targets},
+            old={a.name: cache.index_key_for(retiring[a.name], a.dataset, a.path) for a in targets},
+        )
+        reports = self._each_file(
+            dataset,
+            partition,
+            lambda rel: reindex_file(
+                self.store, rel, spec, attributes, targets, keys, cache, partition=partition, dry_run=dry_run
+            ),
+        )
+        return ReindexReport.total(where, reports)
+
+    def complete_reindex(self, attribute: str) -> int:
+        """Prove every blind index of `attribute` is under the new key (decrypting each protected value), then
+        forget the old key. Returns the partitions checked."""
+        if attribute not in self._reindexing():
+            raise PolicyError(f"no re-index of {attribute} is under way")
+        dataset = attribute.partition(".")[0]
+        left = []
+        partitions = self.partitions(dataset)
+        for partition in partitions:
+            report = self._reindex(dataset, partition, dry_run=True)
+            if report.reindexed.get(attribute):
+                left.append(self.partition_display(dataset, partition))
+        if left:
+            raise PolicyError(
+                f"re-index of {attribute} incomplete: {len(left)} partitions still hold indexes under the old key: "
+                + ", ".join(left[:20])
+            )
+        retiring = self.retiring_index_keys.load()
+        retiring.pop(attribute, None)
+        self.retiring_index_keys.save(retiring)
+        self.audit.record(
+            "reindex_complete",
+            dataset=dataset,
+            attribute=attribute.partition(".")[2],
+            detail=f"{len(partitions)} partitions checked",
+        )
+        return len(partitions)
 
     # -- policy adoption -----------------------------------------------------------------
 

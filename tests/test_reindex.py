@@ -178,3 +178,22 @@ def test_start_interrupted_after_keeping_the_old_key_starts_cleanly_again(indexe
     indexed.start_reindex("users.email")
     _reindex_all(indexed)
     assert indexed.complete_reindex("users.email") == len(DAYS)
+
+
+def test_cli_runs_a_reindex_campaign_end_to_end(
+    indexed: Workspace, tmp_path: Any, keystore_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fieldcrypt.cli import run
+    from tests.catalogs import write_catalog
+
+    catalog = write_catalog(
+        tmp_path / "fieldcrypt.yaml", "acme", indexed.store.uri, {"provider": "local", "keystore": str(keystore_path)}
+    )
+    before = _indexes(indexed)
+    assert run(["--catalog", str(catalog), "reindex", "start", "users.email"]) == 0
+    assert run(["--catalog", str(catalog), "reindex-partition", "users"]) == 0
+    assert run(["--catalog", str(catalog), "reindex", "complete", "users.email"]) == 0
+    out = capsys.readouterr().out
+    assert f"re-indexed 2 partitions: {PROTECTED_PER_DAY * 2} blind indexes recomputed in 2 files" in out
+    assert "every blind index is under the new key (2 partitions)" in out
+    assert _indexes(indexed)[0] != before[0]

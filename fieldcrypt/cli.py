@@ -21,6 +21,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
+from fieldcrypt.blind_index import NORMALIZATIONS
 from fieldcrypt.catalog import CATALOG_ENV, WORKSPACE_ENV, Catalog
 from fieldcrypt.cli_output import Output
 from fieldcrypt.errors import FieldcryptError, InputError, KeyProviderError, PolicyError
@@ -88,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     enable.add_argument("--mask", choices=MASKS, required=True)
     enable.add_argument(
         "--blind-index", action="store_true", help="also write a keyed index for joins and distinct counts"
+    )
+    enable.add_argument(
+        "--normalize",
+        choices=NORMALIZATIONS,
+        default="none",
+        help="with --blind-index: index values trimmed (trim), trimmed and lower-cased (email) or as E.164 (e164)",
     )
     enable.add_argument(
         ACK_FLAG,
@@ -236,7 +243,11 @@ def run(argv: Sequence[str] | None = None) -> int:
                 f"pass {ACK_FLAG} to confirm both"
             )
         entry = workspace.enable(
-            args.attribute, args.mask, acknowledge_irreversible=args.acknowledged, blind_index=args.blind_index
+            args.attribute,
+            args.mask,
+            acknowledge_irreversible=args.acknowledged,
+            blind_index=args.blind_index,
+            normalize=args.normalize,
         )
         print(
             f"{entry.name}: enabled at {entry.enabled_at.isoformat()} with mask {entry.mask}; "

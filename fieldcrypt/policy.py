@@ -72,6 +72,7 @@ class AttributePolicy:
     enabled_at: datetime
     enabled_by: str
     blind_index: bool = False
+    normalize: str = "none"  # blind-index value normalisation (fieldcrypt.blind_index.NORMALIZATIONS)
 
     @property
     def name(self) -> str:
@@ -131,9 +132,16 @@ class Policy:
         return replace(self, datasets={**self.datasets, spec.name: spec})
 
     def with_enabled(
-        self, attribute: str, mask: str, enabled_by: str, now: datetime | None = None, blind_index: bool = False
+        self,
+        attribute: str,
+        mask: str,
+        enabled_by: str,
+        now: datetime | None = None,
+        blind_index: bool = False,
+        normalize: str = "none",
     ) -> Policy:
         """A policy with `dataset.path` enabled from now on; enabling twice is refused."""
+        _check_normalization(attribute, normalize, blind_index)
         dataset, _, path = attribute.partition(".")
         if not path:
             raise PolicyError(f"attribute {attribute!r} must be written dataset.column or dataset.struct.field")
@@ -151,7 +159,7 @@ class Policy:
                 f"{attribute} is already enabled (since {since}); enabling is irreversible and happens once"
             )
         enabled_at = (now or datetime.now(UTC)).astimezone(UTC)
-        entry = AttributePolicy(dataset, path, mask, enabled_at, enabled_by, blind_index)
+        entry = AttributePolicy(dataset, path, mask, enabled_at, enabled_by, blind_index, normalize)
         for other in self.for_dataset(dataset):
             if other.column_stem == entry.column_stem:
                 raise PolicyError(f"{attribute} would share its ciphertext columns with {other.name}")
@@ -186,6 +194,7 @@ class Policy:
                     "enabled_by": a.enabled_by,
                     "blind_index": a.blind_index,
                 }
+                | ({"normalize": a.normalize} if a.normalize != "none" else {})  # absent: policies stay byte-identical
                 for n, a in sorted(self.attributes.items())
             },
         }
@@ -202,12 +211,24 @@ class Policy:
             for name, a in doc["attributes"].items():
                 dataset, _, path = name.partition(".")
                 enabled_at = datetime.fromisoformat(a["enabled_at"].replace("Z", "+00:00"))
+                blind_index, normalize = bool(a.get("blind_index", False)), str(a.get("normalize", "none"))
+                _check_normalization(name, normalize, blind_index, where)
                 attributes[name] = AttributePolicy(
-                    dataset, path, a["mask"], enabled_at, a["enabled_by"], bool(a.get("blind_index", False))
+                    dataset, path, a["mask"], enabled_at, a["enabled_by"], blind_index, normalize
                 )
             return cls(doc["workspace"], datasets, attributes)
         except (ValueError, KeyError, TypeError) as exc:
             raise PolicyError(f"{where} is not a valid fieldcrypt policy ({type(exc).__name__})") from None
+
+
+def _check_normalization(attribute: str, how: str, blind_index: bool, where: str = "") -> None:
+    from fieldcrypt.blind_index import NORMALIZATIONS
+
+    at = f"{where}: " if where else ""
+    if how not in NORMALIZATIONS:
+        raise PolicyError(f"{at}normalisation {how!r} of {attribute} is not one of {', '.join(NORMALIZATIONS)}")
+    if how != "none" and not blind_index:
+        raise PolicyError(f"{at}normalisation {how!r} of {attribute} applies to a blind index; enable one with it")
 
 
 class PolicyStore:

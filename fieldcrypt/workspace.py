@@ -395,6 +395,7 @@ class Workspace:
         *,
         acknowledge_irreversible: bool,
         blind_index: bool = False,
+        normalize: str = "none",
     ) -> AttributePolicy:
         """Protect `dataset.path` for every row ingested from now on. Irreversible.
 
@@ -402,6 +403,7 @@ class Workspace:
         that can be protected, in every file of the newest partition landed so far.
         With `blind_index`, protected rows also get a keyed index of their value (joins and
         distinct counts without decrypting); its key is created here, under the master key.
+        `normalize` (with a blind index: trim, email, e164) is applied to values before indexing.
         """
         if not acknowledge_irreversible:
             raise PolicyError(
@@ -413,7 +415,9 @@ class Workspace:
         policy = self.policy()
         if dataset not in policy.datasets:
             policy = policy.with_dataset(layout.spec)
-        policy = policy.with_enabled(attribute, mask, enabled_by=self.audit.actor, blind_index=blind_index)
+        policy = policy.with_enabled(
+            attribute, mask, enabled_by=self.audit.actor, blind_index=blind_index, normalize=normalize
+        )
         entry = policy.attributes[attribute]
         partitions = layout.partitions(self.store)
         if partitions:  # the attribute must exist, with a protectable type, in the data landed so far
@@ -532,7 +536,7 @@ class Workspace:
         if missing:
             raise PolicyError(f"blind-index key of {', '.join(missing)} is missing from {INDEX_KEYS_PATH}")
         cache = self.key_cache()
-        return {a.name: cache.index_key_for(stored[a.name], a.dataset, a.path) for a in wanted}
+        return {a.name: cache.index_key_for(stored[a.name], a.dataset, a.path).normalized(a.normalize) for a in wanted}
 
     def status(self, dataset: str, partition: str | None) -> ProtectReport:
         """Per-attribute counts of a partition, summed over its files, without changing anything."""
@@ -959,8 +963,13 @@ class Workspace:
         cache = self.key_cache()
         current, retiring = self.index_keys.load(), self.retiring_index_keys.load()
         keys = IndexKeys(
-            new={a.name: cache.index_key_for(current[a.name], a.dataset, a.path) for a in targets},
-            old={a.name: cache.index_key_for(retiring[a.name], a.dataset, a.path) for a in targets},
+            new={
+                a.name: cache.index_key_for(current[a.name], a.dataset, a.path).normalized(a.normalize) for a in targets
+            },
+            old={
+                a.name: cache.index_key_for(retiring[a.name], a.dataset, a.path).normalized(a.normalize)
+                for a in targets
+            },
         )
         reports = self._each_file(
             dataset,

@@ -10,7 +10,7 @@ here logs, caches or writes plaintext: `Workspace.dispatch` yields batches and f
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fieldcrypt.errors import InputError
+from fieldcrypt.parquet_io import row_group
 
 if TYPE_CHECKING:
     from fieldcrypt.workspace import Workspace
@@ -88,6 +89,28 @@ class Segment:
             return pa.array(found, pa.bool_())
         result: pa.BooleanArray = pc.fill_null(pc.is_in(keys, value_set=self.keys), False)
         return result
+
+
+def segment_row_groups(
+    parquet: pq.ParquetFile,
+    where: str,
+    columns: list[str],
+    key_column: str,
+    segment: Segment,
+    report: DispatchReport,
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(row group index, its rows in the segment) for each row group holding some; the others are not read."""
+    stats = key_statistics(parquet, key_column)
+    for index in range(parquet.num_row_groups):
+        bounds = stats(index)
+        if len(segment) == 0 or (bounds is not None and not segment.overlaps(*bounds)):
+            report.row_groups_skipped += 1
+            continue
+        report.row_groups_read += 1
+        batch = row_group(parquet, index, where, columns)
+        batch = batch.filter(segment.contains(batch.column(key_column)))
+        if batch.num_rows:
+            yield index, batch
 
 
 def key_statistics(parquet: pq.ParquetFile, column: str) -> Callable[[int], tuple[Any, Any] | None]:

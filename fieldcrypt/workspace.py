@@ -25,7 +25,7 @@ from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore, index_context_attribute
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.columns import read_path, row_key_bytes
-from fieldcrypt.dispatch import DispatchReport, Segment, key_statistics
+from fieldcrypt.dispatch import DispatchReport, Segment, segment_row_groups
 from fieldcrypt.errors import (
     ConfigError,
     FieldcryptError,
@@ -39,7 +39,7 @@ from fieldcrypt.errors import (
 from fieldcrypt.keystore import Keystore, parse_key_version
 from fieldcrypt.layout import DatasetLayout
 from fieldcrypt.mask import mask_values
-from fieldcrypt.parquet_io import open_parquet, row_group, row_groups
+from fieldcrypt.parquet_io import open_parquet, read_ahead, row_groups
 from fieldcrypt.policy import POLICY_PATH, AttributePolicy, DatasetSpec, Policy, PolicyStore
 from fieldcrypt.policy_auth import MAC_KEY_ATTRIBUTE, MAC_KEY_DATASET, check_file_protection, check_stored_file
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
@@ -650,26 +650,19 @@ class Workspace:
                 wanted = {key_column} | {a.path.split(".")[0].split("[")[0] for a in chosen}
                 wanted |= {c for a in chosen for c in (a.ciphertext_column, a.wrapped_key_column)}
                 columns = [name for name in schema.names if name in wanted]
-                stats = key_statistics(parquet, key_column)
                 report.files += 1
-                for index in range(parquet.num_row_groups):
-                    bounds = stats(index)
-                    if len(chosen_segment) == 0 or (bounds is not None and not chosen_segment.overlaps(*bounds)):
-                        report.row_groups_skipped += 1
-                        continue
-                    report.row_groups_read += 1
-                    at = f"{where} row group {index}"
-                    batch = row_group(parquet, index, where, columns)
-                    batch = batch.filter(chosen_segment.contains(batch.column(key_column)))
-                    if batch.num_rows == 0:
-                        continue
-                    self._audit_decryption("dispatch", batch, chosen, partition, reason=reason)
-                    values = {a.name: reveal(batch, spec, a, cache, at, partition) for a in chosen}
-                    for a in chosen:
-                        cells = pc.is_valid(existing_ciphertext(batch, a)).true_count
-                        report.cells[a.name] = report.cells.get(a.name, 0) + cells
-                    report.rows += batch.num_rows
-                    yield pa.RecordBatch.from_pydict({key_column: batch.column(key_column)} | values)
+                # The next matching row group is read and filtered on a helper thread while this one decrypts.
+                matching = segment_row_groups(parquet, where, columns, key_column, chosen_segment, report)
+                with read_ahead(matching) as batches:
+                    for index, batch in batches:
+                        at = f"{where} row group {index}"
+                        self._audit_decryption("dispatch", batch, chosen, partition, reason=reason)
+                        values = {a.name: reveal(batch, spec, a, cache, at, partition) for a in chosen}
+                        for a in chosen:
+                            cells = pc.is_valid(existing_ciphertext(batch, a)).true_count
+                            report.cells[a.name] = report.cells.get(a.name, 0) + cells
+                        report.rows += batch.num_rows
+                        yield pa.RecordBatch.from_pydict({key_column: batch.column(key_column)} | values)
 
     def _revealed(
         self, dataset: str, partition: str | None

@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--blind-index", action="store_true", help="also write a keyed index for joins and distinct counts"
     )
     enable.add_argument(
+        "--pad-to",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="pad cells to a multiple of BYTES (16..4096, a power of two) so ciphertext hides exact value lengths",
+    )
+    enable.add_argument(
         "--normalize",
         choices=NORMALIZATIONS,
         default="none",
@@ -247,6 +254,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             args.mask,
             acknowledge_irreversible=args.acknowledged,
             blind_index=args.blind_index,
+            pad_to=args.pad_to,
             normalize=args.normalize,
         )
         print(

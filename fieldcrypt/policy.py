@@ -18,6 +18,7 @@ from fieldcrypt import policy_auth
 from fieldcrypt.attribute_path import AttributePath
 from fieldcrypt.binding import BINDING_PATH
 from fieldcrypt.errors import PolicyError
+from fieldcrypt.padding import check_pad_to
 from fieldcrypt.policy_auth import PolicyKeys
 from fieldcrypt.store import LakeStore
 
@@ -72,6 +73,7 @@ class AttributePolicy:
     enabled_at: datetime
     enabled_by: str
     blind_index: bool = False
+    pad_to: int = 0  # cells padded to a multiple of this many bytes (cell format 2); 0: not padded
     normalize: str = "none"  # blind-index value normalisation (fieldcrypt.blind_index.NORMALIZATIONS)
 
     @property
@@ -138,6 +140,7 @@ class Policy:
         enabled_by: str,
         now: datetime | None = None,
         blind_index: bool = False,
+        pad_to: int = 0,
         normalize: str = "none",
     ) -> Policy:
         """A policy with `dataset.path` enabled from now on; enabling twice is refused."""
@@ -159,7 +162,8 @@ class Policy:
                 f"{attribute} is already enabled (since {since}); enabling is irreversible and happens once"
             )
         enabled_at = (now or datetime.now(UTC)).astimezone(UTC)
-        entry = AttributePolicy(dataset, path, mask, enabled_at, enabled_by, blind_index, normalize)
+        pad_to = check_pad_to(pad_to, attribute)
+        entry = AttributePolicy(dataset, path, mask, enabled_at, enabled_by, blind_index, pad_to, normalize)
         for other in self.for_dataset(dataset):
             if other.column_stem == entry.column_stem:
                 raise PolicyError(f"{attribute} would share its ciphertext columns with {other.name}")
@@ -193,8 +197,9 @@ class Policy:
                     "enabled_at": _iso(a.enabled_at),
                     "enabled_by": a.enabled_by,
                     "blind_index": a.blind_index,
+                    **({"pad_to": a.pad_to} if a.pad_to else {}),  # absent: not padded (policies written before)
+                    **({"normalize": a.normalize} if a.normalize != "none" else {}),  # absent: none (same reason)
                 }
-                | ({"normalize": a.normalize} if a.normalize != "none" else {})  # absent: policies stay byte-identical
                 for n, a in sorted(self.attributes.items())
             },
         }
@@ -214,7 +219,14 @@ class Policy:
                 blind_index, normalize = bool(a.get("blind_index", False)), str(a.get("normalize", "none"))
                 _check_normalization(name, normalize, blind_index, where)
                 attributes[name] = AttributePolicy(
-                    dataset, path, a["mask"], enabled_at, a["enabled_by"], blind_index, normalize
+                    dataset,
+                    path,
+                    a["mask"],
+                    enabled_at,
+                    a["enabled_by"],
+                    blind_index,
+                    check_pad_to(int(a.get("pad_to", 0)), name),
+                    normalize,
                 )
             return cls(doc["workspace"], datasets, attributes)
         except (ValueError, KeyError, TypeError) as exc:

@@ -197,3 +197,18 @@ def test_cli_runs_a_reindex_campaign_end_to_end(
     assert f"re-indexed 2 partitions: {PROTECTED_PER_DAY * 2} blind indexes recomputed in 2 files" in out
     assert "every blind index is under the new key (2 partitions)" in out
     assert _indexes(indexed)[0] != before[0]
+
+
+def test_reindex_of_a_padded_attribute_keeps_its_cells_and_verifies(
+    make_local_workspace: Callable[..., Workspace],
+) -> None:
+    workspace = make_local_workspace()
+    _land(workspace)
+    workspace.enable("users.email", "email", acknowledge_irreversible=True, blind_index=True, pad_to=32)
+    backdate_policy(workspace)
+    workspace.protect("users", SAMPLE_DAY.isoformat())
+    cells = _table(workspace).column("email__fc_ct")
+    workspace.start_reindex("users.email")
+    assert workspace.reindex("users", SAMPLE_DAY.isoformat()).pending == PROTECTED_PER_DAY
+    assert _table(workspace).column("email__fc_ct").equals(cells)
+    assert workspace.verify("users", SAMPLE_DAY.isoformat()) == {"users.email": PROTECTED_PER_DAY}

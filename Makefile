@@ -46,6 +46,7 @@ bench: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) bench/encrypt.py
 	PYTHONPATH=$(CURDIR) $(PY) bench/rotate.py
 	PYTHONPATH=$(CURDIR) $(PY) bench/layout.py
+	PYTHONPATH=$(CURDIR) $(PY) bench/dispatch.py
 
 # dagster dev on loopback with a persistent instance under the project; after `make demo` it opens the
 # demo's lake, key and runs (demo-workspace/dagster.env), otherwise the catalog's (fieldcrypt.yaml) defaults.

@@ -5,9 +5,9 @@ configured key; afterwards a run configured with another key is refused (it coul
 not read what is stored). A rotation campaign moves the binding to a new key; while
 it runs, both keys decrypt and new data keys are wrapped under the new one.
 
-`check_values` maps a local master-key ref (`key_id#version`) to its key check value
-(docs/FORMAT.md section 5), so a keystore whose key bytes differ from the ones the lake
-was bound to is refused as a wrong master key before anything is written.
+`check_values` maps a local master-key ref (`key_id#version`), or a pkcs11 key label, to
+its key check value (docs/FORMAT.md section 5a), so a key whose bytes differ from the ones
+the lake was bound to is refused as a wrong master key before anything is written.
 """
 
 from __future__ import annotations

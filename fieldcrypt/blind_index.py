@@ -16,13 +16,33 @@ import hmac
 import json
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from fieldcrypt.errors import IntegrityError
+from fieldcrypt.errors import IntegrityError, PolicyError
 from fieldcrypt.store import LakeStore
 
 INDEX_SIZE = 16
 INDEX_KEYS_PATH = "_fieldcrypt/blind_index_keys.json"
 INDEX_KEYS_FORMAT = "fieldcrypt-blind-index-keys-v1"
+
+
+# Value normalisation before indexing, chosen at enablement (docs/FORMAT.md section 8).
+NORMALIZATIONS = ("none", "trim", "email", "e164")
+
+
+def normalize(values: pa.Array, how: str) -> pa.Array:
+    """The values as indexed: `trim` strips surrounding whitespace, `email` also lower-cases, `e164` drops
+    spaces, dashes, dots and parentheses and turns a leading 00 into + (no country code is inferred)."""
+    if how == "none":
+        return values
+    if how not in NORMALIZATIONS:
+        raise PolicyError(f"blind-index normalisation {how!r} is not one of {', '.join(NORMALIZATIONS)}")
+    if how == "e164":
+        digits = pc.replace_substring_regex(values, r"[\s\-\.\(\)]", "")
+        result: pa.Array = pc.replace_substring_regex(digits, r"^00", "+")
+        return result
+    trimmed = pc.utf8_trim_whitespace(values)
+    return pc.utf8_lower(trimmed) if how == "email" else trimmed
 
 
 def index_context_attribute(path: str) -> str:
@@ -33,16 +53,22 @@ def index_context_attribute(path: str) -> str:
 class BlindIndexKey:
     """An unwrapped index key; its bytes never show in a repr or a traceback's locals."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_normalization")
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, normalization: str = "none") -> None:
         self._key = key
+        self._normalization = normalization
 
     def __repr__(self) -> str:
-        return "BlindIndexKey(<hidden>)"
+        return f"BlindIndexKey(<hidden>, normalization={self._normalization!r})"
+
+    def normalized(self, how: str) -> BlindIndexKey:
+        """The same key, indexing values after the attribute's normalisation."""
+        return self if how == self._normalization else BlindIndexKey(self._key, how)
 
     def index(self, values: pa.Array) -> pa.Array:
-        """The 16-byte index of each non-null text value (UTF-8 bytes, as stored)."""
+        """The 16-byte index of each non-null text value (UTF-8 bytes, after the key's normalisation)."""
+        values = normalize(values, self._normalization)
         plain = values.cast(pa.large_binary() if values.type == pa.large_string() else pa.binary()).to_pylist()
         key, digest = self._key, hmac.digest
         return pa.array([digest(key, value, "sha256")[:INDEX_SIZE] for value in plain], pa.binary())

@@ -73,6 +73,24 @@ class LocalKeyEntry(_Strict):
     keystore: str = Field(min_length=1, description="keystore file, relative to the catalog file")
 
 
+class Pkcs11KeyEntry(_Strict):
+    """A master key inside an HSM. The PIN is named (a variable or a file), never written here."""
+
+    provider: Literal["pkcs11"]
+    module: str = Field(min_length=1, description="the token's PKCS#11 module (.so), absolute path")
+    token: str = Field(min_length=1, description="the token label")
+    key_label: str = Field(min_length=1, description="label of the AES-256 secret key object")
+    pin_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="variable with the PIN")
+    pin_file: str | None = Field(default=None, min_length=1, description="file with the PIN, relative to the catalog")
+    keystore: str | None = Field(default=None, description="the old local keystore, while rotating from local")
+
+    @model_validator(mode="after")
+    def _one_pin_source(self) -> Pkcs11KeyEntry:
+        if (self.pin_env is None) == (self.pin_file is None):
+            raise ValueError("give exactly one of pin_env (a variable name) or pin_file; never the PIN itself")
+        return self
+
+
 class AwsKmsKeyEntry(_Strict):
     provider: Literal["aws-kms"]
     kms_key: str = Field(min_length=1, description="the key's full ARN")
@@ -144,7 +162,7 @@ class WorkspaceEntry(_Strict):
     lake: str = Field(min_length=1, description="local folder (relative to the catalog file) or s3://bucket/prefix")
     s3_endpoint_url: str | None = None
     region: str | None = None
-    key: Annotated[LocalKeyEntry | AwsKmsKeyEntry, Field(discriminator="provider")]
+    key: Annotated[LocalKeyEntry | AwsKmsKeyEntry | Pkcs11KeyEntry, Field(discriminator="provider")]
     data_key_ttl_seconds: float = Field(default=MAX_TTL_SECONDS, gt=0, le=MAX_TTL_SECONDS)
     file_workers: int = Field(default=2, ge=1, le=64, description="files of one partition processed at once")
     partitions_start: date | datetime | None = None
@@ -224,6 +242,8 @@ class Catalog:
             key = (
                 KeyConfig(provider="local", keystore_path=self._local_path(entry.key.keystore))
                 if isinstance(entry.key, LocalKeyEntry)
+                else self._pkcs11_key(entry.key)
+                if isinstance(entry.key, Pkcs11KeyEntry)
                 else KeyConfig(
                     provider="aws-kms",
                     kms_key=entry.key.kms_key,
@@ -246,6 +266,17 @@ class Catalog:
             data_key_ttl_seconds=entry.data_key_ttl_seconds,
             datasets=datasets,
             file_workers=entry.file_workers,
+        )
+
+    def _pkcs11_key(self, key: Pkcs11KeyEntry) -> KeyConfig:
+        return KeyConfig(
+            provider="pkcs11",
+            keystore_path=self._local_path(key.keystore) if key.keystore else None,
+            pkcs11_module=key.module,
+            pkcs11_token=key.token,
+            pkcs11_key_label=key.key_label,
+            pkcs11_pin_env=key.pin_env,
+            pkcs11_pin_file=self._local_path(key.pin_file) if key.pin_file else None,
         )
 
     def _local_path(self, value: str) -> str:
@@ -327,6 +358,7 @@ def _describe(path: Path, exc: ValidationError, workspace: str, overridden: dict
 
 # Parts of a pydantic error location that name a union member, not a key of the file.
 _UNION_MEMBERS = {"str", "list[str]", "date", "datetime", "PartitioningEntry", "LocalKeyEntry", "AwsKmsKeyEntry"}
+_UNION_MEMBERS.add("Pkcs11KeyEntry")
 
 
 def _readable_loc(loc: tuple[int | str, ...]) -> tuple[str, ...]:
@@ -334,7 +366,7 @@ def _readable_loc(loc: tuple[int | str, ...]) -> tuple[str, ...]:
     parts: list[str] = []
     for raw in loc:
         part = str(raw)
-        if parts and parts[-1] == "key" and part in ("local", "aws-kms"):  # the discriminated union's tag
+        if parts and parts[-1] == "key" and part in ("local", "aws-kms", "pkcs11"):  # the discriminated union's tag
             continue
         if part in _UNION_MEMBERS or part.startswith(("literal[", "function-")):
             continue

@@ -21,6 +21,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
+from fieldcrypt.blind_index import NORMALIZATIONS
 from fieldcrypt.catalog import CATALOG_ENV, WORKSPACE_ENV, Catalog
 from fieldcrypt.cli_output import Output
 from fieldcrypt.errors import FieldcryptError, InputError, KeyProviderError, PolicyError
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pad cells to a multiple of BYTES (16..4096, a power of two) so ciphertext hides exact value lengths",
     )
     enable.add_argument(
+        "--normalize",
+        choices=NORMALIZATIONS,
+        default="none",
+        help="with --blind-index: index values trimmed (trim), trimmed and lower-cased (email) or as E.164 (e164)",
+    )
+    enable.add_argument(
         ACK_FLAG,
         dest="acknowledged",
         action="store_true",
@@ -108,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", "count protected and plaintext rows"),
         ("verify", "decrypt every protected cell, print counts only"),
         ("rotate-partition", "rewrap the data keys of partitions under the current master key"),
+        ("reindex-partition", "recompute the blind indexes of partitions under the new index key"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("dataset")
@@ -122,9 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
         dest="rotate_command", required=True
     )
     start = rotate.add_parser("start", help="start a campaign: new data keys wrap under the new key")
-    start.add_argument("--to", help="aws-kms: the new key ARN (local: a new key version is created)")
+    start.add_argument(
+        "--to", help="aws-kms: the new key ARN; pkcs11:<label>: a key in the configured token (local: a new version)"
+    )
     rotate.add_parser("status", help="which partitions still hold wrapped keys under an old key")
     rotate.add_parser("complete", help="prove nothing is left under the old key, then retire it")
+
+    reindex = commands.add_parser("reindex", help="blind-index re-index campaign (new index key)").add_subparsers(
+        dest="reindex_command", required=True
+    )
+    for name, text in (
+        ("start", "give the attribute a new index key; new rows are indexed under it"),
+        ("complete", "prove every index is under the new key, then forget the old one"),
+    ):
+        reindex.add_parser(name, help=text).add_argument("attribute", help="dataset.path of a blind-indexed attribute")
 
     reveal = commands.add_parser(
         "reveal", help="print the plaintext of chosen rows (support, dispatch); audited with a required reason"
@@ -239,6 +258,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             acknowledge_irreversible=args.acknowledged,
             blind_index=args.blind_index,
             pad_to=args.pad_to,
+            normalize=args.normalize,
         )
         print(
             f"{entry.name}: enabled at {entry.enabled_at.isoformat()} with mask {entry.mask}; "
@@ -250,6 +270,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         _reveal(workspace, args)
     elif args.command == "rotate":
         _rotate(workspace, args)
+    elif args.command == "reindex":
+        if args.reindex_command == "start":
+            workspace.start_reindex(args.attribute)
+            print(f"{args.attribute}: new blind-index key; run `fieldcrypt reindex-partition`, then `reindex complete`")
+        else:
+            checked = workspace.complete_reindex(args.attribute)
+            print(f"{args.attribute}: every blind index is under the new key ({checked} partitions); old key forgotten")
     elif args.command == "datasets":
         out = Output(args.json, ["dataset", "path", "partitioning", "primary_key", "partitions", "enabled"])
         policy = workspace.policy()
@@ -293,7 +320,7 @@ def _key_arn(value: str) -> str:
     return value
 
 
-PARTITION_COMMANDS = ("protect", "status", "verify", "rotate-partition")
+PARTITION_COMMANDS = ("protect", "status", "verify", "rotate-partition", "reindex-partition")
 
 
 def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: list[str] | None, out: Output) -> int:
@@ -398,6 +425,22 @@ def _rotate_rows(workspace: Workspace, dataset: str, partition: str | None) -> l
     ]
 
 
+def _reindex_rows(workspace: Workspace, dataset: str, partition: str | None) -> list[dict[str, Any]]:
+    report = workspace.reindex(dataset, partition)
+    names = sorted(set(report.reindexed) | set(report.already)) or ["(none)"]
+    return [
+        {
+            "partition": partition_label(partition),
+            "attribute": name,
+            "files": report.files,
+            "files_rewritten": report.files_rewritten,
+            "reindexed": report.reindexed.get(name, 0),
+            "already": report.already.get(name, 0),
+        }
+        for name in names
+    ]
+
+
 _COMMANDS: dict[str, tuple[Callable[[Workspace, str, str | None], list[dict[str, Any]]], list[str], list[str]]] = {
     "protect": (
         _protect_rows,
@@ -425,6 +468,11 @@ _COMMANDS: dict[str, tuple[Callable[[Workspace, str, str | None], list[dict[str,
         ["partition", "files", "files_rewritten", "rows", "data_keys", "rewrapped", "kms_calls"],
         ["rewrapped", "files_rewritten", "kms_calls"],
     ),
+    "reindex-partition": (
+        _reindex_rows,
+        ["partition", "attribute", "files", "files_rewritten", "reindexed", "already"],
+        ["reindexed", "files_rewritten"],
+    ),
 }
 
 
@@ -444,6 +492,11 @@ def _summary(command: str, done: int, summed: dict[str, int], failed: int) -> st
     if command == "verify":
         verdict = "all authentic" if not failed else f"{failed} partitions FAILED"
         return f"verified {partitions}, {summed.get('cells_verified', 0):,} cells, {verdict}"
+    if command == "reindex-partition":
+        return (
+            f"re-indexed {partitions}: {summed.get('reindexed', 0):,} blind indexes recomputed in "
+            f"{summed.get('files_rewritten', 0):,} files{tail}"
+        )
     return (
         f"rotated {partitions}: {summed.get('rewrapped', 0):,} data keys rewrapped in "
         f"{summed.get('files_rewritten', 0):,} files, {summed.get('kms_calls', 0):,} KMS calls{tail}"

@@ -74,6 +74,7 @@ class AttributePolicy:
     enabled_by: str
     blind_index: bool = False
     pad_to: int = 0  # cells padded to a multiple of this many bytes (cell format 2); 0: not padded
+    normalize: str = "none"  # blind-index value normalisation (fieldcrypt.blind_index.NORMALIZATIONS)
 
     @property
     def name(self) -> str:
@@ -140,8 +141,10 @@ class Policy:
         now: datetime | None = None,
         blind_index: bool = False,
         pad_to: int = 0,
+        normalize: str = "none",
     ) -> Policy:
         """A policy with `dataset.path` enabled from now on; enabling twice is refused."""
+        _check_normalization(attribute, normalize, blind_index)
         dataset, _, path = attribute.partition(".")
         if not path:
             raise PolicyError(f"attribute {attribute!r} must be written dataset.column or dataset.struct.field")
@@ -160,7 +163,7 @@ class Policy:
             )
         enabled_at = (now or datetime.now(UTC)).astimezone(UTC)
         pad_to = check_pad_to(pad_to, attribute)
-        entry = AttributePolicy(dataset, path, mask, enabled_at, enabled_by, blind_index, pad_to)
+        entry = AttributePolicy(dataset, path, mask, enabled_at, enabled_by, blind_index, pad_to, normalize)
         for other in self.for_dataset(dataset):
             if other.column_stem == entry.column_stem:
                 raise PolicyError(f"{attribute} would share its ciphertext columns with {other.name}")
@@ -195,6 +198,7 @@ class Policy:
                     "enabled_by": a.enabled_by,
                     "blind_index": a.blind_index,
                     **({"pad_to": a.pad_to} if a.pad_to else {}),  # absent: not padded (policies written before)
+                    **({"normalize": a.normalize} if a.normalize != "none" else {}),  # absent: none (same reason)
                 }
                 for n, a in sorted(self.attributes.items())
             },
@@ -212,18 +216,31 @@ class Policy:
             for name, a in doc["attributes"].items():
                 dataset, _, path = name.partition(".")
                 enabled_at = datetime.fromisoformat(a["enabled_at"].replace("Z", "+00:00"))
+                blind_index, normalize = bool(a.get("blind_index", False)), str(a.get("normalize", "none"))
+                _check_normalization(name, normalize, blind_index, where)
                 attributes[name] = AttributePolicy(
                     dataset,
                     path,
                     a["mask"],
                     enabled_at,
                     a["enabled_by"],
-                    bool(a.get("blind_index", False)),
+                    blind_index,
                     check_pad_to(int(a.get("pad_to", 0)), name),
+                    normalize,
                 )
             return cls(doc["workspace"], datasets, attributes)
         except (ValueError, KeyError, TypeError) as exc:
             raise PolicyError(f"{where} is not a valid fieldcrypt policy ({type(exc).__name__})") from None
+
+
+def _check_normalization(attribute: str, how: str, blind_index: bool, where: str = "") -> None:
+    from fieldcrypt.blind_index import NORMALIZATIONS
+
+    at = f"{where}: " if where else ""
+    if how not in NORMALIZATIONS:
+        raise PolicyError(f"{at}normalisation {how!r} of {attribute} is not one of {', '.join(NORMALIZATIONS)}")
+    if how != "none" and not blind_index:
+        raise PolicyError(f"{at}normalisation {how!r} of {attribute} applies to a blind index; enable one with it")
 
 
 class PolicyStore:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore, index_context_attribute
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.columns import read_path, row_key_bytes
+from fieldcrypt.dispatch import DispatchReport, Segment, segment_row_groups
 from fieldcrypt.errors import (
     ConfigError,
     FieldcryptError,
@@ -38,7 +39,7 @@ from fieldcrypt.errors import (
 from fieldcrypt.keystore import Keystore, parse_key_version
 from fieldcrypt.layout import DatasetLayout
 from fieldcrypt.mask import mask_values
-from fieldcrypt.parquet_io import open_parquet, row_groups
+from fieldcrypt.parquet_io import open_parquet, read_ahead, row_groups
 from fieldcrypt.policy import POLICY_PATH, AttributePolicy, DatasetSpec, Policy, PolicyStore
 from fieldcrypt.policy_auth import MAC_KEY_ATTRIBUTE, MAC_KEY_DATASET, check_file_protection, check_stored_file
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
@@ -48,6 +49,9 @@ from fieldcrypt.providers.base import EncryptionContext, KeyProvider
 from fieldcrypt.providers.base import MasterKeyInfo as KeyRef
 from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
 from fieldcrypt.providers.local import LocalKeyProvider
+from fieldcrypt.providers.pkcs11 import PROVIDER_ID as PKCS11
+from fieldcrypt.providers.pkcs11 import MigratingProvider, Pkcs11Provider, Pkcs11Settings, Pkcs11Token
+from fieldcrypt.reindex import IndexKeys, ReindexReport, RetiringIndexKeys, reindex_file
 from fieldcrypt.reveal import reveal
 from fieldcrypt.rotate import RotateReport, rotate_file, stored_wrapped_keys, wrapped_key_refs
 from fieldcrypt.select import existing_ciphertext
@@ -57,7 +61,8 @@ from fieldcrypt.wrapped_key import WrappedKey
 
 @dataclass(frozen=True)
 class KeyConfig:
-    """Where the master key lives. `local`: a keystore file; `aws-kms`: a key ARN or alias."""
+    """Where the master key lives. `local`: a keystore file; `aws-kms`: a key ARN or alias;
+    `pkcs11`: a key label in an HSM token (`keystore_path`: the old local keystore while rotating from local)."""
 
     provider: str = LOCAL
     keystore_path: str | None = None
@@ -66,10 +71,19 @@ class KeyConfig:
     kms_endpoint_url: str | None = None
     kms_retry_mode: str = "standard"
     kms_max_attempts: int = 5
+    pkcs11_module: str | None = None
+    pkcs11_token: str | None = None
+    pkcs11_key_label: str | None = None
+    pkcs11_pin_env: str | None = None  # the name of the variable holding the PIN, never the PIN
+    pkcs11_pin_file: str | None = None
 
     def __post_init__(self) -> None:
-        if self.provider not in (LOCAL, KMS):
-            raise KeyProviderError(f"key provider {self.provider!r} is not one of {LOCAL}, {KMS}")
+        if self.provider not in (LOCAL, KMS, PKCS11):
+            raise KeyProviderError(f"key provider {self.provider!r} is not one of {LOCAL}, {KMS}, {PKCS11}")
+        if self.provider == PKCS11:
+            self.pkcs11_settings()  # refuses a missing module, token or PIN source here
+            if not self.pkcs11_key_label:
+                raise KeyProviderError("the pkcs11 key provider needs a key label")
         if self.provider == LOCAL and not self.keystore_path:
             raise KeyProviderError("the local key provider needs a keystore path")
         if self.provider == KMS and not self.kms_key:
@@ -79,6 +93,11 @@ class KeyConfig:
             raise KeyProviderError(f"KMS retry mode {self.kms_retry_mode!r} is not one of {', '.join(RETRY_MODES)}")
         if self.kms_max_attempts < 1:
             raise KeyProviderError(f"KMS max attempts must be at least 1, got {self.kms_max_attempts}")
+
+    def pkcs11_settings(self) -> Pkcs11Settings:
+        return Pkcs11Settings(
+            self.pkcs11_module or "", self.pkcs11_token or "", self.pkcs11_pin_env, self.pkcs11_pin_file
+        )
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,7 @@ class Workspace:
         self.policies = PolicyStore(self.store, config.name, keys=self.key_cache)
         self.bindings = BindingStore(self.store)
         self.index_keys = IndexKeyStore(self.store)
+        self.retiring_index_keys = RetiringIndexKeys(self.store)  # old keys of blind-index re-indexes under way
         self.audit = AuditLog(self.store, config.name, actor)
         self._cache: DataKeyCache | None = None
         self._bound: KeyRef | None = None  # the master key this process's cache wraps under
@@ -181,6 +201,8 @@ class Workspace:
     def _check_value(provider: KeyProvider, info: KeyRef) -> str:
         if isinstance(provider, LocalKeyProvider):
             return provider.check_value(int(info.key_version))
+        if isinstance(provider, Pkcs11Provider):
+            return provider.check_value(info.key_id)
         return ""  # aws-kms: the key ARN is the check (docs/FORMAT.md section 5)
 
     def _provider(self) -> tuple[KeyProvider, KeyBinding | None]:
@@ -204,6 +226,8 @@ class Workspace:
                     "key_check_value_added", master_key=keystore.key_id, detail=f"keystore versions {added}"
                 )
             provider: KeyProvider = LocalKeyProvider(keystore)
+        elif key.provider == PKCS11:
+            provider = self._pkcs11_provider(binding)
         else:
             client = self._kms_client()
             configured_arn = validate_kms_key(client, key.kms_key or "")
@@ -230,6 +254,52 @@ class Workspace:
         info = provider.describe()
         self.audit.record("describe_key", master_key=info.ref)
         return provider, binding
+
+    def _pkcs11_provider(self, binding: KeyBinding | None) -> KeyProvider:
+        """The pkcs11 provider of the bound key (and, mid-rotation, of the old one), key check values compared."""
+        key = self.config.key
+        token = Pkcs11Token.for_settings(key.pkcs11_settings())
+        configured = key.pkcs11_key_label or ""
+        if binding is None:
+            return Pkcs11Provider(token, configured)
+        campaign = binding.active_campaign
+        old = campaign.old if campaign else None
+        allowed = {binding.current.key_id} | ({old.key_id} if old and old.provider == PKCS11 else set())
+        if binding.current.provider != PKCS11 or configured not in allowed:
+            retired = [
+                c
+                for c in binding.campaigns
+                if c.status == "complete" and c.old.provider == PKCS11 and c.old.key_id == configured
+            ]
+            advice = (
+                f"it was rotated out by {retired[-1].campaign_id}; configure the current key instead"
+                if retired
+                else f"to move to it, run `fieldcrypt rotate start --to pkcs11:{configured}`"
+            )
+            raise KeyProviderError(
+                f"lake {self.store.uri} is bound to master key {binding.current.provider}:{binding.current.ref}, but "
+                f"this workspace is configured with pkcs11 key {configured!r} on token {token.label!r}; {advice}"
+            )
+        also = [old.key_id] if old is not None and old.provider == PKCS11 else []
+        provider = Pkcs11Provider(token, binding.current.key_id, also_decrypt=also)
+        for ref in [binding.current] + ([old] if old is not None and old.provider == PKCS11 else []):
+            expected = binding.check_values.get(ref.ref)
+            if expected is not None and not hmac.compare_digest(expected, provider.check_value(ref.key_id)):
+                raise WrongMasterKeyError(
+                    f"wrong master key: pkcs11 key {ref.key_id!r} on token {token.label!r} does not match the key "
+                    f"check value lake {self.store.uri} was bound to (another key under the same label); nothing "
+                    "was written - restore the key or the token"
+                )
+        if old is not None and old.provider == LOCAL:  # mid-rotation from local: the old keystore unwraps
+            if not key.keystore_path:
+                raise KeyProviderError(
+                    f"lake {self.store.uri} is rotating from local master key {old.ref} to pkcs11 key "
+                    f"{binding.current.key_id!r}; the catalog's pkcs11 key needs `keystore:` until it completes"
+                )
+            keystore = self._keystore()
+            self._checked_values(binding, keystore)
+            return MigratingProvider(provider, LocalKeyProvider(keystore))
+        return provider
 
     def _checked_values(self, binding: KeyBinding, keystore: Keystore) -> KeyBinding:
         """Compare the keystore's key check values with the binding's; record the missing ones (migration)."""
@@ -326,6 +396,7 @@ class Workspace:
         acknowledge_irreversible: bool,
         blind_index: bool = False,
         pad_to: int = 0,
+        normalize: str = "none",
     ) -> AttributePolicy:
         """Protect `dataset.path` for every row ingested from now on. Irreversible.
 
@@ -335,6 +406,7 @@ class Workspace:
         only the bucket of the value's length (cell format 2, docs/FORMAT.md section 2a).
         With `blind_index`, protected rows also get a keyed index of their value (joins and
         distinct counts without decrypting); its key is created here, under the master key.
+        `normalize` (with a blind index: trim, email, e164) is applied to values before indexing.
         """
         if not acknowledge_irreversible:
             raise PolicyError(
@@ -347,7 +419,12 @@ class Workspace:
         if dataset not in policy.datasets:
             policy = policy.with_dataset(layout.spec)
         policy = policy.with_enabled(
-            attribute, mask, enabled_by=self.audit.actor, blind_index=blind_index, pad_to=pad_to
+            attribute,
+            mask,
+            enabled_by=self.audit.actor,
+            blind_index=blind_index,
+            pad_to=pad_to,
+            normalize=normalize,
         )
         entry = policy.attributes[attribute]
         partitions = layout.partitions(self.store)
@@ -467,7 +544,7 @@ class Workspace:
         if missing:
             raise PolicyError(f"blind-index key of {', '.join(missing)} is missing from {INDEX_KEYS_PATH}")
         cache = self.key_cache()
-        return {a.name: cache.index_key_for(stored[a.name], a.dataset, a.path) for a in wanted}
+        return {a.name: cache.index_key_for(stored[a.name], a.dataset, a.path).normalized(a.normalize) for a in wanted}
 
     def status(self, dataset: str, partition: str | None) -> ProtectReport:
         """Per-attribute counts of a partition, summed over its files, without changing anything."""
@@ -530,6 +607,71 @@ class Workspace:
                     columns = {key: batch.column(key) for key in spec.primary_key} | columns
                     yield pa.RecordBatch.from_pydict(columns)
 
+    def dispatch(
+        self,
+        dataset: str,
+        segment: pa.Array | Iterable[object],
+        attributes: Sequence[str],
+        *,
+        reason: str,
+        partition: str | None = None,
+        report: DispatchReport | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Campaign sends: batches of (primary key, real values of `attributes`) for the rows of `segment`.
+
+        `segment` holds primary-key values (one key column; millions are fine). `partition`
+        defaults to the dataset's latest. Row groups whose key statistics hold no segment key
+        are not read; the others are read for the key and the chosen attributes only, and
+        only the segment's rows are decrypted. Each row group's decryption is audited
+        (`dispatch`, actor, reason, attribute, cells) before its plaintext exists; the
+        plaintext lives only in the yielded batches. `report`, if given, is filled with counts.
+        """
+        if not reason or not reason.strip():
+            raise InputError("a dispatch needs a reason (campaign or ticket id): it is written to the audit log")
+        spec, enabled = self._dataset(dataset)
+        chosen = [a for a in enabled if a.name in attributes or a.path in attributes]
+        unknown = set(attributes) - {a.name for a in chosen} - {a.path for a in chosen}
+        if unknown or not chosen:
+            raise InputError(f"{', '.join(sorted(unknown)) or 'no attribute'} not enabled for {dataset}")
+        if len(spec.primary_key) != 1:
+            raise InputError(f"{dataset} has no single-column primary key: a segment cannot name its rows")
+        (key_column,) = spec.primary_key
+        if partition is None:
+            landed = self.partitions(dataset)
+            if not landed:
+                raise InputError(f"{dataset} has no partition with data to dispatch from")
+            partition = landed[-1]
+        report = report if report is not None else DispatchReport(dataset, partition)
+        report.partition = partition
+        cache = self.key_cache()
+        chosen_segment: Segment | None = None
+        for rel in self.files(dataset, partition):
+            where = self.store.display(rel)
+            with open_parquet(self.store, rel) as parquet:
+                check_file_protection(parquet, enabled, where)
+                schema = parquet.schema_arrow
+                if schema.get_field_index(key_column) < 0:
+                    raise InputError(f"{where}: primary-key column {key_column!r} is missing")
+                if chosen_segment is None:
+                    chosen_segment = Segment(segment, schema.field(key_column).type, dataset)
+                    report.segment_keys = len(chosen_segment)
+                wanted = {key_column} | {a.path.split(".")[0].split("[")[0] for a in chosen}
+                wanted |= {c for a in chosen for c in (a.ciphertext_column, a.wrapped_key_column)}
+                columns = [name for name in schema.names if name in wanted]
+                report.files += 1
+                # The next matching row group is read and filtered on a helper thread while this one decrypts.
+                matching = segment_row_groups(parquet, where, columns, key_column, chosen_segment, report)
+                with read_ahead(matching) as batches:
+                    for index, batch in batches:
+                        at = f"{where} row group {index}"
+                        self._audit_decryption("dispatch", batch, chosen, partition, reason=reason)
+                        values = {a.name: reveal(batch, spec, a, cache, at, partition) for a in chosen}
+                        for a in chosen:
+                            cells = pc.is_valid(existing_ciphertext(batch, a)).true_count
+                            report.cells[a.name] = report.cells.get(a.name, 0) + cells
+                        report.rows += batch.num_rows
+                        yield pa.RecordBatch.from_pydict({key_column: batch.column(key_column)} | values)
+
     def _revealed(
         self, dataset: str, partition: str | None
     ) -> Iterator[tuple[str, AttributePolicy, pa.RecordBatch, pa.Array, pa.BooleanArray]]:
@@ -574,16 +716,28 @@ class Workspace:
 
     # -- rotation ------------------------------------------------------------------------
 
-    def start_rotation(self, to_kms_key: str | None = None) -> Campaign:
+    def start_rotation(self, to: str | None = None, *, to_kms_key: str | None = None) -> Campaign:
         """Start moving every wrapped data key to a new master key (local: a new key version).
+
+        `to`: aws-kms, the new key's ARN; `pkcs11:<label>`, a key in the configured token (from
+        local or pkcs11; the workspace must be configured with the pkcs11 provider).
 
         Everything is validated before the first write (the keystore's new version), and
         the binding is written last; a crash between them is resumed by running it again.
         """
+        to = to or to_kms_key
         binding = self.bindings.load()
         if binding is None:
             raise PolicyError(f"lake {self.store.uri} has no bound master key yet; nothing to rotate")
-        if binding.current.provider == LOCAL:
+        reindexing = self._reindexing()
+        if reindexing:
+            raise PolicyError(
+                f"a blind-index re-index of {', '.join(reindexing)} is under way; complete it before a rotation"
+            )
+        if to is not None and to.startswith(f"{PKCS11}:"):
+            updated = self._start_pkcs11_rotation(binding, to.removeprefix(f"{PKCS11}:"))
+            new = updated.current
+        elif binding.current.provider == LOCAL:
             if to_kms_key:
                 raise PolicyError("rotation from the local provider to aws-kms is not supported")
             keystore = self._keystore()
@@ -597,11 +751,13 @@ class Workspace:
             if not resuming:
                 keystore.add_version()
             updated = binding.start(new, self.audit.actor, keystore.check_value(version))
+        elif binding.current.provider == PKCS11:
+            raise PolicyError("rotation on pkcs11 needs the new key's label (--to pkcs11:<label>)")
         else:
-            if not to_kms_key:
+            if not to:
                 raise PolicyError("rotation on aws-kms needs the new key's ARN (--to)")
             self.key_cache()  # the configured key is the bound one
-            new = KeyRef(KMS, validate_kms_key(self._kms_client(), to_kms_key))
+            new = KeyRef(KMS, validate_kms_key(self._kms_client(), to))
             updated = binding.start(new, self.audit.actor)
         self.bindings.save(updated)
         campaign = updated.active_campaign
@@ -612,6 +768,40 @@ class Workspace:
         )
         self._rotate_index_keys()
         return campaign
+
+    def _start_pkcs11_rotation(self, binding: KeyBinding, label: str) -> KeyBinding:
+        """Validate the new pkcs11 key (and the bound key) before writing the binding that starts the campaign."""
+        key = self.config.key
+        if key.provider != PKCS11:
+            raise PolicyError(
+                f"rotation to pkcs11:{label} needs the workspace configured with the pkcs11 provider (module, token, "
+                "PIN source; and, from local, `keystore:` with the current keystore)"
+            )
+        if not label:
+            raise PolicyError("rotation to pkcs11 needs the new key's label (--to pkcs11:<label>)")
+        token = Pkcs11Token.for_settings(key.pkcs11_settings())
+        if binding.current.provider == LOCAL:
+            if not key.keystore_path:
+                raise PolicyError(
+                    f"rotation from local master key {binding.current.ref} to pkcs11 needs the current keystore "
+                    "(`keystore:` in the catalog's pkcs11 key)"
+                )
+            keystore = self._keystore()
+            binding = self._checked_values(binding, keystore)  # a wrong local master key is refused here
+            if binding.current != KeyRef(LOCAL, keystore.key_id, str(keystore.current)):
+                raise KeyProviderError(
+                    f"lake {self.store.uri} is bound to {binding.current.ref}, keystore {keystore.path} holds "
+                    f"{keystore.key_id}#{keystore.current}; use the keystore of this workspace"
+                )
+        elif binding.current.provider == PKCS11:
+            if label == binding.current.key_id:
+                raise PolicyError(f"pkcs11 key {label!r} is already the current master key")
+            Pkcs11Provider(token, binding.current.key_id)  # the bound key is still usable
+        else:
+            raise PolicyError(f"rotation from {binding.current.provider} to pkcs11 is not supported")
+        target = Pkcs11Provider(token, label)  # refuses a key without the required attributes, naming it
+        new = KeyRef(PKCS11, label)
+        return binding.start(new, self.audit.actor, target.check_value(label))
 
     def rotate(self, dataset: str, partition: str | None) -> RotateReport:
         """Rewrap the data keys of every file of a partition under the current master key."""
@@ -708,8 +898,8 @@ class Workspace:
 
     def _retire_old_version(self, campaign: Campaign) -> bool:
         """Retire a completed campaign's old local key version if still enabled; True if it was."""
-        if campaign.old.provider != LOCAL:
-            return False
+        if campaign.old.provider != LOCAL or campaign.new.provider != LOCAL:
+            return False  # moved off the keystore (to pkcs11): nothing left to retire in it; the operator destroys it
         keystore = self._keystore()
         version = parse_key_version(campaign.old.key_version)
         entry = keystore.versions.get(version)
@@ -728,6 +918,96 @@ class Workspace:
         self._cache = None
         self._bound = None
         self._binding_seen = None
+
+    # -- blind-index re-index ------------------------------------------------------------
+
+    def _reindexing(self) -> list[str]:
+        """Attributes whose re-index campaign is under way (an old key kept that differs from the current one)."""
+        current = self.index_keys.load()
+        return sorted(name for name, old in self.retiring_index_keys.load().items() if current.get(name) != old)
+
+    def start_reindex(self, attribute: str) -> None:
+        """Give a blind-indexed attribute a new index key; new rows are indexed under it from now on.
+
+        The old key is kept (`_fieldcrypt/blind_index_retiring.json`, written first) until
+        `complete_reindex`. Run `reindex` on every partition of the dataset in between.
+        """
+        entry = self.policy().attributes.get(attribute)
+        if entry is None or not entry.blind_index:
+            raise PolicyError(f"{attribute} is not an enabled attribute with a blind index; nothing to re-index")
+        binding = self.bindings.load()
+        if binding is not None and binding.active_campaign is not None:
+            raise PolicyError("a master-key rotation is under way; complete it before a blind-index re-index")
+        if attribute in self._reindexing():
+            raise PolicyError(f"a re-index of {attribute} is already under way: run it, then complete it")
+        current = self.index_keys.load()
+        if attribute not in current:
+            raise PolicyError(f"blind-index key of {attribute} is missing from {INDEX_KEYS_PATH}")
+        retiring = self.retiring_index_keys.load()
+        retiring[attribute] = current[attribute]
+        self.retiring_index_keys.save(retiring)  # first: a crash after it leaves no campaign (old == current)
+        current[attribute] = self.key_cache().new_index_key(entry.dataset, entry.path)
+        self.index_keys.save(current)
+        self.audit.record("reindex_start", dataset=entry.dataset, attribute=entry.path)
+
+    def reindex(self, dataset: str, partition: str | None) -> ReindexReport:
+        """Recompute, in every file of a partition, the blind indexes of the attributes being re-indexed."""
+        return self._reindex(dataset, partition, dry_run=False)
+
+    def _reindex(self, dataset: str, partition: str | None, *, dry_run: bool) -> ReindexReport:
+        spec, attributes = self._dataset(dataset)
+        names = set(self._reindexing())
+        targets = [a for a in attributes if a.name in names]
+        where = self.partition_display(dataset, partition)
+        if not targets:
+            raise PolicyError(f"no blind-index re-index of {dataset} is under way (start one first)")
+        cache = self.key_cache()
+        current, retiring = self.index_keys.load(), self.retiring_index_keys.load()
+        keys = IndexKeys(
+            new={
+                a.name: cache.index_key_for(current[a.name], a.dataset, a.path).normalized(a.normalize) for a in targets
+            },
+            old={
+                a.name: cache.index_key_for(retiring[a.name], a.dataset, a.path).normalized(a.normalize)
+                for a in targets
+            },
+        )
+        reports = self._each_file(
+            dataset,
+            partition,
+            lambda rel: reindex_file(
+                self.store, rel, spec, attributes, targets, keys, cache, partition=partition, dry_run=dry_run
+            ),
+        )
+        return ReindexReport.total(where, reports)
+
+    def complete_reindex(self, attribute: str) -> int:
+        """Prove every blind index of `attribute` is under the new key (decrypting each protected value), then
+        forget the old key. Returns the partitions checked."""
+        if attribute not in self._reindexing():
+            raise PolicyError(f"no re-index of {attribute} is under way")
+        dataset = attribute.partition(".")[0]
+        left = []
+        partitions = self.partitions(dataset)
+        for partition in partitions:
+            report = self._reindex(dataset, partition, dry_run=True)
+            if report.reindexed.get(attribute):
+                left.append(self.partition_display(dataset, partition))
+        if left:
+            raise PolicyError(
+                f"re-index of {attribute} incomplete: {len(left)} partitions still hold indexes under the old key: "
+                + ", ".join(left[:20])
+            )
+        retiring = self.retiring_index_keys.load()
+        retiring.pop(attribute, None)
+        self.retiring_index_keys.save(retiring)
+        self.audit.record(
+            "reindex_complete",
+            dataset=dataset,
+            attribute=attribute.partition(".")[2],
+            detail=f"{len(partitions)} partitions checked",
+        )
+        return len(partitions)
 
     # -- policy adoption -----------------------------------------------------------------
 

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR := demo-workspace
 UI_PORT ?= 3000
-# Concurrent KMS-calling steps allowed on the instance (the `kms` pool; see dagster.yaml).
+# Concurrent KMS-calling steps allowed on the instance (the `kms` pool; see dagster_home/dagster.yaml).
 KMS_POOL_LIMIT ?= 4
 
 .PHONY: venv demo test lint typecheck pytest pytest-python-kernel sanitize bench ui clean
@@ -51,7 +51,7 @@ bench: $(STAMP)
 # demo's lake, key and runs (demo-workspace/dagster.env), otherwise the catalog's (fieldcrypt.yaml) defaults.
 ui: $(STAMP)
 	mkdir -p $(DEMO_DIR)/dagster_home
-	cp dagster.yaml $(DEMO_DIR)/dagster_home/dagster.yaml
+	cp dagster_home/dagster.yaml $(DEMO_DIR)/dagster_home/dagster.yaml
 	set -a; if [ -f $(DEMO_DIR)/dagster.env ]; then . ./$(DEMO_DIR)/dagster.env; fi; set +a; \
 	export DAGSTER_HOME=$(CURDIR)/$(DEMO_DIR)/dagster_home; \
 	$(VENV)/bin/dagster instance concurrency set kms $(KMS_POOL_LIMIT) && \

@@ -30,7 +30,7 @@ def _subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def test_workspace_yaml_validates_with_the_dagster_cli(tmp_path: Path) -> None:
-    (tmp_path / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
+    (tmp_path / "dagster.yaml").write_text((REPO_ROOT / "dagster_home" / "dagster.yaml").read_text())
 
     completed = subprocess.run(
         [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", "workspace.yaml"],

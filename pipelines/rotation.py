@@ -31,7 +31,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from pydantic import Field
 
 from assets import DatasetAssets
-from assets.rotation import rotation_asset_name
+from assets.rotation import ROTATION_CAMPAIGNS, rotation_asset_name, rotation_partition_key
 from fieldcrypt import FieldcryptError, PolicyError
 from fieldcrypt.binding import Campaign
 from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
@@ -67,11 +67,40 @@ def start_rotation_campaign(
         campaign = workspace.start_rotation(to_kms_key=config.to_kms_key_arn or None)
     except FieldcryptError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    show_campaign_partitions(context.instance, campaign.campaign_id)
     context.log.info(
         f"rotation {campaign.campaign_id} started: {campaign.old.ref} -> {campaign.new.ref}. New data keys wrap "
-        "under the new key; both keys decrypt until the campaign completes. Next: backfill the rotation assets."
+        "under the new key; both keys decrypt until the campaign completes. Next: backfill the rotation assets "
+        "(their partitions of this campaign are all missing until rotated)."
     )
     _observe_rotation_assets(context, campaign)
+
+
+def campaign_partition_requests(
+    instance: dg.DagsterInstance, campaign_id: str
+) -> list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]:
+    """What makes `campaign_id` the only campaign of the rotation assets' `campaign` dimension (nothing when it is)."""
+    shown = instance.get_dynamic_partitions(ROTATION_CAMPAIGNS.name)
+    requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
+    if campaign_id not in shown:
+        requests.append(ROTATION_CAMPAIGNS.build_add_request([campaign_id]))
+    earlier = [key for key in shown if key != campaign_id]
+    if earlier:
+        requests.append(ROTATION_CAMPAIGNS.build_delete_request(earlier))
+    return requests
+
+
+def show_campaign_partitions(instance: dg.DagsterInstance, campaign_id: str) -> None:
+    """From now on the rotation assets' partitions are this campaign's (all missing until rotated).
+
+    Dropping an earlier campaign's key hides its partitions from the asset's partition bar
+    and the launch dialog; its runs, observations and materialization events stay."""
+    for request in campaign_partition_requests(instance, campaign_id):
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(ROTATION_CAMPAIGNS.name, list(request.partition_keys))
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(ROTATION_CAMPAIGNS.name, key)
 
 
 @dg.job(
@@ -210,11 +239,13 @@ def key_rotation_driver_sensor(
         if campaign is None:
             return dg.SkipReason("no rotation campaign in progress")
         tags = {CAMPAIGN_TAG: campaign.campaign_id}
+        # A campaign started with the CLI gets its partitions in the UI here.
+        shown = campaign_partition_requests(context.instance, campaign.campaign_id)
         if status.complete:
             complete = dg.RunRequest(
                 job_name=complete_key_rotation.name, run_key=f"{campaign.campaign_id}/complete", tags=tags
             )
-            return dg.SensorResult(run_requests=[complete])
+            return dg.SensorResult(run_requests=[complete], dynamic_partitions_requests=shown)
         # (job, partition) -> datasets to rotate in one run
         wanted: dict[tuple[str, str | None], list[str]] = {}
         elsewhere = []  # a dataset without rotation assets here, or a partition outside the definitions
@@ -236,18 +267,21 @@ def key_rotation_driver_sensor(
                 f"--partition <key>`: {', '.join(elsewhere[:20])}"
             )
         if not wanted:
+            if shown:
+                return dg.SensorResult(dynamic_partitions_requests=shown)
             return dg.SkipReason(f"rotation {campaign.campaign_id}: only partitions outside the code location remain")
         return dg.SensorResult(
+            dynamic_partitions_requests=shown,
             run_requests=[
                 dg.RunRequest(
                     job_name=job_name,
-                    partition_key=partition,
+                    partition_key=rotation_partition_key(campaign.campaign_id, partition),
                     asset_selection=[dg.AssetKey(rotation_asset_name(dataset)) for dataset in datasets],
                     run_key=_run_key(campaign.campaign_id, job_name, partition),
                     tags=tags,
                 )
                 for (job_name, partition), datasets in wanted.items()
-            ]
+            ],
         )
 
     return key_rotation_driver

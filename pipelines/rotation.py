@@ -9,7 +9,10 @@ A campaign by hand (docs/OPERATIONS.md, "Rotation"):
 Scheduled rotation (optional, both STOPPED by default): `scheduled_key_rotation` runs
 `start_key_rotation` for a local key on FIELDCRYPT_ROTATION_CRON (default: quarterly),
 and the `key_rotation_driver` sensor does steps 2 and 3 for whatever campaign is in
-progress. Each tick it scans the lake (wrapped-key columns only, no KMS call) and
+progress. Each tick it lists the lake, reads the wrapped-key columns (no KMS call, 8
+partitions at once) of every partition not already found clean with unchanged files (its
+cursor keeps, per campaign, each clean partition's fingerprint of file names, sizes and
+modification times; a rewritten file changes it), and
 requests one `rotate_keys` run per partition still holding old wrapped keys, with run key
 `<campaign id>/<date>`, so a partition is requested once per campaign however many ticks
 see it; when nothing remains it requests `complete_key_rotation` (run key
@@ -21,8 +24,11 @@ failed is not requested again in the same campaign (its run key is spent); re-ex
 from the UI and the driver moves on.
 """
 
+import base64
+import json
 import os
 import warnings
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -234,10 +240,21 @@ def key_rotation_driver_sensor(
     def key_rotation_driver(
         context: dg.SensorEvaluationContext, fieldcrypt: FieldcryptResource
     ) -> dg.SensorResult | dg.SkipReason:
-        status = fieldcrypt.workspace(actor="dagster:key_rotation_driver").rotation_status()
-        campaign = status.campaign
-        if campaign is None:
+        workspace = fieldcrypt.workspace(actor="dagster:key_rotation_driver")
+        binding = workspace.bindings.load()
+        if binding is None or binding.active_campaign is None:
             return dg.SkipReason("no rotation campaign in progress")
+        known_clean = read_driver_cursor(context.cursor, binding.active_campaign.campaign_id)
+        status = workspace.rotation_status(known_clean=known_clean)
+        campaign = status.campaign
+        if campaign is None:  # completed between the two reads
+            return dg.SkipReason("no rotation campaign in progress")
+        clean = {label: fp for label, fp in status.fingerprints.items() if label not in status.remaining}
+        context.update_cursor(driver_cursor(campaign.campaign_id, clean))
+        context.log.info(
+            f"rotation {campaign.campaign_id}: {status.scanned} partitions listed, {status.read} read "
+            f"(the others unchanged since found clean), {len(status.remaining)} still hold old wrapped keys"
+        )
         tags = {CAMPAIGN_TAG: campaign.campaign_id}
         # A campaign started with the CLI gets its partitions in the UI here.
         shown = campaign_partition_requests(context.instance, campaign.campaign_id)
@@ -285,6 +302,30 @@ def key_rotation_driver_sensor(
         )
 
     return key_rotation_driver
+
+
+def driver_cursor(campaign_id: str, clean: Mapping[str, str]) -> str:
+    """The driver's cursor: the campaign, and each partition found clean with its files' fingerprint.
+    Compressed JSON: about 16 bytes per partition (160 KB at 10,000 partitions, bench/scale.py)."""
+    document = json.dumps({"campaign": campaign_id, "clean": dict(clean)}, separators=(",", ":"))
+    return base64.b64encode(zlib.compress(document.encode(), 9)).decode()
+
+
+def read_driver_cursor(cursor: str | None, campaign_id: str) -> dict[str, str]:
+    """Partitions known clean in `campaign_id`; nothing (a full scan, always correct) for another campaign's
+    cursor or one that does not parse."""
+    if not cursor:
+        return {}
+    try:
+        document = json.loads(zlib.decompress(base64.b64decode(cursor, validate=True)))
+    except (ValueError, zlib.error):
+        return {}
+    if not isinstance(document, dict) or document.get("campaign") != campaign_id:
+        return {}
+    clean = document.get("clean")
+    if not isinstance(clean, dict):
+        return {}
+    return {str(label): str(fingerprint) for label, fingerprint in clean.items()}
 
 
 def _run_key(campaign_id: str, job_name: str, partition: str | None) -> str:

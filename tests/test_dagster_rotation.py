@@ -689,6 +689,44 @@ def test_driver_leaves_a_date_outside_the_partitions_to_the_cli(
     assert isinstance(skipped, dg.SkipReason) and "outside the code location" in (skipped.skip_message or "")
 
 
+def test_driver_cursor_remembers_the_partitions_found_clean_in_the_campaign(fieldcrypt: FieldcryptResource) -> None:
+    from assets import build_assets
+    from pipelines.rotation import build_rotation_definitions, read_driver_cursor
+
+    protect_lake(fieldcrypt, DAYS[:2])
+    instance = DagsterInstance.ephemeral()
+    start_campaign(fieldcrypt, instance)
+    rotate_partition(fieldcrypt, PARTITIONS[0], instance=instance)
+    resources = {"fieldcrypt": fieldcrypt}
+    generated = build_assets(fieldcrypt.config().datasets)
+    defs = dg.Definitions.merge(
+        generated.definitions(), build_rotation_definitions(generated), dg.Definitions(resources=resources)
+    )
+
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        defs.resolve_sensor_def("key_rotation_driver")(context)
+        cursor = context.cursor
+
+    clean = read_driver_cursor(cursor, current_campaign_id(fieldcrypt))
+    assert set(clean) == {f"users/{PARTITIONS[0]}", f"events/{PARTITIONS[0]}"}
+
+
+@pytest.mark.parametrize("cursor", [None, "", "not base64!", base64.b64encode(b"not zlib").decode()])
+def test_driver_cursor_that_does_not_parse_means_a_full_scan(cursor: str | None) -> None:
+    from pipelines.rotation import read_driver_cursor
+
+    assert read_driver_cursor(cursor, "rot-1") == {}
+
+
+def test_driver_cursor_of_another_campaign_means_a_full_scan() -> None:
+    from pipelines.rotation import driver_cursor, read_driver_cursor
+
+    cursor = driver_cursor("rot-1", {"users/2026-11-01": "00112233aabbccdd"})
+
+    assert read_driver_cursor(cursor, "rot-1") == {"users/2026-11-01": "00112233aabbccdd"}
+    assert read_driver_cursor(cursor, "rot-2") == {}
+
+
 def test_rotation_cron_comes_from_the_environment_with_a_quarterly_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FIELDCRYPT_ROTATION_CRON", raising=False)
     with fresh_code_location_import():

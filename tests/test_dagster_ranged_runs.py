@@ -13,6 +13,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from dagster._core.test_utils import instance_for_test
 from dagster_support import enable, fresh_code_location_import, land, local_fieldcrypt, make_keystore, past_day
 
 from demo.sample_data import snapshot_path
@@ -73,6 +74,25 @@ def test_ranged_run_materializes_each_partition_done_and_not_the_failed_one(fiel
     workspace = fieldcrypt.workspace("test")
     for partition in (PARTITIONS[0], PARTITIONS[2]):
         assert workspace.status("users", partition).attributes["users.email"].pending == 0
+
+
+def test_ranged_run_shows_the_failed_partition_as_failed_and_the_others_as_materialized(
+    fieldcrypt: FieldcryptResource,
+) -> None:
+    from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
+
+    from assets import build_assets
+
+    partitions_def = build_assets(fieldcrypt.config().datasets).protected["users"].partitions_def
+    assert partitions_def is not None
+    with instance_for_test() as instance:  # a sqlite instance: the partition status cache the UI reads
+        protect_range(fieldcrypt, instance)
+        status = get_and_update_asset_status_cache_value(instance, dg.AssetKey("protected_users"), partitions_def)
+
+    assert status is not None
+    materialized = status.deserialize_materialized_partition_subsets(partitions_def).get_partition_keys()
+    failed = status.deserialize_failed_partition_subsets(partitions_def).get_partition_keys()
+    assert (sorted(materialized), list(failed)) == ([PARTITIONS[0], PARTITIONS[2]], [BAD])
 
 
 def test_ranged_run_leaves_the_failed_partitions_file_untouched(

@@ -142,7 +142,7 @@ def scan_bench(count: int, keep: bool, s3: str | None = None) -> dict[str, Any]:
         assert len(sequential.remaining) == len(concurrent.remaining) == count
         fill(workspace, days[: count * 9 // 10], new)  # 90% rotated
         first, t_first = timed(lambda: workspace.rotation_status())
-        clean = {label: fp for label, fp in first.fingerprints.items() if label not in first.remaining}
+        clean = first.clean
         second, t_second = timed(lambda: workspace.rotation_status(known_clean=clean))
         assert second.remaining == first.remaining and len(second.remaining) == count - count * 9 // 10
         from pipelines.rotation import driver_cursor

@@ -115,10 +115,18 @@ class RotationStatus:
     # "dataset/partition" -> the fingerprint of its files (names, sizes, modification times) as listed now
     fingerprints: dict[str, str] = field(default_factory=dict)
     read: int = 0  # partitions whose files were read (the others were known clean and unchanged)
+    unread: list[str] = field(default_factory=list)  # not read for lack of budget (`max_reads`): unknown
 
     @property
     def complete(self) -> bool:
-        return not self.remaining
+        return not self.remaining and not self.unread
+
+    @property
+    def clean(self) -> dict[str, str]:
+        """Partitions known to hold no old key now -> fingerprint: what a next scan may pass as `known_clean`.
+        Never an unread partition."""
+        unknown = set(self.remaining) | set(self.unread)
+        return {label: fp for label, fp in self.fingerprints.items() if label not in unknown}
 
 
 class Workspace:
@@ -644,7 +652,11 @@ class Workspace:
         return sorted(ref for ref in refs if ref != current)
 
     def rotation_status(
-        self, *, threads: int = SCAN_THREADS, known_clean: Mapping[str, str] | None = None
+        self,
+        *,
+        threads: int = SCAN_THREADS,
+        known_clean: Mapping[str, str] | None = None,
+        max_reads: int | None = None,
     ) -> RotationStatus:
         """Scan every partition for wrapped keys not under the current master key (no KMS call).
 
@@ -654,9 +666,13 @@ class Workspace:
         no old key under the same current key: a partition whose files are unchanged since is
         not read again (the rotation driver's cursor). A partition once clean stays clean while
         its files are unchanged: during a campaign every write wraps under the new key.
+        `max_reads` bounds the partitions read (in dataset and partition order); the others are
+        `unread`, and the status is not complete while any are (the rotation driver's time bound).
         """
         if threads < 1:
             raise ConfigError(f"scan threads must be at least 1, got {threads}")
+        if max_reads is not None and max_reads < 1:
+            raise ConfigError(f"max reads must be at least 1, got {max_reads}")
         binding = self.bindings.load()
         current = binding.current.ref if binding else None
         known = known_clean or {}
@@ -671,6 +687,9 @@ class Workspace:
                 fingerprints[label] = _fingerprint({rel: versions[rel] for rel in files})
                 if known.get(label) != fingerprints[label]:
                     to_read.append((label, attributes, files))
+
+        unread = [label for label, _, _ in to_read[max_reads:]] if max_reads is not None else []
+        to_read = to_read[:max_reads] if max_reads is not None else to_read
 
         def old_refs(item: tuple[str, list[AttributePolicy], list[str]]) -> tuple[str, list[str]]:
             label, attributes, files = item
@@ -694,6 +713,7 @@ class Workspace:
             len(fingerprints),
             fingerprints,
             len(to_read),
+            unread,
         )
 
     def _rotate_index_keys(self) -> int:

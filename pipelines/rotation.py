@@ -38,7 +38,7 @@ from pydantic import Field
 
 from assets import DatasetAssets
 from assets.rotation import ROTATION_CAMPAIGNS, rotation_asset_name, rotation_partition_key
-from fieldcrypt import FieldcryptError, PolicyError
+from fieldcrypt import ConfigError, FieldcryptError, PolicyError
 from fieldcrypt.binding import Campaign
 from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
 from resources import FieldcryptResource
@@ -52,6 +52,8 @@ warnings.filterwarnings(
 
 DEFAULT_ROTATION_CRON = "0 3 1 1,4,7,10 *"  # 03:00 UTC on the first day of each quarter
 CAMPAIGN_TAG = "fieldcrypt/rotation_campaign"
+DRIVER_MAX_READS_ENV = "FIELDCRYPT_DRIVER_MAX_READS"
+DEFAULT_DRIVER_MAX_READS = 2000
 
 
 class StartKeyRotationConfig(dg.Config):
@@ -245,15 +247,15 @@ def key_rotation_driver_sensor(
         if binding is None or binding.active_campaign is None:
             return dg.SkipReason("no rotation campaign in progress")
         known_clean = read_driver_cursor(context.cursor, binding.active_campaign.campaign_id)
-        status = workspace.rotation_status(known_clean=known_clean)
+        status = workspace.rotation_status(known_clean=known_clean, max_reads=driver_max_reads())
         campaign = status.campaign
         if campaign is None:  # completed between the two reads
             return dg.SkipReason("no rotation campaign in progress")
-        clean = {label: fp for label, fp in status.fingerprints.items() if label not in status.remaining}
-        context.update_cursor(driver_cursor(campaign.campaign_id, clean))
+        context.update_cursor(driver_cursor(campaign.campaign_id, status.clean))
         context.log.info(
             f"rotation {campaign.campaign_id}: {status.scanned} partitions listed, {status.read} read "
-            f"(the others unchanged since found clean), {len(status.remaining)} still hold old wrapped keys"
+            f"(the others unchanged since found clean), {len(status.remaining)} still hold old wrapped keys, "
+            f"{len(status.unread)} left for the next ticks ({DRIVER_MAX_READS_ENV})"
         )
         tags = {CAMPAIGN_TAG: campaign.campaign_id}
         # A campaign started with the CLI gets its partitions in the UI here.
@@ -286,6 +288,11 @@ def key_rotation_driver_sensor(
         if not wanted:
             if shown:
                 return dg.SensorResult(dynamic_partitions_requests=shown)
+            if status.unread:
+                return dg.SkipReason(
+                    f"rotation {campaign.campaign_id}: {len(status.unread)} partitions not read yet; the next ticks "
+                    "read them"
+                )
             return dg.SkipReason(f"rotation {campaign.campaign_id}: only partitions outside the code location remain")
         return dg.SensorResult(
             dynamic_partitions_requests=shown,
@@ -302,6 +309,15 @@ def key_rotation_driver_sensor(
         )
 
     return key_rotation_driver
+
+
+def driver_max_reads() -> int:
+    """Partitions one driver tick reads at most (FIELDCRYPT_DRIVER_MAX_READS, default 2,000): keeps a tick
+    inside Dagster's sensor timeout on a large S3 lake; the rest are read by the next ticks."""
+    raw = os.environ.get(DRIVER_MAX_READS_ENV) or str(DEFAULT_DRIVER_MAX_READS)
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ConfigError(f"{DRIVER_MAX_READS_ENV}={raw!r} is not a positive whole number")
+    return int(raw)
 
 
 def driver_cursor(campaign_id: str, clean: Mapping[str, str]) -> str:

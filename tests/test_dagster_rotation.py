@@ -42,7 +42,7 @@ from dagster_support import (
 
 from assets.rotation import rotation_partition_key
 from demo.sample_data import snapshot_path
-from fieldcrypt import AccessDeniedError, ThrottledError, Workspace
+from fieldcrypt import AccessDeniedError, ConfigError, ThrottledError, Workspace
 from fieldcrypt.keystore import Keystore
 from fieldcrypt.store import TEMP_MARKER
 from resources import FieldcryptResource
@@ -709,6 +709,51 @@ def test_driver_cursor_remembers_the_partitions_found_clean_in_the_campaign(fiel
 
     clean = read_driver_cursor(cursor, current_campaign_id(fieldcrypt))
     assert set(clean) == {f"users/{PARTITIONS[0]}", f"events/{PARTITIONS[0]}"}
+
+
+def test_driver_with_a_read_budget_requests_completion_only_once_every_partition_was_read(
+    fieldcrypt: FieldcryptResource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from assets import build_assets
+    from pipelines.rotation import build_rotation_definitions
+
+    monkeypatch.setenv("FIELDCRYPT_DRIVER_MAX_READS", "1")
+    protect_lake(fieldcrypt, DAYS[:2])
+    instance = DagsterInstance.ephemeral()
+    start_campaign(fieldcrypt, instance)
+    for partition in PARTITIONS[:2]:
+        rotate_partition(fieldcrypt, partition, instance=instance)  # all four partitions clean, none read yet
+    resources = {"fieldcrypt": fieldcrypt}
+    generated = build_assets(fieldcrypt.config().datasets)
+    defs = dg.Definitions.merge(
+        generated.definitions(), build_rotation_definitions(generated), dg.Definitions(resources=resources)
+    )
+    sensor = defs.resolve_sensor_def("key_rotation_driver")
+    cursor = None
+    ticks = []
+    for _ in range(6):
+        with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
+            ticks.append(sensor(context))
+            cursor = context.cursor
+        if isinstance(ticks[-1], dg.SensorResult):
+            break
+
+    assert [type(tick) for tick in ticks] == [dg.SkipReason] * 3 + [dg.SensorResult]
+    assert "not read yet" in (ticks[0].skip_message or "")  # type: ignore[union-attr]
+    (completion,) = ticks[-1].run_requests  # type: ignore[union-attr]
+    assert completion.job_name == "complete_key_rotation"
+
+
+@pytest.mark.parametrize("value", ["0", "many", "٣"])
+def test_driver_read_budget_that_is_not_a_positive_number_is_a_named_config_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from pipelines.rotation import driver_max_reads
+
+    monkeypatch.setenv("FIELDCRYPT_DRIVER_MAX_READS", value)
+
+    with pytest.raises(ConfigError, match="FIELDCRYPT_DRIVER_MAX_READS"):
+        driver_max_reads()
 
 
 @pytest.mark.parametrize("cursor", [None, "", "not base64!", base64.b64encode(b"not zlib").decode()])

@@ -35,10 +35,6 @@ def rotating(make_local_workspace) -> Workspace:  # type: ignore[no-untyped-def]
     return workspace
 
 
-def _clean(status) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {label: fp for label, fp in status.fingerprints.items() if label not in status.remaining}
-
-
 def test_concurrent_scan_finds_what_the_sequential_scan_finds(rotating: Workspace) -> None:
     sequential = rotating.rotation_status(threads=1)
     concurrent = rotating.rotation_status(threads=8)
@@ -53,7 +49,7 @@ def test_concurrent_scan_finds_what_the_sequential_scan_finds(rotating: Workspac
 def test_scan_with_known_clean_partitions_reads_only_the_others(rotating: Workspace) -> None:
     first = rotating.rotation_status()
 
-    again = rotating.rotation_status(known_clean=_clean(first))
+    again = rotating.rotation_status(known_clean=first.clean)
 
     assert (first.read, again.read) == (8, 6)
     assert again.remaining == first.remaining
@@ -65,7 +61,7 @@ def test_known_clean_partition_whose_files_changed_is_read_again(rotating: Works
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # rewritten, as far as a listing can tell
 
-    again = rotating.rotation_status(known_clean=_clean(first))
+    again = rotating.rotation_status(known_clean=first.clean)
 
     assert again.read == 7
     assert again.fingerprints[f"users/{PARTITIONS[0]}"] != first.fingerprints[f"users/{PARTITIONS[0]}"]
@@ -75,9 +71,33 @@ def test_partition_rotated_since_the_last_scan_leaves_the_remaining(rotating: Wo
     first = rotating.rotation_status()
     rotating.rotate("events", PARTITIONS[0])
 
-    again = rotating.rotation_status(known_clean=_clean(first))
+    again = rotating.rotation_status(known_clean=first.clean)
 
     assert f"events/{PARTITIONS[0]}" in first.remaining and f"events/{PARTITIONS[0]}" not in again.remaining
+
+
+def test_scan_with_a_read_budget_reads_that_many_and_leaves_the_rest_unknown(rotating: Workspace) -> None:
+    status = rotating.rotation_status(max_reads=3)
+
+    assert status.read == 3 and len(status.unread) == 5
+    assert not status.complete
+    assert not set(status.clean) & set(status.unread)  # an unread partition is never taken for clean
+
+
+def test_budgeted_scans_reach_every_partition_as_the_ones_found_are_rotated(rotating: Workspace) -> None:
+    """What the driver does tick after tick: read at most 2, rotate what they found, carry the clean ones."""
+    clean: dict[str, str] = {}
+    for _ in range(10):
+        status = rotating.rotation_status(known_clean=clean, max_reads=2)
+        if status.complete:
+            break
+        for label in status.remaining:
+            dataset, _, partition = label.partition("/")
+            rotating.rotate(dataset, partition)
+        clean = status.clean
+
+    assert status.complete
+    assert rotating.rotation_status().complete
 
 
 def test_zero_scan_threads_is_a_named_config_error(rotating: Workspace) -> None:

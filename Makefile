@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR := demo-workspace
 UI_PORT ?= 3000
-# Concurrent KMS-calling steps allowed on the instance (the `kms` pool; see dagster.yaml).
+# Concurrent KMS-calling steps allowed on the instance (the `kms` pool; see dagster_home/dagster.yaml).
 KMS_POOL_LIMIT ?= 4
 
-.PHONY: venv demo test lint typecheck pytest pytest-python-kernel sanitize bench ui clean
+.PHONY: venv demo test lint typecheck pytest pytest-python-kernel sanitize bench bench-scale ui clean
 
 # setup.py builds the native cell kernel (fieldcrypt/_native.c) when gcc and the OpenSSL headers exist.
 $(STAMP): pyproject.toml setup.py fieldcrypt/_native.c
@@ -48,11 +48,16 @@ bench: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) bench/layout.py
 	PYTHONPATH=$(CURDIR) $(PY) bench/dispatch.py
 
+# Completion scan and rotation driver over 1,000 and 10,000 small partitions (local and moto S3), and the
+# runs a 1,000-partition rotation backfill launches (bench/scale.py; a few minutes).
+bench-scale: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(PY) bench/scale.py --partitions 1000 10000 --s3-partitions 1000 --backfill 1000
+
 # dagster dev on loopback with a persistent instance under the project; after `make demo` it opens the
 # demo's lake, key and runs (demo-workspace/dagster.env), otherwise the catalog's (fieldcrypt.yaml) defaults.
 ui: $(STAMP)
 	mkdir -p $(DEMO_DIR)/dagster_home
-	cp dagster.yaml $(DEMO_DIR)/dagster_home/dagster.yaml
+	cp dagster_home/dagster.yaml $(DEMO_DIR)/dagster_home/dagster.yaml
 	set -a; if [ -f $(DEMO_DIR)/dagster.env ]; then . ./$(DEMO_DIR)/dagster.env; fi; set +a; \
 	export DAGSTER_HOME=$(CURDIR)/$(DEMO_DIR)/dagster_home; \
 	$(VENV)/bin/dagster instance concurrency set kms $(KMS_POOL_LIMIT) && \

@@ -1,25 +1,29 @@
-"""Per-partition asset checks of a protected snapshot, evaluated right after it is written.
+"""Asset checks of a protected snapshot, evaluated per partition right after it is written.
 
-Why inline checks (`check_specs` on the asset, results yielded by the asset) rather than
-`@asset_check(partitions_def=...)`: in Dagster 1.13 a partitioned check is a preview
-feature (it warns on every load), while an inline check on a partitioned asset is stable
-and Dagster ties each result to the materialization of the partition that was just
-written. The partition is also in each result's metadata. Re-checking a partition is
-re-materializing it, which is cheap: a partition with nothing pending is not rewritten.
-The price: the UI shows each check's latest result, not a status per partition, and
-Dagster 1.13 still records a per-partition "planned" execution for each run that the
-result (stored without a partition) does not close; the history lists it as skipped.
-Moving to partitioned checks later is one argument, `partitions_def=snapshot_partitions`
-on each spec below.
+Dagster 1.13 shows one status per check and asset ("Partition —"): a partitioned check
+(`AssetCheckSpec(partitions_def=...)`) is a preview feature that warns on every load, so
+the checks stay unpartitioned (`check_specs` on the asset, results yielded by the asset)
+and a failing partition is made impossible to miss another way:
 
-These checks observe; they do not guard. What guards the data (read back, decrypt a
-sample, compare untouched columns) runs inside the core before the atomic replace, so a
-failed check here never has a half-written file to undo.
+- each check is evaluated for every partition of the run; the run yields one result per
+  check, failed if any partition failed, with `failing_partitions` in its metadata;
+- a partition whose checks fail gets no materialization (an `AssetObservation` on that
+  partition carries the failed checks and their metadata instead), so it shows as failed
+  in the asset's partitions and "missing and failed" in the launch dialog selects it;
+- the run fails with a `dg.Failure` naming each failing check and partition.
+
+The data was already written safely when a check fails: these checks observe, they do
+not guard. What guards the data (read back, decrypt a sample, compare untouched columns)
+runs inside the core before the atomic replace, so a failed check never has a
+half-written file to undo, and failing the run after the write is the honest report: the
+partition's files are intact, and what is wrong with them needs a person. Re-checking a
+partition is re-materializing it, which is cheap: nothing pending means nothing rewritten.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 
@@ -114,6 +118,36 @@ def _failed(check_name: str, partition: str | None, exc: FieldcryptError) -> dg.
         passed=False,
         metadata={"partition": partition_label(partition), "error": f"{type(exc).__name__}: {exc}"},
     )
+
+
+def failed_check_names(results: list[dg.AssetCheckResult]) -> list[str]:
+    return [result.check_name or "" for result in results if not result.passed]
+
+
+def aggregate_check_results(
+    by_partition: dict[str | None, list[dg.AssetCheckResult]],
+) -> list[dg.AssetCheckResult]:
+    """One result per check for the run: failed if any partition failed, naming the failing partitions.
+
+    A run of one partition keeps that partition's metadata as it is; a run of several
+    gives how many were checked and which failed (each failing partition's own metadata
+    is on its observation)."""
+    names: dict[str, None] = {}
+    for results in by_partition.values():
+        names.update((result.check_name or "", None) for result in results)
+    aggregated = []
+    for name in names:
+        results = {p: r for p, rs in by_partition.items() for r in rs if r.check_name == name}
+        failing = sorted(partition_label(p) for p, result in results.items() if not result.passed)
+        if len(results) == 1:
+            (only,) = results.values()
+            metadata: dict[str, Any] = dict(only.metadata)
+        else:
+            labels = sorted(partition_label(p) for p in results)
+            metadata = {"partition": f"{labels[0]} .. {labels[-1]}", "partitions_checked": len(results)}
+        metadata["failing_partitions"] = dg.MetadataValue.json(failing)
+        aggregated.append(dg.AssetCheckResult(check_name=name, passed=not failing, metadata=metadata))
+    return aggregated
 
 
 def attribute_path(attribute_name: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import dagster as dg
 
 from assets.checks import attribute_path, evaluate_protection_checks, protection_check_specs
+from assets.ranged import PartitionDone, backfill_policy, report_partitions, run_keys, run_partitions
 from fieldcrypt import FieldcryptError, ThrottledError
 from fieldcrypt.layout import DatasetLayout, partition_label
 from fieldcrypt.protect import ProtectReport
@@ -27,11 +28,6 @@ def layout_description(layout: DatasetLayout) -> str:
     """Where the dataset's files are, as the catalog declares it."""
     levels = "/".join(f"{level.key}={level.format}" for level in layout.partitioning.levels)
     return f"<lake>/{layout.path}/{levels + '/' if levels else ''}*.parquet (any file names, nested folders)"
-
-
-def partition_of(context: dg.AssetExecutionContext) -> str | None:
-    """The run's partition key; None for an unpartitioned dataset."""
-    return None if context.assets_def.partitions_def is None else context.partition_key
 
 
 def landed_snapshot(layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetSpec:
@@ -50,12 +46,11 @@ def landed_snapshot(layout: DatasetLayout, partitions_def: dg.PartitionsDefiniti
 
 
 def protected_snapshot(layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
-    """The asset `protected_<dataset>`: one run per partition, KMS use bounded by the `kms` pool."""
+    """The asset `protected_<dataset>`: ranges of partitions per run (assets/ranged.py), the `kms` pool."""
     dataset = layout.name
     asset_name = f"protected_{dataset}"
     with warnings.catch_warnings():
-        # `backfill_policy` is marked beta in Dagster 1.13; multi_run(1) (one run per partition, so
-        # partitions run in parallel and fail, retry and resume independently) is what we mean.
+        # `backfill_policy` is marked beta in Dagster 1.13; multi_run(N) is what we mean (assets/ranged.py).
         warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
 
         @dg.asset(
@@ -64,42 +59,47 @@ def protected_snapshot(layout: DatasetLayout, partitions_def: dg.PartitionsDefin
                 f"The {dataset} snapshot with every enabled attribute encrypted for rows ingested at or after its "
                 "enablement: ciphertext and wrapped data-key columns added, a mask in the original column. Each "
                 "file is rewritten in place, verified before an atomic replace; a re-run with nothing pending is "
-                "a no-op."
+                "a no-op. A partition that fails, or whose checks fail, is not materialized and the run fails "
+                "naming it."
             ),
             deps=[dataset],
             partitions_def=partitions_def,
-            backfill_policy=dg.BackfillPolicy.multi_run(1) if partitions_def is not None else None,
+            backfill_policy=backfill_policy(partitions_def),
             pool=KMS_POOL,
             # Only throttling (and errors that are not fieldcrypt's, e.g. a dropped S3 connection) is
             # retried: a re-run is safe (nothing half-written, done rows are skipped); bad input is not.
             retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
             check_specs=protection_check_specs(asset_name),
+            output_required=False,  # one materialization per partition done is logged instead (assets/ranged.py)
             group_name="protected",
             kinds={"parquet"},
             metadata={"layout": layout_description(layout)},
         )
-        def protect_partition(
+        def protect_partitions(
             context: dg.AssetExecutionContext, fieldcrypt: FieldcryptResource
-        ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-            partition = partition_of(context)
+        ) -> Iterator[dg.AssetCheckResult]:
             actor = f"dagster:{context.run.run_id}"
-            try:
-                report = fieldcrypt.workspace(actor).protect(dataset, partition)
-            except FieldcryptError as exc:
-                raise dg.Failure(
-                    description=f"protecting {dataset} partition {partition_label(partition)} failed: {exc}",
-                    allow_retries=isinstance(exc, ThrottledError),
-                ) from exc
-            context.log.info(
-                f"{dataset} {partition_label(partition)}: {report.files} files, {report.rows} rows, "
-                f"{report.newly_encrypted} cells newly encrypted, {report.kms_calls} KMS calls, "
-                f"{report.files_rewritten} files rewritten"
-            )
-            yield dg.MaterializeResult(metadata=protection_metadata(report, partition))
-            # A second workspace, with an empty data-key cache: the checks unwrap through the KMS.
-            yield from evaluate_protection_checks(fieldcrypt.workspace(actor), dataset, partition, report)
 
-    return protect_partition
+            def work(partition: str | None) -> PartitionDone:
+                report = fieldcrypt.workspace(actor).protect(dataset, partition)
+                context.log.info(
+                    f"{dataset} {partition_label(partition)}: {report.files} files, {report.rows} rows, "
+                    f"{report.newly_encrypted} cells newly encrypted, {report.kms_calls} KMS calls, "
+                    f"{report.files_rewritten} files rewritten"
+                )
+                # A second workspace, with an empty data-key cache: the checks unwrap through the KMS.
+                checks = list(evaluate_protection_checks(fieldcrypt.workspace(actor), dataset, partition, report))
+                return PartitionDone(protection_metadata(report, partition), checks)
+
+            outcomes = run_partitions(run_keys(context), partition_label, work)
+            yield from report_partitions(context, "protecting", dataset, outcomes, protection_retryable)
+
+    return protect_partitions
+
+
+def protection_retryable(exc: Exception) -> bool:
+    """Throttling, and errors that are not fieldcrypt's (a dropped connection); never bad input."""
+    return isinstance(exc, ThrottledError) or not isinstance(exc, FieldcryptError)
 
 
 def protection_metadata(report: ProtectReport, partition: str | None) -> dict[str, Any]:

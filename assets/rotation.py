@@ -1,16 +1,30 @@
-"""Master-key rotation as assets: `rotated_<dataset>_keys`, partitioned like the data it rewraps.
+"""Master-key rotation as assets: `rotated_<dataset>_keys`, partitioned by campaign and snapshot partition.
 
-A partition of `rotated_<dataset>_keys` is "every wrapped data key in the dataset's files
-of that partition is under the current master key". Materializing it calls the core's
-`Workspace.rotate`, which rewraps each distinct data key not yet under the current key
-once, rewrites only the wrapped-key columns, verifies and replaces atomically; a file
-already under the current key is skipped without being rewritten. So a rotation
-campaign's bulk work is a backfill of these assets over every partition: partitions run
-in parallel (one run each), bounded by the `kms` pool and the run queue, and a failed
-or interrupted backfill is resumed by launching it again.
+A partition of `rotated_<dataset>_keys` is "in campaign C, every wrapped data key in the
+dataset's files of snapshot partition D is under C's new master key": its key is the
+multi-partition key `C|D` (dimensions `campaign`, a dynamic partitions definition, and
+`snapshot`, the dataset's own partitions; an unpartitioned dataset has the campaign
+alone). Materializing it calls the core's `Workspace.rotate`, which rewraps each distinct
+data key not yet under the current key once, rewrites only the wrapped-key columns,
+verifies and replaces atomically; a file already under the current key is skipped
+without being rewritten.
+
+Why the campaign is part of the partition key: Dagster keeps a partition materialized
+for good (OSS storage cannot wipe a partition's history, and a new code version makes a
+partition stale, not missing; the launch dialog only offers "missing and failed"). With
+one partition per campaign and snapshot, a new campaign's partitions are all missing
+until rotated under it, so the asset's partition bar shows exactly what is under the
+current key (green) and what still needs work (missing or failed), "missing and failed"
+in the launch dialog selects exactly that, and each green partition's metadata names the
+campaign and the key it was rotated to. The `campaign` dimension holds the current
+campaign only: `start_key_rotation` (and the `key_rotation_driver` sensor, for a campaign
+started with the CLI) add it and drop the previous one, so the launch dialog's default
+range is the current campaign's; earlier campaigns stay in the runs (tag
+`fieldcrypt/rotation_campaign`), the assets' observations and the audit log.
 
 A partition with no stored file has nothing to rotate: it materializes at once with
 `stored: false`, so a backfill over the whole partition range needs no hand-picking.
+Runs cover ranges of partitions like the protection assets (assets/ranged.py).
 """
 
 import warnings
@@ -19,42 +33,85 @@ from typing import Any
 
 import dagster as dg
 
-from assets.protection import KMS_POOL, partition_of
+from assets.protection import KMS_POOL
+from assets.ranged import Outcome, PartitionDone, backfill_policy, report_partitions, run_keys, run_partitions
 from fieldcrypt import ThrottledError, Workspace
+from fieldcrypt.binding import Campaign, KeyBinding
 from fieldcrypt.layout import DatasetLayout, partition_label
 from fieldcrypt.rotate import RotateReport
 from resources import FieldcryptResource
 
 NO_OLD_WRAPPED_KEYS = "no_old_wrapped_keys"
+CAMPAIGN_DIMENSION = "campaign"
+SNAPSHOT_DIMENSION = "snapshot"
+ROTATION_CAMPAIGNS = dg.DynamicPartitionsDefinition(name="rotation_campaign")
 
 
 def rotation_asset_name(dataset: str) -> str:
     return f"rotated_{dataset}_keys"
 
 
-def rotated_keys(layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
-    """The asset `rotated_<dataset>_keys`: one run per partition, KMS use bounded by the `kms` pool."""
+def rotation_partitions(snapshot_partitions: dg.PartitionsDefinition | None) -> dg.PartitionsDefinition:
+    """Campaign x snapshot partition; the campaign alone for an unpartitioned dataset."""
+    if snapshot_partitions is None:
+        return ROTATION_CAMPAIGNS
+    return dg.MultiPartitionsDefinition(
+        {CAMPAIGN_DIMENSION: ROTATION_CAMPAIGNS, SNAPSHOT_DIMENSION: snapshot_partitions}
+    )
+
+
+def rotation_partition_key(campaign_id: str, snapshot: str | None) -> str:
+    """The rotation assets' partition key of `snapshot` (None: unpartitioned) in campaign `campaign_id`."""
+    if snapshot is None:
+        return campaign_id
+    return dg.MultiPartitionKey({CAMPAIGN_DIMENSION: campaign_id, SNAPSHOT_DIMENSION: snapshot})
+
+
+def split_rotation_key(key: str, partitioned: bool) -> tuple[str, str | None]:
+    """(campaign id, snapshot partition or None) of a rotation partition key."""
+    if not partitioned:
+        return key, None
+    campaign, separator, snapshot = key.partition("|")  # dimensions in name order: campaign|snapshot
+    if not separator:
+        raise dg.Failure(description=f"rotation partition key {key!r} is not <campaign>|<partition>")
+    return campaign, snapshot
+
+
+def latest_campaign(binding: KeyBinding | None) -> Campaign | None:
+    """The campaign in progress, else the last one completed: the one whose partitions the UI shows."""
+    if binding is None:
+        return None
+    return binding.active_campaign or (binding.campaigns[-1] if binding.campaigns else None)
+
+
+def rotated_keys(layout: DatasetLayout, snapshot_partitions: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
+    """The asset `rotated_<dataset>_keys`: ranges of partitions per run, KMS use bounded by the `kms` pool."""
     with warnings.catch_warnings():
-        # `backfill_policy` is beta in Dagster 1.13; multi_run(1) is what we mean (see assets/protection.py).
+        # `backfill_policy` is beta in Dagster 1.13; multi_run(N) is what we mean (see assets/ranged.py).
         warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
-        return _rotation_asset(layout.name, rotation_asset_name(layout.name), partitions_def)
+        return _rotation_asset(layout.name, rotation_asset_name(layout.name), snapshot_partitions)
 
 
 def _rotation_asset(
-    dataset: str, asset_name: str, partitions_def: dg.PartitionsDefinition | None
+    dataset: str, asset_name: str, snapshot_partitions: dg.PartitionsDefinition | None
 ) -> dg.AssetsDefinition:
+    partitioned = snapshot_partitions is not None
+    partitions_def = rotation_partitions(snapshot_partitions)
+
     @dg.asset(
         name=asset_name,
         description=(
-            f"Every wrapped data key of the {dataset} snapshot of the partition is under the current master key. "
-            "Materializing rewraps each data key left under the old key once (KMS calls scale with distinct "
-            "data keys, not rows), "
-            "rewrites only the wrapped-key columns (ciphertext byte-identical), verifies, replaces atomically. "
-            "A partition already under the current key is skipped without rewriting."
+            f"In the current rotation campaign, every wrapped data key of the {dataset} snapshot of the partition "
+            "is under the campaign's new master key. Partitions are <campaign>|<snapshot partition>: a new "
+            "campaign's partitions are missing until rotated. Materializing rewraps each data key left under "
+            "the old key once (KMS calls scale with distinct data keys, not rows), rewrites only the wrapped-key "
+            "columns (ciphertext byte-identical), verifies, replaces atomically. A partition already under the "
+            "current key is skipped without rewriting."
         ),
+        # Dagster infers the mapping to the snapshot dimension (campaign C, date D depends on D).
         deps=[f"protected_{dataset}"],
         partitions_def=partitions_def,
-        backfill_policy=dg.BackfillPolicy.multi_run(1) if partitions_def is not None else None,
+        backfill_policy=backfill_policy(partitions_def),
         pool=KMS_POOL,
         retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
         check_specs=[
@@ -64,60 +121,80 @@ def _rotation_asset(
                 description="No wrapped data key in the partition's file is under a master key other than the current.",
             )
         ],
+        output_required=False,  # one materialization per partition done is logged instead (assets/ranged.py)
         group_name="rotation",
         kinds={"parquet"},
     )
-    def rotate_partition(
+    def rotate_partitions(
         context: dg.AssetExecutionContext, fieldcrypt: FieldcryptResource
-    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-        partition = partition_of(context)
-        label = partition_label(partition)
-        workspace = fieldcrypt.workspace(actor=f"dagster:{context.run.run_id}")
-        try:
-            stored = bool(workspace.files(dataset, partition))
-        except Exception as exc:
-            raise rotation_failure(dataset, label, exc) from exc
-        if not stored:
-            context.log.info(f"{dataset} {label}: no stored file, nothing to rotate")
-            yield dg.MaterializeResult(metadata={"partition": label, "stored": False, "rewritten": False})
-            yield dg.AssetCheckResult(check_name=NO_OLD_WRAPPED_KEYS, passed=True, metadata={"partition": label})
-            return
-        try:
-            report = workspace.rotate(dataset, partition)
-        except Exception as exc:
-            raise rotation_failure(dataset, label, exc) from exc
-        context.log.info(
-            f"{dataset} {label}: {report.files} files, "
-            f"{report.rewrapped} of {report.distinct_data_keys} data keys rewrapped, "
-            f"{report.kms_calls} KMS calls, rewritten={report.rewritten}"
+    ) -> Iterator[dg.AssetCheckResult]:
+        actor = f"dagster:{context.run.run_id}"
+
+        def label(key: str | None) -> str:
+            return partition_label(None if key is None else split_rotation_key(key, partitioned)[1])
+
+        def work(key: str | None) -> PartitionDone:
+            campaign_id, partition = split_rotation_key(key or "", partitioned)
+            workspace = fieldcrypt.workspace(actor)
+            campaign = latest_campaign(workspace.bindings.load())
+            if campaign is None or campaign.campaign_id != campaign_id:
+                current = campaign.campaign_id if campaign else "none"
+                raise RotationCampaignMismatch(
+                    f"partition {key} belongs to rotation campaign {campaign_id}, but the current campaign is "
+                    f"{current}: launch the current campaign's partitions"
+                )
+            return rotate_one(context, workspace, dataset, partition, campaign)
+
+        outcomes: list[Outcome] = run_partitions(run_keys(context), label, work)
+        yield from report_partitions(context, "rotating", dataset, outcomes, rotation_retryable)
+
+    return rotate_partitions
+
+
+class RotationCampaignMismatch(Exception):
+    """A partition of a campaign other than the current one was launched; it names both campaigns."""
+
+
+def rotate_one(
+    context: dg.AssetExecutionContext, workspace: Workspace, dataset: str, partition: str | None, campaign: Campaign
+) -> PartitionDone:
+    label = partition_label(partition)
+    if not workspace.files(dataset, partition):
+        context.log.info(f"{dataset} {label}: no stored file, nothing to rotate")
+        check = dg.AssetCheckResult(check_name=NO_OLD_WRAPPED_KEYS, passed=True, metadata={"partition": label})
+        return PartitionDone(
+            {"partition": label, "campaign_id": campaign.campaign_id, "stored": False, "rewritten": False}, [check]
         )
-        yield dg.MaterializeResult(metadata=rotation_metadata(workspace, report, partition))
-        yield _no_old_wrapped_keys(workspace, dataset, partition)
-
-    return rotate_partition
-
-
-def rotation_failure(dataset: str, partition: str, exc: Exception) -> dg.Failure:
-    """Only throttling is retried by the asset's retry policy. Anything else (access denied, a file that
-    does not verify, a lost connection) fails the partition with its file intact: re-launching it is safe,
-    and is left to the operator or the rotation driver. fieldcrypt's messages name no secret."""
-    return dg.Failure(
-        description=f"rotating {dataset} partition {partition} failed: {type(exc).__name__}: {exc}",
-        allow_retries=isinstance(exc, ThrottledError),
+    report = workspace.rotate(dataset, partition)
+    context.log.info(
+        f"{dataset} {label}: {report.files} files, "
+        f"{report.rewrapped} of {report.distinct_data_keys} data keys rewrapped, "
+        f"{report.kms_calls} KMS calls, rewritten={report.rewritten}"
+    )
+    return PartitionDone(
+        rotation_metadata(workspace, report, partition, campaign), [_no_old_wrapped_keys(workspace, dataset, partition)]
     )
 
 
-def rotation_metadata(workspace: Workspace, report: RotateReport, partition: str | None) -> dict[str, Any]:
+def rotation_retryable(exc: Exception) -> bool:
+    """Only throttling is retried by the asset's retry policy. Anything else (access denied, a file that
+    does not verify, a lost connection) fails the partition with its file intact: re-launching it is safe,
+    and is left to the operator or the rotation driver. fieldcrypt's messages name no secret."""
+    return isinstance(exc, ThrottledError)
+
+
+def rotation_metadata(
+    workspace: Workspace, report: RotateReport, partition: str | None, campaign: Campaign
+) -> dict[str, Any]:
     """Counts and key ids only: never a value, never key bytes."""
     binding = workspace.bindings.load()
-    campaign = binding.active_campaign if binding else None
     return {
         "partition": partition_label(partition),
         "path": report.path,
         "stored": True,
         "files": report.files,
         "files_rewritten": report.files_rewritten,
-        "campaign_id": campaign.campaign_id if campaign else "(none in progress)",
+        "campaign_id": campaign.campaign_id,
         "master_key_id": binding.current.ref if binding else "(lake not bound)",
         "distinct_data_keys": report.distinct_data_keys,
         "rewrapped": report.rewrapped,

@@ -185,7 +185,7 @@ def _configure(root: Path, first_day: date, end: date) -> dict[str, str]:
     os.environ.update(settings)
     home = Path(settings["DAGSTER_HOME"])
     home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     (root / "dagster.env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     return settings
 

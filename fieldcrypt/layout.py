@@ -17,7 +17,7 @@ daily `2026-11-28`, hourly `2026-11-28T13`, monthly `2026-11`.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -205,12 +205,13 @@ class DatasetLayout:
         depth = directory.count("/") + 1
         return [rel for rel in store.list_files(directory) if not _skipped(rel.split("/")[depth:])]
 
-    def partitions(self, store: LakeStore) -> dict[str | None, list[str]]:
-        """Every partition that has data files -> its files, oldest partition first (one listing)."""
+    def partitions(self, store: LakeStore, listing: Iterable[str] | None = None) -> dict[str | None, list[str]]:
+        """Every partition that has data files -> its files, oldest partition first (one listing, or
+        `listing`: the files below the dataset's path, e.g. the keys of `store.list_file_versions`)."""
         found: dict[str | None, list[str]] = {}
         depth = self.path.count("/") + 1
         levels = len(self.partitioning.levels)
-        for rel in store.list_files(self.path):
+        for rel in store.list_files(self.path) if listing is None else listing:
             parts = rel.split("/")[depth:]
             if _skipped(parts):
                 continue

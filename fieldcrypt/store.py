@@ -103,6 +103,17 @@ class LakeStore:
                 found.append(info.path[len(prefix) :] if info.path.startswith(prefix) else info.path)
         return sorted(found)
 
+    def list_file_versions(self, rel_dir: str) -> dict[str, FileVersion]:
+        """`list_files(rel_dir)` with each file's size and modification time, from the same listing."""
+        selector = pafs.FileSelector(self.full_path(rel_dir), recursive=True, allow_not_found=True)
+        prefix = self._base + "/"
+        found = {}
+        for info in self.filesystem.get_file_info(selector):
+            if info.type == pafs.FileType.File and TEMP_MARKER not in info.base_name:
+                rel = info.path[len(prefix) :] if info.path.startswith(prefix) else info.path
+                found[rel] = FileVersion(int(info.size or 0), info.mtime_ns)
+        return dict(sorted(found.items()))
+
     # -- writing -------------------------------------------------------------------------
 
     def temp_path(self, rel: str) -> str:

@@ -8,6 +8,7 @@ until a key is first needed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -115,15 +116,36 @@ class WorkspaceConfig:
 Result = TypeVar("Result")
 
 
+def _fingerprint(versions: Mapping[str, FileVersion]) -> str:
+    """A short digest of a partition's file names, sizes and modification times."""
+    listed = "\n".join(f"{rel}\t{v.size}\t{v.mtime_ns}" for rel, v in sorted(versions.items()))
+    return hashlib.blake2b(listed.encode(), digest_size=8).hexdigest()
+
+
+# Partitions whose wrapped-key columns the completion scan reads at once (I/O bound: S3 requests).
+SCAN_THREADS = 8
+
+
 @dataclass
 class RotationStatus:
     campaign: Campaign | None
     remaining: dict[str, list[str]]  # "dataset/partition" (or "dataset") -> old master key refs still present
     scanned: int
+    # "dataset/partition" -> the fingerprint of its files (names, sizes, modification times) as listed now
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    read: int = 0  # partitions whose files were read (the others were known clean and unchanged)
+    unread: list[str] = field(default_factory=list)  # not read for lack of budget (`max_reads`): unknown
 
     @property
     def complete(self) -> bool:
-        return not self.remaining
+        return not self.remaining and not self.unread
+
+    @property
+    def clean(self) -> dict[str, str]:
+        """Partitions known to hold no old key now -> fingerprint: what a next scan may pass as `known_clean`.
+        Never an unread partition."""
+        unknown = set(self.remaining) | set(self.unread)
+        return {label: fp for label, fp in self.fingerprints.items() if label not in unknown}
 
 
 class Workspace:
@@ -824,26 +846,70 @@ class Workspace:
             refs.update(wrapped_key_refs(self.store, rel, attributes).values())
         return sorted(ref for ref in refs if ref != current)
 
-    def rotation_status(self) -> RotationStatus:
-        """Scan every partition for wrapped keys not under the current master key (no KMS call)."""
+    def rotation_status(
+        self,
+        *,
+        threads: int = SCAN_THREADS,
+        known_clean: Mapping[str, str] | None = None,
+        max_reads: int | None = None,
+    ) -> RotationStatus:
+        """Scan every partition for wrapped keys not under the current master key (no KMS call).
+
+        Each dataset is listed once (names, sizes, modification times); the partitions'
+        wrapped-key columns are then read `threads` at a time. `known_clean` maps a partition
+        ("dataset/partition") to the fingerprint it had when a previous scan found it holding
+        no old key under the same current key: a partition whose files are unchanged since is
+        not read again (the rotation driver's cursor). A partition once clean stays clean while
+        its files are unchanged: during a campaign every write wraps under the new key.
+        `max_reads` bounds the partitions read (in dataset and partition order); the others are
+        `unread`, and the status is not complete while any are (the rotation driver's time bound).
+        """
+        if threads < 1:
+            raise ConfigError(f"scan threads must be at least 1, got {threads}")
+        if max_reads is not None and max_reads < 1:
+            raise ConfigError(f"max reads must be at least 1, got {max_reads}")
         binding = self.bindings.load()
         current = binding.current.ref if binding else None
-        remaining: dict[str, list[str]] = {}
-        scanned = 0
+        known = known_clean or {}
+        fingerprints: dict[str, str] = {}
+        to_read: list[tuple[str, list[AttributePolicy], list[str]]] = []
         for dataset in sorted(self.policy().datasets):
             _, attributes = self._dataset(dataset)  # a protected dataset the catalog dropped is an error
-            for partition, files in self.layout(dataset).partitions(self.store).items():
-                scanned += 1
-                stale = self._old_key_refs(attributes, files, current)
-                if stale:
-                    remaining[dataset if partition is None else f"{dataset}/{partition}"] = stale
+            layout = self.layout(dataset)
+            versions = self.store.list_file_versions(layout.path)
+            for partition, files in layout.partitions(self.store, versions).items():
+                label = dataset if partition is None else f"{dataset}/{partition}"
+                fingerprints[label] = _fingerprint({rel: versions[rel] for rel in files})
+                if known.get(label) != fingerprints[label]:
+                    to_read.append((label, attributes, files))
+
+        unread = [label for label, _, _ in to_read[max_reads:]] if max_reads is not None else []
+        to_read = to_read[:max_reads] if max_reads is not None else to_read
+
+        def old_refs(item: tuple[str, list[AttributePolicy], list[str]]) -> tuple[str, list[str]]:
+            label, attributes, files = item
+            return label, self._old_key_refs(attributes, files, current)
+
+        if threads == 1 or len(to_read) <= 1:
+            found = [old_refs(item) for item in to_read]
+        else:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                found = list(pool.map(old_refs, to_read))
+        remaining = {label: stale for label, stale in found if stale}
         index_refs = {WrappedKey.from_bytes(value).master_key_ref for value in self.index_keys.load().values()}
         if index_refs - {current}:
             remaining[INDEX_KEYS_PATH] = sorted(index_refs - {current})
         mac_key = self.policies.mac_key_value()
         if mac_key is not None and WrappedKey.from_bytes(mac_key).master_key_ref != current:
             remaining[POLICY_PATH] = [WrappedKey.from_bytes(mac_key).master_key_ref]
-        return RotationStatus(binding.active_campaign if binding else None, remaining, scanned)
+        return RotationStatus(
+            binding.active_campaign if binding else None,
+            remaining,
+            len(fingerprints),
+            fingerprints,
+            len(to_read),
+            unread,
+        )
 
     def _rotate_index_keys(self) -> int:
         """Rewrap every blind-index key and the policy MAC key not yet under the current master key."""

@@ -159,25 +159,61 @@ def test_partition_without_files_materializes_as_empty_and_writes_nothing(
     assert not (lake / "users" / f"date={missing}").exists()
 
 
-def test_tampered_wrapped_key_fails_the_unwrap_check_without_touching_the_file(
-    fieldcrypt: FieldcryptResource, lake: Path, split_partition: str
-) -> None:
-    materialize_partition(fieldcrypt, split_partition)
-    path = _file(lake, "users")
+def _tamper_wrapped_keys(path: Path) -> bytes:
     table = pq.read_table(path)
     wrapped = table["email__fc_dek"].combine_chunks()
     tampered_values = [bytes(v[:-1]) + bytes([v[-1] ^ 1]) for v in wrapped.dictionary.to_pylist()]
     tampered = pa.DictionaryArray.from_arrays(wrapped.indices, pa.array(tampered_values, pa.binary()))
     pq.write_table(table.set_column(table.schema.get_field_index("email__fc_dek"), "email__fc_dek", tampered), path)
-    stored = path.read_bytes()
+    return path.read_bytes()
 
-    result = materialize_partition(fieldcrypt, split_partition, selection=["protected_users"])
+
+def test_tampered_wrapped_key_fails_the_unwrap_check_without_touching_the_file(
+    fieldcrypt: FieldcryptResource, lake: Path, split_partition: str
+) -> None:
+    materialize_partition(fieldcrypt, split_partition)
+    stored = _tamper_wrapped_keys(_file(lake, "users"))
+
+    result = materialize_partition(fieldcrypt, split_partition, selection=["protected_users"], raise_on_error=False)
 
     evaluations = checks(result, "protected_users")
     assert not evaluations["data_keys_unwrap"].passed
     assert "IntegrityError" in evaluations["data_keys_unwrap"].metadata["error"].value
+    assert evaluations["data_keys_unwrap"].metadata["failing_partitions"].value == [split_partition]
     assert evaluations["no_plaintext_after_enablement"].passed
-    assert path.read_bytes() == stored
+    assert _file(lake, "users").read_bytes() == stored
+
+
+def test_failing_check_fails_the_run_naming_the_check_and_the_partition(
+    fieldcrypt: FieldcryptResource, lake: Path, split_partition: str
+) -> None:
+    materialize_partition(fieldcrypt, split_partition)
+    _tamper_wrapped_keys(_file(lake, "users"))
+
+    result = materialize_partition(fieldcrypt, split_partition, selection=["protected_users"], raise_on_error=False)
+
+    assert not result.success
+    failure = result.failure_data_for_node("protected_users")
+    assert failure is not None and failure.error is not None
+    assert f"check data_keys_unwrap failed for users partition {split_partition}" in failure.error.message
+
+
+def test_partition_with_a_failing_check_is_not_materialized_and_its_observation_names_the_check(
+    fieldcrypt: FieldcryptResource, lake: Path, split_partition: str
+) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_partition(fieldcrypt, split_partition, instance=instance)
+    _tamper_wrapped_keys(_file(lake, "users"))
+
+    result = materialize_partition(
+        fieldcrypt, split_partition, instance=instance, selection=["protected_users"], raise_on_error=False
+    )
+
+    assert result.asset_materializations_for_node("protected_users") == []
+    observation = instance.fetch_observations(dg.AssetKey("protected_users"), limit=1).records[0].asset_observation
+    assert observation is not None and observation.partition == split_partition
+    assert observation.metadata["failed_checks"].value == ["data_keys_unwrap"]
+    assert "IntegrityError" in observation.metadata["data_keys_unwrap.error"].value
 
 
 def test_metadata_and_run_logs_hold_no_plaintext_and_no_key_bytes(

@@ -49,7 +49,7 @@ def workspace_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_graphql_partition_backfill_protects_every_partition(
+def test_graphql_partition_backfill_protects_every_partition_in_ranges_of_partitions_per_run(
     tmp_path: Path, workspace_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lake, keystore = tmp_path / "lake", make_keystore(tmp_path)
@@ -62,6 +62,7 @@ def test_graphql_partition_backfill_protects_every_partition(
         "FIELDCRYPT_WORKSPACE": WORKSPACE,
         "FIELDCRYPT_DAGSTER_EXECUTOR": "in_process",
         "FIELDCRYPT_PARTITIONS_START": DAYS[0].isoformat(),
+        "FIELDCRYPT_MAX_PARTITIONS_PER_RUN": "2",  # three partitions: two runs
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("FIELDCRYPT_PARTITIONS_END", raising=False)
@@ -87,6 +88,14 @@ def test_graphql_partition_backfill_protects_every_partition(
         backfill_id = launched.data["launchPartitionBackfill"]["backfillId"]
         _run_backfill_daemon_until_done(context, instance, backfill_id)
         runs = instance.get_runs(filters=RunsFilter.for_backfill(backfill_id))
+        materialized = {
+            asset: {
+                record.asset_materialization.partition: record.asset_materialization.metadata["partition"].value
+                for record in instance.fetch_materializations(AssetKey(asset), limit=10).records
+                if record.asset_materialization is not None
+            }
+            for asset in ("protected_users", "protected_events")
+        }
         check_history = {
             key: instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
             for key in _check_keys(("protected_users", "protected_events"))
@@ -96,7 +105,9 @@ def test_graphql_partition_backfill_protects_every_partition(
     ranges = sorted(
         (run.tags["dagster/asset_partition_range_start"], run.tags["dagster/asset_partition_range_end"]) for run in runs
     )
-    assert ranges == [(p, p) for p in partitions]  # multi_run(1): one run per partition
+    assert ranges == [(partitions[0], partitions[1]), (partitions[2], partitions[2])]  # multi_run(2)
+    for asset, by_partition in materialized.items():  # one materialization per partition, with its own metadata
+        assert by_partition == {p: p for p in partitions}, asset
     workspace = fieldcrypt.workspace("test")
     for dataset in ("users", "events"):
         for partition in partitions:

@@ -30,7 +30,7 @@ def _subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def test_workspace_yaml_validates_with_the_dagster_cli(tmp_path: Path) -> None:
-    (tmp_path / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
+    (tmp_path / "dagster.yaml").write_text((REPO_ROOT / "dagster_home" / "dagster.yaml").read_text())
 
     completed = subprocess.run(
         [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", "workspace.yaml"],
@@ -90,12 +90,12 @@ def test_importing_the_code_location_makes_no_network_or_kms_call(tmp_path: Path
     ]
 
 
-def test_protection_assets_run_one_partition_per_run_in_the_kms_pool_with_three_checks() -> None:
+def test_protection_assets_run_ranges_of_25_partitions_in_the_kms_pool_with_three_checks() -> None:
     from pipelines.definitions import defs
 
     for name in PROTECTED:
         asset = defs.resolve_assets_def(name)
-        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(1)
+        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(25)
         assert asset.op.pool == "kms"
         assert {key.name for key in asset.check_keys} == CHECK_NAMES
         assert isinstance(asset.partitions_def, dg.DailyPartitionsDefinition)
@@ -190,4 +190,8 @@ def test_a_dataset_added_to_the_catalog_gets_its_assets_jobs_and_partitions(
     assert {"protect_newest_partition_daily", "protect_newest_partition_hourly"} == schedules - {
         "scheduled_key_rotation"
     }
-    assert defs.resolve_assets_def("rotated_clicks_keys").partitions_def == clicks.partitions_def
+    campaigns = dg.DynamicPartitionsDefinition(name="rotation_campaign")
+    assert defs.resolve_assets_def("rotated_clicks_keys").partitions_def == dg.MultiPartitionsDefinition(
+        {"campaign": campaigns, "snapshot": clicks.partitions_def}
+    )
+    assert defs.resolve_assets_def("rotated_accounts_keys").partitions_def == campaigns

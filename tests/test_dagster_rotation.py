@@ -40,8 +40,9 @@ from dagster_support import (
     past_day,
 )
 
+from assets.rotation import rotation_partition_key
 from demo.sample_data import snapshot_path
-from fieldcrypt import AccessDeniedError, ThrottledError, Workspace
+from fieldcrypt import AccessDeniedError, ConfigError, ThrottledError, Workspace
 from fieldcrypt.keystore import Keystore
 from fieldcrypt.store import TEMP_MARKER
 from resources import FieldcryptResource
@@ -112,15 +113,26 @@ def complete_campaign(fieldcrypt: FieldcryptResource, instance: DagsterInstance)
 def rotate_partition(
     fieldcrypt: FieldcryptResource, partition: str, *, instance: DagsterInstance | None = None, **kwargs: Any
 ) -> dg.ExecuteInProcessResult:
+    """Materialize the rotation assets' partition of snapshot `partition` in the current campaign."""
     from assets import build_assets
+    from pipelines.rotation import show_campaign_partitions
 
+    instance = instance or DagsterInstance.ephemeral()
+    campaign_id = current_campaign_id(fieldcrypt)
+    show_campaign_partitions(instance, campaign_id)  # start_key_rotation does this on the instance it runs on
     return dg.materialize(
         list(build_assets(fieldcrypt.config().datasets).rotated.values()),
-        partition_key=partition,
+        partition_key=rotation_partition_key(campaign_id, partition),
         resources={"fieldcrypt": fieldcrypt},
-        instance=instance or DagsterInstance.ephemeral(),
+        instance=instance,
         **kwargs,
     )
+
+
+def current_campaign_id(fieldcrypt: FieldcryptResource) -> str:
+    binding = fieldcrypt.workspace("test").bindings.load()
+    assert binding is not None and binding.campaigns
+    return binding.campaigns[-1].campaign_id
 
 
 def rotation_metadata(result: dg.ExecuteInProcessResult, dataset: str) -> dict[str, Any]:
@@ -214,15 +226,17 @@ def test_graphql_rotation_backfill_rewraps_both_datasets_resumes_and_completes(
         campaign = workspace.bindings.load().active_campaign  # type: ignore[union-attr]
         assert campaign is not None and campaign.started_by == f"dagster:{started.run_id}"
 
-        first = launch_rotation_backfill(context, instance, PARTITIONS[:2])
+        first = launch_rotation_backfill(context, instance, campaign.campaign_id, PARTITIONS[:2])
         mid_campaign = {p: workspace.verify("users", p) for p in (PARTITIONS[0], PARTITIONS[2])}
         refused = complete_campaign(fieldcrypt, instance)
-        resumed = launch_rotation_backfill(context, instance, PARTITIONS)  # re-launched over everything
+        resumed = launch_rotation_backfill(context, instance, campaign.campaign_id, PARTITIONS)  # over everything
         completed = complete_campaign(fieldcrypt, instance)
 
         runs = {b: instance.get_runs(filters=RunsFilter.for_backfill(b)) for b in (first, resumed)}
         latest = {
-            (dataset, partition): latest_metadata(instance, dataset, partition)
+            (dataset, partition): latest_metadata(
+                instance, dataset, rotation_partition_key(campaign.campaign_id, partition)
+            )
             for dataset in DATASETS
             for partition in PARTITIONS
         }
@@ -233,8 +247,8 @@ def test_graphql_rotation_backfill_rewraps_both_datasets_resumes_and_completes(
             for dataset in DATASETS
         }
 
-    # one run per partition, all succeeded
-    assert [len(runs[first]), len(runs[resumed])] == [2, 3]
+    # one run per backfill (its partitions fit in one range of multi_run(25)), all succeeded
+    assert [len(runs[first]), len(runs[resumed])] == [1, 1]
     assert {run.status for backfill in runs.values() for run in backfill} == {DagsterRunStatus.SUCCESS}
     # mid-campaign, a rotated and a not yet rotated partition both decrypt
     assert all(sum(counts.values()) > 0 for counts in mid_campaign.values())
@@ -256,7 +270,7 @@ def test_graphql_rotation_backfill_rewraps_both_datasets_resumes_and_completes(
         assert last["master_key_id"] == campaign.new.ref
     for dataset, history in check_results.items():
         evaluated = [record for record in history if record.status.value != "PLANNED"]
-        assert len(evaluated) == 5 and {record.status.value for record in evaluated} == {"SUCCEEDED"}, dataset
+        assert len(evaluated) == 2 and {record.status.value for record in evaluated} == {"SUCCEEDED"}, dataset
     # ciphertext, masks and every other column byte-identical; everything under the new key and readable
     if campaign.new.provider == "aws-kms":  # after completion, only the new key opens the lake
         # what the operator does next: point the configuration at the new key (the variable overrides the catalog)
@@ -274,15 +288,15 @@ def test_graphql_rotation_backfill_rewraps_both_datasets_resumes_and_completes(
     assert sum(after_workspace.verify("users", PARTITIONS[0]).values()) > 0
 
 
-def launch_rotation_backfill(context: Any, instance: DagsterInstance, partitions: list[str]) -> str:
-    """A backfill of both rotation assets over `partitions`, as the UI launches it; driven to the end."""
+def launch_rotation_backfill(context: Any, instance: DagsterInstance, campaign_id: str, partitions: list[str]) -> str:
+    """A backfill of both rotation assets over `partitions` of the campaign, as the UI launches it; run to the end."""
     launched = execute_dagster_graphql(
         context,
         LAUNCH_PARTITION_BACKFILL_MUTATION,
         variables={
             "backfillParams": {
                 "assetSelection": [{"path": [ROTATED[dataset]]} for dataset in DATASETS],
-                "partitionNames": partitions,
+                "partitionNames": [rotation_partition_key(campaign_id, p) for p in partitions],
             }
         },
     )
@@ -306,6 +320,97 @@ def latest_metadata(instance: DagsterInstance, dataset: str, partition: str) -> 
     ).records
     assert records and records[0].asset_materialization is not None
     return {key: value.value for key, value in records[0].asset_materialization.metadata.items()}
+
+
+# -- what the UI shows per campaign: the launch dialog's "missing" is what still needs rotating --------
+
+PARTITION_STATS = """
+query PartitionStats($assetKey: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $assetKey) {
+    __typename
+    ... on AssetNode { partitionStats { numMaterialized numPartitions numFailed } }
+  }
+}
+"""
+
+
+def partition_stats(context: Any, asset: str) -> dict[str, int]:
+    """What the UI's partition bar and launch dialog count for the asset, read through GraphQL.
+
+    A new request context per query, as the webserver makes per HTTP request: a request context
+    caches the dynamic partitions it has read."""
+    request = context.process_context.create_request_context()
+    result = execute_dagster_graphql(request, PARTITION_STATS, variables={"assetKey": {"path": [asset]}})
+    node = result.data["assetNodeOrError"]
+    assert node["__typename"] == "AssetNode", result
+    stats: dict[str, int] = node["partitionStats"]
+    return stats
+
+
+@pytest.fixture
+def second_campaign(
+    tmp_path: Path, workspace_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """A local lake whose first campaign was backfilled over every partition and completed, then a second
+    campaign started; yields (resource, instance, GraphQL context, every snapshot partition, second campaign)."""
+    lake, keystore = tmp_path / "lake", make_keystore(tmp_path)
+    for name, value in {
+        "FIELDCRYPT_WORKSPACE": WORKSPACE,
+        "FIELDCRYPT_DAGSTER_EXECUTOR": "in_process",
+        "FIELDCRYPT_PARTITIONS_START": DAYS[0].isoformat(),
+        "FIELDCRYPT_LAKE": str(lake),
+        "FIELDCRYPT_KEY_PROVIDER": "local",
+        "FIELDCRYPT_KEYSTORE": str(keystore),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("FIELDCRYPT_PARTITIONS_END", raising=False)
+    fieldcrypt = local_fieldcrypt(lake, keystore)
+    monkeypatch.setenv("FIELDCRYPT_CATALOG", fieldcrypt.catalog_path)
+    protect_lake(fieldcrypt)
+    every_day = [past_day(n).isoformat() for n in (4, 3, 2, 1)]  # the code location's partitions up to yesterday
+    with (
+        fresh_code_location_import(),
+        instance_for_test(synchronous_run_coordinator=True, synchronous_run_launcher=True) as instance,
+        define_out_of_process_context(str(workspace_file), None, instance) as context,
+    ):
+        assert start_campaign(fieldcrypt, instance).success
+        launch_rotation_backfill(context, instance, current_campaign_id(fieldcrypt), every_day)
+        assert complete_campaign(fieldcrypt, instance).success
+        assert partition_stats(context, ROTATED["users"])["numMaterialized"] == len(every_day)
+        assert start_campaign(fieldcrypt, instance).success
+        yield fieldcrypt, instance, context, every_day, fieldcrypt.workspace("test").bindings.load().active_campaign
+
+
+def test_new_campaign_shows_every_rotation_partition_as_missing(second_campaign: Any) -> None:
+    _, _, context, every_day, _ = second_campaign
+
+    for asset in ROTATED.values():
+        stats = partition_stats(context, asset)
+        # the launch dialog's "missing and failed" default: every partition of the new campaign
+        assert (stats["numPartitions"], stats["numMaterialized"], stats["numFailed"]) == (len(every_day), 0, 0)
+
+
+def test_partition_rotated_in_the_new_campaign_is_the_only_one_done_and_names_the_new_key(
+    second_campaign: Any,
+) -> None:
+    fieldcrypt, instance, context, every_day, campaign = second_campaign
+
+    launch_rotation_backfill(context, instance, campaign.campaign_id, every_day[:1])
+
+    assert partition_stats(context, ROTATED["users"])["numMaterialized"] == 1
+    current_partitions = defs_partitions_def().get_partition_keys(dynamic_partitions_store=instance)
+    done = instance.get_materialized_partitions(dg.AssetKey(ROTATED["users"]))
+    assert sorted(set(current_partitions) & done) == [rotation_partition_key(campaign.campaign_id, every_day[0])]
+    metadata = latest_metadata(instance, "users", rotation_partition_key(campaign.campaign_id, every_day[0]))
+    assert (metadata["campaign_id"], metadata["master_key_id"]) == (campaign.campaign_id, campaign.new.ref)
+
+
+def defs_partitions_def() -> dg.PartitionsDefinition:
+    from pipelines.definitions import defs
+
+    partitions_def = defs.resolve_assets_def(ROTATED["users"]).partitions_def
+    assert partitions_def is not None
+    return partitions_def
 
 
 # -- the campaign jobs, in process ----------------------------------------------------------------
@@ -399,7 +504,12 @@ def test_date_without_a_stored_file_materializes_with_nothing_to_rotate(fieldcry
     result = rotate_partition(fieldcrypt, empty_day)
 
     assert result.success
-    assert rotation_metadata(result, "events") == {"partition": empty_day, "stored": False, "rewritten": False}
+    assert rotation_metadata(result, "events") == {
+        "partition": empty_day,
+        "campaign_id": current_campaign_id(fieldcrypt),
+        "stored": False,
+        "rewritten": False,
+    }
     assert all(e.passed for e in result.get_asset_check_evaluations())
     assert not (Path(fieldcrypt.config().lake_uri) / "events" / f"date={empty_day}").exists()
 
@@ -475,12 +585,9 @@ def test_rewrap_denied_by_kms_fails_the_partition_leaves_its_file_intact_and_a_r
     [(ThrottledError("KMS kept throttling"), True), (AccessDeniedError("denied"), False), (OSError("gone"), False)],
 )
 def test_only_throttling_is_retried(error: Exception, retried: bool) -> None:
-    from assets.rotation import rotation_failure
+    from assets.rotation import rotation_retryable
 
-    failure = rotation_failure("users", PARTITIONS[0], error)
-
-    assert failure.allow_retries is retried
-    assert failure.description == f"rotating users partition {PARTITIONS[0]} failed: {type(error).__name__}: {error}"
+    assert rotation_retryable(error) is retried
 
 
 # -- scheduled rotation: schedule + driver sensor, evaluated as the daemon would -------------------
@@ -574,11 +681,95 @@ def test_driver_leaves_a_date_outside_the_partitions_to_the_cli(
         from pipelines.definitions import defs
 
         key_rotation_driver = defs.resolve_sensor_def("key_rotation_driver")
-        rotate_partition(fieldcrypt, PARTITIONS[1])
-        with dg.build_sensor_context(resources={"fieldcrypt": fieldcrypt}) as context:
+        instance = DagsterInstance.ephemeral()
+        rotate_partition(fieldcrypt, PARTITIONS[1], instance=instance)
+        with dg.build_sensor_context(instance=instance, resources={"fieldcrypt": fieldcrypt}) as context:
             skipped = key_rotation_driver(context)
 
     assert isinstance(skipped, dg.SkipReason) and "outside the code location" in (skipped.skip_message or "")
+
+
+def test_driver_cursor_remembers_the_partitions_found_clean_in_the_campaign(fieldcrypt: FieldcryptResource) -> None:
+    from assets import build_assets
+    from pipelines.rotation import build_rotation_definitions, read_driver_cursor
+
+    protect_lake(fieldcrypt, DAYS[:2])
+    instance = DagsterInstance.ephemeral()
+    start_campaign(fieldcrypt, instance)
+    rotate_partition(fieldcrypt, PARTITIONS[0], instance=instance)
+    resources = {"fieldcrypt": fieldcrypt}
+    generated = build_assets(fieldcrypt.config().datasets)
+    defs = dg.Definitions.merge(
+        generated.definitions(), build_rotation_definitions(generated), dg.Definitions(resources=resources)
+    )
+
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        defs.resolve_sensor_def("key_rotation_driver")(context)
+        cursor = context.cursor
+
+    clean = read_driver_cursor(cursor, current_campaign_id(fieldcrypt))
+    assert set(clean) == {f"users/{PARTITIONS[0]}", f"events/{PARTITIONS[0]}"}
+
+
+def test_driver_with_a_read_budget_requests_completion_only_once_every_partition_was_read(
+    fieldcrypt: FieldcryptResource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from assets import build_assets
+    from pipelines.rotation import build_rotation_definitions
+
+    monkeypatch.setenv("FIELDCRYPT_DRIVER_MAX_READS", "1")
+    protect_lake(fieldcrypt, DAYS[:2])
+    instance = DagsterInstance.ephemeral()
+    start_campaign(fieldcrypt, instance)
+    for partition in PARTITIONS[:2]:
+        rotate_partition(fieldcrypt, partition, instance=instance)  # all four partitions clean, none read yet
+    resources = {"fieldcrypt": fieldcrypt}
+    generated = build_assets(fieldcrypt.config().datasets)
+    defs = dg.Definitions.merge(
+        generated.definitions(), build_rotation_definitions(generated), dg.Definitions(resources=resources)
+    )
+    sensor = defs.resolve_sensor_def("key_rotation_driver")
+    cursor = None
+    ticks = []
+    for _ in range(6):
+        with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
+            ticks.append(sensor(context))
+            cursor = context.cursor
+        if isinstance(ticks[-1], dg.SensorResult):
+            break
+
+    assert [type(tick) for tick in ticks] == [dg.SkipReason] * 3 + [dg.SensorResult]
+    assert "not read yet" in (ticks[0].skip_message or "")  # type: ignore[union-attr]
+    (completion,) = ticks[-1].run_requests  # type: ignore[union-attr]
+    assert completion.job_name == "complete_key_rotation"
+
+
+@pytest.mark.parametrize("value", ["0", "many", "٣"])
+def test_driver_read_budget_that_is_not_a_positive_number_is_a_named_config_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from pipelines.rotation import driver_max_reads
+
+    monkeypatch.setenv("FIELDCRYPT_DRIVER_MAX_READS", value)
+
+    with pytest.raises(ConfigError, match="FIELDCRYPT_DRIVER_MAX_READS"):
+        driver_max_reads()
+
+
+@pytest.mark.parametrize("cursor", [None, "", "not base64!", base64.b64encode(b"not zlib").decode()])
+def test_driver_cursor_that_does_not_parse_means_a_full_scan(cursor: str | None) -> None:
+    from pipelines.rotation import read_driver_cursor
+
+    assert read_driver_cursor(cursor, "rot-1") == {}
+
+
+def test_driver_cursor_of_another_campaign_means_a_full_scan() -> None:
+    from pipelines.rotation import driver_cursor, read_driver_cursor
+
+    cursor = driver_cursor("rot-1", {"users/2026-11-01": "00112233aabbccdd"})
+
+    assert read_driver_cursor(cursor, "rot-1") == {"users/2026-11-01": "00112233aabbccdd"}
+    assert read_driver_cursor(cursor, "rot-2") == {}
 
 
 def test_rotation_cron_comes_from_the_environment_with_a_quarterly_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -597,23 +788,29 @@ def test_rotation_cron_comes_from_the_environment_with_a_quarterly_default(monke
 # -- the definitions ---------------------------------------------------------------------------------
 
 
-def test_rotation_assets_run_one_partition_per_run_in_the_kms_pool_with_their_check() -> None:
+def test_rotation_assets_are_partitioned_by_campaign_and_snapshot_in_the_kms_pool_with_their_check() -> None:
     from pipelines.definitions import defs
 
     snapshot_partitions = defs.resolve_assets_def("protected_users").partitions_def
     for dataset, name in ROTATED.items():
         asset = defs.resolve_assets_def(name)
-        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(1)
+        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(25)
         assert asset.op.pool == "kms"
         assert {key.name for key in asset.check_keys} == {"no_old_wrapped_keys"}
-        assert asset.partitions_def == snapshot_partitions
+        assert isinstance(asset.partitions_def, dg.MultiPartitionsDefinition)
+        dimensions = {d.name: d.partitions_def for d in asset.partitions_def.partitions_defs}
+        assert dimensions == {
+            "campaign": dg.DynamicPartitionsDefinition(name="rotation_campaign"),
+            "snapshot": snapshot_partitions,
+        }
         assert dg.AssetKey(f"protected_{dataset}") in asset.dependency_keys
     assert {job.name for job in defs.resolve_all_job_defs()} >= {
         "start_key_rotation",
         "rotate_keys",
         "complete_key_rotation",
     }
-    assert defs.resolve_job_def("rotate_keys").partitions_def == snapshot_partitions
+    rotated_partitions = defs.resolve_assets_def("rotated_users_keys").partitions_def
+    assert defs.resolve_job_def("rotate_keys").partitions_def == rotated_partitions
     schedule = defs.resolve_schedule_def("scheduled_key_rotation")
     sensor = defs.resolve_sensor_def("key_rotation_driver")
     assert (schedule.job_name, schedule.execution_timezone) == ("start_key_rotation", "UTC")

@@ -55,7 +55,7 @@ def _wait_until(condition: Any, what: str) -> None:
 
 @pytest.fixture
 def instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dg.DagsterInstance]:
-    settings = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    settings = yaml.safe_load((ROOT / "dagster_home" / "dagster.yaml").read_text())
     settings["run_monitoring"].update(SHORTENED)
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -91,7 +91,7 @@ def _claimed(instance: dg.DagsterInstance) -> list[str]:
 
 
 def test_repository_dagster_yaml_enables_run_monitoring_and_frees_slots_of_ended_runs() -> None:
-    monitoring = yaml.safe_load((ROOT / "dagster.yaml").read_text())["run_monitoring"]
+    monitoring = yaml.safe_load((ROOT / "dagster_home" / "dagster.yaml").read_text())["run_monitoring"]
     assert monitoring["enabled"] is True
     assert monitoring["max_runtime_seconds"] > 0
     assert monitoring["free_slots_after_run_end_seconds"] > 0

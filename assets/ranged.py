@@ -1,0 +1,175 @@
+"""Runs that cover a range of partitions: how many per run, how many at once, and what each one reports.
+
+A backfill over thousands of partitions launches `ceil(partitions / N)` runs
+(`BackfillPolicy.multi_run(max_partitions_per_run=N)`, N from FIELDCRYPT_MAX_PARTITIONS_PER_RUN,
+default 25), not one run (one process start-up, ~10 s) per partition. Inside a run a small
+thread pool (FIELDCRYPT_PARTITION_THREADS, default 4) works through the run's partitions;
+each partition's work is the core's, unchanged: every file is verified, then replaced
+atomically, so a partition that fails leaves its files as they were, and the partitions
+that succeeded stay done whatever happens to the others.
+
+What a user sees per partition, although Dagster 1.13 lets an asset return one
+`MaterializeResult` per run (it has no partition argument): the asset does not return an
+output (`output_required=False`); it logs one `AssetMaterialization` per partition that is
+done, with that partition's metadata. A partition that failed gets no materialization, so
+it shows as failed in the asset's partition bar, and "missing and failed" in the launch
+dialog selects it again; the run then fails with a `dg.Failure` naming each failed
+partition and why.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from assets.checks import aggregate_check_results, failed_check_names
+from fieldcrypt.errors import ConfigError
+
+MAX_PARTITIONS_PER_RUN_ENV = "FIELDCRYPT_MAX_PARTITIONS_PER_RUN"
+PARTITION_THREADS_ENV = "FIELDCRYPT_PARTITION_THREADS"
+DEFAULT_MAX_PARTITIONS_PER_RUN = 25
+DEFAULT_PARTITION_THREADS = 4
+
+# A failure's description lists at most this many problems; its metadata lists all.
+LISTED_PROBLEMS = 20
+
+
+def _positive_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ConfigError(f"{name}={raw!r} is not a positive whole number")
+    return int(raw)
+
+
+def max_partitions_per_run() -> int:
+    """N of `BackfillPolicy.multi_run(N)`: read when the code location loads."""
+    return _positive_int(MAX_PARTITIONS_PER_RUN_ENV, DEFAULT_MAX_PARTITIONS_PER_RUN)
+
+
+def partition_threads() -> int:
+    """Partitions worked on at once inside one run (each with its own KMS data-key cache)."""
+    return _positive_int(PARTITION_THREADS_ENV, DEFAULT_PARTITION_THREADS)
+
+
+def backfill_policy(partitions_def: dg.PartitionsDefinition | None) -> dg.BackfillPolicy | None:
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run()) if partitions_def is not None else None
+
+
+@dataclass
+class PartitionDone:
+    """What one partition's work reports: its materialization metadata and its check results."""
+
+    metadata: dict[str, Any]
+    checks: list[dg.AssetCheckResult] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    """One partition's result, or the error it failed with. `key` is the Dagster partition key
+    (None: unpartitioned), `label` the dataset partition it stands for, as people read it."""
+
+    key: str | None
+    label: str
+    done: PartitionDone | None = None
+    error: Exception | None = None
+
+
+def run_keys(context: dg.AssetExecutionContext) -> list[str | None]:
+    """The run's partition keys: one for a single-partition run, the range of a ranged backfill run."""
+    if context.assets_def.partitions_def is None:
+        return [None]
+    return list(context.partition_keys)
+
+
+def run_partitions(
+    keys: Sequence[str | None], label: Callable[[str | None], str], work: Callable[[str | None], PartitionDone]
+) -> list[Outcome]:
+    """`work` on every partition, a few at once; every partition is attempted whatever the others do."""
+
+    def attempt(key: str | None) -> Outcome:
+        try:
+            return Outcome(key, label(key), done=work(key))
+        except Exception as exc:  # reported per partition; the run fails after all were attempted
+            return Outcome(key, label(key), error=exc)
+
+    if len(keys) <= 1:
+        return [attempt(key) for key in keys]
+    with ThreadPoolExecutor(max_workers=min(partition_threads(), len(keys))) as pool:
+        return list(pool.map(attempt, keys))
+
+
+def report_partitions(
+    context: dg.AssetExecutionContext,
+    action: str,
+    dataset: str,
+    outcomes: list[Outcome],
+    retryable: Callable[[Exception], bool],
+) -> Iterator[dg.AssetCheckResult]:
+    """Log a materialization per partition done with passing checks, yield the run's check results, and
+    fail the run naming every partition that failed or whose checks failed (the others stay done)."""
+    problems: dict[str, str] = {}
+    for outcome in outcomes:
+        if outcome.error is not None:
+            exc = outcome.error
+            problems[outcome.label] = (
+                f"{action} {dataset} partition {outcome.label} failed: {type(exc).__name__}: {exc}"
+            )
+            continue
+        assert outcome.done is not None
+        failed = failed_check_names(outcome.done.checks)
+        if failed:
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=context.asset_key,
+                    partition=outcome.key,
+                    metadata={
+                        "partition": outcome.label,
+                        "failed_checks": dg.MetadataValue.json(failed),
+                        **{
+                            f"{result.check_name}.{name}": value
+                            for result in outcome.done.checks
+                            if not result.passed
+                            for name, value in result.metadata.items()
+                        },
+                    },
+                )
+            )
+            problems[outcome.label] = "; ".join(
+                f"check {name} failed for {dataset} partition {outcome.label}" for name in failed
+            )
+        else:
+            context.log_event(
+                dg.AssetMaterialization(
+                    asset_key=context.asset_key, partition=outcome.key, metadata=outcome.done.metadata
+                )
+            )
+    checked = {o.key: o.done.checks for o in outcomes if o.done is not None and o.done.checks}
+    if checked:
+        yield from aggregate_check_results(checked)
+    if not problems:
+        return
+    listed = [problems[label] for label in sorted(problems)]
+    if len(outcomes) == 1:
+        description = listed[0]
+    else:
+        description = (
+            f"{len(problems)} of {len(outcomes)} partitions of {dataset} failed (the other partitions are done): "
+            + "; ".join(listed[:LISTED_PROBLEMS])
+            + ("; ..." if len(listed) > LISTED_PROBLEMS else "")
+            + ". Re-run them: a backfill of the asset with \"missing and failed\" selects exactly these."
+        )
+    raise dg.Failure(
+        description=description,
+        metadata={
+            "failed_partitions": dg.MetadataValue.json(sorted(problems)),
+            "problems": dg.MetadataValue.json(problems),
+        },
+        allow_retries=any(retryable(o.error) for o in outcomes if o.error is not None),
+    )

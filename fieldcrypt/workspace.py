@@ -145,9 +145,9 @@ class Workspace:
             if binding is None:
                 self._cache = cache  # the policy store below reaches the cache through key_cache()
                 try:
-                    if not self.policies.exists():
-                        self.policies.write_authenticated(Policy(self.name))
-                    self.bindings.save(KeyBinding(info).with_check_value(info, self._check_value(provider, info)))
+                    self.policies.create(Policy(self.name))  # another worker's first policy is kept
+                    bound = KeyBinding(info).with_check_value(info, self._check_value(provider, info))
+                    self.bindings.save(bound, previous=None)
                 except BaseException:
                     self._cache = None
                     raise
@@ -252,7 +252,7 @@ class Workspace:
                     "nothing was written - restore this lake's keystore"
                 )
         if updated != binding:
-            self.bindings.save(updated)
+            self.bindings.save(updated, previous=binding)
             added = sorted(set(updated.check_values) - set(binding.check_values))
             self.audit.record("key_check_value_added", detail=f"binding: {', '.join(added)}")
         return updated
@@ -340,7 +340,7 @@ class Workspace:
             )
         dataset = attribute.partition(".")[0]
         layout = self.layout(dataset)
-        policy = self.policy()
+        policy = previous = self.policy()
         if dataset not in policy.datasets:
             policy = policy.with_dataset(layout.spec)
         policy = policy.with_enabled(attribute, mask, enabled_by=self.audit.actor, blind_index=blind_index)
@@ -351,11 +351,14 @@ class Workspace:
                 with open_parquet(self.store, rel) as parquet:
                     check_schema(parquet.schema_arrow, policy.datasets[dataset], [entry], self.store.display(rel))
         self.policies.load().check_successor(policy)  # refuse before creating an index key
-        if blind_index:  # the key exists before any run can need it
-            index_keys = self.index_keys.load()
-            index_keys[entry.name] = self.key_cache().new_index_key(dataset, entry.path)
-            self.index_keys.save(index_keys)
-        self.policies.save(policy)
+        if blind_index:  # the key exists before any run can need it (one left by an interrupted enable is kept)
+            cache = self.key_cache()
+            self.index_keys.update(
+                lambda keys: (
+                    None if entry.name in keys else {**keys, entry.name: cache.new_index_key(dataset, entry.path)}
+                )
+            )
+        self.policies.save(policy, previous=previous)
         self.audit.record("enable", dataset=dataset, attribute=entry.path, detail=f"mask={mask}")
         return entry
 
@@ -598,7 +601,7 @@ class Workspace:
             self.key_cache()  # the configured key is the bound one
             new = KeyRef(KMS, validate_kms_key(self._kms_client(), to_kms_key))
             updated = binding.start(new, self.audit.actor)
-        self.bindings.save(updated)
+        self.bindings.save(updated, previous=binding)
         campaign = updated.active_campaign
         assert campaign is not None
         self._drop_cache()
@@ -652,15 +655,20 @@ class Workspace:
 
     def _rotate_index_keys(self) -> int:
         """Rewrap every blind-index key and the policy MAC key not yet under the current master key."""
-        stored = self.index_keys.load()
         cache = self.key_cache()
-        stale = {name: value for name, value in stored.items() if not cache.is_current(value)}
-        for name, value in stale.items():
-            dataset, _, path = name.partition(".")
-            stored[name] = cache.rewrap(value, dataset, index_context_attribute(path))
-        if stale:
-            self.index_keys.save(stored)
-        return len(stale) + int(self.policies.rewrap_key())
+        rewrapped = 0
+
+        def rewrap_stale(stored: dict[str, bytes]) -> dict[str, bytes] | None:
+            nonlocal rewrapped
+            stale = {name: value for name, value in stored.items() if not cache.is_current(value)}
+            rewrapped = len(stale)
+            for name, value in stale.items():
+                dataset, _, path = name.partition(".")
+                stored = {**stored, name: cache.rewrap(value, dataset, index_context_attribute(path))}
+            return stored if stale else None
+
+        self.index_keys.update(rewrap_stale)
+        return rewrapped + int(self.policies.rewrap_key())
 
     def complete_rotation(self) -> Campaign:
         """Prove no wrapped key under the old master key remains, then retire it.
@@ -691,7 +699,7 @@ class Workspace:
                 f"rotation incomplete: {len(status.remaining)} partitions still hold old wrapped keys: {listed}"
             )
         updated, campaign = binding.complete()
-        self.bindings.save(updated)
+        self.bindings.save(updated, previous=binding)
         self._retire_old_version(campaign)
         self.audit.record(
             "rotation_complete",

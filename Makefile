@@ -45,7 +45,7 @@ $(DIST_STAMP): $(STAMP)
 	touch $(DIST_STAMP)
 
 pytest-distributed: $(DIST_STAMP)
-	$(VENV)/bin/pytest -q -p no:cacheprovider -m distributed tests/test_distributed.py
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m distributed tests/test_distributed.py tests/test_deploy.py
 
 # The native kernel's tests with the extension built under AddressSanitizer + UBSan (see .ci/sanitize).
 sanitize: $(STAMP)

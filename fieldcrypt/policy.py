@@ -261,6 +261,7 @@ class PolicyStore:
         compare-and-swap (LakeStore.update).
         """
         where = self.store.display(POLICY_PATH)
+        self._require_keys(where)  # binds a new lake first (which writes its first policy), then read-modify-write
 
         def change(stored: bytes | None) -> bytes:
             now = self._verified(stored) if stored is not None else self.load()
@@ -280,6 +281,7 @@ class PolicyStore:
         No successor check: `save` is the way to change a policy. This is for adoption of a
         reviewed legacy policy, and tests.
         """
+        self._require_keys(self.store.display(POLICY_PATH))  # binds a new lake before the read-modify-write
         self.store.update(POLICY_PATH, lambda stored: self._sealed(policy, stored), "this run was updating it")
 
     def create(self, policy: Policy) -> bool:

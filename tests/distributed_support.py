@@ -157,9 +157,8 @@ def celery_workers(names: list[str], env: Mapping[str, str], cwd: Path, log_dir:
 def wait_for_workers(app_module: str, names: list[str], env: Mapping[str, str], cwd: Path) -> None:
     """Wait until every named worker answers a ping through the broker."""
     probe = (
-        "import sys, importlib; app = importlib.import_module(sys.argv[1]).app; "
-        "print(' '.join(sorted((app.control.ping(timeout=2.0) and [n for r in app.control.ping(timeout=2.0) "
-        "for n in r]) or [])))"
+        "import importlib, sys; app = importlib.import_module(sys.argv[1]).app; "
+        "print(' '.join(name for reply in (app.control.ping(timeout=2.0) or []) for name in reply))"
     )
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:

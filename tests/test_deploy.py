@@ -105,6 +105,7 @@ def test_helm_values_launch_runs_as_kubernetes_jobs_on_external_postgres() -> No
     values, instance = helm_values(), instance_yaml()
     assert values["runLauncher"]["type"] == "K8sRunLauncher" == instance["run_launcher"]["class"]
     assert values["postgresql"]["enabled"] is False and values["postgresql"]["postgresqlHost"]
+    assert values["postgresql"]["postgresqlScheme"] == instance["storage"]["postgres"]["postgres_db"]["scheme"]
 
 
 def test_helm_user_deployment_serves_the_code_location_the_dockerfile_starts() -> None:
@@ -166,3 +167,18 @@ def test_instance_run_launcher_validates_against_dagster_k8s() -> None:
     launcher = process_config(K8sRunLauncher.config_type(), instance_yaml()["run_launcher"]["config"])
 
     assert launcher.success, launcher.errors
+
+
+@pytest.mark.distributed
+def test_instance_storage_url_names_a_postgres_driver_that_is_installed(pg_env: None) -> None:
+    import sqlalchemy
+    from dagster._config import process_config
+    from dagster_postgres import DagsterPostgresStorage
+    from dagster_postgres.utils import pg_url_from_config
+
+    storage = process_config(DagsterPostgresStorage.config_type(), instance_yaml()["storage"]["postgres"])
+    url = pg_url_from_config(storage.value)
+
+    engine = sqlalchemy.create_engine(url)  # imports the driver; connects only when used
+
+    assert engine.dialect.driver == "psycopg2"

@@ -10,6 +10,8 @@ save twice.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -129,6 +131,29 @@ def test_s3_replace_of_a_partition_file_is_a_copy_conditional_on_the_etag_read(m
     lake.replace_if("data/.temp", "data/part-0.parquet", read, "it was being protected")
 
     assert [bytes(headers["If-Match"]).decode() for headers in sent] == [read.identity]
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ADD_KEYS_SCRIPT = """
+import sys
+from fieldcrypt.blind_index import IndexKeyStore
+from fieldcrypt.store import LakeStore
+keys = IndexKeyStore(LakeStore.from_uri(sys.argv[1]))
+for n in range(int(sys.argv[3])):
+    keys.update(lambda stored, n=n: {**stored, f"users.{sys.argv[2]}{n}": b"k" * 32})
+"""
+
+
+def test_processes_racing_on_a_local_control_file_keep_every_update(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    workers = [
+        subprocess.Popen([sys.executable, "-c", ADD_KEYS_SCRIPT, str(lake), name, "25"], cwd=REPO_ROOT)
+        for name in ("a", "b", "c")
+    ]
+
+    assert [worker.wait(timeout=120) for worker in workers] == [0, 0, 0]
+    stored = IndexKeyStore(LakeStore.from_uri(str(lake))).load()
+    assert sorted(stored) == sorted(f"users.{name}{n}" for name in "abc" for n in range(25))
 
 
 # -- control files ------------------------------------------------------------------------

@@ -1,15 +1,22 @@
 """`make demo`: a week of sample snapshots protected through Dagster, on a local key, no cloud.
 
+The story is the one a real pipeline produces, on the real clock:
+
 1. fresh state under --dir (refuses a non-empty folder it did not create);
-2. a local master key (0600 keystore) and a week of users and events snapshots whose
-   ingestion times are shifted so that "now" falls in the middle of the week, where the
-   catalog (fieldcrypt.yaml, workspace `demo`) declares them;
+2. a local master key (0600 keystore) and the week's history landed where the catalog
+   (fieldcrypt.yaml, workspace `demo`) declares it: the seven complete days before today,
+   each snapshot holding rows ingested within its own day;
 3. the attributes the catalog lists (`users.email`, `users.phone`, `events.properties.email`)
-   enabled through the `enable_attribute` job: enablement is now, so the week's older rows
-   stay historical plaintext and the newer ones get encrypted;
-4. every partition protected by the `protect_snapshots` job, one Dagster run per partition, on
-   a persistent instance under --dir/dagster_home (what `make ui` opens afterwards);
-5. a report (counts, never values) and what an analyst sees: masked columns via polars.
+   enabled through the Dagster `enable_attribute` job: enablement is now, so every row
+   ingested before it stays historical plaintext;
+4. today's snapshot landed after the enablement: rows ingested earlier today (before it) and
+   rows ingested since (after it, never after now);
+5. every partition protected: the complete days by the `protect_snapshots` job, one Dagster
+   run per partition on a persistent instance under --dir/dagster_home (what `make ui` opens);
+   today's, not yet a Dagster partition (daily partitions end at the last complete day), by
+   the same core call an operator makes with `fieldcrypt protect users --partition <today>`;
+6. a report (counts, never values) and what an analyst gets through the analyst view
+   (`fieldcrypt.analyst.scan_dataset`): masks, `<column>_is_protected`, no `__fc_*` columns.
 """
 
 from __future__ import annotations
@@ -55,30 +62,28 @@ def main(argv: list[str] | None = None) -> int:
 
     today = datetime.now(UTC).date()
     first_day = today - timedelta(days=DAYS)
-    partitions = [(first_day + timedelta(days=i)).isoformat() for i in range(DAYS)]
+    partitions = [(first_day + timedelta(days=i)).isoformat() for i in range(DAYS)]  # complete days only
     settings = _configure(root, first_day, today)
 
     # Imported only now: the code location reads its settings from the environment at import.
     import dagster as dg
 
     from demo.sample_data import land_sample_lake
+    from fieldcrypt import Workspace
     from fieldcrypt.keystore import Keystore
     from fieldcrypt.store import LakeStore
     from pipelines.definitions import defs
     from resources.settings import WORKSPACE as CONFIG
 
     keystore = Keystore.create(Path(CONFIG.key.keystore_path or ""), WORKSPACE)
-    # Snapshot day D holds rows ingested over [D, D+1) + shift: the week's midpoint lands on now.
-    week_start = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC)
-    shift = datetime.now(UTC) - (week_start + timedelta(days=DAYS / 2))
     lake = LakeStore.from_uri(CONFIG.lake_uri)
-    land_sample_lake(lake, first_day, DAYS, args.users, args.events, ingested_shift=shift)
+    land_sample_lake(lake, first_day, DAYS, args.users, args.events)
     print(f"fieldcrypt demo in {root}")
     mode = stat.S_IMODE(keystore.path.stat().st_mode)
     print(f"  local master key {keystore.key_id} v{keystore.current} in {keystore.path} (mode {mode:04o})")
     print(
-        f"  landed {DAYS} daily snapshots {partitions[0]} .. {partitions[-1]}: "
-        f"{args.users} users + {args.events} events each, ingestion times spanning now"
+        f"  landed {DAYS} daily snapshots {partitions[0]} .. {partitions[-1]} (rows ingested within their day): "
+        f"{args.users} users + {args.events} events each"
     )
 
     with dg.DagsterInstance.get() as instance:
@@ -91,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
                 run_config={**QUIET, "ops": {"record_enablement": {"config": config}}}, instance=instance
             )
             print(f"  enabled {dataset}.{attribute} (mask {mask}) in Dagster run {result.run_id[:8]}")
+
+        workspace = Workspace(CONFIG, actor="demo")
+        enabled_at = max(entry.enabled_at for entry in workspace.policy().attributes.values())
+        landed = land_today(lake, enabled_at, args.users, args.events)
+        print(
+            f"  landed today's snapshot {enabled_at.date()}: half its rows ingested before the enablement "
+            f"({enabled_at:%H:%M:%S} UTC), half after it, up to {landed:%H:%M:%S.%f} UTC"
+        )
 
         protect_job = defs.resolve_job_def("protect_snapshots")
         totals: dict[str, DatasetTotals] = {}
@@ -118,9 +131,31 @@ def main(argv: list[str] | None = None) -> int:
         f"  re-run of partition {partitions[-1]}: {sum(int(m['newly_encrypted']) for m in rerun)} cells encrypted, "
         f"{sum(bool(m['rewritten']) for m in rerun)} files rewritten"
     )
-    _analyst_view(Path(CONFIG.lake_uri), CONFIG)
+    today_key = enabled_at.date().isoformat()
+    print(f"\nToday's partition {today_key} (a Dagster partition once the day is over), protected by the core:")
+    for dataset in CONFIG.datasets:
+        report = workspace.protect(dataset, today_key)
+        cells = ", ".join(
+            f"{path} {counts.newly_encrypted:,} encrypted / {counts.historical_plaintext:,} historical"
+            for path, counts in sorted(report.attributes.items())
+        )
+        print(f"  {dataset:<7} {report.rows:>8,} rows: {cells}")
+    _analyst_view(CONFIG, today_key)
     print(f"\nNext: `make ui` opens this instance ({settings['DAGSTER_HOME']}) at http://127.0.0.1:3000")
     return 0
+
+
+def land_today(lake: Any, enabled_at: datetime, users: int, events: int) -> datetime:
+    """Today's snapshot so far: half its rows ingested before `enabled_at`, half since, none after now."""
+    from demo.sample_data import events_table, users_table, write_snapshot
+
+    day = enabled_at.date()
+    midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    landed = min(datetime.now(UTC), midnight + timedelta(days=1))
+    spans = [(midnight, enabled_at), (enabled_at, landed)] if enabled_at > midnight else [(enabled_at, landed)]
+    write_snapshot(lake, "users", day, users_table(day, users, ingested=spans))
+    write_snapshot(lake, "events", day, events_table(day, events, ingested=spans))
+    return landed
 
 
 def _fresh(root: Path) -> None:
@@ -189,41 +224,29 @@ def _report(totals: dict[str, DatasetTotals], wall: float, runs: int, checks_pas
     print(f"  asset checks: {checks_passed}/{checks_total} passed")
 
 
-def _analyst_view(lake: Path, config: Any) -> None:
-    """What an analyst reading the lake sees. Only rows ingested after enablement are shown:
-    older rows are historical plaintext by design, so they are counted, never printed."""
+def _analyst_view(config: Any, today: str) -> None:
+    """What an analyst reading the lake gets through the analyst view (no master key): per day, the
+    distinct real values and the masked rows of each protected column (counts only), then today's
+    protected rows as they read them. Unprotected (historical) rows are counted, never printed."""
     import polars as pl
 
-    from fieldcrypt import Workspace
+    from fieldcrypt.analyst import scan_dataset
 
-    # The policy is authenticated under the master key: read it through a workspace.
-    policy = Workspace(config, actor="demo").policy()
     pl.Config.set_tbl_hide_dataframe_shape(True)
     pl.Config.set_fmt_str_lengths(40)
-    shown = {
-        "users": [pl.col("user_id"), pl.col("email"), pl.col("phone"), pl.col("country")],
-        "events": [pl.col("event_id"), pl.col("event_type"), pl.col("properties").struct.field("email", "campaign")],
-    }
-    for dataset, columns in shown.items():
-        attributes = policy.for_dataset(dataset)
-        since = max(a.enabled_at for a in attributes)
-        # Files with nothing to encrypt keep their original schema; read the columns every file has.
-        frame = pl.scan_parquet(
-            f"{lake}/{dataset}/**/*.parquet", hive_partitioning=True, missing_columns="insert", extra_columns="ignore"
-        )
-        protected = frame.filter(pl.col("ingested_at") >= since).select(pl.col("date"), *columns).head(4).collect()
-        for attribute in attributes:
-            column = protected.get_column(attribute.path.split(".")[-1])
-            if not column.drop_nulls().str.starts_with("****").all():  # belt and braces: never print a value
-                raise SystemExit(f"{attribute.name}: a row after enablement is not masked; not printing it")
-        print(f"\nAnalyst view of {dataset} (polars, rows ingested after enablement):")
+    pl.Config.set_tbl_cols(-1)
+    pl.Config.set_tbl_width_chars(160)
+    for dataset in config.datasets:
+        frame = scan_dataset(dataset, lake=config.lake_uri)
+        flags = [name for name in frame.collect_schema().names() if name.endswith("_is_protected")]
+        print(f"\nAnalyst view of {dataset} (scan_dataset: {', '.join(flags)}; no __fc_* columns):")
+        per_day = frame.group_by("date").agg(pl.len().alias("rows"), *[pl.col(flag).sum() for flag in flags])
+        print(per_day.sort("date").collect())
+        protected = frame.filter(pl.col("date") == today, pl.all_horizontal(flags)).head(3).collect()
+        if not protected.select(pl.all_horizontal(flags).all()).item():  # belt and braces: never print a value
+            raise SystemExit(f"{dataset}: a row chosen to show is not protected; not printing it")
+        print("  today's rows ingested after enablement, as an analyst reads them (masks where *_is_protected):")
         print(protected)
-        for attribute in attributes:
-            top = attribute.path.split(".")
-            value = pl.col(top[0]).struct.field(top[1]) if len(top) == 2 else pl.col(top[0])
-            before = frame.filter(pl.col("ingested_at") < attribute.enabled_at, value.is_not_null())
-            count = before.select(pl.len()).collect().item()
-            print(f"  {attribute.name}: {count:,} rows ingested before enablement stay plaintext (not shown)")
 
 
 if __name__ == "__main__":

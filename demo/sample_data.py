@@ -4,15 +4,17 @@ They land where the demo's catalog (fieldcrypt.yaml) declares them: `<lake>/<dat
 date=YYYY-MM-DD/part-0.parquet`, one file per daily partition, as a simple upstream job
 would. Lakes written by real engines (many files, other names) are built in the tests.
 
-Values are synthetic; ingestion times are spread over the snapshot's day so that an
-enablement time inside the day splits the rows. `ingested_shift` moves every ingestion
-time by a fixed amount, so a demo can land past snapshot dates whose rows straddle "now"
-(the moment an attribute is enabled).
+Values are synthetic; ingestion times are spread over the snapshot's day (or over a
+chosen spans within it, `ingested=`), so that an enablement time inside the day splits
+the rows. `ingested_shift` moves every ingestion time by a fixed amount (tests use it to
+straddle "now"; the demo does not: its rows are ingested within their own day, never
+after now).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
@@ -48,12 +50,24 @@ EVENTS_SCHEMA = pa.schema(
 )
 
 
-def _times(day: date, rows: int, rng: random.Random) -> list[datetime]:
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return sorted(start + timedelta(microseconds=rng.randrange(86_400_000_000)) for _ in range(rows))
+Span = tuple[datetime, datetime]  # [from, to) of ingestion times
 
 
-def users_table(day: date, rows: int, seed: int = 0) -> pa.Table:
+def _times(day: date, rows: int, rng: random.Random, ingested: Sequence[Span] | None = None) -> list[datetime]:
+    """Sorted ingestion times over the snapshot's day, or split evenly over `ingested` spans within that day."""
+    day_start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    spans = list(ingested or [(day_start, day_start + timedelta(days=1))])
+    times = []
+    for index, (start, end) in enumerate(spans):
+        if not (day_start <= start < end <= day_start + timedelta(days=1)):
+            raise ValueError(f"ingestion times {start} .. {end} are not within the snapshot's day {day}")
+        count = rows // len(spans) + (index < rows % len(spans))
+        width = (end - start) // timedelta(microseconds=1)
+        times.extend(start + timedelta(microseconds=rng.randrange(width)) for _ in range(count))
+    return sorted(times)
+
+
+def users_table(day: date, rows: int, seed: int = 0, ingested: Sequence[Span] | None = None) -> pa.Table:
     rng = random.Random(f"users-{day}-{seed}")
     ids = list(range(rows))
     return pa.table(
@@ -63,13 +77,13 @@ def users_table(day: date, rows: int, seed: int = 0) -> pa.Table:
             "phone": [None if i % 13 == 5 else f"+33 6 {rng.randrange(10**8):08d}" for i in ids],
             "name": [f"Name {i}" for i in ids],
             "country": [rng.choice(_COUNTRIES) for _ in ids],
-            "ingested_at": _times(day, rows, rng),
+            "ingested_at": _times(day, rows, rng, ingested),
         },
         schema=USERS_SCHEMA,
     )
 
 
-def events_table(day: date, rows: int, seed: int = 0) -> pa.Table:
+def events_table(day: date, rows: int, seed: int = 0, ingested: Sequence[Span] | None = None) -> pa.Table:
     rng = random.Random(f"events-{day}-{seed}")
     props = [
         None
@@ -87,7 +101,7 @@ def events_table(day: date, rows: int, seed: int = 0) -> pa.Table:
             "user_id": [rng.randrange(1000) for _ in range(rows)],
             "event_type": [rng.choice(_EVENT_TYPES) for _ in range(rows)],
             "properties": props,
-            "ingested_at": _times(day, rows, rng),
+            "ingested_at": _times(day, rows, rng, ingested),
         },
         schema=EVENTS_SCHEMA,
     )

@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--blind-index", action="store_true", help="also write a keyed index for joins and distinct counts"
     )
     enable.add_argument(
+        "--pad-to",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="pad cells to a multiple of BYTES (16..4096, a power of two) so ciphertext hides exact value lengths",
+    )
+    enable.add_argument(
         ACK_FLAG,
         dest="acknowledged",
         action="store_true",
@@ -180,7 +187,10 @@ def _run_key(args: argparse.Namespace) -> None:
         store = Keystore.create(path, config.name)
     elif args.key_command == "wrapping-key":
         args.out.write_bytes(new_wrapping_key(wrapping_private))
-        print(f"wrote RSA public wrapping key to {args.out}; see docs/OPERATIONS.md for the openssl command")
+        print(
+            f"wrote RSA public wrapping key to {args.out}; the customer wraps their key with the openssl "
+            'command of docs/OPERATIONS.md, "Importing a customer key"'
+        )
         return
     elif args.key_command == "import":
         if args.wrapped:
@@ -224,7 +234,11 @@ def run(argv: Sequence[str] | None = None) -> int:
                 f"pass {ACK_FLAG} to confirm both"
             )
         entry = workspace.enable(
-            args.attribute, args.mask, acknowledge_irreversible=args.acknowledged, blind_index=args.blind_index
+            args.attribute,
+            args.mask,
+            acknowledge_irreversible=args.acknowledged,
+            blind_index=args.blind_index,
+            pad_to=args.pad_to,
         )
         print(
             f"{entry.name}: enabled at {entry.enabled_at.isoformat()} with mask {entry.mask}; "

@@ -23,6 +23,7 @@ from fieldcrypt.columns import raw_path, replace_path, row_key_bytes
 from fieldcrypt.errors import InputError
 from fieldcrypt.kernel import encrypt_column
 from fieldcrypt.mask import mask_values
+from fieldcrypt.padding import PADDED_CELL_VERSION, pad, padded_ad_prefix, with_version
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.select import RowSelection
 
@@ -47,15 +48,19 @@ def encrypt_values(
     dataset: str,
     attribute: str,
     partition: str | None = None,
+    pad_to: int = 0,
 ) -> tuple[pa.Array, pa.Array, list[bytes]]:
     """The encryption kernel: non-null text values -> (ciphertext column, key index, wrapped keys).
 
     Long inputs are split when a data key's cell budget runs out; `key_index[i]` says
-    which of the returned wrapped keys encrypted cell i.
+    which of the returned wrapped keys encrypted cell i. With `pad_to`, cells are format 2
+    (length-padded, fieldcrypt.padding).
     """
     plain = values.cast(pa.large_binary() if values.type == pa.large_string() else pa.binary())
     keys = row_keys.cast(pa.binary()) if row_keys is not None else None
     prefix = ad_prefix(dataset, attribute, has_row_key=row_keys is not None)
+    if pad_to:
+        plain, prefix = pad(plain, pad_to), padded_ad_prefix(prefix)
     chunks: list[pa.Array] = []
     wrapped_keys: list[bytes] = []
     key_index = np.empty(len(plain), dtype=np.int32)
@@ -73,6 +78,8 @@ def encrypt_values(
     if not chunks:
         return pa.array([], pa.binary()), pa.array(key_index), wrapped_keys
     cells = chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks)
+    if pad_to:
+        cells = with_version(cells, PADDED_CELL_VERSION)
     return cells, pa.array(key_index), wrapped_keys
 
 
@@ -108,7 +115,7 @@ def encrypt_attribute(
                 f"({', '.join(dataset.primary_key)})"
             )
     ciphertext, key_index, wrapped_keys = encrypt_values(
-        selected_values, row_keys, cache, dataset.name, attribute.path, partition
+        selected_values, row_keys, cache, dataset.name, attribute.path, partition, attribute.pad_to
     )
     batch = with_protection_columns(batch, attribute)
     ct_at = batch.schema.get_field_index(attribute.ciphertext_column)

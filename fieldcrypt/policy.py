@@ -18,6 +18,7 @@ from fieldcrypt import policy_auth
 from fieldcrypt.attribute_path import AttributePath
 from fieldcrypt.binding import BINDING_PATH
 from fieldcrypt.errors import ConcurrentUpdateError, PolicyError
+from fieldcrypt.padding import check_pad_to
 from fieldcrypt.policy_auth import PolicyKeys
 from fieldcrypt.store import LakeStore
 
@@ -72,6 +73,7 @@ class AttributePolicy:
     enabled_at: datetime
     enabled_by: str
     blind_index: bool = False
+    pad_to: int = 0  # cells padded to a multiple of this many bytes (cell format 2); 0: not padded
 
     @property
     def name(self) -> str:
@@ -131,7 +133,13 @@ class Policy:
         return replace(self, datasets={**self.datasets, spec.name: spec})
 
     def with_enabled(
-        self, attribute: str, mask: str, enabled_by: str, now: datetime | None = None, blind_index: bool = False
+        self,
+        attribute: str,
+        mask: str,
+        enabled_by: str,
+        now: datetime | None = None,
+        blind_index: bool = False,
+        pad_to: int = 0,
     ) -> Policy:
         """A policy with `dataset.path` enabled from now on; enabling twice is refused."""
         dataset, _, path = attribute.partition(".")
@@ -151,7 +159,8 @@ class Policy:
                 f"{attribute} is already enabled (since {since}); enabling is irreversible and happens once"
             )
         enabled_at = (now or datetime.now(UTC)).astimezone(UTC)
-        entry = AttributePolicy(dataset, path, mask, enabled_at, enabled_by, blind_index)
+        pad_to = check_pad_to(pad_to, attribute)
+        entry = AttributePolicy(dataset, path, mask, enabled_at, enabled_by, blind_index, pad_to)
         for other in self.for_dataset(dataset):
             if other.column_stem == entry.column_stem:
                 raise PolicyError(f"{attribute} would share its ciphertext columns with {other.name}")
@@ -185,6 +194,7 @@ class Policy:
                     "enabled_at": _iso(a.enabled_at),
                     "enabled_by": a.enabled_by,
                     "blind_index": a.blind_index,
+                    **({"pad_to": a.pad_to} if a.pad_to else {}),  # absent: not padded (policies written before)
                 }
                 for n, a in sorted(self.attributes.items())
             },
@@ -203,7 +213,13 @@ class Policy:
                 dataset, _, path = name.partition(".")
                 enabled_at = datetime.fromisoformat(a["enabled_at"].replace("Z", "+00:00"))
                 attributes[name] = AttributePolicy(
-                    dataset, path, a["mask"], enabled_at, a["enabled_by"], bool(a.get("blind_index", False))
+                    dataset,
+                    path,
+                    a["mask"],
+                    enabled_at,
+                    a["enabled_by"],
+                    bool(a.get("blind_index", False)),
+                    check_pad_to(int(a.get("pad_to", 0)), name),
                 )
             return cls(doc["workspace"], datasets, attributes)
         except (ValueError, KeyError, TypeError) as exc:

@@ -12,10 +12,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fieldcrypt.cache import DataKeyCache
-from fieldcrypt.cell import ad_prefix
+from fieldcrypt.cell import CELL_VERSION, ad_prefix
 from fieldcrypt.columns import read_path, row_key_bytes
 from fieldcrypt.errors import InputError, IntegrityError, KeyProviderError
 from fieldcrypt.kernel import decrypt_column
+from fieldcrypt.padding import PADDED_CELL_VERSION, first_wrong_version, padded_ad_prefix, unpad, with_version
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.select import protection_columns
 
@@ -50,6 +51,14 @@ def decrypt_rows(
             raise IntegrityError(f"{where} row {row}: protected {attribute.name} has a null primary key")
         keys = keys.cast(pa.binary())
     prefix = ad_prefix(dataset.name, attribute.path, has_row_key=keys is not None)
+    if attribute.pad_to:  # format 2: every cell must be, and the kernels read it as format 1 under AD version 2
+        wrong = first_wrong_version(ciphertext, PADDED_CELL_VERSION)
+        if wrong is not None:
+            raise IntegrityError(
+                f"{where} row {rows[wrong[0]].as_py()}, {attribute.name}: cell format version {wrong[1]}, "
+                f"but the attribute is padded (format {PADDED_CELL_VERSION})"
+            )
+        ciphertext, prefix = with_version(ciphertext, CELL_VERSION), padded_ad_prefix(prefix)
     key_of_row = wrapped.indices.to_numpy(zero_copy_only=False)
     used, first_row = np.unique(key_of_row, return_index=True)
     in_row_order = np.argsort(first_row)
@@ -77,6 +86,8 @@ def decrypt_rows(
             positions.append(pa.array(at))
         order = pc.sort_indices(pa.concat_arrays(positions))
         plaintext = pa.concat_arrays(parts).take(order)
+    if attribute.pad_to:
+        plaintext = unpad(plaintext, f"{where}, {attribute.name}")
     value_type = read_path(batch.slice(0, 0), attribute.path, where).type
     return plaintext.cast(pa.large_binary() if value_type == pa.large_string() else pa.binary()).cast(value_type)
 

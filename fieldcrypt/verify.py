@@ -25,6 +25,7 @@ from fieldcrypt.columns import identical, raw_path, replace_path
 from fieldcrypt.encrypt import EncryptedAttribute, ciphertext_digest, used_wrapped_keys, values_digest
 from fieldcrypt.errors import VerificationError
 from fieldcrypt.mask import mask_values
+from fieldcrypt.padding import padded_length
 from fieldcrypt.parquet_io import read_ahead, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.reveal import decrypt_rows
@@ -163,7 +164,10 @@ def _verify_attribute(
     ciphertext = pc.filter(new_ct, rows.selected)
     if ciphertext.null_count or pc.filter(new_dek, rows.selected).null_count:
         raise VerificationError(f"{at}: an encrypted row lacks its ciphertext or wrapped key")
-    lengths_ok = pc.equal(pc.binary_length(ciphertext), pc.add(pc.binary_length(plaintext), CELL_OVERHEAD))
+    plain_lengths = pc.binary_length(plaintext)
+    if attribute.pad_to:  # format 2: the padded plaintext's length (fieldcrypt.padding)
+        plain_lengths = pa.array(padded_length(plain_lengths.to_numpy(zero_copy_only=False), attribute.pad_to))
+    lengths_ok = pc.equal(pc.binary_length(ciphertext), pc.add(plain_lengths, CELL_OVERHEAD))
     if not pc.all(lengths_ok).as_py():
         raise VerificationError(f"{at}: a ciphertext has the wrong length")
     if ciphertext_digest(ciphertext) != written.ciphertext_digest:

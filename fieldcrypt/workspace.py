@@ -325,11 +325,14 @@ class Workspace:
         *,
         acknowledge_irreversible: bool,
         blind_index: bool = False,
+        pad_to: int = 0,
     ) -> AttributePolicy:
         """Protect `dataset.path` for every row ingested from now on. Irreversible.
 
         The dataset must be declared in the catalog; the attribute must exist, with a type
         that can be protected, in every file of the newest partition landed so far.
+        With `pad_to`, cells are padded to a multiple of that many bytes, so their length shows
+        only the bucket of the value's length (cell format 2, docs/FORMAT.md section 2a).
         With `blind_index`, protected rows also get a keyed index of their value (joins and
         distinct counts without decrypting); its key is created here, under the master key.
         """
@@ -343,7 +346,9 @@ class Workspace:
         policy = previous = self.policy()
         if dataset not in policy.datasets:
             policy = policy.with_dataset(layout.spec)
-        policy = policy.with_enabled(attribute, mask, enabled_by=self.audit.actor, blind_index=blind_index)
+        policy = policy.with_enabled(
+            attribute, mask, enabled_by=self.audit.actor, blind_index=blind_index, pad_to=pad_to
+        )
         entry = policy.attributes[attribute]
         partitions = layout.partitions(self.store)
         if partitions:  # the attribute must exist, with a protectable type, in the data landed so far

@@ -113,11 +113,9 @@ def test_helm_user_deployment_serves_the_code_location_the_dockerfile_starts() -
     (cmd,) = [args for kind, args in dockerfile_instructions() if kind == "CMD"]
     started = yaml.safe_load(cmd)  # the exec form is a JSON list
     assert started[:3] == ["dagster", "api", "grpc"]
-    assert (
-        started[3:7]
-        == deployment["dagsterApiGrpcArgs"]
-        == ["--module-name", "pipelines.definitions", "--attribute", "defs"]
-    )
+    served = ["--module-name", "pipelines.definitions", "--attribute", "defs", "--working-directory", "/opt/fieldcrypt"]
+    assert started[3:9] == deployment["dagsterApiGrpcArgs"]
+    assert deployment["dagsterApiGrpcArgs"] == served
     assert "\ndefs = " in (REPO_ROOT / "pipelines" / "definitions.py").read_text()
 
 
@@ -126,7 +124,14 @@ def test_dockerfile_copies_only_what_the_project_has() -> None:
     sources = [part for args in copied if not args[0].startswith("--from") for part in args[:-1]]
     assert sources and all((REPO_ROOT / source).exists() for source in sources), sources
     packages = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    assert {p.rstrip("*") for p in packages["include"]} <= set(sources)
+    assert {p.rstrip("*") for p in packages["include"]} <= set(sources)  # the wheel's packages
+
+
+def test_dockerfile_ships_the_code_location_workspace_yaml_loads() -> None:
+    location = yaml.safe_load((REPO_ROOT / "workspace.yaml").read_text())["load_from"][0]["python_module"]
+    copied = {shlex.split(args)[0] for kind, args in dockerfile_instructions() if kind == "COPY"}
+    package = location["module_name"].split(".")[0]
+    assert {package, "assets", "resources", "workspace.yaml"} <= copied
 
 
 def test_dockerfile_installs_an_extra_the_project_declares() -> None:

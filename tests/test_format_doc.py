@@ -78,3 +78,25 @@ def test_standalone_decryptor_reads_aws_kms_files(tmp_path: Path, moto: str, mak
     )
     assert decrypted
     assert all(values[row] == plain for row, plain in decrypted.items())
+
+
+def test_standalone_decryptor_reads_padded_cells(local_workspace: Workspace, keystore_path: Path) -> None:
+    rel = snapshot_path("users", SAMPLE_DAY.isoformat())
+    original = pq.read_table(local_workspace.store.full_path(rel)).column("phone").to_pylist()
+    local_workspace.enable("users.phone", "last4", acknowledge_irreversible=True, pad_to=16)
+    backdate_policy(local_workspace)
+    assert local_workspace.protect("users", SAMPLE_DAY.isoformat()).newly_encrypted > 0
+    cells = pq.read_table(local_workspace.store.full_path(rel)).column("phone__fc_ct").drop_null().to_pylist()
+    assert {cell[0] for cell in cells} == {2}
+    keystore = Keystore.load(keystore_path)
+
+    decrypted = standalone_decryptor()["decrypt_column"](
+        local_workspace.store.full_path(rel),
+        WORKSPACE,
+        "users",
+        "phone",
+        primary_key="user_id",
+        local_master_keys={v: keystore.key_for(v) for v in keystore.versions},
+    )
+
+    assert decrypted and all(original[row] == value for row, value in decrypted.items())

@@ -8,7 +8,9 @@ UI_PORT ?= 3000
 # Concurrent KMS-calling steps allowed on the instance (the `kms` pool; see dagster_home/dagster.yaml).
 KMS_POOL_LIMIT ?= 4
 
-.PHONY: venv demo test lint typecheck pytest pytest-python-kernel sanitize bench bench-scale ui clean
+DIST_STAMP := $(VENV)/.installed-distributed-stamp
+
+.PHONY: venv demo test lint typecheck pytest pytest-python-kernel pytest-distributed sanitize bench bench-scale ui clean
 
 # setup.py builds the native cell kernel (fieldcrypt/_native.c) when gcc and the OpenSSL headers exist.
 $(STAMP): pyproject.toml setup.py fieldcrypt/_native.c
@@ -35,6 +37,15 @@ pytest: $(STAMP)
 pytest-python-kernel: $(STAMP)
 	FIELDCRYPT_KERNEL=python $(VENV)/bin/pytest -q -p no:cacheprovider \
 		tests/test_protect.py tests/test_reveal.py tests/test_tamper.py tests/test_verify_partition.py
+
+# Multi-worker tests (tests/test_distributed.py): PostgreSQL + Redis + two Celery workers, started by the
+# tests' fixtures on loopback; needs the `distributed` extra and Debian's postgresql and redis-server (.ci/run).
+$(DIST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,distributed]'
+	touch $(DIST_STAMP)
+
+pytest-distributed: $(DIST_STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m distributed tests/test_distributed.py tests/test_deploy.py
 
 # The native kernel's tests with the extension built under AddressSanitizer + UBSan (see .ci/sanitize).
 sanitize: $(STAMP)

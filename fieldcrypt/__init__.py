@@ -6,6 +6,7 @@ cell formats, nonces, key bytes and wrapping stay internal. Formats: docs/FORMAT
 
 from fieldcrypt.errors import (
     AccessDeniedError,
+    ConcurrentUpdateError,
     ConfigError,
     FieldcryptError,
     InputError,
@@ -22,6 +23,7 @@ from fieldcrypt.workspace import KeyConfig, Workspace, WorkspaceConfig
 
 __all__ = [
     "AccessDeniedError",
+    "ConcurrentUpdateError",
     "ConfigError",
     "FieldcryptError",
     "InputError",

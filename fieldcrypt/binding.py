@@ -17,7 +17,7 @@ import secrets
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
-from fieldcrypt.errors import KeyProviderError, PolicyError
+from fieldcrypt.errors import ConcurrentUpdateError, KeyProviderError, PolicyError
 from fieldcrypt.providers.base import MasterKeyInfo as KeyRef
 from fieldcrypt.store import FileVersion, LakeStore
 
@@ -115,8 +115,28 @@ class BindingStore:
         """What identifies the stored binding without reading it (one stat / HEAD)."""
         return self.store.version(BINDING_PATH) if self.store.exists(BINDING_PATH) else None
 
-    def save(self, binding: KeyBinding) -> None:
-        self.store.write_bytes(BINDING_PATH, binding.to_json().encode())
+    def save(self, binding: KeyBinding, previous: KeyBinding | None) -> None:
+        """Replace `previous` (None: no binding yet) by `binding`, never another worker's update.
+
+        If the stored binding is no longer `previous` (another worker bound the lake, or
+        started or completed a rotation, since this one read it), ConcurrentUpdateError and
+        nothing is written; if it already is `binding` (two workers binding a new lake to
+        the same key), there is nothing to write.
+        """
+        where = self.store.display(BINDING_PATH)
+
+        def change(stored: bytes | None) -> bytes | None:
+            now = None if stored is None else KeyBinding.from_json(stored.decode(), where)
+            if now == binding:
+                return None
+            if now != previous:
+                raise ConcurrentUpdateError(
+                    f"{where} changed while this run was updating it (another worker bound the lake or moved "
+                    "its rotation); nothing was written, run again"
+                )
+            return binding.to_json().encode()
+
+        self.store.update(BINDING_PATH, change, "this run was updating it")
 
 
 def _now() -> str:

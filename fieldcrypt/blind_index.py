@@ -14,6 +14,7 @@ import base64
 import binascii
 import hmac
 import json
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -83,15 +84,30 @@ class IndexKeyStore:
     def load(self) -> dict[str, bytes]:
         if not self.store.exists(INDEX_KEYS_PATH):
             return {}
+        return self._parse(self.store.read_bytes(INDEX_KEYS_PATH))
+
+    def _parse(self, data: bytes) -> dict[str, bytes]:
         where = self.store.display(INDEX_KEYS_PATH)
         try:
-            doc = json.loads(self.store.read_bytes(INDEX_KEYS_PATH))
+            doc = json.loads(data)
             if doc.get("format") != INDEX_KEYS_FORMAT:
                 raise IntegrityError(f"{where}: unknown format {doc.get('format')!r}")
             return {name: base64.b64decode(value, validate=True) for name, value in doc["keys"].items()}
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise IntegrityError(f"{where} is not a valid blind-index key file") from None
 
-    def save(self, keys: dict[str, bytes]) -> None:
-        doc = {"format": INDEX_KEYS_FORMAT, "keys": {n: base64.b64encode(v).decode() for n, v in sorted(keys.items())}}
-        self.store.write_bytes(INDEX_KEYS_PATH, (json.dumps(doc, indent=2) + "\n").encode())
+    def update(self, change: Callable[[dict[str, bytes]], dict[str, bytes] | None]) -> bool:
+        """Read-modify-write that never loses another worker's key (LakeStore.update).
+
+        `change` gets the stored keys and returns the new set (None: nothing to write); on
+        S3 it may be called again with a newer set, so it must depend only on what it gets.
+        """
+
+        def change_bytes(stored: bytes | None) -> bytes | None:
+            keys = change({} if stored is None else self._parse(stored))
+            if keys is None:
+                return None
+            encoded = {n: base64.b64encode(v).decode() for n, v in sorted(keys.items())}
+            return (json.dumps({"format": INDEX_KEYS_FORMAT, "keys": encoded}, indent=2) + "\n").encode()
+
+        return self.store.update(INDEX_KEYS_PATH, change_bytes, "this run was updating it")

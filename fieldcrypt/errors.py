@@ -47,6 +47,10 @@ class VerificationError(FieldcryptError):
     """A freshly written file did not verify; the original was left in place."""
 
 
+class ConcurrentUpdateError(VerificationError):
+    """Another worker changed a stored file between this one's read and its replace; nothing was replaced."""
+
+
 class WrongMasterKeyError(KeyProviderError):
     """The master key does not match its key check value: altered bytes or another key under the same id."""
 

@@ -30,7 +30,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from fieldcrypt.errors import KeyMaterialError, KeyVersionError, WrongMasterKeyError
+from fieldcrypt.errors import ConcurrentUpdateError, KeyMaterialError, KeyVersionError, WrongMasterKeyError
+from fieldcrypt.store import locked_directory
 
 MASTER_KEY_SIZE = 32
 KCV_LABEL = b"fieldcrypt key check value v1"
@@ -63,6 +64,7 @@ class Keystore:
         self.key_id = key_id
         self.current = current
         self.versions = {v.version: v for v in versions}
+        self._loaded: str | None = None  # the file's identity when read: save() is a compare-and-swap on it
         if current not in self.versions or self.versions[current].state != "enabled":
             raise KeyMaterialError(f"keystore {path}: current version {current} is missing or retired")
 
@@ -89,6 +91,7 @@ class Keystore:
             [KeyVersion(1, _now(), origin, "enabled", material, key_check_value(material))],
         )
         write_private_file(path, store._document(), exclusive=True)
+        store._loaded = _file_identity(path)
         return store
 
     @classmethod
@@ -105,6 +108,7 @@ class Keystore:
             ) from None
         with os.fdopen(fd, "rb") as handle:
             info = os.fstat(handle.fileno())
+            identity = f"{info.st_dev}:{info.st_ino}:{info.st_ctime_ns}"
             if not stat.S_ISREG(info.st_mode):
                 raise KeyMaterialError(f"keystore {path} is not a regular file")
             if info.st_uid != os.geteuid():
@@ -137,6 +141,7 @@ class Keystore:
                 for v in doc["versions"]
             ]
             store = cls(path, doc["workspace"], key_id, _json_version(doc["current"], path), versions)
+            store._loaded = identity
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise KeyMaterialError(f"keystore {path} is not a valid fieldcrypt keystore") from None
         for entry in store.versions.values():
@@ -174,7 +179,19 @@ class Keystore:
         return max(self.versions) + 1
 
     def save(self) -> None:
-        write_private_file(self.path, self._document())
+        """Write the keystore, only if it is still the file this object read (another worker's version is kept).
+
+        Two processes adding a version at once would otherwise each generate key bytes and
+        the second rename would drop the first one's: the key its lake was just bound to.
+        """
+        with locked_directory(str(self.path.parent), str(self.path)):
+            if self._loaded is not None and _file_identity(self.path) != self._loaded:
+                raise ConcurrentUpdateError(
+                    f"keystore {self.path} changed while this process held it (another worker added or retired a "
+                    "version); nothing was written, run again"
+                )
+            write_private_file(self.path, self._document())
+            self._loaded = _file_identity(self.path)
 
     def _document(self) -> bytes:
         doc = {
@@ -248,6 +265,14 @@ def write_private_file(path: Path, content: bytes, *, exclusive: bool = False) -
         _fsync_directory(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _file_identity(path: Path) -> str | None:
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return f"{info.st_dev}:{info.st_ino}:{info.st_ctime_ns}"
 
 
 def _fsync_directory(directory: Path) -> None:

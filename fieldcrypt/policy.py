@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from fieldcrypt import policy_auth
 from fieldcrypt.attribute_path import AttributePath
 from fieldcrypt.binding import BINDING_PATH
-from fieldcrypt.errors import PolicyError
+from fieldcrypt.errors import ConcurrentUpdateError, PolicyError
 from fieldcrypt.padding import check_pad_to
 from fieldcrypt.policy_auth import PolicyKeys
 from fieldcrypt.store import LakeStore
@@ -269,7 +269,12 @@ class PolicyStore:
                     "a deleted policy is refused, never read as 'nothing enabled': restore it from backup"
                 )
             return Policy(self.workspace)
-        doc, auth = policy_auth.split(self.store.read_bytes(POLICY_PATH), where)
+        return self._verified(self.store.read_bytes(POLICY_PATH))
+
+    def _verified(self, raw: bytes) -> Policy:
+        """The policy in stored bytes, after its workspace and MAC are checked."""
+        where = self.store.display(POLICY_PATH)
+        doc, auth = policy_auth.split(raw, where)
         self._check_workspace(doc, where)
         sealed = policy_auth.sealed(doc, auth, where)
         policy = Policy.from_json(sealed.document, where)
@@ -280,24 +285,57 @@ class PolicyStore:
             )
         return policy
 
-    def save(self, policy: Policy) -> None:
-        self.load().check_successor(policy)
-        self.write_authenticated(policy)
+    def save(self, policy: Policy, previous: Policy | None = None) -> None:
+        """Replace the stored policy by its successor `policy` (irreversibility checked).
+
+        With `previous` (the policy `policy` was derived from), a stored policy that is no
+        longer `previous` - another worker enabled something since - is a
+        ConcurrentUpdateError, not a lost update; the check and the write are one
+        compare-and-swap (LakeStore.update).
+        """
+        where = self.store.display(POLICY_PATH)
+        self._require_keys(where)  # binds a new lake first (which writes its first policy), then read-modify-write
+
+        def change(stored: bytes | None) -> bytes:
+            now = self._verified(stored) if stored is not None else self.load()
+            if previous is not None and now.to_json() not in (previous.to_json(), policy.to_json()):
+                raise ConcurrentUpdateError(
+                    f"{where} changed while this run was updating it (another worker changed the policy); "
+                    "nothing was written, run again"
+                )
+            now.check_successor(policy)
+            return self._sealed(policy, stored)
+
+        self.store.update(POLICY_PATH, change, "this run was updating it")
 
     def write_authenticated(self, policy: Policy) -> None:
         """Write `policy` with its MAC, under the stored MAC key (a new one for the first policy).
 
-        No successor check: `save` is the way to change a policy. This is for the first
-        policy, adoption of a reviewed legacy policy, and tests.
+        No successor check: `save` is the way to change a policy. This is for adoption of a
+        reviewed legacy policy, and tests.
         """
+        self._require_keys(self.store.display(POLICY_PATH))  # binds a new lake before the read-modify-write
+        self.store.update(POLICY_PATH, lambda stored: self._sealed(policy, stored), "this run was updating it")
+
+    def create(self, policy: Policy) -> bool:
+        """Write the first policy (with a new MAC key) unless one exists; False if another worker's is there."""
+        return self.store.update(
+            POLICY_PATH, lambda stored: None if stored is not None else self._sealed(policy, None), "it was created"
+        )
+
+    def _sealed(self, policy: Policy, stored: bytes | None) -> bytes:
+        """`policy` sealed under the MAC key of the `stored` policy bytes (a new key when there are none)."""
         where = self.store.display(POLICY_PATH)
         keys = self._require_keys(where)
-        wrapped = self.mac_key_value()
+        wrapped = None
+        if stored is not None:
+            doc, auth = policy_auth.split(stored, where)
+            wrapped = None if auth is None else policy_auth.sealed(doc, auth, where).mac_key
         if wrapped is None:
             key, wrapped = keys.new_policy_key()
         else:
             key = keys.policy_key_for(wrapped)
-        self.store.write_bytes(POLICY_PATH, policy_auth.seal(policy.to_json(), key, wrapped))
+        return policy_auth.seal(policy.to_json(), key, wrapped)
 
     def mac_key_value(self) -> bytes | None:
         """The stored wrapped MAC key, or None when there is no authenticated policy."""
@@ -324,10 +362,20 @@ class PolicyStore:
         keys = self._require_keys(self.store.display(POLICY_PATH))
         if wrapped is None or keys.is_current(wrapped):
             return False
-        self.load()  # never rewrap the key of a policy that does not authenticate
-        new = keys.rewrap(wrapped, policy_auth.MAC_KEY_DATASET, policy_auth.MAC_KEY_ATTRIBUTE)
-        self.store.write_bytes(POLICY_PATH, policy_auth.reseal_key(self.store.read_bytes(POLICY_PATH), new))
-        return True
+        where = self.store.display(POLICY_PATH)
+
+        def change(stored: bytes | None) -> bytes | None:
+            if stored is None:
+                return None
+            self._verified(stored)  # never rewrap the key of a policy that does not authenticate
+            doc, auth = policy_auth.split(stored, where)
+            now = None if auth is None else policy_auth.sealed(doc, auth, where).mac_key
+            if now is None or keys.is_current(now):
+                return None
+            new = keys.rewrap(now, policy_auth.MAC_KEY_DATASET, policy_auth.MAC_KEY_ATTRIBUTE)
+            return policy_auth.reseal_key(stored, new)
+
+        return self.store.update(POLICY_PATH, change, "its MAC key was being rewrapped")
 
     def _check_workspace(self, doc: dict[str, object], where: str) -> None:
         if doc.get("workspace") != self.workspace:

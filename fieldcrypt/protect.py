@@ -30,7 +30,7 @@ from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.columns import check_attribute_type, is_row_key_type
 from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_attribute, with_protection_columns
-from fieldcrypt.errors import InputError, VerificationError
+from fieldcrypt.errors import ConcurrentUpdateError, InputError
 from fieldcrypt.parquet_io import open_parquet, protected_writer, read_ahead, row_groups
 from fieldcrypt.parquet_io import row_group as read_row_group
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
@@ -216,10 +216,14 @@ def protect_file(
                     partition,
                     index_keys or {},
                 )
-        if store.version(rel) != original_version:
-            raise VerificationError(f"{where} changed while it was being protected; nothing was replaced, run again")
-        intent = before_replace(store, rel, attributes, cache, dataset.name, partition, expected)
-        store.replace(temp, rel)
+        # Compare-and-swap: under the directory lock (local) or If-Match (S3) from here to the replace.
+        with store.exclusive(rel):
+            if store.version(rel) != original_version:
+                raise ConcurrentUpdateError(
+                    f"{where} changed while it was being protected; nothing was replaced, run again"
+                )
+            intent = before_replace(store, rel, attributes, cache, dataset.name, partition, expected)
+            store.replace_if(temp, rel, original_version, "it was being protected")
     finally:
         store.delete(temp)
 

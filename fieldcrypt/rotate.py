@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.columns import identical as identical_values
 from fieldcrypt.encrypt import used_wrapped_keys
-from fieldcrypt.errors import VerificationError
+from fieldcrypt.errors import ConcurrentUpdateError, VerificationError
 from fieldcrypt.parquet_io import chunk_span, open_parquet, protected_writer, read_ahead, row_group, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.replace_guard import before_replace
@@ -141,10 +141,14 @@ def rotate_file(
                 report.cells_under_rewrapped_keys = _verify_rotation(
                     store, rel, temp, source, written, dataset, attributes, mapping, cache, partition
                 )
-        if store.version(rel) != original_version:
-            raise VerificationError(f"{where} changed while it was being rotated; nothing was replaced, run again")
-        intent = before_replace(store, rel, attributes, cache, dataset.name, partition, None, "rotate_partition")
-        store.replace(temp, rel)
+        # Compare-and-swap: under the directory lock (local) or If-Match (S3) from here to the replace.
+        with store.exclusive(rel):
+            if store.version(rel) != original_version:
+                raise ConcurrentUpdateError(
+                    f"{where} changed while it was being rotated; nothing was replaced, run again"
+                )
+            intent = before_replace(store, rel, attributes, cache, dataset.name, partition, None, "rotate_partition")
+            store.replace_if(temp, rel, original_version, "it was being rotated")
     finally:
         store.delete(temp)
     if cache.audit is not None:

@@ -3,34 +3,55 @@
 Paths are relative to the lake root. Replacement is atomic: a local file is renamed
 over its target (after fsync); on S3 a temporary object is copied over the target in
 one CopyObject, which readers see whole or not at all.
+
+Several workers may write one lake (docs/OPERATIONS.md, "Concurrent writers"). Every
+replacement that depends on what was read is a compare-and-swap on the file's version:
+- local: an exclusive `flock` on the file's directory is held from the comparison to
+  the rename (and, for control files, across the whole read-modify-write); the version
+  includes the inode, which every rename changes.
+- S3: the version is the ETag; a control file is written with PutObject `If-Match`
+  (`If-None-Match: *` to create), a partition file is copied over with CopyObject
+  `If-Match`. S3 answers 412 (or 409 for a concurrent conditional write) to the loser.
+The loser of a race gets ConcurrentUpdateError ("changed while ...; run again") and
+nothing of its own is written; nothing the winner wrote is lost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import secrets
 import stat
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from fieldcrypt.errors import InputError
+from fieldcrypt.errors import ConcurrentUpdateError, InputError
 
 TEMP_MARKER = ".fieldcrypt-tmp-"
 STALE_TEMP_SECONDS = 6 * 3600  # far longer than any run takes to write and verify one file
+LOCK_TIMEOUT_SECONDS = 120.0  # a holder does one compare-and-rename (or one small control-file update)
+CONTROL_UPDATE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
 class FileVersion:
-    """What identifies the content of a stored file without reading it."""
+    """What identifies the content of a stored file without reading it.
+
+    `identity` is what a compare-and-swap compares: the inode (with device and ctime) of a
+    local file, which every atomic rename changes, or the ETag of an S3 object.
+    """
 
     size: int
     mtime_ns: int | None
+    identity: str | None = None
 
 
 class LakeStore:
@@ -41,6 +62,9 @@ class LakeStore:
         self.filesystem = filesystem
         self._base = base.rstrip("/")
         self.is_local = isinstance(filesystem, pafs.LocalFileSystem)
+        self._s3_options: dict[str, str] = {}
+        self._s3_client: Any = None
+        self._held = threading.local()  # directories this thread holds the flock of: path -> (fd, depth)
 
     def __repr__(self) -> str:
         return f"LakeStore({self.uri!r})"
@@ -56,7 +80,11 @@ class LakeStore:
                 scheme, _, host = endpoint_url.partition("://")
                 kwargs.update(endpoint_override=host, scheme=scheme)
             filesystem = pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v})
-            return cls(uri.rstrip("/"), filesystem, uri[len("s3://") :])
+            lake = cls(uri.rstrip("/"), filesystem, uri[len("s3://") :])
+            lake._s3_options = {
+                k: v for k, v in {"endpoint_url": endpoint_url, "region_name": kwargs["region"]}.items() if v
+            }
+            return lake
         path = os.path.abspath(uri[len("file://") :] if uri.startswith("file://") else uri)
         return cls(path, pafs.LocalFileSystem(), path)
 
@@ -77,10 +105,46 @@ class LakeStore:
         return bool(self.filesystem.get_file_info(self.full_path(rel)).type == pafs.FileType.File)
 
     def version(self, rel: str) -> FileVersion:
-        info = self.filesystem.get_file_info(self.full_path(rel))
-        if info.type != pafs.FileType.File:
+        """The stored file's version (one stat or HEAD); InputError if it does not exist."""
+        found = self.version_or_none(rel)
+        if found is None:
             raise InputError(f"{self.display(rel)} does not exist")
-        return FileVersion(int(info.size or 0), info.mtime_ns)
+        return found
+
+    def version_or_none(self, rel: str) -> FileVersion | None:
+        if self.is_local:
+            try:
+                st = os.stat(self.full_path(rel))
+            except FileNotFoundError:
+                return None
+            return None if not stat.S_ISREG(st.st_mode) else _local_version(st)
+        bucket, key = self._bucket_key(rel)
+        try:
+            head = self._s3().head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if _s3_status(exc) == 404:
+                return None
+            raise
+        return _s3_version(head)
+
+    def read_versioned(self, rel: str) -> tuple[bytes, FileVersion] | None:
+        """A whole (small) file and the version of exactly those bytes; None if it does not exist."""
+        if self.is_local:
+            try:
+                with open(self.full_path(rel), "rb") as handle:
+                    return handle.read(), _local_version(os.fstat(handle.fileno()))
+            except FileNotFoundError:
+                return None
+        bucket, key = self._bucket_key(rel)
+        try:
+            response = self._s3().get_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if _s3_status(exc) == 404:
+                return None
+            raise
+        with contextlib.closing(response["Body"]) as body:
+            data: bytes = body.read()
+        return data, _s3_version(response)
 
     def open_input(self, rel: str) -> pa.NativeFile:
         try:
@@ -137,7 +201,7 @@ class LakeStore:
                 yield stream
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write a whole file atomically (temp then replace)."""
+        """Write a whole file atomically (temp then replace), whatever is stored; see write_if."""
         temp = self.temp_path(rel)
         try:
             with self.open_output(temp) as handle:
@@ -145,6 +209,113 @@ class LakeStore:
             self.replace(temp, rel)
         finally:
             self.delete(temp)
+
+    def write_if(self, rel: str, data: bytes, expected: FileVersion | None, what: str = "it was read") -> FileVersion:
+        """Write a whole small file atomically only if it is still at `expected` (None: only if absent).
+
+        ConcurrentUpdateError when another writer got there first; returns the new version.
+        """
+        if self.is_local:
+            with self.exclusive(rel):
+                self._check_unchanged(rel, expected, what)
+                self.write_bytes(rel, data)
+                return self.version(rel)
+        bucket, key = self._bucket_key(rel)
+        condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected.identity or ""}
+        try:
+            response = self._s3().put_object(Bucket=bucket, Key=key, Body=data, **condition)
+        except Exception as exc:
+            if _s3_status(exc) in (409, 412):
+                raise self._conflict(rel, what) from None
+            raise
+        return FileVersion(len(data), None, str(response.get("ETag", "")) or None)
+
+    def update(self, rel: str, change: Callable[[bytes | None], bytes | None], what: str) -> bool:
+        """Read-modify-write of a small control file that never loses another writer's update.
+
+        `change` gets the stored bytes (None: no file) and returns the new bytes, or None to
+        leave the file as it is. Local: the directory lock is held across the read, `change`
+        and the write. S3: a conditional write; on a conflict the update is read and
+        applied again (a few times), so `change` must be a function of what it is given.
+        Returns True when the file was written.
+        """
+        for attempt in range(CONTROL_UPDATE_ATTEMPTS):
+            with self.exclusive(rel):
+                stored = self.read_versioned(rel)
+                data = change(stored[0] if stored else None)
+                if data is None:
+                    return False
+                try:
+                    self.write_if(rel, data, stored[1] if stored else None, what)
+                    return True
+                except ConcurrentUpdateError:
+                    if attempt == CONTROL_UPDATE_ATTEMPTS - 1:
+                        raise
+            time.sleep(0.05 * (attempt + 1) + secrets.randbelow(50) / 1000)
+        raise AssertionError("unreachable")
+
+    def replace_if(self, temp_rel: str, rel: str, expected: FileVersion, what: str) -> None:
+        """Atomically make `rel` hold what `temp_rel` holds, only if `rel` is still at `expected`."""
+        if self.is_local:
+            with self.exclusive(rel):
+                self._check_unchanged(rel, expected, what)
+                self.replace(temp_rel, rel)
+            return
+        try:
+            self.replace(temp_rel, rel, if_match=expected.identity or "")
+        except Exception as exc:
+            if _s3_status(exc) in (409, 412):
+                raise self._conflict(rel, what) from None
+            raise
+
+    @contextlib.contextmanager
+    def exclusive(self, rel: str) -> Iterator[None]:
+        """Local lake: hold an exclusive flock on the directory of `rel` (re-entrant per thread).
+
+        A directory lock, not a lock file: renames replace the file's inode, the
+        directory's stays, and no lock file is left in the lake. Each thread opens its own
+        descriptor, so threads of one process exclude each other as processes do. S3: no
+        lock (the conditional requests decide).
+        """
+        if not self.is_local:
+            yield
+            return
+        directory = os.path.dirname(self.full_path(rel))
+        held: dict[str, int] = self._held.__dict__.setdefault("dirs", {})
+        if directory in held:
+            held[directory] += 1
+            try:
+                yield
+            finally:
+                held[directory] -= 1
+            return
+        os.makedirs(directory, exist_ok=True)
+        with locked_directory(directory, self.display(rel)):
+            held[directory] = 1
+            try:
+                yield
+            finally:
+                del held[directory]
+
+    def _check_unchanged(self, rel: str, expected: FileVersion | None, what: str) -> None:
+        if self.version_or_none(rel) != expected:
+            raise self._conflict(rel, what)
+
+    def _conflict(self, rel: str, what: str) -> ConcurrentUpdateError:
+        return ConcurrentUpdateError(
+            f"{self.display(rel)} changed while {what} (another worker wrote it); nothing was replaced, run again"
+        )
+
+    def _bucket_key(self, rel: str) -> tuple[str, str]:
+        bucket, _, key = self.full_path(rel).partition("/")
+        return bucket, key
+
+    def _s3(self) -> Any:
+        if self._s3_client is None:
+            import boto3
+
+            self._s3_client = boto3.client("s3", **self._s3_options)
+        return self._s3_client
 
     def append_text(self, rel: str, text: str) -> None:
         """Append to a local file in one write(2) call with O_APPEND."""
@@ -158,9 +329,16 @@ class LakeStore:
         finally:
             os.close(fd)
 
-    def replace(self, temp_rel: str, rel: str) -> None:
-        """Atomically make `rel` hold what `temp_rel` holds."""
+    def replace(self, temp_rel: str, rel: str, if_match: str | None = None) -> None:
+        """Atomically make `rel` hold what `temp_rel` holds (S3: CopyObject, `If-Match` when given)."""
         src, dst = self.full_path(temp_rel), self.full_path(rel)
+        if if_match is not None and not self.is_local:
+            bucket, key = self._bucket_key(rel)
+            temp_bucket, temp_key = self._bucket_key(temp_rel)
+            source = {"Bucket": temp_bucket, "Key": temp_key}
+            self._s3().copy_object(Bucket=bucket, Key=key, CopySource=source, IfMatch=if_match)
+            self.filesystem.delete_file(src)
+            return
         if self.is_local:
             _keep_mode(src, dst)
             os.replace(src, dst)
@@ -192,6 +370,57 @@ class LakeStore:
     def delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):
             self.filesystem.delete_file(self.full_path(rel))
+
+
+def _local_version(st: os.stat_result) -> FileVersion:
+    return FileVersion(st.st_size, st.st_mtime_ns, f"{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}")
+
+
+def _s3_version(response: dict[str, Any]) -> FileVersion:
+    modified = response.get("LastModified")
+    mtime_ns = int(modified.timestamp() * 1e9) if modified is not None else None
+    return FileVersion(int(response.get("ContentLength", 0)), mtime_ns, str(response.get("ETag", "")) or None)
+
+
+def _s3_status(exc: Exception) -> int | None:
+    """The HTTP status of a botocore ClientError (None for anything else)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return int(status) if status is not None else None
+
+
+@contextlib.contextmanager
+def locked_directory(directory: str, where: str) -> Iterator[None]:
+    """An exclusive flock on an existing `directory`, waited for up to LOCK_TIMEOUT_SECONDS.
+
+    Not re-entrant: a second lock of the same directory from the same thread waits for itself.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() > deadline:
+                raise ConcurrentUpdateError(
+                    f"the directory of {where} stayed locked by another worker for {LOCK_TIMEOUT_SECONDS:.0f} s; "
+                    "nothing was replaced, run again"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _keep_mode(src: str, dst: str) -> None:

@@ -28,6 +28,7 @@ from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.columns import read_path, row_key_bytes
 from fieldcrypt.dispatch import DispatchReport, Segment, segment_row_groups
 from fieldcrypt.errors import (
+    ConcurrentUpdateError,
     ConfigError,
     FieldcryptError,
     InputError,
@@ -187,9 +188,9 @@ class Workspace:
             if binding is None:
                 self._cache = cache  # the policy store below reaches the cache through key_cache()
                 try:
-                    if not self.policies.exists():
-                        self.policies.write_authenticated(Policy(self.name))
-                    self.bindings.save(KeyBinding(info).with_check_value(info, self._check_value(provider, info)))
+                    self.policies.create(Policy(self.name))  # another worker's first policy is kept
+                    bound = KeyBinding(info).with_check_value(info, self._check_value(provider, info))
+                    self.bindings.save(bound, previous=None)
                 except BaseException:
                     self._cache = None
                     raise
@@ -344,7 +345,7 @@ class Workspace:
                     "nothing was written - restore this lake's keystore"
                 )
         if updated != binding:
-            self.bindings.save(updated)
+            self.bindings.save(updated, previous=binding)
             added = sorted(set(updated.check_values) - set(binding.check_values))
             self.audit.record("key_check_value_added", detail=f"binding: {', '.join(added)}")
         return updated
@@ -437,7 +438,7 @@ class Workspace:
             )
         dataset = attribute.partition(".")[0]
         layout = self.layout(dataset)
-        policy = self.policy()
+        policy = previous = self.policy()
         if dataset not in policy.datasets:
             policy = policy.with_dataset(layout.spec)
         policy = policy.with_enabled(
@@ -455,11 +456,14 @@ class Workspace:
                 with open_parquet(self.store, rel) as parquet:
                     check_schema(parquet.schema_arrow, policy.datasets[dataset], [entry], self.store.display(rel))
         self.policies.load().check_successor(policy)  # refuse before creating an index key
-        if blind_index:  # the key exists before any run can need it
-            index_keys = self.index_keys.load()
-            index_keys[entry.name] = self.key_cache().new_index_key(dataset, entry.path)
-            self.index_keys.save(index_keys)
-        self.policies.save(policy)
+        if blind_index:  # the key exists before any run can need it (one left by an interrupted enable is kept)
+            cache = self.key_cache()
+            self.index_keys.update(
+                lambda keys: (
+                    None if entry.name in keys else {**keys, entry.name: cache.new_index_key(dataset, entry.path)}
+                )
+            )
+        self.policies.save(policy, previous=previous)
         self.audit.record("enable", dataset=dataset, attribute=entry.path, detail=f"mask={mask}")
         return entry
 
@@ -781,7 +785,7 @@ class Workspace:
             self.key_cache()  # the configured key is the bound one
             new = KeyRef(KMS, validate_kms_key(self._kms_client(), to))
             updated = binding.start(new, self.audit.actor)
-        self.bindings.save(updated)
+        self.bindings.save(updated, previous=binding)
         campaign = updated.active_campaign
         assert campaign is not None
         self._drop_cache()
@@ -913,15 +917,20 @@ class Workspace:
 
     def _rotate_index_keys(self) -> int:
         """Rewrap every blind-index key and the policy MAC key not yet under the current master key."""
-        stored = self.index_keys.load()
         cache = self.key_cache()
-        stale = {name: value for name, value in stored.items() if not cache.is_current(value)}
-        for name, value in stale.items():
-            dataset, _, path = name.partition(".")
-            stored[name] = cache.rewrap(value, dataset, index_context_attribute(path))
-        if stale:
-            self.index_keys.save(stored)
-        return len(stale) + int(self.policies.rewrap_key())
+        rewrapped = 0
+
+        def rewrap_stale(stored: dict[str, bytes]) -> dict[str, bytes] | None:
+            nonlocal rewrapped
+            stale = {name: value for name, value in stored.items() if not cache.is_current(value)}
+            rewrapped = len(stale)
+            for name, value in stale.items():
+                dataset, _, path = name.partition(".")
+                stored = {**stored, name: cache.rewrap(value, dataset, index_context_attribute(path))}
+            return stored if stale else None
+
+        self.index_keys.update(rewrap_stale)
+        return rewrapped + int(self.policies.rewrap_key())
 
     def complete_rotation(self) -> Campaign:
         """Prove no wrapped key under the old master key remains, then retire it.
@@ -952,7 +961,7 @@ class Workspace:
                 f"rotation incomplete: {len(status.remaining)} partitions still hold old wrapped keys: {listed}"
             )
         updated, campaign = binding.complete()
-        self.bindings.save(updated)
+        self.bindings.save(updated, previous=binding)
         self._retire_old_version(campaign)
         self.audit.record(
             "rotation_complete",
@@ -1012,8 +1021,16 @@ class Workspace:
         retiring = self.retiring_index_keys.load()
         retiring[attribute] = current[attribute]
         self.retiring_index_keys.save(retiring)  # first: a crash after it leaves no campaign (old == current)
-        current[attribute] = self.key_cache().new_index_key(entry.dataset, entry.path)
-        self.index_keys.save(current)
+        old_key, new_key = current[attribute], self.key_cache().new_index_key(entry.dataset, entry.path)
+
+        def switch(stored: dict[str, bytes]) -> dict[str, bytes]:
+            if stored.get(attribute) != old_key:  # another worker re-indexed or rotated it meanwhile
+                raise ConcurrentUpdateError(
+                    f"{INDEX_KEYS_PATH} changed while starting a re-index of {attribute}; run again"
+                )
+            return {**stored, attribute: new_key}
+
+        self.index_keys.update(switch)
         self.audit.record("reindex_start", dataset=entry.dataset, attribute=entry.path)
 
     def reindex(self, dataset: str, partition: str | None) -> ReindexReport:

@@ -27,7 +27,12 @@ def _executor_defs() -> dg.Definitions:
         return dg.Definitions(executor=dg.in_process_executor)
     if choice == "multiprocess":
         return dg.Definitions(executor=dg.multiprocess_executor)
-    raise ConfigError(f"FIELDCRYPT_DAGSTER_EXECUTOR={choice!r} is not one of in_process, multiprocess")
+    if choice == "celery":  # steps on Celery workers (the `distributed` extra; deploy/README.md)
+        from dagster_celery import celery_executor
+
+        broker = {"broker": {"env": "FIELDCRYPT_CELERY_BROKER"}, "backend": {"env": "FIELDCRYPT_CELERY_BACKEND"}}
+        return dg.Definitions(executor=celery_executor.configured(broker))
+    raise ConfigError(f"FIELDCRYPT_DAGSTER_EXECUTOR={choice!r} is not one of in_process, multiprocess, celery")
 
 
 dataset_assets = build_assets(WORKSPACE.datasets)

@@ -114,11 +114,11 @@ def test_failed_replace_on_s3_leaves_the_original_object_and_no_temporary_object
     before = s3.head_object(Bucket=s3_bucket, Key=USERS_KEY)["ETag"]
     real_replace = LakeStore.replace
 
-    def failing_replace(store: LakeStore, temp_rel: str, rel: str) -> None:
+    def failing_replace(store: LakeStore, temp_rel: str, rel: str, **kwargs: Any) -> None:
         # Injected fault: S3 refuses the CopyObject that publishes the partition.
         if rel.endswith(".parquet"):
             raise OSError("injected: CopyObject failed")
-        real_replace(store, temp_rel, rel)
+        real_replace(store, temp_rel, rel, **kwargs)
 
     monkeypatch.setattr(LakeStore, "replace", failing_replace)
 

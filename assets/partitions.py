@@ -4,7 +4,8 @@ Partition keys are the core's canonical keys (fieldcrypt.layout): daily `2026-11
 hourly `2026-11-28T13`, monthly `2026-11`. Datasets declared with the same partitioning
 share one PartitionsDefinition, so one job (and one backfill) covers all of them.
 With no end, the newest partition is the last complete one (UTC): a day's snapshot is
-complete once the day is over, and Dagster has no partition keys after now.
+complete once the day is over, and Dagster has no partition keys after now. A declared end
+after now includes the period in progress (today's partition), up to that end.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 
@@ -45,9 +47,12 @@ def _signature(layout: DatasetLayout) -> tuple[str, datetime | None, datetime | 
 def _definition(granularity: str, start: datetime | None, end: datetime | None) -> dg.PartitionsDefinition | None:
     if granularity == "none":
         return None
-    naive = {"start_date": start.replace(tzinfo=None) if start else None}
+    naive: dict[str, Any] = {"start_date": start.replace(tzinfo=None) if start else None}
     if end is not None:
         naive["end_date"] = end.replace(tzinfo=None)
+        # A declared end after now includes the period in progress (today's partition, say): its
+        # snapshot is still landing, and protecting it now and again later is safe (done rows are skipped).
+        naive["end_offset"] = 1 if end > datetime.now(UTC) else 0
     definition: dg.PartitionsDefinition = _DEFINITIONS[granularity](
         **naive, fmt=KEY_FORMATS[granularity], timezone="UTC"
     )

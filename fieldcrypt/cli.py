@@ -580,3 +580,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(1)
+    except OSError as exc:
+        # Storage the lake lives on failed (a missing bucket, no route to S3, a permission): pyarrow's and
+        # the OS's messages name the bucket or path and never a value. The library lets these through
+        # unwrapped so Dagster's retry policy can retry a dropped connection; a person gets one line.
+        print(f"fieldcrypt: error: the lake's storage failed: {exc}", file=sys.stderr)
+        sys.exit(2)

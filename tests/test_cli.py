@@ -385,3 +385,19 @@ def documents_of_audit(lake: Path) -> list[dict[str, Any]]:
         for path in sorted((lake / "_fieldcrypt" / "audit").glob("*.jsonl"))
         for line in path.read_text().splitlines()
     ]
+
+
+def test_a_lake_in_a_missing_bucket_is_a_named_error_not_a_traceback(
+    tmp_path: Path, moto: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(["--keystore", str(tmp_path / "keystore.json"), "key", "init"])
+    capsys.readouterr()
+    lake = ["--lake", "s3://no-such-bucket/lake", "--s3-endpoint-url", moto, "--region", "us-east-1"]
+    lake += ["--keystore", str(tmp_path / "keystore.json")]
+    for command in (["protect", "users"], ["enable", "users.email", "--mask", "email", ACK_FLAG], ["status", "users"]):
+        with pytest.raises(SystemExit) as exited:
+            main([*lake, *command])
+        assert exited.value.code == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith("fieldcrypt: error: ") and "no-such-bucket" in err, (command, err)
+        assert "Traceback" not in err

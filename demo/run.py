@@ -128,10 +128,25 @@ def main(argv: list[str] | None = None) -> int:
         rerun = protect_job.execute_in_process(partition_key=partitions[-1], instance=instance, run_config=QUIET)
         rerun = [m for _, m in _materializations(rerun, CONFIG.datasets)]
 
+        from demo.campaign import campaign_dispatch_asset
+
+        campaign = campaign_dispatch_asset(defs.resolve_assets_def("protected_users").partitions_def)
+        resources = {"fieldcrypt": defs.resources["fieldcrypt"]}
+        sent = dg.materialize(
+            [campaign], partition_key=partitions[-1], instance=instance, resources=resources, run_config=QUIET
+        )
+        (dispatched,) = sent.asset_materializations_for_node("campaign_dispatch")
+        dispatch = {key: value.value for key, value in dispatched.metadata.items()}
+
     _report(totals, wall, len(partitions), checks_passed, checks_total)
     print(
         f"  re-run of partition {partitions[-1]}: {sum(int(m['newly_encrypted']) for m in rerun)} cells encrypted, "
         f"{sum(bool(m['rewritten']) for m in rerun)} files rewritten"
+    )
+    print(
+        f"  campaign_dispatch (Dagster, today's partition): {dispatch['rows_sent']:,} of "
+        f"{dispatch['segment_keys']:,} segment users sent, {dispatch['cells_decrypted']:,} cells decrypted in memory "
+        f"(audited), {dispatch['row_groups_skipped']} row groups skipped by statistics"
     )
     today_key = partitions[-1]
     _analyst_view(CONFIG, today_key)

@@ -46,3 +46,35 @@ def test_ingestion_span_outside_the_snapshots_day_is_refused() -> None:
     day = datetime(2026, 11, 27, tzinfo=UTC)
     with pytest.raises(ValueError, match="not within the snapshot's day"):
         users_table(day.date(), 10, ingested=[(day + timedelta(days=4), day + timedelta(days=5))])
+
+
+def test_the_campaign_asset_sends_the_segment_and_keeps_only_counts(tmp_path: Path) -> None:
+    """campaign_dispatch through a real Dagster run: counts in metadata, plaintext nowhere, the read audited."""
+    import dagster as dg
+    from dagster_support import enable, local_fieldcrypt, make_keystore
+
+    from demo.campaign import campaign_dispatch_asset
+    from tests.policy_support import backdate_policy
+
+    lake = tmp_path / "lake"
+    fieldcrypt = local_fieldcrypt(lake, make_keystore(tmp_path))
+    day = datetime(2026, 11, 1, tzinfo=UTC).date()
+    land_sample_lake(LakeStore.from_uri(str(lake)), day, 1, users=300, events=10)
+    secrets = {v for v in pq.read_table(lake / snapshot_path("users", day)).column("email").to_pylist() if v}
+    enable(fieldcrypt, ("users.email", "email"), ("users.phone", "last4"))
+    workspace = fieldcrypt.workspace("test")
+    backdate_policy(workspace)
+    workspace.protect("users", day.isoformat())
+
+    partitions = dg.DailyPartitionsDefinition(start_date="2026-11-01", end_date="2026-11-02")
+    result = dg.materialize(
+        [campaign_dispatch_asset(partitions)], partition_key=day.isoformat(), resources={"fieldcrypt": fieldcrypt}
+    )
+
+    (materialization,) = result.asset_materializations_for_node("campaign_dispatch")
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    assert metadata["rows_sent"] == 100 and metadata["segment_keys"] == 1667  # ids 0, 3, ... present in 300 users
+    assert metadata["cells_decrypted"] > 0
+    assert not secrets & {str(v) for v in metadata.values()}
+    dispatches = [e for e in workspace.audit.events() if e["operation"] == "dispatch"]
+    assert dispatches and all(e["reason"].startswith("campaign run ") for e in dispatches)

@@ -41,7 +41,10 @@ def protection_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
         dg.AssetCheckSpec(
             NO_PLAINTEXT_AFTER_ENABLEMENT,
             asset=asset,
-            description="No row ingested at or after an attribute's enablement still holds its plaintext.",
+            description=(
+                "No row ingested at or after an attribute's enablement still holds its plaintext (no row at all, "
+                "once the attribute's history is encrypted: fieldcrypt encrypt-history)."
+            ),
         ),
         dg.AssetCheckSpec(
             DATA_KEYS_UNWRAP,

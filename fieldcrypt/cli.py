@@ -110,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="confirm: this cannot be undone, and rows ingested before now stay unencrypted",
     )
 
+    history = commands.add_parser(
+        "encrypt-history",
+        help="also encrypt the attribute's rows ingested before its enablement (irreversible; then run protect)",
+    )
+    history.add_argument("attribute", help="an enabled attribute, dataset.column")
+    history.add_argument(
+        ACK_FLAG,
+        dest="acknowledged",
+        action="store_true",
+        help="confirm: this cannot be undone, and copies outside the lake (old S3 versions, backups) stay as they are",
+    )
+
     for name, text in (
         ("protect", "encrypt pending rows"),
         ("status", "count protected and plaintext rows"),
@@ -264,6 +276,17 @@ def run(argv: Sequence[str] | None = None) -> int:
             f"{entry.name}: enabled at {entry.enabled_at.isoformat()} with mask {entry.mask}; "
             "rows ingested earlier stay as they are"
         )
+    elif args.command == "encrypt-history":
+        if not args.acknowledged:
+            raise PolicyError(
+                f"encrypting the history of {args.attribute} is irreversible and does not reach copies outside the "
+                f"lake (old S3 object versions, snapshots, backups); pass {ACK_FLAG} to confirm"
+            )
+        entry = workspace.encrypt_history(args.attribute, acknowledge_irreversible=True)
+        print(
+            f"{entry.name}: rows ingested before {entry.enabled_at.isoformat()} will be encrypted too; run "
+            f"`fieldcrypt protect {entry.dataset}` (or a Dagster backfill) over the partitions to encrypt them"
+        )
     elif args.command in PARTITION_COMMANDS:
         return _each_partition(workspace, args.command, args.dataset, args.partition, Output(args.json))
     elif args.command == "reveal":
@@ -338,6 +361,7 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
     row_of, out.columns, totals = _COMMANDS[command]
     failed = 0
     summed: dict[str, int] = {}
+    rows_seen: list[dict[str, Any]] = []
     for partition in out.progress(partitions, f"{command} {dataset}"):
         try:
             rows = row_of(workspace, dataset, partition)
@@ -346,15 +370,29 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
             print(f"fieldcrypt: error: {dataset} {partition_label(partition)}: {exc}", file=sys.stderr)
             continue
         for row in rows:
+            rows_seen.append(row)
             out.row(row)
             for key in totals:
                 summed[key] = summed.get(key, 0) + int(row.get(key) or 0)
     done = len(partitions) - failed
-    out.finish(_summary(command, done, summed, failed), {"partitions": done, "failed": failed, **summed})
+    summary = _summary(command, done, summed, failed)
+    if command == "status" and not failed:
+        fully = sorted(_fully_protected(rows_seen))
+        summary += "".join(f"\n{name}: fully protected, no plaintext left" for name in fully)
+    out.finish(summary, {"partitions": done, "failed": failed, **summed})
     if failed:
         print(f"fieldcrypt: {failed} of {len(partitions)} partitions failed", file=sys.stderr)
         return 2
     return 0
+
+
+def _fully_protected(rows: list[dict[str, Any]]) -> set[str]:
+    """Attributes with no pending and no historical plaintext cell in any partition of a status."""
+    left: dict[str, int] = {}
+    for row in rows:
+        if "pending" in row:
+            left[row["attribute"]] = left.get(row["attribute"], 0) + row["pending"] + row["historical_plaintext"]
+    return {name for name, count in left.items() if count == 0}
 
 
 def _protect_rows(workspace: Workspace, dataset: str, partition: str | None) -> list[dict[str, Any]]:

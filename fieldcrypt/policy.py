@@ -75,6 +75,8 @@ class AttributePolicy:
     blind_index: bool = False
     pad_to: int = 0  # cells padded to a multiple of this many bytes (cell format 2); 0: not padded
     normalize: str = "none"  # blind-index value normalisation (fieldcrypt.blind_index.NORMALIZATIONS)
+    # Opt-in, irreversible: rows ingested before `enabled_at` are encrypted too (`Workspace.encrypt_history`).
+    encrypt_history: bool = False
 
     @property
     def name(self) -> str:
@@ -169,6 +171,15 @@ class Policy:
                 raise PolicyError(f"{attribute} would share its ciphertext columns with {other.name}")
         return replace(self, attributes={**self.attributes, attribute: entry})
 
+    def with_history_encrypted(self, attribute: str) -> Policy:
+        """A policy where every row of `attribute`, whenever ingested, is to be encrypted (once; irreversible)."""
+        entry = self.attributes.get(attribute)
+        if entry is None:
+            raise PolicyError(f"{attribute} is not enabled; enable it before encrypting its history")
+        if entry.encrypt_history:
+            raise PolicyError(f"the history of {attribute} is already being encrypted; run protect over its partitions")
+        return replace(self, attributes={**self.attributes, attribute: replace(entry, encrypt_history=True)})
+
     def check_successor(self, new: Policy) -> None:
         """Refuse a policy that would undo anything this one enabled."""
         if new.workspace != self.workspace:
@@ -177,7 +188,9 @@ class Policy:
             after = new.attributes.get(name)
             if after is None:
                 raise PolicyError(f"policy drops enabled attribute {name}; enabling is irreversible")
-            if after != entry:
+            if entry.encrypt_history and not after.encrypt_history:
+                raise PolicyError(f"policy stops encrypting the history of {name}; that is irreversible")
+            if replace(after, encrypt_history=entry.encrypt_history) != entry:
                 raise PolicyError(
                     f"policy changes enabled attribute {name} (mask or enablement time); that is not allowed"
                 )
@@ -199,6 +212,7 @@ class Policy:
                     "blind_index": a.blind_index,
                     **({"pad_to": a.pad_to} if a.pad_to else {}),  # absent: not padded (policies written before)
                     **({"normalize": a.normalize} if a.normalize != "none" else {}),  # absent: none (same reason)
+                    **({"encrypt_history": True} if a.encrypt_history else {}),  # absent: false (same reason)
                 }
                 for n, a in sorted(self.attributes.items())
             },
@@ -227,6 +241,7 @@ class Policy:
                     blind_index,
                     check_pad_to(int(a.get("pad_to", 0)), name),
                     normalize,
+                    a.get("encrypt_history", False) is True,
                 )
             return cls(doc["workspace"], datasets, attributes)
         except (ValueError, KeyError, TypeError) as exc:

@@ -102,6 +102,8 @@ def select_rows(batch: pa.RecordBatch, dataset: DatasetSpec, attribute: Attribut
         raise InputError(f"{where}: ingestion-time column {dataset.ingested_at!r} of {dataset.name} not found")
     ingested = batch.column(batch.schema.get_field_index(dataset.ingested_at))
     after = at_or_after(ingested, attribute.enabled_at, f"{where}: {dataset.name}.{dataset.ingested_at}")
+    if attribute.encrypt_history:  # opted in: rows ingested before the enablement are encrypted too
+        after = pc.fill_null(pa.nulls(batch.num_rows, pa.bool_()), True)
     stored = protection_columns(batch, attribute, where)
     protected = pc.is_valid(stored.ciphertext)
     has_value = pc.is_valid(values)

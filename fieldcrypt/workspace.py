@@ -467,6 +467,28 @@ class Workspace:
         self.audit.record("enable", dataset=dataset, attribute=entry.path, detail=f"mask={mask}")
         return entry
 
+    def encrypt_history(self, attribute: str, *, acknowledge_irreversible: bool) -> AttributePolicy:
+        """From now on, rows of `attribute` ingested before its enablement are encrypted too. Irreversible.
+
+        Nothing is rewritten here: each protection run (`protect`, the Dagster protection assets,
+        a backfill over a chosen range of partitions) then encrypts the historical rows of the
+        partitions it covers, verified and replaced atomically per file like any protection, and a
+        re-run is a no-op. It cannot reach copies of the plaintext outside the lake, nor older
+        versions of the files kept by S3 versioning, snapshots or backups (docs/OPERATIONS.md).
+        """
+        if not acknowledge_irreversible:
+            raise PolicyError(
+                f"encrypting the history of {attribute} is irreversible and does not reach copies outside the "
+                "lake (old S3 object versions, snapshots, backups); acknowledge to proceed"
+            )
+        previous = self.policy()
+        policy = previous.with_history_encrypted(attribute)
+        entry = policy.attributes[attribute]
+        self.layout(entry.dataset)  # still declared
+        self.policies.save(policy, previous=previous)
+        self.audit.record("encrypt_history", dataset=entry.dataset, attribute=entry.path)
+        return entry
+
     # -- datasets and partitions ---------------------------------------------------------
 
     @property

@@ -15,7 +15,7 @@ import dagster as dg
 
 from assets import build_assets
 from fieldcrypt.errors import ConfigError
-from pipelines.jobs import enable_attribute_job, protect_jobs
+from pipelines.jobs import enable_attribute_job, encrypt_history_job, protect_jobs
 from pipelines.rotation import build_rotation_definitions
 from pipelines.schedules import build_schedule_definitions
 from resources.settings import WORKSPACE, resources_from_catalog
@@ -40,7 +40,7 @@ protect = protect_jobs(dataset_assets)
 
 defs = dg.Definitions.merge(
     dataset_assets.definitions(),
-    dg.Definitions(jobs=[*protect, enable_attribute_job(dataset_assets)]),
+    dg.Definitions(jobs=[*protect, enable_attribute_job(dataset_assets), encrypt_history_job()]),
     build_schedule_definitions(dataset_assets.groups, protect),
     build_rotation_definitions(dataset_assets),  # master-key rotation: its jobs, schedule and sensor
     dg.Definitions(resources=resources_from_catalog()),

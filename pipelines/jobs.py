@@ -97,3 +97,55 @@ def enable_attribute_job(assets: DatasetAssets) -> dg.JobDefinition:
     return enable_attribute
 
 
+
+
+class EncryptHistoryConfig(dg.Config):
+    dataset: str = Field(description="Dataset of the attribute, as declared in the catalog.")
+    attribute: str = Field(description="An enabled attribute of the dataset, e.g. email.")
+    acknowledge_irreversible: bool = Field(
+        default=False,
+        description=(
+            "Set to true to confirm: from now on rows ingested before the enablement are encrypted too, which "
+            "cannot be undone, and copies outside the lake (old S3 object versions, snapshots, backups) stay as "
+            "they are. Then backfill the protection assets over the partitions to encrypt."
+        ),
+    )
+
+
+def encrypt_history_job() -> dg.JobDefinition:
+    @dg.op(name="record_history_encryption", description="As `fieldcrypt encrypt-history` does.")
+    def record_history_encryption(
+        context: dg.OpExecutionContext, config: EncryptHistoryConfig, fieldcrypt: FieldcryptResource
+    ) -> None:
+        attribute = f"{config.dataset}.{config.attribute}"
+        if not config.acknowledge_irreversible:
+            raise dg.Failure(
+                description=(
+                    f"encrypting the history of {attribute} is irreversible; set acknowledge_irreversible: true "
+                    "in the op config to confirm"
+                ),
+                allow_retries=False,
+            )
+        try:
+            entry = fieldcrypt.workspace(actor=f"dagster:{context.run.run_id}").encrypt_history(
+                attribute, acknowledge_irreversible=True
+            )
+        except FieldcryptError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        context.log.info(
+            f"{entry.name}: rows ingested before {entry.enabled_at.isoformat()} are encrypted from now on; "
+            "backfill the protection assets over the partitions to encrypt"
+        )
+
+    @dg.job(
+        name="encrypt_attribute_history",
+        description=(
+            "Opt in to encrypting an attribute's rows ingested before its enablement. IRREVERSIBLE: needs "
+            "acknowledge_irreversible=true; then a protection backfill over the chosen range encrypts them."
+        ),
+        tags={"fieldcrypt/irreversible": "true"},
+    )
+    def encrypt_attribute_history() -> None:
+        record_history_encryption()
+
+    return encrypt_attribute_history

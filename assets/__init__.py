@@ -1,5 +1,5 @@
 """Assets of the fieldcrypt code location, generated from the catalog: per declared dataset, its landed
-snapshot, its protection and its key rotation, partitioned as the catalog declares it."""
+snapshot, its protection, its key rotation and its blind-index re-index, partitioned as the catalog declares it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import dagster as dg
 
 from assets.partitions import PartitionGroup, partition_groups, partitions_of
 from assets.protection import landed_snapshot, protected_snapshot
+from assets.reindex import reindexed_index
 from assets.rotation import rotated_keys
 from fieldcrypt.layout import DatasetLayout
 
@@ -22,10 +23,11 @@ class DatasetAssets:
     landed: dict[str, dg.AssetSpec]
     protected: dict[str, dg.AssetsDefinition]
     rotated: dict[str, dg.AssetsDefinition]
+    reindexed: dict[str, dg.AssetsDefinition]
 
     def definitions(self) -> dg.Definitions:
         return dg.Definitions(
-            assets=[*self.landed.values(), *self.protected.values(), *self.rotated.values()]
+            assets=[*self.landed.values(), *self.protected.values(), *self.rotated.values(), *self.reindexed.values()]
         )
 
 
@@ -36,6 +38,7 @@ def build_assets(datasets: Mapping[str, DatasetLayout]) -> DatasetAssets:
         landed={name: landed_snapshot(layout, partitions_of(groups, name)) for name, layout in datasets.items()},
         protected={name: protected_snapshot(layout, partitions_of(groups, name)) for name, layout in datasets.items()},
         rotated={name: rotated_keys(layout, partitions_of(groups, name)) for name, layout in datasets.items()},
+        reindexed={name: reindexed_index(layout, partitions_of(groups, name)) for name, layout in datasets.items()},
     )
 
 

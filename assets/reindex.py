@@ -1,0 +1,71 @@
+"""Blind-index re-index as assets: `reindexed_<dataset>_index`, partitioned like the data it rewrites.
+
+After `fieldcrypt reindex start <dataset>.<attribute>` gives an attribute's blind index a new
+key, a backfill of this asset over every partition recomputes the indexes of the protected
+rows under the new key (the core's `Workspace.reindex`: decrypt in memory, recompute, verify,
+replace each file atomically; a file already done is skipped), and `fieldcrypt reindex
+complete` proves none is left. With no re-index under way, a partition is a no-op.
+Ranges of partitions per run, like the other assets (assets/ranged.py).
+"""
+
+import warnings
+from collections.abc import Iterator
+
+import dagster as dg
+
+from assets.protection import KMS_POOL
+from assets.ranged import PartitionDone, backfill_policy, report_partitions, run_keys, run_partitions
+from fieldcrypt import ThrottledError
+from fieldcrypt.layout import DatasetLayout, partition_label
+from resources import FieldcryptResource
+
+
+def reindex_asset_name(dataset: str) -> str:
+    return f"reindexed_{dataset}_index"
+
+
+def reindexed_index(layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
+    dataset = layout.name
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
+
+        @dg.asset(
+            name=reindex_asset_name(dataset),
+            description=(
+                f"Every blind index of the {dataset} snapshot under the current index key of its attribute. "
+                "Materializing it during a re-index (fieldcrypt reindex start) recomputes the indexes of the "
+                "protected rows under the new key, verifies and replaces each file atomically; otherwise a no-op."
+            ),
+            deps=[f"protected_{dataset}"],
+            partitions_def=partitions_def,
+            backfill_policy=backfill_policy(partitions_def),
+            pool=KMS_POOL,
+            retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+            output_required=False,  # one materialization per partition done (assets/ranged.py)
+            group_name="blind_index",
+            kinds={"parquet"},
+        )
+        def reindex_partitions(
+            context: dg.AssetExecutionContext, fieldcrypt: FieldcryptResource
+        ) -> Iterator[dg.AssetCheckResult]:
+            actor = f"dagster:{context.run.run_id}"
+
+            def work(partition: str | None) -> PartitionDone:
+                report = fieldcrypt.workspace(actor).reindex(dataset, partition)
+                return PartitionDone(
+                    {
+                        "partition": partition_label(partition),
+                        "files": report.files,
+                        "files_rewritten": report.files_rewritten,
+                        "rows": report.rows,
+                        **{f"reindexed.{name}": count for name, count in report.reindexed.items()},
+                        **{f"already_reindexed.{name}": count for name, count in report.already.items()},
+                    }
+                )
+
+            outcomes = run_partitions(run_keys(context), partition_label, work)
+            yield from report_partitions(
+                context, "re-indexing", dataset, outcomes, lambda exc: isinstance(exc, ThrottledError)
+            )
+
+    return reindex_partitions

@@ -102,6 +102,8 @@ def deployment(
         "FIELDCRYPT_CELERY_BROKER": f"{redis_url}/0",
         "FIELDCRYPT_CELERY_BACKEND": f"{redis_url}/1",
         "FIELDCRYPT_PARTITIONS_START": DAYS[0].isoformat(),
+        # One run per partition (backfills otherwise run ranges of 25): 4 runs x 2 steps to spread over the workers.
+        "FIELDCRYPT_MAX_PARTITIONS_PER_RUN": "1",
     }
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
@@ -147,6 +149,9 @@ def test_protection_backfill_runs_its_steps_on_both_workers_and_the_lake_verifie
 def test_rotation_backfill_runs_its_steps_on_both_workers_and_completes(
     lake: tuple[FieldcryptResource, str], deployment: dict[str, Any]
 ) -> None:
+    from assets.rotation import rotation_partition_key
+    from pipelines.rotation import show_campaign_partitions
+
     fieldcrypt, new_key = lake
     partitions = [day.isoformat() for day in DAYS]
     workspace = fieldcrypt.workspace("test")
@@ -154,8 +159,11 @@ def test_rotation_backfill_runs_its_steps_on_both_workers_and_completes(
         for partition in partitions:
             workspace.protect(dataset, partition)
     campaign = workspace.start_rotation(to_kms_key=new_key)
+    # Rotation partitions are the campaign's (pipelines.rotation): register it, as start_key_rotation does.
+    show_campaign_partitions(deployment["instance"], campaign.campaign_id)
+    keys = [str(rotation_partition_key(campaign.campaign_id, partition)) for partition in partitions]
 
-    runs = _backfill(deployment, ["rotated_users_keys", "rotated_events_keys"], partitions)
+    runs = _backfill(deployment, ["rotated_users_keys", "rotated_events_keys"], keys)
 
     assert {run.status for run in runs} == {DagsterRunStatus.SUCCESS}
     assert _step_workers(deployment["instance"], runs) == _all_workers(deployment)

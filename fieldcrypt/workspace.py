@@ -8,7 +8,6 @@ until a key is first needed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -20,7 +19,7 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fieldcrypt import policy_auth
+from fieldcrypt import blind_index_campaign, policy_auth, rotation_campaign
 from fieldcrypt.audit import AuditLog
 from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore, index_context_attribute
@@ -28,7 +27,6 @@ from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.columns import read_path, row_key_bytes
 from fieldcrypt.dispatch import DispatchReport, Segment, segment_row_groups
 from fieldcrypt.errors import (
-    ConcurrentUpdateError,
     ConfigError,
     FieldcryptError,
     InputError,
@@ -53,9 +51,10 @@ from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
 from fieldcrypt.providers.local import LocalKeyProvider
 from fieldcrypt.providers.pkcs11 import PROVIDER_ID as PKCS11
 from fieldcrypt.providers.pkcs11 import MigratingProvider, Pkcs11Provider, Pkcs11Settings, Pkcs11Token
-from fieldcrypt.reindex import IndexKeys, ReindexReport, RetiringIndexKeys, reindex_file
+from fieldcrypt.reindex import ReindexReport, RetiringIndexKeys
 from fieldcrypt.reveal import reveal
-from fieldcrypt.rotate import RotateReport, rotate_file, stored_wrapped_keys, wrapped_key_refs
+from fieldcrypt.rotate import RotateReport, stored_wrapped_keys
+from fieldcrypt.rotation_campaign import SCAN_THREADS, RotationStatus
 from fieldcrypt.select import existing_ciphertext
 from fieldcrypt.store import FileVersion, LakeStore
 from fieldcrypt.wrapped_key import WrappedKey
@@ -117,36 +116,6 @@ class WorkspaceConfig:
 Result = TypeVar("Result")
 
 
-def _fingerprint(versions: Mapping[str, FileVersion]) -> str:
-    """A short digest of a partition's file names, sizes and modification times."""
-    listed = "\n".join(f"{rel}\t{v.size}\t{v.mtime_ns}" for rel, v in sorted(versions.items()))
-    return hashlib.blake2b(listed.encode(), digest_size=8).hexdigest()
-
-
-# Partitions whose wrapped-key columns the completion scan reads at once (I/O bound: S3 requests).
-SCAN_THREADS = 8
-
-
-@dataclass
-class RotationStatus:
-    campaign: Campaign | None
-    remaining: dict[str, list[str]]  # "dataset/partition" (or "dataset") -> old master key refs still present
-    scanned: int
-    # "dataset/partition" -> the fingerprint of its files (names, sizes, modification times) as listed now
-    fingerprints: dict[str, str] = field(default_factory=dict)
-    read: int = 0  # partitions whose files were read (the others were known clean and unchanged)
-    unread: list[str] = field(default_factory=list)  # not read for lack of budget (`max_reads`): unknown
-
-    @property
-    def complete(self) -> bool:
-        return not self.remaining and not self.unread
-
-    @property
-    def clean(self) -> dict[str, str]:
-        """Partitions known to hold no old key now -> fingerprint: what a next scan may pass as `known_clean`.
-        Never an unread partition."""
-        unknown = set(self.remaining) | set(self.unread)
-        return {label: fp for label, fp in self.fingerprints.items() if label not in unknown}
 
 
 class Workspace:
@@ -762,115 +731,19 @@ class Workspace:
         check_stored_file(self.store, rel, attributes)
         return scan_file(self.store, rel, spec, attributes)
 
-    # -- rotation ------------------------------------------------------------------------
+    # -- rotation: thin delegates to fieldcrypt.rotation_campaign -------------------------
 
     def start_rotation(self, to: str | None = None, *, to_kms_key: str | None = None) -> Campaign:
-        """Start moving every wrapped data key to a new master key (local: a new key version).
-
-        `to`: aws-kms, the new key's ARN; `pkcs11:<label>`, a key in the configured token (from
-        local or pkcs11; the workspace must be configured with the pkcs11 provider).
-
-        Everything is validated before the first write (the keystore's new version), and
-        the binding is written last; a crash between them is resumed by running it again.
-        """
-        to = to or to_kms_key
-        binding = self.bindings.load()
-        if binding is None:
-            raise PolicyError(f"lake {self.store.uri} has no bound master key yet; nothing to rotate")
-        reindexing = self._reindexing()
-        if reindexing:
-            raise PolicyError(
-                f"a blind-index re-index of {', '.join(reindexing)} is under way; complete it before a rotation"
-            )
-        if to is not None and to.startswith(f"{PKCS11}:"):
-            updated = self._start_pkcs11_rotation(binding, to.removeprefix(f"{PKCS11}:"))
-            new = updated.current
-        elif binding.current.provider == LOCAL:
-            if to_kms_key:
-                raise PolicyError("rotation from the local provider to aws-kms is not supported")
-            keystore = self._keystore()
-            binding = self._checked_values(binding, keystore)  # a wrong master key is refused here
-            bound_version = parse_key_version(binding.current.key_version)
-            # Resume: a start interrupted after the keystore gained its version reuses that version.
-            resuming = keystore.current > bound_version
-            version = keystore.current if resuming else keystore.next_version()
-            new = KeyRef(LOCAL, keystore.key_id, str(version))
-            binding.start(new, self.audit.actor)  # validation only: refuses a second campaign before any write
-            if not resuming:
-                keystore.add_version()
-            updated = binding.start(new, self.audit.actor, keystore.check_value(version))
-        elif binding.current.provider == PKCS11:
-            raise PolicyError("rotation on pkcs11 needs the new key's label (--to pkcs11:<label>)")
-        else:
-            if not to:
-                raise PolicyError("rotation on aws-kms needs the new key's ARN (--to)")
-            self.key_cache()  # the configured key is the bound one
-            new = KeyRef(KMS, validate_kms_key(self._kms_client(), to))
-            updated = binding.start(new, self.audit.actor)
-        self.bindings.save(updated, previous=binding)
-        campaign = updated.active_campaign
-        assert campaign is not None
-        self._drop_cache()
-        self.audit.record(
-            "rotation_start", master_key=campaign.old.ref, to_master_key=new.ref, detail=campaign.campaign_id
-        )
-        self._rotate_index_keys()
-        return campaign
-
-    def _start_pkcs11_rotation(self, binding: KeyBinding, label: str) -> KeyBinding:
-        """Validate the new pkcs11 key (and the bound key) before writing the binding that starts the campaign."""
-        key = self.config.key
-        if key.provider != PKCS11:
-            raise PolicyError(
-                f"rotation to pkcs11:{label} needs the workspace configured with the pkcs11 provider (module, token, "
-                "PIN source; and, from local, `keystore:` with the current keystore)"
-            )
-        if not label:
-            raise PolicyError("rotation to pkcs11 needs the new key's label (--to pkcs11:<label>)")
-        token = Pkcs11Token.for_settings(key.pkcs11_settings())
-        if binding.current.provider == LOCAL:
-            if not key.keystore_path:
-                raise PolicyError(
-                    f"rotation from local master key {binding.current.ref} to pkcs11 needs the current keystore "
-                    "(`keystore:` in the catalog's pkcs11 key)"
-                )
-            keystore = self._keystore()
-            binding = self._checked_values(binding, keystore)  # a wrong local master key is refused here
-            if binding.current != KeyRef(LOCAL, keystore.key_id, str(keystore.current)):
-                raise KeyProviderError(
-                    f"lake {self.store.uri} is bound to {binding.current.ref}, keystore {keystore.path} holds "
-                    f"{keystore.key_id}#{keystore.current}; use the keystore of this workspace"
-                )
-        elif binding.current.provider == PKCS11:
-            if label == binding.current.key_id:
-                raise PolicyError(f"pkcs11 key {label!r} is already the current master key")
-            Pkcs11Provider(token, binding.current.key_id)  # the bound key is still usable
-        else:
-            raise PolicyError(f"rotation from {binding.current.provider} to pkcs11 is not supported")
-        target = Pkcs11Provider(token, label)  # refuses a key without the required attributes, naming it
-        new = KeyRef(PKCS11, label)
-        return binding.start(new, self.audit.actor, target.check_value(label))
+        """Start moving every wrapped data key to a new master key (local: a new key version)."""
+        return rotation_campaign.start_rotation(self, to, to_kms_key=to_kms_key)
 
     def rotate(self, dataset: str, partition: str | None) -> RotateReport:
         """Rewrap the data keys of every file of a partition under the current master key."""
-        spec, attributes = self._dataset(dataset)
-        cache = self.key_cache()
-        reports = self._each_file(
-            dataset, partition, lambda rel: rotate_file(self.store, rel, spec, attributes, cache, partition=partition)
-        )
-        return RotateReport.total(self.partition_display(dataset, partition), reports)
+        return rotation_campaign.rotate(self, dataset, partition)
 
     def old_key_refs(self, dataset: str, partition: str | None) -> list[str]:
         """Master keys (refs) other than the current one that still wrap data keys of a partition (no KMS call)."""
-        binding = self.bindings.load()
-        _, attributes = self._dataset(dataset)
-        return self._old_key_refs(attributes, self.files(dataset, partition), binding.current.ref if binding else None)
-
-    def _old_key_refs(self, attributes: list[AttributePolicy], files: list[str], current: str | None) -> list[str]:
-        refs: set[str] = set()
-        for rel in files:
-            refs.update(wrapped_key_refs(self.store, rel, attributes).values())
-        return sorted(ref for ref in refs if ref != current)
+        return rotation_campaign.old_key_refs(self, dataset, partition)
 
     def rotation_status(
         self,
@@ -879,240 +752,26 @@ class Workspace:
         known_clean: Mapping[str, str] | None = None,
         max_reads: int | None = None,
     ) -> RotationStatus:
-        """Scan every partition for wrapped keys not under the current master key (no KMS call).
-
-        Each dataset is listed once (names, sizes, modification times); the partitions'
-        wrapped-key columns are then read `threads` at a time. `known_clean` maps a partition
-        ("dataset/partition") to the fingerprint it had when a previous scan found it holding
-        no old key under the same current key: a partition whose files are unchanged since is
-        not read again (the rotation driver's cursor). A partition once clean stays clean while
-        its files are unchanged: during a campaign every write wraps under the new key.
-        `max_reads` bounds the partitions read (in dataset and partition order); the others are
-        `unread`, and the status is not complete while any are (the rotation driver's time bound).
-        """
-        if threads < 1:
-            raise ConfigError(f"scan threads must be at least 1, got {threads}")
-        if max_reads is not None and max_reads < 1:
-            raise ConfigError(f"max reads must be at least 1, got {max_reads}")
-        binding = self.bindings.load()
-        current = binding.current.ref if binding else None
-        known = known_clean or {}
-        fingerprints: dict[str, str] = {}
-        to_read: list[tuple[str, list[AttributePolicy], list[str]]] = []
-        for dataset in sorted(self.policy().datasets):
-            _, attributes = self._dataset(dataset)  # a protected dataset the catalog dropped is an error
-            layout = self.layout(dataset)
-            versions = self.store.list_file_versions(layout.path)
-            for partition, files in layout.partitions(self.store, versions).items():
-                label = dataset if partition is None else f"{dataset}/{partition}"
-                fingerprints[label] = _fingerprint({rel: versions[rel] for rel in files})
-                if known.get(label) != fingerprints[label]:
-                    to_read.append((label, attributes, files))
-
-        unread = [label for label, _, _ in to_read[max_reads:]] if max_reads is not None else []
-        to_read = to_read[:max_reads] if max_reads is not None else to_read
-
-        def old_refs(item: tuple[str, list[AttributePolicy], list[str]]) -> tuple[str, list[str]]:
-            label, attributes, files = item
-            return label, self._old_key_refs(attributes, files, current)
-
-        if threads == 1 or len(to_read) <= 1:
-            found = [old_refs(item) for item in to_read]
-        else:
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                found = list(pool.map(old_refs, to_read))
-        remaining = {label: stale for label, stale in found if stale}
-        index_refs = {WrappedKey.from_bytes(value).master_key_ref for value in self.index_keys.load().values()}
-        if index_refs - {current}:
-            remaining[INDEX_KEYS_PATH] = sorted(index_refs - {current})
-        mac_key = self.policies.mac_key_value()
-        if mac_key is not None and WrappedKey.from_bytes(mac_key).master_key_ref != current:
-            remaining[POLICY_PATH] = [WrappedKey.from_bytes(mac_key).master_key_ref]
-        return RotationStatus(
-            binding.active_campaign if binding else None,
-            remaining,
-            len(fingerprints),
-            fingerprints,
-            len(to_read),
-            unread,
-        )
-
-    def _rotate_index_keys(self) -> int:
-        """Rewrap every blind-index key and the policy MAC key not yet under the current master key."""
-        cache = self.key_cache()
-        rewrapped = 0
-
-        def rewrap_stale(stored: dict[str, bytes]) -> dict[str, bytes] | None:
-            nonlocal rewrapped
-            stale = {name: value for name, value in stored.items() if not cache.is_current(value)}
-            rewrapped = len(stale)
-            for name, value in stale.items():
-                dataset, _, path = name.partition(".")
-                stored = {**stored, name: cache.rewrap(value, dataset, index_context_attribute(path))}
-            return stored if stale else None
-
-        self.index_keys.update(rewrap_stale)
-        return rewrapped + int(self.policies.rewrap_key())
+        """Scan every partition for wrapped keys not under the current master key (no KMS call)."""
+        return rotation_campaign.rotation_status(self, threads=threads, known_clean=known_clean, max_reads=max_reads)
 
     def complete_rotation(self) -> Campaign:
-        """Prove no wrapped key under the old master key remains, then retire it.
+        """Prove no wrapped key under the old master key remains, then retire it."""
+        return rotation_campaign.complete_rotation(self)
 
-        The binding is marked complete first, then the old local version retired; run
-        again after a crash between the two, it finishes the retirement.
-        """
-        binding = self.bindings.load()
-        if binding is None:
-            raise PolicyError("no rotation is in progress")
-        if binding.active_campaign is None:
-            done = binding.last_completed
-            if done is not None and self._retire_old_version(done):
-                self.audit.record(
-                    "rotation_complete",
-                    master_key=done.old.ref,
-                    to_master_key=done.new.ref,
-                    detail=f"{done.campaign_id}; retirement of the old key version resumed",
-                )
-                return done
-            raise PolicyError("no rotation is in progress")
-        self.key_cache()  # the configured key matches the binding (and its check value)
-        self._rotate_index_keys()  # a handful of keys: done here (and at start), not per partition
-        status = self.rotation_status()
-        if not status.complete:
-            listed = ", ".join(sorted(status.remaining)[:20])
-            raise PolicyError(
-                f"rotation incomplete: {len(status.remaining)} partitions still hold old wrapped keys: {listed}"
-            )
-        updated, campaign = binding.complete()
-        self.bindings.save(updated, previous=binding)
-        self._retire_old_version(campaign)
-        self.audit.record(
-            "rotation_complete",
-            master_key=campaign.old.ref,
-            to_master_key=campaign.new.ref,
-            detail=f"{campaign.campaign_id}; {status.scanned} partitions scanned",
-        )
-        return campaign
-
-    def _retire_old_version(self, campaign: Campaign) -> bool:
-        """Retire a completed campaign's old local key version if still enabled; True if it was."""
-        if campaign.old.provider != LOCAL or campaign.new.provider != LOCAL:
-            return False  # moved off the keystore (to pkcs11): nothing left to retire in it; the operator destroys it
-        keystore = self._keystore()
-        version = parse_key_version(campaign.old.key_version)
-        entry = keystore.versions.get(version)
-        if keystore.key_id != campaign.old.key_id or entry is None or entry.state != "enabled":
-            return False
-        keystore.retire(version)
-        if self._cache is not None and isinstance(self._cache.provider, LocalKeyProvider):
-            self._cache.provider.forget(version)
-        self._drop_cache()
-        return True
-
-    def _drop_cache(self) -> None:
-        """Forget every cached key and the provider (and with it any retired key material)."""
-        if self._cache is not None:
-            self._cache.clear()
-        self._cache = None
-        self._bound = None
-        self._binding_seen = None
-
-    # -- blind-index re-index ------------------------------------------------------------
-
-    def _reindexing(self) -> list[str]:
-        """Attributes whose re-index campaign is under way (an old key kept that differs from the current one)."""
-        current = self.index_keys.load()
-        return sorted(name for name, old in self.retiring_index_keys.load().items() if current.get(name) != old)
+    # -- blind-index re-index: thin delegates to fieldcrypt.blind_index_campaign ----------
 
     def start_reindex(self, attribute: str) -> None:
-        """Give a blind-indexed attribute a new index key; new rows are indexed under it from now on.
-
-        The old key is kept (`_fieldcrypt/blind_index_retiring.json`, written first) until
-        `complete_reindex`. Run `reindex` on every partition of the dataset in between.
-        """
-        entry = self.policy().attributes.get(attribute)
-        if entry is None or not entry.blind_index:
-            raise PolicyError(f"{attribute} is not an enabled attribute with a blind index; nothing to re-index")
-        binding = self.bindings.load()
-        if binding is not None and binding.active_campaign is not None:
-            raise PolicyError("a master-key rotation is under way; complete it before a blind-index re-index")
-        if attribute in self._reindexing():
-            raise PolicyError(f"a re-index of {attribute} is already under way: run it, then complete it")
-        current = self.index_keys.load()
-        if attribute not in current:
-            raise PolicyError(f"blind-index key of {attribute} is missing from {INDEX_KEYS_PATH}")
-        retiring = self.retiring_index_keys.load()
-        retiring[attribute] = current[attribute]
-        self.retiring_index_keys.save(retiring)  # first: a crash after it leaves no campaign (old == current)
-        old_key, new_key = current[attribute], self.key_cache().new_index_key(entry.dataset, entry.path)
-
-        def switch(stored: dict[str, bytes]) -> dict[str, bytes]:
-            if stored.get(attribute) != old_key:  # another worker re-indexed or rotated it meanwhile
-                raise ConcurrentUpdateError(
-                    f"{INDEX_KEYS_PATH} changed while starting a re-index of {attribute}; run again"
-                )
-            return {**stored, attribute: new_key}
-
-        self.index_keys.update(switch)
-        self.audit.record("reindex_start", dataset=entry.dataset, attribute=entry.path)
+        """Give a blind-indexed attribute a new index key; new rows are indexed under it from now on."""
+        return blind_index_campaign.start_reindex(self, attribute)
 
     def reindex(self, dataset: str, partition: str | None) -> ReindexReport:
         """Recompute, in every file of a partition, the blind indexes of the attributes being re-indexed."""
-        return self._reindex(dataset, partition, dry_run=False)
-
-    def _reindex(self, dataset: str, partition: str | None, *, dry_run: bool) -> ReindexReport:
-        spec, attributes = self._dataset(dataset)
-        names = set(self._reindexing())
-        targets = [a for a in attributes if a.name in names]
-        where = self.partition_display(dataset, partition)
-        if not targets:
-            raise PolicyError(f"no blind-index re-index of {dataset} is under way (start one first)")
-        cache = self.key_cache()
-        current, retiring = self.index_keys.load(), self.retiring_index_keys.load()
-        keys = IndexKeys(
-            new={
-                a.name: cache.index_key_for(current[a.name], a.dataset, a.path).normalized(a.normalize) for a in targets
-            },
-            old={
-                a.name: cache.index_key_for(retiring[a.name], a.dataset, a.path).normalized(a.normalize)
-                for a in targets
-            },
-        )
-        reports = self._each_file(
-            dataset,
-            partition,
-            lambda rel: reindex_file(
-                self.store, rel, spec, attributes, targets, keys, cache, partition=partition, dry_run=dry_run
-            ),
-        )
-        return ReindexReport.total(where, reports)
+        return blind_index_campaign.reindex(self, dataset, partition)
 
     def complete_reindex(self, attribute: str) -> int:
-        """Prove every blind index of `attribute` is under the new key (decrypting each protected value), then
-        forget the old key. Returns the partitions checked."""
-        if attribute not in self._reindexing():
-            raise PolicyError(f"no re-index of {attribute} is under way")
-        dataset = attribute.partition(".")[0]
-        left = []
-        partitions = self.partitions(dataset)
-        for partition in partitions:
-            report = self._reindex(dataset, partition, dry_run=True)
-            if report.reindexed.get(attribute):
-                left.append(self.partition_display(dataset, partition))
-        if left:
-            raise PolicyError(
-                f"re-index of {attribute} incomplete: {len(left)} partitions still hold indexes under the old key: "
-                + ", ".join(left[:20])
-            )
-        retiring = self.retiring_index_keys.load()
-        retiring.pop(attribute, None)
-        self.retiring_index_keys.save(retiring)
-        self.audit.record(
-            "reindex_complete",
-            dataset=dataset,
-            attribute=attribute.partition(".")[2],
-            detail=f"{len(partitions)} partitions checked",
-        )
-        return len(partitions)
+        """Prove every blind index of `attribute` is under the new key, then forget the old key; partitions checked."""
+        return blind_index_campaign.complete_reindex(self, attribute)
 
     # -- policy adoption -----------------------------------------------------------------
 

@@ -7,22 +7,18 @@ until a key is first needed.
 
 from __future__ import annotations
 
-import contextlib
-import hmac
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fieldcrypt import blind_index_campaign, policy_auth, rotation_campaign
+from fieldcrypt import blind_index_campaign, master_key_access, rotation_campaign
 from fieldcrypt.audit import AuditLog
 from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
-from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore, index_context_attribute
+from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.columns import read_path, row_key_bytes
 from fieldcrypt.dispatch import DispatchReport, Segment, segment_row_groups
@@ -30,34 +26,29 @@ from fieldcrypt.errors import (
     ConfigError,
     FieldcryptError,
     InputError,
-    IntegrityError,
     KeyProviderError,
     PolicyError,
     VerificationError,
-    WrongMasterKeyError,
 )
-from fieldcrypt.keystore import Keystore, parse_key_version
+from fieldcrypt.keystore import Keystore
 from fieldcrypt.layout import DatasetLayout
 from fieldcrypt.mask import mask_values
 from fieldcrypt.parquet_io import open_parquet, read_ahead, row_groups
-from fieldcrypt.policy import POLICY_PATH, AttributePolicy, DatasetSpec, Policy, PolicyStore
-from fieldcrypt.policy_auth import MAC_KEY_ATTRIBUTE, MAC_KEY_DATASET, check_file_protection, check_stored_file
+from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
+from fieldcrypt.policy_auth import check_file_protection, check_stored_file
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
 from fieldcrypt.providers.aws_kms import PROVIDER_ID as KMS
-from fieldcrypt.providers.aws_kms import RETRY_MODES, AwsKmsProvider, kms_client, validate_kms_key
-from fieldcrypt.providers.base import EncryptionContext, KeyProvider
+from fieldcrypt.providers.aws_kms import RETRY_MODES
 from fieldcrypt.providers.base import MasterKeyInfo as KeyRef
 from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
-from fieldcrypt.providers.local import LocalKeyProvider
 from fieldcrypt.providers.pkcs11 import PROVIDER_ID as PKCS11
-from fieldcrypt.providers.pkcs11 import MigratingProvider, Pkcs11Provider, Pkcs11Settings, Pkcs11Token
+from fieldcrypt.providers.pkcs11 import Pkcs11Settings
 from fieldcrypt.reindex import ReindexReport, RetiringIndexKeys
 from fieldcrypt.reveal import reveal
-from fieldcrypt.rotate import RotateReport, stored_wrapped_keys
+from fieldcrypt.rotate import RotateReport
 from fieldcrypt.rotation_campaign import SCAN_THREADS, RotationStatus
 from fieldcrypt.select import existing_ciphertext
 from fieldcrypt.store import FileVersion, LakeStore
-from fieldcrypt.wrapped_key import WrappedKey
 
 
 @dataclass(frozen=True)
@@ -135,247 +126,24 @@ class Workspace:
     def __repr__(self) -> str:
         return f"Workspace({self.name!r}, lake={self.store.uri!r})"
 
-    # -- keys ----------------------------------------------------------------------------
+    # -- keys: delegates to fieldcrypt.master_key_access --------------------------------
 
     def key_cache(self) -> DataKeyCache:
-        """The data-key cache over the bound master key, built (and the key described) on first use.
-
-        A lake seen for the first time is bound here: its (empty) authenticated policy is
-        written first, then the binding with the key's check value, so a crash between the
-        two leaves a lake that the next run binds.
-        """
-        if self._cache is None:
-            provider, binding = self._provider()
-            info = provider.describe()
-            cache = DataKeyCache(
-                provider,
-                self.name,
-                self.audit,
-                ttl_seconds=self.config.data_key_ttl_seconds,
-                guard=self._check_binding,
-            )
-            if binding is None:
-                self._cache = cache  # the policy store below reaches the cache through key_cache()
-                try:
-                    self.policies.create(Policy(self.name))  # another worker's first policy is kept
-                    bound = KeyBinding(info).with_check_value(info, self._check_value(provider, info))
-                    self.bindings.save(bound, previous=None)
-                except BaseException:
-                    self._cache = None
-                    raise
-                self.audit.record("bind_master_key", master_key=info.ref)
-            self._bound = info
-            self._binding_seen = self.bindings.version()
-            self._cache = cache
-        return self._cache
+        """The data-key cache over the bound master key, built (and the key described) on first use."""
+        return master_key_access.key_cache(self)
 
     def _check_binding(self) -> None:
         """Stop a process whose master key another process rotated away (one stat while unchanged)."""
-        seen = self.bindings.version()
-        if seen == self._binding_seen:
-            return
-        binding = self.bindings.load()
-        if binding is None or self._bound is None or binding.current != self._bound:
-            now = binding.current.ref if binding else "nothing"
-            raise KeyProviderError(
-                f"master key of lake {self.store.uri} moved from {self._bound.ref if self._bound else '?'} to {now} "
-                "after this process loaded it (a rotation by another process); nothing was written under the old "
-                "key - restart this run"
-            )
-        cache = self._cache
-        if cache is not None and isinstance(cache.provider, LocalKeyProvider) and binding.active_campaign is None:
-            for campaign in binding.campaigns:  # another process retired them: drop our copy of the bytes
-                if campaign.status == "complete" and campaign.old.provider == LOCAL:
-                    cache.provider.forget(parse_key_version(campaign.old.key_version))
-        self._binding_seen = seen
-
-    @staticmethod
-    def _check_value(provider: KeyProvider, info: KeyRef) -> str:
-        if isinstance(provider, LocalKeyProvider):
-            return provider.check_value(int(info.key_version))
-        if isinstance(provider, Pkcs11Provider):
-            return provider.check_value(info.key_id)
-        return ""  # aws-kms: the key ARN is the check (docs/FORMAT.md section 5)
-
-    def _provider(self) -> tuple[KeyProvider, KeyBinding | None]:
-        """The provider of the bound (or, on a new lake, configured) key, and the stored binding."""
-        binding = self.bindings.load()
-        key = self.config.key
-        if key.provider == LOCAL:
-            keystore = self._keystore()  # refuses a version whose bytes do not match its own KCV
-            configured = KeyRef(LOCAL, keystore.key_id, str(keystore.current))
-            if binding is not None and binding.current != configured:
-                raise KeyProviderError(
-                    f"lake {self.store.uri} is bound to master key {binding.current.ref}, but keystore "
-                    f"{keystore.path} holds {configured.ref}; use the keystore of this workspace, or finish "
-                    f"`fieldcrypt rotate start` if a rotation was interrupted"
-                )
-            if binding is not None:  # the binding's KCVs first: a wrong key is refused before any write
-                binding = self._checked_values(binding, keystore)
-            added = keystore.add_missing_check_values()
-            if added:
-                self.audit.record(
-                    "key_check_value_added", master_key=keystore.key_id, detail=f"keystore versions {added}"
-                )
-            provider: KeyProvider = LocalKeyProvider(keystore)
-        elif key.provider == PKCS11:
-            provider = self._pkcs11_provider(binding)
-        else:
-            client = self._kms_client()
-            configured_arn = validate_kms_key(client, key.kms_key or "")
-            if binding is None:
-                current, also = configured_arn, []
-            else:
-                campaign = binding.active_campaign
-                allowed = {binding.current.key_id} | ({campaign.old.key_id} if campaign else set())
-                if binding.current.provider != KMS or configured_arn not in allowed:
-                    retired = [
-                        c for c in binding.campaigns if c.status == "complete" and c.old.key_id == configured_arn
-                    ]
-                    advice = (
-                        f"it was rotated out by {retired[-1].campaign_id}; configure the current key instead"
-                        if retired
-                        else "to move to it, run a rotation"
-                    )
-                    raise KeyProviderError(
-                        f"lake {self.store.uri} is bound to master key {binding.current.ref}, but this workspace is "
-                        f"configured with {configured_arn}; {advice}"
-                    )
-                current, also = binding.current.key_id, ([campaign.old.key_id] if campaign else [])
-            provider = AwsKmsProvider(current, self.name, client, also_decrypt=also)
-        info = provider.describe()
-        self.audit.record("describe_key", master_key=info.ref)
-        return provider, binding
-
-    def _pkcs11_provider(self, binding: KeyBinding | None) -> KeyProvider:
-        """The pkcs11 provider of the bound key (and, mid-rotation, of the old one), key check values compared."""
-        key = self.config.key
-        token = Pkcs11Token.for_settings(key.pkcs11_settings())
-        configured = key.pkcs11_key_label or ""
-        if binding is None:
-            return Pkcs11Provider(token, configured)
-        campaign = binding.active_campaign
-        old = campaign.old if campaign else None
-        allowed = {binding.current.key_id} | ({old.key_id} if old and old.provider == PKCS11 else set())
-        if binding.current.provider != PKCS11 or configured not in allowed:
-            retired = [
-                c
-                for c in binding.campaigns
-                if c.status == "complete" and c.old.provider == PKCS11 and c.old.key_id == configured
-            ]
-            advice = (
-                f"it was rotated out by {retired[-1].campaign_id}; configure the current key instead"
-                if retired
-                else f"to move to it, run `fieldcrypt rotate start --to pkcs11:{configured}`"
-            )
-            raise KeyProviderError(
-                f"lake {self.store.uri} is bound to master key {binding.current.provider}:{binding.current.ref}, but "
-                f"this workspace is configured with pkcs11 key {configured!r} on token {token.label!r}; {advice}"
-            )
-        also = [old.key_id] if old is not None and old.provider == PKCS11 else []
-        provider = Pkcs11Provider(token, binding.current.key_id, also_decrypt=also)
-        for ref in [binding.current] + ([old] if old is not None and old.provider == PKCS11 else []):
-            expected = binding.check_values.get(ref.ref)
-            if expected is not None and not hmac.compare_digest(expected, provider.check_value(ref.key_id)):
-                raise WrongMasterKeyError(
-                    f"wrong master key: pkcs11 key {ref.key_id!r} on token {token.label!r} does not match the key "
-                    f"check value lake {self.store.uri} was bound to (another key under the same label); nothing "
-                    "was written - restore the key or the token"
-                )
-        if old is not None and old.provider == LOCAL:  # mid-rotation from local: the old keystore unwraps
-            if not key.keystore_path:
-                raise KeyProviderError(
-                    f"lake {self.store.uri} is rotating from local master key {old.ref} to pkcs11 key "
-                    f"{binding.current.key_id!r}; the catalog's pkcs11 key needs `keystore:` until it completes"
-                )
-            keystore = self._keystore()
-            self._checked_values(binding, keystore)
-            return MigratingProvider(provider, LocalKeyProvider(keystore))
-        return provider
-
-    def _checked_values(self, binding: KeyBinding, keystore: Keystore) -> KeyBinding:
-        """Compare the keystore's key check values with the binding's; record the missing ones (migration)."""
-        campaign = binding.active_campaign
-        refs = [binding.current] + ([campaign.old] if campaign and campaign.old.provider == LOCAL else [])
-        updated = binding
-        for ref in refs:
-            if ref.key_id != keystore.key_id:
-                continue
-            actual = keystore.check_value(parse_key_version(ref.key_version))
-            expected = binding.check_values.get(ref.ref)
-            if expected is None:
-                if actual:
-                    self._prove_local_key(keystore, ref)  # never adopt a KCV for bytes that do not fit the lake
-                updated = updated.with_check_value(ref, actual)
-            elif actual and not hmac.compare_digest(expected, actual):
-                raise WrongMasterKeyError(
-                    f"wrong master key: keystore {keystore.path} holds {ref.ref}, but its key check value differs "
-                    f"from the one lake {self.store.uri} was bound to (same id and version, other key bytes); "
-                    "nothing was written - restore this lake's keystore"
-                )
-        if updated != binding:
-            self.bindings.save(updated, previous=binding)
-            added = sorted(set(updated.check_values) - set(binding.check_values))
-            self.audit.record("key_check_value_added", detail=f"binding: {', '.join(added)}")
-        return updated
-
-    def _prove_local_key(self, keystore: Keystore, ref: KeyRef) -> None:
-        """Migration check: the first stored wrapped key under `ref` must unwrap with the keystore's bytes.
-
-        Looks at the policy's MAC key, the blind-index keys, then the partitions of the
-        datasets the stored policy names (read for their names only, not trusted), and
-        stops at the first key under `ref`. Nothing stored under `ref`: nothing to lose.
-        """
-        provider = LocalKeyProvider(keystore)
-        for value, context in self._stored_wrapped_keys():
-            wrapped = WrappedKey.from_bytes(value)
-            if wrapped.master_key_ref != ref.ref:
-                continue
-            try:
-                provider.unwrap(wrapped, context)
-            except IntegrityError:
-                raise WrongMasterKeyError(
-                    f"wrong master key: keystore {keystore.path} holds {ref.ref}, but its bytes do not unwrap the data "
-                    f"keys lake {self.store.uri} stores under it; nothing was written - restore this lake's keystore"
-                ) from None
-            return
-
-    def _stored_wrapped_keys(self) -> Iterator[tuple[bytes, EncryptionContext]]:
-        with contextlib.suppress(FieldcryptError):
-            mac_key = self.policies.mac_key_value()
-            if mac_key is not None:
-                yield mac_key, EncryptionContext(self.name, MAC_KEY_DATASET, MAC_KEY_ATTRIBUTE)
-        with contextlib.suppress(FieldcryptError):
-            for name, value in self.index_keys.load().items():
-                dataset, _, path = name.partition(".")
-                yield value, EncryptionContext(self.name, dataset, index_context_attribute(path))
-        try:
-            where = self.store.display(POLICY_PATH)
-            doc, _ = policy_auth.split(self.store.read_bytes(POLICY_PATH), where)
-            named = Policy.from_json(json.dumps(doc), where)
-        except (FieldcryptError, OSError):
-            return
-        for dataset in sorted(set(named.datasets) & set(self.config.datasets)):
-            attributes = named.for_dataset(dataset)
-            for files in self.layout(dataset).partitions(self.store).values():
-                for rel in files:
-                    with contextlib.suppress(FieldcryptError):
-                        for value, attribute in stored_wrapped_keys(self.store, rel, attributes).items():
-                            yield value, EncryptionContext(self.name, dataset, attribute.path)
+        master_key_access.check_binding(self)
 
     def _keystore(self) -> Keystore:
-        keystore = Keystore.load(Path(self.config.key.keystore_path or ""))
-        if keystore.workspace != self.name:
-            raise KeyProviderError(
-                f"keystore {keystore.path} belongs to workspace {keystore.workspace!r}, not {self.name!r}"
-            )
-        return keystore
+        return master_key_access.load_keystore(self)
 
     def _kms_client(self) -> object:
-        key = self.config.key
-        return kms_client(key.kms_region, key.kms_endpoint_url, key.kms_retry_mode, key.kms_max_attempts)
+        return master_key_access.workspace_kms_client(self)
 
-    # -- policy --------------------------------------------------------------------------
+    def _checked_values(self, binding: KeyBinding, keystore: Keystore) -> KeyBinding:
+        return master_key_access.with_check_values(self, binding, keystore)
 
     def policy(self) -> Policy:
         return self.policies.load()

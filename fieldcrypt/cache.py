@@ -28,6 +28,7 @@ from fieldcrypt.cell import DataKey
 from fieldcrypt.errors import InputError
 from fieldcrypt.policy_auth import MAC_KEY_ATTRIBUTE, MAC_KEY_DATASET, MacKey
 from fieldcrypt.providers.base import EncryptionContext, KeyProvider, MasterKeyInfo
+from fieldcrypt.rate_limit import CallRateLimit
 from fieldcrypt.wrapped_key import WrappedKey
 
 MAX_TTL_SECONDS = 30 * 60
@@ -75,6 +76,7 @@ class DataKeyCache:
     clock: Callable[[], float] = time.monotonic
     calls: KeyCallCounts = field(default_factory=KeyCallCounts)
     guard: Callable[[], None] | None = None
+    rate_limit: CallRateLimit | None = None  # the workspace's client-side KMS call budget (fieldcrypt.rate_limit)
     max_entries: int = MAX_CACHED_KEYS
     _encrypting: OrderedDict[tuple[str, str], _EncryptionKey] = field(default_factory=OrderedDict, repr=False)
     _decrypting: OrderedDict[tuple[bytes, str, str], _DecryptionKey] = field(default_factory=OrderedDict, repr=False)
@@ -110,7 +112,7 @@ class DataKeyCache:
             self._evict_expired()
             key = self._encrypting.get((dataset, attribute))
             if key is None or key.cells_left <= 0:
-                self.check_current()
+                self._before_provider_call()
                 context = self.context(dataset, attribute)
                 dek, wrapped = self.provider.generate_data_key(context)
                 self.calls.generate += 1
@@ -130,7 +132,7 @@ class DataKeyCache:
             hit = self._decrypting.get(cache_key)
             if hit is not None:
                 return hit.cipher
-            self.check_current()
+            self._before_provider_call()
             context = self.context(dataset, attribute)
             wrapped = WrappedKey.from_bytes(wrapped_value)
             dek = self.provider.unwrap(wrapped, context)
@@ -144,7 +146,7 @@ class DataKeyCache:
     def new_index_key(self, dataset: str, attribute: str) -> bytes:
         """A new blind-index key for an attribute, as its stored wrapped value (the plaintext is dropped)."""
         context = self.context(dataset, index_context_attribute(attribute))
-        self.check_current()
+        self._before_provider_call()
         key, wrapped = self.provider.generate_data_key(context)
         del key
         self.calls.generate += 1
@@ -158,7 +160,7 @@ class DataKeyCache:
     def new_policy_key(self) -> tuple[MacKey, bytes]:
         """A new policy MAC key and its stored wrapped value (fieldcrypt.policy_auth)."""
         context = self.context(MAC_KEY_DATASET, MAC_KEY_ATTRIBUTE)
-        self.check_current()
+        self._before_provider_call()
         key, wrapped = self.provider.generate_data_key(context)
         self.calls.generate += 1
         self._audit("generate_policy_key", context, None, wrapped)
@@ -179,7 +181,7 @@ class DataKeyCache:
             if hit is not None and isinstance(hit[0], kind):  # type: ignore[arg-type]
                 found: _K = hit[0]
                 return found
-            self.check_current()
+            self._before_provider_call()
             context = self.context(dataset, attribute)
             wrapped = WrappedKey.from_bytes(wrapped_value)
             key = kind(self.provider.unwrap(wrapped, context))
@@ -192,6 +194,7 @@ class DataKeyCache:
         """The same data key under the current master key (never cached: rotation runs once)."""
         context = self.context(dataset, attribute)
         old = WrappedKey.from_bytes(wrapped_value)
+        self._before_provider_call()
         new = self.provider.rewrap(old, context)
         self.calls.rewrap += 1
         if self.audit is not None:
@@ -207,6 +210,12 @@ class DataKeyCache:
 
     def is_current(self, wrapped_value: bytes) -> bool:
         return self.provider.is_current(WrappedKey.from_bytes(wrapped_value))
+
+    def _before_provider_call(self) -> None:
+        """The binding still names our key, and the workspace's KMS call budget has room (may wait)."""
+        self.check_current()
+        if self.rate_limit is not None:
+            self.rate_limit.acquire()
 
     def check_current(self) -> None:
         """Raise if the master key this cache wraps under is no longer the lake's current one."""

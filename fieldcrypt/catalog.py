@@ -57,6 +57,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "FIELDCRYPT_KMS_RETRY_MODE": ("key", "retry_mode"),
     "FIELDCRYPT_KMS_MAX_ATTEMPTS": ("key", "max_attempts"),
     "FIELDCRYPT_DATA_KEY_TTL_SECONDS": ("data_key_ttl_seconds",),
+    "FIELDCRYPT_KMS_CALLS_PER_SECOND": ("kms_calls_per_second",),
     "FIELDCRYPT_PARTITIONS_START": ("partitions_start",),
     "FIELDCRYPT_PARTITIONS_END": ("partitions_end",),
 }
@@ -165,6 +166,9 @@ class WorkspaceEntry(_Strict):
     key: Annotated[LocalKeyEntry | AwsKmsKeyEntry | Pkcs11KeyEntry, Field(discriminator="provider")]
     data_key_ttl_seconds: float = Field(default=MAX_TTL_SECONDS, gt=0, le=MAX_TTL_SECONDS)
     file_workers: int = Field(default=2, ge=1, le=64, description="files of one partition processed at once")
+    kms_calls_per_second: float | None = Field(
+        default=None, gt=0, le=100_000, description="client-side budget of this workspace's KMS calls, per process"
+    )
     partitions_start: date | datetime | None = None
     partitions_end: date | datetime | None = None
     datasets: dict[str, DatasetEntry] = Field(default_factory=dict)
@@ -266,6 +270,7 @@ class Catalog:
             data_key_ttl_seconds=entry.data_key_ttl_seconds,
             datasets=datasets,
             file_workers=entry.file_workers,
+            kms_calls_per_second=entry.kms_calls_per_second,
         )
 
     def _pkcs11_key(self, key: Pkcs11KeyEntry) -> KeyConfig:

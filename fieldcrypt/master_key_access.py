@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fieldcrypt import policy_auth
+from fieldcrypt import policy_auth, rate_limit
 from fieldcrypt.binding import KeyBinding
 from fieldcrypt.blind_index import index_context_attribute
 from fieldcrypt.cache import DataKeyCache
@@ -57,6 +57,7 @@ def key_cache(workspace: Workspace) -> DataKeyCache:
             workspace.audit,
             ttl_seconds=workspace.config.data_key_ttl_seconds,
             guard=workspace._check_binding,
+            rate_limit=rate_limit.for_workspace(workspace.name, workspace.config.kms_calls_per_second),
         )
         if binding is None:
             workspace._cache = cache  # the policy store below reaches the cache through key_cache()

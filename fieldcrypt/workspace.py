@@ -102,6 +102,7 @@ class WorkspaceConfig:
     data_key_ttl_seconds: float = MAX_TTL_SECONDS
     datasets: Mapping[str, DatasetLayout] = field(default_factory=dict)  # the catalog's declarations
     file_workers: int = 2  # files of one partition processed at once
+    kms_calls_per_second: float | None = None  # client-side budget of key-provider calls (None: unlimited)
 
 
 Result = TypeVar("Result")

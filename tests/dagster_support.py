@@ -123,3 +123,17 @@ def fresh_code_location_import() -> Iterator[None]:
         for name in ours():
             del sys.modules[name]
         sys.modules.update(saved)
+
+
+def write_workspace_file(path: Path, location: str) -> Path:
+    """A Dagster workspace file loading this project's code location (as workspace.yaml does) under `location`."""
+    root = Path(__file__).resolve().parents[1]
+    path.write_text(
+        "load_from:\n"
+        "  - python_module:\n"
+        "      module_name: pipelines.definitions\n"
+        "      attribute: defs\n"
+        f"      working_directory: {root}\n"
+        f"      location_name: {location}\n"
+    )
+    return path

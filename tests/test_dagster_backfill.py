@@ -28,6 +28,7 @@ from dagster_support import (
     make_keystore,
     past_day,
     shift_to_straddle_now,
+    write_workspace_file,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,16 +38,7 @@ DAYS = [past_day(4), past_day(3), past_day(2)]
 
 @pytest.fixture
 def workspace_file(tmp_path: Path) -> Path:
-    path = tmp_path / "workspace.yaml"
-    path.write_text(
-        "load_from:\n"
-        "  - python_module:\n"
-        "      module_name: pipelines.definitions\n"
-        "      attribute: defs\n"
-        f"      working_directory: {REPO_ROOT}\n"
-        f"      location_name: {LOCATION}\n"
-    )
-    return path
+    return write_workspace_file(tmp_path / "workspace.yaml", LOCATION)
 
 
 def test_graphql_partition_backfill_protects_every_partition_in_ranges_of_partitions_per_run(

@@ -38,6 +38,7 @@ from dagster_support import (
     local_fieldcrypt,
     make_keystore,
     past_day,
+    write_workspace_file,
 )
 
 from assets.rotation import rotation_partition_key
@@ -156,16 +157,7 @@ def fieldcrypt(tmp_path: Path) -> FieldcryptResource:
 
 @pytest.fixture
 def workspace_file(tmp_path: Path) -> Path:
-    path = tmp_path / "workspace.yaml"
-    path.write_text(
-        "load_from:\n"
-        "  - python_module:\n"
-        "      module_name: pipelines.definitions\n"
-        "      attribute: defs\n"
-        f"      working_directory: {REPO_ROOT}\n"
-        f"      location_name: {LOCATION}\n"
-    )
-    return path
+    return write_workspace_file(tmp_path / "workspace.yaml", LOCATION)
 
 
 @pytest.fixture(params=["local", "aws-kms"])

@@ -41,6 +41,7 @@ from dagster_support import (
     land,
     past_day,
     shift_to_straddle_now,
+    write_workspace_file,
 )
 from distributed_support import celery_workers, postgres_server, redis_server, wait_for_workers
 
@@ -109,15 +110,7 @@ def deployment(
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("FIELDCRYPT_PARTITIONS_END", raising=False)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])}
-    workspace_file = tmp_path / "workspace.yaml"
-    workspace_file.write_text(
-        "load_from:\n"
-        "  - python_module:\n"
-        "      module_name: pipelines.definitions\n"
-        "      attribute: defs\n"
-        f"      working_directory: {REPO_ROOT}\n"
-        f"      location_name: {LOCATION}\n"
-    )
+    workspace_file = write_workspace_file(tmp_path / "workspace.yaml", LOCATION)
     storage = {"storage": {"postgres": {"postgres_url": postgres_url}}}
     with (
         celery_workers(WORKERS, env, REPO_ROOT, tmp_path) as pids,

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR := demo-workspace
 UI_PORT ?= 3000
-# Concurrent KMS-calling steps allowed on the instance (the `kms` pool; see dagster_home/dagster.yaml).
+# Concurrent KMS-calling steps of the demo workspace (its `kms_demo` pool; see dagster_home/dagster.yaml).
 KMS_POOL_LIMIT ?= 4
 
 DIST_STAMP := $(VENV)/.installed-distributed-stamp
@@ -71,7 +71,7 @@ ui: $(STAMP)
 	cp dagster_home/dagster.yaml $(DEMO_DIR)/dagster_home/dagster.yaml
 	set -a; if [ -f $(DEMO_DIR)/dagster.env ]; then . ./$(DEMO_DIR)/dagster.env; fi; set +a; \
 	export DAGSTER_HOME=$(CURDIR)/$(DEMO_DIR)/dagster_home; \
-	$(VENV)/bin/dagster instance concurrency set kms $(KMS_POOL_LIMIT) && \
+	$(VENV)/bin/dagster instance concurrency set kms_demo $(KMS_POOL_LIMIT) && \
 	exec $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
 
 clean:

@@ -1,10 +1,12 @@
-"""Assets of the fieldcrypt code location, generated from the catalog: per declared dataset, its landed
-snapshot, its protection, its key rotation and its blind-index re-index, partitioned as the catalog declares it."""
+"""Assets of the fieldcrypt code location, generated from the catalog: per workspace and declared dataset,
+its landed snapshot, its protection, its key rotation and its blind-index re-index, partitioned as the
+catalog declares it, under the workspace's key prefix (assets/scope.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import dagster as dg
 
@@ -12,13 +14,18 @@ from assets.partitions import PartitionGroup, partition_groups, partitions_of
 from assets.protection import landed_snapshot, protected_snapshot
 from assets.reindex import reindexed_index
 from assets.rotation import rotated_keys
+from assets.scope import WorkspaceScope
 from fieldcrypt.layout import DatasetLayout
+from fieldcrypt.workspace import WorkspaceConfig
+
+T = TypeVar("T")
 
 
 @dataclass
 class DatasetAssets:
-    """Every asset of the catalog's datasets, with the partition groups they fall into."""
+    """Every asset of one workspace's datasets, with the partition groups they fall into."""
 
+    scope: WorkspaceScope
     groups: list[PartitionGroup]
     landed: dict[str, dg.AssetSpec]
     protected: dict[str, dg.AssetsDefinition]
@@ -31,15 +38,23 @@ class DatasetAssets:
         )
 
 
-def build_assets(datasets: Mapping[str, DatasetLayout]) -> DatasetAssets:
+def build_assets(workspace: WorkspaceConfig | WorkspaceScope) -> DatasetAssets:
+    """The assets of one workspace's declared datasets."""
+    scope = workspace if isinstance(workspace, WorkspaceScope) else WorkspaceScope.of(workspace)
+    datasets = scope.datasets
     groups = partition_groups(datasets)
+
+    def each(factory: Callable[[WorkspaceScope, DatasetLayout, dg.PartitionsDefinition | None], T]) -> dict[str, T]:
+        return {name: factory(scope, layout, partitions_of(groups, name)) for name, layout in datasets.items()}
+
     return DatasetAssets(
+        scope=scope,
         groups=groups,
-        landed={name: landed_snapshot(layout, partitions_of(groups, name)) for name, layout in datasets.items()},
-        protected={name: protected_snapshot(layout, partitions_of(groups, name)) for name, layout in datasets.items()},
-        rotated={name: rotated_keys(layout, partitions_of(groups, name)) for name, layout in datasets.items()},
-        reindexed={name: reindexed_index(layout, partitions_of(groups, name)) for name, layout in datasets.items()},
+        landed=each(landed_snapshot),
+        protected=each(protected_snapshot),
+        rotated=each(rotated_keys),
+        reindexed=each(reindexed_index),
     )
 
 
-__all__ = ["DatasetAssets", "build_assets"]
+__all__ = ["DatasetAssets", "WorkspaceScope", "build_assets"]

@@ -36,7 +36,7 @@ DATA_KEYS_UNWRAP = "data_keys_unwrap"
 ROW_COUNT_PRESERVED = "row_count_preserved"
 
 
-def protection_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
+def protection_check_specs(asset: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     return [
         dg.AssetCheckSpec(
             NO_PLAINTEXT_AFTER_ENABLEMENT,

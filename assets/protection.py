@@ -16,12 +16,10 @@ import dagster as dg
 
 from assets.checks import attribute_path, evaluate_protection_checks, protection_check_specs
 from assets.ranged import PartitionDone, backfill_policy, report_partitions, run_keys, run_partitions
+from assets.scope import WorkspaceScope
 from fieldcrypt import FieldcryptError, ThrottledError
 from fieldcrypt.layout import DatasetLayout, partition_label
 from fieldcrypt.protect import ProtectReport
-from resources import FieldcryptResource
-
-KMS_POOL = "kms"
 
 
 def layout_description(layout: DatasetLayout) -> str:
@@ -30,10 +28,12 @@ def layout_description(layout: DatasetLayout) -> str:
     return f"<lake>/{layout.path}/{levels + '/' if levels else ''}*.parquet (any file names, nested folders)"
 
 
-def landed_snapshot(layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetSpec:
+def landed_snapshot(
+    scope: WorkspaceScope, layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None
+) -> dg.AssetSpec:
     spec = layout.spec
     return dg.AssetSpec(
-        key=layout.name,
+        key=scope.asset_key(layout.name),
         description=(
             f"Snapshot of {layout.name} landed by the upstream ingestion job (ingestion time {spec.ingested_at}, "
             f"primary key {spec.primary_key or 'none'})."
@@ -45,16 +45,21 @@ def landed_snapshot(layout: DatasetLayout, partitions_def: dg.PartitionsDefiniti
     )
 
 
-def protected_snapshot(layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
-    """The asset `protected_<dataset>`: ranges of partitions per run (assets/ranged.py), the `kms` pool."""
+def protected_snapshot(
+    scope: WorkspaceScope, layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None
+) -> dg.AssetsDefinition:
+    """The asset `<workspace>/protected_<dataset>`: ranges of partitions per run (assets/ranged.py), in the
+    workspace's KMS pool."""
     dataset = layout.name
     asset_name = f"protected_{dataset}"
+    asset_key = scope.asset_key(asset_name)
     with warnings.catch_warnings():
         # `backfill_policy` is marked beta in Dagster 1.13; multi_run(N) is what we mean (assets/ranged.py).
         warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
 
         @dg.asset(
             name=asset_name,
+            key_prefix=scope.key_prefix,
             description=(
                 f"The {dataset} snapshot with every enabled attribute encrypted for rows ingested at or after its "
                 "enablement: ciphertext and wrapped data-key columns added, a mask in the original column. Each "
@@ -62,23 +67,23 @@ def protected_snapshot(layout: DatasetLayout, partitions_def: dg.PartitionsDefin
                 "a no-op. A partition that fails, or whose checks fail, is not materialized and the run fails "
                 "naming it."
             ),
-            deps=[dataset],
+            deps=[scope.asset_key(dataset)],
             partitions_def=partitions_def,
             backfill_policy=backfill_policy(partitions_def),
-            pool=KMS_POOL,
+            pool=scope.pool,
+            required_resource_keys={scope.resource_key},
             # Only throttling (and errors that are not fieldcrypt's, e.g. a dropped S3 connection) is
             # retried: a re-run is safe (nothing half-written, done rows are skipped); bad input is not.
             retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
-            check_specs=protection_check_specs(asset_name),
+            check_specs=protection_check_specs(asset_key),
             output_required=False,  # one materialization per partition done is logged instead (assets/ranged.py)
             group_name="protected",
             kinds={"parquet"},
             metadata={"layout": layout_description(layout)},
         )
-        def protect_partitions(
-            context: dg.AssetExecutionContext, fieldcrypt: FieldcryptResource
-        ) -> Iterator[dg.AssetCheckResult]:
+        def protect_partitions(context: dg.AssetExecutionContext) -> Iterator[dg.AssetCheckResult]:
             actor = f"dagster:{context.run.run_id}"
+            fieldcrypt = scope.resource(context)
 
             def work(partition: str | None) -> PartitionDone:
                 report = fieldcrypt.workspace(actor).protect(dataset, partition)

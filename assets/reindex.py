@@ -13,42 +13,44 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from assets.protection import KMS_POOL
 from assets.ranged import PartitionDone, backfill_policy, report_partitions, run_keys, run_partitions
+from assets.scope import WorkspaceScope
 from fieldcrypt import ThrottledError
 from fieldcrypt.layout import DatasetLayout, partition_label
-from resources import FieldcryptResource
 
 
 def reindex_asset_name(dataset: str) -> str:
     return f"reindexed_{dataset}_index"
 
 
-def reindexed_index(layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
+def reindexed_index(
+    scope: WorkspaceScope, layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None
+) -> dg.AssetsDefinition:
     dataset = layout.name
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
 
         @dg.asset(
             name=reindex_asset_name(dataset),
+            key_prefix=scope.key_prefix,
             description=(
                 f"Every blind index of the {dataset} snapshot under the current index key of its attribute. "
                 "Materializing it during a re-index (fieldcrypt reindex start) recomputes the indexes of the "
                 "protected rows under the new key, verifies and replaces each file atomically; otherwise a no-op."
             ),
-            deps=[f"protected_{dataset}"],
+            deps=[scope.asset_key(f"protected_{dataset}")],
             partitions_def=partitions_def,
             backfill_policy=backfill_policy(partitions_def),
-            pool=KMS_POOL,
+            pool=scope.pool,
+            required_resource_keys={scope.resource_key},
             retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
             output_required=False,  # one materialization per partition done (assets/ranged.py)
             group_name="blind_index",
             kinds={"parquet"},
         )
-        def reindex_partitions(
-            context: dg.AssetExecutionContext, fieldcrypt: FieldcryptResource
-        ) -> Iterator[dg.AssetCheckResult]:
+        def reindex_partitions(context: dg.AssetExecutionContext) -> Iterator[dg.AssetCheckResult]:
             actor = f"dagster:{context.run.run_id}"
+            fieldcrypt = scope.resource(context)
 
             def work(partition: str | None) -> PartitionDone:
                 report = fieldcrypt.workspace(actor).reindex(dataset, partition)

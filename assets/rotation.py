@@ -33,31 +33,35 @@ from typing import Any
 
 import dagster as dg
 
-from assets.protection import KMS_POOL
 from assets.ranged import Outcome, PartitionDone, backfill_policy, report_partitions, run_keys, run_partitions
+from assets.scope import WorkspaceScope
 from fieldcrypt import ThrottledError, Workspace
 from fieldcrypt.binding import Campaign, KeyBinding
 from fieldcrypt.layout import DatasetLayout, partition_label
 from fieldcrypt.rotate import RotateReport
-from resources import FieldcryptResource
 
 NO_OLD_WRAPPED_KEYS = "no_old_wrapped_keys"
 CAMPAIGN_DIMENSION = "campaign"
 SNAPSHOT_DIMENSION = "snapshot"
-ROTATION_CAMPAIGNS = dg.DynamicPartitionsDefinition(name="rotation_campaign")
+
+
+def rotation_campaigns(scope: WorkspaceScope) -> dg.DynamicPartitionsDefinition:
+    """The workspace's `campaign` dimension: `<workspace>__rotation_campaign`, its current campaign only."""
+    return dg.DynamicPartitionsDefinition(name=scope.job_name("rotation_campaign"))
 
 
 def rotation_asset_name(dataset: str) -> str:
     return f"rotated_{dataset}_keys"
 
 
-def rotation_partitions(snapshot_partitions: dg.PartitionsDefinition | None) -> dg.PartitionsDefinition:
+def rotation_partitions(
+    scope: WorkspaceScope, snapshot_partitions: dg.PartitionsDefinition | None
+) -> dg.PartitionsDefinition:
     """Campaign x snapshot partition; the campaign alone for an unpartitioned dataset."""
+    campaigns = rotation_campaigns(scope)
     if snapshot_partitions is None:
-        return ROTATION_CAMPAIGNS
-    return dg.MultiPartitionsDefinition(
-        {CAMPAIGN_DIMENSION: ROTATION_CAMPAIGNS, SNAPSHOT_DIMENSION: snapshot_partitions}
-    )
+        return campaigns
+    return dg.MultiPartitionsDefinition({CAMPAIGN_DIMENSION: campaigns, SNAPSHOT_DIMENSION: snapshot_partitions})
 
 
 def rotation_partition_key(campaign_id: str, snapshot: str | None) -> str:
@@ -84,22 +88,27 @@ def latest_campaign(binding: KeyBinding | None) -> Campaign | None:
     return binding.active_campaign or (binding.campaigns[-1] if binding.campaigns else None)
 
 
-def rotated_keys(layout: DatasetLayout, snapshot_partitions: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
-    """The asset `rotated_<dataset>_keys`: ranges of partitions per run, KMS use bounded by the `kms` pool."""
+def rotated_keys(
+    scope: WorkspaceScope, layout: DatasetLayout, snapshot_partitions: dg.PartitionsDefinition | None
+) -> dg.AssetsDefinition:
+    """The asset `<workspace>/rotated_<dataset>_keys`: ranges of partitions per run, KMS use bounded by the
+    workspace's pool."""
     with warnings.catch_warnings():
         # `backfill_policy` is beta in Dagster 1.13; multi_run(N) is what we mean (see assets/ranged.py).
         warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
-        return _rotation_asset(layout.name, rotation_asset_name(layout.name), snapshot_partitions)
+        return _rotation_asset(scope, layout.name, snapshot_partitions)
 
 
 def _rotation_asset(
-    dataset: str, asset_name: str, snapshot_partitions: dg.PartitionsDefinition | None
+    scope: WorkspaceScope, dataset: str, snapshot_partitions: dg.PartitionsDefinition | None
 ) -> dg.AssetsDefinition:
+    asset_name = rotation_asset_name(dataset)
     partitioned = snapshot_partitions is not None
-    partitions_def = rotation_partitions(snapshot_partitions)
+    partitions_def = rotation_partitions(scope, snapshot_partitions)
 
     @dg.asset(
         name=asset_name,
+        key_prefix=scope.key_prefix,
         description=(
             f"In the current rotation campaign, every wrapped data key of the {dataset} snapshot of the partition "
             "is under the campaign's new master key. Partitions are <campaign>|<snapshot partition>: a new "
@@ -109,15 +118,16 @@ def _rotation_asset(
             "current key is skipped without rewriting."
         ),
         # Dagster infers the mapping to the snapshot dimension (campaign C, date D depends on D).
-        deps=[f"protected_{dataset}"],
+        deps=[scope.asset_key(f"protected_{dataset}")],
         partitions_def=partitions_def,
         backfill_policy=backfill_policy(partitions_def),
-        pool=KMS_POOL,
+        pool=scope.pool,
+        required_resource_keys={scope.resource_key},
         retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
         check_specs=[
             dg.AssetCheckSpec(
                 NO_OLD_WRAPPED_KEYS,
-                asset=asset_name,
+                asset=scope.asset_key(asset_name),
                 description="No wrapped data key in the partition's file is under a master key other than the current.",
             )
         ],
@@ -125,10 +135,9 @@ def _rotation_asset(
         group_name="rotation",
         kinds={"parquet"},
     )
-    def rotate_partitions(
-        context: dg.AssetExecutionContext, fieldcrypt: FieldcryptResource
-    ) -> Iterator[dg.AssetCheckResult]:
+    def rotate_partitions(context: dg.AssetExecutionContext) -> Iterator[dg.AssetCheckResult]:
         actor = f"dagster:{context.run.run_id}"
+        fieldcrypt = scope.resource(context)
 
         def label(key: str | None) -> str:
             return partition_label(None if key is None else split_rotation_key(key, partitioned)[1])

@@ -198,14 +198,14 @@ def backfill_bench(count: int, keep: bool) -> dict[str, Any]:
             instance_for_test(synchronous_run_coordinator=True, synchronous_run_launcher=True) as instance,
             define_out_of_process_context(str(workspace_file), None, instance) as context,
         ):
-            instance.add_dynamic_partitions("rotation_campaign", [campaign.campaign_id])
+            instance.add_dynamic_partitions(f"{WORKSPACE}__rotation_campaign", [campaign.campaign_id])
             started = time.perf_counter()
             launched = execute_dagster_graphql(
                 context,
                 LAUNCH_PARTITION_BACKFILL_MUTATION,
                 variables={
                     "backfillParams": {
-                        "assetSelection": [{"path": ["rotated_users_keys"]}],
+                        "assetSelection": [{"path": [WORKSPACE, "rotated_users_keys"]}],
                         "partitionNames": [f"{campaign.campaign_id}|{day.isoformat()}" for day in days],
                     }
                 },
@@ -220,7 +220,7 @@ def backfill_bench(count: int, keep: bool) -> dict[str, Any]:
                     break
             wall = time.perf_counter() - started
             runs = instance.get_runs(filters=RunsFilter.for_backfill(backfill_id))
-            materialized = instance.get_materialized_partitions(AssetKey("rotated_users_keys"))
+            materialized = instance.get_materialized_partitions(AssetKey([WORKSPACE, "rotated_users_keys"]))
         assert {run.status for run in runs} == {DagsterRunStatus.SUCCESS}, backfill.status
         status = workspace.rotation_status()
         return {

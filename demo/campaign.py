@@ -11,24 +11,28 @@ import hashlib
 import dagster as dg
 import pyarrow as pa
 
+from assets.scope import WorkspaceScope
 from fieldcrypt.dispatch import dispatch_segment
-from resources import FieldcryptResource
 
 DATASET = "users"  # the demo's catalog entry (fieldcrypt.yaml)
 ATTRIBUTES = ["email", "phone"]
 
 
-def campaign_dispatch_asset(partitions_def: dg.PartitionsDefinition | None) -> dg.AssetsDefinition:
+def campaign_dispatch_asset(
+    scope: WorkspaceScope, partitions_def: dg.PartitionsDefinition | None
+) -> dg.AssetsDefinition:
     @dg.asset(
         name="campaign_dispatch",
+        key_prefix=scope.key_prefix,
         partitions_def=partitions_def,
-        deps=[f"protected_{DATASET}"],
-        pool="kms",
+        deps=[scope.asset_key(f"protected_{DATASET}")],
+        pool=scope.pool,
+        required_resource_keys={scope.resource_key},
         group_name="campaigns",
         description="Send a campaign to a segment (demo: every third user): real values in memory only, counts out.",
     )
-    def campaign_dispatch(context: dg.AssetExecutionContext, fieldcrypt: FieldcryptResource) -> dg.MaterializeResult:
-        workspace = fieldcrypt.workspace(f"dagster:{context.run.run_id}")
+    def campaign_dispatch(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        workspace = scope.resource(context).workspace(f"dagster:{context.run.run_id}")
         segment = pa.array(range(0, 5_000, 3), pa.int64())  # the audience
         sent = hashlib.sha256()
 

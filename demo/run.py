@@ -70,12 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     # Imported only now: the code location reads its settings from the environment at import.
     import dagster as dg
 
+    from assets.scope import WorkspaceScope
     from demo.sample_data import land_sample_lake
     from fieldcrypt import Workspace
     from fieldcrypt.keystore import Keystore
     from fieldcrypt.store import LakeStore
     from pipelines.definitions import defs
-    from resources.settings import WORKSPACE as CONFIG
+    from resources.settings import CATALOG
+
+    CONFIG = CATALOG.workspace_config(WORKSPACE)
+    scope = WorkspaceScope.of(CONFIG)
 
     keystore = Keystore.create(Path(CONFIG.key.keystore_path or ""), WORKSPACE)
     lake = LakeStore.from_uri(CONFIG.lake_uri)
@@ -89,13 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     with dg.DagsterInstance.get() as instance:
-        instance.event_log_storage.set_concurrency_slots("kms", KMS_POOL_LIMIT)
-        enable_job = defs.resolve_job_def("enable_attribute")
+        instance.event_log_storage.set_concurrency_slots(scope.pool, KMS_POOL_LIMIT)
+        enable_job = defs.resolve_job_def(scope.job_name("enable_attribute"))
         declared = [(name, path, mask) for name, ds in CONFIG.datasets.items() for path, mask in ds.attributes.items()]
         for dataset, attribute, mask in declared:
             config = {"dataset": dataset, "attribute": attribute, "mask": mask, "acknowledge_irreversible": True}
             result = enable_job.execute_in_process(
-                run_config={**QUIET, "ops": {"record_enablement": {"config": config}}}, instance=instance
+                run_config={**QUIET, "ops": {scope.job_name("record_enablement"): {"config": config}}},
+                instance=instance,
             )
             print(f"  enabled {dataset}.{attribute} (mask {mask}) in Dagster run {result.run_id[:8]}")
 
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({enabled_at:%H:%M:%S} UTC), half after it, up to {landed:%H:%M:%S.%f} UTC"
         )
 
-        protect_job = defs.resolve_job_def("protect_snapshots")
+        protect_job = defs.resolve_job_def(scope.job_name("protect_snapshots"))
         totals: dict[str, DatasetTotals] = {}
         checks_passed = checks_total = 0
         started = time.perf_counter()
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             if not result.success:
                 print(f"  protect {partition}: run {result.run_id} FAILED; see `make ui`", file=sys.stderr)
                 return 1
-            for dataset, metadata in _materializations(result, CONFIG.datasets):
+            for dataset, metadata in _materializations(result, scope):
                 _add(totals.setdefault(dataset, DatasetTotals()), metadata)
             evaluations = result.get_asset_check_evaluations()
             checks_total += len(evaluations)
@@ -126,16 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - started
 
         rerun = protect_job.execute_in_process(partition_key=partitions[-1], instance=instance, run_config=QUIET)
-        rerun = [m for _, m in _materializations(rerun, CONFIG.datasets)]
+        rerun = [m for _, m in _materializations(rerun, scope)]
 
         from demo.campaign import campaign_dispatch_asset
 
-        campaign = campaign_dispatch_asset(defs.resolve_assets_def("protected_users").partitions_def)
-        resources = {"fieldcrypt": defs.resources["fieldcrypt"]}
+        users = defs.resolve_assets_def(scope.asset_key("protected_users"))
+        campaign = campaign_dispatch_asset(scope, users.partitions_def)
+        resources = {scope.resource_key: defs.resources[scope.resource_key]}
         sent = dg.materialize(
             [campaign], partition_key=partitions[-1], instance=instance, resources=resources, run_config=QUIET
         )
-        (dispatched,) = sent.asset_materializations_for_node("campaign_dispatch")
+        (dispatched,) = sent.asset_materializations_for_node(scope.job_name("campaign_dispatch"))
         dispatch = {key: value.value for key, value in dispatched.metadata.items()}
 
     _report(totals, wall, len(partitions), checks_passed, checks_total)
@@ -199,10 +205,10 @@ def _configure(root: Path, first_day: date, end: date) -> dict[str, str]:
     return settings
 
 
-def _materializations(result: Any, datasets: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+def _materializations(result: Any, scope: Any) -> Iterator[tuple[str, dict[str, Any]]]:
     """(dataset, metadata values) of each protected snapshot materialized by a run."""
-    for dataset in datasets:
-        for materialization in result.asset_materializations_for_node(f"protected_{dataset}"):
+    for dataset in scope.datasets:
+        for materialization in result.asset_materializations_for_node(scope.job_name(f"protected_{dataset}")):
             yield dataset, {key: value.value for key, value in materialization.metadata.items()}
 
 

@@ -185,17 +185,59 @@ class WorkspaceEntry(_Strict):
 
 
 class CatalogFile(_Strict):
+    """The file's top level; each workspace's entry is validated on its own (`Catalog.load`)."""
+
     default_workspace: str | None = None
-    workspaces: dict[str, WorkspaceEntry] = Field(min_length=1)
+    workspaces: dict[str, dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("workspaces")
+    @classmethod
+    def _workspace_names(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        import re
+
+        for name in value:
+            if not re.fullmatch(_NAME, name):
+                raise ValueError(
+                    f"workspace name {name!r} must be letters, digits, '_' and '-', not starting with a digit"
+                )
+        idents: dict[str, str] = {}
+        for name in value:
+            other = idents.setdefault(workspace_ident(name), name)
+            if other != name:
+                raise ValueError(f"workspace names {other!r} and {name!r} differ only in '-' versus '_'")
+        return value
+
+
+def workspace_ident(name: str) -> str:
+    """The workspace's name as Dagster names take it (letters, digits, underscores): `-` becomes `_`."""
+    return name.replace("-", "_")
 
 
 class Catalog:
-    """A validated catalog file, with the environment's overrides applied to the selected workspace."""
+    """A validated catalog file, with the environment's overrides applied to the selected workspace.
 
-    def __init__(self, path: Path, doc: CatalogFile, selected: str) -> None:
+    Each workspace's entry is validated on its own: an error in one customer's entry is raised
+    when that workspace is asked for (`workspace_config`), not when another is, so one tenant's
+    typo does not stop the others' runs. An error in the selected workspace (the one the
+    environment's overrides apply to, `FIELDCRYPT_WORKSPACE` or `default_workspace`) is raised
+    by `load`, naming the variable when the value came from one.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        doc: CatalogFile,
+        selected: str | None,
+        entries: dict[str, WorkspaceEntry],
+        errors: dict[str, str],
+        overridden: dict[tuple[str, ...], str] | None = None,
+    ) -> None:
         self.path = path
         self.doc = doc
         self.selected = selected
+        self._entries = entries
+        self.errors = errors  # workspace -> why its entry is invalid
+        self.overridden = overridden or {}  # loc -> the environment variable it came from
 
     def __repr__(self) -> str:
         return f"Catalog({str(self.path)!r}, selected={self.selected!r})"
@@ -222,21 +264,41 @@ class Catalog:
         if not isinstance(raw, dict):
             raise ConfigError(f"{chosen}: expected a mapping with `workspaces:`")
         selected = _selected_workspace(raw, env, chosen)
-        overridden = _apply_overrides(raw, selected, env)
+        overridden = _apply_overrides(raw, selected, env) if selected else {}
         try:
             doc = CatalogFile.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError(_describe(chosen, exc, selected, overridden)) from None
-        return cls(chosen.resolve(), doc, selected)
+            raise ConfigError(_describe(chosen, exc, overridden)) from None
+        entries: dict[str, WorkspaceEntry] = {}
+        errors: dict[str, str] = {}
+        for name, entry in doc.workspaces.items():
+            try:
+                entries[name] = WorkspaceEntry.model_validate(entry)
+            except ValidationError as exc:
+                errors[name] = _describe(chosen, exc, overridden, prefix=("workspaces", name))
+        if selected in errors:
+            raise ConfigError(errors[selected])
+        return cls(chosen.resolve(), doc, selected, entries, errors, overridden)
 
     @property
     def workspace_names(self) -> list[str]:
         return sorted(self.doc.workspaces)
 
+    def from_environment(self, name: str) -> bool:
+        """Whether the environment overrides some of `name`'s settings."""
+        return any(loc[1] == name for loc in self.overridden)
+
     def workspace_config(self, name: str | None = None) -> WorkspaceConfig:
         """The core's configuration of one workspace (the selected one by default)."""
-        name = name or self.selected
-        entry = self.doc.workspaces.get(name)
+        if name is None:
+            if self.selected is None:
+                raise ConfigError(
+                    f"{self.path}: several workspaces are declared; set default_workspace or {WORKSPACE_ENV}"
+                )
+            name = self.selected
+        if name in self.errors:
+            raise ConfigError(self.errors[name])
+        entry = self._entries.get(name)
         if entry is None:
             raise ConfigError(
                 f"{self.path}: workspace {name!r} is not declared (declared: {', '.join(self.workspace_names)})"
@@ -313,12 +375,13 @@ def _utc(value: date | datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _selected_workspace(raw: dict[str, Any], env: Mapping[str, str], path: Path) -> str:
+def _selected_workspace(raw: dict[str, Any], env: Mapping[str, str], path: Path) -> str | None:
+    """The workspace the environment's overrides apply to; None when several are declared and none is chosen."""
     workspaces = raw.get("workspaces")
     names = sorted(workspaces) if isinstance(workspaces, dict) else []
     chosen = env.get(WORKSPACE_ENV) or raw.get("default_workspace") or (names[0] if len(names) == 1 else None)
     if chosen is None:
-        raise ConfigError(f"{path}: several workspaces are declared; set default_workspace or {WORKSPACE_ENV}")
+        return None
     if chosen not in names:
         origin = WORKSPACE_ENV if env.get(WORKSPACE_ENV) else "default_workspace"
         raise ConfigError(
@@ -349,10 +412,12 @@ def _apply_overrides(raw: dict[str, Any], workspace: str, env: Mapping[str, str]
     return overridden
 
 
-def _describe(path: Path, exc: ValidationError, workspace: str, overridden: dict[tuple[str, ...], str]) -> str:
+def _describe(
+    path: Path, exc: ValidationError, overridden: dict[tuple[str, ...], str], prefix: tuple[str, ...] = ()
+) -> str:
     lines = []
     for error in exc.errors(include_url=False, include_input=False):
-        loc = _readable_loc(error["loc"])
+        loc = (*prefix, *_readable_loc(error["loc"]))
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):  # the tag is the `provider` key
             loc = (*loc, "provider")
         variable = overridden.get(loc)

@@ -254,7 +254,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "kms-policy":
         # The statements name the workspace (the encryption-context condition); the customer's lake need not exist yet.
-        workspace_name = args.workspace or Catalog.load(args.catalog).selected
+        workspace_name = args.workspace or Catalog.load(args.catalog).workspace_config().name
         print(key_policy_statements(_key_arn(args.key_arn), args.role_arn, workspace_name))
         return 0
     workspace = _workspace(args)

@@ -1,10 +1,12 @@
-"""The fieldcrypt code location: `Definitions.merge` of small per-area definitions, built from the catalog.
+"""The fieldcrypt code location: `Definitions.merge` of each served workspace's definitions, built from the catalog.
 
 Importing it reads the catalog (`resources.settings`: fieldcrypt.yaml, or $FIELDCRYPT_CATALOG,
-with the environment's overrides) and makes no network or KMS call. Every declared dataset
-gets its landed, protected and rotation assets; a new dataset is one catalog entry and a
-code-location reload. FIELDCRYPT_DAGSTER_EXECUTOR=in_process runs each run's steps in one
-process (tests, small machines); by default steps run in parallel processes.
+with the environment's overrides) and makes no network or KMS call. Every served workspace
+gets, under its own name (assets/scope.py), its datasets' landed, protected, rotation and
+re-index assets, its protect, enable, history and rotation jobs, schedules and the rotation
+driver sensor; a new dataset or workspace is one catalog entry and a code-location reload.
+FIELDCRYPT_DAGSTER_EXECUTOR=in_process runs each run's steps in one process (tests, small
+machines); by default steps run in parallel processes.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import os
 import dagster as dg
 
 from assets import build_assets
+from assets.scope import WorkspaceScope
 from fieldcrypt.errors import ConfigError
+from fieldcrypt.workspace import WorkspaceConfig
 from pipelines.jobs import enable_attribute_job, encrypt_history_job, protect_jobs
 from pipelines.rotation import build_rotation_definitions
 from pipelines.schedules import build_schedule_definitions
-from resources.settings import WORKSPACE, resources_from_catalog
+from resources.settings import BROKEN, SERVED, resources_from_catalog
 
 
 def _executor_defs() -> dg.Definitions:
@@ -35,14 +39,36 @@ def _executor_defs() -> dg.Definitions:
     raise ConfigError(f"FIELDCRYPT_DAGSTER_EXECUTOR={choice!r} is not one of in_process, multiprocess, celery")
 
 
-dataset_assets = build_assets(WORKSPACE.datasets)
-protect = protect_jobs(dataset_assets)
+def workspace_definitions(config: WorkspaceConfig) -> dg.Definitions:
+    """Everything one workspace has in the code location (its resource is bound by the code location)."""
+    assets = build_assets(config)
+    protect = protect_jobs(assets)
+    return dg.Definitions.merge(
+        assets.definitions(),
+        dg.Definitions(jobs=[*protect, enable_attribute_job(assets), encrypt_history_job(assets.scope)]),
+        build_schedule_definitions(assets.scope, assets.groups, protect),
+        build_rotation_definitions(assets),  # master-key rotation: its jobs, schedule and sensor
+    )
+
+
+def catalog_error_sensor(workspace: str, problem: str) -> dg.SensorDefinition:
+    """A workspace whose catalog entry does not validate is not served; this sensor says so on every tick."""
+
+    @dg.sensor(
+        name=f"{WorkspaceScope(workspace, {}).ident}__catalog_error",
+        minimum_interval_seconds=3600,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Workspace {workspace} is not served: its catalog entry does not validate. {problem}",
+    )
+    def catalog_error(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        raise ConfigError(f"workspace {workspace} is not served: {problem}")
+
+    return catalog_error
+
 
 defs = dg.Definitions.merge(
-    dataset_assets.definitions(),
-    dg.Definitions(jobs=[*protect, enable_attribute_job(dataset_assets), encrypt_history_job()]),
-    build_schedule_definitions(dataset_assets.groups, protect),
-    build_rotation_definitions(dataset_assets),  # master-key rotation: its jobs, schedule and sensor
+    *(workspace_definitions(config) for config in SERVED),
+    dg.Definitions(sensors=[catalog_error_sensor(name, problem) for name, problem in BROKEN.items()]),
     dg.Definitions(resources=resources_from_catalog()),
     _executor_defs(),
 )

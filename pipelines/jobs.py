@@ -7,21 +7,25 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from pydantic import Field
 
 from assets import DatasetAssets
+from assets.scope import WorkspaceScope
 from fieldcrypt import FieldcryptError
 from fieldcrypt.policy import MASKS
-from resources import FieldcryptResource
 
 # The launchpad offers the core's masks as a drop-down.
 MaskStyle = Enum("MaskStyle", {mask: mask for mask in MASKS})  # type: ignore[misc]
 
 
 def protect_jobs(assets: DatasetAssets) -> list[UnresolvedAssetJobDefinition]:
-    """One job per partition group: `protect_snapshots` when every dataset shares one partitioning."""
+    """One job per partition group: `<workspace>__protect_snapshots` when every dataset shares one partitioning."""
+    scope = assets.scope
     return [
         dg.define_asset_job(
-            f"protect_snapshots{group.suffix}",
+            scope.job_name(f"protect_snapshots{group.suffix}"),
             selection=dg.AssetSelection.assets(*(assets.protected[name] for name in group.datasets)),
-            description=f"Protect one partition of {', '.join(group.datasets)}, with its checks.",
+            description=(
+                f"Protect one partition of {', '.join(group.datasets)} (workspace {scope.name}), with its checks."
+            ),
+            tags=scope.tags("protect"),
         )
         for group in assets.groups
     ]
@@ -47,13 +51,14 @@ class EnableAttributeConfig(dg.Config):
 
 
 def enable_attribute_job(assets: DatasetAssets) -> dg.JobDefinition:
+    scope = assets.scope
+
     @dg.op(
-        name="record_enablement",
+        name=scope.job_name("record_enablement"),
         description="Record the enablement in the workspace policy, as `fieldcrypt enable` does.",
+        required_resource_keys={scope.resource_key},
     )
-    def record_enablement(
-        context: dg.OpExecutionContext, config: EnableAttributeConfig, fieldcrypt: FieldcryptResource
-    ) -> None:
+    def record_enablement(context: dg.OpExecutionContext, config: EnableAttributeConfig) -> None:
         if not config.acknowledge_irreversible:
             raise dg.Failure(
                 description=(
@@ -62,7 +67,7 @@ def enable_attribute_job(assets: DatasetAssets) -> dg.JobDefinition:
                 ),
                 allow_retries=False,
             )
-        workspace = fieldcrypt.workspace(actor=f"dagster:{context.run.run_id}")
+        workspace = scope.resource(context).workspace(actor=f"dagster:{context.run.run_id}")
         try:
             entry = workspace.enable(
                 f"{config.dataset}.{config.attribute}",
@@ -84,19 +89,17 @@ def enable_attribute_job(assets: DatasetAssets) -> dg.JobDefinition:
             )
 
     @dg.job(
-        name="enable_attribute",
+        name=scope.job_name("enable_attribute"),
         description=(
-            "Enable encryption of one attribute from now on. IRREVERSIBLE: needs acknowledge_irreversible=true; "
-            "rows ingested before now stay unencrypted."
+            f"Enable encryption of one attribute of workspace {scope.name} from now on. IRREVERSIBLE: needs "
+            "acknowledge_irreversible=true; rows ingested before now stay unencrypted."
         ),
-        tags={"fieldcrypt/irreversible": "true"},
+        tags={**scope.tags("enable"), "fieldcrypt/irreversible": "true"},
     )
     def enable_attribute() -> None:
         record_enablement()
 
     return enable_attribute
-
-
 
 
 class EncryptHistoryConfig(dg.Config):
@@ -112,11 +115,13 @@ class EncryptHistoryConfig(dg.Config):
     )
 
 
-def encrypt_history_job() -> dg.JobDefinition:
-    @dg.op(name="record_history_encryption", description="As `fieldcrypt encrypt-history` does.")
-    def record_history_encryption(
-        context: dg.OpExecutionContext, config: EncryptHistoryConfig, fieldcrypt: FieldcryptResource
-    ) -> None:
+def encrypt_history_job(scope: WorkspaceScope) -> dg.JobDefinition:
+    @dg.op(
+        name=scope.job_name("record_history_encryption"),
+        description="As `fieldcrypt encrypt-history` does.",
+        required_resource_keys={scope.resource_key},
+    )
+    def record_history_encryption(context: dg.OpExecutionContext, config: EncryptHistoryConfig) -> None:
         attribute = f"{config.dataset}.{config.attribute}"
         if not config.acknowledge_irreversible:
             raise dg.Failure(
@@ -127,7 +132,7 @@ def encrypt_history_job() -> dg.JobDefinition:
                 allow_retries=False,
             )
         try:
-            entry = fieldcrypt.workspace(actor=f"dagster:{context.run.run_id}").encrypt_history(
+            entry = scope.resource(context).workspace(actor=f"dagster:{context.run.run_id}").encrypt_history(
                 attribute, acknowledge_irreversible=True
             )
         except FieldcryptError as exc:
@@ -138,12 +143,13 @@ def encrypt_history_job() -> dg.JobDefinition:
         )
 
     @dg.job(
-        name="encrypt_attribute_history",
+        name=scope.job_name("encrypt_attribute_history"),
         description=(
-            "Opt in to encrypting an attribute's rows ingested before its enablement. IRREVERSIBLE: needs "
-            "acknowledge_irreversible=true; then a protection backfill over the chosen range encrypts them."
+            f"Opt in to encrypting an attribute's rows ingested before its enablement (workspace {scope.name}). "
+            "IRREVERSIBLE: needs acknowledge_irreversible=true; then a protection backfill over the chosen range "
+            "encrypts them."
         ),
-        tags={"fieldcrypt/irreversible": "true"},
+        tags={**scope.tags("encrypt_history"), "fieldcrypt/irreversible": "true"},
     )
     def encrypt_attribute_history() -> None:
         record_history_encryption()

@@ -1,5 +1,8 @@
 """Master-key rotation jobs: start a campaign, rotate partitions, prove completion; optionally on a schedule.
 
+Each workspace has its own (names prefixed `<workspace>__`, assets/scope.py): a campaign of
+workspace A touches A's files and calls A's key only, and its runs carry A's workspace tag.
+
 A campaign by hand (docs/OPERATIONS.md, "Rotation"):
   1. `start_key_rotation` (launchpad; local: a new key version, aws-kms: `to_kms_key_arn`);
   2. a backfill of the rotation assets over every partition (`rotate_keys` or the assets);
@@ -37,11 +40,11 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from pydantic import Field
 
 from assets import DatasetAssets
-from assets.rotation import ROTATION_CAMPAIGNS, rotation_asset_name, rotation_partition_key
+from assets.rotation import rotation_asset_name, rotation_campaigns, rotation_partition_key
+from assets.scope import WorkspaceScope
 from fieldcrypt import ConfigError, FieldcryptError, PolicyError
 from fieldcrypt.binding import Campaign
 from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
-from resources import FieldcryptResource
 
 # When Definitions binds the code location's resources to complete_key_rotation, Dagster 1.13 copies
 # key_rotation_driver (SensorDefinition.with_attributes) passing its own `owners` argument and warns
@@ -66,119 +69,135 @@ class StartKeyRotationConfig(dg.Config):
     )
 
 
-@dg.op(description="Start a rotation campaign, as `fieldcrypt rotate start [--to ARN]` does.")
-def start_rotation_campaign(
-    context: dg.OpExecutionContext, config: StartKeyRotationConfig, fieldcrypt: FieldcryptResource
-) -> None:
-    workspace = fieldcrypt.workspace(actor=f"dagster:{context.run.run_id}")
-    try:
-        campaign = workspace.start_rotation(to_kms_key=config.to_kms_key_arn or None)
-    except FieldcryptError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    show_campaign_partitions(context.instance, campaign.campaign_id)
-    context.log.info(
-        f"rotation {campaign.campaign_id} started: {campaign.old.ref} -> {campaign.new.ref}. New data keys wrap "
-        "under the new key; both keys decrypt until the campaign completes. Next: backfill the rotation assets "
-        "(their partitions of this campaign are all missing until rotated)."
-    )
-    _observe_rotation_assets(context, campaign)
-
-
 def campaign_partition_requests(
-    instance: dg.DagsterInstance, campaign_id: str
+    scope: WorkspaceScope, instance: dg.DagsterInstance, campaign_id: str
 ) -> list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]:
-    """What makes `campaign_id` the only campaign of the rotation assets' `campaign` dimension (nothing when it is)."""
-    shown = instance.get_dynamic_partitions(ROTATION_CAMPAIGNS.name)
+    """What makes `campaign_id` the only campaign of the workspace's `campaign` dimension (nothing when it is)."""
+    campaigns = rotation_campaigns(scope)
+    shown = instance.get_dynamic_partitions(campaigns.name)
     requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
     if campaign_id not in shown:
-        requests.append(ROTATION_CAMPAIGNS.build_add_request([campaign_id]))
+        requests.append(campaigns.build_add_request([campaign_id]))
     earlier = [key for key in shown if key != campaign_id]
     if earlier:
-        requests.append(ROTATION_CAMPAIGNS.build_delete_request(earlier))
+        requests.append(campaigns.build_delete_request(earlier))
     return requests
 
 
-def show_campaign_partitions(instance: dg.DagsterInstance, campaign_id: str) -> None:
-    """From now on the rotation assets' partitions are this campaign's (all missing until rotated).
+def show_campaign_partitions(scope: WorkspaceScope, instance: dg.DagsterInstance, campaign_id: str) -> None:
+    """From now on the workspace's rotation assets' partitions are this campaign's (all missing until rotated).
 
     Dropping an earlier campaign's key hides its partitions from the asset's partition bar
     and the launch dialog; its runs, observations and materialization events stay."""
-    for request in campaign_partition_requests(instance, campaign_id):
+    name = rotation_campaigns(scope).name
+    for request in campaign_partition_requests(scope, instance, campaign_id):
         if isinstance(request, dg.AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(ROTATION_CAMPAIGNS.name, list(request.partition_keys))
+            instance.add_dynamic_partitions(name, list(request.partition_keys))
         else:
             for key in request.partition_keys:
-                instance.delete_dynamic_partition(ROTATION_CAMPAIGNS.name, key)
+                instance.delete_dynamic_partition(name, key)
 
 
-@dg.job(
-    name="start_key_rotation",
-    description=(
-        "Start a master-key rotation campaign. local: creates a new key version; aws-kms: set to_kms_key_arn. "
-        "From now on new data keys wrap under the new key; then backfill the rotation assets."
-    ),
-)
-def start_key_rotation() -> None:
-    start_rotation_campaign()
+def start_key_rotation_job(scope: WorkspaceScope) -> dg.JobDefinition:
+    @dg.op(
+        name=scope.job_name("start_rotation_campaign"),
+        description="Start a rotation campaign, as `fieldcrypt rotate start [--to ARN]` does.",
+        required_resource_keys={scope.resource_key},
+    )
+    def start_rotation_campaign(context: dg.OpExecutionContext, config: StartKeyRotationConfig) -> None:
+        workspace = scope.resource(context).workspace(actor=f"dagster:{context.run.run_id}")
+        try:
+            campaign = workspace.start_rotation(to_kms_key=config.to_kms_key_arn or None)
+        except FieldcryptError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        show_campaign_partitions(scope, context.instance, campaign.campaign_id)
+        context.log.info(
+            f"{scope.name}: rotation {campaign.campaign_id} started: {campaign.old.ref} -> {campaign.new.ref}. New "
+            "data keys wrap under the new key; both keys decrypt until the campaign completes. Next: backfill the "
+            "rotation assets (their partitions of this campaign are all missing until rotated)."
+        )
+        _observe_rotation_assets(scope, context, campaign)
+
+    @dg.job(
+        name=scope.job_name("start_key_rotation"),
+        description=(
+            f"Start a master-key rotation campaign of workspace {scope.name}. local: creates a new key version; "
+            "aws-kms: set to_kms_key_arn. From now on new data keys wrap under the new key; then backfill the "
+            "rotation assets."
+        ),
+        tags=scope.tags("rotate"),
+    )
+    def start_key_rotation() -> None:
+        start_rotation_campaign()
+
+    return start_key_rotation
 
 
 def rotate_jobs(assets: DatasetAssets) -> list[UnresolvedAssetJobDefinition]:
-    """One job per partition group, like the protect jobs: `rotate_keys` when all datasets share one."""
+    """One job per partition group, like the protect jobs: `<workspace>__rotate_keys` when all datasets share one."""
     return [
         dg.define_asset_job(
-            f"rotate_keys{group.suffix}",
+            assets.scope.job_name(f"rotate_keys{group.suffix}"),
             selection=dg.AssetSelection.assets(*(assets.rotated[name] for name in group.datasets)),
             description=(
                 f"Rewrap the data keys of one partition of {', '.join(group.datasets)} under the current master key."
             ),
+            tags=assets.scope.tags("rotate"),
         )
         for group in assets.groups
     ]
 
 
-@dg.op(
-    description="Prove no wrapped key under the old master key remains, then retire it (`fieldcrypt rotate complete`)."
-)
-def complete_rotation_campaign(context: dg.OpExecutionContext, fieldcrypt: FieldcryptResource) -> None:
-    workspace = fieldcrypt.workspace(actor=f"dagster:{context.run.run_id}")
-    try:
-        campaign = workspace.complete_rotation()
-    except PolicyError as exc:
-        remaining = workspace.rotation_status().remaining  # the core's message lists the first 20; this has all
-        raise dg.Failure(
-            description=str(exc),
-            metadata={"remaining_partitions": len(remaining), "remaining": dg.MetadataValue.json(remaining)},
-            allow_retries=False,
-        ) from exc
-    except FieldcryptError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    if campaign.old.provider == LOCAL:
-        retired = f"local key version {campaign.old.key_version} is retired and no longer decrypts"
-    else:
-        retired = (
-            f"the customer may now disable the old key {campaign.old.key_id}; "
-            f"set FIELDCRYPT_KMS_KEY to {campaign.new.key_id} if not done yet"
-        )
-    context.log.info(
-        f"rotation {campaign.campaign_id} complete: no wrapped key under {campaign.old.ref} remains; {retired}"
+def complete_key_rotation_job(scope: WorkspaceScope) -> dg.JobDefinition:
+    @dg.op(
+        name=scope.job_name("complete_rotation_campaign"),
+        description=(
+            "Prove no wrapped key under the old master key remains, then retire it (`fieldcrypt rotate complete`)."
+        ),
+        required_resource_keys={scope.resource_key},
     )
-    _observe_rotation_assets(context, campaign)
+    def complete_rotation_campaign(context: dg.OpExecutionContext) -> None:
+        workspace = scope.resource(context).workspace(actor=f"dagster:{context.run.run_id}")
+        try:
+            campaign = workspace.complete_rotation()
+        except PolicyError as exc:
+            remaining = workspace.rotation_status().remaining  # the core's message lists the first 20; this has all
+            raise dg.Failure(
+                description=str(exc),
+                metadata={"remaining_partitions": len(remaining), "remaining": dg.MetadataValue.json(remaining)},
+                allow_retries=False,
+            ) from exc
+        except FieldcryptError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        if campaign.old.provider == LOCAL:
+            retired = f"local key version {campaign.old.key_version} is retired and no longer decrypts"
+        else:
+            retired = (
+                f"the customer may now disable the old key {campaign.old.key_id}; "
+                f"set the workspace's kms_key to {campaign.new.key_id} if not done yet"
+            )
+        context.log.info(
+            f"{scope.name}: rotation {campaign.campaign_id} complete: no wrapped key under {campaign.old.ref} "
+            f"remains; {retired}"
+        )
+        _observe_rotation_assets(scope, context, campaign)
+
+    @dg.job(
+        name=scope.job_name("complete_key_rotation"),
+        description=(
+            f"Scan every partition of workspace {scope.name}; fail listing those still holding wrapped keys under "
+            "the old master key, otherwise mark the campaign complete and retire the old key."
+        ),
+        tags=scope.tags("rotate"),
+    )
+    def complete_key_rotation() -> None:
+        complete_rotation_campaign()
+
+    return complete_key_rotation
 
 
-@dg.job(
-    name="complete_key_rotation",
-    description=(
-        "Scan every partition; fail listing those still holding wrapped keys under the old master key, "
-        "otherwise mark the campaign complete and retire the old key."
-    ),
-)
-def complete_key_rotation() -> None:
-    complete_rotation_campaign()
-
-
-def _observe_rotation_assets(context: dg.OpExecutionContext, campaign: Campaign) -> None:
-    """The campaign's start or end on each rotation asset's page (ids and times only)."""
-    from resources.settings import WORKSPACE  # the datasets of this code location
+def _observe_rotation_assets(scope: WorkspaceScope, context: dg.OpExecutionContext, campaign: Campaign) -> None:
+    """The campaign's start or end on each of the workspace's rotation assets' page (ids and times only)."""
     metadata: Mapping[str, Any] = {
         "campaign_id": campaign.campaign_id,
         "status": campaign.status,
@@ -187,62 +206,69 @@ def _observe_rotation_assets(context: dg.OpExecutionContext, campaign: Campaign)
         "started_at": campaign.started_at,
         "finished_at": campaign.finished_at or "",
     }
-    for dataset in WORKSPACE.datasets:
-        context.log_event(dg.AssetObservation(asset_key=rotation_asset_name(dataset), metadata=dict(metadata)))
+    for dataset in scope.datasets:
+        context.log_event(
+            dg.AssetObservation(asset_key=scope.asset_key(rotation_asset_name(dataset)), metadata=dict(metadata))
+        )
 
 
 # -- scheduled rotation (optional) -------------------------------------------------------------
 
 
-@dg.schedule(
-    name="scheduled_key_rotation",
-    cron_schedule=os.environ.get("FIELDCRYPT_ROTATION_CRON") or DEFAULT_ROTATION_CRON,
-    execution_timezone="UTC",
-    job=start_key_rotation,
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description=(
-        "Start a rotation campaign to a new local key version (FIELDCRYPT_ROTATION_CRON, default quarterly). "
-        "Turn on key_rotation_driver too: it rotates the partitions and completes the campaign."
-    ),
-)
-def scheduled_key_rotation(
-    context: dg.ScheduleEvaluationContext, fieldcrypt: FieldcryptResource
-) -> dg.RunRequest | dg.SkipReason:
-    provider = fieldcrypt.config().key.provider
-    if provider != LOCAL:
-        return dg.SkipReason(
-            f"scheduled rotation is for a local master key; this workspace uses {provider}, "
-            "whose key owner starts a rotation with a new key ARN (start_key_rotation)"
-        )
-    binding = fieldcrypt.workspace(actor="dagster:scheduled_key_rotation").bindings.load()
-    if binding is None:
-        return dg.SkipReason("the lake is not bound to a master key yet: nothing is protected, nothing to rotate")
-    if binding.active_campaign is not None:
-        return dg.SkipReason(f"rotation {binding.active_campaign.campaign_id} is still in progress")
-    return dg.RunRequest(tags={"fieldcrypt/rotation": "scheduled"})
+def scheduled_key_rotation_schedule(scope: WorkspaceScope, start: dg.JobDefinition) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name=scope.job_name("scheduled_key_rotation"),
+        cron_schedule=os.environ.get("FIELDCRYPT_ROTATION_CRON") or DEFAULT_ROTATION_CRON,
+        execution_timezone="UTC",
+        job=start,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        required_resource_keys={scope.resource_key},
+        description=(
+            f"Start a rotation campaign of workspace {scope.name} to a new local key version "
+            "(FIELDCRYPT_ROTATION_CRON, default quarterly). Turn on its key_rotation_driver too: it rotates the "
+            "partitions and completes the campaign."
+        ),
+    )
+    def scheduled_key_rotation(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        fieldcrypt = scope.resource(context)
+        provider = fieldcrypt.config().key.provider
+        if provider != LOCAL:
+            return dg.SkipReason(
+                f"scheduled rotation is for a local master key; workspace {scope.name} uses {provider}, "
+                "whose key owner starts a rotation with a new key ARN (start_key_rotation)"
+            )
+        binding = fieldcrypt.workspace(actor="dagster:scheduled_key_rotation").bindings.load()
+        if binding is None:
+            return dg.SkipReason("the lake is not bound to a master key yet: nothing is protected, nothing to rotate")
+        if binding.active_campaign is not None:
+            return dg.SkipReason(f"rotation {binding.active_campaign.campaign_id} is still in progress")
+        return dg.RunRequest(tags={**scope.tags("rotate"), "fieldcrypt/rotation": "scheduled"})
+
+    return scheduled_key_rotation
 
 
 def key_rotation_driver_sensor(
-    assets: DatasetAssets, rotate: list[UnresolvedAssetJobDefinition]
+    assets: DatasetAssets, rotate: list[UnresolvedAssetJobDefinition], complete: dg.JobDefinition
 ) -> dg.SensorDefinition:
     """The driver of a campaign: one rotate run per partition still under the old key, then the completion."""
+    scope = assets.scope
     job_of = {name: job for group, job in zip(assets.groups, rotate, strict=True) for name in group.datasets}
     partitions_of = {name: group.partitions_def for group in assets.groups for name in group.datasets}
 
     @dg.sensor(
-        name="key_rotation_driver",
-        jobs=[*rotate, complete_key_rotation],
+        name=scope.job_name("key_rotation_driver"),
+        jobs=[*rotate, complete],
         minimum_interval_seconds=300,  # each tick reads the wrapped-key columns of every partition
         default_status=dg.DefaultSensorStatus.STOPPED,
+        required_resource_keys={scope.resource_key},
         description=(
-            "While a rotation campaign is in progress: request one rotate_keys run per partition still holding "
-            "old wrapped keys (once per campaign), then complete_key_rotation when none remain."
+            f"While a rotation campaign of workspace {scope.name} is in progress: request one rotate_keys run per "
+            "partition still holding old wrapped keys (once per campaign), then complete_key_rotation when none "
+            "remain."
         ),
     )
-    def key_rotation_driver(
-        context: dg.SensorEvaluationContext, fieldcrypt: FieldcryptResource
-    ) -> dg.SensorResult | dg.SkipReason:
-        workspace = fieldcrypt.workspace(actor="dagster:key_rotation_driver")
+    def key_rotation_driver(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        workspace = scope.resource(context).workspace(actor="dagster:key_rotation_driver")
         binding = workspace.bindings.load()
         if binding is None or binding.active_campaign is None:
             return dg.SkipReason("no rotation campaign in progress")
@@ -253,18 +279,18 @@ def key_rotation_driver_sensor(
             return dg.SkipReason("no rotation campaign in progress")
         context.update_cursor(driver_cursor(campaign.campaign_id, status.clean))
         context.log.info(
-            f"rotation {campaign.campaign_id}: {status.scanned} partitions listed, {status.read} read "
+            f"{scope.name}: rotation {campaign.campaign_id}: {status.scanned} partitions listed, {status.read} read "
             f"(the others unchanged since found clean), {len(status.remaining)} still hold old wrapped keys, "
             f"{len(status.unread)} left for the next ticks ({DRIVER_MAX_READS_ENV})"
         )
-        tags = {CAMPAIGN_TAG: campaign.campaign_id}
+        tags = {**scope.tags("rotate"), CAMPAIGN_TAG: campaign.campaign_id}
         # A campaign started with the CLI gets its partitions in the UI here.
-        shown = campaign_partition_requests(context.instance, campaign.campaign_id)
+        shown = campaign_partition_requests(scope, context.instance, campaign.campaign_id)
         if status.complete:
-            complete = dg.RunRequest(
-                job_name=complete_key_rotation.name, run_key=f"{campaign.campaign_id}/complete", tags=tags
+            complete_request = dg.RunRequest(
+                job_name=complete.name, run_key=f"{campaign.campaign_id}/complete", tags=tags
             )
-            return dg.SensorResult(run_requests=[complete], dynamic_partitions_requests=shown)
+            return dg.SensorResult(run_requests=[complete_request], dynamic_partitions_requests=shown)
         # (job, partition) -> datasets to rotate in one run
         wanted: dict[tuple[str, str | None], list[str]] = {}
         elsewhere = []  # a dataset without rotation assets here, or a partition outside the definitions
@@ -282,8 +308,8 @@ def key_rotation_driver_sensor(
         if elsewhere:
             context.log.warning(
                 f"rotation {campaign.campaign_id}: {len(elsewhere)} partitions outside this code location's rotation "
-                f"assets still hold old wrapped keys; rotate them with `fieldcrypt rotate-partition <dataset> "
-                f"--partition <key>`: {', '.join(elsewhere[:20])}"
+                f"assets still hold old wrapped keys; rotate them with `fieldcrypt --workspace {scope.name} "
+                f"rotate-partition <dataset> --partition <key>`: {', '.join(elsewhere[:20])}"
             )
         if not wanted:
             if shown:
@@ -300,7 +326,7 @@ def key_rotation_driver_sensor(
                 dg.RunRequest(
                     job_name=job_name,
                     partition_key=rotation_partition_key(campaign.campaign_id, partition),
-                    asset_selection=[dg.AssetKey(rotation_asset_name(dataset)) for dataset in datasets],
+                    asset_selection=[scope.asset_key(rotation_asset_name(dataset)) for dataset in datasets],
                     run_key=_run_key(campaign.campaign_id, job_name, partition),
                     tags=tags,
                 )
@@ -345,16 +371,21 @@ def read_driver_cursor(cursor: str | None, campaign_id: str) -> dict[str, str]:
 
 
 def _run_key(campaign_id: str, job_name: str, partition: str | None) -> str:
-    """Once per campaign and partition (and partition group, when there are several)."""
-    if job_name == "rotate_keys" and partition is not None:
+    """Once per campaign and partition (and partition group, when there are several). Campaign ids are
+    random and a sensor's run keys are its own, so workspaces cannot collide."""
+    if job_name.endswith("__rotate_keys") and partition is not None:
         return f"{campaign_id}/{partition}"
     return f"{campaign_id}/{job_name}/{partition or 'all'}"
 
 
 def build_rotation_definitions(assets: DatasetAssets) -> dg.Definitions:
+    """One workspace's rotation: its start and complete jobs, its rotate jobs, schedule and driver sensor."""
+    scope = assets.scope
+    start = start_key_rotation_job(scope)
+    complete = complete_key_rotation_job(scope)
     rotate = rotate_jobs(assets)
     return dg.Definitions(
-        jobs=[start_key_rotation, *rotate, complete_key_rotation],
-        schedules=[scheduled_key_rotation],
-        sensors=[key_rotation_driver_sensor(assets, rotate)],
+        jobs=[start, *rotate, complete],
+        schedules=[scheduled_key_rotation_schedule(scope, start)],
+        sensors=[key_rotation_driver_sensor(assets, rotate, complete)],
     )

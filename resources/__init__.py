@@ -1,5 +1,5 @@
 """Dagster resources of the fieldcrypt code location; `resources.settings` reads the catalog they come from."""
 
-from resources.fieldcrypt_resource import FieldcryptResource
+from resources.fieldcrypt_resource import FieldcryptResource, resource_key
 
-__all__ = ["FieldcryptResource"]
+__all__ = ["FieldcryptResource", "resource_key"]

@@ -12,16 +12,28 @@ import dagster as dg
 from pydantic import Field
 
 from fieldcrypt import Workspace
-from fieldcrypt.catalog import Catalog
+from fieldcrypt.catalog import Catalog, workspace_ident
 from fieldcrypt.log_safety import silence_key_material_loggers
 from fieldcrypt.workspace import WorkspaceConfig
 
 
+def resource_key(workspace: str) -> str:
+    """The resource key of a workspace's `FieldcryptResource`: `fieldcrypt_<workspace>`."""
+    return f"fieldcrypt_{workspace_ident(workspace)}"
+
+
 class FieldcryptResource(dg.ConfigurableResource):
-    """One workspace (customer) of the catalog: its lake, master key and datasets."""
+    """One workspace (customer) of the catalog: its lake, master key and datasets.
+
+    The code location has one per workspace, under `resource_key(workspace)`; only that
+    workspace's assets, ops, schedules and sensors require it."""
 
     catalog_path: str = Field(description="the catalog file (fieldcrypt.yaml)")
-    workspace_name: str = Field(description="the workspace of the catalog this code location serves")
+    workspace_name: str = Field(description="the workspace of the catalog this resource opens")
+
+    def as_resources(self) -> dict[str, FieldcryptResource]:
+        """{its resource key: it}: what `materialize(..., resources=...)` takes for this workspace's assets."""
+        return {resource_key(self.workspace_name): self}
 
     def config(self) -> WorkspaceConfig:
         """The workspace's configuration, validated (named errors), environment overrides applied."""

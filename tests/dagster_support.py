@@ -77,22 +77,32 @@ def materialize_partition(
     from assets import build_assets
 
     return dg.materialize(
-        list(build_assets(fieldcrypt.config().datasets).protected.values()),
+        list(build_assets(fieldcrypt.config()).protected.values()),
         partition_key=partition,
-        resources={"fieldcrypt": fieldcrypt},
+        resources=fieldcrypt.as_resources(),
         instance=instance or dg.DagsterInstance.ephemeral(),
         **kwargs,
     )
 
 
+def asset_key(asset: str, workspace: str = WORKSPACE) -> dg.AssetKey:
+    """The asset key of `asset` (e.g. `protected_users`) of a workspace: `acme/protected_users`."""
+    return dg.AssetKey([workspace.replace("-", "_"), asset])
+
+
+def node(name: str, workspace: str = WORKSPACE) -> str:
+    """The op, asset node, job, schedule or sensor name of `name` in a workspace: `acme__protected_users`."""
+    return f"{workspace.replace('-', '_')}__{name}"
+
+
 def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
-    (materialization,) = result.asset_materializations_for_node(asset)
+    (materialization,) = result.asset_materializations_for_node(node(asset))
     return {key: value.value for key, value in materialization.metadata.items()}
 
 
 def checks(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
-    """Check name -> evaluation, for the checks of `asset` in this run."""
-    return {e.check_name: e for e in result.get_asset_check_evaluations() if e.asset_key == dg.AssetKey(asset)}
+    """Check name -> evaluation, for the checks of `asset` (of workspace acme) in this run."""
+    return {e.check_name: e for e in result.get_asset_check_evaluations() if e.asset_key == asset_key(asset)}
 
 
 @contextlib.contextmanager

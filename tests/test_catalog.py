@@ -144,16 +144,41 @@ def test_the_cli_applies_the_catalogs_data_key_ttl(tmp_path: Path, monkeypatch: 
     assert set(captured[:1] + captured[-1:]) == {7, 5} and captured[0] == 7 and captured[-1] == 5
 
 
-def test_several_workspaces_need_a_choice(tmp_path: Path) -> None:
+def test_several_workspaces_need_a_choice_only_when_one_is_asked_for(tmp_path: Path) -> None:
     path = tmp_path / "fieldcrypt.yaml"
     path.write_text(yaml.safe_dump({"workspaces": {"a": entry(), "b": entry(lake="other")}}))
+    catalog = Catalog.load(path, environ={})  # a code location serving both needs no choice
+    assert catalog.workspace_config("a").lake_uri == str(tmp_path / "lake")
     with pytest.raises(
         ConfigError, match="several workspaces are declared; set default_workspace or FIELDCRYPT_WORKSPACE"
     ):
-        Catalog.load(path, environ={})
+        catalog.workspace_config()
     assert Catalog.load(path, environ={"FIELDCRYPT_WORKSPACE": "b"}).workspace_config().lake_uri == str(
         tmp_path / "other"
     )
+
+
+def test_one_workspaces_bad_entry_fails_that_workspace_alone(tmp_path: Path) -> None:
+    path = tmp_path / "fieldcrypt.yaml"
+    broken = {**entry(), "data_key_ttl_seconds": "abc"}
+    path.write_text(yaml.safe_dump({"default_workspace": "a", "workspaces": {"a": entry(), "b": broken}}))
+
+    catalog = Catalog.load(path, environ={})
+
+    assert catalog.workspace_config("a").name == "a"
+    with pytest.raises(ConfigError, match=r"workspaces\.b\.data_key_ttl_seconds: "):
+        catalog.workspace_config("b")
+    # the selected workspace's errors are the load's: the CLI and the environment's overrides need it
+    with pytest.raises(ConfigError, match=r"workspaces\.b\.data_key_ttl_seconds"):
+        Catalog.load(path, environ={"FIELDCRYPT_WORKSPACE": "b"})
+
+
+@pytest.mark.parametrize(("names", "problem"), [(["a-b", "a_b"], "differ only in"), (["9x"], "letters, digits")])
+def test_workspace_names_are_checked(tmp_path: Path, names: list[str], problem: str) -> None:
+    path = tmp_path / "fieldcrypt.yaml"
+    path.write_text(yaml.safe_dump({"workspaces": {name: entry() for name in names}}))
+    with pytest.raises(ConfigError, match=problem):
+        Catalog.load(path, environ={})
 
 
 def test_catalog_that_drops_an_enabled_attribute_is_refused(

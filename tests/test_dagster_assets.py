@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster._serdes import serialize_value
 from dagster_support import (
+    asset_key,
     checks,
     enable,
     land,
@@ -23,6 +24,7 @@ from dagster_support import (
     make_keystore,
     materialize_partition,
     metadata,
+    node,
     past_day,
     shift_to_straddle_now,
 )
@@ -135,10 +137,11 @@ def test_schema_drift_fails_clearly_and_leaves_the_stored_file_untouched(
     pq.write_table(drifted, path)
     stored = path.read_bytes()
 
-    result = materialize_partition(fieldcrypt, split_partition, raise_on_error=False, selection=["protected_users"])
+    users = [asset_key("protected_users")]
+    result = materialize_partition(fieldcrypt, split_partition, raise_on_error=False, selection=users)
 
     assert not result.success
-    failure = result.failure_data_for_node("protected_users")
+    failure = result.failure_data_for_node(node("protected_users"))
     assert failure is not None
     assert "users.email is int64; only string columns can be protected" in failure.error.message
     assert PARTITION in failure.error.message
@@ -151,7 +154,7 @@ def test_partition_without_files_materializes_as_empty_and_writes_nothing(
 ) -> None:
     missing = past_day(2).isoformat()
 
-    result = materialize_partition(fieldcrypt, missing, selection=["protected_users"])
+    result = materialize_partition(fieldcrypt, missing, selection=[asset_key("protected_users")])
 
     values = metadata(result, "protected_users")
     assert (values["files"], values["empty"], values["rows"], values["rewritten"]) == (0, True, 0, False)
@@ -174,7 +177,8 @@ def test_tampered_wrapped_key_fails_the_unwrap_check_without_touching_the_file(
     materialize_partition(fieldcrypt, split_partition)
     stored = _tamper_wrapped_keys(_file(lake, "users"))
 
-    result = materialize_partition(fieldcrypt, split_partition, selection=["protected_users"], raise_on_error=False)
+    users = [asset_key("protected_users")]
+    result = materialize_partition(fieldcrypt, split_partition, selection=users, raise_on_error=False)
 
     evaluations = checks(result, "protected_users")
     assert not evaluations["data_keys_unwrap"].passed
@@ -190,10 +194,11 @@ def test_failing_check_fails_the_run_naming_the_check_and_the_partition(
     materialize_partition(fieldcrypt, split_partition)
     _tamper_wrapped_keys(_file(lake, "users"))
 
-    result = materialize_partition(fieldcrypt, split_partition, selection=["protected_users"], raise_on_error=False)
+    users = [asset_key("protected_users")]
+    result = materialize_partition(fieldcrypt, split_partition, selection=users, raise_on_error=False)
 
     assert not result.success
-    failure = result.failure_data_for_node("protected_users")
+    failure = result.failure_data_for_node(node("protected_users"))
     assert failure is not None and failure.error is not None
     assert f"check data_keys_unwrap failed for users partition {split_partition}" in failure.error.message
 
@@ -206,11 +211,11 @@ def test_partition_with_a_failing_check_is_not_materialized_and_its_observation_
     _tamper_wrapped_keys(_file(lake, "users"))
 
     result = materialize_partition(
-        fieldcrypt, split_partition, instance=instance, selection=["protected_users"], raise_on_error=False
+        fieldcrypt, split_partition, instance=instance, selection=[asset_key("protected_users")], raise_on_error=False
     )
 
-    assert result.asset_materializations_for_node("protected_users") == []
-    observation = instance.fetch_observations(dg.AssetKey("protected_users"), limit=1).records[0].asset_observation
+    assert result.asset_materializations_for_node(node("protected_users")) == []
+    observation = instance.fetch_observations(asset_key("protected_users"), limit=1).records[0].asset_observation
     assert observation is not None and observation.partition == split_partition
     assert observation.metadata["failed_checks"].value == ["data_keys_unwrap"]
     assert "IntegrityError" in observation.metadata["data_keys_unwrap.error"].value
@@ -241,34 +246,35 @@ def test_metadata_and_run_logs_hold_no_plaintext_and_no_key_bytes(
 def test_enable_attribute_job_needs_the_acknowledgement_and_records_like_the_cli(
     fieldcrypt: FieldcryptResource,
 ) -> None:
-    from pipelines.definitions import defs
+    from assets import build_assets
+    from pipelines.jobs import enable_attribute_job
 
-    enable_attribute = defs.resolve_job_def("enable_attribute")
+    enable_attribute = enable_attribute_job(build_assets(fieldcrypt.config()))
 
     land(fieldcrypt, DAY, shift_to_straddle_now(DAY))
     instance = dg.DagsterInstance.ephemeral()
     config = {"dataset": "events", "attribute": "properties.email", "mask": "email"}
 
     refused = enable_attribute.execute_in_process(
-        run_config={"ops": {"record_enablement": {"config": config}}},
-        resources={"fieldcrypt": fieldcrypt},
+        run_config={"ops": {node("record_enablement"): {"config": config}}},
+        resources=fieldcrypt.as_resources(),
         instance=instance,
         raise_on_error=False,
     )
     accepted = enable_attribute.execute_in_process(
-        run_config={"ops": {"record_enablement": {"config": {**config, "acknowledge_irreversible": True}}}},
-        resources={"fieldcrypt": fieldcrypt},
+        run_config={"ops": {node("record_enablement"): {"config": {**config, "acknowledge_irreversible": True}}}},
+        resources=fieldcrypt.as_resources(),
         instance=instance,
     )
 
     assert not refused.success
-    assert "irreversible" in (refused.failure_data_for_node("record_enablement").error.message)  # type: ignore[union-attr]
+    assert "irreversible" in (refused.failure_data_for_node(node("record_enablement")).error.message)  # type: ignore[union-attr]
     workspace = fieldcrypt.workspace("test")
     entry = workspace.policy().attributes["events.properties.email"]
     assert (entry.mask, entry.enabled_by) == ("email", f"dagster:{accepted.run_id}")
     enables = [e for e in workspace.audit.events() if e["operation"] == "enable"]
     assert [(e["actor"], e["attribute"]) for e in enables] == [(f"dagster:{accepted.run_id}", "properties.email")]
-    observation = instance.fetch_observations(dg.AssetKey("protected_events"), limit=1).records[0]
+    observation = instance.fetch_observations(asset_key("protected_events"), limit=1).records[0]
     assert observation.asset_observation is not None
     assert observation.asset_observation.metadata["enabled_attribute"].value == "events.properties.email"
 

@@ -71,7 +71,7 @@ def test_graphql_partition_backfill_protects_every_partition_in_ranges_of_partit
             LAUNCH_PARTITION_BACKFILL_MUTATION,
             variables={
                 "backfillParams": {
-                    "assetSelection": [{"path": ["protected_users"]}, {"path": ["protected_events"]}],
+                    "assetSelection": [{"path": [WORKSPACE, f"protected_{d}"]} for d in ("users", "events")],
                     "partitionNames": partitions,
                 }
             },
@@ -83,7 +83,7 @@ def test_graphql_partition_backfill_protects_every_partition_in_ranges_of_partit
         materialized = {
             asset: {
                 record.asset_materialization.partition: record.asset_materialization.metadata["partition"].value
-                for record in instance.fetch_materializations(AssetKey(asset), limit=10).records
+                for record in instance.fetch_materializations(AssetKey([WORKSPACE, asset]), limit=10).records
                 if record.asset_materialization is not None
             }
             for asset in ("protected_users", "protected_events")
@@ -117,7 +117,7 @@ def test_graphql_partition_backfill_protects_every_partition_in_ranges_of_partit
 
 def _check_keys(assets: tuple[str, ...]) -> list[AssetCheckKey]:
     names = ("no_plaintext_after_enablement", "data_keys_unwrap", "row_count_preserved")
-    return [AssetCheckKey(AssetKey(asset), name) for asset in assets for name in names]
+    return [AssetCheckKey(AssetKey([WORKSPACE, asset]), name) for asset in assets for name in names]
 
 
 def _run_backfill_daemon_until_done(context: object, instance: DagsterInstance, backfill_id: str) -> None:

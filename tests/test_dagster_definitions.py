@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster_support import fresh_code_location_import
+from dagster_support import asset_key, fresh_code_location_import, node
 
 from fieldcrypt import ConfigError
 from resources import FieldcryptResource
@@ -62,7 +62,7 @@ def test_importing_the_code_location_makes_no_network_or_kms_call(tmp_path: Path
         from pipelines.definitions import defs
 
         dg.Definitions.validate_loadable(defs)
-        resource = defs.resources["fieldcrypt"]
+        resource = defs.resources["fieldcrypt_demo"]
         config = resource.config()
         print(resource.workspace_name, config.key.provider, config.lake_uri, config.key.kms_key)
         """
@@ -90,31 +90,34 @@ def test_importing_the_code_location_makes_no_network_or_kms_call(tmp_path: Path
     ]
 
 
-def test_protection_assets_run_ranges_of_25_partitions_in_the_kms_pool_with_three_checks() -> None:
+def test_protection_assets_run_ranges_of_25_partitions_in_the_workspaces_kms_pool_with_three_checks() -> None:
     from pipelines.definitions import defs
 
     for name in PROTECTED:
-        asset = defs.resolve_assets_def(name)
+        asset = defs.resolve_assets_def(asset_key(name, "demo"))
         assert asset.backfill_policy == dg.BackfillPolicy.multi_run(25)
-        assert asset.op.pool == "kms"
+        assert asset.op.pool == "kms_demo"
+        assert {k for k in asset.required_resource_keys if k.startswith("fieldcrypt")} == {"fieldcrypt_demo"}
         assert {key.name for key in asset.check_keys} == CHECK_NAMES
         assert isinstance(asset.partitions_def, dg.DailyPartitionsDefinition)
         dataset = name.removeprefix("protected_")
-        assert dg.AssetKey(dataset) in asset.dependency_keys
-    assert {job.name for job in defs.resolve_all_job_defs()} >= {"protect_snapshots", "enable_attribute"}
+        assert asset_key(dataset, "demo") in asset.dependency_keys
+    jobs = {job.name: job for job in defs.resolve_all_job_defs()}
+    assert {"demo__protect_snapshots", "demo__enable_attribute"} <= set(jobs)
+    assert jobs["demo__protect_snapshots"].tags["fieldcrypt/workspace"] == "demo"
 
 
 def test_daily_schedule_protects_the_newest_partition() -> None:
     from pipelines.definitions import defs
 
-    schedule = defs.resolve_schedule_def("protect_newest_partition")
+    schedule = defs.resolve_schedule_def(node("protect_newest_partition", "demo"))
     now = datetime.now(UTC).replace(hour=2, minute=0, second=0, microsecond=0)
     yesterday = (now - timedelta(days=1)).date().isoformat()
 
     with dg.build_schedule_context(scheduled_execution_time=now) as context:
         (request,) = schedule.evaluate_tick(context).run_requests or []
 
-    assert schedule.job_name == "protect_snapshots"
+    assert schedule.job_name == "demo__protect_snapshots"
     assert request.partition_key == yesterday
 
 
@@ -125,7 +128,7 @@ def test_resources_default_to_the_shipped_catalogs_demo_workspace(monkeypatch: p
     with fresh_code_location_import():
         from resources.settings import resources_from_catalog
 
-        resource: FieldcryptResource = resources_from_catalog()["fieldcrypt"]
+        resource: FieldcryptResource = resources_from_catalog()["fieldcrypt_demo"]
         config = resource.config()
 
     assert (resource.catalog_path, resource.workspace_name) == (str(REPO_ROOT / "fieldcrypt.yaml"), "demo")
@@ -177,21 +180,21 @@ def test_a_dataset_added_to_the_catalog_gets_its_assets_jobs_and_partitions(
     with fresh_code_location_import():
         from pipelines.definitions import defs
 
-        clicks = defs.resolve_assets_def("protected_clicks")
-        accounts = defs.resolve_assets_def("protected_accounts")
+        clicks = defs.resolve_assets_def(asset_key("protected_clicks"))
+        accounts = defs.resolve_assets_def(asset_key("protected_accounts"))
         jobs = {job.name for job in defs.resolve_all_job_defs()}
         schedules = {schedule.name for schedule in defs.schedules or []}
 
     assert isinstance(clicks.partitions_def, dg.HourlyPartitionsDefinition)
     assert clicks.partitions_def.get_partition_keys()[:2] == ["2026-11-01T00", "2026-11-01T01"]
     assert accounts.partitions_def is None
-    assert {"protect_snapshots_daily", "protect_snapshots_hourly", "protect_snapshots_none"} <= jobs
-    assert {"rotate_keys_daily", "rotate_keys_hourly", "rotate_keys_none"} <= jobs
-    assert {"protect_newest_partition_daily", "protect_newest_partition_hourly"} == schedules - {
-        "scheduled_key_rotation"
+    assert {"acme__protect_snapshots_daily", "acme__protect_snapshots_hourly", "acme__protect_snapshots_none"} <= jobs
+    assert {"acme__rotate_keys_daily", "acme__rotate_keys_hourly", "acme__rotate_keys_none"} <= jobs
+    assert {"acme__protect_newest_partition_daily", "acme__protect_newest_partition_hourly"} == schedules - {
+        "acme__scheduled_key_rotation"
     }
-    campaigns = dg.DynamicPartitionsDefinition(name="rotation_campaign")
-    assert defs.resolve_assets_def("rotated_clicks_keys").partitions_def == dg.MultiPartitionsDefinition(
+    campaigns = dg.DynamicPartitionsDefinition(name="acme__rotation_campaign")
+    assert defs.resolve_assets_def(asset_key("rotated_clicks_keys")).partitions_def == dg.MultiPartitionsDefinition(
         {"campaign": campaigns, "snapshot": clicks.partitions_def}
     )
-    assert defs.resolve_assets_def("rotated_accounts_keys").partitions_def == campaigns
+    assert defs.resolve_assets_def(asset_key("rotated_accounts_keys")).partitions_def == campaigns

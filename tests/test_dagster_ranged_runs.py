@@ -14,7 +14,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster._core.test_utils import instance_for_test
-from dagster_support import enable, fresh_code_location_import, land, local_fieldcrypt, make_keystore, past_day
+from dagster_support import (
+    asset_key,
+    enable,
+    fresh_code_location_import,
+    land,
+    local_fieldcrypt,
+    make_keystore,
+    node,
+    past_day,
+)
 
 from demo.sample_data import snapshot_path
 from fieldcrypt import ConfigError
@@ -42,12 +51,12 @@ def protect_range(fieldcrypt: FieldcryptResource, instance: dg.DagsterInstance) 
     from assets import build_assets
 
     return dg.materialize(
-        [build_assets(fieldcrypt.config().datasets).protected["users"]],
+        [build_assets(fieldcrypt.config()).protected["users"]],
         tags={
             "dagster/asset_partition_range_start": PARTITIONS[0],
             "dagster/asset_partition_range_end": PARTITIONS[-1],
         },
-        resources={"fieldcrypt": fieldcrypt},
+        resources=fieldcrypt.as_resources(),
         instance=instance,
         raise_on_error=False,
     )
@@ -57,7 +66,7 @@ def test_ranged_run_fails_naming_the_failed_partition_and_what_to_rerun(fieldcry
     result = protect_range(fieldcrypt, dg.DagsterInstance.ephemeral())
 
     assert not result.success
-    failure = result.failure_data_for_node("protected_users")
+    failure = result.failure_data_for_node(node("protected_users"))
     assert failure is not None and failure.error is not None and failure.user_failure_data is not None
     assert "1 of 3 partitions of users failed (the other partitions are done)" in failure.error.message
     assert f"protecting users partition {BAD} failed: InputError" in failure.error.message
@@ -70,7 +79,7 @@ def test_ranged_run_materializes_each_partition_done_and_not_the_failed_one(fiel
 
     protect_range(fieldcrypt, instance)
 
-    assert instance.get_materialized_partitions(dg.AssetKey("protected_users")) == {PARTITIONS[0], PARTITIONS[2]}
+    assert instance.get_materialized_partitions(asset_key("protected_users")) == {PARTITIONS[0], PARTITIONS[2]}
     workspace = fieldcrypt.workspace("test")
     for partition in (PARTITIONS[0], PARTITIONS[2]):
         assert workspace.status("users", partition).attributes["users.email"].pending == 0
@@ -83,11 +92,11 @@ def test_ranged_run_shows_the_failed_partition_as_failed_and_the_others_as_mater
 
     from assets import build_assets
 
-    partitions_def = build_assets(fieldcrypt.config().datasets).protected["users"].partitions_def
+    partitions_def = build_assets(fieldcrypt.config()).protected["users"].partitions_def
     assert partitions_def is not None
     with instance_for_test() as instance:  # a sqlite instance: the partition status cache the UI reads
         protect_range(fieldcrypt, instance)
-        status = get_and_update_asset_status_cache_value(instance, dg.AssetKey("protected_users"), partitions_def)
+        status = get_and_update_asset_status_cache_value(instance, asset_key("protected_users"), partitions_def)
 
     assert status is not None
     materialized = status.deserialize_materialized_partition_subsets(partitions_def).get_partition_keys()
@@ -112,7 +121,8 @@ def test_partitions_per_run_come_from_the_environment(monkeypatch: pytest.Monkey
         from pipelines.definitions import defs
 
         for name in ("protected_users", "rotated_users_keys"):
-            assert defs.resolve_assets_def(name).backfill_policy == dg.BackfillPolicy.multi_run(7)
+            asset = defs.resolve_assets_def(dg.AssetKey(["demo", name]))
+            assert asset.backfill_policy == dg.BackfillPolicy.multi_run(7)
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "two", "٣"])

@@ -31,12 +31,14 @@ from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 from dagster_support import (
     WORKSPACE,
+    asset_key,
     enable,
     fresh_code_location_import,
     kms_fieldcrypt,
     land,
     local_fieldcrypt,
     make_keystore,
+    node,
     past_day,
     write_workspace_file,
 )
@@ -90,24 +92,50 @@ def all_but_wrapped_keys(workspace: Workspace) -> dict[str, pa.Table]:
     return tables
 
 
+def workspace_defs(fieldcrypt: FieldcryptResource) -> dg.Definitions:
+    """The workspace's definitions as the code location builds them, bound to this resource."""
+    from pipelines.definitions import workspace_definitions
+
+    return dg.Definitions.merge(
+        workspace_definitions(fieldcrypt.config()), dg.Definitions(resources=fieldcrypt.as_resources())
+    )
+
+
+def evaluate(definition: Any, context: Any, instance: DagsterInstance | None = None) -> Any:
+    """One tick of a sensor or schedule as the daemon evaluates it (`evaluate_tick`): a SkipReason, the
+    schedule's run request, or the sensor's result."""
+    with dg.partition_loading_context(dynamic_partitions_store=instance or DagsterInstance.ephemeral()):
+        data = definition.evaluate_tick(context)
+    if not data.run_requests and not getattr(data, "dynamic_partitions_requests", None):
+        return dg.SkipReason(data.skip_message)
+    if isinstance(definition, dg.ScheduleDefinition):
+        (request,) = data.run_requests
+        return request
+    return dg.SensorResult(
+        run_requests=data.run_requests, dynamic_partitions_requests=data.dynamic_partitions_requests
+    )
+
+
 def start_campaign(
     fieldcrypt: FieldcryptResource, instance: DagsterInstance, **config: str
 ) -> dg.ExecuteInProcessResult:
-    from pipelines.rotation import start_key_rotation
+    from assets.scope import WorkspaceScope
+    from pipelines.rotation import start_key_rotation_job
 
-    return start_key_rotation.execute_in_process(
-        run_config={"ops": {"start_rotation_campaign": {"config": config}}},
-        resources={"fieldcrypt": fieldcrypt},
+    return start_key_rotation_job(WorkspaceScope.of(fieldcrypt.config())).execute_in_process(
+        run_config={"ops": {node("start_rotation_campaign"): {"config": config}}},
+        resources=fieldcrypt.as_resources(),
         instance=instance,
         raise_on_error=False,
     )
 
 
 def complete_campaign(fieldcrypt: FieldcryptResource, instance: DagsterInstance) -> dg.ExecuteInProcessResult:
-    from pipelines.rotation import complete_key_rotation
+    from assets.scope import WorkspaceScope
+    from pipelines.rotation import complete_key_rotation_job
 
-    return complete_key_rotation.execute_in_process(
-        resources={"fieldcrypt": fieldcrypt}, instance=instance, raise_on_error=False
+    return complete_key_rotation_job(WorkspaceScope.of(fieldcrypt.config())).execute_in_process(
+        resources=fieldcrypt.as_resources(), instance=instance, raise_on_error=False
     )
 
 
@@ -120,11 +148,12 @@ def rotate_partition(
 
     instance = instance or DagsterInstance.ephemeral()
     campaign_id = current_campaign_id(fieldcrypt)
-    show_campaign_partitions(instance, campaign_id)  # start_key_rotation does this on the instance it runs on
+    generated = build_assets(fieldcrypt.config())
+    show_campaign_partitions(generated.scope, instance, campaign_id)  # start_key_rotation does this on its instance
     return dg.materialize(
-        list(build_assets(fieldcrypt.config().datasets).rotated.values()),
+        list(generated.rotated.values()),
         partition_key=rotation_partition_key(campaign_id, partition),
-        resources={"fieldcrypt": fieldcrypt},
+        resources=fieldcrypt.as_resources(),
         instance=instance,
         **kwargs,
     )
@@ -137,13 +166,13 @@ def current_campaign_id(fieldcrypt: FieldcryptResource) -> str:
 
 
 def rotation_metadata(result: dg.ExecuteInProcessResult, dataset: str) -> dict[str, Any]:
-    (materialization,) = result.asset_materializations_for_node(ROTATED[dataset])
+    (materialization,) = result.asset_materializations_for_node(node(ROTATED[dataset]))
     return {key: value.value for key, value in materialization.metadata.items()}
 
 
-def failure_message(result: dg.ExecuteInProcessResult, node: str) -> str:
-    failure = result.failure_data_for_node(node)
-    assert failure is not None, node
+def failure_message(result: dg.ExecuteInProcessResult, name: str) -> str:
+    failure = result.failure_data_for_node(node(name))
+    assert failure is not None, name
     return failure.error.message if failure.error else ""
 
 
@@ -234,7 +263,7 @@ def test_graphql_rotation_backfill_rewraps_both_datasets_resumes_and_completes(
         }
         check_results = {
             dataset: instance.event_log_storage.get_asset_check_execution_history(
-                AssetCheckKey(dg.AssetKey(ROTATED[dataset]), "no_old_wrapped_keys"), limit=20
+                AssetCheckKey(asset_key(f"rotated_{dataset}_keys"), "no_old_wrapped_keys"), limit=20
             )
             for dataset in DATASETS
         }
@@ -287,7 +316,7 @@ def launch_rotation_backfill(context: Any, instance: DagsterInstance, campaign_i
         LAUNCH_PARTITION_BACKFILL_MUTATION,
         variables={
             "backfillParams": {
-                "assetSelection": [{"path": [ROTATED[dataset]]} for dataset in DATASETS],
+                "assetSelection": [{"path": asset_key(f"rotated_{dataset}_keys").path} for dataset in DATASETS],
                 "partitionNames": [rotation_partition_key(campaign_id, p) for p in partitions],
             }
         },
@@ -308,7 +337,7 @@ def launch_rotation_backfill(context: Any, instance: DagsterInstance, campaign_i
 
 def latest_metadata(instance: DagsterInstance, dataset: str, partition: str) -> dict[str, Any]:
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(ROTATED[dataset]), asset_partitions=[partition]), limit=1
+        dg.AssetRecordsFilter(asset_key=asset_key(f"rotated_{dataset}_keys"), asset_partitions=[partition]), limit=1
     ).records
     assert records and records[0].asset_materialization is not None
     return {key: value.value for key, value in records[0].asset_materialization.metadata.items()}
@@ -332,7 +361,7 @@ def partition_stats(context: Any, asset: str) -> dict[str, int]:
     A new request context per query, as the webserver makes per HTTP request: a request context
     caches the dynamic partitions it has read."""
     request = context.process_context.create_request_context()
-    result = execute_dagster_graphql(request, PARTITION_STATS, variables={"assetKey": {"path": [asset]}})
+    result = execute_dagster_graphql(request, PARTITION_STATS, variables={"assetKey": {"path": asset_key(asset).path}})
     node = result.data["assetNodeOrError"]
     assert node["__typename"] == "AssetNode", result
     stats: dict[str, int] = node["partitionStats"]
@@ -391,7 +420,7 @@ def test_partition_rotated_in_the_new_campaign_is_the_only_one_done_and_names_th
 
     assert partition_stats(context, ROTATED["users"])["numMaterialized"] == 1
     current_partitions = defs_partitions_def().get_partition_keys(dynamic_partitions_store=instance)
-    done = instance.get_materialized_partitions(dg.AssetKey(ROTATED["users"]))
+    done = instance.get_materialized_partitions(asset_key(ROTATED["users"]))
     assert sorted(set(current_partitions) & done) == [rotation_partition_key(campaign.campaign_id, every_day[0])]
     metadata = latest_metadata(instance, "users", rotation_partition_key(campaign.campaign_id, every_day[0]))
     assert (metadata["campaign_id"], metadata["master_key_id"]) == (campaign.campaign_id, campaign.new.ref)
@@ -400,7 +429,7 @@ def test_partition_rotated_in_the_new_campaign_is_the_only_one_done_and_names_th
 def defs_partitions_def() -> dg.PartitionsDefinition:
     from pipelines.definitions import defs
 
-    partitions_def = defs.resolve_assets_def(ROTATED["users"]).partitions_def
+    partitions_def = defs.resolve_assets_def(asset_key(ROTATED["users"])).partitions_def
     assert partitions_def is not None
     return partitions_def
 
@@ -422,7 +451,7 @@ def test_start_job_creates_a_new_local_key_version_and_records_the_campaign(
     assert (campaign.old.key_version, campaign.new.key_version) == ("1", "2")
     assert campaign.started_by == f"dagster:{result.run_id}"
     assert Keystore.load(Path(fieldcrypt.config().key.keystore_path or "")).current == 2
-    observation = instance.fetch_observations(dg.AssetKey("rotated_users_keys"), limit=1).records[0]
+    observation = instance.fetch_observations(asset_key("rotated_users_keys"), limit=1).records[0]
     assert observation.asset_observation is not None
     assert observation.asset_observation.metadata["campaign_id"].value == campaign.campaign_id
 
@@ -446,15 +475,15 @@ def test_completion_job_names_the_one_partition_left_and_succeeds_once_it_is_rot
     campaign_start = start_campaign(fieldcrypt, instance)
     assert campaign_start.success
     rotate_partition(fieldcrypt, PARTITIONS[0], instance=instance)
-    rotate_partition(fieldcrypt, PARTITIONS[1], instance=instance, selection=["rotated_users_keys"])
+    rotate_partition(fieldcrypt, PARTITIONS[1], instance=instance, selection=[asset_key("rotated_users_keys")])
 
     refused = complete_campaign(fieldcrypt, instance)
-    rotate_partition(fieldcrypt, PARTITIONS[1], instance=instance, selection=["rotated_events_keys"])
+    rotate_partition(fieldcrypt, PARTITIONS[1], instance=instance, selection=[asset_key("rotated_events_keys")])
     completed = complete_campaign(fieldcrypt, instance)
 
     message = failure_message(refused, "complete_rotation_campaign")
     assert f"1 partitions still hold old wrapped keys: events/{PARTITIONS[1]}" in message
-    failure = refused.failure_data_for_node("complete_rotation_campaign")
+    failure = refused.failure_data_for_node(node("complete_rotation_campaign"))
     assert failure is not None and failure.user_failure_data is not None
     assert failure.user_failure_data.metadata["remaining"].value == {
         f"events/{PARTITIONS[1]}": [campaign_ref(fieldcrypt, "old")]
@@ -553,7 +582,7 @@ def test_rewrap_denied_by_kms_fails_the_partition_leaves_its_file_intact_and_a_r
     kms_faults.fail("ReEncrypt", "AccessDeniedException")
 
     denied = rotate_partition(
-        fieldcrypt, PARTITIONS[0], instance=instance, selection=["rotated_users_keys"], raise_on_error=False
+        fieldcrypt, PARTITIONS[0], instance=instance, selection=[asset_key("rotated_users_keys")], raise_on_error=False
     )
 
     assert not denied.success
@@ -565,7 +594,7 @@ def test_rewrap_denied_by_kms_fails_the_partition_leaves_its_file_intact_and_a_r
     assert f"users/{PARTITIONS[0]}" in fieldcrypt.workspace("test").rotation_status().remaining
 
     kms_faults.clear()
-    rerun = rotate_partition(fieldcrypt, PARTITIONS[0], instance=instance, selection=["rotated_users_keys"])
+    rerun = rotate_partition(fieldcrypt, PARTITIONS[0], instance=instance, selection=[asset_key("rotated_users_keys")])
 
     assert rerun.success and rotation_metadata(rerun, "users")["rewritten"] is True
     assert all(e.passed for e in rerun.get_asset_check_evaluations())
@@ -588,21 +617,16 @@ def test_only_throttling_is_retried(error: Exception, retried: bool) -> None:
 def test_scheduled_rotation_starts_rotates_and_completes_a_local_campaign_by_itself(
     fieldcrypt: FieldcryptResource,
 ) -> None:
-    from assets import build_assets
-    from pipelines.rotation import build_rotation_definitions, scheduled_key_rotation
-
     protect_lake(fieldcrypt, DAYS[:2])
     instance = DagsterInstance.ephemeral()
-    resources = {"fieldcrypt": fieldcrypt}
-    generated = build_assets(fieldcrypt.config().datasets)
-    defs = dg.Definitions.merge(
-        generated.definitions(), build_rotation_definitions(generated), dg.Definitions(resources=resources)
-    )
-    key_rotation_driver = defs.resolve_sensor_def("key_rotation_driver")
+    resources = fieldcrypt.as_resources()
+    defs = workspace_defs(fieldcrypt)
+    scheduled_key_rotation = defs.resolve_schedule_def(node("scheduled_key_rotation"))
+    key_rotation_driver = defs.resolve_sensor_def(node("key_rotation_driver"))
 
     def tick() -> Any:
-        with dg.build_sensor_context(instance=instance, resources=resources) as context:
-            return key_rotation_driver(context)
+        with dg.build_sensor_context(instance=instance, resources=resources, definitions=defs) as context:
+            return evaluate(key_rotation_driver, context, instance)
 
     def launch(request: dg.RunRequest, job_name: str | None = None) -> None:
         """What the daemon does with a run request, in process."""
@@ -619,7 +643,7 @@ def test_scheduled_rotation_starts_rotates_and_completes_a_local_campaign_by_its
 
     assert isinstance(tick(), dg.SkipReason)  # nothing in progress
     with dg.build_schedule_context(instance=instance, resources=resources) as context:
-        start = scheduled_key_rotation(context)
+        start = evaluate(scheduled_key_rotation, context, instance)
     assert isinstance(start, dg.RunRequest)
     launch(start, scheduled_key_rotation.job_name)
     campaign = fieldcrypt.workspace("test").bindings.load().active_campaign  # type: ignore[union-attr]
@@ -628,37 +652,39 @@ def test_scheduled_rotation_starts_rotates_and_completes_a_local_campaign_by_its
     rotations = tick().run_requests
     assert sorted(r.run_key for r in rotations) == [f"{campaign.campaign_id}/{p}" for p in PARTITIONS[:2]]
     for request in rotations:
-        assert request.job_name == "rotate_keys"
-        assert set(request.asset_selection) == {dg.AssetKey(name) for name in ROTATED.values()}
+        assert request.job_name == node("rotate_keys")
+        assert set(request.asset_selection) == {asset_key(name) for name in ROTATED.values()}
         assert request.tags["fieldcrypt/rotation_campaign"] == campaign.campaign_id
+        assert request.tags["fieldcrypt/workspace"] == WORKSPACE
         launch(request)
     (completion,) = tick().run_requests
-    assert (completion.job_name, completion.run_key) == ("complete_key_rotation", f"{campaign.campaign_id}/complete")
+    assert (completion.job_name, completion.run_key) == (
+        node("complete_key_rotation"),
+        f"{campaign.campaign_id}/complete",
+    )
     launch(completion)
     assert fieldcrypt.workspace("test").bindings.load().campaigns[-1].status == "complete"  # type: ignore[union-attr]
     assert isinstance(tick(), dg.SkipReason)
 
 
 def test_rotation_schedule_skips_while_a_campaign_is_in_progress(fieldcrypt: FieldcryptResource) -> None:
-    from pipelines.rotation import scheduled_key_rotation
-
+    scheduled_key_rotation = workspace_defs(fieldcrypt).resolve_schedule_def(node("scheduled_key_rotation"))
     protect_lake(fieldcrypt, DAYS[:1])
     start_campaign(fieldcrypt, DagsterInstance.ephemeral())
 
-    with dg.build_schedule_context(resources={"fieldcrypt": fieldcrypt}) as context:
-        skipped = scheduled_key_rotation(context)
+    with dg.build_schedule_context(resources=fieldcrypt.as_resources()) as context:
+        skipped = evaluate(scheduled_key_rotation, context)
 
     assert isinstance(skipped, dg.SkipReason) and "still in progress" in (skipped.skip_message or "")
 
 
 def test_rotation_schedule_leaves_an_aws_kms_key_to_its_owner(tmp_path: Path) -> None:
-    from pipelines.rotation import scheduled_key_rotation
-
     arn = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-0000-0000-000000000000"
     fieldcrypt = kms_fieldcrypt(tmp_path, "/nonexistent/lake", arn, "http://kms.invalid")
+    scheduled_key_rotation = workspace_defs(fieldcrypt).resolve_schedule_def(node("scheduled_key_rotation"))
 
-    with dg.build_schedule_context(resources={"fieldcrypt": fieldcrypt}) as context:
-        skipped = scheduled_key_rotation(context)
+    with dg.build_schedule_context(resources=fieldcrypt.as_resources()) as context:
+        skipped = evaluate(scheduled_key_rotation, context)
 
     assert isinstance(skipped, dg.SkipReason) and "local master key" in (skipped.skip_message or "")
 
@@ -669,34 +695,28 @@ def test_driver_leaves_a_date_outside_the_partitions_to_the_cli(
     monkeypatch.setenv("FIELDCRYPT_PARTITIONS_START", DAYS[1].isoformat())
     protect_lake(fieldcrypt, DAYS[:2])
     start_campaign(fieldcrypt, DagsterInstance.ephemeral())
-    with fresh_code_location_import():
-        from pipelines.definitions import defs
-
-        key_rotation_driver = defs.resolve_sensor_def("key_rotation_driver")
-        instance = DagsterInstance.ephemeral()
-        rotate_partition(fieldcrypt, PARTITIONS[1], instance=instance)
-        with dg.build_sensor_context(instance=instance, resources={"fieldcrypt": fieldcrypt}) as context:
-            skipped = key_rotation_driver(context)
+    defs = workspace_defs(fieldcrypt)
+    key_rotation_driver = defs.resolve_sensor_def(node("key_rotation_driver"))
+    instance = DagsterInstance.ephemeral()
+    rotate_partition(fieldcrypt, PARTITIONS[1], instance=instance)
+    with dg.build_sensor_context(instance=instance, resources=fieldcrypt.as_resources(), definitions=defs) as context:
+        skipped = evaluate(key_rotation_driver, context)
 
     assert isinstance(skipped, dg.SkipReason) and "outside the code location" in (skipped.skip_message or "")
 
 
 def test_driver_cursor_remembers_the_partitions_found_clean_in_the_campaign(fieldcrypt: FieldcryptResource) -> None:
-    from assets import build_assets
-    from pipelines.rotation import build_rotation_definitions, read_driver_cursor
+    from pipelines.rotation import read_driver_cursor
 
     protect_lake(fieldcrypt, DAYS[:2])
     instance = DagsterInstance.ephemeral()
     start_campaign(fieldcrypt, instance)
     rotate_partition(fieldcrypt, PARTITIONS[0], instance=instance)
-    resources = {"fieldcrypt": fieldcrypt}
-    generated = build_assets(fieldcrypt.config().datasets)
-    defs = dg.Definitions.merge(
-        generated.definitions(), build_rotation_definitions(generated), dg.Definitions(resources=resources)
-    )
+    resources = fieldcrypt.as_resources()
+    defs = workspace_defs(fieldcrypt)
 
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        defs.resolve_sensor_def("key_rotation_driver")(context)
+    with dg.build_sensor_context(instance=instance, resources=resources, definitions=defs) as context:
+        evaluate(defs.resolve_sensor_def(node("key_rotation_driver")), context, instance)
         cursor = context.cursor
 
     clean = read_driver_cursor(cursor, current_campaign_id(fieldcrypt))
@@ -706,26 +726,22 @@ def test_driver_cursor_remembers_the_partitions_found_clean_in_the_campaign(fiel
 def test_driver_with_a_read_budget_requests_completion_only_once_every_partition_was_read(
     fieldcrypt: FieldcryptResource, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from assets import build_assets
-    from pipelines.rotation import build_rotation_definitions
-
     monkeypatch.setenv("FIELDCRYPT_DRIVER_MAX_READS", "1")
     protect_lake(fieldcrypt, DAYS[:2])
     instance = DagsterInstance.ephemeral()
     start_campaign(fieldcrypt, instance)
     for partition in PARTITIONS[:2]:
         rotate_partition(fieldcrypt, partition, instance=instance)  # all four partitions clean, none read yet
-    resources = {"fieldcrypt": fieldcrypt}
-    generated = build_assets(fieldcrypt.config().datasets)
-    defs = dg.Definitions.merge(
-        generated.definitions(), build_rotation_definitions(generated), dg.Definitions(resources=resources)
-    )
-    sensor = defs.resolve_sensor_def("key_rotation_driver")
+    resources = fieldcrypt.as_resources()
+    defs = workspace_defs(fieldcrypt)
+    sensor = defs.resolve_sensor_def(node("key_rotation_driver"))
     cursor = None
     ticks = []
     for _ in range(6):
-        with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
-            ticks.append(sensor(context))
+        with dg.build_sensor_context(
+            instance=instance, resources=resources, cursor=cursor, definitions=defs
+        ) as context:
+            ticks.append(evaluate(sensor, context, instance))
             cursor = context.cursor
         if isinstance(ticks[-1], dg.SensorResult):
             break
@@ -733,7 +749,7 @@ def test_driver_with_a_read_budget_requests_completion_only_once_every_partition
     assert [type(tick) for tick in ticks] == [dg.SkipReason] * 3 + [dg.SensorResult]
     assert "not read yet" in (ticks[0].skip_message or "")  # type: ignore[union-attr]
     (completion,) = ticks[-1].run_requests  # type: ignore[union-attr]
-    assert completion.job_name == "complete_key_rotation"
+    assert completion.job_name == node("complete_key_rotation")
 
 
 @pytest.mark.parametrize("value", ["0", "many", "٣"])
@@ -767,14 +783,16 @@ def test_driver_cursor_of_another_campaign_means_a_full_scan() -> None:
 def test_rotation_cron_comes_from_the_environment_with_a_quarterly_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FIELDCRYPT_ROTATION_CRON", raising=False)
     with fresh_code_location_import():
-        from pipelines.rotation import DEFAULT_ROTATION_CRON, scheduled_key_rotation
+        from pipelines.definitions import defs
+        from pipelines.rotation import DEFAULT_ROTATION_CRON
 
-        assert scheduled_key_rotation.cron_schedule == DEFAULT_ROTATION_CRON == "0 3 1 1,4,7,10 *"
+        schedule = defs.resolve_schedule_def("demo__scheduled_key_rotation")
+        assert schedule.cron_schedule == DEFAULT_ROTATION_CRON == "0 3 1 1,4,7,10 *"
     monkeypatch.setenv("FIELDCRYPT_ROTATION_CRON", "0 4 * * 1")
     with fresh_code_location_import():
-        from pipelines.rotation import scheduled_key_rotation
+        from pipelines.definitions import defs
 
-        assert scheduled_key_rotation.cron_schedule == "0 4 * * 1"
+        assert defs.resolve_schedule_def("demo__scheduled_key_rotation").cron_schedule == "0 4 * * 1"
 
 
 # -- the definitions ---------------------------------------------------------------------------------
@@ -783,29 +801,27 @@ def test_rotation_cron_comes_from_the_environment_with_a_quarterly_default(monke
 def test_rotation_assets_are_partitioned_by_campaign_and_snapshot_in_the_kms_pool_with_their_check() -> None:
     from pipelines.definitions import defs
 
-    snapshot_partitions = defs.resolve_assets_def("protected_users").partitions_def
+    snapshot_partitions = defs.resolve_assets_def(asset_key("protected_users", "demo")).partitions_def
     for dataset, name in ROTATED.items():
-        asset = defs.resolve_assets_def(name)
+        asset = defs.resolve_assets_def(asset_key(name, "demo"))
         assert asset.backfill_policy == dg.BackfillPolicy.multi_run(25)
-        assert asset.op.pool == "kms"
+        assert asset.op.pool == "kms_demo"
         assert {key.name for key in asset.check_keys} == {"no_old_wrapped_keys"}
         assert isinstance(asset.partitions_def, dg.MultiPartitionsDefinition)
         dimensions = {d.name: d.partitions_def for d in asset.partitions_def.partitions_defs}
         assert dimensions == {
-            "campaign": dg.DynamicPartitionsDefinition(name="rotation_campaign"),
+            "campaign": dg.DynamicPartitionsDefinition(name="demo__rotation_campaign"),
             "snapshot": snapshot_partitions,
         }
-        assert dg.AssetKey(f"protected_{dataset}") in asset.dependency_keys
-    assert {job.name for job in defs.resolve_all_job_defs()} >= {
-        "start_key_rotation",
-        "rotate_keys",
-        "complete_key_rotation",
-    }
-    rotated_partitions = defs.resolve_assets_def("rotated_users_keys").partitions_def
-    assert defs.resolve_job_def("rotate_keys").partitions_def == rotated_partitions
-    schedule = defs.resolve_schedule_def("scheduled_key_rotation")
-    sensor = defs.resolve_sensor_def("key_rotation_driver")
-    assert (schedule.job_name, schedule.execution_timezone) == ("start_key_rotation", "UTC")
+        assert asset_key(f"protected_{dataset}", "demo") in asset.dependency_keys
+    jobs = {job.name: job for job in defs.resolve_all_job_defs()}
+    assert {"demo__start_key_rotation", "demo__rotate_keys", "demo__complete_key_rotation"} <= set(jobs)
+    assert all(jobs[name].tags["fieldcrypt/operation"] == "rotate" for name in ("demo__rotate_keys",))
+    rotated_partitions = defs.resolve_assets_def(asset_key("rotated_users_keys", "demo")).partitions_def
+    assert defs.resolve_job_def("demo__rotate_keys").partitions_def == rotated_partitions
+    schedule = defs.resolve_schedule_def("demo__scheduled_key_rotation")
+    sensor = defs.resolve_sensor_def("demo__key_rotation_driver")
+    assert (schedule.job_name, schedule.execution_timezone) == ("demo__start_key_rotation", "UTC")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
-    assert {job.name for job in sensor.jobs} == {"rotate_keys", "complete_key_rotation"}
+    assert {job.name for job in sensor.jobs} == {"demo__rotate_keys", "demo__complete_key_rotation"}

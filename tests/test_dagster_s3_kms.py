@@ -18,6 +18,7 @@ from dagster_support import (
     land,
     materialize_partition,
     metadata,
+    node,
     past_day,
     shift_to_straddle_now,
 )
@@ -36,18 +37,19 @@ def s3_kms_fieldcrypt(
 
 
 def test_pipeline_protects_an_s3_lake_under_a_kms_key(s3_kms_fieldcrypt: FieldcryptResource) -> None:
-    from pipelines.definitions import defs
+    from assets import build_assets
+    from pipelines.jobs import enable_attribute_job
 
-    enable_attribute = defs.resolve_job_def("enable_attribute")
     fieldcrypt = s3_kms_fieldcrypt
+    enable_attribute = enable_attribute_job(build_assets(fieldcrypt.config()))
     key_arn = fieldcrypt.config().key.kms_key
     land(fieldcrypt, DAY, shift_to_straddle_now(DAY))
     instance = dg.DagsterInstance.ephemeral()
     for dataset, attribute in (("users", "email"), ("events", "properties.email")):
         config = {"dataset": dataset, "attribute": attribute, "mask": "email", "acknowledge_irreversible": True}
         enable_attribute.execute_in_process(
-            run_config={"ops": {"record_enablement": {"config": config}}},
-            resources={"fieldcrypt": fieldcrypt},
+            run_config={"ops": {node("record_enablement"): {"config": config}}},
+            resources=fieldcrypt.as_resources(),
             instance=instance,
         )
 

@@ -12,6 +12,7 @@ import pytest
 from demo.run import land_today
 from demo.sample_data import land_sample_lake, snapshot_path, users_table
 from fieldcrypt.store import LakeStore
+from tests.dagster_support import node
 
 
 def ingested(lake: Path, dataset: str, day: str) -> list[datetime]:
@@ -53,6 +54,7 @@ def test_the_campaign_asset_sends_the_segment_and_keeps_only_counts(tmp_path: Pa
     import dagster as dg
     from dagster_support import enable, local_fieldcrypt, make_keystore
 
+    from assets.scope import WorkspaceScope
     from demo.campaign import campaign_dispatch_asset
     from tests.policy_support import backdate_policy
 
@@ -68,10 +70,12 @@ def test_the_campaign_asset_sends_the_segment_and_keeps_only_counts(tmp_path: Pa
 
     partitions = dg.DailyPartitionsDefinition(start_date="2026-11-01", end_date="2026-11-02")
     result = dg.materialize(
-        [campaign_dispatch_asset(partitions)], partition_key=day.isoformat(), resources={"fieldcrypt": fieldcrypt}
+        [campaign_dispatch_asset(WorkspaceScope.of(fieldcrypt.config()), partitions)],
+        partition_key=day.isoformat(),
+        resources=fieldcrypt.as_resources(),
     )
 
-    (materialization,) = result.asset_materializations_for_node("campaign_dispatch")
+    (materialization,) = result.asset_materializations_for_node(node("campaign_dispatch"))
     metadata = {key: value.value for key, value in materialization.metadata.items()}
     assert metadata["rows_sent"] == 100 and metadata["segment_keys"] == 1667  # ids 0, 3, ... present in 300 users
     assert metadata["cells_decrypted"] > 0

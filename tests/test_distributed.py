@@ -143,6 +143,7 @@ def test_rotation_backfill_runs_its_steps_on_both_workers_and_completes(
     lake: tuple[FieldcryptResource, str], deployment: dict[str, Any]
 ) -> None:
     from assets.rotation import rotation_partition_key
+    from assets.scope import WorkspaceScope
     from pipelines.rotation import show_campaign_partitions
 
     fieldcrypt, new_key = lake
@@ -153,7 +154,7 @@ def test_rotation_backfill_runs_its_steps_on_both_workers_and_completes(
             workspace.protect(dataset, partition)
     campaign = workspace.start_rotation(to_kms_key=new_key)
     # Rotation partitions are the campaign's (pipelines.rotation): register it, as start_key_rotation does.
-    show_campaign_partitions(deployment["instance"], campaign.campaign_id)
+    show_campaign_partitions(WorkspaceScope.of(fieldcrypt.config()), deployment["instance"], campaign.campaign_id)
     keys = [str(rotation_partition_key(campaign.campaign_id, partition)) for partition in partitions]
 
     runs = _backfill(deployment, ["rotated_users_keys", "rotated_events_keys"], keys)
@@ -171,7 +172,12 @@ def _backfill(deployment: dict[str, Any], assets: list[str], partitions: list[st
     launched = execute_dagster_graphql(
         context,
         LAUNCH_PARTITION_BACKFILL_MUTATION,
-        variables={"backfillParams": {"assetSelection": [{"path": [a]} for a in assets], "partitionNames": partitions}},
+        variables={
+            "backfillParams": {
+                "assetSelection": [{"path": [WORKSPACE, a]} for a in assets],
+                "partitionNames": partitions,
+            }
+        },
     )
     assert launched.data["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", launched.data
     backfill_id = launched.data["launchPartitionBackfill"]["backfillId"]

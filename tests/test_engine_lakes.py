@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from dagster_support import catalog_fieldcrypt
+from dagster_support import catalog_fieldcrypt, node
 
 from assets import build_assets
 from fieldcrypt import Workspace
@@ -147,17 +147,17 @@ def reads(engine: str, root: Path) -> bool:
 
 
 def protect_through_dagster(fieldcrypt: FieldcryptResource) -> list[dict[str, object]]:
-    generated = build_assets(fieldcrypt.config().datasets)
+    generated = build_assets(fieldcrypt.config())
     reports = []
     for day in DAYS:
         result = dg.materialize(
             [generated.protected["users"]],
             partition_key=day,
-            resources={"fieldcrypt": fieldcrypt},
+            resources=fieldcrypt.as_resources(),
             instance=dg.DagsterInstance.ephemeral(),
         )
         assert result.success
-        (materialization,) = result.asset_materializations_for_node("protected_users")
+        (materialization,) = result.asset_materializations_for_node(node("protected_users"))
         assert all(e.passed for e in result.get_asset_check_evaluations())
         reports.append({key: value.value for key, value in materialization.metadata.items()})
     return reports

@@ -17,6 +17,7 @@ from demo.sample_data import land_sample_lake, snapshot_path
 from fieldcrypt import PolicyError, Workspace
 from fieldcrypt.cli import ACK_FLAG, run
 from tests.catalogs import write_catalog
+from tests.dagster_support import node
 
 DAYS = [date(2026, 11, 1), date(2026, 11, 2)]
 NOON = datetime(2026, 11, 2, 12, tzinfo=UTC)  # enabled in the middle of the second day
@@ -109,18 +110,20 @@ def test_the_dagster_job_records_the_opt_in_and_a_protection_run_encrypts_the_hi
 
     fieldcrypt = local_fieldcrypt(Path(lake.config.lake_uri), keystore_path)
     config = {"dataset": "users", "attribute": "email"}
-    job = encrypt_history_job()
+    job = encrypt_history_job(build_assets(fieldcrypt.config()).scope)
     refused = job.execute_in_process(
-        run_config={"ops": {"record_history_encryption": {"config": config}}},
-        resources={"fieldcrypt": fieldcrypt},
+        run_config={"ops": {node("record_history_encryption"): {"config": config}}},
+        resources=fieldcrypt.as_resources(),
         raise_on_error=False,
     )
     assert not refused.success
     job.execute_in_process(
-        run_config={"ops": {"record_history_encryption": {"config": {**config, "acknowledge_irreversible": True}}}},
-        resources={"fieldcrypt": fieldcrypt},
+        run_config={
+            "ops": {node("record_history_encryption"): {"config": {**config, "acknowledge_irreversible": True}}}
+        },
+        resources=fieldcrypt.as_resources(),
     )
-    protected = build_assets(fieldcrypt.config().datasets).protected["users"]
-    result = dg.materialize([protected], partition_key=DAYS[0].isoformat(), resources={"fieldcrypt": fieldcrypt})
+    protected = build_assets(fieldcrypt.config()).protected["users"]
+    result = dg.materialize([protected], partition_key=DAYS[0].isoformat(), resources=fieldcrypt.as_resources())
     assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
     assert fieldcrypt.workspace("t").status("users", DAYS[0].isoformat()).attributes["users.email"].pending == 0

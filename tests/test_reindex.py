@@ -15,6 +15,7 @@ from fieldcrypt import IntegrityError, PolicyError, Workspace
 from fieldcrypt.blind_index import INDEX_KEYS_PATH
 from fieldcrypt.reindex import RETIRING_PATH
 from tests.conftest import NOON, SAMPLE_DAY
+from tests.dagster_support import node
 from tests.policy_support import backdate_policy
 
 DAYS = [SAMPLE_DAY, SAMPLE_DAY + timedelta(days=1)]
@@ -226,12 +227,12 @@ def test_reindex_backfill_asset_recomputes_a_partition_through_dagster(indexed: 
     fieldcrypt = local_fieldcrypt(Path(indexed.config.lake_uri), Path(keystore_path))
     before = _indexes(indexed)
     indexed.start_reindex("users.email")
-    asset = build_assets(fieldcrypt.config().datasets).reindexed["users"]
+    asset = build_assets(fieldcrypt.config()).reindexed["users"]
 
     recomputed = 0
     for partition in indexed.partitions("users"):
-        result = dg.materialize([asset], partition_key=partition, resources={"fieldcrypt": fieldcrypt})
-        (materialization,) = result.asset_materializations_for_node("reindexed_users_index")
+        result = dg.materialize([asset], partition_key=partition, resources=fieldcrypt.as_resources())
+        (materialization,) = result.asset_materializations_for_node(node("reindexed_users_index"))
         recomputed += materialization.metadata["reindexed.users.email"].value
     assert recomputed >= sum(index is not None for index in before) > 0  # this day and the others
 

@@ -440,8 +440,9 @@ def _no_attribute_row(report: Any, partition: str | None) -> dict[str, Any]:
 
 
 def _verify_rows(workspace: Workspace, dataset: str, partition: str | None) -> list[dict[str, Any]]:
-    counts = workspace.verify(dataset, partition)
-    files = len(workspace.files(dataset, partition))
+    listed = workspace.files(dataset, partition)
+    counts = workspace.verify(dataset, partition, listed)
+    files = len(listed)
     return [
         {"partition": partition_label(partition), "attribute": name, "files": files, "cells_verified": cells}
         for name, cells in counts.items()

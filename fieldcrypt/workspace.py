@@ -338,14 +338,15 @@ class Workspace:
         reports = self._each_file(dataset, partition, lambda rel: scan_file(self.store, rel, spec, attributes))
         return ProtectReport.total(self.partition_display(dataset, partition), reports)
 
-    def verify(self, dataset: str, partition: str | None) -> dict[str, int]:
+    def verify(self, dataset: str, partition: str | None, files: Sequence[str] | None = None) -> dict[str, int]:
         """Decrypt every protected cell of a partition in memory and check its mask; counts per attribute.
 
+        `files`: the partition's files when the caller listed them already (one listing, not two).
         Raises IntegrityError on a cell that does not authenticate, VerificationError on a
         protected row whose stored mask is not the mask of its decrypted value.
         """
         counts: dict[str, int] = {}
-        for rel, attribute, batch, plaintext, protected in self._revealed(dataset, partition):
+        for rel, attribute, batch, plaintext, protected in self._revealed(dataset, partition, files):
             counts[attribute.name] = counts.get(attribute.name, 0) + protected.true_count
             stored = pc.filter(read_path(batch, attribute.path), protected)
             if not stored.equals(mask_values(pc.filter(plaintext, protected), attribute.mask)):
@@ -459,12 +460,12 @@ class Workspace:
                         yield pa.RecordBatch.from_pydict({key_column: batch.column(key_column)} | values)
 
     def _revealed(
-        self, dataset: str, partition: str | None
+        self, dataset: str, partition: str | None, files: Sequence[str] | None = None
     ) -> Iterator[tuple[str, AttributePolicy, pa.RecordBatch, pa.Array, pa.BooleanArray]]:
         """Per file, row group and attribute: the batch, the real values, and which rows are protected."""
         spec, attributes = self._dataset(dataset)
         cache = self.key_cache()
-        for rel in self.files(dataset, partition):
+        for rel in self.files(dataset, partition) if files is None else files:
             where = self.store.display(rel)
             with open_parquet(self.store, rel) as parquet:
                 check_file_protection(parquet, attributes, where)  # verify checks what the file says it protects

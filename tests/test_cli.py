@@ -401,3 +401,28 @@ def test_a_lake_in_a_missing_bucket_is_a_named_error_not_a_traceback(
         err = capsys.readouterr().err
         assert err.startswith("fieldcrypt: error: ") and "no-such-bucket" in err, (command, err)
         assert "Traceback" not in err
+
+
+def test_verify_lists_each_partitions_files_once(
+    cli: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One listing per partition (one request on S3), not one for the check and another for the file count."""
+    from fieldcrypt import Workspace
+
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    assert run([*cli, "protect", "users"]) == 0
+    listings: list[tuple[str, str | None]] = []
+    listed = Workspace.files
+
+    def counting(self: Workspace, dataset: str, partition: str | None) -> list[str]:
+        listings.append((dataset, partition))
+        return listed(self, dataset, partition)
+
+    monkeypatch.setattr(Workspace, "files", counting)
+    capsys.readouterr()
+
+    assert run([*cli, "--json", "verify", "users", "--partition", PARTITION]) == 0
+    rows, _ = json_lines(capsys.readouterr().out)
+
+    assert listings == [("users", PARTITION)]
+    assert rows[0]["files"] == 1

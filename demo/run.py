@@ -261,7 +261,22 @@ def _analyst_view(config: Any, today: str) -> None:
         if not protected.select(pl.all_horizontal(flags).all()).item():  # belt and braces: never print a value
             raise SystemExit(f"{dataset}: a row chosen to show is not protected; not printing it")
         print("  today's rows ingested after enablement, as an analyst reads them (masks where *_is_protected):")
-        print(protected)
+        print(protected.select(_shown_columns(config.datasets[dataset], flags)))
+
+
+def _shown_columns(layout: Any, flags: list[str]) -> list[Any]:
+    """The primary key, each protected attribute (a struct's field alone, not its unprotected siblings,
+    e.g. `properties.email` without `properties.phone`) and the flags: nothing else an analyst reads."""
+    import polars as pl
+
+    columns: list[Any] = [pl.col(name) for name in layout.spec.primary_key]
+    for path in layout.attributes:
+        top, *fields = path.split(".")
+        column = pl.col(top)
+        for name in fields:
+            column = column.struct.field(name)
+        columns.append(column.alias(path))
+    return [*columns, *(pl.col(flag) for flag in flags)]
 
 
 if __name__ == "__main__":

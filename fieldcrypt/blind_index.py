@@ -63,6 +63,10 @@ class BlindIndexKey:
     def __repr__(self) -> str:
         return f"BlindIndexKey(<hidden>, normalization={self._normalization!r})"
 
+    def same_key(self, other: BlindIndexKey) -> bool:
+        """Whether both hold the same key bytes (a rewrap under another master key keeps them)."""
+        return hmac.compare_digest(self._key, other._key)
+
     def normalized(self, how: str) -> BlindIndexKey:
         """The same key, indexing values after the attribute's normalisation."""
         return self if how == self._normalization else BlindIndexKey(self._key, how)

@@ -19,7 +19,7 @@ encrypts; the native kernel encrypts each column's slices on the shared kernel p
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -170,10 +170,13 @@ def protect_file(
     partition: str | None = None,
     sample_per_row_group: int = 32,
     index_keys: Mapping[str, BlindIndexKey] | None = None,
+    before_replace_check: Callable[[str], None] | None = None,
 ) -> ProtectReport:
     """Encrypt every pending cell of `rel` and replace it atomically.
 
-    `index_keys` holds the unwrapped blind-index key of each attribute that has one.
+    `index_keys` holds the unwrapped blind-index key of each attribute that has one;
+    `before_replace_check(where)` runs under the file's lock right before the replace and
+    may refuse it (the workspace checks those index keys are still the current ones).
 
     A file with nothing pending is left alone once it carries the protection columns of
     every enabled attribute; before that it is rewritten once, values untouched, with the
@@ -222,6 +225,8 @@ def protect_file(
                 raise ConcurrentUpdateError(
                     f"{where} changed while it was being protected; nothing was replaced, run again"
                 )
+            if before_replace_check is not None:
+                before_replace_check(where)
             intent = before_replace(store, rel, attributes, cache, dataset.name, partition, expected)
             store.replace_if(temp, rel, original_version, "it was being protected")
     finally:

@@ -23,6 +23,7 @@ from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.columns import read_path, row_key_bytes
 from fieldcrypt.dispatch import DispatchReport, Segment, segment_row_groups
 from fieldcrypt.errors import (
+    ConcurrentUpdateError,
     ConfigError,
     FieldcryptError,
     InputError,
@@ -310,27 +311,61 @@ class Workspace:
                 where, self._each_file(dataset, partition, lambda rel: self._checked_scan(rel, spec, attributes))
             )
         cache = self.key_cache()
-        index_keys = self._index_keys(attributes)
+        index_keys, wrapped = self._index_keys(attributes)
+        by_name = {a.name: a for a in attributes}
+
+        def index_keys_unchanged(where: str) -> None:
+            """Under the file's lock, right before its replace: a re-index that started since this run
+            loaded the index keys would otherwise get old-key indexes written after its own scan. A key
+            only rewrapped (a master-key rotation) is the same key: unwrapped once to tell them apart."""
+            if not wrapped:
+                return
+            stored = self.index_keys.load()
+            changed = sorted(
+                name
+                for name, key in wrapped.items()
+                if stored.get(name) != key
+                and (
+                    name not in stored
+                    or not cache.index_key_for(stored[name], by_name[name].dataset, by_name[name].path).same_key(
+                        index_keys[name]
+                    )
+                )
+            )
+            if changed:
+                raise ConcurrentUpdateError(
+                    f"{where}: the blind-index key of {', '.join(changed)} changed while the file was being "
+                    "protected (a re-index started); nothing was replaced, run again"
+                )
+
         reports = self._each_file(
             dataset,
             partition,
             lambda rel: protect_file(
-                self.store, rel, spec, attributes, cache, partition=partition, index_keys=index_keys
+                self.store,
+                rel,
+                spec,
+                attributes,
+                cache,
+                partition=partition,
+                index_keys=index_keys,
+                before_replace_check=index_keys_unchanged,
             ),
         )
         return ProtectReport.total(where, reports, master_key=cache.master_key.ref)
 
-    def _index_keys(self, attributes: list[AttributePolicy]) -> dict[str, BlindIndexKey]:
-        """The unwrapped blind-index keys of the attributes that have one."""
+    def _index_keys(self, attributes: list[AttributePolicy]) -> tuple[dict[str, BlindIndexKey], dict[str, bytes]]:
+        """The unwrapped blind-index keys of the attributes that have one, and their stored (wrapped) form."""
         wanted = [a for a in attributes if a.blind_index]
         if not wanted:
-            return {}
+            return {}, {}
         stored = self.index_keys.load()
         missing = [a.name for a in wanted if a.name not in stored]
         if missing:
             raise PolicyError(f"blind-index key of {', '.join(missing)} is missing from {INDEX_KEYS_PATH}")
         cache = self.key_cache()
-        return {a.name: cache.index_key_for(stored[a.name], a.dataset, a.path).normalized(a.normalize) for a in wanted}
+        keys = {a.name: cache.index_key_for(stored[a.name], a.dataset, a.path).normalized(a.normalize) for a in wanted}
+        return keys, {a.name: stored[a.name] for a in wanted}
 
     def status(self, dataset: str, partition: str | None) -> ProtectReport:
         """Per-attribute counts of a partition, summed over its files, without changing anything."""

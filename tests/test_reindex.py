@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from demo.sample_data import snapshot_path, write_snapshot
-from fieldcrypt import IntegrityError, PolicyError, Workspace
+from fieldcrypt import ConcurrentUpdateError, IntegrityError, PolicyError, Workspace
 from fieldcrypt.blind_index import INDEX_KEYS_PATH
 from fieldcrypt.reindex import RETIRING_PATH
 from tests.conftest import NOON, SAMPLE_DAY
@@ -239,3 +240,78 @@ def test_reindex_backfill_asset_recomputes_a_partition_through_dagster(indexed: 
     after = _indexes(indexed)
     assert [a is None for a in after] == [b is None for b in before] and after != before
     assert indexed.complete_reindex("users.email") >= 1
+
+
+NEW_DAY = SAMPLE_DAY + timedelta(days=2)
+
+
+def _landing_more_rows(workspace: Workspace) -> str:
+    """A new day's snapshot (two rows ingested after the enablement, which is backdated): work to do."""
+    table = pa.table(
+        {
+            "user_id": pa.array([100, 101], pa.int64()),
+            "email": pa.array(["d@example.com", "e@example.com"], pa.string()),
+            "name": pa.array(["x", "y"], pa.string()),
+            "ingested_at": pa.array([NOON + timedelta(days=2)] * 2, pa.timestamp("us", tz="UTC")),
+        }
+    )
+    write_snapshot(workspace.store, "users", NEW_DAY, table)
+    return NEW_DAY.isoformat()
+
+
+def test_protection_that_loaded_the_index_key_before_a_reindex_started_replaces_nothing(
+    indexed: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race: a protection run holding the old index key must not write old indexes once a re-index
+    started (they would be written after the re-index scanned the file). Another process starts the
+    re-index between this run's key load and its replace; the replace is refused, the file untouched."""
+    import fieldcrypt.workspace as workspace_module
+
+    day = _landing_more_rows(indexed)
+    path = Path(indexed.store.full_path(snapshot_path("users", day)))
+    stored = path.read_bytes()
+    other = Workspace(indexed.config, actor="other-process")
+    real_protect_file = workspace_module.protect_file
+
+    def reindex_starts_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        if not other.retiring_index_keys.load():
+            other.start_reindex("users.email")
+        return real_protect_file(*args, **kwargs)
+
+    monkeypatch.setattr(workspace_module, "protect_file", reindex_starts_meanwhile)
+
+    with pytest.raises(ConcurrentUpdateError, match="blind-index key of users.email changed"):
+        indexed.protect("users", day)
+    assert path.read_bytes() == stored
+
+    monkeypatch.setattr(workspace_module, "protect_file", real_protect_file)
+    again = Workspace(indexed.config, actor="rerun")
+    assert again.protect("users", day).newly_encrypted == 2
+    assert again.reindex("users", day).files_rewritten == 0  # indexed under the new key already
+
+
+def test_index_key_only_rewrapped_by_a_master_key_rotation_does_not_stop_protection(
+    indexed: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same key under new wrapping bytes (rotation rewraps index keys) is not a re-index."""
+    import fieldcrypt.workspace as workspace_module
+
+    day = _landing_more_rows(indexed)
+    indexed.start_rotation()
+    before = indexed.index_keys.load()
+    real_protect_file = workspace_module.protect_file
+    mover = Workspace(indexed.config, actor="other-process")
+
+    def rewrapped_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        # the stored bytes change as a rotation's rewrap changes them: same key, new wrapping
+        cache = mover.key_cache()
+        mover.index_keys.update(
+            lambda keys: {n: cache.rewrap(v, "users", "email#blind-index") for n, v in keys.items()}
+        )
+        return real_protect_file(*args, **kwargs)
+
+    monkeypatch.setattr(workspace_module, "protect_file", rewrapped_meanwhile)
+    report = indexed.protect("users", day)
+
+    assert report.newly_encrypted == 2
+    assert indexed.index_keys.load() != before

@@ -539,3 +539,31 @@ except AccessDeniedError as exc:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=SCRIPT.parents[1]
     )
     assert result.stdout.split() == ["refused", "clean", "True"]
+
+
+def test_second_configuration_with_a_wrong_pin_is_refused_although_the_process_is_logged_in(
+    softhsm: str, make_hsm_key: Callable[[], str]
+) -> None:
+    """PKCS#11 login is per process: once logged in, the token checks no PIN again. A second
+    configuration (another workspace, another PIN variable) with a wrong PIN is still refused."""
+    code = f"""
+import os
+from fieldcrypt.providers.pkcs11 import Pkcs11Provider, Pkcs11Settings, Pkcs11Token
+from fieldcrypt.errors import AccessDeniedError
+os.environ["GOOD_PIN"] = {PIN!r}
+os.environ["WRONG_PIN"] = "wrong-pin-7731"
+label = {make_hsm_key()!r}
+Pkcs11Provider(Pkcs11Token(Pkcs11Settings({softhsm!r}, {TOKEN!r}, pin_env="GOOD_PIN")), label)
+print("first", "ok")
+try:
+    Pkcs11Provider(Pkcs11Token(Pkcs11Settings({softhsm!r}, {TOKEN!r}, pin_env="WRONG_PIN")), label)
+    print("second", "accepted")
+except AccessDeniedError as exc:
+    print("second", "refused", "leaked" if "wrong-pin-7731" in str(exc) else "clean", "another PIN" in str(exc))
+Pkcs11Provider(Pkcs11Token(Pkcs11Settings({softhsm!r}, {TOKEN!r}, pin_env="GOOD_PIN")), label)
+print("third", "ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=SCRIPT.parents[1]
+    )
+    assert result.stdout.split() == ["first", "ok", "second", "refused", "clean", "True", "third", "ok"]

@@ -17,7 +17,9 @@ The PIN comes from an environment variable or a file, never from the catalog.
 
 from __future__ import annotations
 
+import hmac
 import os
+import secrets
 import struct
 import threading
 from collections.abc import Callable, Iterable
@@ -148,14 +150,33 @@ class Pkcs11Token:
         lib = _library(self.settings.module, forked=self._pid not in (-1, pid))
         token = _find_token(lib, self.label)
         pin = self.settings.pin()
+        login = (pid, self.settings.module, self.label)
         try:
             self._session = token.open(user_pin=pin)
+            _LOGINS[login] = _pin_digest(pin)
         except Exception as exc:  # the login state is per process: another session of ours already logged in
             if type(exc).__name__ != "UserAlreadyLoggedIn":
                 raise
+            # The token does not check a PIN again once the process is logged in: a second configuration
+            # with a wrong PIN would go unnoticed until a restart. Compare with the PIN this process used.
+            logged_in_with = _LOGINS.get(login)
+            if logged_in_with is not None and not hmac.compare_digest(logged_in_with, _pin_digest(pin)):
+                raise AccessDeniedError(
+                    f"PKCS#11 login to token {self.label!r}: this process is logged in to it with another PIN "
+                    "(check this configuration's PIN)"
+                ) from None
             self._session = token.open()
         self._pid = pid
         return self._session
+
+
+# (pid, module, token label) -> keyed digest of the PIN this process logged in with (never the PIN itself).
+_LOGINS: dict[tuple[int, str, str], bytes] = {}
+_PIN_DIGEST_KEY = secrets.token_bytes(32)
+
+
+def _pin_digest(pin: str) -> bytes:
+    return hmac.digest(_PIN_DIGEST_KEY, pin.encode(), "sha256")
 
 
 _LIBRARIES: dict[str, tuple[int, Any]] = {}

@@ -230,7 +230,9 @@ def test_racing_enables_of_different_attributes_lose_neither(two_workers: list[W
         if isinstance(result, ConcurrentUpdateError):
             enable(i)
 
-    assert all(not isinstance(r, Exception) or isinstance(r, ConcurrentUpdateError) for r in results)
+    assert all(not isinstance(r, Exception) or isinstance(r, ConcurrentUpdateError) for r in results), [
+        f"{type(r).__name__}: {r}" for r in results if isinstance(r, Exception)
+    ]
     assert sorted(two_workers[0].policy().attributes) == attributes
 
 
@@ -243,7 +245,9 @@ def test_two_protect_runs_racing_on_one_partition_replace_each_file_once(
 
     results = race(2, lambda i: two_workers[i].protect("users", PARTITION))
 
-    assert all(not isinstance(r, Exception) or isinstance(r, ConcurrentUpdateError) for r in results)
+    assert all(not isinstance(r, Exception) or isinstance(r, ConcurrentUpdateError) for r in results), [
+        f"{type(r).__name__}: {r}" for r in results if isinstance(r, Exception)
+    ]
     encrypted = [e for e in a.audit.events() if e["operation"] == "encrypt" and e.get("partition") == PARTITION]
     assert len(encrypted) == len(files) and a.verify("users", PARTITION)["users.email"] > 0
 

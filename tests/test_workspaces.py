@@ -424,7 +424,7 @@ def test_a_workspace_whose_key_is_unreachable_fails_its_runs_alone(tenants: dict
     assert all(c.pending == 0 for p in PARTITIONS for c in acme.status("users", p).attributes.values())
 
 
-@pytest.mark.parametrize("default", [None], ids=["no-default"])
+@pytest.mark.parametrize("default", [None, "globex"], ids=["no-default", "broken-default"])
 def test_a_workspace_whose_catalog_entry_is_invalid_is_not_served_and_its_sensor_names_the_problem(
     tenants: dict[str, Tenant], default: str | None
 ) -> None:

@@ -505,7 +505,7 @@ def test_hsm_workspace_with_an_unrelated_label_is_refused_naming_both(
 def test_dagster_materializes_a_partition_under_an_hsm_key(
     tmp_path: Path, softhsm: str, make_hsm_key: Callable[[], str]
 ) -> None:
-    from tests.dagster_support import catalog_fieldcrypt, enable, land, materialize_partition, past_day
+    from tests.dagster_support import asset_key, catalog_fieldcrypt, enable, land, materialize_partition, past_day
 
     label = make_hsm_key()
     key = {"provider": "pkcs11", "module": softhsm, "token": TOKEN, "key_label": label, "pin_env": PIN_ENV}
@@ -513,7 +513,7 @@ def test_dagster_materializes_a_partition_under_an_hsm_key(
     day = past_day(3)
     land(fieldcrypt, day, timedelta(days=10))  # every row ingested after the enablement below (now)
     enable(fieldcrypt, ("users.email", "email"))
-    result = materialize_partition(fieldcrypt, day.isoformat(), selection="protected_users")
+    result = materialize_partition(fieldcrypt, day.isoformat(), selection=[asset_key("protected_users")])
     assert result.success
     workspace = fieldcrypt.workspace("test")
     (rel,) = workspace.files("users", day.isoformat())

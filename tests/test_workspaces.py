@@ -238,7 +238,7 @@ def test_code_location_defines_each_workspace_under_its_own_names_pool_resource_
         assert driver.required_resource_keys == {f"fieldcrypt_{name}"}
         assert {job.name for job in driver.jobs} == {f"{name}__rotate_keys", f"{name}__complete_key_rotation"}
     # every asset of the code location is under one of the two workspaces, and none is under both
-    keys = {key for assets_def in defs.resolve_all_asset_specs() for key in [assets_def.key]}
+    keys = {spec.key for spec in defs.resolve_all_asset_specs()}
     assert {key.path[0] for key in keys} == {"acme", "globex"}
     assert {key.path[1] for key in keys if key.path[0] == "acme"} == {
         key.path[1] for key in keys if key.path[0] == "globex"
@@ -415,7 +415,7 @@ def test_a_workspace_whose_key_is_unreachable_fails_its_runs_alone(tenants: dict
 
     assert not globex_run.success
     message = failure_messages(globex_run)
-    assert problem in message and "globex" not in message.replace(str(tenants["globex"].root), "")
+    assert problem in message and f"partition {PARTITIONS[1]} failed" in message
     assert [run.success for run in acme_runs] == [True, True]
     statuses = {run.run_id: run.status for run in instance.get_runs()}
     assert statuses[globex_run.run_id] == DagsterRunStatus.FAILURE
@@ -435,7 +435,7 @@ def test_a_workspace_whose_catalog_entry_is_invalid_is_not_served_and_its_sensor
     with fresh_code_location_import():
         from pipelines.definitions import defs
 
-        workspaces = {key.path[0] for key in (spec.key for spec in defs.resolve_all_asset_specs())}
+        workspaces = {spec.key.path[0] for spec in defs.resolve_all_asset_specs()}
         jobs = {job.name for job in defs.resolve_all_job_defs()}
         sensors = {sensor.name for sensor in defs.sensors or []}
         catalog_error = defs.resolve_sensor_def("globex__catalog_error")

@@ -243,8 +243,20 @@ class Catalog:
         return f"Catalog({str(self.path)!r}, selected={self.selected!r})"
 
     @classmethod
-    def load(cls, path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Catalog:
-        """Read and validate the catalog (`path`, else $FIELDCRYPT_CATALOG, else ./fieldcrypt.yaml)."""
+    def load(
+        cls,
+        path: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        *,
+        fail_on_selected: bool = True,
+    ) -> Catalog:
+        """Read and validate the catalog (`path`, else $FIELDCRYPT_CATALOG, else ./fieldcrypt.yaml).
+
+        An error in the selected workspace's entry fails the load (the CLI works on that workspace).
+        With `fail_on_selected=False` (the code location, which serves each workspace alone) it fails
+        the load only when the environment overrides some of that entry; otherwise it is kept for
+        `workspace_config` like any other workspace's, so a typo in the default workspace's entry does
+        not stop the others."""
         env = os.environ if environ is None else environ
         chosen = Path(path or env.get(CATALOG_ENV) or DEFAULT_CATALOG)
         try:
@@ -276,7 +288,8 @@ class Catalog:
                 entries[name] = WorkspaceEntry.model_validate(entry)
             except ValidationError as exc:
                 errors[name] = _describe(chosen, exc, overridden, prefix=("workspaces", name))
-        if selected in errors:
+        environment_set_it = any(loc[1] == selected for loc in overridden)
+        if selected in errors and (fail_on_selected or environment_set_it):
             raise ConfigError(errors[selected])
         return cls(chosen.resolve(), doc, selected, entries, errors, overridden)
 

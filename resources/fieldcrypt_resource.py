@@ -37,7 +37,9 @@ class FieldcryptResource(dg.ConfigurableResource):
 
     def config(self) -> WorkspaceConfig:
         """The workspace's configuration, validated (named errors), environment overrides applied."""
-        return Catalog.load(self.catalog_path).workspace_config(self.workspace_name)
+        # Another workspace's broken entry (even the catalog's default one) must not stop this one's runs.
+        catalog = Catalog.load(self.catalog_path, fail_on_selected=False)
+        return catalog.workspace_config(self.workspace_name)
 
     def workspace(self, actor: str) -> Workspace:
         """A `Workspace` whose audit events name `actor` (the Dagster run id); no KMS call yet."""

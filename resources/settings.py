@@ -27,7 +27,7 @@ from resources.fieldcrypt_resource import FieldcryptResource, resource_key
 SERVE_ENV = "FIELDCRYPT_SERVE_WORKSPACES"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CATALOG_PATH = Path(os.environ.get(CATALOG_ENV) or PROJECT_ROOT / "fieldcrypt.yaml").resolve()
-CATALOG = Catalog.load(CATALOG_PATH)
+CATALOG = Catalog.load(CATALOG_PATH, fail_on_selected=False)  # a broken entry stops its own workspace only
 
 
 def served_names(catalog: Catalog, raw: str | None) -> list[str]:

@@ -70,3 +70,15 @@ def write_catalog(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"default_workspace": workspace, "workspaces": {workspace: entry}}))
     return path
+
+
+def write_workspaces_catalog(path: Path, entries: dict[str, dict[str, Any]], default: str | None = None) -> Path:
+    """A catalog file declaring several workspaces, each `name: entry` as written in fieldcrypt.yaml (the
+    demo's datasets when an entry has no `datasets`)."""
+    workspaces = {name: {"datasets": demo_datasets_yaml(), **entry} for name, entry in entries.items()}
+    doc: dict[str, Any] = {"workspaces": workspaces}
+    if default is not None:
+        doc["default_workspace"] = default
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc))
+    return path

@@ -173,6 +173,21 @@ def test_one_workspaces_bad_entry_fails_that_workspace_alone(tmp_path: Path) -> 
         Catalog.load(path, environ={"FIELDCRYPT_WORKSPACE": "b"})
 
 
+def test_code_location_load_keeps_the_selected_workspaces_file_error_for_that_workspace(tmp_path: Path) -> None:
+    path = tmp_path / "fieldcrypt.yaml"
+    broken = {**entry(), "data_key_ttl_seconds": "abc"}
+    path.write_text(yaml.safe_dump({"default_workspace": "b", "workspaces": {"a": entry(), "b": broken}}))
+
+    catalog = Catalog.load(path, environ={}, fail_on_selected=False)
+
+    assert catalog.workspace_config("a").name == "a"
+    with pytest.raises(ConfigError, match=r"workspaces\.b\.data_key_ttl_seconds: "):
+        catalog.workspace_config("b")
+    # a wrong value from the environment still fails the load, naming the variable
+    with pytest.raises(ConfigError, match=r"data_key_ttl_seconds \(from FIELDCRYPT_DATA_KEY_TTL_SECONDS\)"):
+        Catalog.load(path, environ={"FIELDCRYPT_DATA_KEY_TTL_SECONDS": "abc"}, fail_on_selected=False)
+
+
 @pytest.mark.parametrize(("names", "problem"), [(["a-b", "a_b"], "differ only in"), (["9x"], "letters, digits")])
 def test_workspace_names_are_checked(tmp_path: Path, names: list[str], problem: str) -> None:
     path = tmp_path / "fieldcrypt.yaml"

@@ -18,6 +18,16 @@
  * call; the context is freed (OpenSSL cleanses its key schedule) before returning, and
  * this module makes no copy of its own. Nonces: RAND_bytes, drawn NONCE_BATCH at a time.
  * The GIL is released while cells are processed.
+ *
+ * Speed: the cipher is fetched once (EVP_CIPHER_fetch) and one context per call is keyed
+ * once; each cell then only changes the nonce (and, decrypting, the expected tag). On
+ * OpenSSL 3.0 EVP_*Init_ex(ctx, NULL, NULL, NULL, nonce) costs a parameter round trip of its
+ * own (it asks the provider for the IV length), so the nonce is set instead, together with
+ * the tag, in one EVP_CIPHER_CTX_set_params call: OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED with
+ * length (size_t)-1, "restore the whole IV", the parameter form of
+ * EVP_CTRL_GCM_SET_IV_FIXED with -1. A known-answer self-test at import proves that this
+ * libcrypto uses a nonce set that way, cell after cell on one context, exactly like one given
+ * to EVP_EncryptInit_ex; if it does not, every call takes the EVP_*Init_ex path.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -29,6 +39,7 @@
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/opensslv.h>
 #include <openssl/params.h>
@@ -212,18 +223,63 @@ static int feed_associated_data(EVP_CIPHER_CTX *ctx, int encrypting, const ad_sc
     return evp_update(ctx, encrypting, NULL, scratch->buffer, head) && evp_update(ctx, encrypting, NULL, key, size);
 }
 
-/* The GCM tag through the provider's parameters (EVP_CIPHER_CTX_ctrl would translate to these). */
-static int get_tag(EVP_CIPHER_CTX *ctx, unsigned char *tag) {
-    OSSL_PARAM params[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, TAG_SIZE),
-                            OSSL_PARAM_construct_end()};
-    return EVP_CIPHER_CTX_get_params(ctx, params) == 1;
+/* AES-256-GCM, fetched once at import (an implicit fetch per EVP_*Init_ex is a lookup). */
+static EVP_CIPHER *aes_256_gcm;
+
+/* 1 when the self-test proved the one-call nonce (and tag) setting; 0: EVP_*Init_ex per cell. */
+static int nonce_by_params;
+
+/*
+ * The provider parameters a cell's nonce, expected tag and computed tag go through, built
+ * once per call: each cell only points them at its own bytes (building them per cell,
+ * through OSSL_PARAM_construct_*, showed in profiles). EVP_CIPHER_CTX_ctrl would translate to
+ * the same parameters.
+ */
+typedef struct {
+    OSSL_PARAM start[3]; /* decrypting: expected tag, then (by_params) the whole IV; encrypting: the IV */
+    OSSL_PARAM tag[2];   /* encrypting: the computed tag */
+    int encrypting, by_params;
+} cell_params;
+
+static void octet_param(OSSL_PARAM *param, const char *key, size_t size) {
+    *param = OSSL_PARAM_construct_octet_string(key, NULL, 0);
+    param->data_size = size;
 }
 
-static int set_tag(EVP_CIPHER_CTX *ctx, const unsigned char *tag) {
-    OSSL_PARAM params[2] = {
-        OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, (void *)tag, TAG_SIZE),
-        OSSL_PARAM_construct_end()};
-    return EVP_CIPHER_CTX_set_params(ctx, params) == 1;
+static void cell_params_init(cell_params *params, int encrypting, int by_params) {
+    params->encrypting = encrypting;
+    params->by_params = by_params;
+    size_t n = 0;
+    if (!encrypting) octet_param(&params->start[n++], OSSL_CIPHER_PARAM_AEAD_TAG, TAG_SIZE);
+    /* Length (size_t)-1: "the whole IV" (the context's IV length, NONCE_SIZE), as EVP_CTRL_GCM_SET_IV_FIXED -1. */
+    if (by_params) octet_param(&params->start[n++], OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED, (size_t)-1);
+    while (n < 3) params->start[n++] = OSSL_PARAM_construct_end();
+    octet_param(&params->tag[0], OSSL_CIPHER_PARAM_AEAD_TAG, TAG_SIZE);
+    params->tag[1] = OSSL_PARAM_construct_end();
+}
+
+/*
+ * Start a cell on a keyed context: its nonce (NONCE_SIZE bytes) and, decrypting, the tag to
+ * expect (TAG_SIZE bytes; NULL when encrypting).
+ */
+static int start_cell(EVP_CIPHER_CTX *ctx, cell_params *params, const unsigned char *nonce, const unsigned char *tag) {
+    CHECK_REGION(nonce, NONCE_SIZE);
+    if (!params->encrypting) {
+        CHECK_REGION(tag, TAG_SIZE);
+        params->start[0].data = (void *)tag;
+    }
+    if (params->by_params) {
+        params->start[params->encrypting ? 0 : 1].data = (void *)nonce;
+        return EVP_CIPHER_CTX_set_params(ctx, params->start) == 1;
+    }
+    if (params->encrypting) return EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1;
+    return EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1 && EVP_CIPHER_CTX_set_params(ctx, params->start) == 1;
+}
+
+/* The tag of the cell just finished (encrypting) into `tag` (TAG_SIZE bytes). */
+static int get_tag(EVP_CIPHER_CTX *ctx, cell_params *params, unsigned char *tag) {
+    params->tag[0].data = tag;
+    return EVP_CIPHER_CTX_get_params(ctx, params->tag) == 1;
 }
 
 static void write_offset32(unsigned char *offsets, Py_ssize_t i, int64_t value) {
@@ -315,8 +371,8 @@ fail:
 static EVP_CIPHER_CTX *new_context(const Py_buffer *key, int encrypting) {
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     if (ctx == NULL) return NULL;
-    int ok = encrypting ? EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key->buf, NULL)
-                        : EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key->buf, NULL);
+    int ok = encrypting ? EVP_EncryptInit_ex(ctx, aes_256_gcm, NULL, key->buf, NULL)
+                        : EVP_DecryptInit_ex(ctx, aes_256_gcm, NULL, key->buf, NULL);
     if (!ok) {
         EVP_CIPHER_CTX_free(ctx);
         return NULL;
@@ -358,6 +414,8 @@ static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
     unsigned char *offsets = (unsigned char *)PyBytes_AS_STRING(out_offsets);
     unsigned char *cells = (unsigned char *)PyBytes_AS_STRING(out_data);
     int ok = 1;
+    cell_params params;
+    cell_params_init(&params, 1, nonce_by_params);
     Py_BEGIN_ALLOW_THREADS
     unsigned char nonces[NONCE_BATCH * NONCE_SIZE];
     ad_scratch scratch;
@@ -385,10 +443,10 @@ static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
         cell[0] = CELL_VERSION;
         memcpy(cell + 1, nonce, NONCE_SIZE);
         CHECK_REGION(cell + 1 + NONCE_SIZE + size, TAG_SIZE);
-        ok = EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) && feed_associated_data(ctx, 1, &scratch, row_keys, i) &&
+        ok = start_cell(ctx, &params, nonce, NULL) && feed_associated_data(ctx, 1, &scratch, row_keys, i) &&
              evp_update(ctx, 1, cell + 1 + NONCE_SIZE, value, size) &&
              EVP_EncryptFinal_ex(ctx, cell + 1 + NONCE_SIZE + size, &tail) && tail == 0 &&
-             get_tag(ctx, cell + 1 + NONCE_SIZE + size);
+             get_tag(ctx, &params, cell + 1 + NONCE_SIZE + size);
         at += size + CELL_OVERHEAD;
         write_offset32(offsets, i + 1, at);
     }
@@ -449,6 +507,8 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
     int ok = 1;
     Py_ssize_t failed_at = -1;
     long reason = 0, detail = 0;
+    cell_params params;
+    cell_params_init(&params, 0, nonce_by_params);
     Py_BEGIN_ALLOW_THREADS
     ad_scratch scratch;
     EVP_CIPHER_CTX *ctx = NULL;
@@ -470,12 +530,9 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
         }
         int64_t body = size - CELL_OVERHEAD;
         int tail = 0;
-        CHECK_REGION(cell + 1, NONCE_SIZE);
-        CHECK_REGION(cell + 1 + NONCE_SIZE + body, TAG_SIZE);
-        ok = EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, cell + 1) &&
+        ok = start_cell(ctx, &params, cell + 1, cell + 1 + NONCE_SIZE + body) &&
              feed_associated_data(ctx, 0, &scratch, row_keys, i) &&
-             evp_update(ctx, 0, plain + at, cell + 1 + NONCE_SIZE, body) &&
-             set_tag(ctx, cell + 1 + NONCE_SIZE + body);
+             evp_update(ctx, 0, plain + at, cell + 1 + NONCE_SIZE, body);
         if (ok && EVP_DecryptFinal_ex(ctx, plain + at + body, &tail) <= 0) {
             failed_at = i, reason = FAIL_TAG, detail = 0;
             break;
@@ -502,9 +559,96 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NNO)", out_offsets, out_data, Py_None);
 }
 
+/* One cell the way start_cell does it (by_params chosen by the caller) or, with `fresh`, through a
+ * context keyed and given its nonce by EVP_EncryptInit_ex: the reference. out: ciphertext || tag. */
+static int self_test_seal(EVP_CIPHER_CTX *ctx, int fresh, const unsigned char *key, const unsigned char *nonce,
+                          const unsigned char *ad, int ad_size, const unsigned char *plain, int size,
+                          unsigned char *out) {
+    int written = 0;
+    cell_params params;
+    cell_params_init(&params, 1, 1);
+    int ok = fresh ? EVP_EncryptInit_ex(ctx, aes_256_gcm, NULL, key, nonce) == 1 : start_cell(ctx, &params, nonce, NULL);
+    return ok && EVP_EncryptUpdate(ctx, NULL, &written, ad, ad_size) && EVP_EncryptUpdate(ctx, out, &written, plain, size) &&
+           written == size && EVP_EncryptFinal_ex(ctx, out + size, &written) && written == 0 &&
+           get_tag(ctx, &params, out + size);
+}
+
+static int self_test_open(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, const unsigned char *ad, int ad_size,
+                          const unsigned char *sealed, int size, unsigned char *plain) {
+    int written = 0;
+    cell_params params;
+    cell_params_init(&params, 0, 1);
+    return start_cell(ctx, &params, nonce, sealed + size) && EVP_DecryptUpdate(ctx, NULL, &written, ad, ad_size) &&
+           EVP_DecryptUpdate(ctx, plain, &written, sealed, size) && written == size &&
+           EVP_DecryptFinal_ex(ctx, plain + size, &written) == 1;
+}
+
+/*
+ * Known-answer self-test of the one-call nonce path: two cells under different nonces on one
+ * keyed context must equal cells made the reference way (EVP_EncryptInit_ex with key and
+ * nonce, a fresh context each), so a nonce that was ignored or kept from the previous cell is
+ * caught; both must open on one decrypting context, and a wrong tag must be refused.
+ */
+static int self_test_nonce_by_params(void) {
+    enum { SIZE = 37, AD_SIZE = 21 };
+    unsigned char key[KEY_SIZE], nonces[2][NONCE_SIZE], plain[SIZE], ad[AD_SIZE];
+    unsigned char expected[2][SIZE + TAG_SIZE], sealed[SIZE + TAG_SIZE], opened[SIZE + 16];
+    for (int i = 0; i < KEY_SIZE; i++) key[i] = (unsigned char)(0xA5 ^ i);
+    for (int i = 0; i < NONCE_SIZE; i++) nonces[0][i] = (unsigned char)i, nonces[1][i] = (unsigned char)(0xF0 - 3 * i);
+    for (int i = 0; i < SIZE; i++) plain[i] = (unsigned char)('a' + i % 26);
+    for (int i = 0; i < AD_SIZE; i++) ad[i] = (unsigned char)(0x30 + i);
+    int passed = 0;
+    EVP_CIPHER_CTX *reference = EVP_CIPHER_CTX_new(), *sealer = EVP_CIPHER_CTX_new(), *opener = EVP_CIPHER_CTX_new();
+    if (reference == NULL || sealer == NULL || opener == NULL) goto done;
+    if (EVP_EncryptInit_ex(sealer, aes_256_gcm, NULL, key, NULL) != 1 ||
+        EVP_DecryptInit_ex(opener, aes_256_gcm, NULL, key, NULL) != 1)
+        goto done;
+    for (int c = 0; c < 2; c++) {
+        if (!self_test_seal(reference, 1, key, nonces[c], ad, AD_SIZE, plain, SIZE, expected[c]) ||
+            !self_test_seal(sealer, 0, key, nonces[c], ad, AD_SIZE, plain, SIZE, sealed) ||
+            memcmp(sealed, expected[c], sizeof(sealed)) != 0)
+            goto done;
+        if (!self_test_open(opener, nonces[c], ad, AD_SIZE, expected[c], SIZE, opened) ||
+            memcmp(opened, plain, SIZE) != 0)
+            goto done;
+    }
+    if (memcmp(expected[0], expected[1], sizeof(sealed)) == 0) goto done;
+    memcpy(sealed, expected[1], sizeof(sealed));
+    sealed[SIZE] ^= 1;
+    passed = !self_test_open(opener, nonces[1], ad, AD_SIZE, sealed, SIZE, opened);
+done:
+    EVP_CIPHER_CTX_free(reference);
+    EVP_CIPHER_CTX_free(sealer);
+    EVP_CIPHER_CTX_free(opener);
+    ERR_clear_error(); /* the refused tag (or a failed test) leaves entries nobody will read */
+    return passed;
+}
+
+static int nonce_params_proven; /* the self-test's verdict, fixed at import */
+
+PyDoc_STRVAR(use_nonce_params_doc,
+             "use_nonce_params(on) -> bool\n\n"
+             "For tests: whether calls set each cell's nonce in one parameter call (on, the default when\n"
+             "the import self-test passed) or through EVP_*Init_ex; on is refused unless the self-test\n"
+             "passed. Returns the previous setting.");
+
+static PyObject *kernel_use_nonce_params(PyObject *self, PyObject *arg) {
+    (void)self;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    if (on && !nonce_params_proven) {
+        PyErr_SetString(PyExc_ValueError, "the one-call nonce path failed its self-test on this libcrypto");
+        return NULL;
+    }
+    int previous = nonce_by_params;
+    nonce_by_params = on;
+    return PyBool_FromLong(previous);
+}
+
 static PyMethodDef kernel_methods[] = {
     {"encrypt", kernel_encrypt, METH_VARARGS, encrypt_doc},
     {"decrypt", kernel_decrypt, METH_VARARGS, decrypt_doc},
+    {"use_nonce_params", kernel_use_nonce_params, METH_O, use_nonce_params_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -514,12 +658,22 @@ static struct PyModuleDef kernel_module = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
+    if (aes_256_gcm == NULL) {
+        aes_256_gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+        if (aes_256_gcm == NULL) {
+            ERR_clear_error();
+            PyErr_SetString(PyExc_ImportError, "OpenSSL has no AES-256-GCM (EVP_CIPHER_fetch failed)");
+            return NULL;
+        }
+        nonce_by_params = nonce_params_proven = self_test_nonce_by_params();
+    }
     PyObject *module = PyModule_Create(&kernel_module);
     if (module == NULL) return NULL;
     KernelFailure = PyErr_NewException("fieldcrypt._native.KernelFailure", PyExc_RuntimeError, NULL);
     if (KernelFailure == NULL || PyModule_AddObjectRef(module, "KernelFailure", KernelFailure) < 0 ||
         PyModule_AddStringConstant(module, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION)) < 0 ||
-        PyModule_AddIntConstant(module, "CELL_OVERHEAD", CELL_OVERHEAD) < 0) {
+        PyModule_AddIntConstant(module, "CELL_OVERHEAD", CELL_OVERHEAD) < 0 ||
+        PyModule_AddIntConstant(module, "NONCE_PARAMS_PROVEN", nonce_params_proven) < 0) {
         Py_XDECREF(KernelFailure);
         Py_DECREF(module);
         return NULL;

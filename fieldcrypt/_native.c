@@ -14,20 +14,15 @@
  * the data buffer) before any byte is read through it. Outputs are the offsets (int32)
  * and data buffers of a new binary array, built as bytes objects.
  *
- * Keys: the 32-byte data key is read from the caller's buffer into one EVP context per
- * call; the context is freed (OpenSSL cleanses its key schedule) before returning, and
- * this module makes no copy of its own. Nonces: RAND_bytes, drawn NONCE_BATCH at a time.
+ * Keys: the 32-byte data key is read from the caller's buffer into one cipher context per
+ * call (cell_cipher); the context is freed (OpenSSL cleanses its key schedule) before
+ * returning, and this module makes no copy of its own. Nonces: RAND_bytes, drawn NONCE_BATCH at a time.
  * The GIL is released while cells are processed.
  *
  * Speed: the cipher is fetched once (EVP_CIPHER_fetch) and one context per call is keyed
- * once; each cell then only changes the nonce (and, decrypting, the expected tag). On
- * OpenSSL 3.0 EVP_*Init_ex(ctx, NULL, NULL, NULL, nonce) costs a parameter round trip of its
- * own (it asks the provider for the IV length), so the nonce is set instead, together with
- * the tag, in one EVP_CIPHER_CTX_set_params call: OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED with
- * length (size_t)-1, "restore the whole IV", the parameter form of
- * EVP_CTRL_GCM_SET_IV_FIXED with -1. A known-answer self-test at import proves that this
- * libcrypto uses a nonce set that way, cell after cell on one context, exactly like one given
- * to EVP_EncryptInit_ex; if it does not, every call takes the EVP_*Init_ex path.
+ * once; each cell then only gives the context its nonce (and, decrypting, the tag to expect).
+ * See cell_cipher for the two paths a context takes (EVP, or the same provider implementation
+ * called directly) and the known-answer self-test that decides between them at import.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -37,12 +32,15 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <openssl/core.h>
+#include <openssl/core_dispatch.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/opensslv.h>
 #include <openssl/params.h>
+#include <openssl/provider.h>
 #include <openssl/rand.h>
 
 /*
@@ -161,17 +159,106 @@ static inline const unsigned char *view_value(const binary_view *view, Py_ssize_
     return (const unsigned char *)view->data.buf + begin;
 }
 
-/* Feed `size` bytes to an EVP update in int-sized chunks; out may be NULL (associated data). */
-static int evp_update(EVP_CIPHER_CTX *ctx, int encrypting, unsigned char *out, const unsigned char *in,
-                      int64_t size) {
+/*
+ * A keyed AES-256-GCM context for the cells of one call, on one of two paths:
+ *
+ * - evp, the reference: an EVP_CIPHER_CTX keyed once; per cell EVP_*Init_ex with the nonce,
+ *   the tag set or read through OSSL_CIPHER_PARAM_AEAD_TAG.
+ * - direct: the provider implementation EVP_CIPHER_fetch chose (EVP_CIPHER_get0_provider),
+ *   called through its dispatch table (OSSL_PROVIDER_query_operation) the way EVP calls it:
+ *   keyed once by its init function, then per cell init with the nonce (decrypting, the
+ *   expected tag rides along as an init parameter), update, final. On OpenSSL 3.0 the EVP
+ *   wrapper asks the provider for the IV length on every Init and needs a second parameter
+ *   call for the tag: parameter lookups (strcmp) were a fifth of a small cell's decryption.
+ *
+ * The direct path is taken only when the self-test at import (self_test_direct) showed that
+ * it seals exactly the cells the evp path seals and opens them, cell after cell on one
+ * context, and refuses a wrong tag. Freeing either context cleanses its key schedule.
+ */
+typedef struct {
+    void *provctx;
+    OSSL_FUNC_cipher_newctx_fn *newctx;
+    OSSL_FUNC_cipher_freectx_fn *freectx;
+    OSSL_FUNC_cipher_encrypt_init_fn *encrypt_init;
+    OSSL_FUNC_cipher_decrypt_init_fn *decrypt_init;
+    OSSL_FUNC_cipher_update_fn *update;
+    OSSL_FUNC_cipher_final_fn *final;
+    OSSL_FUNC_cipher_get_ctx_params_fn *get_ctx_params;
+} provider_gcm;
+
+static EVP_CIPHER *aes_256_gcm;  /* fetched once at import (an implicit fetch per Init is a lookup) */
+static provider_gcm direct_gcm;  /* every function found, or provctx NULL */
+static int direct_proven;        /* the self-test's verdict, fixed at import */
+static int use_direct;           /* the path new calls take: direct_proven unless a test switched it */
+
+typedef struct {
+    EVP_CIPHER_CTX *evp;
+    void *algctx;                  /* the direct path's provider context */
+    int encrypting;
+    OSSL_PARAM tag[2];             /* the cell's tag: read (encrypting) or expected (decrypting) */
+    unsigned char unused[TAG_SIZE]; /* where final may write its (always empty) output */
+} cell_cipher;
+
+static int cipher_open(cell_cipher *cipher, const unsigned char *key, int encrypting, int direct) {
+    memset(cipher, 0, sizeof(*cipher));
+    cipher->encrypting = encrypting;
+    cipher->tag[0] = OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, NULL, 0);
+    cipher->tag[0].data_size = TAG_SIZE;
+    cipher->tag[1] = OSSL_PARAM_construct_end();
+    CHECK_REGION(key, KEY_SIZE);
+    if (direct) {
+        cipher->algctx = direct_gcm.newctx(direct_gcm.provctx);
+        if (cipher->algctx == NULL) return 0;
+        return (encrypting ? direct_gcm.encrypt_init(cipher->algctx, key, KEY_SIZE, NULL, 0, NULL)
+                           : direct_gcm.decrypt_init(cipher->algctx, key, KEY_SIZE, NULL, 0, NULL)) == 1;
+    }
+    cipher->evp = EVP_CIPHER_CTX_new();
+    if (cipher->evp == NULL) return 0;
+    return (encrypting ? EVP_EncryptInit_ex(cipher->evp, aes_256_gcm, NULL, key, NULL)
+                       : EVP_DecryptInit_ex(cipher->evp, aes_256_gcm, NULL, key, NULL)) == 1;
+}
+
+static void cipher_close(cell_cipher *cipher) {
+    if (cipher->algctx != NULL) direct_gcm.freectx(cipher->algctx);
+    EVP_CIPHER_CTX_free(cipher->evp);
+    cipher->algctx = NULL;
+    cipher->evp = NULL;
+}
+
+/* Start a cell: its nonce (NONCE_SIZE bytes) and, decrypting, the tag to expect (TAG_SIZE bytes). */
+static int cipher_start(cell_cipher *cipher, const unsigned char *nonce, const unsigned char *tag) {
+    CHECK_REGION(nonce, NONCE_SIZE);
+    if (!cipher->encrypting) {
+        CHECK_REGION(tag, TAG_SIZE);
+        cipher->tag[0].data = (void *)tag;
+    }
+    if (cipher->algctx != NULL)
+        return (cipher->encrypting
+                    ? direct_gcm.encrypt_init(cipher->algctx, NULL, 0, nonce, NONCE_SIZE, NULL)
+                    : direct_gcm.decrypt_init(cipher->algctx, NULL, 0, nonce, NONCE_SIZE, cipher->tag)) == 1;
+    if (cipher->encrypting) return EVP_EncryptInit_ex(cipher->evp, NULL, NULL, NULL, nonce) == 1;
+    return EVP_DecryptInit_ex(cipher->evp, NULL, NULL, NULL, nonce) == 1 &&
+           EVP_CIPHER_CTX_set_params(cipher->evp, cipher->tag) == 1;
+}
+
+/* Feed `size` bytes in int-sized chunks (EVP lengths are int); out NULL: associated data. */
+static int cipher_update(cell_cipher *cipher, unsigned char *out, const unsigned char *in, int64_t size) {
     CHECK_REGION(in, size);
     if (out != NULL) CHECK_REGION(out, size);
     while (size > 0) {
         int chunk = size > EVP_CHUNK ? EVP_CHUNK : (int)size;
-        int written = 0;
-        int ok = encrypting ? EVP_EncryptUpdate(ctx, out, &written, in, chunk)
-                            : EVP_DecryptUpdate(ctx, out, &written, in, chunk);
-        if (!ok || (out != NULL && written != chunk)) return 0;
+        int ok;
+        if (cipher->algctx != NULL) {
+            size_t written = 0;
+            ok = direct_gcm.update(cipher->algctx, out, &written, (size_t)chunk, in, (size_t)chunk) == 1 &&
+                 (out == NULL || written == (size_t)chunk);
+        } else {
+            int written = 0;
+            ok = (cipher->encrypting ? EVP_EncryptUpdate(cipher->evp, out, &written, in, chunk)
+                                     : EVP_DecryptUpdate(cipher->evp, out, &written, in, chunk)) == 1 &&
+                 (out == NULL || written == chunk);
+        }
+        if (!ok) return 0;
         in += chunk;
         if (out != NULL) out += chunk;
         size -= chunk;
@@ -179,10 +266,30 @@ static int evp_update(EVP_CIPHER_CTX *ctx, int encrypting, unsigned char *out, c
     return 1;
 }
 
+/* Finish the cell. Encrypting: 1 with its tag in `tag` (TAG_SIZE bytes). Decrypting (tag NULL):
+ * 1 when the expected tag matched, 0 when it did not. */
+static int cipher_finish(cell_cipher *cipher, unsigned char *tag) {
+    int ok;
+    if (cipher->algctx != NULL) {
+        size_t written = 0;
+        ok = direct_gcm.final(cipher->algctx, cipher->unused, &written, 0) == 1 && written == 0;
+    } else {
+        int written = 0;
+        ok = (cipher->encrypting ? EVP_EncryptFinal_ex(cipher->evp, cipher->unused, &written)
+                                 : EVP_DecryptFinal_ex(cipher->evp, cipher->unused, &written)) == 1 &&
+             written == 0;
+    }
+    if (!ok || !cipher->encrypting) return ok;
+    CHECK_REGION(tag, TAG_SIZE);
+    cipher->tag[0].data = tag;
+    return (cipher->algctx != NULL ? direct_gcm.get_ctx_params(cipher->algctx, cipher->tag)
+                                   : EVP_CIPHER_CTX_get_params(cipher->evp, cipher->tag)) == 1;
+}
+
 /*
  * The associated data of the cells, assembled in one scratch buffer so that a cell's AD is
- * usually one EVP update: prefix || u32be(len(row key)) || row key (the key copied in when
- * it fits, fed as a second update otherwise). Each EVP call costs a provider dispatch.
+ * usually one update: prefix || u32be(len(row key)) || row key (the key copied in when
+ * it fits, fed as a second update otherwise). Each update costs a provider dispatch.
  */
 #define SCRATCH_ROW_KEY 512
 
@@ -204,9 +311,9 @@ static void scratch_close(ad_scratch *scratch) {
     scratch->buffer = NULL;
 }
 
-static int feed_associated_data(EVP_CIPHER_CTX *ctx, int encrypting, const ad_scratch *scratch,
-                                const binary_view *row_keys, Py_ssize_t i) {
-    if (row_keys == NULL) return evp_update(ctx, encrypting, NULL, scratch->buffer, (int64_t)scratch->prefix_size);
+static int feed_associated_data(cell_cipher *cipher, const ad_scratch *scratch, const binary_view *row_keys,
+                                Py_ssize_t i) {
+    if (row_keys == NULL) return cipher_update(cipher, NULL, scratch->buffer, (int64_t)scratch->prefix_size);
     int64_t size;
     const unsigned char *key = view_value(row_keys, i, &size);
     if (size > (int64_t)UINT32_MAX) return 0; /* checked before the loop; kept as a guard */
@@ -218,68 +325,9 @@ static int feed_associated_data(EVP_CIPHER_CTX *ctx, int encrypting, const ad_sc
     int64_t head = (int64_t)scratch->prefix_size + 4;
     if (size <= SCRATCH_ROW_KEY) {
         memcpy(length + 4, key, (size_t)size);
-        return evp_update(ctx, encrypting, NULL, scratch->buffer, head + size);
+        return cipher_update(cipher, NULL, scratch->buffer, head + size);
     }
-    return evp_update(ctx, encrypting, NULL, scratch->buffer, head) && evp_update(ctx, encrypting, NULL, key, size);
-}
-
-/* AES-256-GCM, fetched once at import (an implicit fetch per EVP_*Init_ex is a lookup). */
-static EVP_CIPHER *aes_256_gcm;
-
-/* 1 when the self-test proved the one-call nonce (and tag) setting; 0: EVP_*Init_ex per cell. */
-static int nonce_by_params;
-
-/*
- * The provider parameters a cell's nonce, expected tag and computed tag go through, built
- * once per call: each cell only points them at its own bytes (building them per cell,
- * through OSSL_PARAM_construct_*, showed in profiles). EVP_CIPHER_CTX_ctrl would translate to
- * the same parameters.
- */
-typedef struct {
-    OSSL_PARAM start[3]; /* decrypting: expected tag, then (by_params) the whole IV; encrypting: the IV */
-    OSSL_PARAM tag[2];   /* encrypting: the computed tag */
-    int encrypting, by_params;
-} cell_params;
-
-static void octet_param(OSSL_PARAM *param, const char *key, size_t size) {
-    *param = OSSL_PARAM_construct_octet_string(key, NULL, 0);
-    param->data_size = size;
-}
-
-static void cell_params_init(cell_params *params, int encrypting, int by_params) {
-    params->encrypting = encrypting;
-    params->by_params = by_params;
-    size_t n = 0;
-    if (!encrypting) octet_param(&params->start[n++], OSSL_CIPHER_PARAM_AEAD_TAG, TAG_SIZE);
-    /* Length (size_t)-1: "the whole IV" (the context's IV length, NONCE_SIZE), as EVP_CTRL_GCM_SET_IV_FIXED -1. */
-    if (by_params) octet_param(&params->start[n++], OSSL_CIPHER_PARAM_AEAD_TLS1_IV_FIXED, (size_t)-1);
-    while (n < 3) params->start[n++] = OSSL_PARAM_construct_end();
-    octet_param(&params->tag[0], OSSL_CIPHER_PARAM_AEAD_TAG, TAG_SIZE);
-    params->tag[1] = OSSL_PARAM_construct_end();
-}
-
-/*
- * Start a cell on a keyed context: its nonce (NONCE_SIZE bytes) and, decrypting, the tag to
- * expect (TAG_SIZE bytes; NULL when encrypting).
- */
-static int start_cell(EVP_CIPHER_CTX *ctx, cell_params *params, const unsigned char *nonce, const unsigned char *tag) {
-    CHECK_REGION(nonce, NONCE_SIZE);
-    if (!params->encrypting) {
-        CHECK_REGION(tag, TAG_SIZE);
-        params->start[0].data = (void *)tag;
-    }
-    if (params->by_params) {
-        params->start[params->encrypting ? 0 : 1].data = (void *)nonce;
-        return EVP_CIPHER_CTX_set_params(ctx, params->start) == 1;
-    }
-    if (params->encrypting) return EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1;
-    return EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) == 1 && EVP_CIPHER_CTX_set_params(ctx, params->start) == 1;
-}
-
-/* The tag of the cell just finished (encrypting) into `tag` (TAG_SIZE bytes). */
-static int get_tag(EVP_CIPHER_CTX *ctx, cell_params *params, unsigned char *tag) {
-    params->tag[0].data = tag;
-    return EVP_CIPHER_CTX_get_params(ctx, params->tag) == 1;
+    return cipher_update(cipher, NULL, scratch->buffer, head) && cipher_update(cipher, NULL, key, size);
 }
 
 static void write_offset32(unsigned char *offsets, Py_ssize_t i, int64_t value) {
@@ -368,18 +416,6 @@ fail:
     return -1;
 }
 
-static EVP_CIPHER_CTX *new_context(const Py_buffer *key, int encrypting) {
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    if (ctx == NULL) return NULL;
-    int ok = encrypting ? EVP_EncryptInit_ex(ctx, aes_256_gcm, NULL, key->buf, NULL)
-                        : EVP_DecryptInit_ex(ctx, aes_256_gcm, NULL, key->buf, NULL);
-    if (!ok) {
-        EVP_CIPHER_CTX_free(ctx);
-        return NULL;
-    }
-    return ctx;
-}
-
 PyDoc_STRVAR(encrypt_doc,
              "encrypt(key, prefix, value_offsets, value_data, value_start, count, value_width,\n"
              "        key_offsets, key_data, key_start, key_width) -> (offsets: bytes, data: bytes)\n\n"
@@ -414,15 +450,13 @@ static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
     unsigned char *offsets = (unsigned char *)PyBytes_AS_STRING(out_offsets);
     unsigned char *cells = (unsigned char *)PyBytes_AS_STRING(out_data);
     int ok = 1;
-    cell_params params;
-    cell_params_init(&params, 1, nonce_by_params);
+    int direct = use_direct;
     Py_BEGIN_ALLOW_THREADS
     unsigned char nonces[NONCE_BATCH * NONCE_SIZE];
     ad_scratch scratch;
-    EVP_CIPHER_CTX *ctx = NULL;
+    cell_cipher cipher;
     ok = scratch_open(&scratch, &buffers.prefix);
-    if (ok) ctx = new_context(&buffers.key, 1);
-    ok = ok && ctx != NULL;
+    ok = cipher_open(&cipher, buffers.key.buf, 1, direct) && ok;
     int64_t at = 0;
     write_offset32(offsets, 0, 0);
     for (Py_ssize_t i = 0; ok && i < n; i++) {
@@ -439,18 +473,15 @@ static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
         const unsigned char *value = view_value(values, i, &size);
         unsigned char *cell = cells + at;
         const unsigned char *nonce = nonces + in_batch * NONCE_SIZE;
-        int tail = 0;
         cell[0] = CELL_VERSION;
         memcpy(cell + 1, nonce, NONCE_SIZE);
-        CHECK_REGION(cell + 1 + NONCE_SIZE + size, TAG_SIZE);
-        ok = start_cell(ctx, &params, nonce, NULL) && feed_associated_data(ctx, 1, &scratch, row_keys, i) &&
-             evp_update(ctx, 1, cell + 1 + NONCE_SIZE, value, size) &&
-             EVP_EncryptFinal_ex(ctx, cell + 1 + NONCE_SIZE + size, &tail) && tail == 0 &&
-             get_tag(ctx, &params, cell + 1 + NONCE_SIZE + size);
+        ok = cipher_start(&cipher, nonce, NULL) && feed_associated_data(&cipher, &scratch, row_keys, i) &&
+             cipher_update(&cipher, cell + 1 + NONCE_SIZE, value, size) &&
+             cipher_finish(&cipher, cell + 1 + NONCE_SIZE + size);
         at += size + CELL_OVERHEAD;
         write_offset32(offsets, i + 1, at);
     }
-    EVP_CIPHER_CTX_free(ctx);
+    cipher_close(&cipher);
     scratch_close(&scratch);
     Py_END_ALLOW_THREADS
     buffers_release(&buffers);
@@ -507,14 +538,12 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
     int ok = 1;
     Py_ssize_t failed_at = -1;
     long reason = 0, detail = 0;
-    cell_params params;
-    cell_params_init(&params, 0, nonce_by_params);
+    int direct = use_direct;
     Py_BEGIN_ALLOW_THREADS
     ad_scratch scratch;
-    EVP_CIPHER_CTX *ctx = NULL;
+    cell_cipher cipher;
     ok = scratch_open(&scratch, &buffers.prefix);
-    if (ok) ctx = new_context(&buffers.key, 0);
-    ok = ok && ctx != NULL;
+    ok = cipher_open(&cipher, buffers.key.buf, 0, direct) && ok;
     int64_t at = 0;
     write_offset32(offsets, 0, 0);
     for (Py_ssize_t i = 0; ok && i < n; i++) {
@@ -529,18 +558,17 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
             break;
         }
         int64_t body = size - CELL_OVERHEAD;
-        int tail = 0;
-        ok = start_cell(ctx, &params, cell + 1, cell + 1 + NONCE_SIZE + body) &&
-             feed_associated_data(ctx, 0, &scratch, row_keys, i) &&
-             evp_update(ctx, 0, plain + at, cell + 1 + NONCE_SIZE, body);
-        if (ok && EVP_DecryptFinal_ex(ctx, plain + at + body, &tail) <= 0) {
+        ok = cipher_start(&cipher, cell + 1, cell + 1 + NONCE_SIZE + body) &&
+             feed_associated_data(&cipher, &scratch, row_keys, i) &&
+             cipher_update(&cipher, plain + at, cell + 1 + NONCE_SIZE, body);
+        if (ok && !cipher_finish(&cipher, NULL)) {
             failed_at = i, reason = FAIL_TAG, detail = 0;
             break;
         }
         at += body;
         write_offset32(offsets, i + 1, at);
     }
-    EVP_CIPHER_CTX_free(ctx);
+    cipher_close(&cipher);
     scratch_close(&scratch);
     if (!ok || failed_at >= 0) OPENSSL_cleanse(plain, (size_t)total); /* no plaintext of a failed call survives */
     Py_END_ALLOW_THREADS
@@ -559,96 +587,135 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NNO)", out_offsets, out_data, Py_None);
 }
 
-/* One cell the way start_cell does it (by_params chosen by the caller) or, with `fresh`, through a
- * context keyed and given its nonce by EVP_EncryptInit_ex: the reference. out: ciphertext || tag. */
-static int self_test_seal(EVP_CIPHER_CTX *ctx, int fresh, const unsigned char *key, const unsigned char *nonce,
-                          const unsigned char *ad, int ad_size, const unsigned char *plain, int size,
-                          unsigned char *out) {
-    int written = 0;
-    cell_params params;
-    cell_params_init(&params, 1, 1);
-    int ok = fresh ? EVP_EncryptInit_ex(ctx, aes_256_gcm, NULL, key, nonce) == 1 : start_cell(ctx, &params, nonce, NULL);
-    return ok && EVP_EncryptUpdate(ctx, NULL, &written, ad, ad_size) && EVP_EncryptUpdate(ctx, out, &written, plain, size) &&
-           written == size && EVP_EncryptFinal_ex(ctx, out + size, &written) && written == 0 &&
-           get_tag(ctx, &params, out + size);
+/* ASCII case-insensitive: is `wanted` one of the colon-separated `names` of an algorithm? */
+static int name_listed(const char *names, const char *wanted) {
+    size_t size = strlen(wanted);
+    for (const char *at = names; *at != '\0';) {
+        const char *end = strchr(at, ':');
+        size_t length = end != NULL ? (size_t)(end - at) : strlen(at);
+        int same = length == size;
+        for (size_t i = 0; same && i < size; i++) {
+            char a = at[i], b = wanted[i];
+            if (a >= 'a' && a <= 'z') a = (char)(a - 'a' + 'A');
+            if (b >= 'a' && b <= 'z') b = (char)(b - 'a' + 'A');
+            same = a == b;
+        }
+        if (same) return 1;
+        if (end == NULL) break;
+        at = end + 1;
+    }
+    return 0;
 }
 
-static int self_test_open(EVP_CIPHER_CTX *ctx, const unsigned char *nonce, const unsigned char *ad, int ad_size,
-                          const unsigned char *sealed, int size, unsigned char *plain) {
-    int written = 0;
-    cell_params params;
-    cell_params_init(&params, 0, 1);
-    return start_cell(ctx, &params, nonce, sealed + size) && EVP_DecryptUpdate(ctx, NULL, &written, ad, ad_size) &&
-           EVP_DecryptUpdate(ctx, plain, &written, sealed, size) && written == size &&
-           EVP_DecryptFinal_ex(ctx, plain + size, &written) == 1;
+/* The dispatch table of the provider implementation behind aes_256_gcm (direct_gcm), if complete. */
+static void find_direct_gcm(void) {
+    const OSSL_PROVIDER *provider = EVP_CIPHER_get0_provider(aes_256_gcm);
+    if (provider == NULL) return;
+    int no_cache = 0;
+    const OSSL_ALGORITHM *algorithms = OSSL_PROVIDER_query_operation(provider, OSSL_OP_CIPHER, &no_cache);
+    if (algorithms == NULL) return;
+    provider_gcm found;
+    memset(&found, 0, sizeof(found));
+    for (const OSSL_ALGORITHM *algorithm = algorithms; algorithm->algorithm_names != NULL; algorithm++) {
+        if (!name_listed(algorithm->algorithm_names, "AES-256-GCM")) continue;
+        for (const OSSL_DISPATCH *function = algorithm->implementation; function->function_id != 0; function++) {
+            switch (function->function_id) {
+            case OSSL_FUNC_CIPHER_NEWCTX: found.newctx = OSSL_FUNC_cipher_newctx(function); break;
+            case OSSL_FUNC_CIPHER_FREECTX: found.freectx = OSSL_FUNC_cipher_freectx(function); break;
+            case OSSL_FUNC_CIPHER_ENCRYPT_INIT: found.encrypt_init = OSSL_FUNC_cipher_encrypt_init(function); break;
+            case OSSL_FUNC_CIPHER_DECRYPT_INIT: found.decrypt_init = OSSL_FUNC_cipher_decrypt_init(function); break;
+            case OSSL_FUNC_CIPHER_UPDATE: found.update = OSSL_FUNC_cipher_update(function); break;
+            case OSSL_FUNC_CIPHER_FINAL: found.final = OSSL_FUNC_cipher_final(function); break;
+            case OSSL_FUNC_CIPHER_GET_CTX_PARAMS: found.get_ctx_params = OSSL_FUNC_cipher_get_ctx_params(function); break;
+            default: break;
+            }
+        }
+        break;
+    }
+    OSSL_PROVIDER_unquery_operation(provider, OSSL_OP_CIPHER, algorithms);
+    if (found.newctx == NULL || found.freectx == NULL || found.encrypt_init == NULL || found.decrypt_init == NULL ||
+        found.update == NULL || found.final == NULL || found.get_ctx_params == NULL)
+        return;
+    found.provctx = OSSL_PROVIDER_get0_provider_ctx(provider);
+    if (found.provctx != NULL) direct_gcm = found;
+}
+
+enum { TEST_SIZE = 37, TEST_AD_SIZE = 21 };
+
+static int self_test_seal(cell_cipher *cipher, const unsigned char *nonce, const unsigned char *ad,
+                          const unsigned char *plain, unsigned char *sealed) {
+    return cipher_start(cipher, nonce, NULL) && cipher_update(cipher, NULL, ad, TEST_AD_SIZE) &&
+           cipher_update(cipher, sealed, plain, TEST_SIZE) && cipher_finish(cipher, sealed + TEST_SIZE);
+}
+
+static int self_test_open(cell_cipher *cipher, const unsigned char *nonce, const unsigned char *ad,
+                          const unsigned char *sealed, unsigned char *plain) {
+    return cipher_start(cipher, nonce, sealed + TEST_SIZE) && cipher_update(cipher, NULL, ad, TEST_AD_SIZE) &&
+           cipher_update(cipher, plain, sealed, TEST_SIZE) && cipher_finish(cipher, NULL);
 }
 
 /*
- * Known-answer self-test of the one-call nonce path: two cells under different nonces on one
- * keyed context must equal cells made the reference way (EVP_EncryptInit_ex with key and
- * nonce, a fresh context each), so a nonce that was ignored or kept from the previous cell is
- * caught; both must open on one decrypting context, and a wrong tag must be refused.
+ * Known-answer self-test of the direct path against the evp path: two cells under different
+ * nonces on one context of each must be the same bytes (so a nonce ignored, or kept from the
+ * previous cell, is caught), both open on one direct decrypting context, and a wrong tag is
+ * refused. Returns 1 when the direct path can be used.
  */
-static int self_test_nonce_by_params(void) {
-    enum { SIZE = 37, AD_SIZE = 21 };
-    unsigned char key[KEY_SIZE], nonces[2][NONCE_SIZE], plain[SIZE], ad[AD_SIZE];
-    unsigned char expected[2][SIZE + TAG_SIZE], sealed[SIZE + TAG_SIZE], opened[SIZE + 16];
+static int self_test_direct(void) {
+    if (direct_gcm.provctx == NULL) return 0;
+    unsigned char key[KEY_SIZE], nonces[2][NONCE_SIZE], plain[TEST_SIZE], ad[TEST_AD_SIZE];
+    unsigned char expected[2][TEST_SIZE + TAG_SIZE], sealed[TEST_SIZE + TAG_SIZE], opened[TEST_SIZE];
     for (int i = 0; i < KEY_SIZE; i++) key[i] = (unsigned char)(0xA5 ^ i);
     for (int i = 0; i < NONCE_SIZE; i++) nonces[0][i] = (unsigned char)i, nonces[1][i] = (unsigned char)(0xF0 - 3 * i);
-    for (int i = 0; i < SIZE; i++) plain[i] = (unsigned char)('a' + i % 26);
-    for (int i = 0; i < AD_SIZE; i++) ad[i] = (unsigned char)(0x30 + i);
+    for (int i = 0; i < TEST_SIZE; i++) plain[i] = (unsigned char)('a' + i % 26);
+    for (int i = 0; i < TEST_AD_SIZE; i++) ad[i] = (unsigned char)(0x30 + i);
     int passed = 0;
-    EVP_CIPHER_CTX *reference = EVP_CIPHER_CTX_new(), *sealer = EVP_CIPHER_CTX_new(), *opener = EVP_CIPHER_CTX_new();
-    if (reference == NULL || sealer == NULL || opener == NULL) goto done;
-    if (EVP_EncryptInit_ex(sealer, aes_256_gcm, NULL, key, NULL) != 1 ||
-        EVP_DecryptInit_ex(opener, aes_256_gcm, NULL, key, NULL) != 1)
-        goto done;
+    cell_cipher reference, sealer, opener;
+    int opened_all = cipher_open(&reference, key, 1, 0);
+    opened_all = cipher_open(&sealer, key, 1, 1) && opened_all;
+    opened_all = cipher_open(&opener, key, 0, 1) && opened_all;
+    if (!opened_all) goto done;
     for (int c = 0; c < 2; c++) {
-        if (!self_test_seal(reference, 1, key, nonces[c], ad, AD_SIZE, plain, SIZE, expected[c]) ||
-            !self_test_seal(sealer, 0, key, nonces[c], ad, AD_SIZE, plain, SIZE, sealed) ||
-            memcmp(sealed, expected[c], sizeof(sealed)) != 0)
+        if (!self_test_seal(&reference, nonces[c], ad, plain, expected[c]) ||
+            !self_test_seal(&sealer, nonces[c], ad, plain, sealed) || memcmp(sealed, expected[c], sizeof(sealed)) != 0)
             goto done;
-        if (!self_test_open(opener, nonces[c], ad, AD_SIZE, expected[c], SIZE, opened) ||
-            memcmp(opened, plain, SIZE) != 0)
+        if (!self_test_open(&opener, nonces[c], ad, expected[c], opened) || memcmp(opened, plain, TEST_SIZE) != 0)
             goto done;
     }
     if (memcmp(expected[0], expected[1], sizeof(sealed)) == 0) goto done;
     memcpy(sealed, expected[1], sizeof(sealed));
-    sealed[SIZE] ^= 1;
-    passed = !self_test_open(opener, nonces[1], ad, AD_SIZE, sealed, SIZE, opened);
+    sealed[TEST_SIZE] ^= 1;
+    passed = !self_test_open(&opener, nonces[1], ad, sealed, opened);
 done:
-    EVP_CIPHER_CTX_free(reference);
-    EVP_CIPHER_CTX_free(sealer);
-    EVP_CIPHER_CTX_free(opener);
-    ERR_clear_error(); /* the refused tag (or a failed test) leaves entries nobody will read */
+    cipher_close(&reference);
+    cipher_close(&sealer);
+    cipher_close(&opener);
+    ERR_clear_error(); /* the refused tag (or a failed test) may leave entries nobody reads */
     return passed;
 }
 
-static int nonce_params_proven; /* the self-test's verdict, fixed at import */
+PyDoc_STRVAR(use_direct_path_doc,
+             "use_direct_path(on) -> bool\n\n"
+             "For tests: whether new calls take the direct provider path (on, the default when the\n"
+             "import self-test passed) or the EVP path; on is refused unless the self-test passed.\n"
+             "Returns the previous setting.");
 
-PyDoc_STRVAR(use_nonce_params_doc,
-             "use_nonce_params(on) -> bool\n\n"
-             "For tests: whether calls set each cell's nonce in one parameter call (on, the default when\n"
-             "the import self-test passed) or through EVP_*Init_ex; on is refused unless the self-test\n"
-             "passed. Returns the previous setting.");
-
-static PyObject *kernel_use_nonce_params(PyObject *self, PyObject *arg) {
+static PyObject *kernel_use_direct_path(PyObject *self, PyObject *arg) {
     (void)self;
     int on = PyObject_IsTrue(arg);
     if (on < 0) return NULL;
-    if (on && !nonce_params_proven) {
-        PyErr_SetString(PyExc_ValueError, "the one-call nonce path failed its self-test on this libcrypto");
+    if (on && !direct_proven) {
+        PyErr_SetString(PyExc_ValueError, "the direct provider path failed its self-test on this libcrypto");
         return NULL;
     }
-    int previous = nonce_by_params;
-    nonce_by_params = on;
+    int previous = use_direct;
+    use_direct = on;
     return PyBool_FromLong(previous);
 }
 
 static PyMethodDef kernel_methods[] = {
     {"encrypt", kernel_encrypt, METH_VARARGS, encrypt_doc},
     {"decrypt", kernel_decrypt, METH_VARARGS, decrypt_doc},
-    {"use_nonce_params", kernel_use_nonce_params, METH_O, use_nonce_params_doc},
+    {"use_direct_path", kernel_use_direct_path, METH_O, use_direct_path_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -665,7 +732,8 @@ PyMODINIT_FUNC PyInit__native(void) {
             PyErr_SetString(PyExc_ImportError, "OpenSSL has no AES-256-GCM (EVP_CIPHER_fetch failed)");
             return NULL;
         }
-        nonce_by_params = nonce_params_proven = self_test_nonce_by_params();
+        find_direct_gcm();
+        use_direct = direct_proven = self_test_direct();
     }
     PyObject *module = PyModule_Create(&kernel_module);
     if (module == NULL) return NULL;
@@ -673,7 +741,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (KernelFailure == NULL || PyModule_AddObjectRef(module, "KernelFailure", KernelFailure) < 0 ||
         PyModule_AddStringConstant(module, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION)) < 0 ||
         PyModule_AddIntConstant(module, "CELL_OVERHEAD", CELL_OVERHEAD) < 0 ||
-        PyModule_AddIntConstant(module, "NONCE_PARAMS_PROVEN", nonce_params_proven) < 0) {
+        PyModule_AddIntConstant(module, "DIRECT_PATH_PROVEN", direct_proven) < 0) {
         Py_XDECREF(KernelFailure);
         Py_DECREF(module);
         return NULL;

@@ -412,20 +412,20 @@ def test_row_keys_longer_than_the_scratch_buffer_cross_between_kernels(writer: K
     assert failure(reader, cells, last_changed)[0] == len(sizes) - 1
 
 
-@pytest.fixture(params=["one-call nonce", "init nonce"])
+@pytest.fixture(params=["direct provider path", "evp path"])
 def nonce_path(request: pytest.FixtureRequest) -> Any:
-    """The native kernel with each way of giving a cell its nonce (fieldcrypt/_native.c, start_cell)."""
+    """The native kernel on each of its paths into OpenSSL (fieldcrypt/_native.c, cell_cipher)."""
     module = NATIVE._module  # type: ignore[attr-defined]
-    on = request.param == "one-call nonce"
-    if on and not module.NONCE_PARAMS_PROVEN:
-        pytest.skip("the one-call nonce path failed its self-test on this libcrypto")
-    previous = module.use_nonce_params(on)
+    on = request.param == "direct provider path"
+    if on and not module.DIRECT_PATH_PROVEN:
+        pytest.skip("the direct provider path failed its self-test on this libcrypto")
+    previous = module.use_direct_path(on)
     yield request.param
-    module.use_nonce_params(previous)
+    module.use_direct_path(previous)
 
 
-def test_the_one_call_nonce_path_passed_its_self_test_on_our_openssl() -> None:
-    assert NATIVE._module.NONCE_PARAMS_PROVEN == 1  # type: ignore[attr-defined]
+def test_the_direct_provider_path_passed_its_self_test_on_our_openssl() -> None:
+    assert NATIVE._module.DIRECT_PATH_PROVEN == 1  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("writer", "reader"), DIRECTIONS)

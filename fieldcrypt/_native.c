@@ -153,10 +153,18 @@ static int view_offsets_valid(const binary_view *view) {
     return previous <= (int64_t)view->data.len;
 }
 
-static inline const unsigned char *view_value(const binary_view *view, Py_ssize_t i, int64_t *size) {
-    int64_t begin = view_offset(view, i);
-    *size = view_offset(view, i + 1) - begin;
-    return (const unsigned char *)view->data.buf + begin;
+/*
+ * The i-th value, its bounds checked again as it is read: view_offsets_valid ran before the GIL
+ * was released, but a caller may hand in a writable buffer (a memoryview of a bytearray, a
+ * NumPy array) that another thread changes meanwhile, and a second read of an offset must not
+ * be trusted for what the first read proved. 0 when the value is not inside the data buffer.
+ */
+static inline int view_value(const binary_view *view, Py_ssize_t i, const unsigned char **value, int64_t *size) {
+    int64_t begin = view_offset(view, i), end = view_offset(view, i + 1);
+    if (begin < 0 || end < begin || end > (int64_t)view->data.len) return 0;
+    *size = end - begin;
+    *value = (const unsigned char *)view->data.buf + begin;
+    return 1;
 }
 
 /*
@@ -311,12 +319,10 @@ static void scratch_close(ad_scratch *scratch) {
     scratch->buffer = NULL;
 }
 
-static int feed_associated_data(cell_cipher *cipher, const ad_scratch *scratch, const binary_view *row_keys,
-                                Py_ssize_t i) {
-    if (row_keys == NULL) return cipher_update(cipher, NULL, scratch->buffer, (int64_t)scratch->prefix_size);
-    int64_t size;
-    const unsigned char *key = view_value(row_keys, i, &size);
-    if (size > (int64_t)UINT32_MAX) return 0; /* checked before the loop; kept as a guard */
+/* `key` NULL: a dataset without a primary key. `size` is at most UINT32_MAX (row_key_of). */
+static int feed_associated_data(cell_cipher *cipher, const ad_scratch *scratch, const unsigned char *key,
+                                int64_t size) {
+    if (key == NULL) return cipher_update(cipher, NULL, scratch->buffer, (int64_t)scratch->prefix_size);
     unsigned char *length = scratch->buffer + scratch->prefix_size;
     length[0] = (unsigned char)(size >> 24);
     length[1] = (unsigned char)(size >> 16);
@@ -329,6 +335,18 @@ static int feed_associated_data(cell_cipher *cipher, const ad_scratch *scratch, 
     }
     return cipher_update(cipher, NULL, scratch->buffer, head) && cipher_update(cipher, NULL, key, size);
 }
+
+/* The i-th row key (NULL without row keys); 0 when it left the data buffer or its length
+ * does not fit the AD's u32 (both checked before the loop, so only a changed buffer gets here). */
+static int row_key_of(const binary_view *row_keys, Py_ssize_t i, const unsigned char **key, int64_t *size) {
+    *key = NULL;
+    *size = 0;
+    if (row_keys == NULL) return 1;
+    return view_value(row_keys, i, key, size) && *size <= (int64_t)UINT32_MAX;
+}
+
+static const char BUFFERS_CHANGED[] = "the offsets of a buffer changed while the kernel read it; "
+                                      "pass immutable buffers (Arrow arrays)";
 
 static void write_offset32(unsigned char *offsets, Py_ssize_t i, int64_t value) {
     int32_t narrow = (int32_t)value;
@@ -449,7 +467,7 @@ static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
     }
     unsigned char *offsets = (unsigned char *)PyBytes_AS_STRING(out_offsets);
     unsigned char *cells = (unsigned char *)PyBytes_AS_STRING(out_data);
-    int ok = 1;
+    int ok = 1, changed = 0;
     int direct = use_direct;
     Py_BEGIN_ALLOW_THREADS
     unsigned char nonces[NONCE_BATCH * NONCE_SIZE];
@@ -469,13 +487,18 @@ static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
                 break;
             }
         }
-        int64_t size;
-        const unsigned char *value = view_value(values, i, &size);
+        int64_t size, key_size;
+        const unsigned char *value, *key;
+        if (!view_value(values, i, &value, &size) || size > total - at - CELL_OVERHEAD ||
+            !row_key_of(row_keys, i, &key, &key_size)) {
+            changed = 1;
+            break;
+        }
         unsigned char *cell = cells + at;
         const unsigned char *nonce = nonces + in_batch * NONCE_SIZE;
         cell[0] = CELL_VERSION;
         memcpy(cell + 1, nonce, NONCE_SIZE);
-        ok = cipher_start(&cipher, nonce, NULL) && feed_associated_data(&cipher, &scratch, row_keys, i) &&
+        ok = cipher_start(&cipher, nonce, NULL) && feed_associated_data(&cipher, &scratch, key, key_size) &&
              cipher_update(&cipher, cell + 1 + NONCE_SIZE, value, size) &&
              cipher_finish(&cipher, cell + 1 + NONCE_SIZE + size);
         at += size + CELL_OVERHEAD;
@@ -483,12 +506,16 @@ static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
     }
     cipher_close(&cipher);
     scratch_close(&scratch);
+    if (!ok) ERR_clear_error(); /* this thread's queue: left behind, it would be blamed on a later call */
     Py_END_ALLOW_THREADS
     buffers_release(&buffers);
-    if (!ok) {
+    if (!ok || changed) {
         Py_DECREF(out_offsets);
         Py_DECREF(out_data);
-        PyErr_SetString(KernelFailure, "OpenSSL AES-256-GCM encryption or RAND_bytes failed");
+        if (changed)
+            PyErr_SetString(PyExc_ValueError, BUFFERS_CHANGED);
+        else
+            PyErr_SetString(KernelFailure, "OpenSSL AES-256-GCM encryption or RAND_bytes failed");
         return NULL;
     }
     return Py_BuildValue("(NN)", out_offsets, out_data);
@@ -535,7 +562,7 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
     }
     unsigned char *offsets = (unsigned char *)PyBytes_AS_STRING(out_offsets);
     unsigned char *plain = (unsigned char *)PyBytes_AS_STRING(out_data);
-    int ok = 1;
+    int ok = 1, changed = 0;
     Py_ssize_t failed_at = -1;
     long reason = 0, detail = 0;
     int direct = use_direct;
@@ -547,8 +574,13 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
     int64_t at = 0;
     write_offset32(offsets, 0, 0);
     for (Py_ssize_t i = 0; ok && i < n; i++) {
-        int64_t size;
-        const unsigned char *cell = view_value(cells, i, &size);
+        int64_t size, key_size;
+        const unsigned char *cell, *key;
+        if (!view_value(cells, i, &cell, &size) || !row_key_of(row_keys, i, &key, &key_size) ||
+            (size > CELL_OVERHEAD && size - CELL_OVERHEAD > total - at)) {
+            changed = 1;
+            break;
+        }
         if (size < CELL_OVERHEAD) {
             failed_at = i, reason = FAIL_SHORT, detail = (long)size;
             break;
@@ -559,7 +591,7 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
         }
         int64_t body = size - CELL_OVERHEAD;
         ok = cipher_start(&cipher, cell + 1, cell + 1 + NONCE_SIZE + body) &&
-             feed_associated_data(&cipher, &scratch, row_keys, i) &&
+             feed_associated_data(&cipher, &scratch, key, key_size) &&
              cipher_update(&cipher, plain + at, cell + 1 + NONCE_SIZE, body);
         if (ok && !cipher_finish(&cipher, NULL)) {
             failed_at = i, reason = FAIL_TAG, detail = 0;
@@ -570,13 +602,19 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
     }
     cipher_close(&cipher);
     scratch_close(&scratch);
-    if (!ok || failed_at >= 0) OPENSSL_cleanse(plain, (size_t)total); /* no plaintext of a failed call survives */
+    if (!ok || changed || failed_at >= 0) {
+        OPENSSL_cleanse(plain, (size_t)total); /* no plaintext of a failed call survives */
+        ERR_clear_error(); /* a refused tag or a provider error: nobody reads this thread's queue */
+    }
     Py_END_ALLOW_THREADS
     buffers_release(&buffers);
-    if (!ok) {
+    if (!ok || changed) {
         Py_DECREF(out_offsets);
         Py_DECREF(out_data);
-        PyErr_SetString(KernelFailure, "OpenSSL AES-256-GCM decryption failed");
+        if (changed)
+            PyErr_SetString(PyExc_ValueError, BUFFERS_CHANGED);
+        else
+            PyErr_SetString(KernelFailure, "OpenSSL AES-256-GCM decryption failed");
         return NULL;
     }
     if (failed_at >= 0) {
@@ -642,54 +680,102 @@ static void find_direct_gcm(void) {
 
 enum { TEST_SIZE = 37, TEST_AD_SIZE = 21 };
 
-static int self_test_seal(cell_cipher *cipher, const unsigned char *nonce, const unsigned char *ad,
-                          const unsigned char *plain, unsigned char *sealed) {
-    return cipher_start(cipher, nonce, NULL) && cipher_update(cipher, NULL, ad, TEST_AD_SIZE) &&
-           cipher_update(cipher, sealed, plain, TEST_SIZE) && cipher_finish(cipher, sealed + TEST_SIZE);
+static int self_test_seal(cell_cipher *cipher, const unsigned char *nonce, const unsigned char *ad, int64_t ad_size,
+                          const unsigned char *plain, int64_t size, unsigned char *sealed) {
+    return cipher_start(cipher, nonce, NULL) && cipher_update(cipher, NULL, ad, ad_size) &&
+           cipher_update(cipher, sealed, plain, size) && cipher_finish(cipher, sealed + size);
 }
 
-static int self_test_open(cell_cipher *cipher, const unsigned char *nonce, const unsigned char *ad,
-                          const unsigned char *sealed, unsigned char *plain) {
-    return cipher_start(cipher, nonce, sealed + TEST_SIZE) && cipher_update(cipher, NULL, ad, TEST_AD_SIZE) &&
-           cipher_update(cipher, plain, sealed, TEST_SIZE) && cipher_finish(cipher, NULL);
+/* 1 when `sealed` (size bytes || tag) authenticates and opens to `plain`. */
+static int self_test_opens(cell_cipher *cipher, const unsigned char *nonce, const unsigned char *ad, int64_t ad_size,
+                           const unsigned char *sealed, int64_t size, const unsigned char *plain) {
+    unsigned char opened[TEST_SIZE];
+    return cipher_start(cipher, nonce, sealed + size) && cipher_update(cipher, NULL, ad, ad_size) &&
+           cipher_update(cipher, opened, sealed, size) && cipher_finish(cipher, NULL) &&
+           memcmp(opened, plain, (size_t)size) == 0;
 }
 
 /*
- * Known-answer self-test of the direct path against the evp path: two cells under different
- * nonces on one context of each must be the same bytes (so a nonce ignored, or kept from the
- * previous cell, is caught), both open on one direct decrypting context, and a wrong tag is
- * refused. Returns 1 when the direct path can be used.
+ * Published answers (McGrew and Viega, "The Galois/Counter Mode of Operation", test cases 13
+ * and 14: all-zero key and nonce, an empty and a 16-byte zero plaintext), sealed and opened on
+ * one path (0: evp, 1: direct), each direction on one context, cell after cell. Run for the evp
+ * path at import (a libcrypto that fails it is not used at all) and inside self_test_direct.
+ */
+static int known_answers(int direct) {
+    static const unsigned char tag_13[TAG_SIZE] = {0x53, 0x0f, 0x8a, 0xfb, 0xc7, 0x45, 0x36, 0xb9,
+                                                   0xa9, 0x63, 0xb4, 0xf1, 0xc4, 0xcb, 0x73, 0x8b};
+    static const unsigned char sealed_14[16 + TAG_SIZE] = {
+        0xce, 0xa7, 0x40, 0x3d, 0x4d, 0x60, 0x6b, 0x6e, 0x07, 0x4e, 0xc5, 0xd3, 0xba, 0xf3, 0x9d, 0x18,
+        0xd0, 0xd1, 0xc8, 0xa7, 0x99, 0x99, 0x6b, 0xf0, 0x26, 0x5b, 0x98, 0xb5, 0xd4, 0x8a, 0xb9, 0x19};
+    unsigned char zero[KEY_SIZE] = {0}; /* key, nonce and plaintext */
+    unsigned char sealed[sizeof(sealed_14)];
+    cell_cipher sealer, opener;
+    int opened = cipher_open(&sealer, zero, 1, direct);
+    opened = cipher_open(&opener, zero, 0, direct) && opened;
+    int passed = opened && self_test_seal(&sealer, zero, NULL, 0, zero, 0, sealed) &&
+                 memcmp(sealed, tag_13, TAG_SIZE) == 0 && self_test_seal(&sealer, zero, NULL, 0, zero, 16, sealed) &&
+                 memcmp(sealed, sealed_14, sizeof(sealed_14)) == 0 &&
+                 self_test_opens(&opener, zero, NULL, 0, tag_13, 0, zero) &&
+                 self_test_opens(&opener, zero, NULL, 0, sealed_14, 16, zero);
+    cipher_close(&sealer);
+    cipher_close(&opener);
+    ERR_clear_error();
+    return passed;
+}
+
+/*
+ * Self-test of the direct path against the evp path (which passed known_answers at import):
+ * - the published answers on the direct path (known_answers);
+ * - two cells with associated data under different nonces, sealed cell after cell on one
+ *   context of each path, must be the same bytes on both paths (a nonce ignored, or kept
+ *   from the previous cell, is caught) and open on one decrypting context of each path;
+ * - a flipped bit of the tag, of the ciphertext and of the associated data is refused by
+ *   the decrypting context of each path.
+ * Returns 1 when the direct path can be used. The test keys are constants, not secrets.
  */
 static int self_test_direct(void) {
-    if (direct_gcm.provctx == NULL) return 0;
+    if (direct_gcm.provctx == NULL || !known_answers(1)) return 0;
     unsigned char key[KEY_SIZE], nonces[2][NONCE_SIZE], plain[TEST_SIZE], ad[TEST_AD_SIZE];
-    unsigned char expected[2][TEST_SIZE + TAG_SIZE], sealed[TEST_SIZE + TAG_SIZE], opened[TEST_SIZE];
+    unsigned char expected[2][TEST_SIZE + TAG_SIZE], sealed[TEST_SIZE + TAG_SIZE];
     for (int i = 0; i < KEY_SIZE; i++) key[i] = (unsigned char)(0xA5 ^ i);
     for (int i = 0; i < NONCE_SIZE; i++) nonces[0][i] = (unsigned char)i, nonces[1][i] = (unsigned char)(0xF0 - 3 * i);
     for (int i = 0; i < TEST_SIZE; i++) plain[i] = (unsigned char)('a' + i % 26);
     for (int i = 0; i < TEST_AD_SIZE; i++) ad[i] = (unsigned char)(0x30 + i);
     int passed = 0;
-    cell_cipher reference, sealer, opener;
-    int opened_all = cipher_open(&reference, key, 1, 0);
-    opened_all = cipher_open(&sealer, key, 1, 1) && opened_all;
-    opened_all = cipher_open(&opener, key, 0, 1) && opened_all;
+    cell_cipher sealers[2], openers[2]; /* [0]: evp, [1]: direct */
+    int opened_all = 1;
+    for (int path = 0; path < 2; path++) {
+        opened_all = cipher_open(&sealers[path], key, 1, path) && opened_all;
+        opened_all = cipher_open(&openers[path], key, 0, path) && opened_all;
+    }
     if (!opened_all) goto done;
     for (int c = 0; c < 2; c++) {
-        if (!self_test_seal(&reference, nonces[c], ad, plain, expected[c]) ||
-            !self_test_seal(&sealer, nonces[c], ad, plain, sealed) || memcmp(sealed, expected[c], sizeof(sealed)) != 0)
+        if (!self_test_seal(&sealers[0], nonces[c], ad, TEST_AD_SIZE, plain, TEST_SIZE, expected[c]) ||
+            !self_test_seal(&sealers[1], nonces[c], ad, TEST_AD_SIZE, plain, TEST_SIZE, sealed) ||
+            memcmp(sealed, expected[c], sizeof(sealed)) != 0)
             goto done;
-        if (!self_test_open(&opener, nonces[c], ad, expected[c], opened) || memcmp(opened, plain, TEST_SIZE) != 0)
-            goto done;
+        for (int path = 0; path < 2; path++)
+            if (!self_test_opens(&openers[path], nonces[c], ad, TEST_AD_SIZE, expected[c], TEST_SIZE, plain)) goto done;
     }
     if (memcmp(expected[0], expected[1], sizeof(sealed)) == 0) goto done;
-    memcpy(sealed, expected[1], sizeof(sealed));
-    sealed[TEST_SIZE] ^= 1;
-    passed = !self_test_open(&opener, nonces[1], ad, sealed, opened);
+    for (int path = 0; path < 2; path++) {
+        for (int flipped = 0; flipped < 3; flipped++) { /* the tag, the ciphertext, the associated data */
+            memcpy(sealed, expected[1], sizeof(sealed));
+            if (flipped == 0) sealed[TEST_SIZE] ^= 1;
+            if (flipped == 1) sealed[TEST_SIZE / 2] ^= 0x80;
+            if (flipped == 2) ad[TEST_AD_SIZE - 1] ^= 1;
+            int refused = !self_test_opens(&openers[path], nonces[1], ad, TEST_AD_SIZE, sealed, TEST_SIZE, plain);
+            if (flipped == 2) ad[TEST_AD_SIZE - 1] ^= 1;
+            if (!refused) goto done;
+        }
+    }
+    passed = 1;
 done:
-    cipher_close(&reference);
-    cipher_close(&sealer);
-    cipher_close(&opener);
-    ERR_clear_error(); /* the refused tag (or a failed test) may leave entries nobody reads */
+    for (int path = 0; path < 2; path++) {
+        cipher_close(&sealers[path]);
+        cipher_close(&openers[path]);
+    }
+    ERR_clear_error(); /* the refused cells (or a failed test) may leave entries nobody reads */
     return passed;
 }
 
@@ -730,6 +816,21 @@ PyMODINIT_FUNC PyInit__native(void) {
         if (aes_256_gcm == NULL) {
             ERR_clear_error();
             PyErr_SetString(PyExc_ImportError, "OpenSSL has no AES-256-GCM (EVP_CIPHER_fetch failed)");
+            return NULL;
+        }
+        /* The cell format fixes a 12-byte nonce and a 32-byte key; the EVP path relies on these
+         * being the cipher's defaults, the direct path passes them explicitly. */
+        if (EVP_CIPHER_get_iv_length(aes_256_gcm) != NONCE_SIZE || EVP_CIPHER_get_key_length(aes_256_gcm) != KEY_SIZE ||
+            EVP_CIPHER_get_mode(aes_256_gcm) != EVP_CIPH_GCM_MODE) {
+            EVP_CIPHER_free(aes_256_gcm);
+            aes_256_gcm = NULL;
+            PyErr_SetString(PyExc_ImportError, "OpenSSL's AES-256-GCM does not have a 12-byte nonce and 32-byte key");
+            return NULL;
+        }
+        if (!known_answers(0)) {
+            EVP_CIPHER_free(aes_256_gcm);
+            aes_256_gcm = NULL;
+            PyErr_SetString(PyExc_ImportError, "OpenSSL's AES-256-GCM failed its known-answer test");
             return NULL;
         }
         find_direct_gcm();

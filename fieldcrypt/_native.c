@@ -11,8 +11,9 @@
  *
  * An Arrow binary array arrives as (offsets buffer, data buffer, array offset, offset
  * width 4 or 8) and a length; every offset is checked (in range, non-decreasing, within
- * the data buffer) before any byte is read through it. Outputs are the offsets (int32)
- * and data buffers of a new binary array, built as bytes objects.
+ * the data buffer) before any byte is read through it, and again as each value is read
+ * (view_value: a writable buffer may change once the GIL is released). Outputs are the
+ * offsets (int32) and data buffers of a new binary array, built as bytes objects.
  *
  * Keys: the 32-byte data key is read from the caller's buffer into one cipher context per
  * call (cell_cipher); the context is freed (OpenSSL cleanses its key schedule) before
@@ -22,7 +23,8 @@
  * Speed: the cipher is fetched once (EVP_CIPHER_fetch) and one context per call is keyed
  * once; each cell then only gives the context its nonce (and, decrypting, the tag to expect).
  * See cell_cipher for the two paths a context takes (EVP, or the same provider implementation
- * called directly) and the known-answer self-test that decides between them at import.
+ * called directly), known_answers (published GCM answers; the EVP path must pass them or the
+ * module does not import) and self_test_direct, which decides between the paths at import.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -806,7 +808,7 @@ static PyMethodDef kernel_methods[] = {
 };
 
 static struct PyModuleDef kernel_module = {
-    PyModuleDef_HEAD_INIT, "fieldcrypt._native", "AES-256-GCM cell kernel over Arrow buffers (OpenSSL EVP).", -1,
+    PyModuleDef_HEAD_INIT, "fieldcrypt._native", "AES-256-GCM cell kernel over Arrow buffers (OpenSSL 3: the provider directly, or EVP).", -1,
     kernel_methods, NULL, NULL, NULL, NULL,
 };
 

@@ -11,13 +11,20 @@
  *
  * An Arrow binary array arrives as (offsets buffer, data buffer, array offset, offset
  * width 4 or 8) and a length; every offset is checked (in range, non-decreasing, within
- * the data buffer) before any byte is read through it. Outputs are the offsets (int32)
- * and data buffers of a new binary array, built as bytes objects.
+ * the data buffer) before any byte is read through it, and again as each value is read
+ * (view_value: a writable buffer may change once the GIL is released). Outputs are the
+ * offsets (int32) and data buffers of a new binary array, built as bytes objects.
  *
- * Keys: the 32-byte data key is read from the caller's buffer into one EVP context per
- * call; the context is freed (OpenSSL cleanses its key schedule) before returning, and
- * this module makes no copy of its own. Nonces: RAND_bytes, drawn NONCE_BATCH at a time.
+ * Keys: the 32-byte data key is read from the caller's buffer into one cipher context per
+ * call (cell_cipher); the context is freed (OpenSSL cleanses its key schedule) before
+ * returning, and this module makes no copy of its own. Nonces: RAND_bytes, drawn NONCE_BATCH at a time.
  * The GIL is released while cells are processed.
+ *
+ * Speed: the cipher is fetched once (EVP_CIPHER_fetch) and one context per call is keyed
+ * once; each cell then only gives the context its nonce (and, decrypting, the tag to expect).
+ * See cell_cipher for the two paths a context takes (EVP, or the same provider implementation
+ * called directly), known_answers (published GCM answers; the EVP path must pass them or the
+ * module does not import) and self_test_direct, which decides between the paths at import.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -27,11 +34,15 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <openssl/core.h>
+#include <openssl/core_dispatch.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/opensslv.h>
 #include <openssl/params.h>
+#include <openssl/provider.h>
 #include <openssl/rand.h>
 
 /*
@@ -144,23 +155,120 @@ static int view_offsets_valid(const binary_view *view) {
     return previous <= (int64_t)view->data.len;
 }
 
-static inline const unsigned char *view_value(const binary_view *view, Py_ssize_t i, int64_t *size) {
-    int64_t begin = view_offset(view, i);
-    *size = view_offset(view, i + 1) - begin;
-    return (const unsigned char *)view->data.buf + begin;
+/*
+ * The i-th value, its bounds checked again as it is read: view_offsets_valid ran before the GIL
+ * was released, but a caller may hand in a writable buffer (a memoryview of a bytearray, a
+ * NumPy array) that another thread changes meanwhile, and a second read of an offset must not
+ * be trusted for what the first read proved. 0 when the value is not inside the data buffer.
+ */
+static inline int view_value(const binary_view *view, Py_ssize_t i, const unsigned char **value, int64_t *size) {
+    int64_t begin = view_offset(view, i), end = view_offset(view, i + 1);
+    if (begin < 0 || end < begin || end > (int64_t)view->data.len) return 0;
+    *size = end - begin;
+    *value = (const unsigned char *)view->data.buf + begin;
+    return 1;
 }
 
-/* Feed `size` bytes to an EVP update in int-sized chunks; out may be NULL (associated data). */
-static int evp_update(EVP_CIPHER_CTX *ctx, int encrypting, unsigned char *out, const unsigned char *in,
-                      int64_t size) {
+/*
+ * A keyed AES-256-GCM context for the cells of one call, on one of two paths:
+ *
+ * - evp, the reference: an EVP_CIPHER_CTX keyed once; per cell EVP_*Init_ex with the nonce,
+ *   the tag set or read through OSSL_CIPHER_PARAM_AEAD_TAG.
+ * - direct: the provider implementation EVP_CIPHER_fetch chose (EVP_CIPHER_get0_provider),
+ *   called through its dispatch table (OSSL_PROVIDER_query_operation) the way EVP calls it:
+ *   keyed once by its init function, then per cell init with the nonce (decrypting, the
+ *   expected tag rides along as an init parameter), update, final. On OpenSSL 3.0 the EVP
+ *   wrapper asks the provider for the IV length on every Init and needs a second parameter
+ *   call for the tag: parameter lookups (strcmp) were a fifth of a small cell's decryption.
+ *
+ * The direct path is taken only when the self-test at import (self_test_direct) showed that
+ * it seals exactly the cells the evp path seals and opens them, cell after cell on one
+ * context, and refuses a wrong tag. Freeing either context cleanses its key schedule.
+ */
+typedef struct {
+    void *provctx;
+    OSSL_FUNC_cipher_newctx_fn *newctx;
+    OSSL_FUNC_cipher_freectx_fn *freectx;
+    OSSL_FUNC_cipher_encrypt_init_fn *encrypt_init;
+    OSSL_FUNC_cipher_decrypt_init_fn *decrypt_init;
+    OSSL_FUNC_cipher_update_fn *update;
+    OSSL_FUNC_cipher_final_fn *final;
+    OSSL_FUNC_cipher_get_ctx_params_fn *get_ctx_params;
+} provider_gcm;
+
+static EVP_CIPHER *aes_256_gcm;  /* fetched once at import (an implicit fetch per Init is a lookup) */
+static provider_gcm direct_gcm;  /* every function found, or provctx NULL */
+static int direct_proven;        /* the self-test's verdict, fixed at import */
+static int use_direct;           /* the path new calls take: direct_proven unless a test switched it */
+
+typedef struct {
+    EVP_CIPHER_CTX *evp;
+    void *algctx;                  /* the direct path's provider context */
+    int encrypting;
+    OSSL_PARAM tag[2];             /* the cell's tag: read (encrypting) or expected (decrypting) */
+    unsigned char unused[TAG_SIZE]; /* where final may write its (always empty) output */
+} cell_cipher;
+
+static int cipher_open(cell_cipher *cipher, const unsigned char *key, int encrypting, int direct) {
+    memset(cipher, 0, sizeof(*cipher));
+    cipher->encrypting = encrypting;
+    cipher->tag[0] = OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, NULL, 0);
+    cipher->tag[0].data_size = TAG_SIZE;
+    cipher->tag[1] = OSSL_PARAM_construct_end();
+    CHECK_REGION(key, KEY_SIZE);
+    if (direct) {
+        cipher->algctx = direct_gcm.newctx(direct_gcm.provctx);
+        if (cipher->algctx == NULL) return 0;
+        return (encrypting ? direct_gcm.encrypt_init(cipher->algctx, key, KEY_SIZE, NULL, 0, NULL)
+                           : direct_gcm.decrypt_init(cipher->algctx, key, KEY_SIZE, NULL, 0, NULL)) == 1;
+    }
+    cipher->evp = EVP_CIPHER_CTX_new();
+    if (cipher->evp == NULL) return 0;
+    return (encrypting ? EVP_EncryptInit_ex(cipher->evp, aes_256_gcm, NULL, key, NULL)
+                       : EVP_DecryptInit_ex(cipher->evp, aes_256_gcm, NULL, key, NULL)) == 1;
+}
+
+static void cipher_close(cell_cipher *cipher) {
+    if (cipher->algctx != NULL) direct_gcm.freectx(cipher->algctx);
+    EVP_CIPHER_CTX_free(cipher->evp);
+    cipher->algctx = NULL;
+    cipher->evp = NULL;
+}
+
+/* Start a cell: its nonce (NONCE_SIZE bytes) and, decrypting, the tag to expect (TAG_SIZE bytes). */
+static int cipher_start(cell_cipher *cipher, const unsigned char *nonce, const unsigned char *tag) {
+    CHECK_REGION(nonce, NONCE_SIZE);
+    if (!cipher->encrypting) {
+        CHECK_REGION(tag, TAG_SIZE);
+        cipher->tag[0].data = (void *)tag;
+    }
+    if (cipher->algctx != NULL)
+        return (cipher->encrypting
+                    ? direct_gcm.encrypt_init(cipher->algctx, NULL, 0, nonce, NONCE_SIZE, NULL)
+                    : direct_gcm.decrypt_init(cipher->algctx, NULL, 0, nonce, NONCE_SIZE, cipher->tag)) == 1;
+    if (cipher->encrypting) return EVP_EncryptInit_ex(cipher->evp, NULL, NULL, NULL, nonce) == 1;
+    return EVP_DecryptInit_ex(cipher->evp, NULL, NULL, NULL, nonce) == 1 &&
+           EVP_CIPHER_CTX_set_params(cipher->evp, cipher->tag) == 1;
+}
+
+/* Feed `size` bytes in int-sized chunks (EVP lengths are int); out NULL: associated data. */
+static int cipher_update(cell_cipher *cipher, unsigned char *out, const unsigned char *in, int64_t size) {
     CHECK_REGION(in, size);
     if (out != NULL) CHECK_REGION(out, size);
     while (size > 0) {
         int chunk = size > EVP_CHUNK ? EVP_CHUNK : (int)size;
-        int written = 0;
-        int ok = encrypting ? EVP_EncryptUpdate(ctx, out, &written, in, chunk)
-                            : EVP_DecryptUpdate(ctx, out, &written, in, chunk);
-        if (!ok || (out != NULL && written != chunk)) return 0;
+        int ok;
+        if (cipher->algctx != NULL) {
+            size_t written = 0;
+            ok = direct_gcm.update(cipher->algctx, out, &written, (size_t)chunk, in, (size_t)chunk) == 1 &&
+                 (out == NULL || written == (size_t)chunk);
+        } else {
+            int written = 0;
+            ok = (cipher->encrypting ? EVP_EncryptUpdate(cipher->evp, out, &written, in, chunk)
+                                     : EVP_DecryptUpdate(cipher->evp, out, &written, in, chunk)) == 1 &&
+                 (out == NULL || written == chunk);
+        }
+        if (!ok) return 0;
         in += chunk;
         if (out != NULL) out += chunk;
         size -= chunk;
@@ -168,10 +276,30 @@ static int evp_update(EVP_CIPHER_CTX *ctx, int encrypting, unsigned char *out, c
     return 1;
 }
 
+/* Finish the cell. Encrypting: 1 with its tag in `tag` (TAG_SIZE bytes). Decrypting (tag NULL):
+ * 1 when the expected tag matched, 0 when it did not. */
+static int cipher_finish(cell_cipher *cipher, unsigned char *tag) {
+    int ok;
+    if (cipher->algctx != NULL) {
+        size_t written = 0;
+        ok = direct_gcm.final(cipher->algctx, cipher->unused, &written, 0) == 1 && written == 0;
+    } else {
+        int written = 0;
+        ok = (cipher->encrypting ? EVP_EncryptFinal_ex(cipher->evp, cipher->unused, &written)
+                                 : EVP_DecryptFinal_ex(cipher->evp, cipher->unused, &written)) == 1 &&
+             written == 0;
+    }
+    if (!ok || !cipher->encrypting) return ok;
+    CHECK_REGION(tag, TAG_SIZE);
+    cipher->tag[0].data = tag;
+    return (cipher->algctx != NULL ? direct_gcm.get_ctx_params(cipher->algctx, cipher->tag)
+                                   : EVP_CIPHER_CTX_get_params(cipher->evp, cipher->tag)) == 1;
+}
+
 /*
  * The associated data of the cells, assembled in one scratch buffer so that a cell's AD is
- * usually one EVP update: prefix || u32be(len(row key)) || row key (the key copied in when
- * it fits, fed as a second update otherwise). Each EVP call costs a provider dispatch.
+ * usually one update: prefix || u32be(len(row key)) || row key (the key copied in when
+ * it fits, fed as a second update otherwise). Each update costs a provider dispatch.
  */
 #define SCRATCH_ROW_KEY 512
 
@@ -193,12 +321,10 @@ static void scratch_close(ad_scratch *scratch) {
     scratch->buffer = NULL;
 }
 
-static int feed_associated_data(EVP_CIPHER_CTX *ctx, int encrypting, const ad_scratch *scratch,
-                                const binary_view *row_keys, Py_ssize_t i) {
-    if (row_keys == NULL) return evp_update(ctx, encrypting, NULL, scratch->buffer, (int64_t)scratch->prefix_size);
-    int64_t size;
-    const unsigned char *key = view_value(row_keys, i, &size);
-    if (size > (int64_t)UINT32_MAX) return 0; /* checked before the loop; kept as a guard */
+/* `key` NULL: a dataset without a primary key. `size` is at most UINT32_MAX (row_key_of). */
+static int feed_associated_data(cell_cipher *cipher, const ad_scratch *scratch, const unsigned char *key,
+                                int64_t size) {
+    if (key == NULL) return cipher_update(cipher, NULL, scratch->buffer, (int64_t)scratch->prefix_size);
     unsigned char *length = scratch->buffer + scratch->prefix_size;
     length[0] = (unsigned char)(size >> 24);
     length[1] = (unsigned char)(size >> 16);
@@ -207,24 +333,22 @@ static int feed_associated_data(EVP_CIPHER_CTX *ctx, int encrypting, const ad_sc
     int64_t head = (int64_t)scratch->prefix_size + 4;
     if (size <= SCRATCH_ROW_KEY) {
         memcpy(length + 4, key, (size_t)size);
-        return evp_update(ctx, encrypting, NULL, scratch->buffer, head + size);
+        return cipher_update(cipher, NULL, scratch->buffer, head + size);
     }
-    return evp_update(ctx, encrypting, NULL, scratch->buffer, head) && evp_update(ctx, encrypting, NULL, key, size);
+    return cipher_update(cipher, NULL, scratch->buffer, head) && cipher_update(cipher, NULL, key, size);
 }
 
-/* The GCM tag through the provider's parameters (EVP_CIPHER_CTX_ctrl would translate to these). */
-static int get_tag(EVP_CIPHER_CTX *ctx, unsigned char *tag) {
-    OSSL_PARAM params[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, TAG_SIZE),
-                            OSSL_PARAM_construct_end()};
-    return EVP_CIPHER_CTX_get_params(ctx, params) == 1;
+/* The i-th row key (NULL without row keys); 0 when it left the data buffer or its length
+ * does not fit the AD's u32 (both checked before the loop, so only a changed buffer gets here). */
+static int row_key_of(const binary_view *row_keys, Py_ssize_t i, const unsigned char **key, int64_t *size) {
+    *key = NULL;
+    *size = 0;
+    if (row_keys == NULL) return 1;
+    return view_value(row_keys, i, key, size) && *size <= (int64_t)UINT32_MAX;
 }
 
-static int set_tag(EVP_CIPHER_CTX *ctx, const unsigned char *tag) {
-    OSSL_PARAM params[2] = {
-        OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, (void *)tag, TAG_SIZE),
-        OSSL_PARAM_construct_end()};
-    return EVP_CIPHER_CTX_set_params(ctx, params) == 1;
-}
+static const char BUFFERS_CHANGED[] = "the offsets of a buffer changed while the kernel read it; "
+                                      "pass immutable buffers (Arrow arrays)";
 
 static void write_offset32(unsigned char *offsets, Py_ssize_t i, int64_t value) {
     int32_t narrow = (int32_t)value;
@@ -312,18 +436,6 @@ fail:
     return -1;
 }
 
-static EVP_CIPHER_CTX *new_context(const Py_buffer *key, int encrypting) {
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    if (ctx == NULL) return NULL;
-    int ok = encrypting ? EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key->buf, NULL)
-                        : EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key->buf, NULL);
-    if (!ok) {
-        EVP_CIPHER_CTX_free(ctx);
-        return NULL;
-    }
-    return ctx;
-}
-
 PyDoc_STRVAR(encrypt_doc,
              "encrypt(key, prefix, value_offsets, value_data, value_start, count, value_width,\n"
              "        key_offsets, key_data, key_start, key_width) -> (offsets: bytes, data: bytes)\n\n"
@@ -357,14 +469,14 @@ static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
     }
     unsigned char *offsets = (unsigned char *)PyBytes_AS_STRING(out_offsets);
     unsigned char *cells = (unsigned char *)PyBytes_AS_STRING(out_data);
-    int ok = 1;
+    int ok = 1, changed = 0;
+    int direct = use_direct;
     Py_BEGIN_ALLOW_THREADS
     unsigned char nonces[NONCE_BATCH * NONCE_SIZE];
     ad_scratch scratch;
-    EVP_CIPHER_CTX *ctx = NULL;
+    cell_cipher cipher;
     ok = scratch_open(&scratch, &buffers.prefix);
-    if (ok) ctx = new_context(&buffers.key, 1);
-    ok = ok && ctx != NULL;
+    ok = cipher_open(&cipher, buffers.key.buf, 1, direct) && ok;
     int64_t at = 0;
     write_offset32(offsets, 0, 0);
     for (Py_ssize_t i = 0; ok && i < n; i++) {
@@ -377,29 +489,35 @@ static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
                 break;
             }
         }
-        int64_t size;
-        const unsigned char *value = view_value(values, i, &size);
+        int64_t size, key_size;
+        const unsigned char *value, *key;
+        if (!view_value(values, i, &value, &size) || size > total - at - CELL_OVERHEAD ||
+            !row_key_of(row_keys, i, &key, &key_size)) {
+            changed = 1;
+            break;
+        }
         unsigned char *cell = cells + at;
         const unsigned char *nonce = nonces + in_batch * NONCE_SIZE;
-        int tail = 0;
         cell[0] = CELL_VERSION;
         memcpy(cell + 1, nonce, NONCE_SIZE);
-        CHECK_REGION(cell + 1 + NONCE_SIZE + size, TAG_SIZE);
-        ok = EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) && feed_associated_data(ctx, 1, &scratch, row_keys, i) &&
-             evp_update(ctx, 1, cell + 1 + NONCE_SIZE, value, size) &&
-             EVP_EncryptFinal_ex(ctx, cell + 1 + NONCE_SIZE + size, &tail) && tail == 0 &&
-             get_tag(ctx, cell + 1 + NONCE_SIZE + size);
+        ok = cipher_start(&cipher, nonce, NULL) && feed_associated_data(&cipher, &scratch, key, key_size) &&
+             cipher_update(&cipher, cell + 1 + NONCE_SIZE, value, size) &&
+             cipher_finish(&cipher, cell + 1 + NONCE_SIZE + size);
         at += size + CELL_OVERHEAD;
         write_offset32(offsets, i + 1, at);
     }
-    EVP_CIPHER_CTX_free(ctx);
+    cipher_close(&cipher);
     scratch_close(&scratch);
+    if (!ok) ERR_clear_error(); /* this thread's queue: left behind, it would be blamed on a later call */
     Py_END_ALLOW_THREADS
     buffers_release(&buffers);
-    if (!ok) {
+    if (!ok || changed) {
         Py_DECREF(out_offsets);
         Py_DECREF(out_data);
-        PyErr_SetString(KernelFailure, "OpenSSL AES-256-GCM encryption or RAND_bytes failed");
+        if (changed)
+            PyErr_SetString(PyExc_ValueError, BUFFERS_CHANGED);
+        else
+            PyErr_SetString(KernelFailure, "OpenSSL AES-256-GCM encryption or RAND_bytes failed");
         return NULL;
     }
     return Py_BuildValue("(NN)", out_offsets, out_data);
@@ -446,20 +564,25 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
     }
     unsigned char *offsets = (unsigned char *)PyBytes_AS_STRING(out_offsets);
     unsigned char *plain = (unsigned char *)PyBytes_AS_STRING(out_data);
-    int ok = 1;
+    int ok = 1, changed = 0;
     Py_ssize_t failed_at = -1;
     long reason = 0, detail = 0;
+    int direct = use_direct;
     Py_BEGIN_ALLOW_THREADS
     ad_scratch scratch;
-    EVP_CIPHER_CTX *ctx = NULL;
+    cell_cipher cipher;
     ok = scratch_open(&scratch, &buffers.prefix);
-    if (ok) ctx = new_context(&buffers.key, 0);
-    ok = ok && ctx != NULL;
+    ok = cipher_open(&cipher, buffers.key.buf, 0, direct) && ok;
     int64_t at = 0;
     write_offset32(offsets, 0, 0);
     for (Py_ssize_t i = 0; ok && i < n; i++) {
-        int64_t size;
-        const unsigned char *cell = view_value(cells, i, &size);
+        int64_t size, key_size;
+        const unsigned char *cell, *key;
+        if (!view_value(cells, i, &cell, &size) || !row_key_of(row_keys, i, &key, &key_size) ||
+            (size > CELL_OVERHEAD && size - CELL_OVERHEAD > total - at)) {
+            changed = 1;
+            break;
+        }
         if (size < CELL_OVERHEAD) {
             failed_at = i, reason = FAIL_SHORT, detail = (long)size;
             break;
@@ -469,29 +592,31 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
             break;
         }
         int64_t body = size - CELL_OVERHEAD;
-        int tail = 0;
-        CHECK_REGION(cell + 1, NONCE_SIZE);
-        CHECK_REGION(cell + 1 + NONCE_SIZE + body, TAG_SIZE);
-        ok = EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, cell + 1) &&
-             feed_associated_data(ctx, 0, &scratch, row_keys, i) &&
-             evp_update(ctx, 0, plain + at, cell + 1 + NONCE_SIZE, body) &&
-             set_tag(ctx, cell + 1 + NONCE_SIZE + body);
-        if (ok && EVP_DecryptFinal_ex(ctx, plain + at + body, &tail) <= 0) {
+        ok = cipher_start(&cipher, cell + 1, cell + 1 + NONCE_SIZE + body) &&
+             feed_associated_data(&cipher, &scratch, key, key_size) &&
+             cipher_update(&cipher, plain + at, cell + 1 + NONCE_SIZE, body);
+        if (ok && !cipher_finish(&cipher, NULL)) {
             failed_at = i, reason = FAIL_TAG, detail = 0;
             break;
         }
         at += body;
         write_offset32(offsets, i + 1, at);
     }
-    EVP_CIPHER_CTX_free(ctx);
+    cipher_close(&cipher);
     scratch_close(&scratch);
-    if (!ok || failed_at >= 0) OPENSSL_cleanse(plain, (size_t)total); /* no plaintext of a failed call survives */
+    if (!ok || changed || failed_at >= 0) {
+        OPENSSL_cleanse(plain, (size_t)total); /* no plaintext of a failed call survives */
+        ERR_clear_error(); /* a refused tag or a provider error: nobody reads this thread's queue */
+    }
     Py_END_ALLOW_THREADS
     buffers_release(&buffers);
-    if (!ok) {
+    if (!ok || changed) {
         Py_DECREF(out_offsets);
         Py_DECREF(out_data);
-        PyErr_SetString(KernelFailure, "OpenSSL AES-256-GCM decryption failed");
+        if (changed)
+            PyErr_SetString(PyExc_ValueError, BUFFERS_CHANGED);
+        else
+            PyErr_SetString(KernelFailure, "OpenSSL AES-256-GCM decryption failed");
         return NULL;
     }
     if (failed_at >= 0) {
@@ -502,24 +627,224 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NNO)", out_offsets, out_data, Py_None);
 }
 
+/* ASCII case-insensitive: is `wanted` one of the colon-separated `names` of an algorithm? */
+static int name_listed(const char *names, const char *wanted) {
+    size_t size = strlen(wanted);
+    for (const char *at = names; *at != '\0';) {
+        const char *end = strchr(at, ':');
+        size_t length = end != NULL ? (size_t)(end - at) : strlen(at);
+        int same = length == size;
+        for (size_t i = 0; same && i < size; i++) {
+            char a = at[i], b = wanted[i];
+            if (a >= 'a' && a <= 'z') a = (char)(a - 'a' + 'A');
+            if (b >= 'a' && b <= 'z') b = (char)(b - 'a' + 'A');
+            same = a == b;
+        }
+        if (same) return 1;
+        if (end == NULL) break;
+        at = end + 1;
+    }
+    return 0;
+}
+
+/* The dispatch table of the provider implementation behind aes_256_gcm (direct_gcm), if complete. */
+static void find_direct_gcm(void) {
+    const OSSL_PROVIDER *provider = EVP_CIPHER_get0_provider(aes_256_gcm);
+    if (provider == NULL) return;
+    int no_cache = 0;
+    const OSSL_ALGORITHM *algorithms = OSSL_PROVIDER_query_operation(provider, OSSL_OP_CIPHER, &no_cache);
+    if (algorithms == NULL) return;
+    provider_gcm found;
+    memset(&found, 0, sizeof(found));
+    for (const OSSL_ALGORITHM *algorithm = algorithms; algorithm->algorithm_names != NULL; algorithm++) {
+        if (!name_listed(algorithm->algorithm_names, "AES-256-GCM")) continue;
+        for (const OSSL_DISPATCH *function = algorithm->implementation; function->function_id != 0; function++) {
+            switch (function->function_id) {
+            case OSSL_FUNC_CIPHER_NEWCTX: found.newctx = OSSL_FUNC_cipher_newctx(function); break;
+            case OSSL_FUNC_CIPHER_FREECTX: found.freectx = OSSL_FUNC_cipher_freectx(function); break;
+            case OSSL_FUNC_CIPHER_ENCRYPT_INIT: found.encrypt_init = OSSL_FUNC_cipher_encrypt_init(function); break;
+            case OSSL_FUNC_CIPHER_DECRYPT_INIT: found.decrypt_init = OSSL_FUNC_cipher_decrypt_init(function); break;
+            case OSSL_FUNC_CIPHER_UPDATE: found.update = OSSL_FUNC_cipher_update(function); break;
+            case OSSL_FUNC_CIPHER_FINAL: found.final = OSSL_FUNC_cipher_final(function); break;
+            case OSSL_FUNC_CIPHER_GET_CTX_PARAMS: found.get_ctx_params = OSSL_FUNC_cipher_get_ctx_params(function); break;
+            default: break;
+            }
+        }
+        break;
+    }
+    OSSL_PROVIDER_unquery_operation(provider, OSSL_OP_CIPHER, algorithms);
+    if (found.newctx == NULL || found.freectx == NULL || found.encrypt_init == NULL || found.decrypt_init == NULL ||
+        found.update == NULL || found.final == NULL || found.get_ctx_params == NULL)
+        return;
+    found.provctx = OSSL_PROVIDER_get0_provider_ctx(provider);
+    if (found.provctx != NULL) direct_gcm = found;
+}
+
+enum { TEST_SIZE = 37, TEST_AD_SIZE = 21 };
+
+static int self_test_seal(cell_cipher *cipher, const unsigned char *nonce, const unsigned char *ad, int64_t ad_size,
+                          const unsigned char *plain, int64_t size, unsigned char *sealed) {
+    return cipher_start(cipher, nonce, NULL) && cipher_update(cipher, NULL, ad, ad_size) &&
+           cipher_update(cipher, sealed, plain, size) && cipher_finish(cipher, sealed + size);
+}
+
+/* 1 when `sealed` (size bytes || tag) authenticates and opens to `plain`. */
+static int self_test_opens(cell_cipher *cipher, const unsigned char *nonce, const unsigned char *ad, int64_t ad_size,
+                           const unsigned char *sealed, int64_t size, const unsigned char *plain) {
+    unsigned char opened[TEST_SIZE];
+    return cipher_start(cipher, nonce, sealed + size) && cipher_update(cipher, NULL, ad, ad_size) &&
+           cipher_update(cipher, opened, sealed, size) && cipher_finish(cipher, NULL) &&
+           memcmp(opened, plain, (size_t)size) == 0;
+}
+
+/*
+ * Published answers (McGrew and Viega, "The Galois/Counter Mode of Operation", test cases 13
+ * and 14: all-zero key and nonce, an empty and a 16-byte zero plaintext), sealed and opened on
+ * one path (0: evp, 1: direct), each direction on one context, cell after cell. Run for the evp
+ * path at import (a libcrypto that fails it is not used at all) and inside self_test_direct.
+ */
+static int known_answers(int direct) {
+    static const unsigned char tag_13[TAG_SIZE] = {0x53, 0x0f, 0x8a, 0xfb, 0xc7, 0x45, 0x36, 0xb9,
+                                                   0xa9, 0x63, 0xb4, 0xf1, 0xc4, 0xcb, 0x73, 0x8b};
+    static const unsigned char sealed_14[16 + TAG_SIZE] = {
+        0xce, 0xa7, 0x40, 0x3d, 0x4d, 0x60, 0x6b, 0x6e, 0x07, 0x4e, 0xc5, 0xd3, 0xba, 0xf3, 0x9d, 0x18,
+        0xd0, 0xd1, 0xc8, 0xa7, 0x99, 0x99, 0x6b, 0xf0, 0x26, 0x5b, 0x98, 0xb5, 0xd4, 0x8a, 0xb9, 0x19};
+    unsigned char zero[KEY_SIZE] = {0}; /* key, nonce and plaintext */
+    unsigned char sealed[sizeof(sealed_14)];
+    cell_cipher sealer, opener;
+    int opened = cipher_open(&sealer, zero, 1, direct);
+    opened = cipher_open(&opener, zero, 0, direct) && opened;
+    int passed = opened && self_test_seal(&sealer, zero, NULL, 0, zero, 0, sealed) &&
+                 memcmp(sealed, tag_13, TAG_SIZE) == 0 && self_test_seal(&sealer, zero, NULL, 0, zero, 16, sealed) &&
+                 memcmp(sealed, sealed_14, sizeof(sealed_14)) == 0 &&
+                 self_test_opens(&opener, zero, NULL, 0, tag_13, 0, zero) &&
+                 self_test_opens(&opener, zero, NULL, 0, sealed_14, 16, zero);
+    cipher_close(&sealer);
+    cipher_close(&opener);
+    ERR_clear_error();
+    return passed;
+}
+
+/*
+ * Self-test of the direct path against the evp path (which passed known_answers at import):
+ * - the published answers on the direct path (known_answers);
+ * - two cells with associated data under different nonces, sealed cell after cell on one
+ *   context of each path, must be the same bytes on both paths (a nonce ignored, or kept
+ *   from the previous cell, is caught) and open on one decrypting context of each path;
+ * - a flipped bit of the tag, of the ciphertext and of the associated data is refused by
+ *   the decrypting context of each path.
+ * Returns 1 when the direct path can be used. The test keys are constants, not secrets.
+ */
+static int self_test_direct(void) {
+    if (direct_gcm.provctx == NULL || !known_answers(1)) return 0;
+    unsigned char key[KEY_SIZE], nonces[2][NONCE_SIZE], plain[TEST_SIZE], ad[TEST_AD_SIZE];
+    unsigned char expected[2][TEST_SIZE + TAG_SIZE], sealed[TEST_SIZE + TAG_SIZE];
+    for (int i = 0; i < KEY_SIZE; i++) key[i] = (unsigned char)(0xA5 ^ i);
+    for (int i = 0; i < NONCE_SIZE; i++) nonces[0][i] = (unsigned char)i, nonces[1][i] = (unsigned char)(0xF0 - 3 * i);
+    for (int i = 0; i < TEST_SIZE; i++) plain[i] = (unsigned char)('a' + i % 26);
+    for (int i = 0; i < TEST_AD_SIZE; i++) ad[i] = (unsigned char)(0x30 + i);
+    int passed = 0;
+    cell_cipher sealers[2], openers[2]; /* [0]: evp, [1]: direct */
+    int opened_all = 1;
+    for (int path = 0; path < 2; path++) {
+        opened_all = cipher_open(&sealers[path], key, 1, path) && opened_all;
+        opened_all = cipher_open(&openers[path], key, 0, path) && opened_all;
+    }
+    if (!opened_all) goto done;
+    for (int c = 0; c < 2; c++) {
+        if (!self_test_seal(&sealers[0], nonces[c], ad, TEST_AD_SIZE, plain, TEST_SIZE, expected[c]) ||
+            !self_test_seal(&sealers[1], nonces[c], ad, TEST_AD_SIZE, plain, TEST_SIZE, sealed) ||
+            memcmp(sealed, expected[c], sizeof(sealed)) != 0)
+            goto done;
+        for (int path = 0; path < 2; path++)
+            if (!self_test_opens(&openers[path], nonces[c], ad, TEST_AD_SIZE, expected[c], TEST_SIZE, plain)) goto done;
+    }
+    if (memcmp(expected[0], expected[1], sizeof(sealed)) == 0) goto done;
+    for (int path = 0; path < 2; path++) {
+        for (int flipped = 0; flipped < 3; flipped++) { /* the tag, the ciphertext, the associated data */
+            memcpy(sealed, expected[1], sizeof(sealed));
+            if (flipped == 0) sealed[TEST_SIZE] ^= 1;
+            if (flipped == 1) sealed[TEST_SIZE / 2] ^= 0x80;
+            if (flipped == 2) ad[TEST_AD_SIZE - 1] ^= 1;
+            int refused = !self_test_opens(&openers[path], nonces[1], ad, TEST_AD_SIZE, sealed, TEST_SIZE, plain);
+            if (flipped == 2) ad[TEST_AD_SIZE - 1] ^= 1;
+            if (!refused) goto done;
+        }
+    }
+    passed = 1;
+done:
+    for (int path = 0; path < 2; path++) {
+        cipher_close(&sealers[path]);
+        cipher_close(&openers[path]);
+    }
+    ERR_clear_error(); /* the refused cells (or a failed test) may leave entries nobody reads */
+    return passed;
+}
+
+PyDoc_STRVAR(use_direct_path_doc,
+             "use_direct_path(on) -> bool\n\n"
+             "For tests: whether new calls take the direct provider path (on, the default when the\n"
+             "import self-test passed) or the EVP path; on is refused unless the self-test passed.\n"
+             "Returns the previous setting.");
+
+static PyObject *kernel_use_direct_path(PyObject *self, PyObject *arg) {
+    (void)self;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    if (on && !direct_proven) {
+        PyErr_SetString(PyExc_ValueError, "the direct provider path failed its self-test on this libcrypto");
+        return NULL;
+    }
+    int previous = use_direct;
+    use_direct = on;
+    return PyBool_FromLong(previous);
+}
+
 static PyMethodDef kernel_methods[] = {
     {"encrypt", kernel_encrypt, METH_VARARGS, encrypt_doc},
     {"decrypt", kernel_decrypt, METH_VARARGS, decrypt_doc},
+    {"use_direct_path", kernel_use_direct_path, METH_O, use_direct_path_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef kernel_module = {
-    PyModuleDef_HEAD_INIT, "fieldcrypt._native", "AES-256-GCM cell kernel over Arrow buffers (OpenSSL EVP).", -1,
+    PyModuleDef_HEAD_INIT, "fieldcrypt._native", "AES-256-GCM cell kernel over Arrow buffers (OpenSSL 3: the provider directly, or EVP).", -1,
     kernel_methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
+    if (aes_256_gcm == NULL) {
+        aes_256_gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+        if (aes_256_gcm == NULL) {
+            ERR_clear_error();
+            PyErr_SetString(PyExc_ImportError, "OpenSSL has no AES-256-GCM (EVP_CIPHER_fetch failed)");
+            return NULL;
+        }
+        /* The cell format fixes a 12-byte nonce and a 32-byte key; the EVP path relies on these
+         * being the cipher's defaults, the direct path passes them explicitly. */
+        if (EVP_CIPHER_get_iv_length(aes_256_gcm) != NONCE_SIZE || EVP_CIPHER_get_key_length(aes_256_gcm) != KEY_SIZE ||
+            EVP_CIPHER_get_mode(aes_256_gcm) != EVP_CIPH_GCM_MODE) {
+            EVP_CIPHER_free(aes_256_gcm);
+            aes_256_gcm = NULL;
+            PyErr_SetString(PyExc_ImportError, "OpenSSL's AES-256-GCM does not have a 12-byte nonce and 32-byte key");
+            return NULL;
+        }
+        if (!known_answers(0)) {
+            EVP_CIPHER_free(aes_256_gcm);
+            aes_256_gcm = NULL;
+            PyErr_SetString(PyExc_ImportError, "OpenSSL's AES-256-GCM failed its known-answer test");
+            return NULL;
+        }
+        find_direct_gcm();
+        use_direct = direct_proven = self_test_direct();
+    }
     PyObject *module = PyModule_Create(&kernel_module);
     if (module == NULL) return NULL;
     KernelFailure = PyErr_NewException("fieldcrypt._native.KernelFailure", PyExc_RuntimeError, NULL);
     if (KernelFailure == NULL || PyModule_AddObjectRef(module, "KernelFailure", KernelFailure) < 0 ||
         PyModule_AddStringConstant(module, "OPENSSL_VERSION", OpenSSL_version(OPENSSL_VERSION)) < 0 ||
-        PyModule_AddIntConstant(module, "CELL_OVERHEAD", CELL_OVERHEAD) < 0) {
+        PyModule_AddIntConstant(module, "CELL_OVERHEAD", CELL_OVERHEAD) < 0 ||
+        PyModule_AddIntConstant(module, "DIRECT_PATH_PROVEN", direct_proven) < 0) {
         Py_XDECREF(KernelFailure);
         Py_DECREF(module);
         return NULL;

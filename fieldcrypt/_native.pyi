@@ -3,6 +3,7 @@ from typing_extensions import Buffer
 
 OPENSSL_VERSION: str
 CELL_OVERHEAD: int
+DIRECT_PATH_PROVEN: int
 
 class KernelFailure(RuntimeError): ...
 
@@ -34,3 +35,4 @@ def decrypt(
     key_width: int,
     /,
 ) -> tuple[bytes, bytes, None] | tuple[None, None, tuple[int, int, int]]: ...
+def use_direct_path(on: bool, /) -> bool: ...

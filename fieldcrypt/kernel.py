@@ -3,9 +3,11 @@
 Two implementations write and read the same bytes (docs/FORMAT.md sections 2-3):
 
 - `python`, the reference: one `AESGCM` call per cell (fieldcrypt.cell), holding the GIL;
-- `native`, the C extension fieldcrypt._native: OpenSSL EVP AES-256-GCM over the arrays'
-  offsets and data buffers, one EVP context per call, nonces from RAND_bytes in batches,
-  the GIL released, so calls run side by side on a bounded thread pool.
+- `native`, the C extension fieldcrypt._native: OpenSSL 3 AES-256-GCM over the arrays'
+  offsets and data buffers, one keyed cipher context per call, nonces from RAND_bytes in batches,
+  the GIL released, so calls run side by side on a bounded thread pool. The context is the
+  provider's implementation called through its dispatch table when the extension's import
+  self-test proved it against EVP (DIRECT_PATH_PROVEN), else EVP (docs/FORMAT.md section 2).
 
 Selection: FIELDCRYPT_KERNEL=python|native forces one; unset, native when the extension
 imported, else python. A forced native kernel that is unavailable is a KernelError naming

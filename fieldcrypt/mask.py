@@ -9,6 +9,7 @@ Nulls stay null.
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -35,6 +36,8 @@ def mask_values(values: pa.Array, style: str) -> pa.Array:
             pc.if_else(pc.is_valid(values), hidden, pa.scalar(None, values.type)), is_email, at_domain.cast(values.type)
         )
     elif style == "last4":
+        if values.type in (pa.string(), pa.large_string()):
+            return _last4(values)
         digits = pc.replace_substring_regex(values, r"[^0-9]", "")
         last4 = pc.binary_join_element_wise(hidden, pc.utf8_slice_codeunits(digits, start=-4), no_separator)
         masked = pc.if_else(pc.greater_equal(pc.utf8_length(digits), 5), last4, hidden)
@@ -42,6 +45,39 @@ def mask_values(values: pa.Array, style: str) -> pa.Array:
         raise ValueError(f"unknown mask style {style!r}")
     result: pa.Array = pc.if_else(pc.is_valid(values), masked, pa.scalar(None, values.type)).cast(values.type)
     return result
+
+
+def _last4(values: pa.Array) -> pa.Array:
+    """The `last4` mask of string or large_string values, on the UTF-8 bytes with numpy.
+
+    The same result as removing every character that is not an ASCII digit (the regex
+    `[^0-9]`) and keeping the last four of at least five: ASCII digits are single bytes that
+    never occur inside a multi-byte UTF-8 character, so the digits are the bytes 0x30-0x39.
+    A regex replace over every value was most of the cost of protecting a phone column.
+    """
+    count = len(values)
+    large = values.type == pa.large_string()
+    offset_type = np.int64 if large else np.int32
+    offsets = np.frombuffer(
+        values.buffers()[1], dtype=offset_type, count=count + 1, offset=values.offset * (8 if large else 4)
+    ).astype(np.int64)
+    data = values.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]] if data is not None else np.empty(0, np.uint8)
+    digit_at = np.flatnonzero((raw >= 0x30) & (raw <= 0x39))  # byte positions of the digits, ascending
+    digits_before = np.searchsorted(digit_at, offsets - offsets[0])  # digits before each value's start
+    ends = digits_before[1:]  # and before its end
+    valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
+    shown = valid & (ends - digits_before[:-1] >= 5)
+    lengths = np.where(shown, 8, np.where(valid, len(HIDDEN), 0))
+    out_offsets = np.concatenate((np.zeros(1, np.int64), np.cumsum(lengths, dtype=np.int64)))
+    out = np.empty(int(out_offsets[-1]), dtype=np.uint8)
+    four = np.arange(4)
+    out[(out_offsets[:-1][valid][:, None] + four).ravel()] = ord("*")
+    last_digits = digit_at[ends[shown][:, None] - 4 + four]
+    out[(out_offsets[:-1][shown][:, None] + 4 + four).ravel()] = raw[last_digits].ravel()
+    validity = None if values.null_count == 0 else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    buffers = [validity, pa.py_buffer(out_offsets.astype(offset_type)), pa.py_buffer(out)]
+    return pa.Array.from_buffers(values.type, count, buffers, null_count=values.null_count)
 
 
 # What a stored mask of each style looks like (docs/FORMAT.md, section 7).

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -108,3 +109,28 @@ def test_protected_file_holds_masks_in_the_original_column_and_type(
         assert len(now) > 0
         assert now.to_pylist() == mask_values(was.combine_chunks(), style).to_pylist()
     assert all(v.startswith("****@") for v in protected.column("email").filter(encrypted).to_pylist())
+
+
+def _last4_by_regex(values: pa.Array) -> pa.Array:
+    """The definition of the last4 mask, written with Arrow's regex kernels (the reference)."""
+    hidden, empty = pa.scalar("****", values.type), pa.scalar("", values.type)
+    digits = pc.replace_substring_regex(values, r"[^0-9]", "")
+    last4 = pc.binary_join_element_wise(hidden, pc.utf8_slice_codeunits(digits, start=-4), empty)
+    masked = pc.if_else(pc.greater_equal(pc.utf8_length(digits), 5), last4, hidden)
+    result: pa.Array = pc.if_else(pc.is_valid(values), masked, pa.scalar(None, values.type))
+    return result
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.one_of(st.none(), st.text(), st.text("0123456789 +-.é٣😀"))),
+    head=st.integers(0, 3),
+    type_=st.sampled_from([pa.string(), pa.large_string()]),
+)
+def test_last4_mask_is_the_regex_definition_for_any_text(
+    values: list[str | None], head: int, type_: pa.DataType
+) -> None:
+    array = pa.array(["12345"] * head + values, type_).slice(head)  # a slice: offsets not starting at zero
+    result = mask_values(array, "last4")
+    result.validate(full=True)
+    assert result.equals(_last4_by_regex(array))

@@ -410,3 +410,47 @@ def test_row_keys_longer_than_the_scratch_buffer_cross_between_kernels(writer: K
     last = keys[-1].as_py()
     last_changed = pa.array([*keys.to_pylist()[:-1], last[:-1] + bytes([last[-1] ^ 1])], pa.binary())
     assert failure(reader, cells, last_changed)[0] == len(sizes) - 1
+
+
+@pytest.fixture(params=["direct provider path", "evp path"])
+def nonce_path(request: pytest.FixtureRequest) -> Any:
+    """The native kernel on each of its paths into OpenSSL (fieldcrypt/_native.c, cell_cipher)."""
+    module = NATIVE._module  # type: ignore[attr-defined]
+    on = request.param == "direct provider path"
+    if on and not module.DIRECT_PATH_PROVEN:
+        pytest.skip("the direct provider path failed its self-test on this libcrypto")
+    previous = module.use_direct_path(on)
+    yield request.param
+    module.use_direct_path(previous)
+
+
+def test_the_direct_provider_path_passed_its_self_test_on_our_openssl() -> None:
+    assert NATIVE._module.DIRECT_PATH_PROVEN == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("writer", "reader"), DIRECTIONS)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(column=columns())
+def test_both_nonce_paths_write_and_read_the_reference_format(
+    nonce_path: str, writer: Kernel, reader: Kernel, column: tuple[pa.Array, pa.Array | None]
+) -> None:
+    values, row_keys = column
+    cells = writer.encrypt(KEY, prefix_for(row_keys), values, row_keys)
+    assert reader.decrypt(KEY, prefix_for(row_keys), cells, row_keys).to_pylist() == plain_bytes(values)
+
+
+def test_every_cell_gets_its_own_nonce_on_both_paths(nonce_path: str) -> None:
+    values = pa.array(["same value"] * 3000)
+    cells = NATIVE.encrypt(KEY, PREFIX_UNKEYED, values, None).to_pylist()
+    assert len({cell[1:13] for cell in cells}) == len(cells)
+    assert PYTHON.decrypt(KEY, PREFIX_UNKEYED, pa.array(cells, pa.binary()), None).to_pylist() == [b"same value"] * 3000
+
+
+def test_a_flipped_tag_bit_fails_at_its_cell_on_both_paths(nonce_path: str) -> None:
+    values = pa.array([f"value {i}" for i in range(50)])
+    keys = pa.array([str(i).encode() for i in range(50)], pa.binary())
+    cells = NATIVE.encrypt(KEY, PREFIX_KEYED, values, keys).to_pylist()
+    cells[37] = cells[37][:-1] + bytes([cells[37][-1] ^ 1])
+    with pytest.raises(CellFailure) as failure:
+        NATIVE.decrypt(KEY, PREFIX_KEYED, pa.array(cells, pa.binary()), keys)
+    assert failure.value.index == 37

@@ -14,8 +14,11 @@ reads (wrapped-key columns only, no KMS call).
   C. (--backfill N) a rotation backfill of N partitions launched through GraphQL as the UI launches it,
      runs executed in process: runs launched with multi_run(FIELDCRYPT_MAX_PARTITIONS_PER_RUN) and wall time;
   D. (--driver N ...) a whole rotation by the `key_rotation_driver` sensor over N partitions, all under the
-     old key: one driver tick in a subprocess of its own (wall time, run requests, peak RSS from
-     getrusage: the process after loading the code location, and after the tick), then the rotation:
+     old key: one driver tick in a subprocess of its own (wall time, run requests, peak RSS: VmHWM after
+     loading the code location and after the tick; getrusage's ru_maxrss is reported too, but it keeps the
+     peak of the bench process the subprocess was forked from), with a read budget
+     (FIELDCRYPT_DRIVER_MAX_READS) of every partition so one tick sees them all, and above 2,000 partitions
+     also with the default budget (2,000 read, the rest on later ticks); then the rotation:
      - end to end (N <= --driver-end-to-end, default 1,000): the tick evaluated in process, each of its ranged
        run requests executed in process (`execute_in_process` of the rotate job with the request's
        partition-range tags, as the tests do; no run launcher, no process start-up per run), the next tick,
@@ -58,6 +61,7 @@ from demo.sample_data import land_sample_lake, snapshot_path  # noqa: E402
 from fieldcrypt import Workspace  # noqa: E402
 from fieldcrypt.catalog import Catalog  # noqa: E402
 from fieldcrypt.keystore import Keystore  # noqa: E402
+from pipelines.rotation import DEFAULT_DRIVER_MAX_READS  # noqa: E402
 
 WORKSPACE = "bench"
 SEED_DAY = date(2000, 1, 1)  # the seed partition, outside every range measured
@@ -328,14 +332,19 @@ def driver_tick(defs: Any, fieldcrypt: Any, instance: Any) -> tuple[list[Any], s
     return list(data.run_requests or []), data.skip_message
 
 
-def tick_in_subprocess(catalog: Path) -> dict[str, Any]:
-    """One driver tick in a fresh process: its wall time, requests and peak RSS (before and after the tick)."""
+def tick_in_subprocess(catalog: Path, max_reads: int | None = None) -> dict[str, Any]:
+    """One driver tick in a fresh process: its wall time, requests and peak RSS (before and after the tick).
+    `max_reads`: FIELDCRYPT_DRIVER_MAX_READS for the tick (None: the default budget, 2,000 partitions)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("FIELDCRYPT_DRIVER_MAX_READS", None)
+    if max_reads is not None:
+        env["FIELDCRYPT_DRIVER_MAX_READS"] = str(max_reads)
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--tick", str(catalog)],
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=env,
     )
     measured: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return measured
@@ -466,7 +475,11 @@ def driver_bench(count: int, end_to_end: bool, keep: bool) -> dict[str, Any]:
                 "FIELDCRYPT_DAGSTER_EXECUTOR": "in_process",
             }
         )
-        first_tick = tick_in_subprocess(catalog)
+        # A tick reads at most FIELDCRYPT_DRIVER_MAX_READS partitions (default 2,000; the rest on the next ticks):
+        # measured with a budget of every partition (one tick sees them all) and with the default.
+        first_tick = tick_in_subprocess(catalog, max_reads=count)
+        first_tick_default_budget = tick_in_subprocess(catalog) if count > DEFAULT_DRIVER_MAX_READS else None
+        os.environ["FIELDCRYPT_DRIVER_MAX_READS"] = str(count)  # the in-process ticks of the end-to-end run
         calls.reset()
         if end_to_end:
             rotation = rotate_end_to_end(catalog)
@@ -475,7 +488,7 @@ def driver_bench(count: int, end_to_end: bool, keep: bool) -> dict[str, Any]:
         provider_calls = dict(calls.counts)
         scan, scan_s = timed(lambda: workspace.rotation_status())
         assert not scan.remaining and scan.scanned == count, (len(scan.remaining), scan.scanned)
-        last_tick = tick_in_subprocess(catalog) if not end_to_end else None
+        last_tick = tick_in_subprocess(catalog, max_reads=count) if not end_to_end else None
         if last_tick is not None:
             assert last_tick["jobs"] == [f"{WORKSPACE}__complete_key_rotation"], last_tick
         size = max_partitions_per_run()
@@ -484,6 +497,7 @@ def driver_bench(count: int, end_to_end: bool, keep: bool) -> dict[str, Any]:
             "max_partitions_per_run": size,
             "expected_rotate_runs": -(-count // size),
             "first_tick": first_tick,
+            **({"first_tick_default_budget": first_tick_default_budget} if first_tick_default_budget else {}),
             **rotation,
             "provider_calls": provider_calls,
             "completion_scan_s": round(scan_s, 2),
@@ -491,6 +505,7 @@ def driver_bench(count: int, end_to_end: bool, keep: bool) -> dict[str, Any]:
         }
     finally:
         calls.close()
+        os.environ.pop("FIELDCRYPT_DRIVER_MAX_READS", None)
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -541,6 +556,12 @@ def main() -> None:
             f"{measured['expected_rotate_runs']}), tick process peak RSS {tick['rss_peak_loaded_mb']} MB after loading "
             f"the code location -> {tick['rss_peak_mb']} MB after the tick (resident {tick['rss_before_tick_mb']} -> "
             f"{tick['rss_after_tick_mb']} MB); rotation {measured['rotation_wall_s']} s"
+            + (
+                f" (default read budget: {measured['first_tick_default_budget']['tick_s']} s, "
+                f"{measured['first_tick_default_budget']['run_requests']} run requests)"
+                if "first_tick_default_budget" in measured
+                else ""
+            )
             + (f", end to end {measured['wall_s']} s, {measured['runs_launched']} runs" if "wall_s" in measured else "")
             + f"; provider calls {measured['provider_calls']} (reported kms_calls {measured['kms_calls_reported']})"
             + f"; completion scan {measured['completion_scan_s']} s"

@@ -53,6 +53,7 @@ backfill's runs.
 import base64
 import json
 import os
+import sys
 import warnings
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -282,12 +283,7 @@ def key_rotation_driver_sensor(
     # Partitions per ranged run: the N of the group's BackfillPolicy.multi_run(N), so a driver run covers what a
     # backfill run covers.
     range_size = {
-        job.name: min(
-            (assets.rotated[name].backfill_policy.max_partitions_per_run or 1)
-            if assets.rotated[name].backfill_policy is not None
-            else 1
-            for name in group.datasets
-        )
+        job.name: min(partitions_per_run(assets.rotated[name].backfill_policy) for name in group.datasets)
         for group, job in zip(assets.groups, rotate, strict=True)
     }
     max_attempts = driver_max_attempts()
@@ -464,6 +460,14 @@ def partition_ranges(
             )
         )
     return ranges
+
+
+def partitions_per_run(policy: dg.BackfillPolicy | None) -> int:
+    """What a backfill run of an asset with `policy` covers: N for multi_run(N), every partition for single_run,
+    one without a policy."""
+    if policy is None:
+        return 1
+    return policy.max_partitions_per_run or sys.maxsize
 
 
 def next_attempt(earlier: Sequence[dg.DagsterRunStatus], max_attempts: int) -> int | None:

@@ -937,6 +937,16 @@ def test_a_range_is_requested_again_once_its_last_run_finished_up_to_the_attempt
     assert next_attempt(earlier, 3) == attempt
 
 
+def test_a_driver_range_covers_what_a_backfill_run_of_the_rotation_assets_covers() -> None:
+    import sys
+
+    from pipelines.rotation import partitions_per_run
+
+    assert partitions_per_run(dg.BackfillPolicy.multi_run(25)) == 25
+    assert partitions_per_run(dg.BackfillPolicy.single_run()) == sys.maxsize
+    assert partitions_per_run(None) == 1
+
+
 def test_range_run_keys_name_the_campaign_block_size_and_attempt() -> None:
     from pipelines.rotation import range_run_key
 

@@ -414,7 +414,7 @@ def rotate_end_to_end(catalog: Path) -> dict[str, Any]:
             assert result.success, request.run_key
             done = result.asset_materializations_for_node(f"{WORKSPACE}__rotated_users_keys")
             partitions_per_run.append(len(done))
-            kms_calls += sum(int(m.metadata["kms_calls"].value) for m in done)  # type: ignore[arg-type]
+            kms_calls += sum(int(m.metadata["kms_calls"].value) for m in done)
         rotated_s = time.perf_counter() - started
         after, _ = driver_tick(defs, fieldcrypt, instance)
         (completion,) = after

@@ -686,6 +686,45 @@ def test_scheduled_rotation_starts_rotates_and_completes_a_local_campaign_by_its
     assert isinstance(tick(), dg.SkipReason)
 
 
+def test_sensor_daemon_launches_the_drivers_ranged_run_which_rotates_every_partition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workspace_file: Path
+) -> None:
+    """The daemon's own path (out-of-process code location, run creation from the request's partition-range
+    tags, run launcher), not a hand-made execution of the request."""
+    from dagster._daemon.sensor import execute_sensor_iteration
+
+    fieldcrypt = aligned_fieldcrypt(tmp_path, DAYS)
+    settings = {
+        "FIELDCRYPT_CATALOG": fieldcrypt.catalog_path,
+        "FIELDCRYPT_WORKSPACE": WORKSPACE,
+        "FIELDCRYPT_DAGSTER_EXECUTOR": "in_process",
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    protect_lake(fieldcrypt)
+    with (
+        fresh_code_location_import(),
+        instance_for_test(synchronous_run_coordinator=True, synchronous_run_launcher=True) as instance,
+        define_out_of_process_context(str(workspace_file), None, instance) as context,
+    ):
+        assert start_campaign(fieldcrypt, instance).success
+        campaign_id = current_campaign_id(fieldcrypt)
+        location = context.get_code_location(LOCATION)
+        (repository,) = location.get_repositories().values()
+        instance.start_sensor(repository.get_sensor(node("key_rotation_driver")))
+
+        list(execute_sensor_iteration(context.process_context, logging.getLogger("test"), None, None))
+
+        (run,) = instance.get_runs(filters=RunsFilter(tags={"fieldcrypt/rotation_campaign": campaign_id}))
+        materialized = {name: instance.get_materialized_partitions(asset_key(name)) for name in ROTATED.values()}
+    assert run.status == DagsterRunStatus.SUCCESS
+    assert run.tags["dagster/run_key"] == f"{campaign_id}/{PARTITIONS[0]}+25"
+    assert run.tags["dagster/asset_partition_range_start"] == f"{campaign_id}|{PARTITIONS[0]}"
+    assert run.tags["dagster/asset_partition_range_end"] == f"{campaign_id}|{PARTITIONS[-1]}"
+    assert materialized == {name: {f"{campaign_id}|{p}" for p in PARTITIONS} for name in ROTATED.values()}
+    assert fieldcrypt.workspace("test").rotation_status().remaining == {}
+
+
 MANY_DAYS = [past_day(days_ago) for days_ago in range(9, 2, -1)]  # 7 consecutive dates
 
 

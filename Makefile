@@ -59,10 +59,11 @@ bench: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) bench/layout.py
 	PYTHONPATH=$(CURDIR) $(PY) bench/dispatch.py
 
-# Completion scan and rotation driver over 1,000 and 10,000 small partitions (local and moto S3), and the
-# runs a 1,000-partition rotation backfill launches (bench/scale.py; a few minutes).
+# Completion scan and rotation driver over 1,000 and 10,000 small partitions (local and moto S3), the
+# runs a 1,000-partition rotation backfill launches, and a whole rotation by the driver sensor over 1,000
+# (end to end, runs in process) and 10,000 partitions (tick and core rotation) (bench/scale.py; several minutes).
 bench-scale: $(STAMP)
-	PYTHONPATH=$(CURDIR) $(PY) bench/scale.py --partitions 1000 10000 --s3-partitions 1000 --backfill 1000
+	PYTHONPATH=$(CURDIR) $(PY) bench/scale.py --partitions 1000 10000 --s3-partitions 1000 --backfill 1000 --driver 1000 10000
 
 # dagster dev on loopback with a persistent instance under the project; after `make demo` it opens the
 # demo's lake, key and runs (demo-workspace/dagster.env), otherwise the catalog's (fieldcrypt.yaml) defaults.

@@ -12,10 +12,26 @@ reads (wrapped-key columns only, no KMS call).
   B. the driver's tick mid-campaign (90% of partitions rotated): first tick (no cursor, every partition
      read) vs the next one (cursor of partitions found clean: only the rest are read), and the cursor size;
   C. (--backfill N) a rotation backfill of N partitions launched through GraphQL as the UI launches it,
-     runs executed in process: runs launched with multi_run(FIELDCRYPT_MAX_PARTITIONS_PER_RUN) and wall time.
+     runs executed in process: runs launched with multi_run(FIELDCRYPT_MAX_PARTITIONS_PER_RUN) and wall time;
+  D. (--driver N ...) a whole rotation by the `key_rotation_driver` sensor over N partitions, all under the
+     old key: one driver tick in a subprocess of its own (wall time, run requests, peak RSS: VmHWM after
+     loading the code location and after the tick; getrusage's ru_maxrss is reported too, but it keeps the
+     peak of the bench process the subprocess was forked from), with a read budget
+     (FIELDCRYPT_DRIVER_MAX_READS) of every partition so one tick sees them all, and above 2,000 partitions
+     also with the default budget (2,000 read, the rest on later ticks); then the rotation:
+     - end to end (N <= --driver-end-to-end, default 1,000): the tick evaluated in process, each of its ranged
+       run requests executed in process (`execute_in_process` of the rotate job with the request's
+       partition-range tags, as the tests do; no run launcher, no process start-up per run), the next tick,
+       and the completion run it requests;
+     - core only (larger N): `Workspace.rotate` per partition, FIELDCRYPT_PARTITION_THREADS at a time, a
+       fresh Workspace (and data-key cache) per partition as a ranged run does; no Dagster run;
+     then the completion scan (`Workspace.rotation_status`, what complete_key_rotation reads) and one more
+     driver tick in a subprocess, which must request completion. Key-provider calls (the local provider's
+     generate / unwrap / rewrap) are counted. Every partition is a copy of one file, so each holds the same
+     one wrapped data key: a real lake has distinct keys per partition, as many rewraps per partition.
 
 Human-readable lines first; the last line is one JSON object.
-Usage: python bench/scale.py [--partitions 1000 10000] [--backfill 1000] [--keep]
+Usage: python bench/scale.py [--partitions 1000 10000] [--backfill 1000] [--driver 1000 10000] [--keep]
 """
 
 from __future__ import annotations
@@ -24,10 +40,14 @@ import argparse
 import json
 import logging
 import os
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,6 +61,7 @@ from demo.sample_data import land_sample_lake, snapshot_path  # noqa: E402
 from fieldcrypt import Workspace  # noqa: E402
 from fieldcrypt.catalog import Catalog  # noqa: E402
 from fieldcrypt.keystore import Keystore  # noqa: E402
+from pipelines.rotation import DEFAULT_DRIVER_MAX_READS  # noqa: E402
 
 WORKSPACE = "bench"
 SEED_DAY = date(2000, 1, 1)  # the seed partition, outside every range measured
@@ -236,13 +257,274 @@ def backfill_bench(count: int, keep: bool) -> dict[str, Any]:
             shutil.rmtree(root, ignore_errors=True)
 
 
+# -- D. a rotation by the driver sensor ---------------------------------------------------------------
+
+
+class ProviderCalls:
+    """Counts the local key provider's calls (each one a KMS request with aws-kms: GenerateDataKey, Decrypt,
+    ReEncrypt), in this process. A call made inside another (the local rewrap unwraps) is not counted again."""
+
+    NAMES = ("generate_data_key", "unwrap", "rewrap")
+
+    def __init__(self) -> None:
+        from fieldcrypt.providers.local import LocalKeyProvider
+
+        self.counts = dict.fromkeys(self.NAMES, 0)
+        self._lock = threading.Lock()
+        self._inside = threading.local()
+        self._originals = {name: getattr(LocalKeyProvider, name) for name in self.NAMES}
+        for name, original in self._originals.items():
+            setattr(LocalKeyProvider, name, self._counted(name, original))
+
+    def _counted(self, name: str, original: Any) -> Any:
+        def counted(provider: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(self._inside, "depth", 0) == 0:
+                with self._lock:
+                    self.counts[name] += 1
+            self._inside.depth = getattr(self._inside, "depth", 0) + 1
+            try:
+                return original(provider, *args, **kwargs)
+            finally:
+                self._inside.depth -= 1
+
+        return counted
+
+    def reset(self) -> None:
+        self.counts = dict.fromkeys(self.NAMES, 0)
+
+    def close(self) -> None:
+        from fieldcrypt.providers.local import LocalKeyProvider
+
+        for name, original in self._originals.items():
+            setattr(LocalKeyProvider, name, original)
+
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # runs executed in process log warnings only
+
+
+def driver_definitions(catalog: Path) -> tuple[Any, Any]:
+    """The bench workspace's definitions as the code location builds them, bound to its resource."""
+    import dagster as dg
+
+    from pipelines.definitions import workspace_definitions
+    from resources import FieldcryptResource
+
+    fieldcrypt = FieldcryptResource(catalog_path=str(catalog), workspace_name=WORKSPACE)
+    defs = dg.Definitions.merge(
+        workspace_definitions(fieldcrypt.config()), dg.Definitions(resources=fieldcrypt.as_resources())
+    )
+    return defs, fieldcrypt
+
+
+def driver_tick(defs: Any, fieldcrypt: Any, instance: Any) -> tuple[list[Any], str | None]:
+    """One evaluation of the driver sensor as the daemon makes it: its run requests (and skip message)."""
+    import dagster as dg
+
+    sensor = defs.resolve_sensor_def(f"{WORKSPACE}__key_rotation_driver")
+    with (
+        dg.build_sensor_context(instance=instance, resources=fieldcrypt.as_resources(), definitions=defs) as context,
+        dg.partition_loading_context(dynamic_partitions_store=instance),
+    ):
+        data = sensor.evaluate_tick(context)
+    for request in data.dynamic_partitions_requests or []:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return list(data.run_requests or []), data.skip_message
+
+
+def tick_in_subprocess(catalog: Path, max_reads: int | None = None) -> dict[str, Any]:
+    """One driver tick in a fresh process: its wall time, requests and peak RSS (before and after the tick).
+    `max_reads`: FIELDCRYPT_DRIVER_MAX_READS for the tick (None: the default budget, 2,000 partitions)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("FIELDCRYPT_DRIVER_MAX_READS", None)
+    if max_reads is not None:
+        env["FIELDCRYPT_DRIVER_MAX_READS"] = str(max_reads)
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--tick", str(catalog)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    measured: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return measured
+
+
+def tick_once(catalog: Path) -> None:
+    """--tick: the subprocess side of tick_in_subprocess (prints one JSON object)."""
+    import dagster as dg
+
+    defs, fieldcrypt = driver_definitions(catalog)
+    defs.resolve_sensor_def(f"{WORKSPACE}__key_rotation_driver")
+    loaded = memory_mb()
+    with dg.DagsterInstance.ephemeral() as instance:
+        (run_requests, skip_message), tick_s = timed(lambda: driver_tick(defs, fieldcrypt, instance))
+    ticked = memory_mb()
+    jobs = sorted({request.job_name for request in run_requests})
+    print(
+        json.dumps(
+            {
+                "tick_s": round(tick_s, 3),
+                "run_requests": len(run_requests),
+                "jobs": jobs,
+                "skip": skip_message,
+                # VmHWM: this process's peak RSS (reset by exec, unlike ru_maxrss, which keeps the peak of the
+                # process it was forked from); VmRSS: resident now.
+                "rss_peak_loaded_mb": loaded["VmHWM"],
+                "rss_peak_mb": ticked["VmHWM"],
+                "rss_before_tick_mb": loaded["VmRSS"],
+                "rss_after_tick_mb": ticked["VmRSS"],
+                "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        )
+    )
+
+
+def memory_mb() -> dict[str, float]:
+    """VmHWM (peak resident set) and VmRSS (resident now) of this process, from /proc (Linux), in MB."""
+    found = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmHWM", "VmRSS"):
+            found[name] = round(int(value.split()[0]) / 1024, 1)  # kB
+    return found
+
+
+def rotate_end_to_end(catalog: Path) -> dict[str, Any]:
+    """Tick, execute its ranged requests in process, tick again, execute the completion it requests."""
+    import dagster as dg
+    from dagster._core.test_utils import instance_for_test
+
+    defs, fieldcrypt = driver_definitions(catalog)
+    with instance_for_test() as instance:
+        started = time.perf_counter()
+        requests, _ = driver_tick(defs, fieldcrypt, instance)
+        tick_s = time.perf_counter() - started
+        partitions_per_run = []
+        kms_calls = 0
+        for request in requests:
+            job = defs.resolve_job_def(request.job_name)
+            result = job.execute_in_process(
+                run_config=QUIET,
+                tags=request.tags,
+                asset_selection=request.asset_selection,
+                instance=instance,
+                raise_on_error=False,
+            )
+            assert result.success, request.run_key
+            done = result.asset_materializations_for_node(f"{WORKSPACE}__rotated_users_keys")
+            partitions_per_run.append(len(done))
+            kms_calls += sum(int(m.metadata["kms_calls"].value) for m in done)
+        rotated_s = time.perf_counter() - started
+        after, _ = driver_tick(defs, fieldcrypt, instance)
+        (completion,) = after
+        assert completion.job_name == f"{WORKSPACE}__complete_key_rotation", completion.job_name
+        result = defs.resolve_job_def(completion.job_name).execute_in_process(
+            run_config=QUIET, tags=completion.tags, instance=instance, raise_on_error=False
+        )
+        assert result.success
+        wall = time.perf_counter() - started
+        materialized = instance.get_materialized_partitions(dg.AssetKey([WORKSPACE, "rotated_users_keys"]))
+    return {
+        "mode": "end to end (ranged runs executed in process)",
+        "runs_launched": len(requests) + 1,
+        "rotate_runs": len(requests),
+        "max_partitions_in_a_run": max(partitions_per_run, default=0),
+        "partitions_materialized": len(materialized),
+        "kms_calls_reported": kms_calls,
+        "first_tick_in_process_s": round(tick_s, 2),
+        "rotation_wall_s": round(rotated_s, 1),
+        "wall_s": round(wall, 1),
+    }
+
+
+def rotate_core(config: Any, days: list[date]) -> dict[str, Any]:
+    """`Workspace.rotate` per partition, a few at once, a fresh Workspace per partition (as a ranged run)."""
+    from assets.ranged import partition_threads
+
+    def rotate(day: date) -> tuple[int, int]:
+        report = Workspace(config, actor="bench").rotate("users", day.isoformat())
+        return report.rewrapped, report.kms_calls
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=partition_threads()) as pool:
+        reports = list(pool.map(rotate, days))
+    return {
+        "mode": "core only (Workspace.rotate per partition, no Dagster run)",
+        "rewrapped": sum(rewrapped for rewrapped, _ in reports),
+        "kms_calls_reported": sum(calls for _, calls in reports),
+        "rotation_wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def driver_bench(count: int, end_to_end: bool, keep: bool) -> dict[str, Any]:
+    from assets.ranged import max_partitions_per_run
+
+    root = Path(tempfile.mkdtemp(prefix=f"fc-driver-{count}-"))
+    today = datetime.now(UTC).date()
+    days = [today - timedelta(days=count - i) for i in range(count)]  # up to yesterday
+    calls = ProviderCalls()
+    try:
+        workspace, catalog = make_workspace(root, days[0])  # the driver's blocks of N start at days[0]
+        old, _ = seed(workspace)
+        fill(workspace, days, old)
+        os.environ.update(
+            {
+                "FIELDCRYPT_CATALOG": str(catalog),
+                "FIELDCRYPT_WORKSPACE": WORKSPACE,
+                "FIELDCRYPT_DAGSTER_EXECUTOR": "in_process",
+            }
+        )
+        # A tick reads at most FIELDCRYPT_DRIVER_MAX_READS partitions (default 2,000; the rest on the next ticks):
+        # measured with a budget of every partition (one tick sees them all) and with the default.
+        first_tick = tick_in_subprocess(catalog, max_reads=count)
+        first_tick_default_budget = tick_in_subprocess(catalog) if count > DEFAULT_DRIVER_MAX_READS else None
+        os.environ["FIELDCRYPT_DRIVER_MAX_READS"] = str(count)  # the in-process ticks of the end-to-end run
+        calls.reset()
+        if end_to_end:
+            rotation = rotate_end_to_end(catalog)
+        else:
+            rotation = rotate_core(workspace.config, days)
+        provider_calls = dict(calls.counts)
+        scan, scan_s = timed(lambda: workspace.rotation_status())
+        assert not scan.remaining and scan.scanned == count, (len(scan.remaining), scan.scanned)
+        last_tick = tick_in_subprocess(catalog, max_reads=count) if not end_to_end else None
+        if last_tick is not None:
+            assert last_tick["jobs"] == [f"{WORKSPACE}__complete_key_rotation"], last_tick
+        size = max_partitions_per_run()
+        return {
+            "partitions": count,
+            "max_partitions_per_run": size,
+            "expected_rotate_runs": -(-count // size),
+            "first_tick": first_tick,
+            **({"first_tick_default_budget": first_tick_default_budget} if first_tick_default_budget else {}),
+            **rotation,
+            "provider_calls": provider_calls,
+            "completion_scan_s": round(scan_s, 2),
+            **({"completion_tick": last_tick} if last_tick else {}),
+        }
+    finally:
+        calls.close()
+        os.environ.pop("FIELDCRYPT_DRIVER_MAX_READS", None)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--partitions", type=int, nargs="+", default=[1000])
+    parser.add_argument("--partitions", type=int, nargs="*", default=[1000])
     parser.add_argument("--s3-partitions", type=int, nargs="*", default=[1000], help="the scan on moto S3 too")
     parser.add_argument("--backfill", type=int, default=0, help="partitions of a GraphQL rotation backfill (0: none)")
+    parser.add_argument("--driver", type=int, nargs="*", default=[], help="partitions of a driver rotation (D)")
+    parser.add_argument(
+        "--driver-end-to-end", type=int, default=1000, help="largest driver rotation executed end to end (D)"
+    )
+    parser.add_argument("--tick", type=Path, help=argparse.SUPPRESS)  # the subprocess of one driver tick (D)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
+    if args.tick:
+        tick_once(args.tick)
+        return
     results: dict[str, Any] = {"cpus": os.cpu_count(), "scan": []}
     moto = start_moto() if args.s3_partitions else None
     runs = [(count, None) for count in args.partitions] + [(count, moto) for count in args.s3_partitions]
@@ -262,6 +544,33 @@ def main() -> None:
             f"rotation backfill of {measured['backfill_partitions']} partitions: {measured['runs_launched']} runs "
             f"(multi_run({measured['max_partitions_per_run']})), {measured['backfill_wall_s']} s, "
             f"{measured['partitions_materialized']} partitions materialized, {measured['remaining_after']} remaining"
+        )
+    results["driver"] = []
+    for count in args.driver:
+        measured = driver_bench(count, count <= args.driver_end_to_end, args.keep)
+        results["driver"].append(measured)
+        tick = measured["first_tick"]
+        print(
+            f"driver rotation of {count} partitions ({measured['mode']}): first tick {tick['tick_s']} s, "
+            f"{tick['run_requests']} run requests (ceil({count}/{measured['max_partitions_per_run']}) = "
+            f"{measured['expected_rotate_runs']}), tick process peak RSS {tick['rss_peak_loaded_mb']} MB after loading "
+            f"the code location -> {tick['rss_peak_mb']} MB after the tick (resident {tick['rss_before_tick_mb']} -> "
+            f"{tick['rss_after_tick_mb']} MB); rotation {measured['rotation_wall_s']} s"
+            + (
+                f" (default read budget: {measured['first_tick_default_budget']['tick_s']} s, "
+                f"{measured['first_tick_default_budget']['run_requests']} run requests)"
+                if "first_tick_default_budget" in measured
+                else ""
+            )
+            + (f", end to end {measured['wall_s']} s, {measured['runs_launched']} runs" if "wall_s" in measured else "")
+            + f"; provider calls {measured['provider_calls']} (reported kms_calls {measured['kms_calls_reported']})"
+            + f"; completion scan {measured['completion_scan_s']} s"
+            + (
+                f"; completion tick {measured['completion_tick']['tick_s']} s, "
+                f"RSS {measured['completion_tick']['rss_peak_mb']} MB"
+                if "completion_tick" in measured
+                else ""
+            )
         )
     print(json.dumps(results))
 

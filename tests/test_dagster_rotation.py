@@ -614,57 +614,224 @@ def test_only_throttling_is_retried(error: Exception, retried: bool) -> None:
 # -- scheduled rotation: schedule + driver sensor, evaluated as the daemon would -------------------
 
 
-def test_scheduled_rotation_starts_rotates_and_completes_a_local_campaign_by_itself(
-    fieldcrypt: FieldcryptResource,
-) -> None:
+def aligned_fieldcrypt(tmp_path: Path, days: list[Any]) -> FieldcryptResource:
+    """A workspace whose daily partitions start at `days[0]`: the driver's blocks of N partitions start there."""
+    return local_fieldcrypt(tmp_path / "lake", make_keystore(tmp_path), partitions_start=days[0])
+
+
+def launch(
+    defs: dg.Definitions,
+    instance: DagsterInstance,
+    request: dg.RunRequest,
+    job_name: str | None = None,
+    *,
+    raise_on_error: bool = True,
+) -> dg.ExecuteInProcessResult:
+    """What the daemon does with a run request, in process: a ranged request's partition range is in its
+    tags (`dagster/asset_partition_range_start` / `_end`), as in a multi_run backfill's runs."""
+    job = defs.resolve_job_def(job_name or request.job_name or "")
+    selection = {"asset_selection": request.asset_selection} if request.asset_selection else {}
+    return job.execute_in_process(
+        run_config=request.run_config,
+        tags=request.tags,
+        partition_key=request.partition_key,
+        instance=instance,
+        raise_on_error=raise_on_error,
+        **selection,
+    )
+
+
+def driver_tick(defs: dg.Definitions, fieldcrypt: FieldcryptResource, instance: DagsterInstance) -> Any:
+    sensor = defs.resolve_sensor_def(node("key_rotation_driver"))
+    with dg.build_sensor_context(instance=instance, resources=fieldcrypt.as_resources(), definitions=defs) as context:
+        return evaluate(sensor, context, instance)
+
+
+def test_scheduled_rotation_starts_rotates_and_completes_a_local_campaign_by_itself(tmp_path: Path) -> None:
+    fieldcrypt = aligned_fieldcrypt(tmp_path, DAYS)
     protect_lake(fieldcrypt, DAYS[:2])
     instance = DagsterInstance.ephemeral()
     resources = fieldcrypt.as_resources()
     defs = workspace_defs(fieldcrypt)
     scheduled_key_rotation = defs.resolve_schedule_def(node("scheduled_key_rotation"))
-    key_rotation_driver = defs.resolve_sensor_def(node("key_rotation_driver"))
 
     def tick() -> Any:
-        with dg.build_sensor_context(instance=instance, resources=resources, definitions=defs) as context:
-            return evaluate(key_rotation_driver, context, instance)
-
-    def launch(request: dg.RunRequest, job_name: str | None = None) -> None:
-        """What the daemon does with a run request, in process."""
-        job = defs.resolve_job_def(job_name or request.job_name or "")
-        selection = {"asset_selection": request.asset_selection} if request.asset_selection else {}
-        run = job.execute_in_process(
-            run_config=request.run_config,
-            tags=request.tags,
-            partition_key=request.partition_key,
-            instance=instance,
-            **selection,
-        )
-        assert run.success
+        return driver_tick(defs, fieldcrypt, instance)
 
     assert isinstance(tick(), dg.SkipReason)  # nothing in progress
     with dg.build_schedule_context(instance=instance, resources=resources) as context:
         start = evaluate(scheduled_key_rotation, context, instance)
     assert isinstance(start, dg.RunRequest)
-    launch(start, scheduled_key_rotation.job_name)
+    assert launch(defs, instance, start, scheduled_key_rotation.job_name).success
     campaign = fieldcrypt.workspace("test").bindings.load().active_campaign  # type: ignore[union-attr]
     assert campaign is not None and campaign.new.key_version == "2"
 
-    rotations = tick().run_requests
-    assert sorted(r.run_key for r in rotations) == [f"{campaign.campaign_id}/{p}" for p in PARTITIONS[:2]]
-    for request in rotations:
-        assert request.job_name == node("rotate_keys")
-        assert set(request.asset_selection) == {asset_key(name) for name in ROTATED.values()}
-        assert request.tags["fieldcrypt/rotation_campaign"] == campaign.campaign_id
-        assert request.tags["fieldcrypt/workspace"] == WORKSPACE
-        launch(request)
+    (rotation,) = tick().run_requests  # both dates in one ranged run
+    assert rotation.run_key == f"{campaign.campaign_id}/{PARTITIONS[0]}+25"
+    assert rotation.job_name == node("rotate_keys")
+    assert set(rotation.asset_selection) == {asset_key(name) for name in ROTATED.values()}
+    assert rotation.partition_key is None
+    assert rotation.tags["dagster/asset_partition_range_start"] == f"{campaign.campaign_id}|{PARTITIONS[0]}"
+    assert rotation.tags["dagster/asset_partition_range_end"] == f"{campaign.campaign_id}|{PARTITIONS[1]}"
+    assert rotation.tags["fieldcrypt/rotation_campaign"] == campaign.campaign_id
+    assert rotation.tags["fieldcrypt/workspace"] == WORKSPACE
+    assert launch(defs, instance, rotation).success
     (completion,) = tick().run_requests
     assert (completion.job_name, completion.run_key) == (
         node("complete_key_rotation"),
         f"{campaign.campaign_id}/complete",
     )
-    launch(completion)
+    assert launch(defs, instance, completion).success
     assert fieldcrypt.workspace("test").bindings.load().campaigns[-1].status == "complete"  # type: ignore[union-attr]
     assert isinstance(tick(), dg.SkipReason)
+
+
+def test_sensor_daemon_launches_the_drivers_ranged_run_which_rotates_every_partition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workspace_file: Path
+) -> None:
+    """The daemon's own path (out-of-process code location, run creation from the request's partition-range
+    tags, run launcher), not a hand-made execution of the request."""
+    from dagster._daemon.sensor import execute_sensor_iteration
+
+    fieldcrypt = aligned_fieldcrypt(tmp_path, DAYS)
+    settings = {
+        "FIELDCRYPT_CATALOG": fieldcrypt.catalog_path,
+        "FIELDCRYPT_WORKSPACE": WORKSPACE,
+        "FIELDCRYPT_DAGSTER_EXECUTOR": "in_process",
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    protect_lake(fieldcrypt)
+    with (
+        fresh_code_location_import(),
+        instance_for_test(synchronous_run_coordinator=True, synchronous_run_launcher=True) as instance,
+        define_out_of_process_context(str(workspace_file), None, instance) as context,
+    ):
+        assert start_campaign(fieldcrypt, instance).success
+        campaign_id = current_campaign_id(fieldcrypt)
+        location = context.get_code_location(LOCATION)
+        (repository,) = location.get_repositories().values()
+        instance.start_sensor(repository.get_sensor(node("key_rotation_driver")))
+
+        list(execute_sensor_iteration(context.process_context, logging.getLogger("test"), None, None))
+
+        (run,) = instance.get_runs(filters=RunsFilter(tags={"fieldcrypt/rotation_campaign": campaign_id}))
+        materialized = {name: instance.get_materialized_partitions(asset_key(name)) for name in ROTATED.values()}
+    assert run.status == DagsterRunStatus.SUCCESS
+    assert run.tags["dagster/run_key"] == f"{campaign_id}/{PARTITIONS[0]}+25"
+    assert run.tags["dagster/asset_partition_range_start"] == f"{campaign_id}|{PARTITIONS[0]}"
+    assert run.tags["dagster/asset_partition_range_end"] == f"{campaign_id}|{PARTITIONS[-1]}"
+    assert materialized == {name: {f"{campaign_id}|{p}" for p in PARTITIONS} for name in ROTATED.values()}
+    assert fieldcrypt.workspace("test").rotation_status().remaining == {}
+
+
+MANY_DAYS = [past_day(days_ago) for days_ago in range(9, 2, -1)]  # 7 consecutive dates
+
+
+def test_driver_requests_ceil_n_over_partitions_per_run_ranged_runs_that_rotate_every_partition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FIELDCRYPT_MAX_PARTITIONS_PER_RUN", "3")
+    fieldcrypt = aligned_fieldcrypt(tmp_path, MANY_DAYS)
+    protect_lake(fieldcrypt, MANY_DAYS)
+    instance = DagsterInstance.ephemeral()
+    start_campaign(fieldcrypt, instance)
+    campaign_id = current_campaign_id(fieldcrypt)
+    defs = workspace_defs(fieldcrypt)
+    dates = [day.isoformat() for day in MANY_DAYS]
+
+    requests = driver_tick(defs, fieldcrypt, instance).run_requests
+
+    assert len(requests) == 3  # ceil(7 / 3)
+    spans = [
+        (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"]) for r in requests
+    ]
+    assert spans == [
+        (f"{campaign_id}|{dates[0]}", f"{campaign_id}|{dates[2]}"),
+        (f"{campaign_id}|{dates[3]}", f"{campaign_id}|{dates[5]}"),
+        (f"{campaign_id}|{dates[6]}", f"{campaign_id}|{dates[6]}"),
+    ]
+    assert len({r.run_key for r in requests}) == 3
+    for request in requests:
+        assert launch(defs, instance, request).success
+    for dataset, asset in ROTATED.items():
+        materialized = instance.get_materialized_partitions(asset_key(asset))
+        assert materialized == {f"{campaign_id}|{date}" for date in dates}, dataset
+    assert fieldcrypt.workspace("test").rotation_status().remaining == {}
+    (completion,) = driver_tick(defs, fieldcrypt, instance).run_requests
+    assert completion.job_name == node("complete_key_rotation")
+
+
+def test_driver_range_keeps_its_run_key_while_its_partitions_are_rotated_one_by_one(tmp_path: Path) -> None:
+    fieldcrypt = aligned_fieldcrypt(tmp_path, DAYS)
+    protect_lake(fieldcrypt, DAYS)
+    instance = DagsterInstance.ephemeral()
+    start_campaign(fieldcrypt, instance)
+    defs = workspace_defs(fieldcrypt)
+    (before,) = driver_tick(defs, fieldcrypt, instance).run_requests
+
+    rotate_partition(fieldcrypt, PARTITIONS[0], instance=instance)  # as a run in progress would
+    (after,) = driver_tick(defs, fieldcrypt, instance).run_requests
+
+    assert after.run_key == before.run_key  # the daemon skips it: the same work is not requested twice
+    assert after.tags["dagster/asset_partition_range_start"].endswith(f"|{PARTITIONS[1]}")
+
+
+def test_driver_requests_a_failed_partition_again_then_leaves_it_to_the_operator_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import assets.rotation
+
+    monkeypatch.setenv("FIELDCRYPT_DRIVER_MAX_ATTEMPTS", "2")
+    fieldcrypt = aligned_fieldcrypt(tmp_path, DAYS)
+    protect_lake(fieldcrypt, DAYS)
+    instance = DagsterInstance.ephemeral()
+    start_campaign(fieldcrypt, instance)
+    campaign_id = current_campaign_id(fieldcrypt)
+    defs = workspace_defs(fieldcrypt)
+    rotate_one = assets.rotation.rotate_one
+
+    def failing_middle(context: Any, workspace: Workspace, dataset: str, partition: str | None, campaign: Any) -> Any:
+        if partition == PARTITIONS[1]:
+            raise OSError(f"lost the connection to {dataset} {partition}")
+        return rotate_one(context, workspace, dataset, partition, campaign)
+
+    monkeypatch.setattr(assets.rotation, "rotate_one", failing_middle)
+    (first,) = driver_tick(defs, fieldcrypt, instance).run_requests
+    assert not launch(defs, instance, first, raise_on_error=False).success
+    remaining = fieldcrypt.workspace("test").rotation_status().remaining
+    assert sorted(remaining) == [f"events/{PARTITIONS[1]}", f"users/{PARTITIONS[1]}"]  # the others are done
+
+    (second,) = driver_tick(defs, fieldcrypt, instance).run_requests
+    assert second.run_key == f"{first.run_key}/attempt-2"
+    assert second.tags["dagster/asset_partition_range_start"] == f"{campaign_id}|{PARTITIONS[1]}"
+    assert second.tags["dagster/asset_partition_range_end"] == f"{campaign_id}|{PARTITIONS[1]}"
+    assert not launch(defs, instance, second, raise_on_error=False).success
+
+    given_up = driver_tick(defs, fieldcrypt, instance)
+    assert isinstance(given_up, dg.SkipReason)
+    assert "failed 2 times" in (given_up.skip_message or "")
+    assert f"{PARTITIONS[1]}..{PARTITIONS[1]}" in (given_up.skip_message or "")
+
+    monkeypatch.setattr(assets.rotation, "rotate_one", rotate_one)  # the cause is fixed; the operator re-runs it
+    assert rotate_partition(fieldcrypt, PARTITIONS[1], instance=instance).success
+    (completion,) = driver_tick(defs, fieldcrypt, instance).run_requests
+    assert completion.job_name == node("complete_key_rotation")
+
+
+def test_driver_requests_nothing_more_for_a_range_whose_run_is_in_progress(tmp_path: Path) -> None:
+    fieldcrypt = aligned_fieldcrypt(tmp_path, DAYS)
+    protect_lake(fieldcrypt, DAYS[:1])
+    instance = DagsterInstance.ephemeral()
+    start_campaign(fieldcrypt, instance)
+    defs = workspace_defs(fieldcrypt)
+    (request,) = driver_tick(defs, fieldcrypt, instance).run_requests
+    job = defs.resolve_job_def(request.job_name or "")
+    instance.create_run_for_job(job, tags=request.tags, status=DagsterRunStatus.STARTED)
+
+    skipped = driver_tick(defs, fieldcrypt, instance)
+
+    assert isinstance(skipped, dg.SkipReason) and "queued or in progress" in (skipped.skip_message or "")
 
 
 def test_rotation_schedule_skips_while_a_campaign_is_in_progress(fieldcrypt: FieldcryptResource) -> None:
@@ -752,16 +919,94 @@ def test_driver_with_a_read_budget_requests_completion_only_once_every_partition
     assert completion.job_name == node("complete_key_rotation")
 
 
-@pytest.mark.parametrize("value", ["0", "many", "٣"])
-def test_driver_read_budget_that_is_not_a_positive_number_is_a_named_config_error(
-    monkeypatch: pytest.MonkeyPatch, value: str
+KEYS = [f"2026-01-{day:02d}" for day in range(1, 11)]
+
+
+def test_ranges_are_aligned_blocks_of_n_partitions_narrowed_to_what_remains() -> None:
+    from pipelines.rotation import PartitionRange, partition_ranges
+
+    remaining = {"users": ["2026-01-02", "2026-01-03", "2026-01-05"], "events": ["2026-01-03", "2026-01-09"]}
+
+    ranges = partition_ranges(remaining, KEYS, 4)
+
+    assert ranges == [
+        PartitionRange("2026-01-01", "2026-01-02", "2026-01-03", ("events", "users"), 3),
+        PartitionRange("2026-01-05", "2026-01-05", "2026-01-05", ("users",), 1),
+        PartitionRange("2026-01-09", "2026-01-09", "2026-01-09", ("events",), 1),
+    ]
+
+
+def test_a_range_spans_the_clean_partitions_between_those_that_remain() -> None:
+    from pipelines.rotation import partition_ranges
+
+    (found,) = partition_ranges({"users": ["2026-01-01", "2026-01-10"]}, KEYS, 10)
+
+    assert (found.first, found.last, found.partitions) == ("2026-01-01", "2026-01-10", 2)
+
+
+def test_many_partitions_make_ceil_n_over_size_ranges_of_at_most_size_partitions() -> None:
+    from pipelines.rotation import partition_ranges
+
+    keys = [f"p{index:05d}" for index in range(10_000)]
+
+    ranges = partition_ranges({"users": keys}, keys, 25)
+
+    assert len(ranges) == 400
+    assert all(keys.index(r.last or "") - keys.index(r.first or "") == 24 for r in ranges[:3])
+
+
+@pytest.mark.parametrize(
+    ("earlier", "attempt"),
+    [
+        ([], 1),
+        ([DagsterRunStatus.STARTED], None),
+        ([DagsterRunStatus.QUEUED], None),
+        ([DagsterRunStatus.FAILURE], 2),
+        ([DagsterRunStatus.CANCELED], 2),
+        ([DagsterRunStatus.SUCCESS], 2),  # done, yet a file under the old key appeared since
+        ([DagsterRunStatus.FAILURE, DagsterRunStatus.FAILURE], 3),
+        ([DagsterRunStatus.FAILURE] * 3, None),
+    ],
+)
+def test_a_range_is_requested_again_once_its_last_run_finished_up_to_the_attempt_budget(
+    earlier: list[DagsterRunStatus], attempt: int | None
 ) -> None:
-    from pipelines.rotation import driver_max_reads
+    from pipelines.rotation import next_attempt
 
-    monkeypatch.setenv("FIELDCRYPT_DRIVER_MAX_READS", value)
+    assert next_attempt(earlier, 3) == attempt
 
-    with pytest.raises(ConfigError, match="FIELDCRYPT_DRIVER_MAX_READS"):
-        driver_max_reads()
+
+def test_a_driver_range_covers_what_a_backfill_run_of_the_rotation_assets_covers() -> None:
+    import sys
+
+    from pipelines.rotation import partitions_per_run
+
+    assert partitions_per_run(dg.BackfillPolicy.multi_run(25)) == 25
+    assert partitions_per_run(dg.BackfillPolicy.single_run()) == sys.maxsize
+    assert partitions_per_run(None) == 1
+
+
+def test_range_run_keys_name_the_campaign_block_size_and_attempt() -> None:
+    from pipelines.rotation import range_run_key
+
+    assert range_run_key("rot-1", "acme__rotate_keys", "2026-01-01", 25, 1) == "rot-1/2026-01-01+25"
+    assert range_run_key("rot-1", "acme__rotate_keys", "2026-01-01", 25, 2) == "rot-1/2026-01-01+25/attempt-2"
+    assert range_run_key("rot-1", "acme__rotate_keys_hourly", "2026-01-01-00:00", 25, 1) == (
+        "rot-1/acme__rotate_keys_hourly/2026-01-01-00:00+25"
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "many", "٣"])
+@pytest.mark.parametrize("name", ["FIELDCRYPT_DRIVER_MAX_READS", "FIELDCRYPT_DRIVER_MAX_ATTEMPTS"])
+def test_driver_setting_that_is_not_a_positive_number_is_a_named_config_error(
+    monkeypatch: pytest.MonkeyPatch, value: str, name: str
+) -> None:
+    from pipelines.rotation import driver_max_attempts, driver_max_reads
+
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(ConfigError, match=name):
+        driver_max_reads() if name.endswith("READS") else driver_max_attempts()
 
 
 @pytest.mark.parametrize("cursor", [None, "", "not base64!", base64.b64encode(b"not zlib").decode()])

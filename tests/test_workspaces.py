@@ -578,12 +578,15 @@ def test_rotation_driver_requests_runs_of_its_own_workspace_tagged_with_it(
 
     acme_tick, globex_tick = tick("acme"), tick("globex")
 
-    requests = acme_tick.run_requests or []
-    assert sorted(request.run_key for request in requests) == [f"{campaign_id(acme)}/{p}" for p in PARTITIONS]
-    for request in requests:
-        assert request.job_name == "acme__rotate_keys"
-        assert request.tags[WORKSPACE_TAG] == "acme"
-        assert {key.path[0] for key in request.asset_selection or ()} == {"acme"}
+    (request,) = acme_tick.run_requests or []  # one run over the range of acme's partitions (ranged driver)
+    campaign = campaign_id(acme)
+    assert request.job_name == "acme__rotate_keys"
+    assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == (
+        f"{campaign}|{PARTITIONS[0]}",
+        f"{campaign}|{PARTITIONS[-1]}",
+    )
+    assert request.tags[WORKSPACE_TAG] == "acme"
+    assert {key.path[0] for key in request.asset_selection or ()} == {"acme"}
     assert not globex_tick.run_requests and "no rotation campaign in progress" in (globex_tick.skip_message or "")
     assert files_state(globex.root) == globex_before
 

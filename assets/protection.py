@@ -15,7 +15,7 @@ from typing import Any
 import dagster as dg
 
 from assets.checks import attribute_path, evaluate_protection_checks, protection_check_specs
-from assets.ranged import PartitionDone, backfill_policy, report_partitions, run_keys, run_partitions
+from assets.ranged import OncePerRun, PartitionDone, backfill_policy, report_partitions, run_keys, run_partitions
 from assets.scope import WorkspaceScope
 from fieldcrypt import FieldcryptError, ThrottledError
 from fieldcrypt.layout import DatasetLayout, partition_label
@@ -84,16 +84,19 @@ def protected_snapshot(
         def protect_partitions(context: dg.AssetExecutionContext) -> Iterator[dg.AssetCheckResult]:
             actor = f"dagster:{context.run.run_id}"
             fieldcrypt = scope.resource(context)
+            protector = OncePerRun(lambda: fieldcrypt.workspace(actor))
+            # A second workspace for the checks, its data-key cache empty when the run starts: the checks
+            # unwrap each distinct data key through the KMS, not from the cache that wrapped it.
+            checker = OncePerRun(lambda: fieldcrypt.workspace(actor))
 
             def work(partition: str | None) -> PartitionDone:
-                report = fieldcrypt.workspace(actor).protect(dataset, partition)
+                report = protector.get().protect(dataset, partition)
                 context.log.info(
                     f"{dataset} {partition_label(partition)}: {report.files} files, {report.rows} rows, "
                     f"{report.newly_encrypted} cells newly encrypted, {report.kms_calls} KMS calls, "
                     f"{report.files_rewritten} files rewritten"
                 )
-                # A second workspace, with an empty data-key cache: the checks unwrap through the KMS.
-                checks = list(evaluate_protection_checks(fieldcrypt.workspace(actor), dataset, partition, report))
+                checks = list(evaluate_protection_checks(checker.get(), dataset, partition, report))
                 return PartitionDone(protection_metadata(report, partition), checks)
 
             outcomes = run_partitions(run_keys(context), partition_label, work)

@@ -23,7 +23,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from threading import Lock
+from typing import Any, Generic, TypeVar
 
 import dagster as dg
 
@@ -79,6 +80,27 @@ class Outcome:
     label: str
     done: PartitionDone | None = None
     error: Exception | None = None
+
+
+T = TypeVar("T")
+
+
+class OncePerRun(Generic[T]):
+    """A value the run's partitions share (the run's `Workspace`, so its data-key cache and its policy MAC
+    key serve every partition: KMS calls follow distinct keys, not partitions), built by the first
+    partition that needs it. Thread-safe; a failure to build it is that partition's failure, and the
+    next partition tries again."""
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._lock = Lock()
+        self._value: T | None = None
+
+    def get(self) -> T:
+        with self._lock:
+            if self._value is None:
+                self._value = self._build()
+            return self._value
 
 
 def run_keys(context: dg.AssetExecutionContext) -> list[str | None]:

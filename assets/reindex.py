@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from assets.ranged import PartitionDone, backfill_policy, report_partitions, run_keys, run_partitions
+from assets.ranged import OncePerRun, PartitionDone, backfill_policy, report_partitions, run_keys, run_partitions
 from assets.scope import WorkspaceScope
 from fieldcrypt import ThrottledError
 from fieldcrypt.layout import DatasetLayout, partition_label
@@ -51,9 +51,10 @@ def reindexed_index(
         def reindex_partitions(context: dg.AssetExecutionContext) -> Iterator[dg.AssetCheckResult]:
             actor = f"dagster:{context.run.run_id}"
             fieldcrypt = scope.resource(context)
+            shared = OncePerRun(lambda: fieldcrypt.workspace(actor))  # one data-key cache for the run's partitions
 
             def work(partition: str | None) -> PartitionDone:
-                report = fieldcrypt.workspace(actor).reindex(dataset, partition)
+                report = shared.get().reindex(dataset, partition)
                 return PartitionDone(
                     {
                         "partition": partition_label(partition),

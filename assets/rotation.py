@@ -33,7 +33,15 @@ from typing import Any
 
 import dagster as dg
 
-from assets.ranged import Outcome, PartitionDone, backfill_policy, report_partitions, run_keys, run_partitions
+from assets.ranged import (
+    OncePerRun,
+    Outcome,
+    PartitionDone,
+    backfill_policy,
+    report_partitions,
+    run_keys,
+    run_partitions,
+)
 from assets.scope import WorkspaceScope
 from fieldcrypt import ThrottledError, Workspace
 from fieldcrypt.binding import Campaign, KeyBinding
@@ -142,9 +150,11 @@ def _rotation_asset(
         def label(key: str | None) -> str:
             return partition_label(None if key is None else split_rotation_key(key, partitioned)[1])
 
+        shared = OncePerRun(lambda: fieldcrypt.workspace(actor))  # one data-key cache for the run's partitions
+
         def work(key: str | None) -> PartitionDone:
             campaign_id, partition = split_rotation_key(key or "", partitioned)
-            workspace = fieldcrypt.workspace(actor)
+            workspace = shared.get()
             campaign = latest_campaign(workspace.bindings.load())
             if campaign is None or campaign.campaign_id != campaign_id:
                 current = campaign.campaign_id if campaign else "none"

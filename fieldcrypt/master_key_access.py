@@ -48,6 +48,13 @@ def key_cache(workspace: Workspace) -> DataKeyCache:
     written first, then the binding with the key's check value, so a crash between the
     two leaves a lake that the next run binds.
     """
+    # Always under the lock: while a new lake is bound, `_cache` is set early for this thread's re-entrant calls,
+    # and another thread must not take that cache before the binding is written.
+    with workspace._cache_lock:
+        return _built_key_cache(workspace)
+
+
+def _built_key_cache(workspace: Workspace) -> DataKeyCache:
     if workspace._cache is None:
         provider, binding = bound_provider(workspace)
         info = provider.describe()

@@ -7,6 +7,7 @@ until a key is first needed.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -122,6 +123,9 @@ class Workspace:
         self.retiring_index_keys = RetiringIndexKeys(self.store)  # old keys of blind-index re-indexes under way
         self.audit = AuditLog(self.store, config.name, actor)
         self._cache: DataKeyCache | None = None
+        # Threads of one run may share the workspace (the Dagster assets' ranged runs): the cache is built once.
+        # Re-entrant: binding a new lake writes its first policy, which reaches the cache through key_cache().
+        self._cache_lock = threading.RLock()
         self._bound: KeyRef | None = None  # the master key this process's cache wraps under
         self._binding_seen: FileVersion | None = None
 

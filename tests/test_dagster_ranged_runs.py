@@ -135,3 +135,27 @@ def test_partitions_per_run_that_is_not_a_positive_number_is_a_named_config_erro
 
     with pytest.raises(ConfigError, match="FIELDCRYPT_MAX_PARTITIONS_PER_RUN"):
         max_partitions_per_run()
+
+
+def test_a_ranged_run_unwraps_each_key_once_not_once_per_partition(tmp_path: Path) -> None:
+    """The run's partitions share its workspace (one data-key cache): the policy MAC key is unwrapped once
+    for the protection and once for the checks' own cache, however many partitions the run covers, and the
+    data key is generated and unwrapped once per run, not per partition (KMS calls follow distinct keys)."""
+    fieldcrypt = local_fieldcrypt(tmp_path / "lake", make_keystore(tmp_path))
+    enable(fieldcrypt, ("users.email", "email"))
+    for day in DAYS:
+        land(fieldcrypt, day, past_day(0) - day, users=50, events=50)
+    audit_before = len(list(fieldcrypt.workspace("count").audit.events()))
+
+    result = protect_range(fieldcrypt, dg.DagsterInstance.ephemeral())
+
+    assert result.success
+    events = list(fieldcrypt.workspace("count").audit.events())[audit_before:]
+    policy_unwraps = [e for e in events if e["operation"] == "unwrap_policy_key"]
+    generated = [e for e in events if e["operation"] == "generate_data_key"]
+    data_unwraps = [e for e in events if e["operation"] == "unwrap" and e.get("dataset") == "users"]
+    assert len(policy_unwraps) == 2  # the protecting workspace and the checking one, for three partitions
+    assert len(generated) == 1  # one data key serves the run's three partitions (well under its cell budget)
+    # unwrapped twice in all, not per partition: by the rewrite's verification (the wrapped key must open before
+    # the replace) and by the checks' own cache
+    assert len(data_unwraps) == 2 * len(generated)

@@ -55,7 +55,7 @@ def max_partitions_per_run() -> int:
 
 
 def partition_threads() -> int:
-    """Partitions worked on at once inside one run (each with its own KMS data-key cache)."""
+    """Partitions worked on at once inside one run (sharing the run's data-key cache: assets.ranged.OncePerRun)."""
     return _positive_int(PARTITION_THREADS_ENV, DEFAULT_PARTITION_THREADS)
 
 

@@ -7,7 +7,9 @@ partitions whatever its start date (Dagster has no partition key after now).
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -15,6 +17,8 @@ from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableJob
+from dagster._core.execution.backfill import BulkActionStatus
+from dagster._daemon.backfill import execute_backfill_iteration
 
 from demo.sample_data import land_sample_lake
 from fieldcrypt.keystore import Keystore
@@ -133,6 +137,20 @@ def fresh_code_location_import() -> Iterator[None]:
         for name in ours():
             del sys.modules[name]
         sys.modules.update(saved)
+
+
+def run_backfill_to_the_end(context: Any, instance: dg.DagsterInstance, backfill_id: str) -> None:
+    """Drive the backfill daemon's iteration (runs launch synchronously) until the backfill succeeds."""
+    logger = logging.getLogger("fieldcrypt_tests")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        list(execute_backfill_iteration(context.process_context, logger))
+        backfill = instance.get_backfill(backfill_id)
+        assert backfill is not None
+        if backfill.status == BulkActionStatus.COMPLETED_SUCCESS:
+            return
+        assert backfill.status == BulkActionStatus.REQUESTED, backfill.status
+    raise AssertionError(f"backfill {backfill_id} did not complete in time")
 
 
 def write_workspace_file(path: Path, location: str) -> Path:

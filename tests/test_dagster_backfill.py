@@ -7,16 +7,12 @@ daemon's iteration is driven by hand, and runs launch synchronously in this proc
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 
 import pytest
-from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus
-from dagster._core.execution.backfill import BulkActionStatus
+from dagster import AssetCheckKey, AssetKey, DagsterRunStatus
 from dagster._core.storage.dagster_run import RunsFilter
 from dagster._core.test_utils import instance_for_test
-from dagster._daemon.backfill import execute_backfill_iteration
 from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 from dagster_support import (
@@ -27,6 +23,7 @@ from dagster_support import (
     local_fieldcrypt,
     make_keystore,
     past_day,
+    run_backfill_to_the_end,
     shift_to_straddle_now,
     write_workspace_file,
 )
@@ -78,7 +75,7 @@ def test_graphql_partition_backfill_protects_every_partition_in_ranges_of_partit
         )
         assert launched.data["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", launched.data
         backfill_id = launched.data["launchPartitionBackfill"]["backfillId"]
-        _run_backfill_daemon_until_done(context, instance, backfill_id)
+        run_backfill_to_the_end(context, instance, backfill_id)
         runs = instance.get_runs(filters=RunsFilter.for_backfill(backfill_id))
         materialized = {
             asset: {
@@ -120,14 +117,3 @@ def _check_keys(assets: tuple[str, ...]) -> list[AssetCheckKey]:
     return [AssetCheckKey(AssetKey([WORKSPACE, asset]), name) for asset in assets for name in names]
 
 
-def _run_backfill_daemon_until_done(context: object, instance: DagsterInstance, backfill_id: str) -> None:
-    logger = logging.getLogger("test_dagster_backfill")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        list(execute_backfill_iteration(context.process_context, logger))  # type: ignore[attr-defined]
-        backfill = instance.get_backfill(backfill_id)
-        assert backfill is not None
-        if backfill.status == BulkActionStatus.COMPLETED_SUCCESS:
-            return
-        assert backfill.status == BulkActionStatus.REQUESTED, backfill.status
-    raise AssertionError(f"backfill {backfill_id} did not complete in time")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -22,10 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckKey, DagsterInstance, DagsterRunStatus
-from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.dagster_run import RunsFilter
 from dagster._core.test_utils import instance_for_test
-from dagster._daemon.backfill import execute_backfill_iteration
 from dagster._serdes import serialize_value
 from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
@@ -40,6 +37,7 @@ from dagster_support import (
     make_keystore,
     node,
     past_day,
+    run_backfill_to_the_end,
     write_workspace_file,
 )
 
@@ -323,16 +321,8 @@ def launch_rotation_backfill(context: Any, instance: DagsterInstance, campaign_i
     )
     assert launched.data["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", launched.data
     backfill_id: str = launched.data["launchPartitionBackfill"]["backfillId"]
-    logger = logging.getLogger("test_dagster_rotation")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        list(execute_backfill_iteration(context.process_context, logger))
-        backfill = instance.get_backfill(backfill_id)
-        assert backfill is not None
-        if backfill.status == BulkActionStatus.COMPLETED_SUCCESS:
-            return backfill_id
-        assert backfill.status == BulkActionStatus.REQUESTED, backfill.status
-    raise AssertionError(f"backfill {backfill_id} did not complete in time")
+    run_backfill_to_the_end(context, instance, backfill_id)
+    return backfill_id
 
 
 def latest_metadata(instance: DagsterInstance, dataset: str, partition: str) -> dict[str, Any]:

@@ -12,10 +12,8 @@ would fail the run. Nothing here is mocked.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,13 +23,18 @@ from typing import Any
 import dagster as dg
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
-from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.dagster_run import RunsFilter
 from dagster._core.test_utils import instance_for_test
-from dagster._daemon.backfill import execute_backfill_iteration
 from dagster_graphql.client.query import LAUNCH_PARTITION_BACKFILL_MUTATION, LAUNCH_PIPELINE_EXECUTION_MUTATION
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
-from dagster_support import enable, fresh_code_location_import, land, past_day, write_workspace_file
+from dagster_support import (
+    enable,
+    fresh_code_location_import,
+    land,
+    past_day,
+    run_backfill_to_the_end,
+    write_workspace_file,
+)
 
 from fieldcrypt import ConfigError
 from fieldcrypt.keystore import Keystore
@@ -591,14 +594,3 @@ def test_rotation_driver_requests_runs_of_its_own_workspace_tagged_with_it(
     assert files_state(globex.root) == globex_before
 
 
-def run_backfill_to_the_end(context: Any, instance: DagsterInstance, backfill_id: str) -> None:
-    logger = logging.getLogger("test_workspaces")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        list(execute_backfill_iteration(context.process_context, logger))
-        backfill = instance.get_backfill(backfill_id)
-        assert backfill is not None
-        if backfill.status == BulkActionStatus.COMPLETED_SUCCESS:
-            return
-        assert backfill.status == BulkActionStatus.REQUESTED, backfill.status
-    raise AssertionError(f"backfill {backfill_id} did not complete in time")

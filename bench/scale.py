@@ -61,7 +61,7 @@ from demo.sample_data import land_sample_lake, snapshot_path  # noqa: E402
 from fieldcrypt import Workspace  # noqa: E402
 from fieldcrypt.catalog import Catalog  # noqa: E402
 from fieldcrypt.keystore import Keystore  # noqa: E402
-from pipelines.rotation import DEFAULT_DRIVER_MAX_READS  # noqa: E402
+from pipelines.rotation_driver import DEFAULT_DRIVER_MAX_READS  # noqa: E402
 
 WORKSPACE = "bench"
 SEED_DAY = date(2000, 1, 1)  # the seed partition, outside every range measured
@@ -166,7 +166,7 @@ def scan_bench(count: int, keep: bool, s3: str | None = None) -> dict[str, Any]:
         clean = first.clean
         second, t_second = timed(lambda: workspace.rotation_status(known_clean=clean))
         assert second.remaining == first.remaining and len(second.remaining) == count - count * 9 // 10
-        from pipelines.rotation import driver_cursor
+        from pipelines.rotation_driver import driver_cursor
 
         cursor = driver_cursor("rot-bench", clean)
         return {

@@ -142,7 +142,7 @@ def rotate_partition(
 ) -> dg.ExecuteInProcessResult:
     """Materialize the rotation assets' partition of snapshot `partition` in the current campaign."""
     from assets import build_assets
-    from pipelines.rotation import show_campaign_partitions
+    from pipelines.campaign_partitions import show_campaign_partitions
 
     instance = instance or DagsterInstance.ephemeral()
     campaign_id = current_campaign_id(fieldcrypt)
@@ -863,7 +863,7 @@ def test_driver_leaves_a_date_outside_the_partitions_to_the_cli(
 
 
 def test_driver_cursor_remembers_the_partitions_found_clean_in_the_campaign(fieldcrypt: FieldcryptResource) -> None:
-    from pipelines.rotation import read_driver_cursor
+    from pipelines.rotation_driver import read_driver_cursor
 
     protect_lake(fieldcrypt, DAYS[:2])
     instance = DagsterInstance.ephemeral()
@@ -913,7 +913,7 @@ KEYS = [f"2026-01-{day:02d}" for day in range(1, 11)]
 
 
 def test_ranges_are_aligned_blocks_of_n_partitions_narrowed_to_what_remains() -> None:
-    from pipelines.rotation import PartitionRange, partition_ranges
+    from pipelines.rotation_driver import PartitionRange, partition_ranges
 
     remaining = {"users": ["2026-01-02", "2026-01-03", "2026-01-05"], "events": ["2026-01-03", "2026-01-09"]}
 
@@ -927,7 +927,7 @@ def test_ranges_are_aligned_blocks_of_n_partitions_narrowed_to_what_remains() ->
 
 
 def test_a_range_spans_the_clean_partitions_between_those_that_remain() -> None:
-    from pipelines.rotation import partition_ranges
+    from pipelines.rotation_driver import partition_ranges
 
     (found,) = partition_ranges({"users": ["2026-01-01", "2026-01-10"]}, KEYS, 10)
 
@@ -935,7 +935,7 @@ def test_a_range_spans_the_clean_partitions_between_those_that_remain() -> None:
 
 
 def test_many_partitions_make_ceil_n_over_size_ranges_of_at_most_size_partitions() -> None:
-    from pipelines.rotation import partition_ranges
+    from pipelines.rotation_driver import partition_ranges
 
     keys = [f"p{index:05d}" for index in range(10_000)]
 
@@ -961,7 +961,7 @@ def test_many_partitions_make_ceil_n_over_size_ranges_of_at_most_size_partitions
 def test_a_range_is_requested_again_once_its_last_run_finished_up_to_the_attempt_budget(
     earlier: list[DagsterRunStatus], attempt: int | None
 ) -> None:
-    from pipelines.rotation import next_attempt
+    from pipelines.rotation_driver import next_attempt
 
     assert next_attempt(earlier, 3) == attempt
 
@@ -969,7 +969,7 @@ def test_a_range_is_requested_again_once_its_last_run_finished_up_to_the_attempt
 def test_a_driver_range_covers_what_a_backfill_run_of_the_rotation_assets_covers() -> None:
     import sys
 
-    from pipelines.rotation import partitions_per_run
+    from pipelines.rotation_driver import partitions_per_run
 
     assert partitions_per_run(dg.BackfillPolicy.multi_run(25)) == 25
     assert partitions_per_run(dg.BackfillPolicy.single_run()) == sys.maxsize
@@ -977,7 +977,7 @@ def test_a_driver_range_covers_what_a_backfill_run_of_the_rotation_assets_covers
 
 
 def test_range_run_keys_name_the_campaign_block_size_and_attempt() -> None:
-    from pipelines.rotation import range_run_key
+    from pipelines.rotation_driver import range_run_key
 
     assert range_run_key("rot-1", "acme__rotate_keys", "2026-01-01", 25, 1) == "rot-1/2026-01-01+25"
     assert range_run_key("rot-1", "acme__rotate_keys", "2026-01-01", 25, 2) == "rot-1/2026-01-01+25/attempt-2"
@@ -991,7 +991,7 @@ def test_range_run_keys_name_the_campaign_block_size_and_attempt() -> None:
 def test_driver_setting_that_is_not_a_positive_number_is_a_named_config_error(
     monkeypatch: pytest.MonkeyPatch, value: str, name: str
 ) -> None:
-    from pipelines.rotation import driver_max_attempts, driver_max_reads
+    from pipelines.rotation_driver import driver_max_attempts, driver_max_reads
 
     monkeypatch.setenv(name, value)
 
@@ -1001,13 +1001,13 @@ def test_driver_setting_that_is_not_a_positive_number_is_a_named_config_error(
 
 @pytest.mark.parametrize("cursor", [None, "", "not base64!", base64.b64encode(b"not zlib").decode()])
 def test_driver_cursor_that_does_not_parse_means_a_full_scan(cursor: str | None) -> None:
-    from pipelines.rotation import read_driver_cursor
+    from pipelines.rotation_driver import read_driver_cursor
 
     assert read_driver_cursor(cursor, "rot-1") == {}
 
 
 def test_driver_cursor_of_another_campaign_means_a_full_scan() -> None:
-    from pipelines.rotation import driver_cursor, read_driver_cursor
+    from pipelines.rotation_driver import driver_cursor, read_driver_cursor
 
     cursor = driver_cursor("rot-1", {"users/2026-11-01": "00112233aabbccdd"})
 

@@ -189,7 +189,7 @@ def test_rotation_backfills_of_two_workspaces_spread_over_both_workers_and_each_
 ) -> None:
     from assets.rotation import rotation_partition_key
     from assets.scope import WorkspaceScope
-    from pipelines.rotation import show_campaign_partitions
+    from pipelines.campaign_partitions import show_campaign_partitions
 
     campaigns = {}
     for name in BACKFILLED:

@@ -8,14 +8,13 @@ asset function only builds the workspace, calls the core, and reports counts and
 metadata. Both are generated from the catalog (`assets.build_assets`).
 """
 
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 
 from assets.checks import attribute_path, evaluate_protection_checks, protection_check_specs
-from assets.ranged import OncePerRun, PartitionDone, backfill_policy, report_partitions, run_keys, run_partitions
+from assets.ranged import OncePerRun, PartitionDone, ranged_asset, report_partitions, run_keys, run_partitions
 from assets.scope import WorkspaceScope
 from fieldcrypt import FieldcryptError, ThrottledError
 from fieldcrypt.layout import DatasetLayout, partition_label
@@ -53,54 +52,42 @@ def protected_snapshot(
     dataset = layout.name
     asset_name = f"protected_{dataset}"
     asset_key = scope.asset_key(asset_name)
-    with warnings.catch_warnings():
-        # `backfill_policy` is marked beta in Dagster 1.13; multi_run(N) is what we mean (assets/ranged.py).
-        warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
+    @ranged_asset(
+        scope,
+        partitions_def,
+        name=asset_name,
+        description=(
+            f"The {dataset} snapshot with every enabled attribute encrypted for rows ingested at or after its "
+            "enablement: ciphertext and wrapped data-key columns added, a mask in the original column. Each "
+            "file is rewritten in place, verified before an atomic replace; a re-run with nothing pending is "
+            "a no-op. A partition that fails, or whose checks fail, is not materialized and the run fails "
+            "naming it."
+        ),
+        deps=[scope.asset_key(dataset)],
+        check_specs=protection_check_specs(asset_key),
+        group_name="protected",
+        metadata={"layout": layout_description(layout)},
+    )
+    def protect_partitions(context: dg.AssetExecutionContext) -> Iterator[dg.AssetCheckResult]:
+        actor = f"dagster:{context.run.run_id}"
+        fieldcrypt = scope.resource(context)
+        protector = OncePerRun(lambda: fieldcrypt.workspace(actor))
+        # A second workspace for the checks, its data-key cache empty when the run starts: the checks
+        # unwrap each distinct data key through the KMS, not from the cache that wrapped it.
+        checker = OncePerRun(lambda: fieldcrypt.workspace(actor))
 
-        @dg.asset(
-            name=asset_name,
-            key_prefix=scope.key_prefix,
-            description=(
-                f"The {dataset} snapshot with every enabled attribute encrypted for rows ingested at or after its "
-                "enablement: ciphertext and wrapped data-key columns added, a mask in the original column. Each "
-                "file is rewritten in place, verified before an atomic replace; a re-run with nothing pending is "
-                "a no-op. A partition that fails, or whose checks fail, is not materialized and the run fails "
-                "naming it."
-            ),
-            deps=[scope.asset_key(dataset)],
-            partitions_def=partitions_def,
-            backfill_policy=backfill_policy(partitions_def),
-            pool=scope.pool,
-            required_resource_keys={scope.resource_key},
-            # Only throttling (and errors that are not fieldcrypt's, e.g. a dropped S3 connection) is
-            # retried: a re-run is safe (nothing half-written, done rows are skipped); bad input is not.
-            retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
-            check_specs=protection_check_specs(asset_key),
-            output_required=False,  # one materialization per partition done is logged instead (assets/ranged.py)
-            group_name="protected",
-            kinds={"parquet"},
-            metadata={"layout": layout_description(layout)},
-        )
-        def protect_partitions(context: dg.AssetExecutionContext) -> Iterator[dg.AssetCheckResult]:
-            actor = f"dagster:{context.run.run_id}"
-            fieldcrypt = scope.resource(context)
-            protector = OncePerRun(lambda: fieldcrypt.workspace(actor))
-            # A second workspace for the checks, its data-key cache empty when the run starts: the checks
-            # unwrap each distinct data key through the KMS, not from the cache that wrapped it.
-            checker = OncePerRun(lambda: fieldcrypt.workspace(actor))
+        def work(partition: str | None) -> PartitionDone:
+            report = protector.get().protect(dataset, partition)
+            context.log.info(
+                f"{dataset} {partition_label(partition)}: {report.files} files, {report.rows} rows, "
+                f"{report.newly_encrypted} cells newly encrypted, {report.kms_calls} KMS calls, "
+                f"{report.files_rewritten} files rewritten"
+            )
+            checks = list(evaluate_protection_checks(checker.get(), dataset, partition, report))
+            return PartitionDone(protection_metadata(report, partition), checks)
 
-            def work(partition: str | None) -> PartitionDone:
-                report = protector.get().protect(dataset, partition)
-                context.log.info(
-                    f"{dataset} {partition_label(partition)}: {report.files} files, {report.rows} rows, "
-                    f"{report.newly_encrypted} cells newly encrypted, {report.kms_calls} KMS calls, "
-                    f"{report.files_rewritten} files rewritten"
-                )
-                checks = list(evaluate_protection_checks(checker.get(), dataset, partition, report))
-                return PartitionDone(protection_metadata(report, partition), checks)
-
-            outcomes = run_partitions(run_keys(context), partition_label, work)
-            yield from report_partitions(context, "protecting", dataset, outcomes, protection_retryable)
+        outcomes = run_partitions(run_keys(context), partition_label, work)
+        yield from report_partitions(context, "protecting", dataset, outcomes, protection_retryable)
 
     return protect_partitions
 

@@ -20,6 +20,7 @@ partition and why.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any, Generic, TypeVar
 import dagster as dg
 
 from assets.checks import aggregate_check_results, failed_check_names
+from assets.scope import WorkspaceScope
 from fieldcrypt.errors import ConfigError
 
 MAX_PARTITIONS_PER_RUN_ENV = "FIELDCRYPT_MAX_PARTITIONS_PER_RUN"
@@ -61,6 +63,39 @@ def partition_threads() -> int:
 
 def backfill_policy(partitions_def: dg.PartitionsDefinition | None) -> dg.BackfillPolicy | None:
     return dg.BackfillPolicy.multi_run(max_partitions_per_run()) if partitions_def is not None else None
+
+
+# Only throttling (and errors that are not fieldcrypt's, e.g. a dropped S3 connection) is retried, as each
+# asset's report_partitions decides: a re-run is safe (nothing half-written, done work is skipped).
+RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
+
+
+def ranged_asset(
+    scope: WorkspaceScope, partitions_def: dg.PartitionsDefinition | None, **asset_args: Any
+) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """`dg.asset` with what the workspace's protection, rotation and re-index assets share: the workspace's key
+    prefix, resource and KMS pool, ranges of partitions per run, the retry policy, and one materialization per
+    partition done instead of an output (`report_partitions`)."""
+
+    def decorate(fn: Callable[..., Any]) -> dg.AssetsDefinition:
+        with warnings.catch_warnings():
+            # `backfill_policy` is marked beta in Dagster 1.13; multi_run(N) is what we mean.
+            warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
+            decorator = dg.asset(
+                key_prefix=scope.key_prefix,
+                partitions_def=partitions_def,
+                backfill_policy=backfill_policy(partitions_def),
+                pool=scope.pool,
+                required_resource_keys={scope.resource_key},
+                retry_policy=RETRY_POLICY,
+                output_required=False,
+                kinds={"parquet"},
+                **asset_args,
+            )
+            asset: dg.AssetsDefinition = decorator(fn)
+            return asset
+
+    return decorate
 
 
 @dataclass

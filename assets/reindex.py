@@ -8,12 +8,11 @@ complete` proves none is left. With no re-index under way, a partition is a no-o
 Ranges of partitions per run, like the other assets (assets/ranged.py).
 """
 
-import warnings
 from collections.abc import Iterator
 
 import dagster as dg
 
-from assets.ranged import OncePerRun, PartitionDone, backfill_policy, report_partitions, run_keys, run_partitions
+from assets.ranged import OncePerRun, PartitionDone, ranged_asset, report_partitions, run_keys, run_partitions
 from assets.scope import WorkspaceScope
 from fieldcrypt import ThrottledError
 from fieldcrypt.layout import DatasetLayout, partition_label
@@ -27,48 +26,39 @@ def reindexed_index(
     scope: WorkspaceScope, layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None
 ) -> dg.AssetsDefinition:
     dataset = layout.name
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
+    @ranged_asset(
+        scope,
+        partitions_def,
+        name=reindex_asset_name(dataset),
+        description=(
+            f"Every blind index of the {dataset} snapshot under the current index key of its attribute. "
+            "Materializing it during a re-index (fieldcrypt reindex start) recomputes the indexes of the "
+            "protected rows under the new key, verifies and replaces each file atomically; otherwise a no-op."
+        ),
+        deps=[scope.asset_key(f"protected_{dataset}")],
+        group_name="blind_index",
+    )
+    def reindex_partitions(context: dg.AssetExecutionContext) -> Iterator[dg.AssetCheckResult]:
+        actor = f"dagster:{context.run.run_id}"
+        fieldcrypt = scope.resource(context)
+        shared = OncePerRun(lambda: fieldcrypt.workspace(actor))  # one data-key cache for the run's partitions
 
-        @dg.asset(
-            name=reindex_asset_name(dataset),
-            key_prefix=scope.key_prefix,
-            description=(
-                f"Every blind index of the {dataset} snapshot under the current index key of its attribute. "
-                "Materializing it during a re-index (fieldcrypt reindex start) recomputes the indexes of the "
-                "protected rows under the new key, verifies and replaces each file atomically; otherwise a no-op."
-            ),
-            deps=[scope.asset_key(f"protected_{dataset}")],
-            partitions_def=partitions_def,
-            backfill_policy=backfill_policy(partitions_def),
-            pool=scope.pool,
-            required_resource_keys={scope.resource_key},
-            retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
-            output_required=False,  # one materialization per partition done (assets/ranged.py)
-            group_name="blind_index",
-            kinds={"parquet"},
-        )
-        def reindex_partitions(context: dg.AssetExecutionContext) -> Iterator[dg.AssetCheckResult]:
-            actor = f"dagster:{context.run.run_id}"
-            fieldcrypt = scope.resource(context)
-            shared = OncePerRun(lambda: fieldcrypt.workspace(actor))  # one data-key cache for the run's partitions
-
-            def work(partition: str | None) -> PartitionDone:
-                report = shared.get().reindex(dataset, partition)
-                return PartitionDone(
-                    {
-                        "partition": partition_label(partition),
-                        "files": report.files,
-                        "files_rewritten": report.files_rewritten,
-                        "rows": report.rows,
-                        **{f"reindexed.{name}": count for name, count in report.reindexed.items()},
-                        **{f"already_reindexed.{name}": count for name, count in report.already.items()},
-                    }
-                )
-
-            outcomes = run_partitions(run_keys(context), partition_label, work)
-            yield from report_partitions(
-                context, "re-indexing", dataset, outcomes, lambda exc: isinstance(exc, ThrottledError)
+        def work(partition: str | None) -> PartitionDone:
+            report = shared.get().reindex(dataset, partition)
+            return PartitionDone(
+                {
+                    "partition": partition_label(partition),
+                    "files": report.files,
+                    "files_rewritten": report.files_rewritten,
+                    "rows": report.rows,
+                    **{f"reindexed.{name}": count for name, count in report.reindexed.items()},
+                    **{f"already_reindexed.{name}": count for name, count in report.already.items()},
+                }
             )
+
+        outcomes = run_partitions(run_keys(context), partition_label, work)
+        yield from report_partitions(
+            context, "re-indexing", dataset, outcomes, lambda exc: isinstance(exc, ThrottledError)
+        )
 
     return reindex_partitions

@@ -27,7 +27,6 @@ A partition with no stored file has nothing to rotate: it materializes at once w
 Runs cover ranges of partitions like the protection assets (assets/ranged.py).
 """
 
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,7 +36,7 @@ from assets.ranged import (
     OncePerRun,
     Outcome,
     PartitionDone,
-    backfill_policy,
+    ranged_asset,
     report_partitions,
     run_keys,
     run_partitions,
@@ -101,22 +100,14 @@ def rotated_keys(
 ) -> dg.AssetsDefinition:
     """The asset `<workspace>/rotated_<dataset>_keys`: ranges of partitions per run, KMS use bounded by the
     workspace's pool."""
-    with warnings.catch_warnings():
-        # `backfill_policy` is beta in Dagster 1.13; multi_run(N) is what we mean (see assets/ranged.py).
-        warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
-        return _rotation_asset(scope, layout.name, snapshot_partitions)
-
-
-def _rotation_asset(
-    scope: WorkspaceScope, dataset: str, snapshot_partitions: dg.PartitionsDefinition | None
-) -> dg.AssetsDefinition:
+    dataset = layout.name
     asset_name = rotation_asset_name(dataset)
     partitioned = snapshot_partitions is not None
-    partitions_def = rotation_partitions(scope, snapshot_partitions)
 
-    @dg.asset(
+    @ranged_asset(
+        scope,
+        rotation_partitions(scope, snapshot_partitions),
         name=asset_name,
-        key_prefix=scope.key_prefix,
         description=(
             f"In the current rotation campaign, every wrapped data key of the {dataset} snapshot of the partition "
             "is under the campaign's new master key. Partitions are <campaign>|<snapshot partition>: a new "
@@ -127,11 +118,6 @@ def _rotation_asset(
         ),
         # Dagster infers the mapping to the snapshot dimension (campaign C, date D depends on D).
         deps=[scope.asset_key(f"protected_{dataset}")],
-        partitions_def=partitions_def,
-        backfill_policy=backfill_policy(partitions_def),
-        pool=scope.pool,
-        required_resource_keys={scope.resource_key},
-        retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
         check_specs=[
             dg.AssetCheckSpec(
                 NO_OLD_WRAPPED_KEYS,
@@ -139,9 +125,7 @@ def _rotation_asset(
                 description="No wrapped data key in the partition's file is under a master key other than the current.",
             )
         ],
-        output_required=False,  # one materialization per partition done is logged instead (assets/ranged.py)
         group_name="rotation",
-        kinds={"parquet"},
     )
     def rotate_partitions(context: dg.AssetExecutionContext) -> Iterator[dg.AssetCheckResult]:
         actor = f"dagster:{context.run.run_id}"

@@ -288,10 +288,10 @@ class Catalog:
                 entries[name] = WorkspaceEntry.model_validate(entry)
             except ValidationError as exc:
                 errors[name] = _describe(chosen, exc, overridden, prefix=("workspaces", name))
-        environment_set_it = any(loc[1] == selected for loc in overridden)
-        if selected in errors and (fail_on_selected or environment_set_it):
+        catalog = cls(chosen.resolve(), doc, selected, entries, errors, overridden)
+        if selected in errors and (fail_on_selected or catalog.from_environment(selected)):
             raise ConfigError(errors[selected])
-        return cls(chosen.resolve(), doc, selected, entries, errors, overridden)
+        return catalog
 
     @property
     def workspace_names(self) -> list[str]:

@@ -16,7 +16,7 @@ import os
 import dagster as dg
 
 from assets import build_assets
-from assets.scope import WorkspaceScope
+from fieldcrypt.catalog import workspace_ident
 from fieldcrypt.errors import ConfigError
 from fieldcrypt.workspace import WorkspaceConfig
 from pipelines.jobs import enable_attribute_job, encrypt_history_job, protect_jobs
@@ -55,7 +55,7 @@ def catalog_error_sensor(workspace: str, problem: str) -> dg.SensorDefinition:
     """A workspace whose catalog entry does not validate is not served; this sensor says so on every tick."""
 
     @dg.sensor(
-        name=f"{WorkspaceScope(workspace, {}).ident}__catalog_error",
+        name=f"{workspace_ident(workspace)}__catalog_error",
         minimum_interval_seconds=3600,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Workspace {workspace} is not served: its catalog entry does not validate. {problem}",

@@ -308,20 +308,25 @@ class PolicyStore:
         ConcurrentUpdateError, not a lost update; the check and the write are one
         compare-and-swap (LakeStore.update).
         """
-        where = self.store.display(POLICY_PATH)
-        self._require_keys(where)  # binds a new lake first (which writes its first policy), then read-modify-write
+        self._require_keys(self.store.display(POLICY_PATH))  # binds a new lake first (its first policy), then RMW
 
         def change(stored: bytes | None) -> bytes:
-            now = self._verified(stored) if stored is not None else self.load()
-            if previous is not None and now.to_json() not in (previous.to_json(), policy.to_json()):
-                raise ConcurrentUpdateError(
-                    f"{where} changed while this run was updating it (another worker changed the policy); "
-                    "nothing was written, run again"
-                )
-            now.check_successor(policy)
+            self._check_change(self._verified(stored) if stored is not None else self.load(), policy, previous)
             return self._sealed(policy, stored)
 
         self.store.update(POLICY_PATH, change, "this run was updating it")
+
+    def check_change(self, policy: Policy, previous: Policy | None = None) -> None:
+        """Refuse now what `save(policy, previous)` would refuse, writing nothing (e.g. before creating a key)."""
+        self._check_change(self.load(), policy, previous)
+
+    def _check_change(self, now: Policy, policy: Policy, previous: Policy | None) -> None:
+        if previous is not None and now.to_json() not in (previous.to_json(), policy.to_json()):
+            raise ConcurrentUpdateError(
+                f"{self.store.display(POLICY_PATH)} changed while this run was updating it (another worker "
+                "changed the policy); nothing was written, run again"
+            )
+        now.check_successor(policy)
 
     def write_authenticated(self, policy: Policy) -> None:
         """Write `policy` with its MAC, under the stored MAC key (a new one for the first policy).

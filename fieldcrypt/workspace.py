@@ -36,7 +36,7 @@ from fieldcrypt.keystore import Keystore
 from fieldcrypt.layout import DatasetLayout
 from fieldcrypt.mask import mask_values
 from fieldcrypt.parquet_io import open_parquet, read_ahead, row_groups
-from fieldcrypt.policy import POLICY_PATH, AttributePolicy, DatasetSpec, Policy, PolicyStore
+from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
 from fieldcrypt.policy_auth import check_file_protection, check_stored_file
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
 from fieldcrypt.providers.aws_kms import PROVIDER_ID as KMS
@@ -198,15 +198,9 @@ class Workspace:
             for rel in partitions[list(partitions)[-1]]:
                 with open_parquet(self.store, rel) as parquet:
                     check_schema(parquet.schema_arrow, policy.datasets[dataset], [entry], self.store.display(rel))
-        # Refuse before creating an index key: another worker's change since `previous` is a concurrent
-        # update (run again), not a successor that "drops" what that worker enabled.
-        current = self.policies.load()
-        if current.to_json() != previous.to_json():
-            raise ConcurrentUpdateError(
-                f"{self.store.display(POLICY_PATH)} changed while this run was updating it (another worker "
-                "changed the policy); nothing was written, run again"
-            )
-        current.check_successor(policy)
+        # Refuse before creating an index key, as the save below would: another worker's change since
+        # `previous` is a concurrent update (run again), not a successor that "drops" what it enabled.
+        self.policies.check_change(policy, previous)
         if blind_index:  # the key exists before any run can need it (one left by an interrupted enable is kept)
             cache = self.key_cache()
             self.index_keys.update(

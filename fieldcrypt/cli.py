@@ -175,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--unconfirmed", action="store_true", help="only intents never confirmed (a run died around a replace)"
     )
 
+    restore = commands.add_parser(
+        "restore-accept",
+        help="accept a deliberate restore of _fieldcrypt/ (policy, ledger) from a backup, after checking the lake",
+    )
+    restore.add_argument("--reason", required=True, help="why (ticket id); written to the audit log")
+
     policy = commands.add_parser("policy", help="the workspace policy").add_subparsers(
         dest="policy_command", required=True
     )
@@ -319,6 +325,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     elif args.command == "audit":
         for event in workspace.audit.unconfirmed() if args.unconfirmed else workspace.audit.events():
             print(json.dumps(event, sort_keys=True))
+    elif args.command == "restore-accept":
+        was, now, files = workspace.accept_restore(args.reason)
+        print(
+            f"restore accepted: policy.json version {was} is now version {now}; "
+            f"{files} protected files verified and recorded in the protection ledger"
+        )
     elif args.command == "policy":
         adopted = workspace.adopt_policy()
         print(

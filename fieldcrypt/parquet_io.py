@@ -162,7 +162,10 @@ def protected_writer(
         for a in attributes
     }
     metadata = dict(schema.metadata or {})
-    metadata[FILE_METADATA_KEY] = json.dumps({"format": 1, "attributes": described}, sort_keys=True).encode()
+    # "ledgered": this version of the file is recorded in the protection ledger (fieldcrypt.ledger), so one
+    # found outside the ledger was copied in or outlived a restore of `_fieldcrypt/`.
+    file_doc = {"format": 1, "attributes": described, "ledgered": True}
+    metadata[FILE_METADATA_KEY] = json.dumps(file_doc, sort_keys=True).encode()
     default = codec_of(source)
     kept = source_codecs(source, leaves)
     wrapped_keys = {a.wrapped_key_column for a in attributes}

@@ -33,6 +33,7 @@ from fieldcrypt.blind_index import INDEX_KEYS_FORMAT, BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.encrypt import ciphertext_digest
 from fieldcrypt.errors import IntegrityError, VerificationError
+from fieldcrypt.ledger import LedgerStep, recorded
 from fieldcrypt.parquet_io import open_parquet, protected_writer, row_group
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.policy_auth import check_file_protection
@@ -121,6 +122,7 @@ def reindex_file(
     *,
     partition: str | None = None,
     dry_run: bool = False,
+    ledger: LedgerStep | None = None,
 ) -> ReindexReport:
     """Recompute the blind index of `targets` under their new key in `rel`; verify, then replace atomically.
 
@@ -148,7 +150,8 @@ def reindex_file(
         if store.version(rel) != original_version:
             raise VerificationError(f"{where} changed while it was being re-indexed; nothing was replaced, run again")
         intent = before_replace(store, rel, attributes, cache, dataset.name, partition, operation="reindex")
-        store.replace(temp, rel)
+        with recorded(ledger, temp, rel):  # the protection ledger's entry for the new file (fieldcrypt.ledger)
+            store.replace(temp, rel)
     finally:
         store.delete(temp)
     if cache.audit is not None:

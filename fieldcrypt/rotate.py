@@ -22,6 +22,7 @@ from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.columns import identical as identical_values
 from fieldcrypt.encrypt import used_wrapped_keys
 from fieldcrypt.errors import ConcurrentUpdateError, VerificationError
+from fieldcrypt.ledger import LedgerStep, recorded
 from fieldcrypt.parquet_io import chunk_span, open_parquet, protected_writer, read_ahead, row_group, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.replace_guard import before_replace
@@ -103,6 +104,7 @@ def rotate_file(
     cache: DataKeyCache,
     *,
     partition: str | None = None,
+    ledger: LedgerStep | None = None,
 ) -> RotateReport:
     started = time.perf_counter()
     calls_before = cache.calls.total
@@ -148,7 +150,8 @@ def rotate_file(
                     f"{where} changed while it was being rotated; nothing was replaced, run again"
                 )
             intent = before_replace(store, rel, attributes, cache, dataset.name, partition, None, "rotate_partition")
-            store.replace_if(temp, rel, original_version, "it was being rotated")
+            with recorded(ledger, temp, rel):  # the protection ledger's entry for the new file (fieldcrypt.ledger)
+                store.replace_if(temp, rel, original_version, "it was being rotated")
     finally:
         store.delete(temp)
     if cache.audit is not None:

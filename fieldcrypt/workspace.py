@@ -34,10 +34,11 @@ from fieldcrypt.errors import (
 )
 from fieldcrypt.keystore import Keystore
 from fieldcrypt.layout import DatasetLayout
+from fieldcrypt.ledger import Ledger, LedgerError, LedgerStep, entry_of, is_marked
 from fieldcrypt.mask import mask_values
 from fieldcrypt.parquet_io import open_parquet, read_ahead, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
-from fieldcrypt.policy_auth import check_file_protection, check_stored_file
+from fieldcrypt.policy_auth import MacKey, check_file_protection, check_stored_file
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
 from fieldcrypt.providers.aws_kms import PROVIDER_ID as KMS
 from fieldcrypt.providers.aws_kms import RETRY_MODES
@@ -122,6 +123,7 @@ class Workspace:
         self.index_keys = IndexKeyStore(self.store)
         self.retiring_index_keys = RetiringIndexKeys(self.store)  # old keys of blind-index re-indexes under way
         self.audit = AuditLog(self.store, config.name, actor)
+        self.ledger = Ledger(self.store, config.name, self._policy_mac_key)  # fieldcrypt.ledger
         self._cache: DataKeyCache | None = None
         # Threads of one run may share the workspace (the Dagster assets' ranged runs): the cache is built once.
         # Re-entrant: binding a new lake writes its first policy, which reaches the cache through key_cache().
@@ -153,6 +155,38 @@ class Workspace:
 
     def policy(self) -> Policy:
         return self.policies.load()
+
+    def _policy_mac_key(self) -> MacKey:
+        """The policy MAC key, from which the protection ledger's key is derived."""
+        wrapped = self.policies.mac_key_value()
+        if wrapped is None:
+            raise PolicyError(
+                f"{self.store.display('_fieldcrypt/policy.json')} is missing or not authenticated: "
+                "the protection ledger cannot be read"
+            )
+        return self.key_cache().policy_key_for(wrapped)
+
+    def ledger_step(
+        self, partition: str | None, spec: DatasetSpec, attributes: Sequence[AttributePolicy]
+    ) -> LedgerStep:
+        """How a rewrite of this partition records each file in the protection ledger (each file is checked
+        against it right before its replace: a replaced file is never laundered into the ledger)."""
+        return LedgerStep(self.ledger, spec, partition, attributes)
+
+    def _check_ledger(
+        self, dataset: str, partition: str | None, spec: DatasetSpec, attributes: Sequence[AttributePolicy]
+    ) -> None:
+        """Before plaintext leaves (reveal, dispatch): the partition against the protection ledger.
+
+        A replaced file is first checked cell by cell, so a tampered cell is named with its row;
+        the ledger's own finding is raised when every cell authenticates.
+        """
+        try:
+            self.ledger.check(spec, partition, self.files(dataset, partition), attributes)
+        except LedgerError as exc:
+            if exc.replaced and exc.rel is not None:
+                self._verify_cells(dataset, partition, [exc.rel])
+            raise
 
     def enable(
         self,
@@ -313,9 +347,12 @@ class Workspace:
         where = self.partition_display(dataset, partition)
         if not attributes:
             # a file protected under a lost policy is refused, not scanned as "nothing enabled"
-            return ProtectReport.total(
-                where, self._each_file(dataset, partition, lambda rel: self._checked_scan(rel, spec, attributes))
-            )
+            scanned = self._each_file(dataset, partition, lambda rel: self._checked_scan(rel, spec, attributes))
+            self.ledger.check(spec, partition, self.files(dataset, partition), attributes)
+            return ProtectReport.total(where, scanned)
+        # Before any work: a deleted, replaced or unledgered protected file stops the run.
+        self.ledger.check(spec, partition, self.files(dataset, partition), attributes)
+        ledger = self.ledger_step(partition, spec, attributes)
         cache = self.key_cache()
         index_keys, wrapped = self._index_keys(attributes)
         by_name = {a.name: a for a in attributes}
@@ -356,6 +393,7 @@ class Workspace:
                 partition=partition,
                 index_keys=index_keys,
                 before_replace_check=index_keys_unchanged,
+                ledger=ledger,
             ),
         )
         return ProtectReport.total(where, reports, master_key=cache.master_key.ref)
@@ -376,6 +414,7 @@ class Workspace:
     def status(self, dataset: str, partition: str | None) -> ProtectReport:
         """Per-attribute counts of a partition, summed over its files, without changing anything."""
         spec, attributes = self._dataset(dataset)
+        self.ledger.check(spec, partition, self.files(dataset, partition), attributes)
         reports = self._each_file(dataset, partition, lambda rel: scan_file(self.store, rel, spec, attributes))
         return ProtectReport.total(self.partition_display(dataset, partition), reports)
 
@@ -384,8 +423,17 @@ class Workspace:
 
         `files`: the partition's files when the caller listed them already (one listing, not two).
         Raises IntegrityError on a cell that does not authenticate, VerificationError on a
-        protected row whose stored mask is not the mask of its decrypted value.
+        protected row whose stored mask is not the mask of its decrypted value, and IntegrityError
+        (LedgerError) on a file that does not hold what the protection ledger recorded.
         """
+        listed = self.files(dataset, partition) if files is None else list(files)
+        counts = self._verify_cells(dataset, partition, listed)
+        spec, attributes = self._dataset(dataset)
+        self.ledger.check(spec, partition, listed, attributes, deep=True)
+        return counts
+
+    def _verify_cells(self, dataset: str, partition: str | None, files: Sequence[str]) -> dict[str, int]:
+        """verify's cell-by-cell check of `files`: decrypt each protected cell and check its mask."""
         counts: dict[str, int] = {}
         for rel, attribute, batch, plaintext, protected in self._revealed(dataset, partition, files):
             counts[attribute.name] = counts.get(attribute.name, 0) + protected.true_count
@@ -420,6 +468,7 @@ class Workspace:
             raise InputError(f"{dataset} has no single-column primary key: rows cannot be chosen by key")
         wanted = None if row_keys is None else pa.array([key.encode() for key in row_keys], pa.binary())
         cache = self.key_cache()
+        self._check_ledger(dataset, partition, spec, enabled)
         for rel in self.files(dataset, partition):
             where = self.store.display(rel)
             with open_parquet(self.store, rel) as parquet:
@@ -472,6 +521,7 @@ class Workspace:
         report = report if report is not None else DispatchReport(dataset, partition)
         report.partition = partition
         cache = self.key_cache()
+        self._check_ledger(dataset, partition, spec, enabled)
         chosen_segment: Segment | None = None
         for rel in self.files(dataset, partition):
             where = self.store.display(rel)
@@ -602,9 +652,65 @@ class Workspace:
                     checked += 1
         self.key_cache()
         self.policies.write_authenticated(policy)
+        # A new MAC key: the ledger, whose key derives from it, is recorded again after every cell is verified.
+        self.ledger = Ledger(self.store, self.name, self._policy_mac_key)
+        recorded = self._record_ledger([(d, p) for d in self.datasets for p in self.partitions(d)])
         self.audit.record(
             "policy_adopt",
-            detail=f"{len(policy.attributes)} attributes; {checked} files checked; "
+            detail=f"{len(policy.attributes)} attributes; {checked} files checked; {recorded} files recorded in "
+            "the protection ledger; "
             + ("legacy policy authenticated" if legacy is not None else "missing policy replaced by an empty one"),
         )
         return policy
+
+    # -- a deliberate restore of `_fieldcrypt/` from a backup ---------------------------------
+
+    def accept_restore(self, reason: str) -> tuple[int, int, int]:
+        """Accept a deliberate restore of the policy and ledger from a backup; audited.
+
+        The restored policy (authenticated, but older than the lake has seen) is checked against
+        every stored file, as adoption does, then stored as a version above every one seen, so
+        older copies stay refused. Every partition's files are then verified cell by cell and
+        recorded in the protection ledger as they are now. Returns (the restored policy's
+        version, its new version, the files recorded). The audit log gets an intent before
+        anything is written and its confirmation after (docs/OPERATIONS.md, "Restoring from a backup").
+        """
+        if not reason or not reason.strip():
+            raise InputError("accepting a restore needs a reason (ticket id): it is written to the audit log")
+        restored = self.policies.load_restored()
+        partitions = [(d, p) for d in self.datasets for p in self.partitions(d)]
+        for dataset, partition in partitions:  # a policy that lacks what some file protects is refused
+            for rel in self.files(dataset, partition):
+                check_stored_file(self.store, rel, restored.for_dataset(dataset))
+        intent = self.audit.intent(
+            "restore_accept", reason=reason, detail=f"policy version {restored.version}; {len(partitions)} partitions"
+        )
+        version = self.policies.accept_restored(restored)
+        recorded = self._record_ledger(partitions)
+        self.audit.record(
+            "restore_accepted",
+            intent=intent,
+            reason=reason,
+            detail=f"policy.json version {restored.version} stored as version {version}; "
+            f"{recorded} files recorded in the protection ledger",
+        )
+        return restored.version, version, recorded
+
+    def _record_ledger(self, partitions: Sequence[tuple[str, str | None]]) -> int:
+        """Verify every protected cell of each partition, then record its protected files in the ledger as
+        they are now (a deliberate restore or adoption); returns the files recorded."""
+        recorded = 0
+        for dataset, partition in partitions:
+            spec, attributes = self._dataset(dataset)
+            files = self.files(dataset, partition)
+            self._verify_cells(dataset, partition, files)
+            protected = {a.ciphertext_column for a in attributes}
+            entries = {}
+            for rel in files:
+                with open_parquet(self.store, rel) as parquet:
+                    written = bool(protected & set(parquet.schema_arrow.names))
+                if written or is_marked(self.store, rel):
+                    entries[rel] = entry_of(self.store, rel, spec, attributes)
+            self.ledger.record(dataset, partition, entries)
+            recorded += len(entries)
+        return recorded

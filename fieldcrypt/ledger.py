@@ -70,19 +70,25 @@ class FileEntry:
 
     size: int
     footer: str
+    chunks: str  # SHA-256 of the protection columns' column-chunk bytes (file_identity)
     attributes: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> tuple[int, str, str]:
+        return self.size, self.footer, self.chunks
 
     def to_doc(self) -> dict[str, Any]:
         return {
             "size": self.size,
             "footer": self.footer,
+            "chunks": self.chunks,
             "attributes": {n: {"cells": c, "digest": d} for n, (c, d) in sorted(self.attributes.items())},
         }
 
     @classmethod
     def from_doc(cls, doc: Any) -> FileEntry:
         attributes = {str(n): (int(a["cells"]), str(a["digest"])) for n, a in doc["attributes"].items()}
-        return cls(int(doc["size"]), str(doc["footer"]), attributes)
+        return cls(int(doc["size"]), str(doc["footer"]), str(doc["chunks"]), attributes)
 
 
 @dataclass
@@ -149,21 +155,44 @@ def shard_path(dataset: str, partition: str | None) -> str:
 # -- what identifies a file version ----------------------------------------------------------
 
 
-def footer_identity(store: LakeStore, rel: str) -> tuple[int, str]:
-    """(size, SHA-256 of the footer: its bytes, its 4-byte length and the trailing magic); two small reads."""
+PROTECTION_SUFFIXES = ("__fc_ct", "__fc_dek", "__fc_bidx")
+
+
+def file_identity(store: LakeStore, rel: str) -> tuple[int, str, str]:
+    """What identifies a file version without decoding it: (size, SHA-256 of its footer, SHA-256 of the raw
+    bytes of its protection columns' column chunks). Reads the footer and those chunks only.
+
+    The footer digest covers its bytes, its 4-byte length and the trailing magic; the chunk digest the
+    bytes of every column chunk whose column name ends in `__fc_ct`, `__fc_dek` or `__fc_bidx`, row group
+    by row group, in footer order (docs/FORMAT.md section 6c). A footer alone is not enough: rewrapping
+    keys of the same length leaves it byte-identical.
+    """
     where = store.display(rel)
     with store.open_input(rel) as handle:
         size = handle.size()
-        tail = b""
-        if size >= 12:
-            handle.seek(size - 8)
-            tail = handle.read(8)
+        tail = handle.read_at(8, size - 8) if size >= 12 else b""
         length = int.from_bytes(tail[:4], "little") if tail else 0
         if tail[4:] != b"PAR1" or length + 12 > size:
             raise InputError(f"{where} is not a readable Parquet file (it does not end with a Parquet footer)")
-        handle.seek(size - 8 - length)
-        footer = handle.read(length)
-    return size, hashlib.sha256(footer + tail).hexdigest()
+        footer = handle.read_at(length, size - 8 - length)
+        try:
+            metadata = pq.ParquetFile(handle).metadata
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{where} is not a readable Parquet file ({type(exc).__name__})") from None
+        chunks = hashlib.sha256()
+        for group in range(metadata.num_row_groups):
+            row_group = metadata.row_group(group)
+            for index in range(row_group.num_columns):
+                column = row_group.column(index)
+                if not column.path_in_schema.endswith(PROTECTION_SUFFIXES):
+                    continue
+                start = column.data_page_offset
+                if column.has_dictionary_page and column.dictionary_page_offset is not None:
+                    start = min(start, column.dictionary_page_offset)
+                if start < 0 or column.total_compressed_size < 0 or start + column.total_compressed_size > size:
+                    raise IntegrityError(f"{where}: column chunk {column.path_in_schema} lies outside the file")
+                chunks.update(handle.read_at(column.total_compressed_size, start))
+    return size, hashlib.sha256(footer + tail).hexdigest(), chunks.hexdigest()
 
 
 class _ColumnDigest:
@@ -229,9 +258,9 @@ def cell_digests(
 
 
 def entry_of(store: LakeStore, rel: str, dataset: DatasetSpec, attributes: Sequence[AttributePolicy]) -> FileEntry:
-    size, footer = footer_identity(store, rel)
+    size, footer, chunks = file_identity(store, rel)
     with open_parquet(store, rel) as parquet:
-        return FileEntry(size, footer, cell_digests(parquet, dataset, attributes, store.display(rel)))
+        return FileEntry(size, footer, chunks, cell_digests(parquet, dataset, attributes, store.display(rel)))
 
 
 def is_marked(store: LakeStore, rel: str) -> bool:
@@ -368,7 +397,7 @@ class Ledger:
         if shard is not None and rel not in shard.files and rel in shard.staged:
             # Only staged: a run died around its replace. Either the file is the one it wrote, or the
             # replace never happened and the file is what it was before (unledgered).
-            if (shard.staged[rel].size, shard.staged[rel].footer) == footer_identity(self.store, rel):
+            if shard.staged[rel].identity == file_identity(self.store, rel):
                 return
             entries = []
         if not entries:
@@ -379,8 +408,8 @@ class Ledger:
                     rel,
                 )
             return  # never protected: pending
-        identity = footer_identity(self.store, rel)
-        matching = [e for e in entries if (e.size, e.footer) == identity]
+        identity = file_identity(self.store, rel)
+        matching = [e for e in entries if e.identity == identity]
         if matching and not deep:
             return
         with open_parquet(self.store, rel) as parquet:
@@ -440,7 +469,7 @@ class Ledger:
             )
         if not matching:
             raise LedgerError(
-                f"{where} is not the file fieldcrypt wrote: its size or Parquet footer differs from its "
+                f"{where} is not the file fieldcrypt wrote: its size, footer or protection columns differ from its "
                 f"protection-ledger entry ({ledger}); replaced by an outside writer since fieldcrypt wrote it, "
                 f"or {RESTORE_HINT}",
                 rel,

@@ -20,7 +20,7 @@ from fieldcrypt.binding import BINDING_PATH, BindingStore
 from fieldcrypt.errors import ConcurrentUpdateError, PolicyError
 from fieldcrypt.padding import check_pad_to
 from fieldcrypt.policy_auth import MacKey, PolicyKeys
-from fieldcrypt.rollback import SeenVersions, check_policy
+from fieldcrypt.rollback import RollbackError, SeenVersions, check_policy
 from fieldcrypt.store import LakeStore
 
 POLICY_PATH = "_fieldcrypt/policy.json"
@@ -292,7 +292,13 @@ class PolicyStore:
                     "a deleted policy is refused, never read as 'nothing enabled': restore it from backup"
                 )
             return Policy(self.workspace)
-        return self._verified(self.store.read_bytes(POLICY_PATH))
+        for attempt in range(3):  # another worker's save between reading the policy and the binding's record
+            try:
+                return self._verified(self.store.read_bytes(POLICY_PATH))
+            except ConcurrentUpdateError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _verified(self, raw: bytes, accept_older: bool = False) -> Policy:
         """The policy in stored bytes, after its workspace, MAC and version (unless `accept_older`) are checked."""
@@ -308,7 +314,14 @@ class PolicyStore:
                 "Restore it from backup"
             )
         if not accept_older:
-            check_policy(self.seen(key), policy.version, sealed.mac, where)
+            try:
+                check_policy(self.seen(key), policy.version, sealed.mac, where)
+            except RollbackError:
+                # Read before another worker's save and its record: that is a race, not a restore.
+                now = self.store.read_versioned(POLICY_PATH)
+                if now is not None and now[0] != raw:
+                    raise ConcurrentUpdateError(f"{where} changed while it was being read; run again") from None
+                raise
         return policy
 
     def seen(self, key: MacKey) -> SeenVersions | None:

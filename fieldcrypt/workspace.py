@@ -174,15 +174,20 @@ class Workspace:
         return LedgerStep(self.ledger, spec, partition, attributes)
 
     def _check_ledger(
-        self, dataset: str, partition: str | None, spec: DatasetSpec, attributes: Sequence[AttributePolicy]
+        self,
+        dataset: str,
+        partition: str | None,
+        spec: DatasetSpec,
+        attributes: Sequence[AttributePolicy],
+        files: Sequence[str] | None = None,
     ) -> None:
-        """Before plaintext leaves (reveal, dispatch): the partition against the protection ledger.
+        """Before any cell is decrypted (verify, reveal, dispatch): the partition against the protection ledger.
 
         A replaced file is first checked cell by cell, so a tampered cell is named with its row;
         the ledger's own finding is raised when every cell authenticates.
         """
         try:
-            self.ledger.check(spec, partition, self.files(dataset, partition), attributes)
+            self.ledger.check(spec, partition, self.files(dataset, partition) if files is None else files, attributes)
         except LedgerError as exc:
             if exc.replaced and exc.rel is not None:
                 self._verify_cells(dataset, partition, [exc.rel])
@@ -427,8 +432,9 @@ class Workspace:
         (LedgerError) on a file that does not hold what the protection ledger recorded.
         """
         listed = self.files(dataset, partition) if files is None else list(files)
-        counts = self._verify_cells(dataset, partition, listed)
         spec, attributes = self._dataset(dataset)
+        self._check_ledger(dataset, partition, spec, attributes, listed)  # before any cell is decrypted
+        counts = self._verify_cells(dataset, partition, listed)
         self.ledger.check(spec, partition, listed, attributes, deep=True)
         return counts
 

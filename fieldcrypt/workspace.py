@@ -353,10 +353,11 @@ class Workspace:
         if not attributes:
             # a file protected under a lost policy is refused, not scanned as "nothing enabled"
             scanned = self._each_file(dataset, partition, lambda rel: self._checked_scan(rel, spec, attributes))
-            self.ledger.check(spec, partition, self.files(dataset, partition), attributes)
+            self.ledger.check(spec, partition, self.files(dataset, partition), attributes, skip_replaced=True)
             return ProtectReport.total(where, scanned)
-        # Before any work: a deleted, replaced or unledgered protected file stops the run.
-        self.ledger.check(spec, partition, self.files(dataset, partition), attributes)
+        # Before any work: a deleted or unledgered protected file (a restored `_fieldcrypt/`) stops the run; a
+        # replaced file is refused right before its own replace (never laundered), and named by verify.
+        self.ledger.check(spec, partition, self.files(dataset, partition), attributes, skip_replaced=True)
         ledger = self.ledger_step(partition, spec, attributes)
         cache = self.key_cache()
         index_keys, wrapped = self._index_keys(attributes)

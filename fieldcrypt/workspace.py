@@ -180,14 +180,17 @@ class Workspace:
         spec: DatasetSpec,
         attributes: Sequence[AttributePolicy],
         files: Sequence[str] | None = None,
+        deep: bool = False,
     ) -> None:
-        """Before any cell is decrypted (verify, reveal, dispatch): the partition against the protection ledger.
+        """Before any cell is decrypted (verify, reveal, dispatch): the partition against the protection ledger
+        (`deep`, verify: the cell digests too).
 
         A replaced file is first checked cell by cell, so a tampered cell is named with its row;
         the ledger's own finding is raised when every cell authenticates.
         """
         try:
-            self.ledger.check(spec, partition, self.files(dataset, partition) if files is None else files, attributes)
+            listed = self.files(dataset, partition) if files is None else files
+            self.ledger.check(spec, partition, listed, attributes, deep=deep)
         except LedgerError as exc:
             if exc.replaced and exc.rel is not None:
                 self._verify_cells(dataset, partition, [exc.rel])
@@ -434,10 +437,8 @@ class Workspace:
         """
         listed = self.files(dataset, partition) if files is None else list(files)
         spec, attributes = self._dataset(dataset)
-        self._check_ledger(dataset, partition, spec, attributes, listed)  # before any cell is decrypted
-        counts = self._verify_cells(dataset, partition, listed)
-        self.ledger.check(spec, partition, listed, attributes, deep=True)
-        return counts
+        self._check_ledger(dataset, partition, spec, attributes, listed, deep=True)  # before any cell is decrypted
+        return self._verify_cells(dataset, partition, listed)
 
     def _verify_cells(self, dataset: str, partition: str | None, files: Sequence[str]) -> dict[str, int]:
         """verify's cell-by-cell check of `files`: decrypt each protected cell and check its mask."""

@@ -186,9 +186,9 @@ def test_small_cell_budget_puts_several_wrapped_keys_in_the_files_dictionary(
     policy = local_workspace.policy()
     cache = DataKeyCache(provider, "acme", clock=clock, max_cells_per_key=50)
     rel = snapshot_path("users", PARTITION)
-    report = protect_file(
-        local_workspace.store, rel, policy.datasets["users"], policy.for_dataset("users"), cache, partition=PARTITION
-    )
+    spec, attributes = policy.datasets["users"], policy.for_dataset("users")
+    ledger = local_workspace.ledger_step(PARTITION, spec, attributes)  # recorded as Workspace.protect records it
+    report = protect_file(local_workspace.store, rel, spec, attributes, cache, partition=PARTITION, ledger=ledger)
     cells = report.attributes["users.email"].newly_encrypted
     expected_keys = -(-cells // 50)
     assert cells > 100

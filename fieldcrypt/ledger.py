@@ -2,9 +2,10 @@
 
 A file's own metadata only says what the file claims; an attribute dropped from it
 together with its columns, or a file rewritten by another writer, looks like any other
-file. The ledger keeps, for each file version fieldcrypt wrote, its identity (size and a
-digest of its Parquet footer) and, per protected attribute, the number of protected cells
-and a digest of their (row key, ciphertext, wrapped key, blind index) cells.
+file. The ledger keeps, for each file version fieldcrypt wrote, its identity (size, a digest
+of its Parquet footer and one of its protection columns' chunk bytes) and, per protected
+attribute, the number of protected cells and a digest of their (row key, ciphertext,
+wrapped key, blind index) cells.
 
 Sharded so that no file is hot: one shard per dataset partition,
 `_fieldcrypt/ledger/<dataset>/<partition>.json` (docs/FORMAT.md section 6c), MAC'd under
@@ -14,9 +15,10 @@ recorded in two steps around it (`recorded`): the new entry is staged before the
 and committed after, so a crash in between leaves the file readable either way.
 
 Checked by status, protect, reveal and dispatch (the partition's files against its shard:
-one shard read and one footer read per file) and by verify, which also recomputes the cell
-digests. Files fieldcrypt never wrote are not in the ledger: pending, not errors; a file
-whose metadata carries fieldcrypt's ledger mark but is not in the ledger is an error.
+one shard read, and per file its footer and protection-column chunks) and by verify, which
+also recomputes the cell digests. Files fieldcrypt never wrote are not in the ledger:
+pending, not errors; a file whose metadata carries fieldcrypt's ledger mark but is not in
+the ledger is an error. The rules, and the exact bytes: docs/FORMAT.md section 6c.
 """
 
 from __future__ import annotations

@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--unconfirmed", action="store_true", help="only intents never confirmed (a run died around a replace)"
     )
+    audit.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every record (sequence, chain, MAC); names the first missing, edited or truncated one",
+    )
 
     policy = commands.add_parser("policy", help="the workspace policy").add_subparsers(
         dest="policy_command", required=True
@@ -316,6 +321,13 @@ def run(argv: Sequence[str] | None = None) -> int:
                 }
             )
         out.finish(f"{len(workspace.datasets)} datasets declared in workspace {workspace.name}")
+    elif args.command == "audit" and args.verify:
+        chain = workspace.audit.verify()
+        head = f"seq {chain.head.seq}, digest {chain.head.digest}" if chain.head else "none"
+        print(
+            f"audit log of workspace {workspace.name}: {chain.records} chained records authentic, in sequence and "
+            f"unbroken ({chain.legacy_records} earlier records without chain fields before them); head: {head}"
+        )
     elif args.command == "audit":
         for event in workspace.audit.unconfirmed() if args.unconfirmed else workspace.audit.events():
             print(json.dumps(event, sort_keys=True))

@@ -121,7 +121,7 @@ class Workspace:
         self.bindings = BindingStore(self.store)
         self.index_keys = IndexKeyStore(self.store)
         self.retiring_index_keys = RetiringIndexKeys(self.store)  # old keys of blind-index re-indexes under way
-        self.audit = AuditLog(self.store, config.name, actor)
+        self.audit = AuditLog(self.store, config.name, actor, key_source=self.key_cache)
         self._cache: DataKeyCache | None = None
         # Threads of one run may share the workspace (the Dagster assets' ranged runs): the cache is built once.
         # Re-entrant: binding a new lake writes its first policy, which reaches the cache through key_cache().

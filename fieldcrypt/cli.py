@@ -24,6 +24,7 @@ from typing import Any
 from fieldcrypt.blind_index import NORMALIZATIONS
 from fieldcrypt.catalog import CATALOG_ENV, WORKSPACE_ENV, Catalog
 from fieldcrypt.cli_output import Output
+from fieldcrypt.enable_checks import ALLOW_ABSENT_KEY
 from fieldcrypt.errors import FieldcryptError, InputError, KeyProviderError, PolicyError
 from fieldcrypt.kernel import describe as describe_kernel
 from fieldcrypt.keystore import Keystore, new_wrapping_key, parse_base64_key, unwrap_imported_key
@@ -102,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=NORMALIZATIONS,
         default="none",
         help="with --blind-index: index values trimmed (trim), trimmed and lower-cased (email) or as E.164 (e164)",
+    )
+    enable.add_argument(
+        ALLOW_ABSENT_KEY,
+        dest="allow_absent_key",
+        action="store_true",
+        help="for a map key (col['key']): enable it although no row of the newest partition has that key yet",
     )
     enable.add_argument(
         ACK_FLAG,
@@ -276,6 +283,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             blind_index=args.blind_index,
             pad_to=args.pad_to,
             normalize=args.normalize,
+            allow_absent_key=args.allow_absent_key,
         )
         print(
             f"{entry.name}: enabled at {entry.enabled_at.isoformat()} with mask {entry.mask}; "

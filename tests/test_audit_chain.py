@@ -7,7 +7,7 @@ import json
 import shutil
 import threading
 from collections.abc import Callable
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +252,24 @@ def s3_chain(moto: str, s3_bucket: str, make_kms_key: Callable[..., str], s3: An
         workspace.audit.record("describe_key", detail=str(n))
     workspace.audit.verify()
     return workspace, s3, s3_bucket
+
+
+def test_protection_asset_run_stops_at_an_edited_newest_audit_record(tmp_path: Path) -> None:
+    """Through Dagster: the protection asset's first key use checks the audit head and fails the run by name."""
+    from dagster_support import enable, land, local_fieldcrypt, make_keystore, materialize_partition, past_day
+
+    fieldcrypt = local_fieldcrypt(tmp_path / "lake", make_keystore(tmp_path))
+    day = past_day(3)
+    land(fieldcrypt, day, timedelta(0), users=20, events=20)
+    enable(fieldcrypt, ("users.email", "email"))
+    path = max((tmp_path / "lake" / AUDIT_DIR).glob("*.jsonl"))
+    lines = path.read_bytes().rstrip(b"\n").split(b"\n")
+    edit_line(path, len(lines), lambda record: record.update(actor="someone-else"))
+    result = materialize_partition(fieldcrypt, day.isoformat(), raise_on_error=False)
+    assert not result.success
+    messages = " ".join(
+        str(event.event_specific_data.error.message)  # type: ignore[union-attr]
+        for event in result.all_events
+        if event.is_step_failure
+    )
+    assert f"{path} (last line) (seq {len(lines)}) fails authentication" in messages

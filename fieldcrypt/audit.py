@@ -254,7 +254,10 @@ class AuditLog:
 
     def _append_local(self, event: dict[str, Any], key: AuditKey, head: AuditHead) -> None:
         line = seal(event, head.seq + 1, head.digest, key)
-        rel = f"{AUDIT_DIR}/{event['time'][:10]}.jsonl"
+        # The day of the append, not of the event (a record queued or kept waiting for the lock across
+        # midnight), and never a file before the head's: records stay in sequence across files.
+        today = f"{AUDIT_DIR}/{datetime.now(UTC).strftime('%Y-%m-%d')}.jsonl"
+        rel = max(today, self._seen[0]) if self._seen is not None and head.seq else today
         self.store.append_text(rel, line.decode() + "\n")
         size = os.stat(self.store.full_path(rel)).st_size
         self._seen = (rel, size, AuditHead(head.seq + 1, line_digest(line)))

@@ -273,3 +273,15 @@ def test_protection_asset_run_stops_at_an_edited_newest_audit_record(tmp_path: P
         if event.is_step_failure
     )
     assert f"{path} (last line) (seq {len(lines)}) fails authentication" in messages
+
+
+def test_records_follow_the_head_into_a_later_named_day_file(local_workspace: Workspace, tmp_path: Path) -> None:
+    """A head in a file named after today (another host's clock ahead) is chained onto in that file, not in an
+    earlier-named one that verify would read first."""
+    local_workspace.audit.record("describe_key")
+    (today,) = (tmp_path / "lake" / AUDIT_DIR).glob("*.jsonl")
+    today.rename(today.with_name("2099-01-01.jsonl"))
+    fresh = Workspace(local_workspace.config, actor="next")
+    fresh.audit.record("describe_key", detail="after the head")
+    assert [p.name for p in (tmp_path / "lake" / AUDIT_DIR).glob("*.jsonl")] == ["2099-01-01.jsonl"]
+    assert fresh.audit.verify().records > 0

@@ -322,6 +322,7 @@ class AuditLog:
             wrapped = _wrapped_in(record, where)
             key = keys.audit_key_for(wrapped)
             check_record(record, line, key, where)
+            self._head(key)  # the newest record too, as at every open
         with contextlib.suppress(ConcurrentUpdateError):  # a concurrent writer stored the same key's copy
             self._write_key_file(wrapped, None)
         return key
@@ -429,6 +430,8 @@ class AuditLog:
             rel = f"{CHAIN_DIR}/{1:012d}.jsonl"
             stored = self.store.read_versioned(rel)
             if stored is None:
+                if self.store.list_keys_after(CHAIN_DIR, None):  # later records without their first: not a new chain
+                    raise self._key_missing()
                 return None
             line = self._one_line(stored[0], rel)
             return parse(line, self.store.display(rel)), line, self.store.display(rel)

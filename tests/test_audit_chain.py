@@ -285,3 +285,23 @@ def test_records_follow_the_head_into_a_later_named_day_file(local_workspace: Wo
     fresh.audit.record("describe_key", detail="after the head")
     assert [p.name for p in (tmp_path / "lake" / AUDIT_DIR).glob("*.jsonl")] == ["2099-01-01.jsonl"]
     assert fresh.audit.verify().records > 0
+
+
+def test_deleted_audit_key_file_is_restored_from_the_first_record(local_workspace: Workspace, tmp_path: Path) -> None:
+    """audit_key.json is a copy (for rotation); record 1 carries the key's wrapping, so a crash between the two
+    writes, or a deleted copy, does not lose the chain."""
+    local_workspace.audit.record("describe_key")
+    (tmp_path / "lake" / AUDIT_KEY_PATH).unlink()
+    fresh = Workspace(local_workspace.config, actor="next")
+    fresh.audit.record("describe_key", detail="after")
+    assert (tmp_path / "lake" / AUDIT_KEY_PATH).exists()
+    assert fresh.audit.verify().records > 2
+
+
+def test_audit_log_without_its_first_record_or_key_file_is_refused(local_workspace: Workspace, tmp_path: Path) -> None:
+    local_workspace.audit.record("describe_key")
+    (tmp_path / "lake" / AUDIT_KEY_PATH).unlink()
+    (path,) = (tmp_path / "lake" / AUDIT_DIR).glob("*.jsonl")
+    path.write_bytes(b"\n".join(path.read_bytes().split(b"\n")[1:]))
+    with pytest.raises(IntegrityError, match="their first record is gone"):
+        Workspace(local_workspace.config, actor="next").audit.record("describe_key")

@@ -58,6 +58,10 @@ AUDIT_KEY_ATTRIBUTE = "#mac"
 _LOCK = f"{AUDIT_DIR}/lock"  # LakeStore.exclusive locks the directory of this path: the audit directory
 _TAIL_BYTES = 64 * 1024  # far more than one record
 _S3_ATTEMPTS = 100  # sequence numbers lost to other writers before giving up
+# S3: every HINT_EVERY records the writer names its record here, so a process's first look at the head
+# lists the chain from near its end (one request), not from its start (one request per 1,000 records).
+HINT_PATH = "_fieldcrypt/audit_head_hint"
+HINT_EVERY = 256
 _ALLOWED_FIELDS = {
     "dataset",
     "attribute",
@@ -267,6 +271,14 @@ class AuditLog:
         rel = f"{CHAIN_DIR}/{seq:012d}.jsonl"
         self.store.write_if(rel, line + b"\n", None, "this run was appending to the audit log")
         self._seen = (rel, len(line) + 1, AuditHead(seq, line_digest(line)))
+        if seq % HINT_EVERY == 0:
+            self.store.write_bytes(HINT_PATH, rel.encode())
+
+    def _hint(self) -> str | None:
+        """S3: a chain record near the end, named by HINT_PATH (unauthenticated: only where listing starts)."""
+        stored = self.store.read_versioned(HINT_PATH)
+        hint = stored[0].decode(errors="replace") if stored else ""
+        return hint if hint.startswith(f"{CHAIN_DIR}/") and hint.endswith(".jsonl") else None
 
     # -- the key and the head ------------------------------------------------------------
 
@@ -355,14 +367,20 @@ class AuditLog:
                 if tail is not None:
                     return tail
             return None
-        chain = self.store.list_keys_after(CHAIN_DIR, self._seen[0] if self._seen else None)
-        if not chain:
-            if self._seen is None:
+        if self._seen is not None:
+            chain = self.store.list_keys_after(CHAIN_DIR, self._seen[0])
+            if not chain:
+                rel = self._seen[0]
+                if not self.store.exists(rel):
+                    raise IntegrityError(f"{self.store.display(rel)}, the newest audit record seen here, is gone")
+                return b"", "", (rel, self._seen[1])  # unchanged since our last look (recognised by the caller)
+        else:  # first look: list from the hint (a record near the end), or from the start without one
+            hint = self._hint()
+            chain = self.store.list_keys_after(CHAIN_DIR, hint) if hint else []
+            if not chain:
+                chain = [hint] if hint and self.store.exists(hint) else self.store.list_keys_after(CHAIN_DIR, None)
+            if not chain:
                 return None
-            rel = self._seen[0]
-            if not self.store.exists(rel):
-                raise IntegrityError(f"{self.store.display(rel)}, the newest audit record this process wrote, is gone")
-            return b"", "", (rel, self._seen[1])  # unchanged since our last look (recognised by the caller)
         rel = chain[-1]
         data = self.store.read_bytes(rel)
         return self._one_line(data, rel), self.store.display(rel), (rel, len(data))

@@ -305,3 +305,33 @@ def test_audit_log_without_its_first_record_or_key_file_is_refused(local_workspa
     path.write_bytes(b"\n".join(path.read_bytes().split(b"\n")[1:]))
     with pytest.raises(IntegrityError, match="their first record is gone"):
         Workspace(local_workspace.config, actor="next").audit.record("describe_key")
+
+
+def test_first_look_at_the_head_on_s3_starts_from_the_hint(
+    s3_chain: tuple[Workspace, Any, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh process finds the newest record by listing from the hint; a bogus hint costs a full listing only."""
+    import fieldcrypt.audit as audit_module
+
+    workspace, s3, bucket = s3_chain
+    monkeypatch.setattr(audit_module, "HINT_EVERY", 2)  # a hint every 2 records instead of 256, to see it used
+    for n in range(4):
+        workspace.audit.record("describe_key", detail=f"more {n}")
+    hint = s3.get_object(Bucket=bucket, Key=f"prefix/{audit_module.HINT_PATH}")["Body"].read().decode()
+    assert hint.startswith(f"{CHAIN_DIR}/")
+    newest = workspace.audit.verify().head
+    listed_after: list[str | None] = []
+    real = LakeStore.list_keys_after
+
+    def recorded(store: LakeStore, rel_dir: str, after: str | None) -> list[str]:  # passes through
+        listed_after.append(after)
+        return real(store, rel_dir, after)
+
+    monkeypatch.setattr(LakeStore, "list_keys_after", recorded)
+    fresh = Workspace(workspace.config, actor="next")
+    assert fresh.audit.head() is not None
+    assert listed_after[0] == hint and None not in listed_after
+    s3.put_object(Bucket=bucket, Key=f"prefix/{audit_module.HINT_PATH}", Body=f"{CHAIN_DIR}/999999999999.jsonl")
+    bogus = Workspace(workspace.config, actor="other")
+    head = bogus.audit.head()
+    assert newest is not None and head is not None and head.seq > newest.seq  # opening recorded its key uses

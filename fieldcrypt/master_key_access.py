@@ -50,12 +50,9 @@ def key_cache(workspace: Workspace) -> DataKeyCache:
     """
     # Always under the lock: while a new lake is bound, `_cache` is set early for this thread's re-entrant calls,
     # and another thread must not take that cache before the binding is written.
-    with workspace._cache_lock:
-        if workspace._cache is not None:
-            return workspace._cache
-        # Key uses on the way (describe, bind) are written once the audit key is in hand (fieldcrypt.audit).
-        with workspace.audit.deferred():
-            return _built_key_cache(workspace)
+    # Key uses on the way (describe, bind) are written once the audit key is in hand (fieldcrypt.audit).
+    with workspace._cache_lock, workspace.audit.deferred():
+        return _built_key_cache(workspace)
 
 
 def _built_key_cache(workspace: Workspace) -> DataKeyCache:

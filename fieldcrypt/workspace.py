@@ -414,7 +414,7 @@ class Workspace:
 
         With `row_keys` (primary-key values as text) only those rows are decrypted. The audit log
         records, per file and attribute, the cells revealed, with the workspace's actor and `reason`.
-        Refuses what `verify` refuses (fieldcrypt.read_rule), before any plaintext for the partition-wide part.
+        Refuses what `verify` refuses (fieldcrypt.read_rule); a repeated primary key before any plaintext exists.
         """
         spec, enabled = self._dataset(dataset)
         chosen = [a for a in enabled if a.name in attributes or a.path in attributes]
@@ -423,16 +423,17 @@ class Workspace:
             raise InputError(f"{', '.join(sorted(unknown))} not enabled for {dataset}")
         if row_keys is not None and len(spec.primary_key) != 1:
             raise InputError(f"{dataset} has no single-column primary key: rows cannot be chosen by key")
-        wanted = None if row_keys is None else pa.array([key.encode() for key in row_keys], pa.binary())
+        choice = None
+        if row_keys is not None:  # decrypt the chosen rows only
+            wanted = pa.array([key.encode() for key in row_keys], pa.binary())
 
-        def is_wanted(batch: pa.RecordBatch) -> pa.BooleanArray:
-            assert wanted is not None
-            keys = row_key_bytes(batch, spec.primary_key, "batch").cast(pa.binary())
-            result: pa.BooleanArray = pc.fill_null(pc.is_in(keys, value_set=wanted), False)
-            return result
+            def is_wanted(batch: pa.RecordBatch) -> pa.BooleanArray:
+                keys = row_key_bytes(batch, spec.primary_key, f"{dataset} rows chosen by key").cast(pa.binary())
+                result: pa.BooleanArray = pc.fill_null(pc.is_in(keys, value_set=wanted), False)
+                return result
 
+            choice = RowChoice(lambda parquet: range(parquet.num_row_groups), is_wanted)
         files = self.files(dataset, partition)
-        choice = None if wanted is None else RowChoice(lambda parquet: range(parquet.num_row_groups), is_wanted)
         check_partition(self.store, files, spec, enabled, self.partition_display(dataset, partition), choice)
         keys = self._read_keys(chosen)
         for rel in files:
@@ -440,8 +441,8 @@ class Workspace:
             with open_parquet(self.store, rel) as parquet:
                 for index, batch in enumerate(row_groups(parquet, where)):
                     at = f"{where} row group {index}"
-                    if wanted is not None:  # decrypt the chosen rows only
-                        batch = batch.filter(is_wanted(batch))
+                    if choice is not None:
+                        batch = batch.filter(choice.rows(batch))
                         if batch.num_rows == 0:
                             continue
                     self._audit_decryption("reveal", batch, chosen, partition, reason=reason)

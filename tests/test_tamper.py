@@ -274,3 +274,11 @@ def test_reveal_of_a_repeated_row_key_is_refused(lake: Lake) -> None:
     key = str(lake.cell("user_id", lake.rows[1]))
     with pytest.raises(IntegrityError, match="repeats on"):
         list(lake.workspace.reveal("users", PARTITION, ["email"], row_keys=[key], reason="test"))
+
+
+def test_row_copied_within_its_own_file_is_refused(lake: Lake) -> None:
+    # Its cells authenticate (same key, same data key); protection refuses such a file, reads do too.
+    lake.table = pa.concat_tables([lake.table, lake.table.take([lake.rows[1]])])
+    pq.write_table(lake.table, lake.path)
+    copy = lake.table.num_rows - 1
+    assert f"part-0.parquet row group 0 row {copy}" in lake.refused(match="repeats on")

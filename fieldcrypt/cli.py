@@ -353,6 +353,7 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
     if chosen:
         for key in chosen:
             layout.check_partition(key)
+            workspace.landed_files(dataset, key)  # a named partition that holds nothing is an error, not "0 cells"
         partitions = [*chosen]
     else:
         partitions = workspace.partitions(dataset)

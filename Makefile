@@ -65,7 +65,8 @@ bench: $(STAMP)
 bench-scale: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) bench/scale.py --partitions 1000 10000 --s3-partitions 1000 --backfill 1000 --driver 1000 10000
 
-# dagster dev on loopback with a persistent instance under the project; after `make demo` it opens the
+# dagster dev on loopback with a persistent instance under the project (scripts/dagster_ui.py: Ctrl-C or SIGTERM
+# stops it and every process it started); after `make demo` it opens the
 # demo's lake, key and runs (demo-workspace/dagster.env), otherwise the catalog's (fieldcrypt.yaml) defaults.
 ui: $(STAMP)
 	mkdir -p $(DEMO_DIR)/dagster_home
@@ -73,7 +74,7 @@ ui: $(STAMP)
 	set -a; if [ -f $(DEMO_DIR)/dagster.env ]; then . ./$(DEMO_DIR)/dagster.env; fi; set +a; \
 	export DAGSTER_HOME=$(CURDIR)/$(DEMO_DIR)/dagster_home; \
 	$(VENV)/bin/dagster instance concurrency set kms_demo $(KMS_POOL_LIMIT) && \
-	exec $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
+	exec $(PY) scripts/dagster_ui.py -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
 
 clean:
 	rm -rf $(DEMO_DIR)

@@ -263,7 +263,8 @@ class Catalog:
             text = chosen.read_text()
         except FileNotFoundError:
             raise ConfigError(
-                f"no catalog at {chosen}: create it (see fieldcrypt.yaml in the project) or set {CATALOG_ENV}"
+                f"no catalog at {chosen.absolute()}: create it (see fieldcrypt.yaml in the project), "
+                f"pass its path with --catalog or set {CATALOG_ENV}"
             ) from None
         except OSError as exc:
             raise ConfigError(f"catalog {chosen} cannot be read ({exc.strerror})") from None

@@ -24,7 +24,7 @@ from typing import Any
 from fieldcrypt.blind_index import NORMALIZATIONS
 from fieldcrypt.catalog import CATALOG_ENV, WORKSPACE_ENV, Catalog
 from fieldcrypt.cli_output import Output
-from fieldcrypt.errors import FieldcryptError, InputError, KeyProviderError, PolicyError
+from fieldcrypt.errors import ConfigError, FieldcryptError, InputError, KeyProviderError, PolicyError
 from fieldcrypt.kernel import describe as describe_kernel
 from fieldcrypt.keystore import Keystore, new_wrapping_key, parse_base64_key, unwrap_imported_key
 from fieldcrypt.layout import partition_label
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--catalog", help=f"catalog file (default: ${CATALOG_ENV} or ./fieldcrypt.yaml)")
     parser.add_argument("--workspace", help=f"workspace of the catalog (default: ${WORKSPACE_ENV} or its default)")
     parser.add_argument("--lake", help="override: local folder or s3://bucket/prefix")
-    parser.add_argument("--provider", choices=["local", "aws-kms"], help="override: key provider")
+    parser.add_argument("--provider", choices=["local", "aws-kms", "pkcs11"], help="override: key provider")
     parser.add_argument("--keystore", help="override: local keystore file")
     parser.add_argument("--kms-key", help="override: KMS key ARN")
     parser.add_argument("--kms-endpoint-url", help="override: KMS-compatible endpoint")
@@ -192,7 +192,12 @@ def _config(args: argparse.Namespace) -> WorkspaceConfig:
     for flag, variable in _OVERRIDE_FLAGS.items():
         if getattr(args, flag):
             environ[variable] = getattr(args, flag)
-    return Catalog.load(args.catalog, environ).workspace_config()
+    try:
+        return Catalog.load(args.catalog, environ).workspace_config()
+    except ConfigError as exc:
+        if args.workspace:  # the catalog names the variable the flag was passed through; the user typed the flag
+            raise ConfigError(str(exc).replace(f"({WORKSPACE_ENV})", "(--workspace)")) from None
+        raise
 
 
 def _workspace(args: argparse.Namespace) -> Workspace:
@@ -206,8 +211,8 @@ def _keystore_path(config: WorkspaceConfig) -> Path:
     return Path(config.key.keystore_path)
 
 
-def _print(obj: object) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+def _print(obj: object, compact: bool = False) -> None:
+    print(json.dumps(obj, default=str) if compact else json.dumps(obj, indent=2, default=str))
 
 
 def _run_key(args: argparse.Namespace) -> None:
@@ -242,7 +247,8 @@ def _run_key(args: argparse.Namespace) -> None:
                 {"version": v.version, "origin": v.origin, "state": v.state, "created_at": v.created_at}
                 for v in store.versions.values()
             ],
-        }
+        },
+        compact=args.json,
     )
 
 
@@ -353,6 +359,7 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
     if chosen:
         for key in chosen:
             layout.check_partition(key)
+            workspace.landed_files(dataset, key)  # a named partition that holds nothing is an error, not "0 cells"
         partitions = [*chosen]
     else:
         partitions = workspace.partitions(dataset)
@@ -367,7 +374,7 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
             rows = row_of(workspace, dataset, partition)
         except FieldcryptError as exc:
             failed += 1
-            print(f"fieldcrypt: error: {dataset} {partition_label(partition)}: {exc}", file=sys.stderr)
+            print(f"fieldcrypt: error: {dataset} {partition_label(partition)}: {_named(exc)}", file=sys.stderr)
             continue
         for row in rows:
             rows_seen.append(row)
@@ -568,7 +575,7 @@ def _rotate(workspace: Workspace, args: argparse.Namespace) -> None:
             )
             return
         if last is None:
-            print(f"no rotation campaign yet; {status.scanned} partitions scanned")
+            print("no rotation campaign yet")
         elif last.status == "complete":
             print(f"last campaign {last.campaign_id}: {last.old.ref} -> {last.new.ref}, complete at {last.finished_at}")
         else:
@@ -608,11 +615,16 @@ def _private_output(path: Path) -> Any:
     return os.fdopen(fd, "w")
 
 
+def _named(exc: FieldcryptError) -> str:
+    """The error as Dagster shows it: its class (what a runbook or a script matches on), then its message."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         sys.exit(run(argv))
     except FieldcryptError as exc:
-        print(f"fieldcrypt: error: {exc}", file=sys.stderr)
+        print(f"fieldcrypt: error: {_named(exc)}", file=sys.stderr)
         sys.exit(2)
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away: stop quietly, without a traceback at interpreter exit.

@@ -30,10 +30,11 @@ from fieldcrypt.errors import (
     InputError,
     KeyProviderError,
     PolicyError,
+    RowNotFoundError,
     VerificationError,
 )
 from fieldcrypt.keystore import Keystore
-from fieldcrypt.layout import DatasetLayout
+from fieldcrypt.layout import DatasetLayout, partition_label
 from fieldcrypt.mask import mask_values
 from fieldcrypt.parquet_io import open_parquet, read_ahead, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
@@ -257,6 +258,26 @@ class Workspace:
         """The data files of one partition, relative to the lake; empty for an empty partition."""
         return self.layout(dataset).files(self.store, partition)
 
+    def landed_files(self, dataset: str, partition: str | None) -> list[str]:
+        """The data files of a partition someone named; a named error when it holds none.
+
+        A date typo must not pass a scripted check as "verified 1 partition, 0 cells": the
+        error says whether the key is outside the declared partitions or nothing landed there.
+        """
+        layout = self.layout(dataset)
+        files = layout.files(self.store, partition)
+        if files:
+            return files
+        where = self.partition_display(dataset, partition)
+        if partition is not None and layout.partitions_start is not None:
+            start = layout.partitioning.key_of(layout.partitions_start)
+            if partition < start:
+                raise InputError(
+                    f"partition {partition} of {dataset} is before the dataset's first partition {start} "
+                    f"(nothing under {where})"
+                )
+        raise InputError(f"partition {partition_label(partition)} of {dataset} has no data files under {where}")
+
     def partition_display(self, dataset: str, partition: str | None) -> str:
         return self.store.display(self.layout(dataset).partition_dir(partition))
 
@@ -418,9 +439,14 @@ class Workspace:
             raise InputError(f"{', '.join(sorted(unknown))} not enabled for {dataset}")
         if row_keys is not None and len(spec.primary_key) != 1:
             raise InputError(f"{dataset} has no single-column primary key: rows cannot be chosen by key")
+        files = self.landed_files(dataset, partition)
+        if row_keys is not None:
+            with open_parquet(self.store, files[0]) as first:
+                row_keys = _canonical_row_keys(row_keys, first.schema_arrow, spec.primary_key[0], dataset)
         wanted = None if row_keys is None else pa.array([key.encode() for key in row_keys], pa.binary())
+        found: set[bytes] = set()
         cache = self.key_cache()
-        for rel in self.files(dataset, partition):
+        for rel in files:
             where = self.store.display(rel)
             with open_parquet(self.store, rel) as parquet:
                 for index, batch in enumerate(row_groups(parquet, where)):
@@ -430,10 +456,18 @@ class Workspace:
                         batch = batch.filter(pc.is_in(keys, value_set=wanted))
                         if batch.num_rows == 0:
                             continue
+                        found.update(row_key_bytes(batch, spec.primary_key, at).cast(pa.binary()).to_pylist())
                     self._audit_decryption("reveal", batch, chosen, partition, reason=reason)
                     columns = {a.name: reveal(batch, spec, a, cache, at, partition) for a in chosen}
                     columns = {key: batch.column(key) for key in spec.primary_key} | columns
                     yield pa.RecordBatch.from_pydict(columns)
+        missing = [key for key in row_keys or () if key.encode() not in found]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise RowNotFoundError(
+                f"{len(missing)} of {len(row_keys or ())} row keys not found in {dataset} "
+                f"{partition_label(partition)}: {shown}"
+            )
 
     def dispatch(
         self,
@@ -608,3 +642,29 @@ class Workspace:
             + ("legacy policy authenticated" if legacy is not None else "missing policy replaced by an empty one"),
         )
         return policy
+
+
+def _canonical_row_keys(row_keys: Sequence[str], schema: pa.Schema, column: str, dataset: str) -> list[str]:
+    """Typed primary-key values as text, in the canonical form cells bind (`007` -> `7` for an integer key);
+    a named error for a value the key column's type cannot hold (`abc` for an int64 key)."""
+    index = schema.get_field_index(column)
+    if index < 0:
+        raise InputError(f"{dataset}: primary-key column {column!r} not found")
+    key_type = schema.field(index).type
+    try:
+        typed = pa.array(list(row_keys), pa.string()).cast(key_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        bad = [key for key in row_keys if not _fits(key, key_type)]
+        raise InputError(
+            f"row key {', '.join(bad[:5]) or '?'} is not a {key_type} value: the primary key {column!r} of "
+            f"{dataset} is {key_type}"
+        ) from None
+    return [str(value) for value in typed.to_pylist()]
+
+
+def _fits(key: str, key_type: pa.DataType) -> bool:
+    try:
+        pa.array([key], pa.string()).cast(key_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True

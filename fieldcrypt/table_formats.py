@@ -35,10 +35,10 @@ def refuse_table_format(store: LakeStore, dataset: str, directory: str, listing:
     found = _in_listing(directory, listing) or _at_or_above(store, directory)
     if found is not None:
         kind, log = found
-        name = "_delta_log" if kind == DELTA else "metadata/"
+        name, article = ("_delta_log", "a") if kind == DELTA else ("metadata/", "an")
         raise InputError(
-            f"{dataset} is a {kind} table ({name} at {store.display(log)}): it cannot be rewritten file by file; "
-            "fieldcrypt has read and written nothing of it"
+            f"{dataset} is {article} {kind} table ({name} at {store.display(log)}): it cannot be rewritten file "
+            "by file (its log's sizes and statistics would go stale); fieldcrypt read and wrote nothing of it"
         )
 
 

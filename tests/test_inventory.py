@@ -188,3 +188,29 @@ def test_partition_key_starting_with_underscore_is_refused_when_the_catalog_load
 
     with pytest.raises(ConfigError, match=r"datasets.users.partitioning.key: .*partition key '_dt' starts with '_'"):
         Catalog.load(catalog, environ={})
+
+
+def test_dagster_protection_of_a_date_is_not_tripped_by_the_null_partition(
+    local_workspace: Workspace, enable_at: Callable[..., Any], cli: list[str]
+) -> None:
+    import dagster as dg
+
+    from assets import build_assets
+    from resources import FieldcryptResource
+
+    null = users_dir(local_workspace) / f"date={HIVE_DEFAULT_PARTITION}"
+    null.mkdir()
+    shutil.copy(sample_file(local_workspace), null / "part-0.parquet")
+    enable_at(local_workspace, "users.email", "email", at=LONG_AGO)
+    fieldcrypt = FieldcryptResource(catalog_path=cli[1], workspace_name="acme")
+
+    result = dg.materialize(
+        [build_assets(fieldcrypt.config()).protected["users"]],
+        partition_key=DAY,
+        resources=fieldcrypt.as_resources(),
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+
+    assert result.success
+    assert local_workspace.status("users", DAY).attributes["users.email"].pending == 0
+    assert local_workspace.status("users", HIVE_DEFAULT_PARTITION).attributes["users.email"].pending > 0

@@ -247,9 +247,14 @@ class DatasetLayout:
             dict(store.list_all(directory)) if listing is None else dict.fromkeys(listing)
         )
         refuse_table_format(store, self.name, directory, found)
-        return classify(store, self.name, self.path, found, lambda rel, parts: self._partition_of(store, rel, parts))
+        keys: dict[tuple[str, ...], str] = {}  # a partition's directories are parsed once, not once per file
+        return classify(
+            store, self.name, self.path, found, lambda rel, parts: self._partition_of(store, rel, parts, keys)
+        )
 
-    def _partition_of(self, store: LakeStore, rel: str, parts: list[str]) -> str | None:
+    def _partition_of(
+        self, store: LakeStore, rel: str, parts: list[str], keys: dict[tuple[str, ...], str]
+    ) -> str | None:
         if not self.partitioning.partitioned:
             return None
         levels = len(self.partitioning.levels)
@@ -258,7 +263,12 @@ class DatasetLayout:
                 f"{store.display(rel)} is not inside a partition directory of {self.name} "
                 f"({'/'.join(f'{lv.key}=...' for lv in self.partitioning.levels)})"
             )
-        return self.partitioning.key_of_directories(parts[:levels], store.display(rel))
+        directories = tuple(parts[:levels])
+        if directories not in keys:
+            keys[directories] = self.partitioning.key_of_directories(list(directories), store.display(rel))
+        return keys[directories]
 
-    def _order(self, key: str | None) -> datetime:
-        return datetime.min.replace(tzinfo=UTC) if key is None else self.partitioning.parse_key(key)
+    @staticmethod
+    def _order(key: str | None) -> tuple[bool, str]:
+        """Oldest first: canonical keys sort by time as text; the null partition before them all."""
+        return (key != HIVE_DEFAULT_PARTITION, key or "")

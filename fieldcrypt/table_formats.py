@@ -9,8 +9,8 @@ lies inside one, is refused before anything is read or written.
 Where the log can be, relative to the declared dataset directory:
 - below it (the catalog points at the table's root, or at a folder holding tables): seen in
   the dataset's own listing;
-- at it or at one of its ancestors up to the lake root (the catalog points at the table's
-  `data/` folder or a partition below its root): probed with one `get_file_info` call over
+- at one of its ancestors up to the lake root (the catalog points at the table's `data/`
+  folder or a partition below its root): probed with one `get_file_info` call over
   `<dir>/_delta_log` and `<dir>/metadata` for each ancestor, plus one listing of a
   `metadata/` folder found there (to tell an Iceberg table from a folder named `metadata`).
 """
@@ -55,10 +55,9 @@ def _in_listing(directory: str, listing: Iterable[str]) -> tuple[str, str] | Non
 
 
 def _at_or_above(store: LakeStore, directory: str) -> tuple[str, str] | None:
-    folders = []
+    # `directory` itself is covered by its listing (`_in_listing`): its ancestors only, nearest first.
     parts = directory.split("/") if directory else []
-    for end in range(len(parts), -1, -1):
-        folders.append("/".join(parts[:end]))
+    folders = ["/".join(parts[:end]) for end in range(len(parts) - 1, -1, -1)]
     probes = [_join(folder, name) for folder in folders for name in (DELTA_LOG_DIR, ICEBERG_METADATA_DIR)]
     infos = store.filesystem.get_file_info([store.full_path(probe) for probe in probes])
     for probe, info in zip(probes, infos, strict=True):

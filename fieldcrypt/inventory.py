@@ -99,6 +99,12 @@ class Inventory:
     def checksums(self) -> list[str]:
         return [entry.rel for entry in self.of_kind(CHECKSUM)]
 
+    def checksum_of(self, data_file: str) -> str | None:
+        """The Hadoop checksum file (`.<name>.crc` beside it) of a data file, if the inventory holds one."""
+        head, _, name = data_file.rpartition("/")
+        candidate = f"{head}/.{name}.crc" if head else f".{name}.crc"
+        return candidate if candidate in self.checksums else None
+
     @property
     def summaries(self) -> list[str]:
         return [entry.rel for entry in self.of_kind(SUMMARY)]

@@ -119,6 +119,7 @@ def test_engine_markers_checksums_summaries_and_temps_are_classified_and_only_da
         f"date={DAY}/.part-0.parquet{TEMP_MARKER}0a1b2c": TEMP,
     }
     assert inventory.data == {DAY: [snapshot_path("users", DAY)]}
+    assert inventory.checksum_of(snapshot_path("users", DAY)) == f"users/date={DAY}/.part-0.parquet.crc"
     assert local_workspace.partitions("users") == [DAY]
 
 

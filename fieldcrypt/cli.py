@@ -383,7 +383,13 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
                 summed[key] = summed.get(key, 0) + int(row.get(key) or 0)
     done = len(partitions) - failed
     summary = _summary(command, done, summed, failed)
-    if command == "status" and not failed:
+    temps_left = sum({row["partition"]: row.get("temp_files_left", 0) for row in rows_seen}.values())
+    if command == "status" and temps_left:
+        summary += (
+            f"\n{temps_left:,} temporary files of runs still under way are left (they may hold plaintext "
+            "copies); run status again once those runs end"
+        )
+    if command == "status" and not failed and not temps_left:
         fully = sorted(_fully_protected(rows_seen))
         summary += "".join(f"\n{name}: fully protected, no plaintext left" for name in fully)
     out.finish(summary, {"partitions": done, "failed": failed, **summed})
@@ -432,6 +438,7 @@ def _status_rows(workspace: Workspace, dataset: str, partition: str | None) -> l
             "pending": counts.pending,
             "historical_plaintext": counts.historical_plaintext,
             "null": counts.null_values,
+            "temp_files_left": report.temp_files_left,
         }
         for name, counts in report.attributes.items()
     ] or [_no_attribute_row(report, partition)]
@@ -505,7 +512,17 @@ _COMMANDS: dict[str, tuple[Callable[[Workspace, str, str | None], list[dict[str,
     ),
     "status": (
         _status_rows,
-        ["partition", "attribute", "files", "rows", "protected", "pending", "historical_plaintext", "null"],
+        [
+            "partition",
+            "attribute",
+            "files",
+            "rows",
+            "protected",
+            "pending",
+            "historical_plaintext",
+            "null",
+            "temp_files_left",
+        ],
         ["protected", "pending", "historical_plaintext"],
     ),
     "verify": (_verify_rows, ["partition", "attribute", "files", "cells_verified"], ["cells_verified"]),

@@ -64,6 +64,7 @@ class ProtectReport:
 
     files: int = 1
     files_rewritten: int = 0
+    temp_files_left: int = 0  # status: temporary files of live runs (or too young on S3) that could not be swept
 
     @property
     def newly_encrypted(self) -> int:
@@ -198,7 +199,7 @@ def protect_file(
     report = ProtectReport(where, attributes={a.name: AttributeCounts() for a in attributes})
     report.master_key = cache.master_key.ref
 
-    temp = store.temp_path(rel)
+    temp = store.create_temp(rel)  # flock-held until released: a sweeper leaves it alone while this run lives
     try:
         with open_parquet(store, rel) as source:
             schema = _protected_schema(source.schema_arrow, attributes)
@@ -230,7 +231,7 @@ def protect_file(
             intent = before_replace(store, rel, attributes, cache, dataset.name, partition, expected)
             store.replace_if(temp, rel, original_version, "it was being protected")
     finally:
-        store.delete(temp)
+        store.release_temp(temp)
 
     wrapped_keys: set[bytes] = set()
     for row_group in expected:

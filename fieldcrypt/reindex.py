@@ -139,7 +139,7 @@ def reindex_file(
         return report
     rewritten = ReindexReport(where, files=1, files_rewritten=1)
     store.sweep_temps(rel)
-    temp = store.temp_path(rel)
+    temp = store.create_temp(rel)  # flock-held until released: a sweeper leaves it alone while this run lives
     try:
         with open_parquet(store, rel) as source:
             digests = _write(store, temp, source, dataset, attributes, targets, keys, cache, partition, rewritten)
@@ -150,7 +150,7 @@ def reindex_file(
         intent = before_replace(store, rel, attributes, cache, dataset.name, partition, operation="reindex")
         store.replace(temp, rel)
     finally:
-        store.delete(temp)
+        store.release_temp(temp)
     if cache.audit is not None:
         for name, cells in rewritten.reindexed.items():
             cache.audit.record(

@@ -123,7 +123,7 @@ def rotate_file(
     mapping = {value: cache.rewrap(value, dataset.name, stored[value][1].path, partition) for value in stale}
     report.rewrapped = len(mapping)
 
-    temp = store.temp_path(rel)
+    temp = store.create_temp(rel)  # flock-held until released: a sweeper leaves it alone while this run lives
     try:
         with open_parquet(store, rel) as source:
             schema = source.schema_arrow
@@ -150,7 +150,7 @@ def rotate_file(
             intent = before_replace(store, rel, attributes, cache, dataset.name, partition, None, "rotate_partition")
             store.replace_if(temp, rel, original_version, "it was being rotated")
     finally:
-        store.delete(temp)
+        store.release_temp(temp)
     if cache.audit is not None:
         cache.audit.record(
             "rotate_partition",

@@ -278,6 +278,16 @@ class Workspace:
                 )
         raise InputError(f"partition {partition_label(partition)} of {dataset} has no data files under {where}")
 
+    def swept_files(self, dataset: str, partition: str | None) -> tuple[list[str], int]:
+        """The data files of one partition, after deleting the temporary files dead runs left in it (their
+        plaintext copies), and how many temporary files are left: held by a live run, or, on S3 (no locks),
+        younger than store.STALE_TEMP_SECONDS."""
+        layout = self.layout(dataset)
+        layout.check_partition(partition)
+        inventory = layout.inventory(self.store, partition)
+        left = sum(not self.store.sweep_temp(temp.rel, temp.version) for temp in inventory.temps)
+        return inventory.files, left
+
     def partition_display(self, dataset: str, partition: str | None) -> str:
         return self.store.display(self.layout(dataset).partition_dir(partition))
 
@@ -301,13 +311,17 @@ class Workspace:
             )
         return spec or layout.spec, attributes
 
-    def _each_file(self, dataset: str, partition: str | None, work: Callable[[str], Result]) -> list[Result]:
-        """`work(rel)` for each file of a partition, a few at a time; every file is tried.
+    def _each_file(
+        self, dataset: str, partition: str | None, work: Callable[[str], Result], files: Sequence[str] | None = None
+    ) -> list[Result]:
+        """`work(rel)` for each file of a partition (`files`, or those listed after a sweep of the temporary
+        files dead runs left), a few at a time; every file is tried.
 
         Files are independent (each verified and replaced on its own), so one failing file
         does not stop the others; the first failure is raised afterwards, naming how many failed.
         """
-        files = self.files(dataset, partition)
+        if files is None:
+            files = self.swept_files(dataset, partition)[0]
         if len(files) <= 1:
             return [work(rel) for rel in files]
         results: list[Result] = []
@@ -395,10 +409,17 @@ class Workspace:
         return keys, {a.name: stored[a.name] for a in wanted}
 
     def status(self, dataset: str, partition: str | None) -> ProtectReport:
-        """Per-attribute counts of a partition, summed over its files, without changing anything."""
+        """Per-attribute counts of a partition, summed over its files, without changing any data file.
+
+        Temporary files left by dead runs are deleted first; `temp_files_left` counts those that cannot
+        be yet (a live run's), since they may hold plaintext copies.
+        """
         spec, attributes = self._dataset(dataset)
-        reports = self._each_file(dataset, partition, lambda rel: scan_file(self.store, rel, spec, attributes))
-        return ProtectReport.total(self.partition_display(dataset, partition), reports)
+        files, temps_left = self.swept_files(dataset, partition)
+        reports = self._each_file(dataset, partition, lambda rel: scan_file(self.store, rel, spec, attributes), files)
+        report = ProtectReport.total(self.partition_display(dataset, partition), reports)
+        report.temp_files_left = temps_left
+        return report
 
     def verify(self, dataset: str, partition: str | None, files: Sequence[str] | None = None) -> dict[str, int]:
         """Decrypt every protected cell of a partition in memory and check its mask; counts per attribute.

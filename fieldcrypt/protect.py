@@ -64,6 +64,9 @@ class ProtectReport:
 
     files: int = 1
     files_rewritten: int = 0
+    # Summary files (fieldcrypt.summary_files): removed before a replace; found by a status scan.
+    summary_files_removed: list[str] = field(default_factory=list)
+    summary_files_present: list[str] = field(default_factory=list)
 
     @property
     def newly_encrypted(self) -> int:
@@ -80,6 +83,7 @@ class ProtectReport:
             summed.seconds += report.seconds
             summed.files_rewritten += report.files_rewritten
             summed.master_key = summed.master_key or report.master_key
+            summed.summary_files_removed = sorted({*summed.summary_files_removed, *report.summary_files_removed})
             for name, counts in report.attributes.items():
                 into = summed.attributes.setdefault(name, AttributeCounts())
                 for counter in vars(counts):
@@ -167,6 +171,7 @@ def protect_file(
     attributes: Sequence[AttributePolicy],
     cache: DataKeyCache,
     *,
+    dataset_root: str,
     partition: str | None = None,
     sample_per_row_group: int = 32,
     index_keys: Mapping[str, BlindIndexKey] | None = None,
@@ -174,6 +179,8 @@ def protect_file(
 ) -> ProtectReport:
     """Encrypt every pending cell of `rel` and replace it atomically.
 
+    `dataset_root` is the dataset's directory: the summary files between it and `rel` are removed
+    before the replace (fieldcrypt.summary_files).
     `index_keys` holds the unwrapped blind-index key of each attribute that has one;
     `before_replace_check(where)` runs under the file's lock right before the replace and
     may refuse it (the workspace checks those index keys are still the current ones).
@@ -227,7 +234,9 @@ def protect_file(
                 )
             if before_replace_check is not None:
                 before_replace_check(where)
-            intent = before_replace(store, rel, attributes, cache, dataset.name, partition, expected)
+            intent, removed = before_replace(
+                store, rel, attributes, cache, dataset.name, partition, expected, dataset_root=dataset_root
+            )
             store.replace_if(temp, rel, original_version, "it was being protected")
     finally:
         store.delete(temp)
@@ -256,6 +265,7 @@ def protect_file(
     confirm_replace(cache, intent, dataset.name, partition, report.newly_encrypted)
     report.rewritten = True
     report.files_rewritten = 1
+    report.summary_files_removed = removed
     report.data_keys = len(wrapped_keys)
     report.kms_calls = cache.calls.total - calls_before
     report.seconds = time.perf_counter() - started

@@ -168,10 +168,46 @@ def test_status_on_the_command_line_names_the_summary_files_present(
 
     code = cli_run(["--catalog", fieldcrypt.catalog_path, "status", "users"])
 
+    assert code == 0
+    assert f"summary files present: {lake}/_common_metadata, {lake}/_metadata" in capsys.readouterr().out
+
+
+def test_status_does_not_say_no_plaintext_left_while_summary_files_are_present(
+    lake: Path, tmp_path: Path, keystore_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Their statistics are not read: status cannot tell whether they hold plaintext."""
+    fieldcrypt = catalog_fieldcrypt(
+        tmp_path, str(tmp_path / "lake"), {"provider": "local", "keystore": str(keystore_path)}, datasets=DATASETS
+    )
+    workspace = fieldcrypt.workspace("test")
+    workspace.enable("users.email", "email", acknowledge_irreversible=True)
+    workspace.encrypt_history("users.email", acknowledge_irreversible=True)
+    for day in DAYS:
+        workspace.protect("users", day)
+    write_pyarrow_summary_files(lake)
+
+    code = cli_run(["--catalog", fieldcrypt.catalog_path, "status", "users"])
+
     out = capsys.readouterr().out
     assert code == 0
-    assert f"summary files present: {lake}/_common_metadata, {lake}/_metadata" in out
+    assert "users.email: every data file fully protected" in out
     assert "no plaintext left" not in out
+
+
+def test_encrypting_history_removes_the_summary_files_above_the_files_it_replaces(
+    lake: Path, workspace: Workspace
+) -> None:
+    workspace.enable("users.email", "email", acknowledge_irreversible=True)
+    for day in DAYS:
+        workspace.protect("users", day)
+    write_pyarrow_summary_files(lake)
+    workspace.encrypt_history("users.email", acknowledge_irreversible=True)
+
+    report = workspace.protect("users", DAYS[0])
+
+    assert report.files_rewritten > 0
+    assert report.summary_files_removed == summary_files(workspace)
+    assert not any((lake / name).exists() for name in SUMMARY)
 
 
 def test_the_dagster_protection_names_the_summary_files_it_removed(

@@ -5,7 +5,8 @@ files and every subdirectory included) is searched as stored, and then in every 
 reader could decompress or decode it into:
 - Parquet (`PAR1` ... `PAR1`): the footer, and for every column chunk of every row group each
   page header and each page body decompressed with the chunk's codec (dictionary pages, v1
-  and v2 data pages), the column index, offset index and bloom filter as stored, and every
+  and v2 data pages), the column index, offset index and bloom filter as stored, whether the
+  bloom filter of a byte-array column admits a plaintext (a membership test), and every
   value decoded by pyarrow (so a prefix-compressed `DELTA_BYTE_ARRAY` page cannot hide one);
   the footer and page headers are parsed with the parquet-format Thrift IDL
   (`tests/parquet.thrift`, upstream apache/parquet-format) through thriftpy2;
@@ -43,6 +44,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # parquet-format CompressionCodec -> pyarrow codec name (LZ4 is Hadoop's framing of lz4 blocks).
 CODECS = {0: None, 1: "snappy", 2: "gzip", 4: "brotli", 5: "lz4_hadoop", 6: "zstd", 7: "lz4_raw"}
 PAGE_TYPES = {0: "data page", 1: "index page", 2: "dictionary page", 3: "data page v2"}
+BYTE_ARRAY = 6  # parquet-format Type
 
 
 class ScanError(Exception):
@@ -66,6 +68,7 @@ class Plaintexts:
         if not texts:
             raise ValueError("no plaintext to look for")
         self.count = len(texts)
+        self.texts = texts
         self._bytes = re.compile(b"|".join(re.escape(t.encode()) for t in texts))
 
     def matches(self, data: bytes | bytearray | memoryview) -> int:
@@ -175,6 +178,8 @@ def _scan_parquet(data: bytes, sought: Plaintexts, within: str) -> Iterator[tupl
                 if offset is not None:
                     end = offset + length if length is not None else _bloom_filter_end(data, offset)
                     yield f"{at} {name}", sought.matches(data[offset:end])
+            if meta.bloom_filter_offset is not None and meta.type == BYTE_ARRAY:
+                yield f"{at} bloom filter admits", bloom_filter_admits(data, meta.bloom_filter_offset, sought)
     if metadata.row_groups and not any(c.file_path for g in metadata.row_groups for c in g.columns or []):
         yield from _scan_values(data, sought, within)
 
@@ -223,6 +228,79 @@ def _decompress(body: bytes, size: int, codec: str) -> bytes:
             at += 8 + block_size
         return out.getvalue()
     return bytes(pa.decompress(body, decompressed_size=size, codec=codec))
+
+
+def bloom_filter_admits(data: bytes, offset: int, sought: Plaintexts) -> int:
+    """How many of the plaintexts a split-block bloom filter says may be in its column (parquet-format
+    BloomFilter.md: xxHash64 of the plain-encoded value, seed 0). A false positive is possible (the
+    writer's fpp per plaintext); a false negative is not, so 0 proves none of them is in the column."""
+    header, bitset_at = read_struct(data, offset, parquet_format.BloomFilterHeader)
+    bitset = data[bitset_at : bitset_at + header.numBytes]
+    blocks = len(bitset) // 32
+    admitted = 0
+    for text in sought.texts:
+        value = xxh64(text.encode())
+        block = ((value >> 32) * blocks) >> 32
+        words = struct.unpack_from("<8I", bitset, block * 32)
+        key = value & _MASK32
+        admitted += all(words[i] >> (((key * salt) & _MASK32) >> 27) & 1 for i, salt in enumerate(_SALT))
+    return admitted
+
+
+_SALT = (0x47B6137B, 0x44974D91, 0x8824AD5B, 0xA2B7289D, 0x705495C7, 0x2DF1424B, 0x9EFC4947, 0x5C6BFB31)
+_MASK32 = (1 << 32) - 1
+_MASK64 = (1 << 64) - 1
+_P1, _P2, _P3, _P4, _P5 = (
+    0x9E3779B185EBCA87,
+    0xC2B2AE3D27D4EB4F,
+    0x165667B19E3779F9,
+    0x85EBCA77C2B2AE63,
+    0x27D4EB2F165667C5,
+)
+
+
+def _rotl(value: int, bits: int) -> int:
+    return ((value << bits) | (value >> (64 - bits))) & _MASK64
+
+
+def _round(acc: int, lane: int) -> int:
+    return (_rotl((acc + lane * _P2) & _MASK64, 31) * _P1) & _MASK64
+
+
+def xxh64(data: bytes, seed: int = 0) -> int:
+    """xxHash64 (the reference algorithm, for bloom-filter lookups; no package needed)."""
+    size, at = len(data), 0
+    if size >= 32:
+        lanes = [(seed + _P1 + _P2) & _MASK64, (seed + _P2) & _MASK64, seed, (seed - _P1) & _MASK64]
+        while at + 32 <= size:
+            lanes = [
+                _round(lane, int.from_bytes(data[at + 8 * i : at + 8 * i + 8], "little"))
+                for i, lane in enumerate(lanes)
+            ]
+            at += 32
+        value = (_rotl(lanes[0], 1) + _rotl(lanes[1], 7) + _rotl(lanes[2], 12) + _rotl(lanes[3], 18)) & _MASK64
+        for lane in lanes:
+            value = ((value ^ _round(0, lane)) * _P1 + _P4) & _MASK64
+    else:
+        value = (seed + _P5) & _MASK64
+    value = (value + size) & _MASK64
+    while at + 8 <= size:
+        value ^= _round(0, int.from_bytes(data[at : at + 8], "little"))
+        value = (_rotl(value, 27) * _P1 + _P4) & _MASK64
+        at += 8
+    if at + 4 <= size:
+        value ^= (int.from_bytes(data[at : at + 4], "little") * _P1) & _MASK64
+        value = (_rotl(value, 23) * _P2 + _P3) & _MASK64
+        at += 4
+    while at < size:
+        value ^= (data[at] * _P5) & _MASK64
+        value = (_rotl(value, 11) * _P1) & _MASK64
+        at += 1
+    value ^= value >> 33
+    value = (value * _P2) & _MASK64
+    value ^= value >> 29
+    value = (value * _P3) & _MASK64
+    return value ^ (value >> 32)
 
 
 def _bloom_filter_end(data: bytes, offset: int) -> int:

@@ -1,10 +1,11 @@
 """No plaintext in any statistic: once a cell is protected, its plaintext is in no byte under the dataset.
 
 Checked the hard way, with tests/plaintext_scan.py: every byte of every file under the dataset
-(summary files and hidden files included), every Parquet page decompressed, page indexes and bloom
-filters, every value decoded. Lakes are written by pyarrow (statistics, page index, bloom filters,
-`_metadata`), DuckDB, pandas, polars, fastparquet and dask (`_metadata`). The scan itself is tested
-first: it finds a plaintext where only decompression or a statistic would show it.
+(summary files and hidden files included), every Parquet page decompressed, page indexes, bloom
+filters (their bytes, and whether they admit a plaintext), every value decoded. Lakes are written
+by pyarrow (statistics, page index, bloom filters, `_metadata`), DuckDB, pandas, polars,
+fastparquet and dask (`_metadata`). The scan itself is tested first: it finds a plaintext where
+only decompression, a statistic or a bloom filter would show it.
 """
 
 from __future__ import annotations
@@ -51,6 +52,21 @@ def test_the_scan_finds_a_plaintext_in_a_min_max_statistic(tmp_path: Path) -> No
     hits = scan(tmp_path, [PLANTED])
 
     assert [hit for hit in hits if hit.file == "_metadata" and hit.what == "footer"]
+
+
+def test_the_scan_finds_a_plaintext_a_bloom_filter_admits(tmp_path: Path) -> None:
+    pq.write_table(
+        planted_table(),
+        tmp_path / "part-0.parquet",
+        compression="zstd",
+        use_dictionary=False,
+        write_statistics=False,
+        bloom_filter_options={"email": {"ndv": 200, "fpp": 0.01}},
+    )
+
+    hits = scan(tmp_path, [PLANTED])
+
+    assert [hit for hit in hits if hit.what == "row group 0 column email bloom filter admits"]
 
 
 def test_the_scan_reads_hidden_gzip_json_files_with_their_escapes_undone(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,30 @@ def test_each_removed_summary_file_is_in_the_audit_log(lake: Path, workspace: Wo
     removed = [e for e in workspace.audit.events() if e["operation"] == "summary_file_removed"]
     assert sorted(e["detail"] for e in removed) == summary_files(workspace)
     assert {e["partition"] for e in removed} == {DAYS[0]}
+
+
+def test_partitions_protected_in_parallel_remove_each_summary_file_once(
+    lake: Path, tmp_path: Path, make_local_workspace: Callable[..., Workspace]
+) -> None:
+    """Two runs (their own workspaces, as two Dagster runs) race for the same dataset-level files."""
+    runs = [
+        make_local_workspace(
+            str(tmp_path / "lake"),
+            actor=f"run-{day}",
+            datasets={"users": declared("users", primary_key="user_id", path=PATH)},
+        )
+        for day in DAYS
+    ]
+    runs[0].enable("users.email", "email", acknowledge_irreversible=True)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = list(pool.map(lambda run, day: run.protect("users", day), runs, DAYS))
+
+    assert all(report.files_rewritten > 0 for report in reports)
+    removed = [e["detail"] for e in runs[0].audit.events() if e["operation"] == "summary_file_removed"]
+    assert sorted(removed) == summary_files(runs[0])  # each once, by whichever run came first
+    assert sorted(name for report in reports for name in report.summary_files_removed) == sorted(removed)
+    assert not any((lake / name).exists() for name in SUMMARY)
 
 
 def test_a_protect_run_that_replaces_no_file_leaves_summary_files_alone(lake: Path, workspace: Workspace) -> None:

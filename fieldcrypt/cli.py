@@ -382,7 +382,7 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
             for key in totals:
                 summed[key] = summed.get(key, 0) + int(row.get(key) or 0)
     done = len(partitions) - failed
-    summary = _summary(command, done, summed, failed)
+    summary = _summary(command, done, summed, failed) + _summary_files_note(rows_seen)
     temps_left = sum({row["partition"]: row.get("temp_files_left", 0) for row in rows_seen}.values())
     if command == "status" and temps_left:
         summary += (
@@ -391,12 +391,30 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
         )
     if command == "status" and not failed and not temps_left:
         fully = sorted(_fully_protected(rows_seen))
-        summary += "".join(f"\n{name}: fully protected, no plaintext left" for name in fully)
+        if any(row.get("summary_files") for row in rows_seen):  # their statistics are not read
+            summary += "".join(f"\n{name}: every data file fully protected" for name in fully)
+        else:
+            summary += "".join(f"\n{name}: fully protected, no plaintext left" for name in fully)
     out.finish(summary, {"partitions": done, "failed": failed, **summed})
     if failed:
         print(f"fieldcrypt: {failed} of {len(partitions)} partitions failed", file=sys.stderr)
         return 2
     return 0
+
+
+def _summary_files_note(rows: list[dict[str, Any]]) -> str:
+    """Summary files a run removed, or (status) found: by name (fieldcrypt.summary_files)."""
+    removed = sorted({name for row in rows for name in row.get("summary_files_removed", ())})
+    present = sorted({name for row in rows for name in row.get("summary_files", ())})
+    note = ""
+    if removed:
+        note += f"\nremoved summary files (stale once a file below them was rewritten): {', '.join(removed)}"
+    if present:
+        note += (
+            f"\nsummary files present: {', '.join(present)}; the next protect, rotate or re-index run that "
+            "rewrites a file below them removes them (their statistics may hold plaintext until then)"
+        )
+    return note
 
 
 def _fully_protected(rows: list[dict[str, Any]]) -> set[str]:
@@ -421,6 +439,7 @@ def _protect_rows(workspace: Workspace, dataset: str, partition: str | None) -> 
             "already_protected": counts.already_protected,
             "historical_plaintext": counts.historical_plaintext,
             "kms_calls": report.kms_calls,
+            "summary_files_removed": report.summary_files_removed,
         }
         for name, counts in report.attributes.items()
     ] or [_no_attribute_row(report, partition)]
@@ -439,6 +458,7 @@ def _status_rows(workspace: Workspace, dataset: str, partition: str | None) -> l
             "historical_plaintext": counts.historical_plaintext,
             "null": counts.null_values,
             "temp_files_left": report.temp_files_left,
+            "summary_files": report.summary_files_present,
         }
         for name, counts in report.attributes.items()
     ] or [_no_attribute_row(report, partition)]
@@ -450,6 +470,7 @@ def _no_attribute_row(report: Any, partition: str | None) -> dict[str, Any]:
         "attribute": "(none enabled)",
         "files": report.files,
         "rows": report.rows,
+        "summary_files": report.summary_files_present,
     }
 
 
@@ -474,6 +495,7 @@ def _rotate_rows(workspace: Workspace, dataset: str, partition: str | None) -> l
             "data_keys": report.distinct_data_keys,
             "rewrapped": report.rewrapped,
             "kms_calls": report.kms_calls,
+            "summary_files_removed": report.summary_files_removed,
         }
     ]
 
@@ -489,6 +511,7 @@ def _reindex_rows(workspace: Workspace, dataset: str, partition: str | None) -> 
             "files_rewritten": report.files_rewritten,
             "reindexed": report.reindexed.get(name, 0),
             "already": report.already.get(name, 0),
+            "summary_files_removed": report.summary_files_removed,
         }
         for name in names
     ]

@@ -65,6 +65,9 @@ class ProtectReport:
     files: int = 1
     files_rewritten: int = 0
     temp_files_left: int = 0  # status: temporary files of live runs (or too young on S3) that could not be swept
+    # Summary files (fieldcrypt.summary_files): removed before a replace; found by a status scan.
+    summary_files_removed: list[str] = field(default_factory=list)
+    summary_files_present: list[str] = field(default_factory=list)
 
     @property
     def newly_encrypted(self) -> int:
@@ -81,6 +84,7 @@ class ProtectReport:
             summed.seconds += report.seconds
             summed.files_rewritten += report.files_rewritten
             summed.master_key = summed.master_key or report.master_key
+            summed.summary_files_removed = sorted({*summed.summary_files_removed, *report.summary_files_removed})
             for name, counts in report.attributes.items():
                 into = summed.attributes.setdefault(name, AttributeCounts())
                 for counter in vars(counts):
@@ -168,6 +172,7 @@ def protect_file(
     attributes: Sequence[AttributePolicy],
     cache: DataKeyCache,
     *,
+    dataset_root: str,
     partition: str | None = None,
     sample_per_row_group: int = 32,
     index_keys: Mapping[str, BlindIndexKey] | None = None,
@@ -175,6 +180,8 @@ def protect_file(
 ) -> ProtectReport:
     """Encrypt every pending cell of `rel` and replace it atomically.
 
+    `dataset_root` is the dataset's directory: the summary files between it and `rel` are removed
+    before the replace (fieldcrypt.summary_files).
     `index_keys` holds the unwrapped blind-index key of each attribute that has one;
     `before_replace_check(where)` runs under the file's lock right before the replace and
     may refuse it (the workspace checks those index keys are still the current ones).
@@ -228,7 +235,9 @@ def protect_file(
                 )
             if before_replace_check is not None:
                 before_replace_check(where)
-            intent = before_replace(store, rel, attributes, cache, dataset.name, partition, expected)
+            intent, removed = before_replace(
+                store, rel, attributes, cache, dataset.name, partition, expected, dataset_root=dataset_root
+            )
             store.replace_if(temp, rel, original_version, "it was being protected")
     finally:
         store.release_temp(temp)
@@ -257,6 +266,7 @@ def protect_file(
     confirm_replace(cache, intent, dataset.name, partition, report.newly_encrypted)
     report.rewritten = True
     report.files_rewritten = 1
+    report.summary_files_removed = removed
     report.data_keys = len(wrapped_keys)
     report.kms_calls = cache.calls.total - calls_before
     report.seconds = time.perf_counter() - started

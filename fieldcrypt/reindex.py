@@ -82,6 +82,7 @@ class ReindexReport:
     already: dict[str, int] = field(default_factory=dict)  # attribute -> indexes already under the new key
     files_rewritten: int = 0
     seconds: float = 0.0
+    summary_files_removed: list[str] = field(default_factory=list)  # fieldcrypt.summary_files
 
     @property
     def pending(self) -> int:
@@ -95,6 +96,7 @@ class ReindexReport:
             out.rows += report.rows
             out.files_rewritten += report.files_rewritten
             out.seconds += report.seconds
+            out.summary_files_removed = sorted({*out.summary_files_removed, *report.summary_files_removed})
             for name, count in report.reindexed.items():
                 out.reindexed[name] = out.reindexed.get(name, 0) + count
             for name, count in report.already.items():
@@ -119,6 +121,7 @@ def reindex_file(
     keys: IndexKeys,
     cache: DataKeyCache,
     *,
+    dataset_root: str,
     partition: str | None = None,
     dry_run: bool = False,
 ) -> ReindexReport:
@@ -147,7 +150,9 @@ def reindex_file(
                 _verify(source, written, dataset, targets, keys, cache, partition, where, digests)
         if store.version(rel) != original_version:
             raise VerificationError(f"{where} changed while it was being re-indexed; nothing was replaced, run again")
-        intent = before_replace(store, rel, attributes, cache, dataset.name, partition, operation="reindex")
+        intent, rewritten.summary_files_removed = before_replace(
+            store, rel, attributes, cache, dataset.name, partition, operation="reindex", dataset_root=dataset_root
+        )
         store.replace(temp, rel)
     finally:
         store.release_temp(temp)

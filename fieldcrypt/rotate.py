@@ -45,6 +45,7 @@ class RotateReport:
     seconds: float = 0.0
     files: int = 1
     files_rewritten: int = 0
+    summary_files_removed: list[str] = field(default_factory=list)  # fieldcrypt.summary_files
 
     @classmethod
     def total(cls, path: str, reports: Sequence[RotateReport]) -> RotateReport:
@@ -55,6 +56,7 @@ class RotateReport:
                 setattr(summed, counter, getattr(summed, counter) + getattr(report, counter))
             summed.seconds += report.seconds
             summed.files_rewritten += report.files_rewritten
+            summed.summary_files_removed = sorted({*summed.summary_files_removed, *report.summary_files_removed})
             for ref, count in report.master_keys_before.items():
                 summed.master_keys_before[ref] = summed.master_keys_before.get(ref, 0) + count
         summed.rewritten = summed.files_rewritten > 0
@@ -102,6 +104,7 @@ def rotate_file(
     attributes: Sequence[AttributePolicy],
     cache: DataKeyCache,
     *,
+    dataset_root: str,
     partition: str | None = None,
 ) -> RotateReport:
     started = time.perf_counter()
@@ -147,7 +150,17 @@ def rotate_file(
                 raise ConcurrentUpdateError(
                     f"{where} changed while it was being rotated; nothing was replaced, run again"
                 )
-            intent = before_replace(store, rel, attributes, cache, dataset.name, partition, None, "rotate_partition")
+            intent, removed = before_replace(
+                store,
+                rel,
+                attributes,
+                cache,
+                dataset.name,
+                partition,
+                None,
+                "rotate_partition",
+                dataset_root=dataset_root,
+            )
             store.replace_if(temp, rel, original_version, "it was being rotated")
     finally:
         store.release_temp(temp)
@@ -163,6 +176,7 @@ def rotate_file(
         )
     report.rewritten = True
     report.files_rewritten = 1
+    report.summary_files_removed = removed
     report.kms_calls = cache.calls.total - calls_before
     report.seconds = time.perf_counter() - started
     return report

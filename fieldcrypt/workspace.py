@@ -16,7 +16,7 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fieldcrypt import blind_index_campaign, master_key_access, rotation_campaign
+from fieldcrypt import blind_index_campaign, master_key_access, rotation_campaign, summary_files
 from fieldcrypt.audit import AuditLog
 from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore
@@ -388,6 +388,7 @@ class Workspace:
                 spec,
                 attributes,
                 cache,
+                dataset_root=self.layout(dataset).path,
                 partition=partition,
                 index_keys=index_keys,
                 before_replace_check=index_keys_unchanged,
@@ -409,7 +410,8 @@ class Workspace:
         return keys, {a.name: stored[a.name] for a in wanted}
 
     def status(self, dataset: str, partition: str | None) -> ProtectReport:
-        """Per-attribute counts of a partition, summed over its files, without changing any data file.
+        """Per-attribute counts of a partition, summed over its files, without changing any data file, and
+        the summary files describing them (the next run that rewrites one of the files removes them).
 
         Temporary files left by dead runs are deleted first; `temp_files_left` counts those that cannot
         be yet (a live run's), since they may hold plaintext copies.
@@ -419,6 +421,7 @@ class Workspace:
         reports = self._each_file(dataset, partition, lambda rel: scan_file(self.store, rel, spec, attributes), files)
         report = ProtectReport.total(self.partition_display(dataset, partition), reports)
         report.temp_files_left = temps_left
+        report.summary_files_present = summary_files.present(self.store, files, self.layout(dataset).path)
         return report
 
     def verify(self, dataset: str, partition: str | None, files: Sequence[str] | None = None) -> dict[str, int]:

@@ -165,4 +165,5 @@ def test_single_codec_file_keeps_its_codec_for_the_wrapped_key_column(
     path = file_path(workspace)
     pq.write_table(table(), path, compression=codec)
     protect(workspace, enable_at)
-    assert codecs(path)["email__fc_dek"] == ("UNCOMPRESSED" if codec == "none" else codec.upper())
+    # Uncompressed: snappy, since fastparquet cannot read the 0-byte dictionary page of an all-null row group.
+    assert codecs(path)["email__fc_dek"] == ("SNAPPY" if codec == "none" else codec.upper())

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
+from fieldcrypt.checksum_file import replace_data_file
 from fieldcrypt.columns import check_attribute_type, is_row_key_type
 from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_attribute, with_protection_columns
 from fieldcrypt.errors import ConcurrentUpdateError, InputError
@@ -228,7 +229,7 @@ def protect_file(
             if before_replace_check is not None:
                 before_replace_check(where)
             intent = before_replace(store, rel, attributes, cache, dataset.name, partition, expected)
-            store.replace_if(temp, rel, original_version, "it was being protected")
+            replace_data_file(store, temp, rel, original_version, "it was being protected")
     finally:
         store.delete(temp)
 
@@ -298,7 +299,7 @@ def _write_protected(
     # the writer closes.
     with (
         store.open_output(temp) as sink,
-        protected_writer(sink, schema, source, list(attributes)) as writer,
+        protected_writer(sink, schema, source, list(attributes), where) as writer,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-encode") as encoder,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-mask") as helper,
         read_ahead(row_groups(source, where)) as batches,

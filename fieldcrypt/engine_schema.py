@@ -41,6 +41,11 @@ def listing_columns(metadata: Mapping[bytes, bytes], columns: Sequence[str], whe
     return listed
 
 
+def lists_columns(metadata: Mapping[bytes, bytes], columns: Sequence[str], where: str) -> bool:
+    """Do the Spark and pandas schemas in `metadata` (those it holds) list every one of `columns`?"""
+    return listing_columns(metadata, columns, where) == dict(metadata)
+
+
 def _spark(raw: bytes, columns: Sequence[str], where: str) -> bytes:
     schema = _json_object(raw, "fields", f"{where}: Spark's schema metadata ({SPARK_ROW_METADATA.decode()})")
     fields: list[Any] = schema["fields"]

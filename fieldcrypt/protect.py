@@ -31,6 +31,7 @@ from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.checksum_file import replace_data_file
 from fieldcrypt.columns import check_attribute_type, is_row_key_type
 from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_attribute, with_protection_columns
+from fieldcrypt.engine_schema import lists_columns
 from fieldcrypt.errors import ConcurrentUpdateError, InputError
 from fieldcrypt.parquet_io import open_parquet, protected_writer, read_ahead, row_groups
 from fieldcrypt.parquet_io import row_group as read_row_group
@@ -264,12 +265,15 @@ def protect_file(
 
 
 def _has_protection_columns(store: LakeStore, rel: str, attributes: Sequence[AttributePolicy]) -> bool:
+    """Does the file hold every attribute's protection columns, listed in its Spark and pandas schemas?
+
+    A file protected before those schemas listed them is rewritten once (cells untouched),
+    or Spark would not see its ciphertext and a Spark read -> write would drop it.
+    """
     with open_parquet(store, rel) as parquet:
-        names = set(parquet.schema_arrow.names)
-    return all(
-        {a.ciphertext_column, a.wrapped_key_column, a.blind_index_column or a.ciphertext_column} <= names
-        for a in attributes
-    )
+        schema = parquet.schema_arrow
+    columns = [c for a in attributes for c in (a.ciphertext_column, a.wrapped_key_column, a.blind_index_column) if c]
+    return set(columns) <= set(schema.names) and lists_columns(schema.metadata or {}, columns, store.display(rel))
 
 
 def _protected_schema(schema: pa.Schema, attributes: Sequence[AttributePolicy]) -> pa.Schema:

@@ -127,3 +127,16 @@ def test_unreadable_spark_metadata_is_refused_by_name(local_workspace: Workspace
     with pytest.raises(InputError, match=r"part.*Spark's schema metadata"):
         _protect(local_workspace, "users.email")
     assert store.read_bytes(USERS) == before
+
+
+def test_file_protected_before_the_schemas_listed_its_columns_is_rewritten_once(local_workspace: Workspace) -> None:
+    store = local_workspace.store
+    spark = json.dumps(_spark_schema(pq.read_schema(store.full_path(USERS)))).encode()
+    _stamp(store, USERS, SPARK_ROW_METADATA, spark)
+    _protect(local_workspace, "users.email")
+    _stamp(store, USERS, SPARK_ROW_METADATA, spark)  # as an older fieldcrypt left it: the columns unlisted
+    cells = pq.read_table(store.full_path(USERS), columns=["email", "email__fc_ct"])
+    assert local_workspace.protect("users", DAY).rewritten
+    assert "email__fc_ct" in _metadata(store, USERS)[SPARK_ROW_METADATA].decode()
+    assert pq.read_table(store.full_path(USERS), columns=["email", "email__fc_ct"]).equals(cells)
+    assert not local_workspace.protect("users", DAY).rewritten

@@ -181,9 +181,10 @@ def protect_file(
     may refuse it (the workspace checks those index keys are still the current ones).
 
     A file with nothing pending is left alone once it carries the protection columns of
-    every enabled attribute; before that it is rewritten once, values untouched, with the
-    (all-null) columns added, so that every file of a protected dataset has one schema
-    and analysts can read the dataset without reconciling schemas.
+    every enabled attribute, listed in its Spark and pandas schemas; before that it is
+    rewritten once, values untouched, with the (all-null) columns added, so that every
+    file of a protected dataset has one schema and analysts (Spark too) can read the
+    dataset without reconciling schemas.
     """
     started = time.perf_counter()
     calls_before = cache.calls.total

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import BinaryType
@@ -28,7 +29,10 @@ from fieldcrypt.checksum_file import HadoopChecksums, checksum_path
 from resources import FieldcryptResource
 from tests.dagster_support import catalog_fieldcrypt, make_keystore
 
-pytestmark = pytest.mark.spark
+pytestmark = [
+    pytest.mark.spark,
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
 
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
 ROWS = 3000
@@ -117,6 +121,10 @@ def spark_lake(
     root = directory / "lake" / "warehouse" / "users"
     write_users(spark, root, WRITERS[request.param])
     assert list(root.glob("date=*/.part-*.parquet.crc")), "Spark wrote no checksum files"
+    assert written_as(next(root.glob("date=*/part-*.parquet"))) == (
+        WRITERS[request.param]["spark.sql.parquet.outputTimestampType"] == "INT96",
+        WRITERS[request.param]["spark.sql.parquet.compression.codec"].upper(),
+    )
     before = directory / "before"
     shutil.copytree(root, before)
     key = {"provider": "local", "keystore": str(make_keystore(directory))}
@@ -135,6 +143,13 @@ def spark_lake(
         assert workspace.rotate("users", day).files_rewritten == 2
     workspace.complete_rotation()
     return SparkLake(root, before, fieldcrypt, key, encrypted)
+
+
+def written_as(path: Path) -> tuple[bool, str]:
+    """Are the file's timestamps INT96, and its codec."""
+    parquet = pq.ParquetFile(path)
+    leaf = parquet.schema.column(parquet.schema.names.index("ingested_at"))
+    return leaf.physical_type == "INT96", parquet.metadata.row_group(0).column(0).compression
 
 
 def read(spark: SparkSession, root: Path, *, merge_schema: bool = False) -> DataFrame:

@@ -11,6 +11,7 @@ from typing import IO, Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fieldcrypt.engine_schema import listing_columns
 from fieldcrypt.errors import InputError
 from fieldcrypt.policy import AttributePolicy
 from fieldcrypt.select import FILE_METADATA_KEY
@@ -161,13 +162,18 @@ def _int96_timestamps(source: pq.ParquetFile) -> bool:
 
 
 def protected_writer(
-    sink: IO[bytes] | pa.NativeFile, schema: pa.Schema, source: pq.ParquetFile, attributes: list[AttributePolicy]
+    sink: IO[bytes] | pa.NativeFile,
+    schema: pa.Schema,
+    source: pq.ParquetFile,
+    attributes: list[AttributePolicy],
+    where: str,
 ) -> pq.ParquetWriter:
-    """A writer for the protected file that keeps the writer's choices of the source.
+    """A writer for the protected file (`where`, for messages) that keeps the writer's choices of the source.
 
     Every source column keeps its codec (per column chunk), the file keeps the source's
-    key-value metadata (pandas and Spark schemas included, so those engines read it as
-    before) and INT96 timestamps stay INT96. Ciphertext and blind-index columns are plain
+    key-value metadata, with the protection columns added to the pandas and Spark schemas
+    in it (fieldcrypt.engine_schema, so those engines see them; `ARROW:schema` is written
+    from `schema`), and INT96 timestamps stay INT96. Ciphertext and blind-index columns are plain
     and uncompressed (random bytes neither dictionary-encode nor compress; trying costs
     time), wrapped-key columns dictionary-encoded with the source's first codec (snappy when
     that is none: see _WRAPPED_KEY_CODEC); other columns dictionary-encoded where the source's are.
@@ -183,7 +189,8 @@ def protected_writer(
         | ({"blind_index": a.blind_index_column} if a.blind_index_column else {})
         for a in attributes
     }
-    metadata = dict(schema.metadata or {})
+    protection = {c for a in attributes for c in (a.ciphertext_column, a.wrapped_key_column, a.blind_index_column)}
+    metadata = listing_columns(schema.metadata or {}, [n for n in schema.names if n in protection], where)
     metadata[FILE_METADATA_KEY] = json.dumps({"format": 1, "attributes": described}, sort_keys=True).encode()
     default = codec_of(source)
     wrapped_key_codec = _WRAPPED_KEY_CODEC if default == "none" else default

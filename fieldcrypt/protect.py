@@ -28,8 +28,10 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
+from fieldcrypt.checksum_file import replace_data_file
 from fieldcrypt.columns import check_attribute_type, is_row_key_type
 from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_attribute, with_protection_columns
+from fieldcrypt.engine_schema import lists_columns
 from fieldcrypt.errors import ConcurrentUpdateError, InputError
 from fieldcrypt.parquet_io import open_parquet, protected_writer, read_ahead, row_groups
 from fieldcrypt.parquet_io import row_group as read_row_group
@@ -187,9 +189,10 @@ def protect_file(
     may refuse it (the workspace checks those index keys are still the current ones).
 
     A file with nothing pending is left alone once it carries the protection columns of
-    every enabled attribute; before that it is rewritten once, values untouched, with the
-    (all-null) columns added, so that every file of a protected dataset has one schema
-    and analysts can read the dataset without reconciling schemas.
+    every enabled attribute, listed in its Spark and pandas schemas; before that it is
+    rewritten once, values untouched, with the (all-null) columns added, so that every
+    file of a protected dataset has one schema and analysts (Spark too) can read the
+    dataset without reconciling schemas.
     """
     started = time.perf_counter()
     calls_before = cache.calls.total
@@ -238,7 +241,7 @@ def protect_file(
             intent, removed = before_replace(
                 store, rel, attributes, cache, dataset.name, partition, expected, dataset_root=dataset_root
             )
-            store.replace_if(temp, rel, original_version, "it was being protected")
+            replace_data_file(store, temp, rel, original_version, "it was being protected")
     finally:
         store.release_temp(temp)
 
@@ -274,12 +277,15 @@ def protect_file(
 
 
 def _has_protection_columns(store: LakeStore, rel: str, attributes: Sequence[AttributePolicy]) -> bool:
+    """Does the file hold every attribute's protection columns, listed in its Spark and pandas schemas?
+
+    A file protected before those schemas listed them is rewritten once (cells untouched),
+    or Spark would not see its ciphertext and a Spark read -> write would drop it.
+    """
     with open_parquet(store, rel) as parquet:
-        names = set(parquet.schema_arrow.names)
-    return all(
-        {a.ciphertext_column, a.wrapped_key_column, a.blind_index_column or a.ciphertext_column} <= names
-        for a in attributes
-    )
+        schema = parquet.schema_arrow
+    columns = [c for a in attributes for c in (a.ciphertext_column, a.wrapped_key_column, a.blind_index_column) if c]
+    return set(columns) <= set(schema.names) and lists_columns(schema.metadata or {}, columns, store.display(rel))
 
 
 def _protected_schema(schema: pa.Schema, attributes: Sequence[AttributePolicy]) -> pa.Schema:
@@ -309,7 +315,7 @@ def _write_protected(
     # the writer closes.
     with (
         store.open_output(temp) as sink,
-        protected_writer(sink, schema, source, list(attributes)) as writer,
+        protected_writer(sink, schema, source, list(attributes), where) as writer,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-encode") as encoder,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-mask") as helper,
         read_ahead(row_groups(source, where)) as batches,

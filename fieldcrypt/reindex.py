@@ -31,8 +31,9 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.blind_index import INDEX_KEYS_FORMAT, BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
+from fieldcrypt.checksum_file import replace_data_file
 from fieldcrypt.encrypt import ciphertext_digest
-from fieldcrypt.errors import IntegrityError, VerificationError
+from fieldcrypt.errors import ConcurrentUpdateError, IntegrityError, VerificationError
 from fieldcrypt.parquet_io import open_parquet, protected_writer, row_group
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.policy_auth import check_file_protection
@@ -148,12 +149,16 @@ def reindex_file(
             digests = _write(store, temp, source, dataset, attributes, targets, keys, cache, partition, rewritten)
             with open_parquet(store, temp) as written:
                 _verify(source, written, dataset, targets, keys, cache, partition, where, digests)
-        if store.version(rel) != original_version:
-            raise VerificationError(f"{where} changed while it was being re-indexed; nothing was replaced, run again")
-        intent, rewritten.summary_files_removed = before_replace(
-            store, rel, attributes, cache, dataset.name, partition, operation="reindex", dataset_root=dataset_root
-        )
-        store.replace(temp, rel)
+        # Compare-and-swap: under the directory lock (local) or If-Match (S3) from here to the replace.
+        with store.exclusive(rel):
+            if store.version(rel) != original_version:
+                raise ConcurrentUpdateError(
+                    f"{where} changed while it was being re-indexed; nothing was replaced, run again"
+                )
+            intent, rewritten.summary_files_removed = before_replace(
+                store, rel, attributes, cache, dataset.name, partition, operation="reindex", dataset_root=dataset_root
+            )
+            replace_data_file(store, temp, rel, original_version, "it was being re-indexed")
     finally:
         store.release_temp(temp)
     if cache.audit is not None:
@@ -262,7 +267,7 @@ def _write(
     digests: list[dict[str, bytes]] = []
     with (
         store.open_output(temp) as sink,
-        protected_writer(sink, source.schema_arrow, source, list(attributes)) as writer,
+        protected_writer(sink, source.schema_arrow, source, list(attributes), where) as writer,
     ):
         for index in range(source.num_row_groups):
             batch = row_group(source, index, where)

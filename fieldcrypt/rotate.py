@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fieldcrypt.cache import DataKeyCache
+from fieldcrypt.checksum_file import replace_data_file
 from fieldcrypt.columns import identical as identical_values
 from fieldcrypt.encrypt import used_wrapped_keys
 from fieldcrypt.errors import ConcurrentUpdateError, VerificationError
@@ -132,7 +133,7 @@ def rotate_file(
             schema = source.schema_arrow
             with (
                 store.open_output(temp) as sink,
-                protected_writer(sink, schema, source, list(attributes)) as writer,
+                protected_writer(sink, schema, source, list(attributes), where) as writer,
                 read_ahead(row_groups(source, where)) as batches,
             ):
                 for batch in batches:
@@ -161,7 +162,7 @@ def rotate_file(
                 "rotate_partition",
                 dataset_root=dataset_root,
             )
-            store.replace_if(temp, rel, original_version, "it was being rotated")
+            replace_data_file(store, temp, rel, original_version, "it was being rotated")
     finally:
         store.release_temp(temp)
     if cache.audit is not None:

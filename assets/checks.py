@@ -80,7 +80,8 @@ def evaluate_protection_checks(
         yield dg.AssetCheckResult(
             check_name=NO_PLAINTEXT_AFTER_ENABLEMENT,
             passed=all(a.pending == 0 for a in stored.attributes.values()),
-            metadata={"partition": partition_label(partition), **counts},
+            # temporary files of live runs (possibly plaintext copies) that a sweep could not remove yet
+            metadata={"partition": partition_label(partition), **counts, "temp_files_left": stored.temp_files_left},
         )
         yield dg.AssetCheckResult(
             check_name=ROW_COUNT_PRESERVED,

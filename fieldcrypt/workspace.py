@@ -16,7 +16,7 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fieldcrypt import blind_index_campaign, master_key_access, rotation_campaign
+from fieldcrypt import blind_index_campaign, master_key_access, rotation_campaign, summary_files
 from fieldcrypt.audit import AuditLog
 from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore
@@ -30,9 +30,10 @@ from fieldcrypt.errors import (
     InputError,
     KeyProviderError,
     PolicyError,
+    RowNotFoundError,
 )
 from fieldcrypt.keystore import Keystore
-from fieldcrypt.layout import DatasetLayout
+from fieldcrypt.layout import DatasetLayout, partition_label
 from fieldcrypt.parquet_io import open_parquet, read_ahead, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
 from fieldcrypt.policy_auth import check_stored_file
@@ -255,6 +256,36 @@ class Workspace:
         """The data files of one partition, relative to the lake; empty for an empty partition."""
         return self.layout(dataset).files(self.store, partition)
 
+    def landed_files(self, dataset: str, partition: str | None) -> list[str]:
+        """The data files of a partition someone named; a named error when it holds none.
+
+        A date typo must not pass a scripted check as "verified 1 partition, 0 cells": the
+        error says whether the key is outside the declared partitions or nothing landed there.
+        """
+        layout = self.layout(dataset)
+        files = layout.files(self.store, partition)
+        if files:
+            return files
+        where = self.partition_display(dataset, partition)
+        if partition is not None and layout.partitions_start is not None:
+            start = layout.partitioning.key_of(layout.partitions_start)
+            if partition < start:
+                raise InputError(
+                    f"partition {partition} of {dataset} is before the dataset's first partition {start} "
+                    f"(nothing under {where})"
+                )
+        raise InputError(f"partition {partition_label(partition)} of {dataset} has no data files under {where}")
+
+    def swept_files(self, dataset: str, partition: str | None) -> tuple[list[str], int]:
+        """The data files of one partition, after deleting the temporary files dead runs left in it (their
+        plaintext copies), and how many temporary files are left: held by a live run, or, on S3 (no locks),
+        younger than store.STALE_TEMP_SECONDS."""
+        layout = self.layout(dataset)
+        layout.check_partition(partition)
+        inventory = layout.inventory(self.store, partition)
+        left = sum(not self.store.sweep_temp(temp.rel, temp.version) for temp in inventory.temps)
+        return inventory.files, left
+
     def partition_display(self, dataset: str, partition: str | None) -> str:
         return self.store.display(self.layout(dataset).partition_dir(partition))
 
@@ -278,13 +309,17 @@ class Workspace:
             )
         return spec or layout.spec, attributes
 
-    def _each_file(self, dataset: str, partition: str | None, work: Callable[[str], Result]) -> list[Result]:
-        """`work(rel)` for each file of a partition, a few at a time; every file is tried.
+    def _each_file(
+        self, dataset: str, partition: str | None, work: Callable[[str], Result], files: Sequence[str] | None = None
+    ) -> list[Result]:
+        """`work(rel)` for each file of a partition (`files`, or those listed after a sweep of the temporary
+        files dead runs left), a few at a time; every file is tried.
 
         Files are independent (each verified and replaced on its own), so one failing file
         does not stop the others; the first failure is raised afterwards, naming how many failed.
         """
-        files = self.files(dataset, partition)
+        if files is None:
+            files = self.swept_files(dataset, partition)[0]
         if len(files) <= 1:
             return [work(rel) for rel in files]
         results: list[Result] = []
@@ -351,6 +386,7 @@ class Workspace:
                 spec,
                 attributes,
                 cache,
+                dataset_root=self.layout(dataset).path,
                 partition=partition,
                 index_keys=index_keys,
                 before_replace_check=index_keys_unchanged,
@@ -372,10 +408,19 @@ class Workspace:
         return keys, {a.name: stored[a.name] for a in wanted}
 
     def status(self, dataset: str, partition: str | None) -> ProtectReport:
-        """Per-attribute counts of a partition, summed over its files, without changing anything."""
+        """Per-attribute counts of a partition, summed over its files, without changing any data file, and
+        the summary files describing them (the next run that rewrites one of the files removes them).
+
+        Temporary files left by dead runs are deleted first; `temp_files_left` counts those that cannot
+        be yet (a live run's), since they may hold plaintext copies.
+        """
         spec, attributes = self._dataset(dataset)
-        reports = self._each_file(dataset, partition, lambda rel: scan_file(self.store, rel, spec, attributes))
-        return ProtectReport.total(self.partition_display(dataset, partition), reports)
+        files, temps_left = self.swept_files(dataset, partition)
+        reports = self._each_file(dataset, partition, lambda rel: scan_file(self.store, rel, spec, attributes), files)
+        report = ProtectReport.total(self.partition_display(dataset, partition), reports)
+        report.temp_files_left = temps_left
+        report.summary_files_present = summary_files.present(self.store, files, self.layout(dataset).path)
+        return report
 
     def verify(self, dataset: str, partition: str | None, files: Sequence[str] | None = None) -> dict[str, int]:
         """Decrypt every protected cell of a partition in memory and check it by the read rule; counts per attribute.
@@ -423,8 +468,11 @@ class Workspace:
             raise InputError(f"{', '.join(sorted(unknown))} not enabled for {dataset}")
         if row_keys is not None and len(spec.primary_key) != 1:
             raise InputError(f"{dataset} has no single-column primary key: rows cannot be chosen by key")
+        files = self.landed_files(dataset, partition)
         choice = None
         if row_keys is not None:  # decrypt the chosen rows only
+            with open_parquet(self.store, files[0]) as first:
+                row_keys = _canonical_row_keys(row_keys, first.schema_arrow, spec.primary_key[0], dataset)
             wanted = pa.array([key.encode() for key in row_keys], pa.binary())
 
             def is_wanted(batch: pa.RecordBatch) -> pa.BooleanArray:
@@ -433,7 +481,7 @@ class Workspace:
                 return result
 
             choice = RowChoice(lambda parquet: range(parquet.num_row_groups), is_wanted)
-        files = self.files(dataset, partition)
+        found: set[bytes] = set()
         check_partition(self.store, files, spec, enabled, self.partition_display(dataset, partition), choice)
         keys = self._read_keys(chosen)
         for rel in files:
@@ -445,10 +493,18 @@ class Workspace:
                         batch = batch.filter(choice.rows(batch))
                         if batch.num_rows == 0:
                             continue
+                        found.update(row_key_bytes(batch, spec.primary_key, at).cast(pa.binary()).to_pylist())
                     self._audit_decryption("reveal", batch, chosen, partition, reason=reason)
                     columns = {a.name: read_attribute(batch, spec, a, keys, at, partition)[0] for a in chosen}
                     columns = {key: batch.column(key) for key in spec.primary_key} | columns
                     yield pa.RecordBatch.from_pydict(columns)
+        missing = [key for key in row_keys or () if key.encode() not in found]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise RowNotFoundError(
+                f"{len(missing)} of {len(row_keys or ())} row keys not found in {dataset} "
+                f"{partition_label(partition)}: {shown}"
+            )
 
     def dispatch(
         self,
@@ -637,3 +693,29 @@ class Workspace:
             + ("legacy policy authenticated" if legacy is not None else "missing policy replaced by an empty one"),
         )
         return policy
+
+
+def _canonical_row_keys(row_keys: Sequence[str], schema: pa.Schema, column: str, dataset: str) -> list[str]:
+    """Typed primary-key values as text, in the canonical form cells bind (`007` -> `7` for an integer key);
+    a named error for a value the key column's type cannot hold (`abc` for an int64 key)."""
+    index = schema.get_field_index(column)
+    if index < 0:
+        raise InputError(f"{dataset}: primary-key column {column!r} not found")
+    key_type = schema.field(index).type
+    try:
+        typed = pa.array(list(row_keys), pa.string()).cast(key_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        bad = [key for key in row_keys if not _fits(key, key_type)]
+        raise InputError(
+            f"row key {', '.join(bad[:5]) or '?'} is not a {key_type} value: the primary key {column!r} of "
+            f"{dataset} is {key_type}"
+        ) from None
+    return [str(value) for value in typed.to_pylist()]
+
+
+def _fits(key: str, key_type: pa.DataType) -> bool:
+    try:
+        pa.array([key], pa.string()).cast(key_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True

@@ -309,6 +309,7 @@ def test_default_output_is_a_table_with_a_summary_line(cli: list[str], capsys: p
         "pending",
         "historical_plaintext",
         "null",
+        "temp_files_left",
     ]
     assert lines[2].split()[:4] == [PARTITION, "users.email", "1", "60"]
     assert lines[-1].startswith("1 partition: 0 cells protected, ") and lines[-1].endswith("historical plaintext")

@@ -49,7 +49,11 @@ def protection_check_specs(asset: dg.AssetKey) -> list[dg.AssetCheckSpec]:
         dg.AssetCheckSpec(
             DATA_KEYS_UNWRAP,
             asset=asset,
-            description="Every distinct wrapped data key unwraps under a current master key and decrypts its cells.",
+            description=(
+                "Every distinct wrapped data key unwraps under a current master key and decrypts its cells, and the "
+                "partition passes verify's read rule (masks, blind indexes, no removed ciphertext, no primary key "
+                "on protected rows of two files)."
+            ),
         ),
         dg.AssetCheckSpec(
             ROW_COUNT_PRESERVED,

@@ -21,8 +21,8 @@ from fieldcrypt.audit import AuditLog
 from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
-from fieldcrypt.columns import read_path, row_key_bytes
-from fieldcrypt.dispatch import DispatchReport, Segment, segment_row_groups
+from fieldcrypt.columns import row_key_bytes
+from fieldcrypt.dispatch import DispatchReport, Segment, segment_row_group_indexes, segment_row_groups
 from fieldcrypt.errors import (
     ConcurrentUpdateError,
     ConfigError,
@@ -31,14 +31,12 @@ from fieldcrypt.errors import (
     KeyProviderError,
     PolicyError,
     RowNotFoundError,
-    VerificationError,
 )
 from fieldcrypt.keystore import Keystore
 from fieldcrypt.layout import DatasetLayout, partition_label
-from fieldcrypt.mask import mask_values
 from fieldcrypt.parquet_io import open_parquet, read_ahead, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
-from fieldcrypt.policy_auth import check_file_protection, check_stored_file
+from fieldcrypt.policy_auth import check_stored_file
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
 from fieldcrypt.providers.aws_kms import PROVIDER_ID as KMS
 from fieldcrypt.providers.aws_kms import RETRY_MODES
@@ -46,8 +44,8 @@ from fieldcrypt.providers.base import MasterKeyInfo as KeyRef
 from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
 from fieldcrypt.providers.pkcs11 import PROVIDER_ID as PKCS11
 from fieldcrypt.providers.pkcs11 import Pkcs11Settings
+from fieldcrypt.read_rule import ReadKeys, RowChoice, check_partition, read_attribute
 from fieldcrypt.reindex import ReindexReport, RetiringIndexKeys
-from fieldcrypt.reveal import reveal
 from fieldcrypt.rotate import RotateReport
 from fieldcrypt.rotation_campaign import SCAN_THREADS, RotationStatus
 from fieldcrypt.select import existing_ciphertext
@@ -425,21 +423,27 @@ class Workspace:
         return report
 
     def verify(self, dataset: str, partition: str | None, files: Sequence[str] | None = None) -> dict[str, int]:
-        """Decrypt every protected cell of a partition in memory and check its mask; counts per attribute.
+        """Decrypt every protected cell of a partition in memory and check it by the read rule; counts per attribute.
 
         `files`: the partition's files when the caller listed them already (one listing, not two).
-        Raises IntegrityError on a cell that does not authenticate, VerificationError on a
-        protected row whose stored mask is not the mask of its decrypted value.
+        Raises IntegrityError on what fieldcrypt.read_rule refuses (a cell that does not authenticate,
+        a removed ciphertext, a wrong blind index, a primary key repeated across files),
+        VerificationError on a protected row whose stored mask is not the mask of its decrypted value.
         """
+        spec, attributes = self._dataset(dataset)
+        listed = self.files(dataset, partition) if files is None else list(files)
+        check_partition(self.store, listed, spec, attributes, self.partition_display(dataset, partition))
+        keys = self._read_keys(attributes)
         counts: dict[str, int] = {}
-        for rel, attribute, batch, plaintext, protected in self._revealed(dataset, partition, files):
-            counts[attribute.name] = counts.get(attribute.name, 0) + protected.true_count
-            stored = pc.filter(read_path(batch, attribute.path), protected)
-            if not stored.equals(mask_values(pc.filter(plaintext, protected), attribute.mask)):
-                raise VerificationError(
-                    f"{self.store.display(rel)}: a protected {attribute.name} "
-                    "value does not hold the mask of its decrypted value"
-                )
+        for rel in listed:
+            where = self.store.display(rel)
+            with open_parquet(self.store, rel) as parquet:
+                for index, batch in enumerate(row_groups(parquet, where)):
+                    self._audit_decryption("verify_decrypt", batch, attributes, partition)
+                    for attribute in attributes:
+                        at = f"{where} row group {index}"
+                        _, protected = read_attribute(batch, spec, attribute, keys, at, partition)
+                        counts[attribute.name] = counts.get(attribute.name, 0) + protected.true_count
         return counts
 
     def reveal(
@@ -455,6 +459,7 @@ class Workspace:
 
         With `row_keys` (primary-key values as text) only those rows are decrypted. The audit log
         records, per file and attribute, the cells revealed, with the workspace's actor and `reason`.
+        Refuses what `verify` refuses (fieldcrypt.read_rule); a repeated primary key before any plaintext exists.
         """
         spec, enabled = self._dataset(dataset)
         chosen = [a for a in enabled if a.name in attributes or a.path in attributes]
@@ -464,25 +469,33 @@ class Workspace:
         if row_keys is not None and len(spec.primary_key) != 1:
             raise InputError(f"{dataset} has no single-column primary key: rows cannot be chosen by key")
         files = self.landed_files(dataset, partition)
-        if row_keys is not None:
+        choice = None
+        if row_keys is not None:  # decrypt the chosen rows only
             with open_parquet(self.store, files[0]) as first:
                 row_keys = _canonical_row_keys(row_keys, first.schema_arrow, spec.primary_key[0], dataset)
-        wanted = None if row_keys is None else pa.array([key.encode() for key in row_keys], pa.binary())
+            wanted = pa.array([key.encode() for key in row_keys], pa.binary())
+
+            def is_wanted(batch: pa.RecordBatch) -> pa.BooleanArray:
+                keys = row_key_bytes(batch, spec.primary_key, f"{dataset} rows chosen by key").cast(pa.binary())
+                result: pa.BooleanArray = pc.fill_null(pc.is_in(keys, value_set=wanted), False)
+                return result
+
+            choice = RowChoice(lambda parquet: range(parquet.num_row_groups), is_wanted)
         found: set[bytes] = set()
-        cache = self.key_cache()
+        check_partition(self.store, files, spec, enabled, self.partition_display(dataset, partition), choice)
+        keys = self._read_keys(chosen)
         for rel in files:
             where = self.store.display(rel)
             with open_parquet(self.store, rel) as parquet:
                 for index, batch in enumerate(row_groups(parquet, where)):
                     at = f"{where} row group {index}"
-                    if wanted is not None:  # decrypt the chosen rows only
-                        keys = row_key_bytes(batch, spec.primary_key, at).cast(pa.binary())
-                        batch = batch.filter(pc.is_in(keys, value_set=wanted))
+                    if choice is not None:
+                        batch = batch.filter(choice.rows(batch))
                         if batch.num_rows == 0:
                             continue
                         found.update(row_key_bytes(batch, spec.primary_key, at).cast(pa.binary()).to_pylist())
                     self._audit_decryption("reveal", batch, chosen, partition, reason=reason)
-                    columns = {a.name: reveal(batch, spec, a, cache, at, partition) for a in chosen}
+                    columns = {a.name: read_attribute(batch, spec, a, keys, at, partition)[0] for a in chosen}
                     columns = {key: batch.column(key) for key in spec.primary_key} | columns
                     yield pa.RecordBatch.from_pydict(columns)
         missing = [key for key in row_keys or () if key.encode() not in found]
@@ -511,6 +524,8 @@ class Workspace:
         only the segment's rows are decrypted. Each row group's decryption is audited
         (`dispatch`, actor, reason, attribute, cells) before its plaintext exists; the
         plaintext lives only in the yielded batches. `report`, if given, is filled with counts.
+        What `verify` refuses about the segment's rows is refused (fieldcrypt.read_rule): a segment
+        key on two protected rows of the partition before any plaintext exists.
         """
         if not reason or not reason.strip():
             raise InputError("a dispatch needs a reason (campaign or ticket id): it is written to the audit log")
@@ -529,51 +544,63 @@ class Workspace:
             partition = landed[-1]
         report = report if report is not None else DispatchReport(dataset, partition)
         report.partition = partition
-        cache = self.key_cache()
+        files = self.files(dataset, partition)
         chosen_segment: Segment | None = None
-        for rel in self.files(dataset, partition):
+        for rel in files[:1]:  # the segment is typed like the key column
+            with open_parquet(self.store, rel) as parquet:
+                schema = parquet.schema_arrow
+                if schema.get_field_index(key_column) < 0:
+                    raise InputError(f"{self.store.display(rel)}: primary-key column {key_column!r} is missing")
+                chosen_segment = Segment(segment, schema.field(key_column).type, dataset)
+                report.segment_keys = len(chosen_segment)
+        if chosen_segment is None:
+            return
+        in_segment = chosen_segment
+        choice = RowChoice(
+            lambda parquet: segment_row_group_indexes(parquet, key_column, in_segment),
+            lambda batch: in_segment.contains(batch.column(key_column)),
+        )
+        check_partition(self.store, files, spec, enabled, self.partition_display(dataset, partition), choice)
+        keys = self._read_keys(chosen)
+        for rel in files:
             where = self.store.display(rel)
             with open_parquet(self.store, rel) as parquet:
-                check_file_protection(parquet, enabled, where)
                 schema = parquet.schema_arrow
                 if schema.get_field_index(key_column) < 0:
                     raise InputError(f"{where}: primary-key column {key_column!r} is missing")
-                if chosen_segment is None:
-                    chosen_segment = Segment(segment, schema.field(key_column).type, dataset)
-                    report.segment_keys = len(chosen_segment)
-                wanted = {key_column} | {a.path.split(".")[0].split("[")[0] for a in chosen}
-                wanted |= {c for a in chosen for c in (a.ciphertext_column, a.wrapped_key_column)}
+                # What the read rule reads: the values, their protection columns and the ingestion time.
+                wanted = {key_column, spec.ingested_at} | {a.path.split(".")[0].split("[")[0] for a in chosen}
+                for a in chosen:
+                    wanted |= {a.ciphertext_column, a.wrapped_key_column, a.blind_index_column or key_column}
                 columns = [name for name in schema.names if name in wanted]
                 report.files += 1
                 # The next matching row group is read and filtered on a helper thread while this one decrypts.
-                matching = segment_row_groups(parquet, where, columns, key_column, chosen_segment, report)
+                matching = segment_row_groups(parquet, where, columns, key_column, in_segment, report)
                 with read_ahead(matching) as batches:
                     for index, batch in batches:
                         at = f"{where} row group {index}"
                         self._audit_decryption("dispatch", batch, chosen, partition, reason=reason)
-                        values = {a.name: reveal(batch, spec, a, cache, at, partition) for a in chosen}
+                        values = {a.name: read_attribute(batch, spec, a, keys, at, partition)[0] for a in chosen}
                         for a in chosen:
                             cells = pc.is_valid(existing_ciphertext(batch, a)).true_count
                             report.cells[a.name] = report.cells.get(a.name, 0) + cells
                         report.rows += batch.num_rows
                         yield pa.RecordBatch.from_pydict({key_column: batch.column(key_column)} | values)
 
-    def _revealed(
-        self, dataset: str, partition: str | None, files: Sequence[str] | None = None
-    ) -> Iterator[tuple[str, AttributePolicy, pa.RecordBatch, pa.Array, pa.BooleanArray]]:
-        """Per file, row group and attribute: the batch, the real values, and which rows are protected."""
-        spec, attributes = self._dataset(dataset)
+    def _read_keys(self, attributes: list[AttributePolicy]) -> ReadKeys:
+        """The data-key cache and the index keys a stored blind index of `attributes` may be under:
+        the current key and, while a re-index of the attribute is under way, its old key."""
         cache = self.key_cache()
-        for rel in self.files(dataset, partition) if files is None else files:
-            where = self.store.display(rel)
-            with open_parquet(self.store, rel) as parquet:
-                check_file_protection(parquet, attributes, where)  # verify checks what the file says it protects
-                for index, batch in enumerate(row_groups(parquet, where)):
-                    self._audit_decryption("verify_decrypt", batch, attributes, partition)
-                    for attribute in attributes:
-                        ciphertext = existing_ciphertext(batch, attribute)
-                        plaintext = reveal(batch, spec, attribute, cache, f"{where} row group {index}", partition)
-                        yield rel, attribute, batch, plaintext, pc.is_valid(ciphertext)
+        current, wrapped = self._index_keys(attributes)
+        accepted = {name: [key] for name, key in current.items()}
+        retiring = self.retiring_index_keys.load() if current else {}
+        for attribute in attributes:
+            old = retiring.get(attribute.name)
+            if attribute.name in accepted and old is not None and old != wrapped[attribute.name]:
+                accepted[attribute.name].append(
+                    cache.index_key_for(old, attribute.dataset, attribute.path).normalized(attribute.normalize)
+                )
+        return ReadKeys(cache, accepted)
 
     def _audit_decryption(
         self,

@@ -28,6 +28,7 @@ from fieldcrypt import Workspace
 from fieldcrypt.checksum_file import HadoopChecksums, checksum_path
 from resources import FieldcryptResource
 from tests.dagster_support import catalog_fieldcrypt, make_keystore
+from tests.plaintext_scan import scan
 
 pytestmark = [
     pytest.mark.spark,
@@ -204,3 +205,15 @@ def test_spark_reads_a_file_whose_crc_a_crash_removed(spark: SparkSession, spark
     removed = next(copy.glob("date=*/.part-*.parquet.crc"))
     removed.unlink()
     assert read(spark, copy).count() == ROWS
+
+
+def test_no_protected_plaintext_is_left_in_any_byte_of_the_spark_lake(spark_lake: SparkLake) -> None:
+    """Footers, page statistics, pages (decompressed), .crc and marker files: the scan of tests/plaintext_scan.py."""
+    before = pq.read_table(spark_lake.before, columns=["user_id", "email"]).to_pylist()
+    after = pq.read_table(spark_lake.root, columns=["user_id", "email__fc_ct"]).to_pylist()
+    protected_ids = {row["user_id"] for row in after if row["email__fc_ct"] is not None}
+    protected = {row["email"] for row in before if row["user_id"] in protected_ids and row["email"]}
+    historical = {row["email"] for row in before if row["user_id"] not in protected_ids and row["email"]}
+    assert len(protected) == spark_lake.encrypted and historical
+    assert scan(spark_lake.root, protected) == []
+    assert scan(spark_lake.root, historical)  # the scan does read Spark's files: rows left as they were are found

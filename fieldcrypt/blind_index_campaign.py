@@ -78,7 +78,16 @@ def reindex_files(workspace: Workspace, dataset: str, partition: str | None, *, 
         dataset,
         partition,
         lambda rel: reindex_file(
-            workspace.store, rel, spec, attributes, targets, keys, cache, partition=partition, dry_run=dry_run
+            workspace.store,
+            rel,
+            spec,
+            attributes,
+            targets,
+            keys,
+            cache,
+            dataset_root=workspace.layout(dataset).path,
+            partition=partition,
+            dry_run=dry_run,
         ),
     )
     return ReindexReport.total(where, reports)

@@ -163,7 +163,17 @@ def rotate(workspace: Workspace, dataset: str, partition: str | None) -> RotateR
     spec, attributes = workspace._dataset(dataset)
     cache = workspace.key_cache()
     reports = workspace._each_file(
-        dataset, partition, lambda rel: rotate_file(workspace.store, rel, spec, attributes, cache, partition=partition)
+        dataset,
+        partition,
+        lambda rel: rotate_file(
+            workspace.store,
+            rel,
+            spec,
+            attributes,
+            cache,
+            dataset_root=workspace.layout(dataset).path,
+            partition=partition,
+        ),
     )
     return RotateReport.total(workspace.partition_display(dataset, partition), reports)
 

@@ -187,7 +187,13 @@ def test_small_cell_budget_puts_several_wrapped_keys_in_the_files_dictionary(
     cache = DataKeyCache(provider, "acme", clock=clock, max_cells_per_key=50)
     rel = snapshot_path("users", PARTITION)
     report = protect_file(
-        local_workspace.store, rel, policy.datasets["users"], policy.for_dataset("users"), cache, partition=PARTITION
+        local_workspace.store,
+        rel,
+        policy.datasets["users"],
+        policy.for_dataset("users"),
+        cache,
+        dataset_root=local_workspace.layout("users").path,
+        partition=PARTITION,
     )
     cells = report.attributes["users.email"].newly_encrypted
     expected_keys = -(-cells // 50)

@@ -188,6 +188,23 @@ def test_tampered_wrapped_key_fails_the_unwrap_check_without_touching_the_file(
     assert _file(lake, "users").read_bytes() == stored
 
 
+def test_protected_row_copied_into_another_file_fails_the_unwrap_check(
+    fieldcrypt: FieldcryptResource, lake: Path, split_partition: str
+) -> None:
+    materialize_partition(fieldcrypt, split_partition)
+    table = pq.read_table(_file(lake, "users"))
+    row = pc.index(table.column("email__fc_ct").is_valid(), True).as_py()
+    pq.write_table(table.take([row]), _file(lake, "users").with_name("part-1.parquet"))  # decrypts: same key
+
+    users = [asset_key("protected_users")]
+    result = materialize_partition(fieldcrypt, split_partition, selection=users, raise_on_error=False)
+
+    evaluations = checks(result, "protected_users")
+    assert not evaluations["data_keys_unwrap"].passed
+    assert "repeats on" in evaluations["data_keys_unwrap"].metadata["error"].value
+    assert evaluations["no_plaintext_after_enablement"].passed
+
+
 def test_failing_check_fails_the_run_naming_the_check_and_the_partition(
     fieldcrypt: FieldcryptResource, lake: Path, split_partition: str
 ) -> None:

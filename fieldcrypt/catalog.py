@@ -358,6 +358,7 @@ class Catalog:
             datasets=datasets,
             file_workers=entry.file_workers,
             kms_calls_per_second=entry.kms_calls_per_second,
+            catalog_path=str(self.path),
         )
 
     def _pkcs11_key(self, key: Pkcs11KeyEntry) -> KeyConfig:

@@ -24,6 +24,7 @@ from typing import Any
 from fieldcrypt.blind_index import NORMALIZATIONS
 from fieldcrypt.catalog import CATALOG_ENV, WORKSPACE_ENV, Catalog
 from fieldcrypt.cli_output import Output
+from fieldcrypt.enable_checks import ALLOW_ABSENT_KEY
 from fieldcrypt.errors import ConfigError, FieldcryptError, InputError, KeyProviderError, PolicyError
 from fieldcrypt.kernel import describe as describe_kernel
 from fieldcrypt.keystore import Keystore, new_wrapping_key, parse_base64_key, unwrap_imported_key
@@ -104,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --blind-index: index values trimmed (trim), trimmed and lower-cased (email) or as E.164 (e164)",
     )
     enable.add_argument(
+        ALLOW_ABSENT_KEY,
+        dest="allow_absent_key",
+        action="store_true",
+        help="for a map key (col['key']): enable it although no row of the newest partition has that key yet",
+    )
+    enable.add_argument(
         ACK_FLAG,
         dest="acknowledged",
         action="store_true",
@@ -173,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit = commands.add_parser("audit", help="print the audit log (JSON lines)")
     audit.add_argument(
         "--unconfirmed", action="store_true", help="only intents never confirmed (a run died around a replace)"
+    )
+    audit.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every record (sequence, chain, MAC); names the first missing, edited or truncated one",
     )
 
     policy = commands.add_parser("policy", help="the workspace policy").add_subparsers(
@@ -277,6 +289,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             blind_index=args.blind_index,
             pad_to=args.pad_to,
             normalize=args.normalize,
+            allow_absent_key=args.allow_absent_key,
         )
         print(
             f"{entry.name}: enabled at {entry.enabled_at.isoformat()} with mask {entry.mask}; "
@@ -322,6 +335,13 @@ def run(argv: Sequence[str] | None = None) -> int:
                 }
             )
         out.finish(f"{len(workspace.datasets)} datasets declared in workspace {workspace.name}")
+    elif args.command == "audit" and args.verify:
+        chain = workspace.audit.verify()
+        head = f"seq {chain.head.seq}, digest {chain.head.digest}" if chain.head else "none"
+        print(
+            f"audit log of workspace {workspace.name}: {chain.records} chained records authentic, in sequence and "
+            f"unbroken ({chain.legacy_records} earlier records without chain fields before them); head: {head}"
+        )
     elif args.command == "audit":
         for event in workspace.audit.unconfirmed() if args.unconfirmed else workspace.audit.events():
             print(json.dumps(event, sort_keys=True))

@@ -35,10 +35,19 @@ _CODECS = {
 }
 
 
+PARQUET_MAGIC = b"PAR1"
+
+
 @contextlib.contextmanager
 def open_parquet(store: LakeStore, rel: str) -> Iterator[pq.ParquetFile]:
-    """A Parquet file of the lake; a clear error when it is missing or not Parquet."""
+    """A Parquet file of the lake; a clear error when it is missing or not Parquet.
+
+    pyarrow checks only the trailing magic; a file must also start with `PAR1` (a file whose
+    head was overwritten is not read, and never rewritten as if it were whole).
+    """
     with store.open_input(rel) as source:
+        if source.read_at(len(PARQUET_MAGIC), 0) != PARQUET_MAGIC:
+            raise InputError(f"{store.display(rel)} is not a readable Parquet file (it does not start with PAR1)")
         try:
             parquet = pq.ParquetFile(source)
         except (pa.ArrowInvalid, OSError) as exc:

@@ -293,7 +293,8 @@ class PolicyStore:
         self._check_workspace(doc, where)
         sealed = policy_auth.sealed(doc, auth, where)
         policy = Policy.from_json(sealed.document, where)
-        if not self._require_keys(where).policy_key_for(sealed.mac_key).verify(policy.to_json(), sealed.mac):
+        covered, label = sealed.covered(policy.to_json())
+        if not self._require_keys(where).policy_key_for(sealed.mac_key).verify(covered, sealed.mac, label):
             raise PolicyError(
                 f"{where} failed authentication: it was edited outside fieldcrypt (or replaced); it is refused. "
                 "Restore it from backup"

@@ -167,6 +167,26 @@ class LakeStore:
                 found.append(info.path[len(prefix) :] if info.path.startswith(prefix) else info.path)
         return sorted(found)
 
+    def list_keys_after(self, rel_dir: str, after: str | None) -> list[str]:
+        """S3: the objects below `rel_dir` whose key sorts after `after` (all when None), sorted.
+
+        One ListObjectsV2 page per 1,000 keys from `after` on, not from the start of the prefix:
+        what the audit log uses to find its newest record cheaply.
+        """
+        if self.is_local:
+            return [rel for rel in self.list_files(rel_dir) if after is None or rel > after]
+        bucket, prefix = self._bucket_key(rel_dir.rstrip("/") + "/")
+        root = self._bucket_key("")[1]  # the lake's own prefix inside the bucket ("" for a bucket root)
+        strip = len(root) + 1 if root else 0
+        start = {"StartAfter": self._bucket_key(after)[1]} if after is not None else {}
+        found = []
+        for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, **start):
+            for entry in page.get("Contents", []):
+                name = str(entry["Key"])
+                if TEMP_MARKER not in name.rsplit("/", 1)[-1]:
+                    found.append(name[strip:])
+        return sorted(found)
+
     def list_file_versions(self, rel_dir: str) -> dict[str, FileVersion]:
         """`list_files(rel_dir)` with each file's size and modification time, from the same listing."""
         return {rel: version for rel, version in self.list_all(rel_dir).items() if TEMP_MARKER not in rel}
@@ -297,6 +317,8 @@ class LakeStore:
         except Exception as exc:
             if _s3_status(exc) in (409, 412):
                 raise self._conflict(rel, what) from None
+            if _s3_status(exc) is not None:  # a missing bucket, a denied write: storage failed, as pyarrow says it
+                raise OSError(f"{self.display(rel)}: {exc}") from exc
             raise
         return FileVersion(len(data), None, str(response.get("ETag", "")) or None)
 

@@ -23,6 +23,7 @@ from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.columns import row_key_bytes
 from fieldcrypt.dispatch import DispatchReport, Segment, segment_row_group_indexes, segment_row_groups
+from fieldcrypt.enable_checks import check_declared, check_map_key_occurs
 from fieldcrypt.errors import (
     ConcurrentUpdateError,
     ConfigError,
@@ -35,6 +36,7 @@ from fieldcrypt.errors import (
 from fieldcrypt.keystore import Keystore
 from fieldcrypt.layout import DatasetLayout, partition_label
 from fieldcrypt.parquet_io import open_parquet, read_ahead, row_groups
+from fieldcrypt.partition_keys import check_unique_across_files
 from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
 from fieldcrypt.policy_auth import check_stored_file
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
@@ -104,6 +106,7 @@ class WorkspaceConfig:
     datasets: Mapping[str, DatasetLayout] = field(default_factory=dict)  # the catalog's declarations
     file_workers: int = 2  # files of one partition processed at once
     kms_calls_per_second: float | None = None  # client-side budget of key-provider calls (None: unlimited)
+    catalog_path: str | None = None  # the catalog file this configuration was read from (named in errors)
 
 
 Result = TypeVar("Result")
@@ -120,7 +123,7 @@ class Workspace:
         self.bindings = BindingStore(self.store)
         self.index_keys = IndexKeyStore(self.store)
         self.retiring_index_keys = RetiringIndexKeys(self.store)  # old keys of blind-index re-indexes under way
-        self.audit = AuditLog(self.store, config.name, actor)
+        self.audit = AuditLog(self.store, config.name, actor, key_source=self.key_cache)
         self._cache: DataKeyCache | None = None
         # Threads of one run may share the workspace (the Dagster assets' ranged runs): the cache is built once.
         # Re-entrant: binding a new lake writes its first policy, which reaches the cache through key_cache().
@@ -162,11 +165,14 @@ class Workspace:
         blind_index: bool = False,
         pad_to: int = 0,
         normalize: str = "none",
+        allow_absent_key: bool = False,
     ) -> AttributePolicy:
         """Protect `dataset.path` for every row ingested from now on. Irreversible.
 
-        The dataset must be declared in the catalog; the attribute must exist, with a type
-        that can be protected, in every file of the newest partition landed so far.
+        The dataset must be declared in the catalog, and the attribute too when the catalog
+        lists the dataset's `attributes:`; the attribute must exist, with a type that can be
+        protected, in every file of the newest partition landed so far, and a map key must
+        occur in some row of it (unless `allow_absent_key`: a key of data not landed yet).
         With `pad_to`, cells are padded to a multiple of that many bytes, so their length shows
         only the bucket of the value's length (cell format 2, docs/FORMAT.md section 2a).
         With `blind_index`, protected rows also get a keyed index of their value (joins and
@@ -192,11 +198,15 @@ class Workspace:
             normalize=normalize,
         )
         entry = policy.attributes[attribute]
+        check_declared(layout, entry, self.config.catalog_path)
         partitions = layout.partitions(self.store)
         if partitions:  # the attribute must exist, with a protectable type, in the data landed so far
-            for rel in partitions[list(partitions)[-1]]:
+            newest = list(partitions)[-1]
+            for rel in partitions[newest]:
                 with open_parquet(self.store, rel) as parquet:
                     check_schema(parquet.schema_arrow, policy.datasets[dataset], [entry], self.store.display(rel))
+            if not allow_absent_key:
+                check_map_key_occurs(self.store, partitions[newest], entry, str(newest or "unpartitioned"))
         # Refuse before creating an index key, as the save below would: another worker's change since
         # `previous` is a concurrent update (run again), not a successor that "drops" what it enabled.
         self.policies.check_change(policy, previous)
@@ -349,6 +359,7 @@ class Workspace:
             return ProtectReport.total(
                 where, self._each_file(dataset, partition, lambda rel: self._checked_scan(rel, spec, attributes))
             )
+        check_unique_across_files(self.store, self.files(dataset, partition), spec, attributes, where)
         cache = self.key_cache()
         index_keys, wrapped = self._index_keys(attributes)
         by_name = {a.name: a for a in attributes}

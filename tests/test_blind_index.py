@@ -213,7 +213,7 @@ def test_index_key_bytes_never_reach_the_lake_or_the_audit_log(
     workspace.enable("users.email", "email", acknowledge_irreversible=True, blind_index=True)
     _backdate(workspace)
     workspace.protect("users", SAMPLE_DAY.isoformat())
-    assert len(issued) == 3  # the policy MAC key, the index key and one data key
+    assert len(issued) == 4  # the policy MAC key, the audit key, the index key and one data key
     stored = b"".join(p.read_bytes() for p in Path(workspace.store.uri).rglob("*") if p.is_file())
     for key in issued:
         for form in (key, key.hex().encode(), base64.b64encode(key)):

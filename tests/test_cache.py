@@ -210,7 +210,8 @@ def test_report_counts_the_provider_calls_of_a_run(local_workspace: Workspace, e
     report = local_workspace.protect("users", PARTITION)
     # one data key generated per attribute, and one unwrap per attribute when the new file is verified
     assert report.kms_calls == 4
-    assert local_workspace.key_cache().calls.generate == 2 + 1  # + the policy MAC key, made when the lake was bound
+    # + the policy MAC key and the audit key, made when the lake was bound
+    assert local_workspace.key_cache().calls.generate == 2 + 2
     assert local_workspace.key_cache().calls.unwrap == 2
 
 
@@ -223,7 +224,8 @@ def test_data_keys_are_reused_across_partitions_within_the_ttl(
     enable_at(local_workspace, "users.email", "email")
     for day in ("2026-11-01", "2026-11-02", "2026-11-03"):
         local_workspace.protect("users", day)
-    assert local_workspace.key_cache().calls.generate == 1 + 1  # + the policy MAC key, made when the lake was bound
+    # + the policy MAC key and the audit key, made when the lake was bound
+    assert local_workspace.key_cache().calls.generate == 1 + 2
 
 
 def test_every_provider_call_is_audited_with_ids_and_no_key(

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from demo.sample_data import snapshot_path, users_table, write_snapshot
-from fieldcrypt import IntegrityError, KeyProviderError, VerificationError, Workspace
+from fieldcrypt import InputError, IntegrityError, KeyProviderError, VerificationError, Workspace
 from fieldcrypt.wrapped_key import WrappedKey
 
 DAY = date(2026, 11, 1)
@@ -253,12 +253,15 @@ def test_row_copied_into_another_file_of_the_partition_is_refused(lake: Lake) ->
     assert "part-1.parquet row group 0 row 0" in message
 
 
-def test_primary_key_protected_in_two_files_of_the_partition_is_refused(lake: Lake) -> None:
-    # A second file landed with a user of the first and protected on its own: each file is
-    # consistent, the partition is not (a row's cells bind its key, not its file).
-    pq.write_table(lake.plaintext.take([lake.rows[1]]), lake.path.with_name("part-1.parquet"))
-    assert lake.workspace.protect("users", PARTITION).newly_encrypted == 2
-    lake.refused(match="repeats on")
+def test_primary_key_landed_in_two_files_of_the_partition_is_refused_by_protect(lake: Lake) -> None:
+    # A second file landed with a user of the first: each file is consistent, the partition is
+    # not (a row's cells bind its key, not its file), so protection refuses before writing.
+    second = lake.path.with_name("part-1.parquet")
+    pq.write_table(lake.plaintext.take([lake.rows[1]]), second)
+    before = second.read_bytes()
+    with pytest.raises(InputError, match="repeats across files"):
+        lake.workspace.protect("users", PARTITION)
+    assert second.read_bytes() == before
 
 
 def test_dispatch_of_a_segment_without_the_repeated_key_is_served(lake: Lake) -> None:

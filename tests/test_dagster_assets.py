@@ -188,21 +188,24 @@ def test_tampered_wrapped_key_fails_the_unwrap_check_without_touching_the_file(
     assert _file(lake, "users").read_bytes() == stored
 
 
-def test_protected_row_copied_into_another_file_fails_the_unwrap_check(
+def test_protected_row_copied_into_another_file_fails_the_run_naming_both_files(
     fieldcrypt: FieldcryptResource, lake: Path, split_partition: str
 ) -> None:
     materialize_partition(fieldcrypt, split_partition)
     table = pq.read_table(_file(lake, "users"))
     row = pc.index(table.column("email__fc_ct").is_valid(), True).as_py()
-    pq.write_table(table.take([row]), _file(lake, "users").with_name("part-1.parquet"))  # decrypts: same key
+    copy = _file(lake, "users").with_name("part-1.parquet")
+    pq.write_table(table.take([row]), copy)  # its cells decrypt: they bind the row's key, not its file
+    before = copy.read_bytes()
 
     users = [asset_key("protected_users")]
     result = materialize_partition(fieldcrypt, split_partition, selection=users, raise_on_error=False)
 
-    evaluations = checks(result, "protected_users")
-    assert not evaluations["data_keys_unwrap"].passed
-    assert "repeats on" in evaluations["data_keys_unwrap"].metadata["error"].value
-    assert evaluations["no_plaintext_after_enablement"].passed
+    assert not result.success
+    failure = result.failure_data_for_node(node("protected_users"))
+    assert failure is not None and failure.error is not None
+    assert "repeats across files" in failure.error.message and "part-1.parquet" in failure.error.message
+    assert copy.read_bytes() == before
 
 
 def test_failing_check_fails_the_run_naming_the_check_and_the_partition(

@@ -10,7 +10,7 @@ KMS_POOL_LIMIT ?= 4
 
 DIST_STAMP := $(VENV)/.installed-distributed-stamp
 
-.PHONY: venv demo test lint typecheck pytest pytest-python-kernel pytest-distributed sanitize bench bench-scale ui clean
+.PHONY: venv demo test lint typecheck pytest pytest-python-kernel pytest-spark pytest-distributed sanitize bench bench-scale ui clean
 
 # setup.py builds the native cell kernel (fieldcrypt/_native.c) when gcc and the OpenSSL headers exist.
 $(STAMP): pyproject.toml setup.py fieldcrypt/_native.c
@@ -37,6 +37,11 @@ pytest: $(STAMP)
 pytest-python-kernel: $(STAMP)
 	FIELDCRYPT_KERNEL=python $(VENV)/bin/pytest -q -p no:cacheprovider \
 		tests/test_protect.py tests/test_reveal.py tests/test_tamper.py tests/test_verify_partition.py
+
+# Real Spark (pyspark from the dev extra, Java 17 on the machine) writes, reads back and compacts a protected
+# lake (tests/test_spark_lake.py, marked `spark`; about a minute on 2 cores, one local[2] session).
+pytest-spark: $(STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m spark tests/test_spark_lake.py
 
 # Multi-worker tests (tests/test_distributed.py): PostgreSQL + Redis + two Celery workers, started by the
 # tests' fixtures on loopback; needs the `distributed` extra and Debian's postgresql and redis-server (.ci/run).
@@ -65,7 +70,8 @@ bench: $(STAMP)
 bench-scale: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) bench/scale.py --partitions 1000 10000 --s3-partitions 1000 --backfill 1000 --driver 1000 10000
 
-# dagster dev on loopback with a persistent instance under the project; after `make demo` it opens the
+# dagster dev on loopback with a persistent instance under the project (scripts/dagster_ui.py: Ctrl-C or SIGTERM
+# stops it and every process it started); after `make demo` it opens the
 # demo's lake, key and runs (demo-workspace/dagster.env), otherwise the catalog's (fieldcrypt.yaml) defaults.
 ui: $(STAMP)
 	mkdir -p $(DEMO_DIR)/dagster_home
@@ -73,7 +79,7 @@ ui: $(STAMP)
 	set -a; if [ -f $(DEMO_DIR)/dagster.env ]; then . ./$(DEMO_DIR)/dagster.env; fi; set +a; \
 	export DAGSTER_HOME=$(CURDIR)/$(DEMO_DIR)/dagster_home; \
 	$(VENV)/bin/dagster instance concurrency set kms_demo $(KMS_POOL_LIMIT) && \
-	exec $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
+	exec $(PY) scripts/dagster_ui.py -w workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
 
 clean:
 	rm -rf $(DEMO_DIR)

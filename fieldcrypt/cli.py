@@ -24,7 +24,8 @@ from typing import Any
 from fieldcrypt.blind_index import NORMALIZATIONS
 from fieldcrypt.catalog import CATALOG_ENV, WORKSPACE_ENV, Catalog
 from fieldcrypt.cli_output import Output
-from fieldcrypt.errors import FieldcryptError, InputError, KeyProviderError, PolicyError
+from fieldcrypt.enable_checks import ALLOW_ABSENT_KEY
+from fieldcrypt.errors import ConfigError, FieldcryptError, InputError, KeyProviderError, PolicyError
 from fieldcrypt.kernel import describe as describe_kernel
 from fieldcrypt.keystore import Keystore, new_wrapping_key, parse_base64_key, unwrap_imported_key
 from fieldcrypt.layout import partition_label
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--catalog", help=f"catalog file (default: ${CATALOG_ENV} or ./fieldcrypt.yaml)")
     parser.add_argument("--workspace", help=f"workspace of the catalog (default: ${WORKSPACE_ENV} or its default)")
     parser.add_argument("--lake", help="override: local folder or s3://bucket/prefix")
-    parser.add_argument("--provider", choices=["local", "aws-kms"], help="override: key provider")
+    parser.add_argument("--provider", choices=["local", "aws-kms", "pkcs11"], help="override: key provider")
     parser.add_argument("--keystore", help="override: local keystore file")
     parser.add_argument("--kms-key", help="override: KMS key ARN")
     parser.add_argument("--kms-endpoint-url", help="override: KMS-compatible endpoint")
@@ -102,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=NORMALIZATIONS,
         default="none",
         help="with --blind-index: index values trimmed (trim), trimmed and lower-cased (email) or as E.164 (e164)",
+    )
+    enable.add_argument(
+        ALLOW_ABSENT_KEY,
+        dest="allow_absent_key",
+        action="store_true",
+        help="for a map key (col['key']): enable it although no row of the newest partition has that key yet",
     )
     enable.add_argument(
         ACK_FLAG,
@@ -174,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--unconfirmed", action="store_true", help="only intents never confirmed (a run died around a replace)"
     )
+    audit.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every record (sequence, chain, MAC); names the first missing, edited or truncated one",
+    )
 
     restore = commands.add_parser(
         "restore-accept",
@@ -198,7 +210,12 @@ def _config(args: argparse.Namespace) -> WorkspaceConfig:
     for flag, variable in _OVERRIDE_FLAGS.items():
         if getattr(args, flag):
             environ[variable] = getattr(args, flag)
-    return Catalog.load(args.catalog, environ).workspace_config()
+    try:
+        return Catalog.load(args.catalog, environ).workspace_config()
+    except ConfigError as exc:
+        if args.workspace:  # the catalog names the variable the flag was passed through; the user typed the flag
+            raise ConfigError(str(exc).replace(f"({WORKSPACE_ENV})", "(--workspace)")) from None
+        raise
 
 
 def _workspace(args: argparse.Namespace) -> Workspace:
@@ -212,8 +229,8 @@ def _keystore_path(config: WorkspaceConfig) -> Path:
     return Path(config.key.keystore_path)
 
 
-def _print(obj: object) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+def _print(obj: object, compact: bool = False) -> None:
+    print(json.dumps(obj, default=str) if compact else json.dumps(obj, indent=2, default=str))
 
 
 def _run_key(args: argparse.Namespace) -> None:
@@ -248,7 +265,8 @@ def _run_key(args: argparse.Namespace) -> None:
                 {"version": v.version, "origin": v.origin, "state": v.state, "created_at": v.created_at}
                 for v in store.versions.values()
             ],
-        }
+        },
+        compact=args.json,
     )
 
 
@@ -277,6 +295,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             blind_index=args.blind_index,
             pad_to=args.pad_to,
             normalize=args.normalize,
+            allow_absent_key=args.allow_absent_key,
         )
         print(
             f"{entry.name}: enabled at {entry.enabled_at.isoformat()} with mask {entry.mask}; "
@@ -322,6 +341,13 @@ def run(argv: Sequence[str] | None = None) -> int:
                 }
             )
         out.finish(f"{len(workspace.datasets)} datasets declared in workspace {workspace.name}")
+    elif args.command == "audit" and args.verify:
+        chain = workspace.audit.verify()
+        head = f"seq {chain.head.seq}, digest {chain.head.digest}" if chain.head else "none"
+        print(
+            f"audit log of workspace {workspace.name}: {chain.records} chained records authentic, in sequence and "
+            f"unbroken ({chain.legacy_records} earlier records without chain fields before them); head: {head}"
+        )
     elif args.command == "audit":
         for event in workspace.audit.unconfirmed() if args.unconfirmed else workspace.audit.events():
             print(json.dumps(event, sort_keys=True))
@@ -365,6 +391,7 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
     if chosen:
         for key in chosen:
             layout.check_partition(key)
+            workspace.landed_files(dataset, key)  # a named partition that holds nothing is an error, not "0 cells"
         partitions = [*chosen]
     else:
         partitions = workspace.partitions(dataset)
@@ -379,7 +406,7 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
             rows = row_of(workspace, dataset, partition)
         except FieldcryptError as exc:
             failed += 1
-            print(f"fieldcrypt: error: {dataset} {partition_label(partition)}: {exc}", file=sys.stderr)
+            print(f"fieldcrypt: error: {dataset} {partition_label(partition)}: {_named(exc)}", file=sys.stderr)
             continue
         for row in rows:
             rows_seen.append(row)
@@ -387,15 +414,39 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
             for key in totals:
                 summed[key] = summed.get(key, 0) + int(row.get(key) or 0)
     done = len(partitions) - failed
-    summary = _summary(command, done, summed, failed)
-    if command == "status" and not failed:
+    summary = _summary(command, done, summed, failed) + _summary_files_note(rows_seen)
+    temps_left = sum({row["partition"]: row.get("temp_files_left", 0) for row in rows_seen}.values())
+    if command == "status" and temps_left:
+        summary += (
+            f"\n{temps_left:,} temporary files of runs still under way are left (they may hold plaintext "
+            "copies); run status again once those runs end"
+        )
+    if command == "status" and not failed and not temps_left:
         fully = sorted(_fully_protected(rows_seen))
-        summary += "".join(f"\n{name}: fully protected, no plaintext left" for name in fully)
+        if any(row.get("summary_files") for row in rows_seen):  # their statistics are not read
+            summary += "".join(f"\n{name}: every data file fully protected" for name in fully)
+        else:
+            summary += "".join(f"\n{name}: fully protected, no plaintext left" for name in fully)
     out.finish(summary, {"partitions": done, "failed": failed, **summed})
     if failed:
         print(f"fieldcrypt: {failed} of {len(partitions)} partitions failed", file=sys.stderr)
         return 2
     return 0
+
+
+def _summary_files_note(rows: list[dict[str, Any]]) -> str:
+    """Summary files a run removed, or (status) found: by name (fieldcrypt.summary_files)."""
+    removed = sorted({name for row in rows for name in row.get("summary_files_removed", ())})
+    present = sorted({name for row in rows for name in row.get("summary_files", ())})
+    note = ""
+    if removed:
+        note += f"\nremoved summary files (stale once a file below them was rewritten): {', '.join(removed)}"
+    if present:
+        note += (
+            f"\nsummary files present: {', '.join(present)}; the next protect, rotate or re-index run that "
+            "rewrites a file below them removes them (their statistics may hold plaintext until then)"
+        )
+    return note
 
 
 def _fully_protected(rows: list[dict[str, Any]]) -> set[str]:
@@ -420,6 +471,7 @@ def _protect_rows(workspace: Workspace, dataset: str, partition: str | None) -> 
             "already_protected": counts.already_protected,
             "historical_plaintext": counts.historical_plaintext,
             "kms_calls": report.kms_calls,
+            "summary_files_removed": report.summary_files_removed,
         }
         for name, counts in report.attributes.items()
     ] or [_no_attribute_row(report, partition)]
@@ -437,6 +489,8 @@ def _status_rows(workspace: Workspace, dataset: str, partition: str | None) -> l
             "pending": counts.pending,
             "historical_plaintext": counts.historical_plaintext,
             "null": counts.null_values,
+            "temp_files_left": report.temp_files_left,
+            "summary_files": report.summary_files_present,
         }
         for name, counts in report.attributes.items()
     ] or [_no_attribute_row(report, partition)]
@@ -448,6 +502,7 @@ def _no_attribute_row(report: Any, partition: str | None) -> dict[str, Any]:
         "attribute": "(none enabled)",
         "files": report.files,
         "rows": report.rows,
+        "summary_files": report.summary_files_present,
     }
 
 
@@ -472,6 +527,7 @@ def _rotate_rows(workspace: Workspace, dataset: str, partition: str | None) -> l
             "data_keys": report.distinct_data_keys,
             "rewrapped": report.rewrapped,
             "kms_calls": report.kms_calls,
+            "summary_files_removed": report.summary_files_removed,
         }
     ]
 
@@ -487,6 +543,7 @@ def _reindex_rows(workspace: Workspace, dataset: str, partition: str | None) -> 
             "files_rewritten": report.files_rewritten,
             "reindexed": report.reindexed.get(name, 0),
             "already": report.already.get(name, 0),
+            "summary_files_removed": report.summary_files_removed,
         }
         for name in names
     ]
@@ -510,7 +567,17 @@ _COMMANDS: dict[str, tuple[Callable[[Workspace, str, str | None], list[dict[str,
     ),
     "status": (
         _status_rows,
-        ["partition", "attribute", "files", "rows", "protected", "pending", "historical_plaintext", "null"],
+        [
+            "partition",
+            "attribute",
+            "files",
+            "rows",
+            "protected",
+            "pending",
+            "historical_plaintext",
+            "null",
+            "temp_files_left",
+        ],
         ["protected", "pending", "historical_plaintext"],
     ),
     "verify": (_verify_rows, ["partition", "attribute", "files", "cells_verified"], ["cells_verified"]),
@@ -580,7 +647,7 @@ def _rotate(workspace: Workspace, args: argparse.Namespace) -> None:
             )
             return
         if last is None:
-            print(f"no rotation campaign yet; {status.scanned} partitions scanned")
+            print("no rotation campaign yet")
         elif last.status == "complete":
             print(f"last campaign {last.campaign_id}: {last.old.ref} -> {last.new.ref}, complete at {last.finished_at}")
         else:
@@ -620,11 +687,16 @@ def _private_output(path: Path) -> Any:
     return os.fdopen(fd, "w")
 
 
+def _named(exc: FieldcryptError) -> str:
+    """The error as Dagster shows it: its class (what a runbook or a script matches on), then its message."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         sys.exit(run(argv))
     except FieldcryptError as exc:
-        print(f"fieldcrypt: error: {exc}", file=sys.stderr)
+        print(f"fieldcrypt: error: {_named(exc)}", file=sys.stderr)
         sys.exit(2)
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away: stop quietly, without a traceback at interpreter exit.

@@ -19,6 +19,10 @@ class ConfigError(FieldcryptError):
     """The catalog or a setting is invalid: the message names the key (or variable) and the problem."""
 
 
+class RowNotFoundError(InputError):
+    """Rows asked for by primary key (reveal) that the partition does not hold; the message names the keys."""
+
+
 class PolicyError(FieldcryptError):
     """A policy change that is not allowed (dropping or altering an enabled attribute)."""
 

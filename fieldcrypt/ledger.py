@@ -8,7 +8,7 @@ attribute, the number of protected cells and a digest of their (row key, ciphert
 wrapped key, blind index) cells.
 
 Sharded so that no file is hot: one shard per dataset partition,
-`_fieldcrypt/ledger/<dataset>/<partition>.json` (docs/FORMAT.md section 6c), MAC'd under
+`_fieldcrypt/ledger/<dataset>/<partition>.json` (docs/FORMAT.md section 6d), MAC'd under
 a key derived from the policy MAC key (so rotation, which rewraps that key, needs nothing
 here) and replaced by compare-and-swap (LakeStore.update, local and S3). A replace is
 recorded in two steps around it (`recorded`): the new entry is staged before the replace
@@ -18,7 +18,7 @@ Checked by status, protect, reveal and dispatch (the partition's files against i
 one shard read, and per file its footer and protection-column chunks) and by verify, which
 also recomputes the cell digests. Files fieldcrypt never wrote are not in the ledger:
 pending, not errors; a file whose metadata carries fieldcrypt's ledger mark but is not in
-the ledger is an error. The rules, and the exact bytes: docs/FORMAT.md section 6c.
+the ledger is an error. The rules, and the exact bytes: docs/FORMAT.md section 6d.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def file_identity(store: LakeStore, rel: str) -> tuple[int, str, str]:
 
     The footer digest covers its bytes, its 4-byte length and the trailing magic; the chunk digest the
     bytes of every column chunk whose column name ends in `__fc_ct`, `__fc_dek` or `__fc_bidx`, row group
-    by row group, in footer order (docs/FORMAT.md section 6c). A footer alone is not enough: rewrapping
+    by row group, in footer order (docs/FORMAT.md section 6d). A footer alone is not enough: rewrapping
     keys of the same length leaves it byte-identical.
     """
     where = store.display(rel)
@@ -226,7 +226,7 @@ def cell_digests(
 ) -> dict[str, tuple[int, str]]:
     """Per attribute whose ciphertext column the file has: (protected cells, digest of their cells).
 
-    The digest (docs/FORMAT.md section 6c) covers, for the protected rows in file order, the
+    The digest (docs/FORMAT.md section 6d) covers, for the protected rows in file order, the
     row key, ciphertext, wrapped key and blind index of each: a cell removed, added, moved or
     replaced changes it.
     """
@@ -240,7 +240,12 @@ def cell_digests(
     counts = {a.name: 0 for a in present}
     digests = {a.name: [_ColumnDigest() for _ in range(4)] for a in present}
     for index, batch in enumerate(row_groups(parquet, where, columns=[n for n in names if n in wanted])):
-        keys = row_key_bytes(batch, dataset.primary_key, f"{where} row group {index}")
+        # A dataset without a primary key binds no row key into its cells: its key column counts as all null.
+        keys = (
+            row_key_bytes(batch, dataset.primary_key, f"{where} row group {index}")
+            if dataset.primary_key
+            else pa.nulls(batch.num_rows, pa.binary())
+        )
         for a in present:
             protected = pc.is_valid(batch.column(a.ciphertext_column))
             counts[a.name] += protected.true_count

@@ -307,8 +307,9 @@ class PolicyStore:
         self._check_workspace(doc, where)
         sealed = policy_auth.sealed(doc, auth, where)
         policy = Policy.from_json(sealed.document, where)
+        covered, label = sealed.covered(policy.to_json())
         key = self._require_keys(where).policy_key_for(sealed.mac_key)
-        if not key.verify(policy.to_json(), sealed.mac):
+        if not key.verify(covered, sealed.mac, label):
             raise PolicyError(
                 f"{where} failed authentication: it was edited outside fieldcrypt (or replaced); it is refused. "
                 "Restore it from backup"

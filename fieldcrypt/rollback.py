@@ -3,7 +3,7 @@
 Every authenticated policy carries a version (docs/FORMAT.md section 6a) that each save
 raises by one. After a save, the binding (`_fieldcrypt/master_key.json`, written with
 compare-and-swap) records that version and the policy's MAC in its `seen` member, MAC'd
-under a key derived from the policy MAC key (section 6b). Loading a policy older than the
+under a key derived from the policy MAC key (docs/FORMAT.md section 6c). Loading a policy older than the
 record, or another policy of the same version, is refused by name: an older authenticated
 policy.json copied back (a restored backup) would silently turn protection off for
 attributes enabled since. `fieldcrypt restore-accept` is the audited way out.
@@ -35,7 +35,7 @@ class RollbackError(PolicyError):
 
 
 def canonical(doc: dict[str, Any]) -> bytes:
-    """The exact bytes a record's MAC covers: sorted keys, no whitespace, ASCII (docs/FORMAT.md 6b)."""
+    """The exact bytes a record's MAC covers: sorted keys, no whitespace, ASCII (docs/FORMAT.md 6c)."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 

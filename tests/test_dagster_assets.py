@@ -189,6 +189,28 @@ def test_tampered_wrapped_key_fails_the_unwrap_check_without_touching_the_file(
     assert _file(lake, "users").read_bytes() == stored
 
 
+def test_protected_row_copied_into_another_file_fails_the_run_naming_both_files(
+    fieldcrypt: FieldcryptResource, lake: Path, split_partition: str
+) -> None:
+    materialize_partition(fieldcrypt, split_partition)
+    table = pq.read_table(_file(lake, "users"))
+    row = pc.index(table.column("email__fc_ct").is_valid(), True).as_py()
+    copy = _file(lake, "users").with_name("part-1.parquet")
+    pq.write_table(table.take([row]), copy)  # its cells decrypt: they bind the row's key, not its file
+    before = copy.read_bytes()
+
+    users = [asset_key("protected_users")]
+    result = materialize_partition(fieldcrypt, split_partition, selection=users, raise_on_error=False)
+
+    assert not result.success
+    failure = result.failure_data_for_node(node("protected_users"))
+    assert failure is not None and failure.error is not None
+    # The copy carries the `ledgered` mark of the file it came from: the protection ledger names it first.
+    assert "part-1.parquet was written by fieldcrypt" in failure.error.message
+    assert "not in the protection ledger" in failure.error.message
+    assert copy.read_bytes() == before
+
+
 def test_failing_check_fails_the_run_naming_the_check_and_the_partition(
     fieldcrypt: FieldcryptResource, lake: Path, split_partition: str
 ) -> None:

@@ -74,6 +74,7 @@ def reindex_files(workspace: Workspace, dataset: str, partition: str | None, *, 
         new={a.name: cache.index_key_for(current[a.name], a.dataset, a.path).normalized(a.normalize) for a in targets},
         old={a.name: cache.index_key_for(retiring[a.name], a.dataset, a.path).normalized(a.normalize) for a in targets},
     )
+    ledger = workspace.ledger_step(partition, spec, attributes)
     reports = workspace._each_file(
         dataset,
         partition,
@@ -88,6 +89,7 @@ def reindex_files(workspace: Workspace, dataset: str, partition: str | None, *, 
             dataset_root=workspace.layout(dataset).path,
             partition=partition,
             dry_run=dry_run,
+            ledger=ledger,
         ),
     )
     return ReindexReport.total(where, reports)

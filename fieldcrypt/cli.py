@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="check every record (sequence, chain, MAC); names the first missing, edited or truncated one",
     )
 
+    restore = commands.add_parser(
+        "restore-accept",
+        help="accept a deliberate restore of _fieldcrypt/ (policy, ledger) from a backup, after checking the lake",
+    )
+    restore.add_argument("--reason", required=True, help="why (ticket id); written to the audit log")
+
     policy = commands.add_parser("policy", help="the workspace policy").add_subparsers(
         dest="policy_command", required=True
     )
@@ -345,6 +351,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     elif args.command == "audit":
         for event in workspace.audit.unconfirmed() if args.unconfirmed else workspace.audit.events():
             print(json.dumps(event, sort_keys=True))
+    elif args.command == "restore-accept":
+        was, now, files = workspace.accept_restore(args.reason)
+        print(
+            f"restore accepted: policy.json version {was} is now version {now}; "
+            f"{files} protected files verified and recorded in the protection ledger"
+        )
     elif args.command == "policy":
         adopted = workspace.adopt_policy()
         print(

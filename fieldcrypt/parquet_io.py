@@ -200,7 +200,10 @@ def protected_writer(
     }
     protection = {c for a in attributes for c in (a.ciphertext_column, a.wrapped_key_column, a.blind_index_column)}
     metadata = listing_columns(schema.metadata or {}, [n for n in schema.names if n in protection], where)
-    metadata[FILE_METADATA_KEY] = json.dumps({"format": 1, "attributes": described}, sort_keys=True).encode()
+    # "ledgered": this version of the file is recorded in the protection ledger (fieldcrypt.ledger), so one
+    # found outside the ledger was copied in or outlived a restore of `_fieldcrypt/`.
+    file_doc = {"format": 1, "attributes": described, "ledgered": True}
+    metadata[FILE_METADATA_KEY] = json.dumps(file_doc, sort_keys=True).encode()
     default = codec_of(source)
     wrapped_key_codec = _WRAPPED_KEY_CODEC if default == "none" else default
     kept = source_codecs(source, leaves)

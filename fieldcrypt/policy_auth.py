@@ -68,6 +68,18 @@ class MacKey:
     def verify(self, covered: bytes, mac: bytes, label: bytes = MAC_LABEL) -> bool:
         return hmac.compare_digest(self.mac(covered, label), mac)
 
+    def derived(self, label: bytes) -> MacKey:
+        """A key for another record kept with the policy (the protection ledger, the binding's
+        version record): HMAC-SHA256(this key, label). Rotation rewraps this key, so the derived
+        key needs no wrapping of its own (docs/FORMAT.md section 6c)."""
+        return MacKey(hmac.digest(self._key, label, hashlib.sha256))
+
+    def mac_bytes(self, label: bytes, data: bytes) -> bytes:
+        return hmac.digest(self._key, label + data, hashlib.sha256)
+
+    def verify_bytes(self, label: bytes, data: bytes, mac: bytes) -> bool:
+        return hmac.compare_digest(self.mac_bytes(label, data), mac)
+
 
 class PolicyKeys(Protocol):
     """What the policy store needs from the data-key cache (fieldcrypt.cache.DataKeyCache)."""

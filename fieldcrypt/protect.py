@@ -33,6 +33,7 @@ from fieldcrypt.columns import check_attribute_type, is_row_key_type
 from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_attribute, with_protection_columns
 from fieldcrypt.engine_schema import lists_columns
 from fieldcrypt.errors import ConcurrentUpdateError, InputError
+from fieldcrypt.ledger import LedgerStep, recorded
 from fieldcrypt.parquet_io import open_parquet, protected_writer, read_ahead, row_groups
 from fieldcrypt.parquet_io import row_group as read_row_group
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
@@ -179,6 +180,7 @@ def protect_file(
     sample_per_row_group: int = 32,
     index_keys: Mapping[str, BlindIndexKey] | None = None,
     before_replace_check: Callable[[str], None] | None = None,
+    ledger: LedgerStep | None = None,
 ) -> ProtectReport:
     """Encrypt every pending cell of `rel` and replace it atomically.
 
@@ -241,7 +243,8 @@ def protect_file(
             intent, removed = before_replace(
                 store, rel, attributes, cache, dataset.name, partition, expected, dataset_root=dataset_root
             )
-            replace_data_file(store, temp, rel, original_version, "it was being protected")
+            with recorded(ledger, temp, rel):  # the protection ledger's entry for the new file (fieldcrypt.ledger)
+                replace_data_file(store, temp, rel, original_version, "it was being protected")
     finally:
         store.release_temp(temp)
 

@@ -34,6 +34,7 @@ from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.checksum_file import replace_data_file
 from fieldcrypt.encrypt import ciphertext_digest
 from fieldcrypt.errors import ConcurrentUpdateError, IntegrityError, VerificationError
+from fieldcrypt.ledger import LedgerStep, recorded
 from fieldcrypt.parquet_io import open_parquet, protected_writer, row_group
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.policy_auth import check_file_protection
@@ -125,6 +126,7 @@ def reindex_file(
     dataset_root: str,
     partition: str | None = None,
     dry_run: bool = False,
+    ledger: LedgerStep | None = None,
 ) -> ReindexReport:
     """Recompute the blind index of `targets` under their new key in `rel`; verify, then replace atomically.
 
@@ -158,7 +160,8 @@ def reindex_file(
             intent, rewritten.summary_files_removed = before_replace(
                 store, rel, attributes, cache, dataset.name, partition, operation="reindex", dataset_root=dataset_root
             )
-            replace_data_file(store, temp, rel, original_version, "it was being re-indexed")
+            with recorded(ledger, temp, rel):  # the protection ledger's entry for the new file (fieldcrypt.ledger)
+                replace_data_file(store, temp, rel, original_version, "it was being re-indexed")
     finally:
         store.release_temp(temp)
     if cache.audit is not None:

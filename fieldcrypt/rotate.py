@@ -23,6 +23,7 @@ from fieldcrypt.checksum_file import replace_data_file
 from fieldcrypt.columns import identical as identical_values
 from fieldcrypt.encrypt import used_wrapped_keys
 from fieldcrypt.errors import ConcurrentUpdateError, VerificationError
+from fieldcrypt.ledger import LedgerStep, recorded
 from fieldcrypt.parquet_io import chunk_span, open_parquet, protected_writer, read_ahead, row_group, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.replace_guard import before_replace
@@ -107,6 +108,7 @@ def rotate_file(
     *,
     dataset_root: str,
     partition: str | None = None,
+    ledger: LedgerStep | None = None,
 ) -> RotateReport:
     started = time.perf_counter()
     calls_before = cache.calls.total
@@ -162,7 +164,8 @@ def rotate_file(
                 "rotate_partition",
                 dataset_root=dataset_root,
             )
-            replace_data_file(store, temp, rel, original_version, "it was being rotated")
+            with recorded(ledger, temp, rel):  # the protection ledger's entry for the new file (fieldcrypt.ledger)
+                replace_data_file(store, temp, rel, original_version, "it was being rotated")
     finally:
         store.release_temp(temp)
     if cache.audit is not None:

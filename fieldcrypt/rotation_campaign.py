@@ -162,6 +162,7 @@ def rotate(workspace: Workspace, dataset: str, partition: str | None) -> RotateR
     """Rewrap the data keys of every file of a partition under the current master key."""
     spec, attributes = workspace._dataset(dataset)
     cache = workspace.key_cache()
+    ledger = workspace.ledger_step(partition, spec, attributes)
     reports = workspace._each_file(
         dataset,
         partition,
@@ -173,6 +174,7 @@ def rotate(workspace: Workspace, dataset: str, partition: str | None) -> RotateR
             cache,
             dataset_root=workspace.layout(dataset).path,
             partition=partition,
+            ledger=ledger,
         ),
     )
     return RotateReport.total(workspace.partition_display(dataset, partition), reports)

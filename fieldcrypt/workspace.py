@@ -35,10 +35,11 @@ from fieldcrypt.errors import (
 )
 from fieldcrypt.keystore import Keystore
 from fieldcrypt.layout import DatasetLayout, partition_label
+from fieldcrypt.ledger import Ledger, LedgerError, LedgerStep, entry_of, is_marked
 from fieldcrypt.parquet_io import open_parquet, read_ahead, row_groups
 from fieldcrypt.partition_keys import check_unique_across_files
 from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
-from fieldcrypt.policy_auth import check_stored_file
+from fieldcrypt.policy_auth import MacKey, check_stored_file
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
 from fieldcrypt.providers.aws_kms import PROVIDER_ID as KMS
 from fieldcrypt.providers.aws_kms import RETRY_MODES
@@ -124,6 +125,7 @@ class Workspace:
         self.index_keys = IndexKeyStore(self.store)
         self.retiring_index_keys = RetiringIndexKeys(self.store)  # old keys of blind-index re-indexes under way
         self.audit = AuditLog(self.store, config.name, actor, key_source=self.key_cache)
+        self.ledger = Ledger(self.store, config.name, self._policy_mac_key)  # fieldcrypt.ledger
         self._cache: DataKeyCache | None = None
         # Threads of one run may share the workspace (the Dagster assets' ranged runs): the cache is built once.
         # Re-entrant: binding a new lake writes its first policy, which reaches the cache through key_cache().
@@ -155,6 +157,46 @@ class Workspace:
 
     def policy(self) -> Policy:
         return self.policies.load()
+
+    def _policy_mac_key(self) -> MacKey:
+        """The policy MAC key, from which the protection ledger's key is derived."""
+        wrapped = self.policies.mac_key_value()
+        if wrapped is None:
+            raise PolicyError(
+                f"{self.store.display('_fieldcrypt/policy.json')} is missing or not authenticated: "
+                "the protection ledger cannot be read"
+            )
+        return self.key_cache().policy_key_for(wrapped)
+
+    def ledger_step(
+        self, partition: str | None, spec: DatasetSpec, attributes: Sequence[AttributePolicy]
+    ) -> LedgerStep:
+        """How a rewrite of this partition records each file in the protection ledger (each file is checked
+        against it right before its replace: a replaced file is never laundered into the ledger)."""
+        return LedgerStep(self.ledger, spec, partition, attributes)
+
+    def _check_ledger(
+        self,
+        dataset: str,
+        partition: str | None,
+        spec: DatasetSpec,
+        attributes: Sequence[AttributePolicy],
+        files: Sequence[str] | None = None,
+        deep: bool = False,
+    ) -> None:
+        """Before any cell is decrypted (verify, reveal, dispatch): the partition against the protection ledger
+        (`deep`, verify: the cell digests too).
+
+        A replaced file is first checked cell by cell, so a tampered cell is named with its row;
+        the ledger's own finding is raised when every cell authenticates.
+        """
+        try:
+            listed = self.files(dataset, partition) if files is None else files
+            self.ledger.check(spec, partition, listed, attributes, deep=deep)
+        except LedgerError as exc:
+            if exc.replaced and exc.rel is not None:
+                self._verify_cells(dataset, partition, [exc.rel])
+            raise
 
     def enable(
         self,
@@ -356,10 +398,15 @@ class Workspace:
         where = self.partition_display(dataset, partition)
         if not attributes:
             # a file protected under a lost policy is refused, not scanned as "nothing enabled"
-            return ProtectReport.total(
-                where, self._each_file(dataset, partition, lambda rel: self._checked_scan(rel, spec, attributes))
-            )
-        check_unique_across_files(self.store, self.files(dataset, partition), spec, attributes, where)
+            scanned = self._each_file(dataset, partition, lambda rel: self._checked_scan(rel, spec, attributes))
+            self.ledger.check(spec, partition, self.files(dataset, partition), attributes, skip_replaced=True)
+            return ProtectReport.total(where, scanned)
+        # Before any work: a deleted or unledgered protected file (a restored `_fieldcrypt/`) stops the run; a
+        # replaced file is refused right before its own replace (never laundered), and named by verify.
+        files = self.files(dataset, partition)
+        self.ledger.check(spec, partition, files, attributes, skip_replaced=True)
+        check_unique_across_files(self.store, files, spec, attributes, where)
+        ledger = self.ledger_step(partition, spec, attributes)
         cache = self.key_cache()
         index_keys, wrapped = self._index_keys(attributes)
         by_name = {a.name: a for a in attributes}
@@ -401,6 +448,7 @@ class Workspace:
                 partition=partition,
                 index_keys=index_keys,
                 before_replace_check=index_keys_unchanged,
+                ledger=ledger,
             ),
         )
         return ProtectReport.total(where, reports, master_key=cache.master_key.ref)
@@ -427,6 +475,7 @@ class Workspace:
         """
         spec, attributes = self._dataset(dataset)
         files, temps_left = self.swept_files(dataset, partition)
+        self.ledger.check(spec, partition, files, attributes)
         reports = self._each_file(dataset, partition, lambda rel: scan_file(self.store, rel, spec, attributes), files)
         report = ProtectReport.total(self.partition_display(dataset, partition), reports)
         report.temp_files_left = temps_left
@@ -438,11 +487,18 @@ class Workspace:
 
         `files`: the partition's files when the caller listed them already (one listing, not two).
         Raises IntegrityError on what fieldcrypt.read_rule refuses (a cell that does not authenticate,
-        a removed ciphertext, a wrong blind index, a primary key repeated across files),
-        VerificationError on a protected row whose stored mask is not the mask of its decrypted value.
+        a removed ciphertext, a wrong blind index, a primary key repeated across files), VerificationError
+        on a protected row whose stored mask is not the mask of its decrypted value, and IntegrityError
+        (LedgerError) on a file that does not hold what the protection ledger recorded.
         """
-        spec, attributes = self._dataset(dataset)
         listed = self.files(dataset, partition) if files is None else list(files)
+        spec, attributes = self._dataset(dataset)
+        self._check_ledger(dataset, partition, spec, attributes, listed, deep=True)  # before any cell is decrypted
+        return self._verify_cells(dataset, partition, listed)
+
+    def _verify_cells(self, dataset: str, partition: str | None, listed: Sequence[str]) -> dict[str, int]:
+        """verify's cell-by-cell check of `listed`: decrypt each protected cell and check it by the read rule."""
+        spec, attributes = self._dataset(dataset)
         check_partition(self.store, listed, spec, attributes, self.partition_display(dataset, partition))
         keys = self._read_keys(attributes)
         counts: dict[str, int] = {}
@@ -493,6 +549,7 @@ class Workspace:
 
             choice = RowChoice(lambda parquet: range(parquet.num_row_groups), is_wanted)
         found: set[bytes] = set()
+        self._check_ledger(dataset, partition, spec, enabled, files)
         check_partition(self.store, files, spec, enabled, self.partition_display(dataset, partition), choice)
         keys = self._read_keys(chosen)
         for rel in files:
@@ -556,6 +613,7 @@ class Workspace:
         report = report if report is not None else DispatchReport(dataset, partition)
         report.partition = partition
         files = self.files(dataset, partition)
+        self._check_ledger(dataset, partition, spec, enabled, files)
         chosen_segment: Segment | None = None
         for rel in files[:1]:  # the segment is typed like the key column
             with open_parquet(self.store, rel) as parquet:
@@ -698,12 +756,68 @@ class Workspace:
                     checked += 1
         self.key_cache()
         self.policies.write_authenticated(policy)
+        # A new MAC key: the ledger, whose key derives from it, is recorded again after every cell is verified.
+        self.ledger = Ledger(self.store, self.name, self._policy_mac_key)
+        recorded = self._record_ledger([(d, p) for d in self.datasets for p in self.partitions(d)])
         self.audit.record(
             "policy_adopt",
-            detail=f"{len(policy.attributes)} attributes; {checked} files checked; "
+            detail=f"{len(policy.attributes)} attributes; {checked} files checked; {recorded} files recorded in "
+            "the protection ledger; "
             + ("legacy policy authenticated" if legacy is not None else "missing policy replaced by an empty one"),
         )
         return policy
+
+    # -- a deliberate restore of `_fieldcrypt/` from a backup ---------------------------------
+
+    def accept_restore(self, reason: str) -> tuple[int, int, int]:
+        """Accept a deliberate restore of the policy and ledger from a backup; audited.
+
+        The restored policy (authenticated, but older than the lake has seen) is checked against
+        every stored file, as adoption does, then stored as a version above every one seen, so
+        older copies stay refused. Every partition's files are then verified cell by cell and
+        recorded in the protection ledger as they are now. Returns (the restored policy's
+        version, its new version, the files recorded). The audit log gets an intent before
+        anything is written and its confirmation after (docs/OPERATIONS.md, "Restoring from a backup").
+        """
+        if not reason or not reason.strip():
+            raise InputError("accepting a restore needs a reason (ticket id): it is written to the audit log")
+        restored = self.policies.load_restored()
+        partitions = [(d, p) for d in self.datasets for p in self.partitions(d)]
+        for dataset, partition in partitions:  # a policy that lacks what some file protects is refused
+            for rel in self.files(dataset, partition):
+                check_stored_file(self.store, rel, restored.for_dataset(dataset))
+        intent = self.audit.intent(
+            "restore_accept", reason=reason, detail=f"policy version {restored.version}; {len(partitions)} partitions"
+        )
+        version = self.policies.accept_restored(restored)
+        recorded = self._record_ledger(partitions)
+        self.audit.record(
+            "restore_accepted",
+            intent=intent,
+            reason=reason,
+            detail=f"policy.json version {restored.version} stored as version {version}; "
+            f"{recorded} files recorded in the protection ledger",
+        )
+        return restored.version, version, recorded
+
+    def _record_ledger(self, partitions: Sequence[tuple[str, str | None]]) -> int:
+        """Verify every protected cell of each partition, then record its protected files in the ledger as
+        they are now (a deliberate restore or adoption); returns the files recorded."""
+        recorded = 0
+        for dataset, partition in partitions:
+            spec, attributes = self._dataset(dataset)
+            files = self.files(dataset, partition)
+            self._verify_cells(dataset, partition, files)
+            protected = {a.ciphertext_column for a in attributes}
+            entries = {}
+            for rel in files:
+                with open_parquet(self.store, rel) as parquet:
+                    written = bool(protected & set(parquet.schema_arrow.names))
+                if written or is_marked(self.store, rel):
+                    entries[rel] = entry_of(self.store, rel, spec, attributes)
+            self.ledger.record(dataset, partition, entries)
+            recorded += len(entries)
+        return recorded
 
 
 def _canonical_row_keys(row_keys: Sequence[str], schema: pa.Schema, column: str, dataset: str) -> list[str]:

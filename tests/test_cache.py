@@ -186,14 +186,17 @@ def test_small_cell_budget_puts_several_wrapped_keys_in_the_files_dictionary(
     policy = local_workspace.policy()
     cache = DataKeyCache(provider, "acme", clock=clock, max_cells_per_key=50)
     rel = snapshot_path("users", PARTITION)
+    spec, attributes = policy.datasets["users"], policy.for_dataset("users")
+    ledger = local_workspace.ledger_step(PARTITION, spec, attributes)  # recorded as Workspace.protect records it
     report = protect_file(
         local_workspace.store,
         rel,
-        policy.datasets["users"],
-        policy.for_dataset("users"),
+        spec,
+        attributes,
         cache,
         dataset_root=local_workspace.layout("users").path,
         partition=PARTITION,
+        ledger=ledger,
     )
     cells = report.attributes["users.email"].newly_encrypted
     expected_keys = -(-cells // 50)

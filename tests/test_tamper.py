@@ -6,6 +6,7 @@ Each test edits a protected Parquet file the way an attacker or a buggy job coul
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from demo.sample_data import snapshot_path, users_table, write_snapshot
 from fieldcrypt import InputError, IntegrityError, KeyProviderError, VerificationError, Workspace
+from fieldcrypt.select import FILE_METADATA_KEY
 from fieldcrypt.wrapped_key import WrappedKey
 
 DAY = date(2026, 11, 1)
@@ -45,9 +47,16 @@ class Lake:
         assert protected.combine_chunks().true_count > 0 and self.secrets
 
     def other_file(self, rows: list[int]) -> Path:
-        """A second file of the partition holding copies of some rows of the first (every column)."""
+        """A second file of the partition holding copies of some rows of the first (every column), its
+        `ledgered` mark stripped: a plain copy is named by the protection ledger (tests/test_ledger.py),
+        this one gets past it as a file fieldcrypt never wrote, and the read rule must catch it."""
         copy = self.path.with_name("part-1.parquet")
-        pq.write_table(self.table.take(rows), copy)
+        table = self.table.take(rows)
+        metadata = dict(table.schema.metadata or {})
+        described = json.loads(metadata[FILE_METADATA_KEY])
+        described.pop("ledgered", None)
+        metadata[FILE_METADATA_KEY] = json.dumps(described, sort_keys=True).encode()
+        pq.write_table(table.replace_schema_metadata(metadata), copy)
         return copy
 
     def cell(self, column: str, row: int) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -17,6 +18,7 @@ from fieldcrypt import InputError, Workspace
 from fieldcrypt.engine_schema import PANDAS_METADATA, SPARK_ROW_METADATA
 from fieldcrypt.store import LakeStore
 from tests.conftest import SAMPLE_DAY
+from tests.ledger_support import as_written_before_the_ledger
 from tests.policy_support import backdate_policy
 
 DAY = SAMPLE_DAY.isoformat()
@@ -135,6 +137,7 @@ def test_file_protected_before_the_schemas_listed_its_columns_is_rewritten_once(
     _stamp(store, USERS, SPARK_ROW_METADATA, spark)
     _protect(local_workspace, "users.email")
     _stamp(store, USERS, SPARK_ROW_METADATA, spark)  # as an older fieldcrypt left it: the columns unlisted
+    as_written_before_the_ledger(Path(store.full_path("")), Path(store.full_path(USERS)), "users", DAY)
     cells = pq.read_table(store.full_path(USERS), columns=["email", "email__fc_ct"])
     assert local_workspace.protect("users", DAY).rewritten
     assert "email__fc_ct" in _metadata(store, USERS)[SPARK_ROW_METADATA].decode()

@@ -24,6 +24,7 @@ from fieldcrypt.columns import identical, row_key_bytes
 from fieldcrypt.errors import PolicyError
 from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy
 from fieldcrypt.select import RowSelection, select_rows
+from tests.ledger_support import as_written_before_the_ledger
 
 DAY = date(2026, 11, 1)
 PARTITION = DAY.isoformat()
@@ -672,6 +673,8 @@ def test_rotation_of_a_file_rewritten_by_another_writer_compares_nan_by_bits(
     workspace.protect("things", PARTITION)
     table = pq.read_table(path)
     pq.write_table(table, path, use_dictionary=False, compression="gzip")  # other page bytes: decoded comparison
+    # Written by a fieldcrypt before the ledger (a rewrite from outside is refused by it, tests/test_ledger.py).
+    as_written_before_the_ledger(Path(workspace.store.full_path("")), Path(path), "things", PARTITION)
     workspace.start_rotation()
     assert workspace.rotate("things", PARTITION).rewritten
     assert same_column(pq.read_table(path).column("score"), floats_table().column("score"))

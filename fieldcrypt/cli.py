@@ -193,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("--reason", required=True, help="why (ticket id); written to the audit log")
 
+    rewrite = commands.add_parser(
+        "accept-rewrite",
+        help="accept a partition an engine rewrote (a compaction), after checking every cell; audited",
+    )
+    rewrite.add_argument("dataset")
+    rewrite.add_argument("--partition", action="append", help="partition key (repeatable; required if partitioned)")
+    rewrite.add_argument("--reason", required=True, help="why (ticket id); written to the audit log")
+
     policy = commands.add_parser("policy", help="the workspace policy").add_subparsers(
         dest="policy_command", required=True
     )
@@ -357,6 +365,13 @@ def run(argv: Sequence[str] | None = None) -> int:
             f"restore accepted: policy.json version {was} is now version {now}; "
             f"{files} protected files verified and recorded in the protection ledger"
         )
+    elif args.command == "accept-rewrite":
+        for partition in args.partition or [None]:
+            files = workspace.accept_rewrite(args.dataset, partition, args.reason)
+            print(
+                f"{args.dataset} {partition_label(partition)}: rewrite accepted; {files} files verified and recorded "
+                "in the protection ledger"
+            )
     elif args.command == "policy":
         adopted = workspace.adopt_policy()
         print(

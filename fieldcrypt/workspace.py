@@ -800,6 +800,54 @@ class Workspace:
         )
         return restored.version, version, recorded
 
+    def accept_rewrite(self, dataset: str, partition: str | None, reason: str) -> int:
+        """Accept a partition whose files an engine rewrote (a compaction: read, write new files, drop the
+        old), audited; returns the files recorded.
+
+        The protection ledger names such a partition (the files fieldcrypt wrote are gone, new ones
+        hold their cells). Before anything is recorded, no attribute may hold fewer protected cells
+        than the ledger recorded for the partition (a rewrite that dropped ciphertext is refused by
+        name), and every protected cell is decrypted and checked by the read rule; then the
+        partition's files are recorded as they are now (docs/OPERATIONS.md, "After an engine
+        rewrote a partition").
+        """
+        if not reason or not reason.strip():
+            raise InputError("accepting a rewrite needs a reason (ticket id): it is written to the audit log")
+        spec, attributes = self._dataset(dataset)
+        files = self.landed_files(dataset, partition)
+        shard = self.ledger.load(dataset, partition)
+        before: dict[str, int] = {}
+        for entry in shard.files.values() if shard is not None else ():
+            for name, (cells, _) in entry.attributes.items():
+                before[name] = before.get(name, 0) + cells
+        now: dict[str, int] = {}
+        for rel in files:
+            for name, (cells, _) in entry_of(self.store, rel, spec, attributes).attributes.items():
+                now[name] = now.get(name, 0) + cells
+        lost = {name: (cells, now.get(name, 0)) for name, cells in before.items() if now.get(name, 0) < cells}
+        if lost:
+            said = "; ".join(
+                f"{name} had {was} protected cells, the files now hold {held}" for name, (was, held) in lost.items()
+            )
+            raise LedgerError(
+                f"{self.partition_display(dataset, partition)}: {said}: the rewrite lost ciphertext; nothing was "
+                "recorded (restore the files from before the rewrite)"
+            )
+        intent = self.audit.intent(
+            "rewrite_accept", dataset=dataset, partition=partition, reason=reason, detail=f"{len(files)} files"
+        )
+        recorded = self._record_ledger([(dataset, partition)])
+        self.audit.record(
+            "rewrite_accepted",
+            dataset=dataset,
+            partition=partition,
+            intent=intent,
+            reason=reason,
+            cells=sum(now.values()),
+            detail=f"{recorded} files recorded in the protection ledger",
+        )
+        return recorded
+
     def _record_ledger(self, partitions: Sequence[tuple[str, str | None]]) -> int:
         """Verify every protected cell of each partition, then record its protected files in the ledger as
         they are now (a deliberate restore or adoption); returns the files recorded."""

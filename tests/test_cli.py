@@ -500,3 +500,21 @@ def test_verify_of_a_row_copied_into_another_file_of_the_partition_exits_non_zer
     # The helper rewrote part-0 with pyarrow and the copy carries its `ledgered` mark: the ledger refuses first.
     err = capsys.readouterr().err
     assert "LedgerError:" in err and "_fieldcrypt/ledger/users/2030-01-01.json" in err
+
+
+def test_accept_rewrite_records_a_compacted_partition_and_verify_passes_again(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    run([*cli, "protect", "users"])
+    old = tmp_path / "lake" / snapshot_path("users", PARTITION)
+    pq.write_table(pq.read_table(old), old.with_name("part-compacted.parquet"))  # an engine's compaction
+    old.unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*cli, "verify", "users"])
+    assert "but not in the lake: a protected file was deleted or moved" in capsys.readouterr().err
+    args = ["accept-rewrite", "users", "--partition", PARTITION, "--reason", "JOB-7"]
+    assert run([*cli, *args]) == 0
+    assert "rewrite accepted; 1 files verified and recorded" in capsys.readouterr().out
+    assert run([*cli, "verify", "users"]) == 0

@@ -26,6 +26,7 @@ from pyspark.sql.types import BinaryType
 
 from fieldcrypt import Workspace
 from fieldcrypt.checksum_file import HadoopChecksums, checksum_path
+from fieldcrypt.ledger import LedgerError
 from resources import FieldcryptResource
 from tests.dagster_support import catalog_fieldcrypt, make_keystore
 from tests.plaintext_scan import scan
@@ -193,6 +194,11 @@ def test_a_spark_compaction_keeps_every_ciphertext_verifiable(spark: SparkSessio
     shutil.move(compacted, root)
     workspace = catalog_fieldcrypt(copy, str(copy / "lake"), spark_lake.key, datasets=DATASETS).workspace("test")
     assert all(len(workspace.files("users", day)) == 1 for day in DAYS)  # Spark's files, not fieldcrypt's
+    # The ledger names the files fieldcrypt wrote as gone until an operator accepts the rewrite (audited).
+    with pytest.raises(LedgerError, match="but not in the lake: a protected file was deleted or moved"):
+        workspace.verify("users", DAYS[0])
+    for day in DAYS:
+        workspace.accept_rewrite("users", day, "compaction job")
     verified = sum(workspace.verify("users", day)["users.email"] for day in DAYS)
     assert verified == spark_lake.encrypted
     assert read(spark, root).count() == ROWS

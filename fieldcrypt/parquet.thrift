@@ -17,6 +17,11 @@
  * under the License.
  */
 
+/* fieldcrypt: this is the copy of parquet-format's src/main/thrift/parquet.thrift that fastparquet 2026.9.0
+ * distributes (fastparquet/parquet.thrift, from PyPI), with the declarations of later parquet-format
+ * releases that current writers use added and marked "fieldcrypt: added". fieldcrypt/splice decodes and
+ * re-encodes footers with it through thriftpy2 and refuses any field it does not declare. */
+
 /**
  * File format description for the parquet file format
  */
@@ -250,6 +255,8 @@ struct Statistics {
    /* fieldcrypt: added (parquet-format 2.10) */
    7: optional bool is_max_value_exact;
    8: optional bool is_min_value_exact;
+   /* fieldcrypt: added (written by DuckDB 2) */
+   9: optional i64 nan_count;
 }
 
 /** Empty structs to use as logical type annotations */
@@ -365,6 +372,8 @@ struct GeographyType {
   2: optional EdgeInterpolationAlgorithm algorithm;
 }
 
+struct FileType {}
+
 /**
  * LogicalType annotations to replace ConvertedType.
  *
@@ -399,6 +408,7 @@ union LogicalType {
   16: VariantType VARIANT
   17: GeometryType GEOMETRY
   18: GeographyType GEOGRAPHY
+  19: FileType FILE
 }
 
 /**
@@ -530,6 +540,9 @@ enum Encoding {
       afterwards.
    */
   BYTE_STREAM_SPLIT = 9;
+
+  /* fieldcrypt: added */
+  ALP = 10;
 }
 
 /**
@@ -920,6 +933,10 @@ struct TypeDefinedOrder {}
  * If the reader does not support the value of this union, min and max stats
  * for this column should be ignored.
  */
+/* fieldcrypt: added */
+struct IEEE754TotalOrder {}
+struct Int96TimestampOrder {}
+
 union ColumnOrder {
 
   /**
@@ -966,6 +983,9 @@ union ColumnOrder {
    *     - When looking for NaN values, min and max should be ignored.
    */
   1: TypeDefinedOrder TYPE_ORDER;
+  /* fieldcrypt: added */
+  2: IEEE754TotalOrder IEEE_754_TOTAL_ORDER;
+  3: Int96TimestampOrder INT96_TIMESTAMP_ORDER;
 }
 
 struct PageLocation {
@@ -1036,6 +1056,8 @@ struct ColumnIndex {
   /* fieldcrypt: added (parquet-format 2.10) */
   6: optional list<i64> repetition_level_histograms;
   7: optional list<i64> definition_level_histograms;
+  /* fieldcrypt: added */
+  8: optional list<i64> nan_counts
 }
 
 struct AesGcmV1 {

@@ -115,6 +115,11 @@ class ParquetLayout:
         if footer_start < len(MAGIC):
             raise InputError(f"{self.name}: corrupt Parquet: footer length {footer_length} exceeds the file")
         metadata, used = decode(parquet.FileMetaData, self.file.read(footer_start, size - _TAIL), f"{self.name} footer")
+        if metadata.encryption_algorithm is not None or metadata.footer_signing_key_metadata is not None:
+            # Checked before the footer's length: a signed plaintext footer is followed by its signature.
+            raise SpliceUnsupported(
+                f"{self.name}: Parquet Modular Encryption (plaintext footer, encrypted columns) cannot be spliced"
+            )
         if used != footer_length:
             raise InputError(
                 f"{self.name}: corrupt Parquet: footer holds {footer_length - used} bytes after its FileMetaData"
@@ -125,12 +130,7 @@ class ParquetLayout:
         return metadata, footer_start
 
     def _refuse_what_cannot_be_copied(self) -> None:
-        metadata = self.metadata
-        if metadata.encryption_algorithm is not None or metadata.footer_signing_key_metadata is not None:
-            raise SpliceUnsupported(
-                f"{self.name}: Parquet Modular Encryption (plaintext footer, encrypted columns) cannot be spliced"
-            )
-        match = _PARQUET_MR.match(metadata.created_by or b"")
+        match = _PARQUET_MR.match(self.metadata.created_by or b"")
         if match and tuple(int(part) for part in match.groups()) < _PARQUET_816_FIXED:
             raise SpliceUnsupported(
                 f"{self.name}: written by parquet-mr before 1.2.9, whose chunk sizes leave out the dictionary "
@@ -206,15 +206,20 @@ class ParquetLayout:
         ):
             if getattr(meta, required) is None:
                 raise InputError(f"{what}: corrupt Parquet: column metadata has no {required}")
-        start = meta.data_page_offset
-        # As Arrow's reader: a dictionary page offset of 0 means none (written so by some old writers).
-        if meta.dictionary_page_offset:
-            start = min(start, meta.dictionary_page_offset)
-        pages = self._range(what, "pages", start, meta.total_compressed_size)
+        if meta.data_page_offset == 0 and meta.num_values != 0:
+            raise InputError(f"{what}: corrupt Parquet: {meta.num_values} values but no data page offset")
+        start = pages_start(meta)
+        if start == 0 and meta.total_compressed_size == 0:
+            pages = (0, 0)  # a chunk with no page at all (pyarrow, in an empty row group)
+        else:
+            pages = self._range(what, "pages", start, meta.total_compressed_size)
         for offset_name in ("data_page_offset", "dictionary_page_offset", "index_page_offset"):
             offset = getattr(meta, offset_name)
             if offset and not pages[0] <= offset < max(pages[1], pages[0] + 1):
-                raise SpliceUnsupported(f"{what}: {offset_name} {offset} lies outside the chunk's pages {pages}")
+                problem = f"{offset_name} {offset} lies outside the chunk's pages [{pages[0]}, {pages[1]})"
+                if offset_name == "index_page_offset":  # no writer known to us writes index pages
+                    raise SpliceUnsupported(f"{what}: {problem}")
+                raise InputError(f"{what}: corrupt Parquet: {problem}")
         return ChunkRanges(
             pages=pages,
             column_index=self._index_range(what, "column index", chunk.column_index_offset, chunk.column_index_length),
@@ -250,3 +255,16 @@ class ParquetLayout:
         if header.numBytes is None or header.numBytes < 0:
             raise InputError(f"{what}: corrupt Parquet: bloom filter header has no valid size")
         return self._range(what, "bloom filter", offset, used + header.numBytes)
+
+
+def pages_start(meta: Any) -> int:
+    """Where a chunk's first page (dictionary or data) starts.
+
+    A dictionary page offset of 0 means none (some old writers). pyarrow writes a chunk of an empty row
+    group as a lone dictionary page with data_page_offset 0, so a 0 there means "no data page".
+    """
+    start: int = meta.data_page_offset
+    dictionary: int | None = meta.dictionary_page_offset
+    if dictionary and (start == 0 or dictionary < start):
+        start = dictionary
+    return start

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from fieldcrypt.errors import InputError, SpliceUnsupported
 from fieldcrypt.splice._thrift import decode, encode, parquet
-from fieldcrypt.splice.footer import MAGIC, ChunkRanges, ParquetLayout, Source, TopColumn
+from fieldcrypt.splice.footer import MAGIC, ChunkRanges, ParquetLayout, Source, TopColumn, pages_start
 
 _COPY_BLOCK = 8 << 20  # bytes read and written at a time, so a large chunk is not held in memory whole
 
@@ -178,7 +178,8 @@ class _Plan:
         delta = new_start - pages[0]
         new = copy.copy(old)
         meta = new.meta_data = copy.copy(old.meta_data)
-        meta.data_page_offset += delta
+        if meta.data_page_offset:  # 0: no data page (see pages_start)
+            meta.data_page_offset += delta
         if meta.dictionary_page_offset:
             meta.dictionary_page_offset += delta
         if meta.index_page_offset:
@@ -198,7 +199,7 @@ class _Plan:
         if offset_index.page_locations is None:
             raise InputError(f"{where}: corrupt Parquet: no page locations")
         start, end = ranges.pages
-        delta = _pages_start(new) - start
+        delta = pages_start(new.meta_data) - start
         shifted = copy.copy(offset_index)
         shifted.page_locations = []
         for location in offset_index.page_locations:
@@ -219,7 +220,7 @@ class _Plan:
         new.columns = chunks
         new.total_byte_size = sum(chunk.meta_data.total_uncompressed_size for chunk in chunks)
         new.total_compressed_size = sum(chunk.meta_data.total_compressed_size for chunk in chunks)
-        new.file_offset = min((_pages_start(chunk) for chunk in chunks), default=old.file_offset)
+        new.file_offset = min((pages_start(chunk.meta_data) for chunk in chunks), default=old.file_offset)
         new.sorting_columns = self._sorting_columns(old.sorting_columns)
         return new
 
@@ -315,11 +316,3 @@ class _Plan:
 def _blocks(piece: _Copy) -> Iterator[bytes | memoryview]:
     for start in range(piece.start, piece.end, _COPY_BLOCK):
         yield piece.origin.file.read(start, min(start + _COPY_BLOCK, piece.end))
-
-
-def _pages_start(chunk: Any) -> int:
-    meta = chunk.meta_data
-    start: int = meta.data_page_offset
-    if meta.dictionary_page_offset:
-        start = min(start, meta.dictionary_page_offset)
-    return start

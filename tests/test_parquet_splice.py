@@ -826,3 +826,30 @@ def test_a_truncated_footer_is_corrupt_input() -> None:
 def test_a_file_that_is_not_parquet_is_refused_as_input() -> None:
     with pytest.raises(InputError, match="not a Parquet file"):
         splice_columns(b"not parquet at all, no magic", small_replacement(), io.BytesIO())
+
+
+def test_a_file_from_parquet_mr_before_1_2_9_is_refused() -> None:
+    # Its chunk sizes leave out the dictionary page header (PARQUET-816); readers pad them by guesswork.
+    def old_writer(metadata: Any) -> None:
+        metadata.created_by = b"parquet-mr version 1.2.8 (build 0123)"
+
+    message, _ = refused(footer_edited(small_source(), old_writer), small_replacement())
+    assert "parquet-mr before 1.2.9" in message
+
+
+def test_a_column_chunk_stored_in_another_file_is_refused() -> None:
+    def external(metadata: Any) -> None:
+        metadata.row_groups[0].columns[0].file_path = b"elsewhere.parquet"
+
+    message, _ = refused(footer_edited(small_source(), external), small_replacement())
+    assert "column chunk stored in another file" in message
+
+
+def test_an_encrypted_column_chunk_is_refused() -> None:
+    def encrypted(metadata: Any) -> None:
+        metadata.row_groups[1].columns[1].crypto_metadata = parquet.ColumnCryptoMetaData(
+            ENCRYPTION_WITH_FOOTER_KEY=parquet.EncryptionWithFooterKey()
+        )
+
+    message, _ = refused(footer_edited(small_source(), encrypted), small_replacement())
+    assert "row group 1 column 1: Parquet Modular Encryption (encrypted column)" in message

@@ -276,6 +276,20 @@ def spark_style_source(_: Path) -> tuple[bytes, dict[str, pa.Array]]:
     return source, changes
 
 
+def spark_source(_: Path) -> tuple[bytes, dict[str, pa.Array]]:
+    """A file Spark 4 wrote (parquet-java 1.17: INT96, page indexes, a bloom filter on email), made once by
+    tests/data/make_spark_fixture.py."""
+    source = (Path(__file__).resolve().parent / "data" / "spark-4.parquet").read_bytes()
+    n = pq.ParquetFile(pa.BufferReader(source)).metadata.num_rows
+    changes = {  # email is kept: its bloom filter is probed below
+        "score": pa.array([f"****{i}" for i in range(n)]),
+        "ctx": pa.array([{"ip": None} for _ in range(n)], pa.struct([("ip", pa.string())])),
+        "email__fc_ct": binary_column(n, 15),
+        "email__fc_dek": binary_column(n, 16),
+    }
+    return source, changes
+
+
 WRITERS: dict[str, Callable[[Path], tuple[bytes, dict[str, pa.Array]]]] = {
     "pyarrow-snappy-dictionary": pyarrow_source(compression="snappy"),
     "pyarrow-zstd-plain": pyarrow_source(compression="zstd", use_dictionary=False),
@@ -289,11 +303,14 @@ WRITERS: dict[str, Callable[[Path], tuple[bytes, dict[str, pa.Array]]]] = {
     "polars": polars_source,
     "fastparquet": fastparquet_source,
     "spark-style": spark_style_source,
+    "spark": spark_source,
 }
 
 
 # fieldcrypt's full path keeps a source's INT96 timestamps (parquet_io.protected_writer); so does this one.
-FULL_PATH_OPTIONS: dict[str, dict[str, Any]] = {"spark-style": {"use_deprecated_int96_timestamps": True}}
+FULL_PATH_OPTIONS: dict[str, dict[str, Any]] = {
+    writer: {"use_deprecated_int96_timestamps": True} for writer in ("spark-style", "spark")
+}
 
 
 @pytest.fixture(scope="module")
@@ -510,10 +527,11 @@ def test_every_offset_index_entry_points_at_a_page_of_its_chunk(
     assert checked >= indexed
 
 
+@pytest.mark.parametrize("writer", ["pyarrow-many-pages-bloom-sorted", "spark"])
 def test_duckdb_reads_the_page_index_of_copied_chunks_as_in_the_source(
-    spliced_by_writer: Callable[[str], Spliced], tmp_path: Path
+    spliced_by_writer: Callable[[str], Spliced], tmp_path: Path, writer: str
 ) -> None:
-    spliced, _, source = files(tmp_path, spliced_by_writer("pyarrow-many-pages-bloom-sorted"))
+    spliced, _, source = files(tmp_path, spliced_by_writer(writer))
     query = """SELECT row_group_id, path_in_schema, page_id, compressed_page_size, first_row_index, num_rows,
                       null_page, min_value, max_value, null_count
                FROM parquet_page_index(?) WHERE path_in_schema = ? ORDER BY ALL"""
@@ -525,7 +543,11 @@ def test_duckdb_reads_the_page_index_of_copied_chunks_as_in_the_source(
 
 @pytest.mark.parametrize(
     ("writer", "column", "absent"),
-    [("duckdb", "email", "nobody@example.com"), ("pyarrow-many-pages-bloom-sorted", "id", -1)],
+    [
+        ("duckdb", "email", "nobody@example.com"),
+        ("spark", "email", "nobody@example.com"),
+        ("pyarrow-many-pages-bloom-sorted", "id", -1),
+    ],
 )
 def test_bloom_filters_of_copied_chunks_still_exclude_absent_values(
     spliced_by_writer: Callable[[str], Spliced], tmp_path: Path, writer: str, column: str, absent: Any

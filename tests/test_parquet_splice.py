@@ -414,6 +414,18 @@ def test_spliced_file_keeps_the_source_row_groups(spliced_by_writer: Callable[[s
     assert rows_per_group(result.spliced) == rows_per_group(result.source)
 
 
+@pytest.mark.parametrize("writer", WRITERS)
+def test_row_group_offsets_and_sizes_describe_the_spliced_chunks(
+    spliced_by_writer: Callable[[str], Spliced], writer: str
+) -> None:
+    layout = ParquetLayout(spliced_by_writer(writer).spliced, "spliced")
+    for group, row_group in zip(layout.ranges, layout.metadata.row_groups, strict=True):
+        starts = [ranges.pages[0] for ranges in group if ranges.pages != (0, 0)]
+        assert row_group.file_offset == min(starts, default=row_group.file_offset)
+        assert row_group.total_compressed_size == sum(end - start for start, end in (r.pages for r in group))
+        assert row_group.total_byte_size == sum(chunk.meta_data.total_uncompressed_size for chunk in row_group.columns)
+
+
 # -- copied bytes, proven ---------------------------------------------------------------------------------------
 
 

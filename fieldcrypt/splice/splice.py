@@ -140,7 +140,7 @@ class _Plan:
         placed: list[tuple[ParquetLayout, ChunkRanges, Any, int, str]] = []
         row_groups = []
         for index, _ in enumerate(self.src.metadata.row_groups):
-            chunks = []
+            group_start, chunks = self.position, []
             for layout, column in self.output:
                 for leaf in range(column.first_leaf, column.first_leaf + column.leaves):
                     old = layout.metadata.row_groups[index].columns[leaf]
@@ -149,7 +149,7 @@ class _Plan:
                     new = self._place_pages(layout, index, label, old, ranges.pages)
                     placed.append((layout, ranges, new, index, label))
                     chunks.append(new)
-            row_groups.append(self._row_group(index, chunks))
+            row_groups.append(self._row_group(index, group_start, chunks))
         for layout, ranges, new, index, label in placed:
             if ranges.bloom_filter is not None:
                 new.meta_data.bloom_filter_offset = self._copy(
@@ -214,13 +214,13 @@ class _Plan:
             shifted.page_locations.append(moved)
         return shifted
 
-    def _row_group(self, index: int, chunks: list[Any]) -> Any:
+    def _row_group(self, index: int, group_start: int, chunks: list[Any]) -> Any:
         old = self.src.metadata.row_groups[index]
         new = copy.copy(old)
         new.columns = chunks
         new.total_byte_size = sum(chunk.meta_data.total_uncompressed_size for chunk in chunks)
         new.total_compressed_size = sum(chunk.meta_data.total_compressed_size for chunk in chunks)
-        new.file_offset = min((pages_start(chunk.meta_data) for chunk in chunks), default=old.file_offset)
+        new.file_offset = group_start  # where its first page (of any chunk that has pages) starts
         new.sorting_columns = self._sorting_columns(old.sorting_columns)
         return new
 

@@ -435,9 +435,15 @@ def test_every_untouched_chunk_is_copied_byte_identical_by_digest(
 ) -> None:
     result = spliced_by_writer(writer)
     layout = ParquetLayout(result.source, "source")
-    kept_leaves = sum(column.leaves for column in layout.columns if column.label in result.report.kept)
-    copied_pages = [copied for copied in result.report.copied if copied.part == "pages"]
-    assert len(copied_pages) == kept_leaves * len(layout.metadata.row_groups)
+    kept = [column for column in layout.columns if column.label in result.report.kept]
+    with_pages = [
+        ranges.pages
+        for group in layout.ranges
+        for column in kept
+        for ranges in group[column.first_leaf : column.first_leaf + column.leaves]
+        if ranges.pages != (0, 0)  # a chunk of an empty row group may hold no page at all
+    ]
+    assert sorted(copied.source for copied in result.report.copied if copied.part == "pages") == sorted(with_pages)
     proven = prove_copied(result.source, result.spliced, result.report.copied)
     assert proven == sum(copied.source[1] - copied.source[0] for copied in result.report.copied)
 
@@ -448,8 +454,8 @@ def test_every_replaced_and_added_chunk_is_the_replacement_s_bytes(
 ) -> None:
     result = spliced_by_writer(writer)
     layout = ParquetLayout(result.replacement, "replacement")
-    pages = [copied for copied in result.report.spliced if copied.part == "pages"]
-    assert len(pages) == layout.leaf_count * len(layout.metadata.row_groups)
+    with_pages = [ranges.pages for group in layout.ranges for ranges in group if ranges.pages != (0, 0)]
+    assert sorted(copied.source for copied in result.report.spliced if copied.part == "pages") == sorted(with_pages)
     assert prove_copied(result.replacement, result.spliced, result.report.spliced) > 0
 
 
@@ -458,8 +464,46 @@ def test_a_changed_byte_in_a_copied_chunk_fails_the_proof(spliced_by_writer: Cal
     target = result.report.copied[len(result.report.copied) // 2]
     tampered = bytearray(result.spliced)
     tampered[target.destination[0]] ^= 0x01
-    with pytest.raises(VerificationError, match=f"{target.part} of {target.column} row group {target.row_group}"):
+    with pytest.raises(
+        VerificationError, match=f"{target.part} of {target.column} row group {target.row_group}: bytes"
+    ):
         prove_copied(result.source, bytes(tampered), result.report.copied)
+
+
+def test_a_footer_pointing_a_copied_chunk_elsewhere_fails_the_proof(
+    spliced_by_writer: Callable[[str], Spliced],
+) -> None:
+    result = spliced_by_writer("pyarrow-zstd-plain")
+
+    def shift(metadata: Any) -> None:  # id: plain pages, no dictionary page
+        metadata.row_groups[0].columns[0].meta_data.data_page_offset += 1
+
+    with pytest.raises(VerificationError, match="pages of id row group 0: the spliced footer places it at"):
+        prove_copied(result.source, footer_edited(result.spliced, shift), result.report.copied)
+
+
+def test_an_offset_index_pointing_at_other_pages_fails_the_proof(spliced_by_writer: Callable[[str], Spliced]) -> None:
+    result = spliced_by_writer("pyarrow-many-pages-bloom-sorted")
+
+    def swap(metadata: Any) -> None:  # id's offset index and score's, both copied
+        id_, score = metadata.row_groups[0].columns[0], metadata.row_groups[0].columns[2]
+        id_.offset_index_offset, score.offset_index_offset = score.offset_index_offset, id_.offset_index_offset
+        id_.offset_index_length, score.offset_index_length = score.offset_index_length, id_.offset_index_length
+
+    with pytest.raises(VerificationError, match="offset index does not point at the copied pages"):
+        prove_copied(result.source, footer_edited(result.spliced, swap), result.report.copied)
+
+
+def test_copied_chunk_metadata_changed_in_the_footer_fails_the_proof(
+    spliced_by_writer: Callable[[str], Spliced],
+) -> None:
+    result = spliced_by_writer("pyarrow-snappy-dictionary")
+
+    def recount(metadata: Any) -> None:
+        metadata.row_groups[0].columns[0].meta_data.num_values += 1
+
+    with pytest.raises(VerificationError, match="describes the chunk otherwise than its origin"):
+        prove_copied(result.source, footer_edited(result.spliced, recount), result.report.copied)
 
 
 # -- page indexes, statistics, bloom filters ----------------------------------------------------------------

@@ -174,10 +174,11 @@ class _Plan:
         return start
 
     def _place_pages(self, layout: ParquetLayout, index: int, label: str, old: Any, pages: tuple[int, int]) -> Any:
-        new_start = self._copy(layout, "pages", label, index, pages)
-        delta = new_start - pages[0]
         new = copy.copy(old)
         meta = new.meta_data = copy.copy(old.meta_data)
+        if pages == (0, 0):  # no page at all (see ParquetLayout): nothing to copy, no offset to move
+            return new
+        delta = self._copy(layout, "pages", label, index, pages) - pages[0]
         if meta.data_page_offset:  # 0: no data page (see pages_start)
             meta.data_page_offset += delta
         if meta.dictionary_page_offset:

@@ -642,6 +642,12 @@ def test_duckdb_interval_column_decodes_in_duckdb_as_in_the_source(tmp_path: Pat
     assert identical(duckdb_column(spliced, "iv"), duckdb_column(source, "iv"))
 
 
+def test_page_checksums_of_copied_and_spliced_pages_verify(spliced_by_writer: Callable[[str], Spliced]) -> None:
+    result = spliced_by_writer("pyarrow-uncompressed-checksums")
+    table = pq.read_table(pa.BufferReader(result.spliced), page_checksum_verification=True)
+    assert table.num_rows == pq.ParquetFile(pa.BufferReader(result.source)).metadata.num_rows
+
+
 def test_sorting_columns_are_kept_up_to_the_first_replaced_column(spliced_by_writer: Callable[[str], Spliced]) -> None:
     # The source is sorted by (id, email); email was replaced, so only (id) still holds.
     result = spliced_by_writer("pyarrow-many-pages-bloom-sorted")

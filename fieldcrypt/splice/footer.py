@@ -121,9 +121,8 @@ class ParquetLayout:
                 f"{self.name}: Parquet Modular Encryption (plaintext footer, encrypted columns) cannot be spliced"
             )
         if used != footer_length:
-            raise InputError(
-                f"{self.name}: corrupt Parquet: footer holds {footer_length - used} bytes after its FileMetaData"
-            )
+            # Readers ignore such bytes, so the full rewrite can still read the file; the splice cannot keep them.
+            raise SpliceUnsupported(f"{self.name}: footer holds {footer_length - used} bytes after its FileMetaData")
         for required in ("version", "schema", "num_rows", "row_groups"):
             if getattr(metadata, required) is None:
                 raise InputError(f"{self.name}: corrupt Parquet: footer has no {required}")

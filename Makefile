@@ -10,7 +10,7 @@ KMS_POOL_LIMIT ?= 4
 
 DIST_STAMP := $(VENV)/.installed-distributed-stamp
 
-.PHONY: venv demo test lint typecheck pytest pytest-python-kernel pytest-distributed sanitize bench bench-scale ui clean
+.PHONY: venv demo test lint typecheck pytest pytest-python-kernel pytest-spark pytest-distributed sanitize bench bench-scale ui clean
 
 # setup.py builds the native cell kernel (fieldcrypt/_native.c) when gcc and the OpenSSL headers exist.
 $(STAMP): pyproject.toml setup.py fieldcrypt/_native.c
@@ -37,6 +37,11 @@ pytest: $(STAMP)
 pytest-python-kernel: $(STAMP)
 	FIELDCRYPT_KERNEL=python $(VENV)/bin/pytest -q -p no:cacheprovider \
 		tests/test_protect.py tests/test_reveal.py tests/test_tamper.py tests/test_verify_partition.py
+
+# Real Spark (pyspark from the dev extra, Java 17 on the machine) writes, reads back and compacts a protected
+# lake (tests/test_spark_lake.py, marked `spark`; about a minute on 2 cores, one local[2] session).
+pytest-spark: $(STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m spark tests/test_spark_lake.py
 
 # Multi-worker tests (tests/test_distributed.py): PostgreSQL + Redis + two Celery workers, started by the
 # tests' fixtures on loopback; needs the `distributed` extra and Debian's postgresql and redis-server (.ci/run).

@@ -110,6 +110,8 @@ def protection_metadata(report: ProtectReport, partition: str | None) -> dict[st
         "rewritten": report.rewritten,
         "data_keys": report.data_keys,
         "kms_calls": report.kms_calls,
+        # Stale once a file below them was replaced: removed before it was (fieldcrypt.summary_files).
+        "summary_files_removed": dg.MetadataValue.json(report.summary_files_removed),
         "master_key_id": report.master_key or "(none used)",
         "duration_s": dg.MetadataValue.float(round(report.seconds, 3)),
     }

@@ -51,6 +51,7 @@ def reindexed_index(
                     "files": report.files,
                     "files_rewritten": report.files_rewritten,
                     "rows": report.rows,
+                    "summary_files_removed": dg.MetadataValue.json(report.summary_files_removed),
                     **{f"reindexed.{name}": count for name, count in report.reindexed.items()},
                     **{f"already_reindexed.{name}": count for name, count in report.already.items()},
                 }

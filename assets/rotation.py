@@ -206,6 +206,7 @@ def rotation_metadata(
         "rewritten": report.rewritten,
         "kms_calls": report.kms_calls,
         "cells_under_rewrapped_keys": report.cells_under_rewrapped_keys,
+        "summary_files_removed": dg.MetadataValue.json(report.summary_files_removed),
         "master_keys_before": dg.MetadataValue.json(report.master_keys_before),  # key id -> distinct data keys
         "duration_s": dg.MetadataValue.float(round(report.seconds, 3)),
     }

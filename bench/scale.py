@@ -30,8 +30,13 @@ reads (wrapped-key columns only, no KMS call).
      generate / unwrap / rewrap) are counted. Every partition is a copy of one file, so each holds the same
      one wrapped data key: a real lake has distinct keys per partition, as many rewraps per partition.
 
+  E. (--ledger N ...) the protection ledger's cost: status and verify of each of N partitions in turn (what
+     the protection assets' checks run per partition), with the ledger and with its check disabled in the bench
+     process; the shards' size. Partitions are filled as above and recorded in the ledger as they are copied.
+
 Human-readable lines first; the last line is one JSON object.
-Usage: python bench/scale.py [--partitions 1000 10000] [--backfill 1000] [--driver 1000 10000] [--keep]
+Usage: python bench/scale.py [--partitions 1000 10000] [--backfill 1000] [--driver 1000 10000] [--ledger 1000 10000]
+       [--keep]
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from demo.sample_data import land_sample_lake, snapshot_path  # noqa: E402
 from fieldcrypt import Workspace  # noqa: E402
 from fieldcrypt.catalog import Catalog  # noqa: E402
 from fieldcrypt.keystore import Keystore  # noqa: E402
+from fieldcrypt.ledger import LEDGER_DIR, entry_of  # noqa: E402
 from pipelines.rotation_driver import DEFAULT_DRIVER_MAX_READS  # noqa: E402
 
 WORKSPACE = "bench"
@@ -136,13 +142,48 @@ def seed(workspace: Workspace) -> tuple[str, str]:
 
 
 def fill(workspace: Workspace, days: list[date], source: str) -> None:
-    """A copy of `source` as the users file of each day (S3: a server-side copy)."""
+    """A copy of `source` as the users file of each day (S3: a server-side copy), recorded in the protection
+    ledger as fieldcrypt would have recorded it (a copy holds the same cells, so the same entry)."""
     store = workspace.store
+    spec, attributes = workspace._dataset("users")
+    entry = entry_of(store, source, spec, attributes)
     for day in days:
         target = snapshot_path("users", day.isoformat())
         if store.is_local:
             store.filesystem.create_dir(store.full_path(target.rpartition("/")[0]), recursive=True)
         store.filesystem.copy_file(store.full_path(source), store.full_path(target))
+        workspace.ledger.record("users", day.isoformat(), {target: entry})
+
+
+def ledger_bench(count: int, keep: bool) -> dict[str, Any]:
+    """E: status and verify of every partition, one after another, with the protection ledger and without it
+    (its check replaced by a no-op in this process: the same lake, files and caches, minus the ledger)."""
+    root = Path(tempfile.mkdtemp(prefix=f"fc-ledger-{count}-"))
+    try:
+        workspace, _ = make_workspace(root, SEED_DAY)
+        old, _ = seed(workspace)
+        days = [(date(2001, 1, 1) + timedelta(days=i)).isoformat() for i in range(count)]
+        _, t_fill = timed(lambda: fill(workspace, [date.fromisoformat(d) for d in days], old))
+        shards = sorted((root / "lake" / LEDGER_DIR / "users").glob("*.json"))
+        measured: dict[str, Any] = {
+            "partitions": count,
+            "ledger_shards": len(shards),
+            "ledger_shard_bytes": shards[0].stat().st_size,
+            "ledger_bytes": sum(p.stat().st_size for p in shards),
+            "ledger_record_s": round(t_fill, 3),
+        }
+        with_ledger = workspace.ledger.check
+        for ledger in ("without", "with"):
+            workspace.ledger.check = with_ledger if ledger == "with" else (lambda *args, **kwargs: None)  # type: ignore[method-assign]
+            _, t_status = timed(lambda: [workspace.status("users", d) for d in days])
+            counts, t_verify = timed(lambda: [workspace.verify("users", d) for d in days])
+            assert all(c["users.email"] > 0 for c in counts)
+            measured[f"status_{ledger}_ledger_s"] = round(t_status, 3)
+            measured[f"verify_{ledger}_ledger_s"] = round(t_verify, 3)
+        return measured
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def timed(fn: Any) -> tuple[Any, float]:
@@ -519,6 +560,9 @@ def main() -> None:
     parser.add_argument(
         "--driver-end-to-end", type=int, default=1000, help="largest driver rotation executed end to end (D)"
     )
+    parser.add_argument(
+        "--ledger", type=int, nargs="*", default=[], help="partitions of status/verify with and without the ledger (E)"
+    )
     parser.add_argument("--tick", type=Path, help=argparse.SUPPRESS)  # the subprocess of one driver tick (D)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
@@ -571,6 +615,16 @@ def main() -> None:
                 if "completion_tick" in measured
                 else ""
             )
+        )
+    results["ledger"] = []
+    for count in args.ledger:
+        measured = ledger_bench(count, args.keep)
+        results["ledger"].append(measured)
+        print(
+            f"protection ledger, {count} partitions (one file each, {measured['ledger_shard_bytes']} bytes a shard, "
+            f"{measured['ledger_bytes']} bytes in all, recorded in {measured['ledger_record_s']} s): "
+            f"status {measured['status_without_ledger_s']} s without -> {measured['status_with_ledger_s']} s with; "
+            f"verify {measured['verify_without_ledger_s']} s without -> {measured['verify_with_ledger_s']} s with"
         )
     print(json.dumps(results))
 

@@ -10,10 +10,18 @@
  * `prefix` is built by fieldcrypt.cell.ad_prefix; this module never interprets it.
  *
  * An Arrow binary array arrives as (offsets buffer, data buffer, array offset, offset
- * width 4 or 8) and a length; every offset is checked (in range, non-decreasing, within
- * the data buffer) before any byte is read through it, and again as each value is read
- * (view_value: a writable buffer may change once the GIL is released). Outputs are the
- * offsets (int32) and data buffers of a new binary array, built as bytes objects.
+ * width 4 or 8) and a length. Every offset is read once, with the GIL held, into the call's
+ * own copy, which is checked (in range, non-decreasing, within the data buffer) before any
+ * byte is read through it; the output is sized from that copy and the cells are read through
+ * it, so a writable offsets buffer changed meanwhile cannot make the two disagree (view_open).
+ * A call succeeds only when its cells filled its output exactly. Outputs are the offsets
+ * (int32) and data of a new binary array: bytes, and for plaintext a bytearray, which the
+ * caller can wipe (wipe) when another slice of the column fails.
+ *
+ * Failures: a cell that does not decrypt is a (index, reason, detail) result; OpenSSL failing
+ * (not the data) is KernelFailure, also when the failing step is decryption's final one
+ * (tag_verdict tells the two apart). A failed call wipes its plaintext, and the calls of one
+ * column share its first failure (failed_before), so slices after it stop.
  *
  * Keys: the 32-byte data key is read from the caller's buffer into one cipher context per
  * call (cell_cipher); the context is freed (OpenSSL cleanses its key schedule) before
@@ -32,6 +40,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <openssl/core.h>
@@ -80,6 +89,7 @@
 #define FAIL_SHORT 1
 #define FAIL_VERSION 2
 #define FAIL_TAG 3
+#define FAIL_STOPPED 4 /* not a failure of this call's cells: an earlier row of the column failed */
 
 static PyObject *KernelFailure; /* OpenSSL itself failed: not a property of the data */
 
@@ -87,36 +97,32 @@ typedef struct {
     Py_buffer offsets;
     Py_buffer data;
     int acquired; /* bit 1: offsets, bit 2: data */
-    Py_ssize_t start; /* the array's offset into its offsets buffer */
     Py_ssize_t length;
-    int width; /* 4 (binary) or 8 (large_binary) */
+    int64_t *own; /* the length + 1 offsets, each read once from the caller's buffer (view_open) */
 } binary_view;
 
 static void view_release(binary_view *view) {
     if (view->acquired & 1) PyBuffer_Release(&view->offsets);
     if (view->acquired & 2) PyBuffer_Release(&view->data);
+    PyMem_Free(view->own);
+    view->own = NULL;
     view->acquired = 0;
 }
 
-static inline int64_t view_offset(const binary_view *view, Py_ssize_t i) {
-    const unsigned char *at = (const unsigned char *)view->offsets.buf + (size_t)(view->start + i) * (size_t)view->width;
-    if (view->width == 4) {
-        int32_t value;
-        memcpy(&value, at, 4);
-        return value;
-    }
-    int64_t value;
-    memcpy(&value, at, 8);
-    return value;
-}
+static inline int64_t view_offset(const binary_view *view, Py_ssize_t i) { return view->own[i]; }
 
-/* Acquire the buffers and check their shape (not yet the offsets themselves). GIL held. */
+/*
+ * Acquire the buffers, copy the offsets into the view's own array and check the copy (in
+ * range, non-decreasing, within the data buffer). GIL held throughout, so no Python thread
+ * changes a writable offsets buffer (a memoryview of a bytearray, a NumPy array) while it
+ * is copied; whatever else might, the checked copy is what counts. Every later read (output sizes, the cell loop) is of the checked copy: an
+ * offset read twice from the caller's buffer could differ between the reads once the GIL is
+ * released, and the output would be sized by one read and filled by the other.
+ */
 static int view_open(binary_view *view, const char *name, PyObject *offsets, PyObject *data, Py_ssize_t start,
                      Py_ssize_t length, int width) {
     memset(view, 0, sizeof(*view));
-    view->start = start;
     view->length = length;
-    view->width = width;
     if (width != 4 && width != 8) {
         PyErr_Format(PyExc_ValueError, "%s: offset width must be 4 or 8, got %d", name, width);
         return -1;
@@ -140,33 +146,39 @@ static int view_open(binary_view *view, const char *name, PyObject *offsets, PyO
         view_release(view);
         return -1;
     }
+    /* length + 1 <= slots <= offsets.len / 4: the copy is at most twice a buffer that exists. */
+    view->own = PyMem_Malloc((size_t)(length + 1) * sizeof(int64_t));
+    if (view->own == NULL) {
+        view_release(view);
+        PyErr_NoMemory();
+        return -1;
+    }
+    const unsigned char *at = (const unsigned char *)view->offsets.buf + (size_t)start * (size_t)width;
+    int64_t previous = 0;
+    for (Py_ssize_t i = 0; i <= length; i++, at += width) {
+        int64_t value;
+        if (width == 4) {
+            int32_t narrow;
+            memcpy(&narrow, at, 4);
+            value = narrow;
+        } else {
+            memcpy(&value, at, 8);
+        }
+        if (value < (i == 0 ? 0 : previous) || value > (int64_t)view->data.len) {
+            PyErr_Format(PyExc_ValueError, "%s: offsets out of order or outside the data buffer", name);
+            view_release(view);
+            return -1;
+        }
+        view->own[i] = previous = value;
+    }
     return 0;
 }
 
-/* Every offset in range and non-decreasing, within the data buffer. GIL not needed. */
-static int view_offsets_valid(const binary_view *view) {
-    int64_t previous = view_offset(view, 0);
-    if (previous < 0) return 0;
-    for (Py_ssize_t i = 1; i <= view->length; i++) {
-        int64_t next = view_offset(view, i);
-        if (next < previous) return 0;
-        previous = next;
-    }
-    return previous <= (int64_t)view->data.len;
-}
-
-/*
- * The i-th value, its bounds checked again as it is read: view_offsets_valid ran before the GIL
- * was released, but a caller may hand in a writable buffer (a memoryview of a bytearray, a
- * NumPy array) that another thread changes meanwhile, and a second read of an offset must not
- * be trusted for what the first read proved. 0 when the value is not inside the data buffer.
- */
-static inline int view_value(const binary_view *view, Py_ssize_t i, const unsigned char **value, int64_t *size) {
-    int64_t begin = view_offset(view, i), end = view_offset(view, i + 1);
-    if (begin < 0 || end < begin || end > (int64_t)view->data.len) return 0;
-    *size = end - begin;
+/* The i-th value: its bytes and size, from the checked copy of the offsets. */
+static inline void view_value(const binary_view *view, Py_ssize_t i, const unsigned char **value, int64_t *size) {
+    int64_t begin = view->own[i];
+    *size = view->own[i + 1] - begin;
     *value = (const unsigned char *)view->data.buf + begin;
-    return 1;
 }
 
 /*
@@ -200,6 +212,7 @@ static EVP_CIPHER *aes_256_gcm;  /* fetched once at import (an implicit fetch pe
 static provider_gcm direct_gcm;  /* every function found, or provctx NULL */
 static int direct_proven;        /* the self-test's verdict, fixed at import */
 static int use_direct;           /* the path new calls take: direct_proven unless a test switched it */
+static int inject_final_failure; /* tests only: decrypting, treat every final step as failed (inject_final_failure) */
 
 typedef struct {
     EVP_CIPHER_CTX *evp;
@@ -338,52 +351,87 @@ static int feed_associated_data(cell_cipher *cipher, const ad_scratch *scratch, 
     return cipher_update(cipher, NULL, scratch->buffer, head) && cipher_update(cipher, NULL, key, size);
 }
 
-/* The i-th row key (NULL without row keys); 0 when it left the data buffer or its length
- * does not fit the AD's u32 (both checked before the loop, so only a changed buffer gets here). */
-static int row_key_of(const binary_view *row_keys, Py_ssize_t i, const unsigned char **key, int64_t *size) {
+/* The i-th row key (NULL without row keys); its length fits the AD's u32 (buffers_open checked). */
+static void row_key_of(const binary_view *row_keys, Py_ssize_t i, const unsigned char **key, int64_t *size) {
     *key = NULL;
     *size = 0;
-    if (row_keys == NULL) return 1;
-    return view_value(row_keys, i, key, size) && *size <= (int64_t)UINT32_MAX;
+    if (row_keys != NULL) view_value(row_keys, i, key, size);
 }
-
-static const char BUFFERS_CHANGED[] = "the offsets of a buffer changed while the kernel read it; "
-                                      "pass immutable buffers (Arrow arrays)";
 
 static void write_offset32(unsigned char *offsets, Py_ssize_t i, int64_t value) {
     int32_t narrow = (int32_t)value;
     memcpy(offsets + (size_t)i * 4, &narrow, 4);
 }
 
+/* What OpenSSL last queued on this thread, for a KernelFailure message (a library and reason, never data). */
+static void openssl_reason(char *out, size_t size) {
+    unsigned long code = ERR_peek_last_error();
+    if (code == 0)
+        snprintf(out, size, "no OpenSSL error queued");
+    else
+        ERR_error_string_n(code, out, size);
+}
+
+/*
+ * The first failure of a column (fieldcrypt.kernel.decrypt_column): one aligned int64 shared by
+ * the calls decrypting the column's slices side by side, holding the lowest column row found
+ * failing so far (INT64_MAX: none). A call checks it before each cell and stops at a row after
+ * it (nothing it decrypts past a known failure can be returned); a call whose cell fails lowers
+ * it. Atomic: the calls run on several threads without the GIL. Relaxed order suffices, a
+ * stale read only costs one more cell.
+ */
+static inline int failed_before(const int64_t *mark, int64_t row) {
+    return mark != NULL && __atomic_load_n(mark, __ATOMIC_RELAXED) < row;
+}
+
+static void lower_mark(int64_t *mark, int64_t row) {
+    if (mark == NULL) return;
+    int64_t seen = __atomic_load_n(mark, __ATOMIC_RELAXED);
+    while (row < seen && !__atomic_compare_exchange_n(mark, &seen, row, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+}
+
 typedef struct {
     PyObject *key, *prefix;
     PyObject *value_offsets, *value_data, *key_offsets, *key_data;
-    Py_ssize_t value_start, count, key_start;
+    PyObject *first_failure; /* decrypt only: the column's shared mark, or None */
+    Py_ssize_t value_start, count, key_start, position;
     int value_width, key_width;
 } call_args;
 
-static int parse_args(PyObject *args, call_args *call) {
+static int parse_args(PyObject *args, call_args *call, int decrypting) {
     memset(call, 0, sizeof(*call));
-    return PyArg_ParseTuple(args, "OOOOnniOOni:kernel", &call->key, &call->prefix, &call->value_offsets,
+    call->first_failure = Py_None;
+    if (!decrypting)
+        return PyArg_ParseTuple(args, "OOOOnniOOni:encrypt", &call->key, &call->prefix, &call->value_offsets,
+                                &call->value_data, &call->value_start, &call->count, &call->value_width,
+                                &call->key_offsets, &call->key_data, &call->key_start, &call->key_width)
+                   ? 0
+                   : -1;
+    return PyArg_ParseTuple(args, "OOOOnniOOni|On:decrypt", &call->key, &call->prefix, &call->value_offsets,
                             &call->value_data, &call->value_start, &call->count, &call->value_width,
-                            &call->key_offsets, &call->key_data, &call->key_start, &call->key_width)
+                            &call->key_offsets, &call->key_data, &call->key_start, &call->key_width,
+                            &call->first_failure, &call->position)
                ? 0
                : -1;
 }
 
 typedef struct {
-    Py_buffer key, prefix;
-    int have_key, have_prefix;
+    Py_buffer key, prefix, mark;
+    int have_key, have_prefix, have_mark;
     binary_view values, row_keys;
     int have_row_keys;
+    int64_t *first_failure; /* inside `mark`, or NULL */
 } call_buffers;
 
 static void buffers_release(call_buffers *buffers) {
     if (buffers->have_key) PyBuffer_Release(&buffers->key);
     if (buffers->have_prefix) PyBuffer_Release(&buffers->prefix);
+    if (buffers->have_mark) PyBuffer_Release(&buffers->mark);
     view_release(&buffers->values);
     view_release(&buffers->row_keys);
-    buffers->have_key = buffers->have_prefix = 0;
+    buffers->have_key = buffers->have_prefix = buffers->have_mark = 0;
+    buffers->first_failure = NULL;
 }
 
 /* Acquire and check everything the loop will read; GIL held on entry and exit. */
@@ -397,6 +445,19 @@ static int buffers_open(const call_args *call, call_buffers *buffers, const char
     }
     if (PyObject_GetBuffer(call->prefix, &buffers->prefix, PyBUF_SIMPLE) < 0) goto fail;
     buffers->have_prefix = 1;
+    if (call->first_failure != Py_None) {
+        if (PyObject_GetBuffer(call->first_failure, &buffers->mark, PyBUF_WRITABLE) < 0) goto fail;
+        buffers->have_mark = 1;
+        if (buffers->mark.len != (Py_ssize_t)sizeof(int64_t) || (uintptr_t)buffers->mark.buf % sizeof(int64_t) != 0) {
+            PyErr_SetString(PyExc_ValueError, "first_failure must be one aligned int64 (a NumPy int64 array of one)");
+            goto fail;
+        }
+        buffers->first_failure = buffers->mark.buf;
+    }
+    if (call->position < 0 || call->position > PY_SSIZE_T_MAX - call->count) {
+        PyErr_Format(PyExc_ValueError, "position %zd is negative or too large", call->position);
+        goto fail;
+    }
     if (view_open(&buffers->values, values_name, call->value_offsets, call->value_data, call->value_start,
                   call->count, call->value_width) < 0)
         goto fail;
@@ -405,30 +466,13 @@ static int buffers_open(const call_args *call, call_buffers *buffers, const char
                       call->count, call->key_width) < 0)
             goto fail;
         buffers->have_row_keys = 1;
-    }
-    int values_ok, keys_ok = 1;
-    int64_t longest_key = 0;
-    Py_BEGIN_ALLOW_THREADS
-    values_ok = view_offsets_valid(&buffers->values);
-    if (buffers->have_row_keys) {
-        keys_ok = view_offsets_valid(&buffers->row_keys);
-        for (Py_ssize_t i = 0; keys_ok && i < call->count; i++) {
-            int64_t size = view_offset(&buffers->row_keys, i + 1) - view_offset(&buffers->row_keys, i);
-            if (size > longest_key) longest_key = size;
+        for (Py_ssize_t i = 0; i < call->count; i++) {
+            /* Checked copy: 0 <= size <= the data buffer's size, no overflow. */
+            if (view_offset(&buffers->row_keys, i + 1) - view_offset(&buffers->row_keys, i) > (int64_t)UINT32_MAX) {
+                PyErr_SetString(PyExc_ValueError, "row key longer than 2^32-1 bytes");
+                goto fail;
+            }
         }
-    }
-    Py_END_ALLOW_THREADS
-    if (!values_ok) {
-        PyErr_Format(PyExc_ValueError, "%s: offsets out of order or outside the data buffer", values_name);
-        goto fail;
-    }
-    if (!keys_ok) {
-        PyErr_SetString(PyExc_ValueError, "row keys: offsets out of order or outside the data buffer");
-        goto fail;
-    }
-    if (longest_key > (int64_t)UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "row key longer than 2^32-1 bytes");
-        goto fail;
     }
     return 0;
 fail:
@@ -440,20 +484,21 @@ PyDoc_STRVAR(encrypt_doc,
              "encrypt(key, prefix, value_offsets, value_data, value_start, count, value_width,\n"
              "        key_offsets, key_data, key_start, key_width) -> (offsets: bytes, data: bytes)\n\n"
              "Encrypt `count` values into version-1 cells; key_offsets is None without row keys.\n"
-             "The result is the int32 offsets and data buffers of a binary array.");
+             "The result is the int32 offsets and data buffers of a binary array. The offsets are\n"
+             "read once, when the call starts. KernelFailure: OpenSSL failed (not the data).");
 
 static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
     (void)self;
     call_args call;
     call_buffers buffers;
-    if (parse_args(args, &call) < 0) return NULL;
+    if (parse_args(args, &call, 0) < 0) return NULL;
     if (buffers_open(&call, &buffers, "values") < 0) return NULL;
     const binary_view *values = &buffers.values;
     const binary_view *row_keys = buffers.have_row_keys ? &buffers.row_keys : NULL;
     Py_ssize_t n = call.count;
-    /* Output size: every value plus 29 bytes, within int32 offsets. */
+    /* Output size: every value plus 29 bytes, within int32 offsets (n bounded first, so n * 29 cannot overflow). */
     int64_t plain_total = view_offset(values, n) - view_offset(values, 0);
-    if (plain_total > (int64_t)INT32_MAX - (int64_t)n * CELL_OVERHEAD || n > (INT32_MAX / CELL_OVERHEAD)) {
+    if (n > (Py_ssize_t)(INT32_MAX / CELL_OVERHEAD) || plain_total > (int64_t)INT32_MAX - (int64_t)n * CELL_OVERHEAD) {
         buffers_release(&buffers);
         PyErr_SetString(PyExc_OverflowError, "cells of this call exceed 2 GiB; encrypt in smaller slices");
         return NULL;
@@ -469,7 +514,8 @@ static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
     }
     unsigned char *offsets = (unsigned char *)PyBytes_AS_STRING(out_offsets);
     unsigned char *cells = (unsigned char *)PyBytes_AS_STRING(out_data);
-    int ok = 1, changed = 0;
+    int ok = 1, misfit = 0;
+    char why[256] = "";
     int direct = use_direct;
     Py_BEGIN_ALLOW_THREADS
     unsigned char nonces[NONCE_BATCH * NONCE_SIZE];
@@ -491,9 +537,10 @@ static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
         }
         int64_t size, key_size;
         const unsigned char *value, *key;
-        if (!view_value(values, i, &value, &size) || size > total - at - CELL_OVERHEAD ||
-            !row_key_of(row_keys, i, &key, &key_size)) {
-            changed = 1;
+        view_value(values, i, &value, &size);
+        row_key_of(row_keys, i, &key, &key_size);
+        if (size > total - at - CELL_OVERHEAD) { /* never, with the offsets the kernel's own; a bug if so */
+            misfit = 1;
             break;
         }
         unsigned char *cell = cells + at;
@@ -506,56 +553,93 @@ static PyObject *kernel_encrypt(PyObject *self, PyObject *args) {
         at += size + CELL_OVERHEAD;
         write_offset32(offsets, i + 1, at);
     }
+    if (ok && at != total) misfit = 1; /* success only with every byte of the output written */
+    if (!ok) openssl_reason(why, sizeof(why));
     cipher_close(&cipher);
     scratch_close(&scratch);
     if (!ok) ERR_clear_error(); /* this thread's queue: left behind, it would be blamed on a later call */
     Py_END_ALLOW_THREADS
     buffers_release(&buffers);
-    if (!ok || changed) {
+    if (!ok || misfit) {
         Py_DECREF(out_offsets);
         Py_DECREF(out_data);
-        if (changed)
-            PyErr_SetString(PyExc_ValueError, BUFFERS_CHANGED);
+        if (!ok)
+            PyErr_Format(KernelFailure, "OpenSSL AES-256-GCM encryption or RAND_bytes failed (%s)", why);
         else
-            PyErr_SetString(KernelFailure, "OpenSSL AES-256-GCM encryption or RAND_bytes failed");
+            PyErr_SetString(KernelFailure, "internal error: the cells did not fill the output exactly");
         return NULL;
     }
     return Py_BuildValue("(NN)", out_offsets, out_data);
 }
 
+enum { TAG_WRONG, TAG_RIGHT, TAG_UNKNOWN };
+
+/*
+ * Decrypting, OpenSSL's final step returns the same 0 for a tag that does not match and for a
+ * failure of its own, and its error queue does not tell them apart either. The tag itself does:
+ * GCM-encrypting the plaintext the cell just decrypted to (under the same key, nonce and
+ * associated data) gives back the cell's ciphertext and the tag it must carry. Sealed on a fresh
+ * context of the EVP path, the reference, so that the direct path never judges its own fault.
+ * Runs only for a refused cell (at most once a call). The sealed bytes are the cell's own
+ * ciphertext, not secret; the plaintext stays where it is, wiped with the call's output.
+ */
+static int tag_verdict(const unsigned char *key, const ad_scratch *scratch, const unsigned char *row_key,
+                       int64_t key_size, const unsigned char *nonce, const unsigned char *plain, int64_t size,
+                       const unsigned char *tag) {
+    cell_cipher sealer;
+    unsigned char sealed[4096], computed[TAG_SIZE];
+    int done = cipher_open(&sealer, key, 1, 0) && cipher_start(&sealer, nonce, NULL) &&
+               feed_associated_data(&sealer, scratch, row_key, key_size);
+    for (int64_t at = 0; done && at < size; at += (int64_t)sizeof(sealed)) {
+        int64_t chunk = size - at < (int64_t)sizeof(sealed) ? size - at : (int64_t)sizeof(sealed);
+        done = cipher_update(&sealer, sealed, plain + at, chunk);
+    }
+    done = done && cipher_finish(&sealer, computed);
+    cipher_close(&sealer);
+    if (!done) return TAG_UNKNOWN;
+    return CRYPTO_memcmp(computed, tag, TAG_SIZE) == 0 ? TAG_RIGHT : TAG_WRONG;
+}
+
 PyDoc_STRVAR(decrypt_doc,
              "decrypt(key, prefix, cell_offsets, cell_data, cell_start, count, cell_width,\n"
-             "        key_offsets, key_data, key_start, key_width) -> (offsets, data, failure)\n\n"
+             "        key_offsets, key_data, key_start, key_width, first_failure=None, position=0)\n"
+             "    -> (offsets, data, failure)\n\n"
              "Authenticate and decrypt `count` cells, stopping at the first that fails. On success\n"
-             "failure is None and offsets/data are the int32 offsets and data of the plaintexts;\n"
-             "otherwise offsets and data are None (the partial plaintext is wiped) and failure is\n"
-             "(index, reason, detail): reason 1 too short (detail: length), 2 unknown version\n"
-             "(detail: version byte), 3 authentication failed (detail: 0).");
+             "failure is None, offsets (bytes) and data (a bytearray, so that a caller can wipe it)\n"
+             "are the int32 offsets and data of the plaintexts; otherwise offsets and data are None\n"
+             "(the partial plaintext is wiped) and failure is (index, reason, detail): reason 1 too\n"
+             "short (detail: length), 2 unknown version (detail: version byte), 3 authentication\n"
+             "failed (detail: 0), 4 stopped before cell `index` because first_failure holds an\n"
+             "earlier row (detail: 0).\n"
+             "first_failure: one aligned int64 shared by the calls of one column (see failed_before),\n"
+             "position: the column row of this call's first cell. The offsets are read once, when the\n"
+             "call starts. KernelFailure: OpenSSL failed (not the data).");
 
 static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
     (void)self;
     call_args call;
     call_buffers buffers;
-    if (parse_args(args, &call) < 0) return NULL;
+    if (parse_args(args, &call, 1) < 0) return NULL;
     if (buffers_open(&call, &buffers, "cells") < 0) return NULL;
     const binary_view *cells = &buffers.values;
     const binary_view *row_keys = buffers.have_row_keys ? &buffers.row_keys : NULL;
+    int64_t *mark = buffers.first_failure;
+    int64_t position = (int64_t)call.position;
     Py_ssize_t n = call.count;
-    /* Output size: every cell minus 29 bytes (a short cell contributes nothing and fails below). */
+    /* Output size: every cell minus 29 bytes (a short cell contributes nothing and fails below).
+     * From the checked copy of the offsets: the sizes are >= 0 and add up to at most the data buffer's. */
     int64_t total = 0;
-    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t size = view_offset(cells, i + 1) - view_offset(cells, i);
         if (size > CELL_OVERHEAD) total += size - CELL_OVERHEAD;
     }
-    Py_END_ALLOW_THREADS
     if (total > (int64_t)INT32_MAX) {
         buffers_release(&buffers);
         PyErr_SetString(PyExc_OverflowError, "plaintexts of this call exceed 2 GiB; decrypt in smaller slices");
         return NULL;
     }
     PyObject *out_offsets = PyBytes_FromStringAndSize(NULL, (n + 1) * 4);
-    PyObject *out_data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    PyObject *out_data = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)total);
     if (out_offsets == NULL || out_data == NULL) {
         Py_XDECREF(out_offsets);
         Py_XDECREF(out_data);
@@ -563,11 +647,12 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
         return NULL;
     }
     unsigned char *offsets = (unsigned char *)PyBytes_AS_STRING(out_offsets);
-    unsigned char *plain = (unsigned char *)PyBytes_AS_STRING(out_data);
-    int ok = 1, changed = 0;
-    Py_ssize_t failed_at = -1;
+    unsigned char *plain = (unsigned char *)PyByteArray_AS_STRING(out_data);
+    int ok = 1, misfit = 0, verdict = TAG_UNKNOWN;
+    Py_ssize_t failed_at = -1, stopped_at = -1, internal_at = -1;
     long reason = 0, detail = 0;
-    int direct = use_direct;
+    char why[256] = "";
+    int direct = use_direct, fail_final = inject_final_failure;
     Py_BEGIN_ALLOW_THREADS
     ad_scratch scratch;
     cell_cipher cipher;
@@ -576,13 +661,14 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
     int64_t at = 0;
     write_offset32(offsets, 0, 0);
     for (Py_ssize_t i = 0; ok && i < n; i++) {
-        int64_t size, key_size;
-        const unsigned char *cell, *key;
-        if (!view_value(cells, i, &cell, &size) || !row_key_of(row_keys, i, &key, &key_size) ||
-            (size > CELL_OVERHEAD && size - CELL_OVERHEAD > total - at)) {
-            changed = 1;
+        if (failed_before(mark, position + i)) {
+            stopped_at = i;
             break;
         }
+        int64_t size, key_size;
+        const unsigned char *cell, *key;
+        view_value(cells, i, &cell, &size);
+        row_key_of(row_keys, i, &key, &key_size);
         if (size < CELL_OVERHEAD) {
             failed_at = i, reason = FAIL_SHORT, detail = (long)size;
             break;
@@ -592,39 +678,83 @@ static PyObject *kernel_decrypt(PyObject *self, PyObject *args) {
             break;
         }
         int64_t body = size - CELL_OVERHEAD;
-        ok = cipher_start(&cipher, cell + 1, cell + 1 + NONCE_SIZE + body) &&
-             feed_associated_data(&cipher, &scratch, key, key_size) &&
+        if (body > total - at) { /* never, with the offsets the kernel's own; a bug if so */
+            misfit = 1, internal_at = i;
+            break;
+        }
+        const unsigned char *nonce = cell + 1, *tag = cell + 1 + NONCE_SIZE + body;
+        ok = cipher_start(&cipher, nonce, tag) && feed_associated_data(&cipher, &scratch, key, key_size) &&
              cipher_update(&cipher, plain + at, cell + 1 + NONCE_SIZE, body);
-        if (ok && !cipher_finish(&cipher, NULL)) {
-            failed_at = i, reason = FAIL_TAG, detail = 0;
+        if (!ok) {
+            internal_at = i;
+            break;
+        }
+        if (!cipher_finish(&cipher, NULL) || fail_final) {
+            verdict = tag_verdict(buffers.key.buf, &scratch, key, key_size, nonce, plain + at, body, tag);
+            if (verdict == TAG_WRONG) {
+                failed_at = i, reason = FAIL_TAG, detail = 0;
+                break;
+            }
+            ok = 0, internal_at = i;
             break;
         }
         at += body;
         write_offset32(offsets, i + 1, at);
     }
+    /* Success only with every byte of the output written: no uninitialised tail is ever returned. */
+    if (ok && !misfit && failed_at < 0 && stopped_at < 0 && at != total) misfit = 1, internal_at = n;
+    int failed = !ok || misfit || failed_at >= 0 || stopped_at >= 0;
+    if (failed_at >= 0)
+        lower_mark(mark, position + failed_at);
+    else if (!ok || misfit) /* the rest of the column cannot be returned either */
+        lower_mark(mark, position + (internal_at >= 0 ? internal_at : 0));
+    if (!ok) openssl_reason(why, sizeof(why));
     cipher_close(&cipher);
     scratch_close(&scratch);
-    if (!ok || changed || failed_at >= 0) {
+    if (failed) {
         OPENSSL_cleanse(plain, (size_t)total); /* no plaintext of a failed call survives */
         ERR_clear_error(); /* a refused tag or a provider error: nobody reads this thread's queue */
     }
     Py_END_ALLOW_THREADS
     buffers_release(&buffers);
-    if (!ok || changed) {
+    if (!ok || misfit) {
         Py_DECREF(out_offsets);
         Py_DECREF(out_data);
-        if (changed)
-            PyErr_SetString(PyExc_ValueError, BUFFERS_CHANGED);
+        if (misfit)
+            PyErr_SetString(KernelFailure, "internal error: the plaintexts did not fill the output exactly");
+        else if (internal_at < 0)
+            PyErr_Format(KernelFailure, "OpenSSL could not set up AES-256-GCM decryption (%s)", why);
+        else if (verdict == TAG_RIGHT)
+            PyErr_Format(KernelFailure,
+                         "OpenSSL's AES-256-GCM final step failed at cell %zd although its tag is right: "
+                         "an internal OpenSSL failure, not the data (%s)",
+                         internal_at, why);
         else
-            PyErr_SetString(KernelFailure, "OpenSSL AES-256-GCM decryption failed");
+            PyErr_Format(KernelFailure, "OpenSSL AES-256-GCM decryption failed inside OpenSSL at cell %zd (%s)",
+                         internal_at, why);
         return NULL;
     }
-    if (failed_at >= 0) {
+    if (stopped_at >= 0 || failed_at >= 0) {
         Py_DECREF(out_offsets);
         Py_DECREF(out_data);
+        if (stopped_at >= 0) return Py_BuildValue("(OO(nll))", Py_None, Py_None, stopped_at, (long)FAIL_STOPPED, 0L);
         return Py_BuildValue("(OO(nll))", Py_None, Py_None, failed_at, reason, detail);
     }
     return Py_BuildValue("(NNO)", out_offsets, out_data, Py_None);
+}
+
+PyDoc_STRVAR(wipe_doc,
+             "wipe(buffer) -> None\n\n"
+             "Overwrite a writable buffer with zeros (OPENSSL_cleanse, which the compiler cannot drop):\n"
+             "the plaintext a call returned, when its column failed elsewhere.");
+
+static PyObject *kernel_wipe(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_WRITABLE) < 0) return NULL;
+    OPENSSL_cleanse(view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
 }
 
 /* ASCII case-insensitive: is `wanted` one of the colon-separated `names` of an algorithm? */
@@ -800,10 +930,27 @@ static PyObject *kernel_use_direct_path(PyObject *self, PyObject *arg) {
     return PyBool_FromLong(previous);
 }
 
+PyDoc_STRVAR(inject_final_failure_doc,
+             "inject_final_failure(on) -> bool\n\n"
+             "For tests only (fault injection): while on, decrypt treats OpenSSL's final step as failed\n"
+             "for every cell, as an OpenSSL that fails internally would, so that the tests can see such\n"
+             "a failure told apart from a wrong tag. Read when a call starts. Returns the previous setting.");
+
+static PyObject *kernel_inject_final_failure(PyObject *self, PyObject *arg) {
+    (void)self;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    int previous = inject_final_failure;
+    inject_final_failure = on;
+    return PyBool_FromLong(previous);
+}
+
 static PyMethodDef kernel_methods[] = {
     {"encrypt", kernel_encrypt, METH_VARARGS, encrypt_doc},
     {"decrypt", kernel_decrypt, METH_VARARGS, decrypt_doc},
     {"use_direct_path", kernel_use_direct_path, METH_O, use_direct_path_doc},
+    {"inject_final_failure", kernel_inject_final_failure, METH_O, inject_final_failure_doc},
+    {"wipe", kernel_wipe, METH_O, wipe_doc},
     {NULL, NULL, 0, NULL},
 };
 

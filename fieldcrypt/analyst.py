@@ -31,7 +31,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from fieldcrypt.errors import InputError
-from fieldcrypt.layout import is_engine_marker
+from fieldcrypt.inventory import classify
 from fieldcrypt.select import FILE_METADATA_KEY
 from fieldcrypt.store import LakeStore
 
@@ -145,12 +145,12 @@ def _locate(
 
 
 def _data_files(store: LakeStore, folder: str) -> list[str]:
-    depth = folder.count("/") + 1
+    """The data files below `folder`, classified as every command classifies a dataset's (fieldcrypt.inventory)."""
     try:
-        listed = store.list_files(folder)
+        listed = store.list_all(folder)
     except OSError as exc:
         raise InputError(f"cannot list {store.display(folder)}: {exc}") from None
-    return [rel for rel in listed if not any(is_engine_marker(part) for part in rel.split("/")[depth:])]
+    return classify(store, folder, folder, listed, lambda rel, parts: None).files
 
 
 def _footers(store: LakeStore, files: list[str]) -> list[pa.Schema]:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from fieldcrypt.errors import ConcurrentUpdateError, KeyProviderError, PolicyError
 from fieldcrypt.providers.base import MasterKeyInfo as KeyRef
@@ -43,6 +45,9 @@ class KeyBinding:
     current: KeyRef
     campaigns: tuple[Campaign, ...] = field(default_factory=tuple)
     check_values: dict[str, str] = field(default_factory=dict)
+    # The newest policy version the lake has seen, MAC'd (fieldcrypt.rollback); kept as stored, checked by
+    # the policy store. Not part of equality: a rotation's compare-and-swap is about keys, not versions.
+    seen: dict[str, Any] | None = field(default=None, compare=False)
 
     def with_check_value(self, ref: KeyRef, kcv: str) -> KeyBinding:
         return replace(self, check_values={**self.check_values, ref.ref: kcv}) if kcv else self
@@ -81,6 +86,8 @@ class KeyBinding:
         }
         if self.check_values:
             doc["check_values"] = dict(sorted(self.check_values.items()))
+        if self.seen is not None:
+            doc["seen"] = self.seen
         return json.dumps(doc, indent=2) + "\n"
 
     @classmethod
@@ -97,7 +104,10 @@ class KeyBinding:
                 isinstance(k, str) and isinstance(v, str) for k, v in check_values.items()
             ):
                 raise TypeError("check_values")
-            return cls(KeyRef(**doc["current"]), campaigns, dict(check_values))
+            seen = doc.get("seen")
+            if seen is not None and not isinstance(seen, dict):
+                raise TypeError("seen")
+            return cls(KeyRef(**doc["current"]), campaigns, dict(check_values), seen)
         except (ValueError, KeyError, TypeError):
             raise KeyProviderError(f"{where} is not a valid master-key binding") from None
 
@@ -134,9 +144,26 @@ class BindingStore:
                     f"{where} changed while this run was updating it (another worker bound the lake or moved "
                     "its rotation); nothing was written, run again"
                 )
-            return binding.to_json().encode()
+            # The stored version record is kept whatever `binding` carries: it only ever moves forward.
+            return replace(binding, seen=now.seen if now is not None else binding.seen).to_json().encode()
 
         self.store.update(BINDING_PATH, change, "this run was updating it")
+
+    def update_seen(self, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> bool:
+        """Compare-and-swap of the binding's `seen` record only; `change` returns None to leave it.
+
+        No binding yet (a lake being bound): nothing to record, False.
+        """
+        where = self.store.display(BINDING_PATH)
+
+        def rewrite(stored: bytes | None) -> bytes | None:
+            if stored is None:
+                return None
+            now = KeyBinding.from_json(stored.decode(), where)
+            seen = change(now.seen)
+            return None if seen is None else replace(now, seen=seen).to_json().encode()
+
+        return self.store.update(BINDING_PATH, rewrite, "its version record was being updated")
 
 
 def _now() -> str:

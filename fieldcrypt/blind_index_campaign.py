@@ -74,11 +74,22 @@ def reindex_files(workspace: Workspace, dataset: str, partition: str | None, *, 
         new={a.name: cache.index_key_for(current[a.name], a.dataset, a.path).normalized(a.normalize) for a in targets},
         old={a.name: cache.index_key_for(retiring[a.name], a.dataset, a.path).normalized(a.normalize) for a in targets},
     )
+    ledger = workspace.ledger_step(partition, spec, attributes)
     reports = workspace._each_file(
         dataset,
         partition,
         lambda rel: reindex_file(
-            workspace.store, rel, spec, attributes, targets, keys, cache, partition=partition, dry_run=dry_run
+            workspace.store,
+            rel,
+            spec,
+            attributes,
+            targets,
+            keys,
+            cache,
+            dataset_root=workspace.layout(dataset).path,
+            partition=partition,
+            dry_run=dry_run,
+            ledger=ledger,
         ),
     )
     return ReindexReport.total(where, reports)

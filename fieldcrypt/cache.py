@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from fieldcrypt.audit import AuditLog
+from fieldcrypt.audit import AUDIT_KEY_ATTRIBUTE, AUDIT_KEY_DATASET, AuditLog
+from fieldcrypt.audit_chain import AuditKey
 from fieldcrypt.blind_index import BlindIndexKey, index_context_attribute
 from fieldcrypt.cell import DataKey
 from fieldcrypt.errors import InputError
@@ -172,6 +173,29 @@ class DataKeyCache:
     def policy_key_for(self, wrapped_value: bytes) -> MacKey:
         """The unwrapped policy MAC key, cached like data keys (TTL)."""
         return self._secret_key(wrapped_value, MAC_KEY_DATASET, MAC_KEY_ATTRIBUTE, MacKey)
+
+    def new_audit_key(self) -> tuple[AuditKey, bytes]:
+        """A new audit MAC key and its stored wrapped value (fieldcrypt.audit).
+
+        Not cached here and called outside the cache's lock: the audit log holds the key
+        itself (for at most the TTL), because every call of this cache writes to that log.
+        """
+        context = self.context(AUDIT_KEY_DATASET, AUDIT_KEY_ATTRIBUTE)
+        self._before_provider_call()
+        key, wrapped = self.provider.generate_data_key(context)
+        self.calls.generate += 1
+        self._audit("generate_audit_key", context, None, wrapped)
+        return AuditKey(key), wrapped.to_bytes()
+
+    def audit_key_for(self, wrapped_value: bytes) -> AuditKey:
+        """The unwrapped audit MAC key (one provider call; held by the audit log, see new_audit_key)."""
+        context = self.context(AUDIT_KEY_DATASET, AUDIT_KEY_ATTRIBUTE)
+        wrapped = WrappedKey.from_bytes(wrapped_value)
+        self._before_provider_call()
+        key = AuditKey(self.provider.unwrap(wrapped, context))
+        self.calls.unwrap += 1
+        self._audit("unwrap_audit_key", context, None, wrapped)
+        return key
 
     def _secret_key(self, wrapped_value: bytes, dataset: str, attribute: str, kind: Callable[[bytes], _K]) -> _K:
         cache_key = (wrapped_value, dataset, attribute)

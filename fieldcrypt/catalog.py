@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fieldcrypt.cache import MAX_TTL_SECONDS
 from fieldcrypt.errors import ConfigError, FieldcryptError
-from fieldcrypt.layout import DEFAULT_LEVEL_FORMATS, DatasetLayout, HiveLevel, Partitioning
+from fieldcrypt.layout import DEFAULT_LEVEL_FORMATS, HIDDEN_KEY_REASON, DatasetLayout, HiveLevel, Partitioning
 from fieldcrypt.policy import DatasetSpec
 from fieldcrypt.workspace import KeyConfig, WorkspaceConfig
 
@@ -101,9 +101,18 @@ class AwsKmsKeyEntry(_Strict):
     max_attempts: int = Field(default=5, ge=1, le=20)
 
 
+def _visible_key(value: str | None) -> str | None:
+    """A partition key starting with `_` names directories engines skip: refused when the catalog loads."""
+    if value is not None and value.startswith("_"):
+        raise ValueError(f"partition key {value!r} starts with '_': {HIDDEN_KEY_REASON}")
+    return value
+
+
 class LevelEntry(_Strict):
     key: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     format: str
+
+    _key_visible = field_validator("key")(_visible_key)
 
 
 class PartitioningEntry(_Strict):
@@ -112,6 +121,8 @@ class PartitioningEntry(_Strict):
     levels: list[LevelEntry] | None = None
     start: date | datetime | None = None
     end: date | datetime | None = None
+
+    _key_visible = field_validator("key")(_visible_key)
 
     @model_validator(mode="after")
     def _one_way_to_name_levels(self) -> PartitioningEntry:
@@ -347,6 +358,7 @@ class Catalog:
             datasets=datasets,
             file_workers=entry.file_workers,
             kms_calls_per_second=entry.kms_calls_per_second,
+            catalog_path=str(self.path),
         )
 
     def _pkcs11_key(self, key: Pkcs11KeyEntry) -> KeyConfig:

@@ -24,6 +24,7 @@ from typing import Any
 from fieldcrypt.blind_index import NORMALIZATIONS
 from fieldcrypt.catalog import CATALOG_ENV, WORKSPACE_ENV, Catalog
 from fieldcrypt.cli_output import Output
+from fieldcrypt.enable_checks import ALLOW_ABSENT_KEY
 from fieldcrypt.errors import ConfigError, FieldcryptError, InputError, KeyProviderError, PolicyError
 from fieldcrypt.kernel import describe as describe_kernel
 from fieldcrypt.keystore import Keystore, new_wrapping_key, parse_base64_key, unwrap_imported_key
@@ -104,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --blind-index: index values trimmed (trim), trimmed and lower-cased (email) or as E.164 (e164)",
     )
     enable.add_argument(
+        ALLOW_ABSENT_KEY,
+        dest="allow_absent_key",
+        action="store_true",
+        help="for a map key (col['key']): enable it although no row of the newest partition has that key yet",
+    )
+    enable.add_argument(
         ACK_FLAG,
         dest="acknowledged",
         action="store_true",
@@ -174,6 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--unconfirmed", action="store_true", help="only intents never confirmed (a run died around a replace)"
     )
+    audit.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every record (sequence, chain, MAC); names the first missing, edited or truncated one",
+    )
+
+    restore = commands.add_parser(
+        "restore-accept",
+        help="accept a deliberate restore of _fieldcrypt/ (policy, ledger) from a backup, after checking the lake",
+    )
+    restore.add_argument("--reason", required=True, help="why (ticket id); written to the audit log")
 
     policy = commands.add_parser("policy", help="the workspace policy").add_subparsers(
         dest="policy_command", required=True
@@ -277,6 +295,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             blind_index=args.blind_index,
             pad_to=args.pad_to,
             normalize=args.normalize,
+            allow_absent_key=args.allow_absent_key,
         )
         print(
             f"{entry.name}: enabled at {entry.enabled_at.isoformat()} with mask {entry.mask}; "
@@ -322,9 +341,22 @@ def run(argv: Sequence[str] | None = None) -> int:
                 }
             )
         out.finish(f"{len(workspace.datasets)} datasets declared in workspace {workspace.name}")
+    elif args.command == "audit" and args.verify:
+        chain = workspace.audit.verify()
+        head = f"seq {chain.head.seq}, digest {chain.head.digest}" if chain.head else "none"
+        print(
+            f"audit log of workspace {workspace.name}: {chain.records} chained records authentic, in sequence and "
+            f"unbroken ({chain.legacy_records} earlier records without chain fields before them); head: {head}"
+        )
     elif args.command == "audit":
         for event in workspace.audit.unconfirmed() if args.unconfirmed else workspace.audit.events():
             print(json.dumps(event, sort_keys=True))
+    elif args.command == "restore-accept":
+        was, now, files = workspace.accept_restore(args.reason)
+        print(
+            f"restore accepted: policy.json version {was} is now version {now}; "
+            f"{files} protected files verified and recorded in the protection ledger"
+        )
     elif args.command == "policy":
         adopted = workspace.adopt_policy()
         print(
@@ -382,15 +414,39 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
             for key in totals:
                 summed[key] = summed.get(key, 0) + int(row.get(key) or 0)
     done = len(partitions) - failed
-    summary = _summary(command, done, summed, failed)
-    if command == "status" and not failed:
+    summary = _summary(command, done, summed, failed) + _summary_files_note(rows_seen)
+    temps_left = sum({row["partition"]: row.get("temp_files_left", 0) for row in rows_seen}.values())
+    if command == "status" and temps_left:
+        summary += (
+            f"\n{temps_left:,} temporary files of runs still under way are left (they may hold plaintext "
+            "copies); run status again once those runs end"
+        )
+    if command == "status" and not failed and not temps_left:
         fully = sorted(_fully_protected(rows_seen))
-        summary += "".join(f"\n{name}: fully protected, no plaintext left" for name in fully)
+        if any(row.get("summary_files") for row in rows_seen):  # their statistics are not read
+            summary += "".join(f"\n{name}: every data file fully protected" for name in fully)
+        else:
+            summary += "".join(f"\n{name}: fully protected, no plaintext left" for name in fully)
     out.finish(summary, {"partitions": done, "failed": failed, **summed})
     if failed:
         print(f"fieldcrypt: {failed} of {len(partitions)} partitions failed", file=sys.stderr)
         return 2
     return 0
+
+
+def _summary_files_note(rows: list[dict[str, Any]]) -> str:
+    """Summary files a run removed, or (status) found: by name (fieldcrypt.summary_files)."""
+    removed = sorted({name for row in rows for name in row.get("summary_files_removed", ())})
+    present = sorted({name for row in rows for name in row.get("summary_files", ())})
+    note = ""
+    if removed:
+        note += f"\nremoved summary files (stale once a file below them was rewritten): {', '.join(removed)}"
+    if present:
+        note += (
+            f"\nsummary files present: {', '.join(present)}; the next protect, rotate or re-index run that "
+            "rewrites a file below them removes them (their statistics may hold plaintext until then)"
+        )
+    return note
 
 
 def _fully_protected(rows: list[dict[str, Any]]) -> set[str]:
@@ -415,6 +471,7 @@ def _protect_rows(workspace: Workspace, dataset: str, partition: str | None) -> 
             "already_protected": counts.already_protected,
             "historical_plaintext": counts.historical_plaintext,
             "kms_calls": report.kms_calls,
+            "summary_files_removed": report.summary_files_removed,
         }
         for name, counts in report.attributes.items()
     ] or [_no_attribute_row(report, partition)]
@@ -432,6 +489,8 @@ def _status_rows(workspace: Workspace, dataset: str, partition: str | None) -> l
             "pending": counts.pending,
             "historical_plaintext": counts.historical_plaintext,
             "null": counts.null_values,
+            "temp_files_left": report.temp_files_left,
+            "summary_files": report.summary_files_present,
         }
         for name, counts in report.attributes.items()
     ] or [_no_attribute_row(report, partition)]
@@ -443,6 +502,7 @@ def _no_attribute_row(report: Any, partition: str | None) -> dict[str, Any]:
         "attribute": "(none enabled)",
         "files": report.files,
         "rows": report.rows,
+        "summary_files": report.summary_files_present,
     }
 
 
@@ -467,6 +527,7 @@ def _rotate_rows(workspace: Workspace, dataset: str, partition: str | None) -> l
             "data_keys": report.distinct_data_keys,
             "rewrapped": report.rewrapped,
             "kms_calls": report.kms_calls,
+            "summary_files_removed": report.summary_files_removed,
         }
     ]
 
@@ -482,6 +543,7 @@ def _reindex_rows(workspace: Workspace, dataset: str, partition: str | None) -> 
             "files_rewritten": report.files_rewritten,
             "reindexed": report.reindexed.get(name, 0),
             "already": report.already.get(name, 0),
+            "summary_files_removed": report.summary_files_removed,
         }
         for name in names
     ]
@@ -505,7 +567,17 @@ _COMMANDS: dict[str, tuple[Callable[[Workspace, str, str | None], list[dict[str,
     ),
     "status": (
         _status_rows,
-        ["partition", "attribute", "files", "rows", "protected", "pending", "historical_plaintext", "null"],
+        [
+            "partition",
+            "attribute",
+            "files",
+            "rows",
+            "protected",
+            "pending",
+            "historical_plaintext",
+            "null",
+            "temp_files_left",
+        ],
         ["protected", "pending", "historical_plaintext"],
     ),
     "verify": (_verify_rows, ["partition", "attribute", "files", "cells_verified"], ["cells_verified"]),

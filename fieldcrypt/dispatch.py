@@ -100,17 +100,26 @@ def segment_row_groups(
     report: DispatchReport,
 ) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(row group index, its rows in the segment) for each row group holding some; the others are not read."""
-    stats = key_statistics(parquet, key_column)
-    for index in range(parquet.num_row_groups):
-        bounds = stats(index)
-        if len(segment) == 0 or (bounds is not None and not segment.overlaps(*bounds)):
-            report.row_groups_skipped += 1
-            continue
+    overlapping = segment_row_group_indexes(parquet, key_column, segment)
+    report.row_groups_skipped += parquet.num_row_groups - len(overlapping)
+    for index in overlapping:
         report.row_groups_read += 1
         batch = row_group(parquet, index, where, columns)
         batch = batch.filter(segment.contains(batch.column(key_column)))
         if batch.num_rows:
             yield index, batch
+
+
+def segment_row_group_indexes(parquet: pq.ParquetFile, key_column: str, segment: Segment) -> list[int]:
+    """The row groups whose primary-key statistics (min, max) may hold a segment key (all, without statistics)."""
+    if len(segment) == 0:
+        return []
+    stats = key_statistics(parquet, key_column)
+    return [
+        index
+        for index in range(parquet.num_row_groups)
+        if (bounds := stats(index)) is None or segment.overlaps(*bounds)
+    ]
 
 
 def key_statistics(parquet: pq.ParquetFile, column: str) -> Callable[[int], tuple[Any, Any] | None]:

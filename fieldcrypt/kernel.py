@@ -12,6 +12,11 @@ Two implementations write and read the same bytes (docs/FORMAT.md sections 2-3):
 Selection: FIELDCRYPT_KERNEL=python|native forces one; unset, native when the extension
 imported, else python. A forced native kernel that is unavailable is a KernelError naming
 why. FIELDCRYPT_THREADS bounds the threads running native calls (default: usable cores).
+
+A column that fails to decrypt returns nothing and keeps nothing (docs/FORMAT.md section 2):
+its slices share a FirstFailure, slices queued or running past the failing row stop, every
+slice that did decrypt is wiped, and the error names the first failing row in column order.
+OpenSSL failing inside the native kernel is a KernelError, never an IntegrityError.
 """
 
 from __future__ import annotations
@@ -63,6 +68,32 @@ class CellFailure(Exception):
         self.reason = reason
 
 
+class SliceStopped(Exception):
+    """A call stopped before its cell `index`: an earlier row of its column had failed (FirstFailure)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
+class FirstFailure:
+    """The lowest row of one column found failing so far, shared by the calls decrypting its slices.
+
+    One aligned int64 (NONE until a cell fails): fieldcrypt._native reads it before each cell,
+    stops at a row after it, and lowers it atomically when a cell fails; only the extension
+    writes it. A slice before the failing row still runs, so the row named is the first in order.
+    """
+
+    NONE = int(np.iinfo(np.int64).max)
+
+    def __init__(self) -> None:
+        self.row = np.full(1, self.NONE, dtype=np.int64)
+
+    def before(self, row: int) -> bool:
+        """Whether a row before `row` failed (then nothing decrypted from `row` on can be returned)."""
+        return int(self.row[0]) < row
+
+
 class Kernel(Protocol):
     name: str
     releases_gil: bool
@@ -71,8 +102,21 @@ class Kernel(Protocol):
         """One call: non-null binary values -> binary array of version-1 cells."""
         ...
 
-    def decrypt(self, key: DataKey, prefix: bytes, cells: pa.Array, row_keys: pa.Array | None) -> pa.Array:
-        """One call: non-null binary cells -> binary plaintexts; CellFailure at the first that fails."""
+    def decrypt(
+        self,
+        key: DataKey,
+        prefix: bytes,
+        cells: pa.Array,
+        row_keys: pa.Array | None,
+        first_failure: FirstFailure | None = None,
+        position: int = 0,
+    ) -> pa.Array:
+        """One call: non-null binary cells -> binary plaintexts; CellFailure at the first that fails,
+        SliceStopped at a cell after `first_failure` (`position`: the column row of cell 0)."""
+        ...
+
+    def wipe(self, plaintexts: pa.Array) -> None:
+        """Overwrite with zeros the plaintext bytes of an array this kernel's decrypt returned."""
         ...
 
 
@@ -85,7 +129,16 @@ class PythonKernel:
     def encrypt(self, key: DataKey, prefix: bytes, values: pa.Array, row_keys: pa.Array | None) -> pa.Array:
         return encrypt_array(key.aead, prefix, _binary(values, "values"), _row_keys(row_keys, len(values)))
 
-    def decrypt(self, key: DataKey, prefix: bytes, cells: pa.Array, row_keys: pa.Array | None) -> pa.Array:
+    def decrypt(
+        self,
+        key: DataKey,
+        prefix: bytes,
+        cells: pa.Array,
+        row_keys: pa.Array | None,
+        first_failure: FirstFailure | None = None,
+        position: int = 0,
+    ) -> pa.Array:
+        # first_failure is not read: this kernel's slices run one after another and a failure ends the column.
         cells = _binary(cells, "cells")
         keys = _row_keys(row_keys, len(cells))
         key_values = None if keys is None else keys.to_pylist()
@@ -101,6 +154,12 @@ class PythonKernel:
             except InvalidTag:
                 raise CellFailure(i, AUTHENTICATION_FAILED) from None
         return pa.array(out, pa.binary())
+
+    def wipe(self, plaintexts: pa.Array) -> None:
+        # The Arrow copy only: the bytes objects AESGCM returned are immutable and beyond reach.
+        data = plaintexts.buffers()[2]
+        if data is not None and data.size:
+            np.frombuffer(data, dtype=np.uint8)[:] = 0
 
 
 class NativeKernel:
@@ -126,19 +185,37 @@ class NativeKernel:
             raise InputError("a value is too large to encrypt: its cell would exceed 2 GiB") from None
         return _from_buffers(len(values), offsets, data)
 
-    def decrypt(self, key: DataKey, prefix: bytes, cells: pa.Array, row_keys: pa.Array | None) -> pa.Array:
+    def decrypt(
+        self,
+        key: DataKey,
+        prefix: bytes,
+        cells: pa.Array,
+        row_keys: pa.Array | None,
+        first_failure: FirstFailure | None = None,
+        position: int = 0,
+    ) -> pa.Array:
         cells = _binary(cells, "cells")
         keys = _row_keys(row_keys, len(cells))
         if len(cells) == 0:
             return pa.array([], pa.binary())
+        mark = None if first_failure is None else first_failure.row
         try:
-            offsets, data, failure = self._module.decrypt(key.key_bytes, prefix, *_buffers(cells), *_key_buffers(keys))
-        except self._module.KernelFailure as exc:
+            offsets, data, failure = self._module.decrypt(
+                key.key_bytes, prefix, *_buffers(cells), *_key_buffers(keys), mark, position
+            )
+        except self._module.KernelFailure as exc:  # OpenSSL failed: not the data, so not an IntegrityError
             raise KernelError(f"native kernel: {exc}") from None
         if failure is not None:
             index, reason, detail = failure
+            if reason == _STOPPED:
+                raise SliceStopped(index)
             raise CellFailure(index, _NATIVE_REASONS[reason](detail))
         return _from_buffers(len(cells), offsets, data)
+
+    def wipe(self, plaintexts: pa.Array) -> None:
+        data = plaintexts.buffers()[2]  # the bytearray decrypt returned, shared without a copy
+        if data is not None:
+            self._module.wipe(data)
 
 
 _NATIVE_REASONS: dict[int, Callable[[int], str]] = {
@@ -146,6 +223,7 @@ _NATIVE_REASONS: dict[int, Callable[[int], str]] = {
     2: unknown_version,
     3: lambda _detail: AUTHENTICATION_FAILED,
 }
+_STOPPED = 4
 
 
 def _import_native() -> tuple[NativeKernel | None, str]:
@@ -209,8 +287,15 @@ def encrypt_column(key: DataKey, prefix: bytes, values: pa.Array, row_keys: pa.A
     """
     kernel = selected_kernel()
     sizes = pc.binary_length(values).to_numpy(zero_copy_only=False).astype(np.int64) + CELL_OVERHEAD
-    parts = _run(kernel, kernel.encrypt, key, prefix, values, row_keys, _slices(sizes, _parts(kernel, len(values))))
-    return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+
+    def call(start: int, size: int) -> pa.Array:
+        return kernel.encrypt(key, prefix, values.slice(start, size), _slice(row_keys, start, size))
+
+    outcomes = _run(kernel, call, _slices(sizes, _parts(kernel, len(values))))
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return _joined(outcomes)
 
 
 def decrypt_column(
@@ -220,51 +305,78 @@ def decrypt_column(
 
     The first cell (in order) that fails is an IntegrityError that starts with
     `name_cell(i)` (e.g. "<file> row 17"; never a value) and says why; nothing decrypted
-    is returned then.
+    is returned then: slices after that row stop, and the plaintext of every slice that
+    did decrypt is wiped before the error is raised. OpenSSL failing is a KernelError.
     """
     kernel = selected_kernel()
     sizes = pc.binary_length(cells).to_numpy(zero_copy_only=False).astype(np.int64)
-    try:
-        parts = _run(kernel, kernel.decrypt, key, prefix, cells, row_keys, _slices(sizes, _parts(kernel, len(cells))))
-    except _SliceFailure as failure:
-        raise IntegrityError(f"{name_cell(failure.start + failure.cell.index)}: {failure.cell.reason}") from None
-    return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+    first_failure = FirstFailure()
+
+    def call(start: int, size: int) -> pa.Array:
+        if first_failure.before(start):  # queued behind a failure: whatever it decrypted would be wiped
+            raise SliceStopped(0)
+        part = cells.slice(start, size)
+        return kernel.decrypt(key, prefix, part, _slice(row_keys, start, size), first_failure, start)
+
+    slices = _slices(sizes, _parts(kernel, len(cells)))
+    outcomes = _run(kernel, call, slices)
+    if not any(isinstance(outcome, BaseException) for outcome in outcomes):
+        return _joined(outcomes)
+    for outcome in outcomes:
+        if isinstance(outcome, pa.Array):
+            kernel.wipe(outcome)
+    raise _column_error(slices or [(0, 0)], outcomes, name_cell)
 
 
-class _SliceFailure(Exception):
-    """A CellFailure of the slice starting at `start` (so the caller can name the row)."""
-
-    def __init__(self, start: int, cell: CellFailure) -> None:
-        super().__init__(start, cell)
-        self.start = start
-        self.cell = cell
+def _column_error(
+    slices: list[tuple[int, int]], outcomes: list[pa.Array | BaseException], name_cell: Callable[[int], str]
+) -> BaseException:
+    """What a failed column raises: an error that is not a cell's (OpenSSL, bad input) as it is,
+    else the IntegrityError of the lowest failing row."""
+    failed_rows: list[tuple[int, str]] = []
+    for (start, _), outcome in zip(slices, outcomes, strict=False):
+        if isinstance(outcome, CellFailure):
+            failed_rows.append((start + outcome.index, outcome.reason))
+        elif isinstance(outcome, BaseException) and not isinstance(outcome, SliceStopped):
+            return outcome
+    if not failed_rows:  # a slice stops only behind a failing row
+        return KernelError("native kernel: slices stopped although no row failed")
+    row, reason = min(failed_rows, key=lambda failed: failed[0])
+    return IntegrityError(f"{name_cell(row)}: {reason}")
 
 
 def _run(
-    kernel: Kernel,
-    function: Callable[[DataKey, bytes, pa.Array, pa.Array | None], pa.Array],
-    key: DataKey,
-    prefix: bytes,
-    array: pa.Array,
-    row_keys: pa.Array | None,
-    slices: list[tuple[int, int]],
-) -> list[pa.Array]:
-    """`function` over each slice of `array` (and its row keys), results in order; on the shared
-    pool when the kernel releases the GIL. An empty array is one (empty) call."""
+    kernel: Kernel, call: Callable[[int, int], pa.Array], slices: list[tuple[int, int]]
+) -> list[pa.Array | BaseException]:
+    """`call(start, count)` for each slice: in slice order, the array it returned or the exception
+    it raised. On the shared pool when the kernel releases the GIL, and then every call has
+    finished on return (none is left running with plaintext nobody would wipe); otherwise one
+    after another, ending at the first exception. An empty array is one (empty) call."""
     slices = slices or [(0, 0)]
-
-    def call(start: int, size: int) -> pa.Array:
-        part_keys = None if row_keys is None else row_keys.slice(start, size)
-        try:
-            return function(key, prefix, array.slice(start, size), part_keys)
-        except CellFailure as failure:
-            raise _SliceFailure(start, failure) from None
-
+    outcomes: list[pa.Array | BaseException] = []
     if len(slices) == 1 or not kernel.releases_gil:
-        return [call(start, size) for start, size in slices]
+        for start, size in slices:
+            try:
+                outcomes.append(call(start, size))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, which raises it or its own
+                outcomes.append(exc)
+                break
+        return outcomes
     pool = _pool(threads())
     futures = [pool.submit(call, start, size) for start, size in slices]
-    return [future.result() for future in futures]
+    for future in futures:
+        error = future.exception()  # waits for the call
+        outcomes.append(future.result() if error is None else error)
+    return outcomes
+
+
+def _joined(outcomes: list[pa.Array | BaseException]) -> pa.Array:
+    parts = [outcome for outcome in outcomes if isinstance(outcome, pa.Array)]
+    return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+
+
+def _slice(row_keys: pa.Array | None, start: int, size: int) -> pa.Array | None:
+    return None if row_keys is None else row_keys.slice(start, size)
 
 
 def _parts(kernel: Kernel, cells: int) -> int:

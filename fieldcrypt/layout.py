@@ -5,13 +5,15 @@ level per declared key (`date=2026-11-28/`, `dt=2026-11-28/hour=13/`,
 `dt=2026-11-28-13/`, `month=2026-11/`); an unpartitioned one keeps its files directly
 under its path. A partition is every data file below its directory, whatever its name
 and however deep (Spark's `part-00000-<uuid>-c000.snappy.parquet`, DuckDB's
-`data_0.parquet`, pandas' `<uuid>.parquet`, ...), skipping what engines leave beside
-data: names starting with `.` or `_` (`_SUCCESS`, `_committed_*`, `.crc` siblings,
-`_temporary/`, fieldcrypt's own hidden temporary files) and `*.crc`. Anything else is
-data and must be Parquet: a stray file is reported when it is read, never skipped.
+`data_0.parquet`, pandas' `<uuid>.parquet`, ...). Every file under the dataset is
+classified by `fieldcrypt.inventory` (data, engine marker, checksum, summary file,
+fieldcrypt temp, table log); a file that may hold data but is neither is refused by name,
+never skipped, and a Delta or Iceberg table is refused (`fieldcrypt.table_formats`).
 
 Partition keys are canonical per granularity, and are what Dagster's partitions use:
-daily `2026-11-28`, hourly `2026-11-28T13`, monthly `2026-11`.
+daily `2026-11-28`, hourly `2026-11-28T13`, monthly `2026-11`. A null partition value, as
+Spark and Hive write it (`date=__HIVE_DEFAULT_PARTITION__/`, every level null), is the
+partition `__HIVE_DEFAULT_PARTITION__`, sorted before every other.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fieldcrypt.errors import InputError
+from fieldcrypt.inventory import Inventory, classify, is_hidden
 from fieldcrypt.policy import DatasetSpec
-from fieldcrypt.store import LakeStore
+from fieldcrypt.store import FileVersion, LakeStore
+from fieldcrypt.table_formats import refuse_table_format
 
 GRANULARITIES = ("daily", "hourly", "monthly", "none")
 KEY_FORMATS = {"daily": "%Y-%m-%d", "hourly": "%Y-%m-%dT%H", "monthly": "%Y-%m"}
@@ -31,6 +35,13 @@ KEY_EXAMPLES = {"daily": "2026-11-28", "hourly": "2026-11-28T13", "monthly": "20
 # The directory format used when a level is declared by its key name alone.
 DEFAULT_LEVEL_FORMATS = {"daily": "%Y-%m-%d", "hourly": "%Y-%m-%d-%H", "monthly": "%Y-%m"}
 _HIVE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Why a key starting with `_` cannot be a level: its directories would be hidden.
+HIDDEN_KEY_REASON = (
+    "engines (Spark, pyarrow, DuckDB) skip directories whose name starts with '_' or '.', so its partitions "
+    "would be invisible; rename the key"
+)
+# The directory value Spark and Hive write for a null partition value; its partition's key.
+HIVE_DEFAULT_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 # Which fields each granularity's levels must cover between them, exactly once.
 _FIELDS = {"daily": {"Y", "m", "d"}, "hourly": {"Y", "m", "d", "H"}, "monthly": {"Y", "m"}}
 # Directives of a level format: zero-padded (%m) or, as Spark and DuckDB write integers, not (%-m).
@@ -98,6 +109,8 @@ class Partitioning:
         for level in self.levels:
             if not _HIVE_KEY.fullmatch(level.key):
                 raise InputError(f"partition key {level.key!r} must be letters, digits and underscores")
+            if is_hidden(level.key):
+                raise InputError(f"partition key {level.key!r} starts with '_': {HIDDEN_KEY_REASON}")
             directives = [name for _, name in _directives(level.format)]
             if not directives:
                 raise InputError(f"partition level {level.key}: format {level.format!r} has no %Y, %m, %d or %H")
@@ -118,6 +131,8 @@ class Partitioning:
         """The start of the partition a canonical key names; a named error for anything else."""
         if not self.partitioned:
             raise InputError(f"the dataset is not partitioned; partition {key!r} does not apply")
+        if key == HIVE_DEFAULT_PARTITION:
+            return datetime.min.replace(tzinfo=UTC)  # sorts before every partition with a value
         fmt = KEY_FORMATS[self.granularity]
         try:
             moment = datetime.strptime(key, fmt).replace(tzinfo=UTC)
@@ -134,10 +149,23 @@ class Partitioning:
     def directory(self, key: str) -> str:
         """The Hive directory of a partition, relative to the dataset: `dt=2026-11-28/hour=13`."""
         moment = self.parse_key(key)
+        if key == HIVE_DEFAULT_PARTITION:
+            return "/".join(f"{level.key}={HIVE_DEFAULT_PARTITION}" for level in self.levels)
         return "/".join(f"{level.key}={_write_value(level.format, moment)}" for level in self.levels)
 
     def key_of_directories(self, parts: list[str], where: str) -> str:
         """The canonical key of a file's leading directories (exactly `len(levels)` of them)."""
+        nulls = [part.partition("=")[2] == HIVE_DEFAULT_PARTITION for part in parts]
+        if all(nulls):
+            for part, level in zip(parts, self.levels, strict=True):
+                if part.partition("=")[0] != level.key:
+                    raise InputError(f"{where}: directory {part!r} is not the partition level {level.key}=...")
+            return HIVE_DEFAULT_PARTITION
+        if any(nulls):
+            raise InputError(
+                f"{where}: {'/'.join(parts)} has a null ({HIVE_DEFAULT_PARTITION}) value at some levels only; "
+                "a partition is null at every level or at none"
+            )
         fields: dict[str, int] = {}
         for part, level in zip(parts, self.levels, strict=True):
             name, sep, value = part.partition("=")
@@ -161,11 +189,6 @@ UNPARTITIONED = "(unpartitioned)"
 def partition_label(partition: str | None) -> str:
     """A partition key for people: the key, or `(unpartitioned)` for an unpartitioned dataset."""
     return UNPARTITIONED if partition is None else partition
-
-
-def is_engine_marker(name: str) -> bool:
-    """Files and directories engines leave beside data, never data themselves."""
-    return name.startswith((".", "_")) or name.endswith(".crc")
 
 
 @dataclass(frozen=True)
@@ -201,32 +224,51 @@ class DatasetLayout:
 
     def files(self, store: LakeStore, partition: str | None) -> list[str]:
         """The data files of one partition (relative to the lake), sorted; empty for an empty partition."""
-        directory = self.partition_dir(partition)
-        depth = directory.count("/") + 1
-        return [rel for rel in store.list_files(directory) if not _skipped(rel.split("/")[depth:])]
+        self.check_partition(partition)
+        return self.inventory(store, partition).files
 
     def partitions(self, store: LakeStore, listing: Iterable[str] | None = None) -> dict[str | None, list[str]]:
         """Every partition that has data files -> its files, oldest partition first (one listing, or
         `listing`: the files below the dataset's path, e.g. the keys of `store.list_file_versions`)."""
-        found: dict[str | None, list[str]] = {}
-        depth = self.path.count("/") + 1
+        found = self.inventory(store, listing=listing).data
+        return {key: found[key] for key in sorted(found, key=self._order)}
+
+    def inventory(
+        self, store: LakeStore, partition: str | None = None, *, listing: Iterable[str] | None = None
+    ) -> Inventory:
+        """Every file under the dataset (or, given a `partition`, under its directory), classified.
+
+        A Delta or Iceberg table, a file that may hold data below a hidden directory and a data
+        file outside the declared partition levels are InputErrors naming them.
+        """
+        whole = partition is None and self.partitioning.partitioned
+        directory = self.path if whole else self.partition_dir(partition)
+        found: dict[str, FileVersion | None] = (
+            dict(store.list_all(directory)) if listing is None else dict.fromkeys(listing)
+        )
+        refuse_table_format(store, self.name, directory, found)
+        keys: dict[tuple[str, ...], str] = {}  # a partition's directories are parsed once, not once per file
+        return classify(
+            store, self.name, self.path, found, lambda rel, parts: self._partition_of(store, rel, parts, keys)
+        )
+
+    def _partition_of(
+        self, store: LakeStore, rel: str, parts: list[str], keys: dict[tuple[str, ...], str]
+    ) -> str | None:
+        if not self.partitioning.partitioned:
+            return None
         levels = len(self.partitioning.levels)
-        for rel in store.list_files(self.path) if listing is None else listing:
-            parts = rel.split("/")[depth:]
-            if _skipped(parts):
-                continue
-            if not self.partitioning.partitioned:
-                found.setdefault(None, []).append(rel)
-                continue
-            if len(parts) <= levels:
-                raise InputError(
-                    f"{store.display(rel)} is not inside a partition directory of {self.name} "
-                    f"({'/'.join(f'{lv.key}=...' for lv in self.partitioning.levels)})"
-                )
-            key = self.partitioning.key_of_directories(parts[:levels], store.display(rel))
-            found.setdefault(key, []).append(rel)
-        return {key: sorted(found[key]) for key in sorted(found, key=lambda k: k or "")}
+        if len(parts) <= levels:
+            raise InputError(
+                f"{store.display(rel)} is not inside a partition directory of {self.name} "
+                f"({'/'.join(f'{lv.key}=...' for lv in self.partitioning.levels)})"
+            )
+        directories = tuple(parts[:levels])
+        if directories not in keys:
+            keys[directories] = self.partitioning.key_of_directories(list(directories), store.display(rel))
+        return keys[directories]
 
-
-def _skipped(parts: list[str]) -> bool:
-    return any(is_engine_marker(part) for part in parts)
+    @staticmethod
+    def _order(key: str | None) -> tuple[bool, str]:
+        """Oldest first: canonical keys sort by time as text; the null partition before them all."""
+        return (key != HIVE_DEFAULT_PARTITION, key or "")

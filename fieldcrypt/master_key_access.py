@@ -50,7 +50,8 @@ def key_cache(workspace: Workspace) -> DataKeyCache:
     """
     # Always under the lock: while a new lake is bound, `_cache` is set early for this thread's re-entrant calls,
     # and another thread must not take that cache before the binding is written.
-    with workspace._cache_lock:
+    # Key uses on the way (describe, bind) are written once the audit key is in hand (fieldcrypt.audit).
+    with workspace._cache_lock, workspace.audit.deferred():
         return _built_key_cache(workspace)
 
 

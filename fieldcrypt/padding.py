@@ -88,6 +88,11 @@ def unpad(plaintexts: pa.Array, where: str) -> pa.Array:
     )
     if len(lengths) and bool(np.any(lengths > sizes - _LENGTH_PREFIX)):
         raise IntegrityError(f"{where}: a padded cell's length prefix is longer than its plaintext")
+    if len(lengths):  # the padding after each value is zeros (section 2a): anything else is not a cell fieldcrypt wrote
+        running = np.concatenate((np.zeros(1, np.int64), np.cumsum(data.astype(np.int64))))
+        padding = running[offsets[1:]] - running[starts + _LENGTH_PREFIX + lengths]
+        if bool(np.any(padding)):
+            raise IntegrityError(f"{where}: a padded cell's padding is not all zero bytes")
     out_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=out_offsets[1:])
     total = int(out_offsets[-1])

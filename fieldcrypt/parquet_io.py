@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fieldcrypt.engine_schema import listing_columns
 from fieldcrypt.errors import InputError
 from fieldcrypt.policy import AttributePolicy
 from fieldcrypt.select import FILE_METADATA_KEY
 from fieldcrypt.store import LakeStore
 
+Choice = TypeVar("Choice")
 _BUFFER = 8 << 20  # bytes buffered between the Parquet writer and a Python file object
 _DEFAULT_CODEC = "zstd"
+# A file with no protected row has an all-null wrapped-key column, whose dictionary page is empty;
+# uncompressed, that is a 0-byte page, which fastparquet (2026.9) cannot read (it reads the rest of
+# the column chunk instead). Compressed it is never empty; snappy is the codec every engine reads.
+_WRAPPED_KEY_CODEC = "snappy"
 _CODECS = {
     "UNCOMPRESSED": "none",
     "SNAPPY": "snappy",
@@ -29,10 +35,19 @@ _CODECS = {
 }
 
 
+PARQUET_MAGIC = b"PAR1"
+
+
 @contextlib.contextmanager
 def open_parquet(store: LakeStore, rel: str) -> Iterator[pq.ParquetFile]:
-    """A Parquet file of the lake; a clear error when it is missing or not Parquet."""
+    """A Parquet file of the lake; a clear error when it is missing or not Parquet.
+
+    pyarrow checks only the trailing magic; a file must also start with `PAR1` (a file whose
+    head was overwritten is not read, and never rewritten as if it were whole).
+    """
     with store.open_input(rel) as source:
+        if source.read_at(len(PARQUET_MAGIC), 0) != PARQUET_MAGIC:
+            raise InputError(f"{store.display(rel)} is not a readable Parquet file (it does not start with PAR1)")
         try:
             parquet = pq.ParquetFile(source)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -106,29 +121,45 @@ def leaf_paths(schema: pa.Schema) -> list[str]:
 
 
 def source_codecs(source: pq.ParquetFile, output_leaves: list[str]) -> dict[str, str]:
-    """Output leaf path -> the codec of the source's column chunk for the same leaf.
+    """Output leaf path -> the codec of the source's column chunk for the same leaf."""
+    return _by_source_leaf(source, output_leaves, lambda chunk: _CODECS.get(chunk.compression, _DEFAULT_CODEC))
+
+
+def source_plain_leaves(source: pq.ParquetFile, output_leaves: list[str]) -> set[str]:
+    """Output leaves whose source column chunk has no dictionary page: they are written without one too.
+
+    Besides keeping the writer's choice, this keeps fastparquet (2026.9) reading the file: an
+    all-null row group of a dictionary-encoded uncompressed column has a 0-byte dictionary page,
+    which it cannot read, and fastparquet itself writes such columns plain.
+    """
+    found = _by_source_leaf(source, output_leaves, lambda chunk: chunk.has_dictionary_page)
+    return {path for path, dictionary in found.items() if not dictionary}
+
+
+def _by_source_leaf(
+    source: pq.ParquetFile, output_leaves: list[str], of_chunk: Callable[[pq.ColumnChunkMetaData], Choice]
+) -> dict[str, Choice]:
+    """Output leaf path -> `of_chunk` of the source's column chunk for the same leaf (first row group).
 
     Leaves are matched by top-level column and position within it, so a source that names
-    list leaves differently (Spark's legacy `bag.array_element`, say) keeps its codecs.
+    list leaves differently (Spark's legacy `bag.array_element`, say) keeps its choices.
     """
     if source.metadata.num_row_groups == 0:
         return {}
     chunks = source.metadata.row_group(0)
-    by_column: dict[str, list[str]] = {}
+    by_column: dict[str, list[Choice]] = {}
     for index in range(chunks.num_columns):
         chunk = chunks.column(index)
-        by_column.setdefault(chunk.path_in_schema.split(".")[0], []).append(
-            _CODECS.get(chunk.compression, _DEFAULT_CODEC)
-        )
+        by_column.setdefault(chunk.path_in_schema.split(".")[0], []).append(of_chunk(chunk))
     outputs: dict[str, list[str]] = {}
     for path in output_leaves:
         outputs.setdefault(path.split(".")[0], []).append(path)
-    codecs: dict[str, str] = {}
+    choices: dict[str, Choice] = {}
     for column, paths in outputs.items():
         found = by_column.get(column)
         if found is not None and len(found) == len(paths):
-            codecs.update(zip(paths, found, strict=True))
-    return codecs
+            choices.update(zip(paths, found, strict=True))
+    return choices
 
 
 def _int96_timestamps(source: pq.ParquetFile) -> bool:
@@ -140,15 +171,21 @@ def _int96_timestamps(source: pq.ParquetFile) -> bool:
 
 
 def protected_writer(
-    sink: IO[bytes] | pa.NativeFile, schema: pa.Schema, source: pq.ParquetFile, attributes: list[AttributePolicy]
+    sink: IO[bytes] | pa.NativeFile,
+    schema: pa.Schema,
+    source: pq.ParquetFile,
+    attributes: list[AttributePolicy],
+    where: str,
 ) -> pq.ParquetWriter:
-    """A writer for the protected file that keeps the writer's choices of the source.
+    """A writer for the protected file (`where`, for messages) that keeps the writer's choices of the source.
 
     Every source column keeps its codec (per column chunk), the file keeps the source's
-    key-value metadata (pandas and Spark schemas included, so those engines read it as
-    before) and INT96 timestamps stay INT96. Ciphertext and blind-index columns are plain
+    key-value metadata, with the protection columns added to the pandas and Spark schemas
+    in it (fieldcrypt.engine_schema, so those engines see them; `ARROW:schema` is written
+    from `schema`), and INT96 timestamps stay INT96. Ciphertext and blind-index columns are plain
     and uncompressed (random bytes neither dictionary-encode nor compress; trying costs
-    time), wrapped-key columns dictionary-encoded with the source's first codec.
+    time), wrapped-key columns dictionary-encoded with the source's first codec (snappy when
+    that is none: see _WRAPPED_KEY_CODEC); other columns dictionary-encoded where the source's are.
     """
     # Ciphertexts and blind indexes are random-looking bytes: no dictionary, no compression.
     ciphertext = {a.ciphertext_column for a in attributes} | {
@@ -161,16 +198,24 @@ def protected_writer(
         | ({"blind_index": a.blind_index_column} if a.blind_index_column else {})
         for a in attributes
     }
-    metadata = dict(schema.metadata or {})
-    metadata[FILE_METADATA_KEY] = json.dumps({"format": 1, "attributes": described}, sort_keys=True).encode()
+    protection = {c for a in attributes for c in (a.ciphertext_column, a.wrapped_key_column, a.blind_index_column)}
+    metadata = listing_columns(schema.metadata or {}, [n for n in schema.names if n in protection], where)
+    # "ledgered": this version of the file is recorded in the protection ledger (fieldcrypt.ledger), so one
+    # found outside the ledger was copied in or outlived a restore of `_fieldcrypt/`.
+    file_doc = {"format": 1, "attributes": described, "ledgered": True}
+    metadata[FILE_METADATA_KEY] = json.dumps(file_doc, sort_keys=True).encode()
     default = codec_of(source)
+    wrapped_key_codec = _WRAPPED_KEY_CODEC if default == "none" else default
     kept = source_codecs(source, leaves)
     wrapped_keys = {a.wrapped_key_column for a in attributes}
     return _BufferedWriter(
         sink,
         schema.with_metadata(metadata),
-        compression={p: "none" if p in ciphertext else kept.get(p, default) for p in leaves},
-        use_dictionary=plain_leaves,
+        compression={
+            p: "none" if p in ciphertext else wrapped_key_codec if p in wrapped_keys else kept.get(p, default)
+            for p in leaves
+        },
+        use_dictionary=[p for p in plain_leaves if p in wrapped_keys or p not in source_plain_leaves(source, leaves)],
         write_statistics=[p for p in plain_leaves if p not in wrapped_keys],
         use_deprecated_int96_timestamps=_int96_timestamps(source),
         store_schema=True,

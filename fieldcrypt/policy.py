@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 
 from fieldcrypt import policy_auth
 from fieldcrypt.attribute_path import AttributePath
-from fieldcrypt.binding import BINDING_PATH
+from fieldcrypt.binding import BINDING_PATH, BindingStore
 from fieldcrypt.errors import ConcurrentUpdateError, PolicyError
 from fieldcrypt.padding import check_pad_to
-from fieldcrypt.policy_auth import PolicyKeys
+from fieldcrypt.policy_auth import MacKey, PolicyKeys
+from fieldcrypt.rollback import RollbackError, SeenVersions, check_policy
 from fieldcrypt.store import LakeStore
 
 POLICY_PATH = "_fieldcrypt/policy.json"
@@ -113,6 +114,9 @@ class Policy:
     workspace: str
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
     attributes: dict[str, AttributePolicy] = field(default_factory=dict)
+    # Raised by one at every save (fieldcrypt.rollback): not content, so two policies enabling the same
+    # attributes are equal whatever their versions. 0: never saved by a fieldcrypt that counts versions.
+    version: int = field(default=0, compare=False)
 
     def for_dataset(self, dataset: str) -> list[AttributePolicy]:
         return [a for a in self.attributes.values() if a.dataset == dataset]
@@ -202,6 +206,7 @@ class Policy:
     def to_json(self) -> str:
         doc = {
             "format": POLICY_FORMAT,
+            **({"version": self.version} if self.version else {}),  # absent: 0 (policies written before)
             "workspace": self.workspace,
             "datasets": {n: s.to_json_dict() for n, s in sorted(self.datasets.items())},
             "attributes": {
@@ -243,7 +248,10 @@ class Policy:
                     normalize,
                     a.get("encrypt_history", False) is True,
                 )
-            return cls(doc["workspace"], datasets, attributes)
+            version = doc.get("version", 0)
+            if type(version) is not int or version < 0:
+                raise ValueError("version")
+            return cls(doc["workspace"], datasets, attributes, version)
         except (ValueError, KeyError, TypeError) as exc:
             raise PolicyError(f"{where} is not a valid fieldcrypt policy ({type(exc).__name__})") from None
 
@@ -284,21 +292,100 @@ class PolicyStore:
                     "a deleted policy is refused, never read as 'nothing enabled': restore it from backup"
                 )
             return Policy(self.workspace)
-        return self._verified(self.store.read_bytes(POLICY_PATH))
+        for attempt in range(3):  # another worker's save between reading the policy and the binding's record
+            try:
+                return self._verified(self.store.read_bytes(POLICY_PATH))
+            except ConcurrentUpdateError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
-    def _verified(self, raw: bytes) -> Policy:
-        """The policy in stored bytes, after its workspace and MAC are checked."""
+    def _verified(self, raw: bytes, accept_older: bool = False) -> Policy:
+        """The policy in stored bytes, after its workspace, MAC and version (unless `accept_older`) are checked."""
         where = self.store.display(POLICY_PATH)
         doc, auth = policy_auth.split(raw, where)
         self._check_workspace(doc, where)
         sealed = policy_auth.sealed(doc, auth, where)
         policy = Policy.from_json(sealed.document, where)
-        if not self._require_keys(where).policy_key_for(sealed.mac_key).verify(policy.to_json(), sealed.mac):
+        covered, label = sealed.covered(policy.to_json())
+        key = self._require_keys(where).policy_key_for(sealed.mac_key)
+        if not key.verify(covered, sealed.mac, label):
             raise PolicyError(
                 f"{where} failed authentication: it was edited outside fieldcrypt (or replaced); it is refused. "
                 "Restore it from backup"
             )
+        if not accept_older:
+            try:
+                check_policy(self.seen(key), policy.version, sealed.mac, where)
+            except RollbackError:
+                # Read before another worker's save and its record: that is a race, not a restore.
+                now = self.store.read_versioned(POLICY_PATH)
+                if now is not None and now[0] != raw:
+                    raise ConcurrentUpdateError(f"{where} changed while it was being read; run again") from None
+                raise
         return policy
+
+    def seen(self, key: MacKey) -> SeenVersions | None:
+        """The binding's record of the newest policy version (None: none recorded yet), MAC checked."""
+        binding = BindingStore(self.store).load()
+        if binding is None or binding.seen is None:
+            return None
+        return SeenVersions.opened(binding.seen, key, self.store.display(BINDING_PATH))
+
+    def load_restored(self) -> Policy:
+        """The stored policy, authenticated, even if older than the lake has seen (for `restore-accept`)."""
+        if not self.store.exists(POLICY_PATH):
+            raise PolicyError(f"{self.store.display(POLICY_PATH)} is missing: there is no restored policy to accept")
+        return self._verified(self.store.read_bytes(POLICY_PATH), accept_older=True)
+
+    def accept_restored(self, policy: Policy) -> int:
+        """Store the restored `policy` as a new version above every one the lake has seen; returns it.
+
+        The binding's record moves to it, so every older copy stays refused.
+        """
+        where = self.store.display(POLICY_PATH)
+        keys = self._require_keys(where)
+        wrapped = self.mac_key_value()
+        seen = None if wrapped is None else self.seen(keys.policy_key_for(wrapped))
+        version = max(policy.version, seen.policy_version if seen else 0)
+
+        def change(stored: bytes | None) -> bytes:
+            now = self._verified(stored, accept_older=True) if stored is not None else None
+            if now is None or now != policy:
+                raise ConcurrentUpdateError(f"{where} changed while its restore was being accepted; run again")
+            return self._sealed(replace(policy, version=max(version, now.version) + 1), stored)
+
+        self.store.update(POLICY_PATH, change, "its restore was being accepted")
+        self._record_seen()
+        return self.load().version
+
+    def _record_seen(self, replace_unreadable: bool = False) -> None:
+        """Move the binding's record forward to the stored policy (never back; a no-op when it is there).
+
+        After the policy write: a crash in between leaves a policy newer than the record, which is
+        accepted (and recorded by the next save), never the other way round. `replace_unreadable`:
+        a record that does not authenticate under the stored policy's MAC key is replaced (adoption
+        of a policy under a new MAC key, audited by its caller).
+        """
+        stored = self.store.read_bytes(POLICY_PATH)
+        where = self.store.display(POLICY_PATH)
+        doc, auth = policy_auth.split(stored, where)
+        sealed = policy_auth.sealed(doc, auth, where)
+        version = Policy.from_json(sealed.document, where).version
+        key = self._require_keys(where).policy_key_for(sealed.mac_key)
+        bwhere = self.store.display(BINDING_PATH)
+
+        def change(now: dict[str, object] | None) -> dict[str, object] | None:
+            if now is not None:
+                try:
+                    if SeenVersions.opened(now, key, bwhere).policy_version >= version:
+                        return None
+                except PolicyError:
+                    if not replace_unreadable:
+                        raise
+            return SeenVersions(version, sealed.mac).sealed(key)
+
+        BindingStore(self.store).update_seen(change)
 
     def save(self, policy: Policy, previous: Policy | None = None) -> None:
         """Replace the stored policy by its successor `policy` (irreversibility checked).
@@ -310,18 +397,24 @@ class PolicyStore:
         """
         self._require_keys(self.store.display(POLICY_PATH))  # binds a new lake first (its first policy), then RMW
 
-        def change(stored: bytes | None) -> bytes:
-            self._check_change(self._verified(stored) if stored is not None else self.load(), policy, previous)
-            return self._sealed(policy, stored)
+        def change(stored: bytes | None) -> bytes | None:
+            now = self._verified(stored) if stored is not None else self.load()
+            self._check_change(now, policy, previous)
+            if stored is not None and now == policy:
+                return None  # stored already (another worker saved this very successor): no new version
+            return self._sealed(replace(policy, version=now.version + 1), stored)
 
         self.store.update(POLICY_PATH, change, "this run was updating it")
+        self._record_seen()
 
     def check_change(self, policy: Policy, previous: Policy | None = None) -> None:
         """Refuse now what `save(policy, previous)` would refuse, writing nothing (e.g. before creating a key)."""
         self._check_change(self.load(), policy, previous)
 
     def _check_change(self, now: Policy, policy: Policy, previous: Policy | None) -> None:
-        if previous is not None and now.to_json() not in (previous.to_json(), policy.to_json()):
+        # Content, not versions: a new lake's first (empty) policy is written, as version 1, after `previous` was read.
+        unchanged = previous is None or _content(now) in (_content(previous), _content(policy))
+        if not unchanged:
             raise ConcurrentUpdateError(
                 f"{self.store.display(POLICY_PATH)} changed while this run was updating it (another worker "
                 "changed the policy); nothing was written, run again"
@@ -335,12 +428,29 @@ class PolicyStore:
         reviewed legacy policy, and tests.
         """
         self._require_keys(self.store.display(POLICY_PATH))  # binds a new lake before the read-modify-write
-        self.store.update(POLICY_PATH, lambda stored: self._sealed(policy, stored), "this run was updating it")
+
+        def change(stored: bytes | None) -> bytes:
+            version = max(policy.version, self._stored_version(stored)) + 1
+            return self._sealed(replace(policy, version=version), stored)
+
+        self.store.update(POLICY_PATH, change, "this run was updating it")
+        self._record_seen(replace_unreadable=True)
+
+    def _stored_version(self, stored: bytes | None) -> int:
+        """The version written in stored policy bytes, authenticated or not (0: none)."""
+        if stored is None:
+            return 0
+        where = self.store.display(POLICY_PATH)
+        doc, _ = policy_auth.split(stored, where)
+        version = doc.get("version", 0)
+        return version if type(version) is int and version > 0 else 0
 
     def create(self, policy: Policy) -> bool:
         """Write the first policy (with a new MAC key) unless one exists; False if another worker's is there."""
         return self.store.update(
-            POLICY_PATH, lambda stored: None if stored is not None else self._sealed(policy, None), "it was created"
+            POLICY_PATH,
+            lambda stored: None if stored is not None else self._sealed(replace(policy, version=1), None),
+            "it was created",
         )
 
     def _sealed(self, policy: Policy, stored: bytes | None) -> bytes:
@@ -407,6 +517,10 @@ class PolicyStore:
         if self._keys is None:
             raise PolicyError(f"{where} is authenticated under the master key; open it through a Workspace")
         return self._keys()
+
+
+def _content(policy: Policy) -> str:
+    return replace(policy, version=0).to_json()
 
 
 def _iso(moment: datetime) -> str:

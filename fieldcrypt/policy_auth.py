@@ -3,12 +3,15 @@
 `_fieldcrypt/policy.json` is the policy document (`Policy.to_json`) with one more member,
 `authentication` (docs/FORMAT.md section 6a)::
 
-    {"format": "fieldcrypt-policy-mac-v1",
+    {"format": "fieldcrypt-policy-mac-v2",
      "mac_key": base64(wrapped data key value, section 4, context ("#policy", "#mac")),
-     "mac": base64(HMAC-SHA256(mac_key, "fieldcrypt-policy-mac-v1\\n" || canonical policy bytes))}
+     "mac": base64(HMAC-SHA256(mac_key, "fieldcrypt-policy-mac-v2\\n" || P))}
 
-The canonical policy bytes are `Policy.to_json()` of the parsed document without its
-`authentication` member, so every field the policy reads is covered. The MAC key is a
+P is the canonical JSON (fieldcrypt.canonical_json: RFC 8785 for these values) of the stored
+document without its `authentication` member, so every member - read by the policy or not -
+is covered, and the stored text may be indented for people. Policies authenticated before
+(`fieldcrypt-policy-mac-v1`: P was the text `Policy.to_json()` writes) are still verified,
+and sealed as v2 by their next change. The MAC key is a
 random 32-byte key generated and wrapped like a data key, cached like one, and rewrapped
 on rotation like a blind-index key. A policy without `authentication` (written by an
 older fieldcrypt, or edited by hand) is refused until an operator adopts it
@@ -30,11 +33,14 @@ from typing import Any, Protocol
 
 import pyarrow.parquet as pq
 
-from fieldcrypt.errors import PolicyError
+from fieldcrypt.canonical_json import canonical_json
+from fieldcrypt.errors import InputError, PolicyError
 
-AUTH_FORMAT = "fieldcrypt-policy-mac-v1"
+AUTH_FORMAT = "fieldcrypt-policy-mac-v2"
+AUTH_FORMAT_V1 = "fieldcrypt-policy-mac-v1"  # written before the canonical form: still verified, never written
 AUTH_MEMBER = "authentication"
-MAC_LABEL = b"fieldcrypt-policy-mac-v1\n"
+MAC_LABEL = b"fieldcrypt-policy-mac-v2\n"
+MAC_LABEL_V1 = b"fieldcrypt-policy-mac-v1\n"
 # Encryption context of the MAC key: '#' never appears in a dataset or attribute name.
 MAC_KEY_DATASET = "#policy"
 MAC_KEY_ATTRIBUTE = "#mac"
@@ -56,11 +62,23 @@ class MacKey:
     def __repr__(self) -> str:
         return "MacKey(<hidden>)"
 
-    def mac(self, policy_text: str) -> bytes:
-        return hmac.digest(self._key, MAC_LABEL + policy_text.encode(), hashlib.sha256)
+    def mac(self, covered: bytes, label: bytes = MAC_LABEL) -> bytes:
+        return hmac.digest(self._key, label + covered, hashlib.sha256)
 
-    def verify(self, policy_text: str, mac: bytes) -> bool:
-        return hmac.compare_digest(self.mac(policy_text), mac)
+    def verify(self, covered: bytes, mac: bytes, label: bytes = MAC_LABEL) -> bool:
+        return hmac.compare_digest(self.mac(covered, label), mac)
+
+    def derived(self, label: bytes) -> MacKey:
+        """A key for another record kept with the policy (the protection ledger, the binding's
+        version record): HMAC-SHA256(this key, label). Rotation rewraps this key, so the derived
+        key needs no wrapping of its own (docs/FORMAT.md section 6c)."""
+        return MacKey(hmac.digest(self._key, label, hashlib.sha256))
+
+    def mac_bytes(self, label: bytes, data: bytes) -> bytes:
+        return hmac.digest(self._key, label + data, hashlib.sha256)
+
+    def verify_bytes(self, label: bytes, data: bytes, mac: bytes) -> bool:
+        return hmac.compare_digest(self.mac_bytes(label, data), mac)
 
 
 class PolicyKeys(Protocol):
@@ -82,6 +100,13 @@ class SealedPolicy:
     document: str  # the policy document without `authentication` (parse with Policy.from_json)
     mac_key: bytes  # wrapped MAC key value
     mac: bytes
+    canonical: bytes | None  # P of a v2 MAC; None for v1, whose P is the parsed policy's `Policy.to_json()`
+
+    def covered(self, policy_text: str) -> tuple[bytes, bytes]:
+        """(P, label) the MAC is over; `policy_text` is `Policy.to_json()` of the parsed document (v1's P)."""
+        if self.canonical is None:
+            return policy_text.encode(), MAC_LABEL_V1
+        return self.canonical, MAC_LABEL
 
 
 def split(raw: bytes, where: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -106,7 +131,7 @@ def sealed(doc: dict[str, Any], auth: dict[str, Any] | None, where: str) -> Seal
             "(docs/OPERATIONS.md, 'Control-state failures')"
         )
     try:
-        if auth.get("format") != AUTH_FORMAT:
+        if auth.get("format") not in (AUTH_FORMAT, AUTH_FORMAT_V1):
             raise PolicyError(f"{where}: unknown policy authentication format {auth.get('format')!r}")
         mac_key = base64.b64decode(auth["mac_key"], validate=True)
         mac = base64.b64decode(auth["mac"], validate=True)
@@ -114,16 +139,21 @@ def sealed(doc: dict[str, Any], auth: dict[str, Any] | None, where: str) -> Seal
         raise PolicyError(f"{where}: its authentication is malformed; the policy is refused") from None
     if len(mac) != MAC_SIZE:
         raise PolicyError(f"{where}: its MAC is {len(mac)} bytes, expected {MAC_SIZE}; the policy is refused")
-    return SealedPolicy(json.dumps(doc), mac_key, mac)
+    try:
+        canonical = canonical_json(doc) if auth.get("format") == AUTH_FORMAT else None
+    except InputError:  # a float or other value no policy holds
+        raise PolicyError(f"{where} is not a valid fieldcrypt policy (a value outside its JSON form)") from None
+    return SealedPolicy(json.dumps(doc), mac_key, mac, canonical)
 
 
 def seal(policy_text: str, key: MacKey, wrapped_key: bytes) -> bytes:
-    """The stored form of a canonical policy text (`Policy.to_json()`)."""
+    """The stored form of a policy text (`Policy.to_json()`): indented, with a v2 MAC over its canonical JSON."""
     doc = json.loads(policy_text)
+    mac = key.mac(canonical_json(doc))  # P: the document before `authentication` is added
     doc[AUTH_MEMBER] = {
         "format": AUTH_FORMAT,
         "mac_key": base64.b64encode(wrapped_key).decode(),
-        "mac": base64.b64encode(key.mac(policy_text)).decode(),
+        "mac": base64.b64encode(mac).decode(),
     }
     return (json.dumps(doc, indent=2) + "\n").encode()
 

@@ -28,9 +28,12 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
+from fieldcrypt.checksum_file import replace_data_file
 from fieldcrypt.columns import check_attribute_type, is_row_key_type
 from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_attribute, with_protection_columns
+from fieldcrypt.engine_schema import lists_columns
 from fieldcrypt.errors import ConcurrentUpdateError, InputError
+from fieldcrypt.ledger import LedgerStep, recorded
 from fieldcrypt.parquet_io import open_parquet, protected_writer, read_ahead, row_groups
 from fieldcrypt.parquet_io import row_group as read_row_group
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
@@ -64,6 +67,10 @@ class ProtectReport:
 
     files: int = 1
     files_rewritten: int = 0
+    temp_files_left: int = 0  # status: temporary files of live runs (or too young on S3) that could not be swept
+    # Summary files (fieldcrypt.summary_files): removed before a replace; found by a status scan.
+    summary_files_removed: list[str] = field(default_factory=list)
+    summary_files_present: list[str] = field(default_factory=list)
 
     @property
     def newly_encrypted(self) -> int:
@@ -80,6 +87,7 @@ class ProtectReport:
             summed.seconds += report.seconds
             summed.files_rewritten += report.files_rewritten
             summed.master_key = summed.master_key or report.master_key
+            summed.summary_files_removed = sorted({*summed.summary_files_removed, *report.summary_files_removed})
             for name, counts in report.attributes.items():
                 into = summed.attributes.setdefault(name, AttributeCounts())
                 for counter in vars(counts):
@@ -167,21 +175,26 @@ def protect_file(
     attributes: Sequence[AttributePolicy],
     cache: DataKeyCache,
     *,
+    dataset_root: str,
     partition: str | None = None,
     sample_per_row_group: int = 32,
     index_keys: Mapping[str, BlindIndexKey] | None = None,
     before_replace_check: Callable[[str], None] | None = None,
+    ledger: LedgerStep | None = None,
 ) -> ProtectReport:
     """Encrypt every pending cell of `rel` and replace it atomically.
 
+    `dataset_root` is the dataset's directory: the summary files between it and `rel` are removed
+    before the replace (fieldcrypt.summary_files).
     `index_keys` holds the unwrapped blind-index key of each attribute that has one;
     `before_replace_check(where)` runs under the file's lock right before the replace and
     may refuse it (the workspace checks those index keys are still the current ones).
 
     A file with nothing pending is left alone once it carries the protection columns of
-    every enabled attribute; before that it is rewritten once, values untouched, with the
-    (all-null) columns added, so that every file of a protected dataset has one schema
-    and analysts can read the dataset without reconciling schemas.
+    every enabled attribute, listed in its Spark and pandas schemas; before that it is
+    rewritten once, values untouched, with the (all-null) columns added, so that every
+    file of a protected dataset has one schema and analysts (Spark too) can read the
+    dataset without reconciling schemas.
     """
     started = time.perf_counter()
     calls_before = cache.calls.total
@@ -198,7 +211,7 @@ def protect_file(
     report = ProtectReport(where, attributes={a.name: AttributeCounts() for a in attributes})
     report.master_key = cache.master_key.ref
 
-    temp = store.temp_path(rel)
+    temp = store.create_temp(rel)  # flock-held until released: a sweeper leaves it alone while this run lives
     try:
         with open_parquet(store, rel) as source:
             schema = _protected_schema(source.schema_arrow, attributes)
@@ -227,10 +240,13 @@ def protect_file(
                 )
             if before_replace_check is not None:
                 before_replace_check(where)
-            intent = before_replace(store, rel, attributes, cache, dataset.name, partition, expected)
-            store.replace_if(temp, rel, original_version, "it was being protected")
+            intent, removed = before_replace(
+                store, rel, attributes, cache, dataset.name, partition, expected, dataset_root=dataset_root
+            )
+            with recorded(ledger, temp, rel):  # the protection ledger's entry for the new file (fieldcrypt.ledger)
+                replace_data_file(store, temp, rel, original_version, "it was being protected")
     finally:
-        store.delete(temp)
+        store.release_temp(temp)
 
     wrapped_keys: set[bytes] = set()
     for row_group in expected:
@@ -256,6 +272,7 @@ def protect_file(
     confirm_replace(cache, intent, dataset.name, partition, report.newly_encrypted)
     report.rewritten = True
     report.files_rewritten = 1
+    report.summary_files_removed = removed
     report.data_keys = len(wrapped_keys)
     report.kms_calls = cache.calls.total - calls_before
     report.seconds = time.perf_counter() - started
@@ -263,12 +280,15 @@ def protect_file(
 
 
 def _has_protection_columns(store: LakeStore, rel: str, attributes: Sequence[AttributePolicy]) -> bool:
+    """Does the file hold every attribute's protection columns, listed in its Spark and pandas schemas?
+
+    A file protected before those schemas listed them is rewritten once (cells untouched),
+    or Spark would not see its ciphertext and a Spark read -> write would drop it.
+    """
     with open_parquet(store, rel) as parquet:
-        names = set(parquet.schema_arrow.names)
-    return all(
-        {a.ciphertext_column, a.wrapped_key_column, a.blind_index_column or a.ciphertext_column} <= names
-        for a in attributes
-    )
+        schema = parquet.schema_arrow
+    columns = [c for a in attributes for c in (a.ciphertext_column, a.wrapped_key_column, a.blind_index_column) if c]
+    return set(columns) <= set(schema.names) and lists_columns(schema.metadata or {}, columns, store.display(rel))
 
 
 def _protected_schema(schema: pa.Schema, attributes: Sequence[AttributePolicy]) -> pa.Schema:
@@ -298,7 +318,7 @@ def _write_protected(
     # the writer closes.
     with (
         store.open_output(temp) as sink,
-        protected_writer(sink, schema, source, list(attributes)) as writer,
+        protected_writer(sink, schema, source, list(attributes), where) as writer,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-encode") as encoder,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-mask") as helper,
         read_ahead(row_groups(source, where)) as batches,

@@ -31,8 +31,10 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.blind_index import INDEX_KEYS_FORMAT, BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
+from fieldcrypt.checksum_file import replace_data_file
 from fieldcrypt.encrypt import ciphertext_digest
-from fieldcrypt.errors import IntegrityError, VerificationError
+from fieldcrypt.errors import ConcurrentUpdateError, IntegrityError, VerificationError
+from fieldcrypt.ledger import LedgerStep, recorded
 from fieldcrypt.parquet_io import open_parquet, protected_writer, row_group
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.policy_auth import check_file_protection
@@ -82,6 +84,7 @@ class ReindexReport:
     already: dict[str, int] = field(default_factory=dict)  # attribute -> indexes already under the new key
     files_rewritten: int = 0
     seconds: float = 0.0
+    summary_files_removed: list[str] = field(default_factory=list)  # fieldcrypt.summary_files
 
     @property
     def pending(self) -> int:
@@ -95,6 +98,7 @@ class ReindexReport:
             out.rows += report.rows
             out.files_rewritten += report.files_rewritten
             out.seconds += report.seconds
+            out.summary_files_removed = sorted({*out.summary_files_removed, *report.summary_files_removed})
             for name, count in report.reindexed.items():
                 out.reindexed[name] = out.reindexed.get(name, 0) + count
             for name, count in report.already.items():
@@ -119,8 +123,10 @@ def reindex_file(
     keys: IndexKeys,
     cache: DataKeyCache,
     *,
+    dataset_root: str,
     partition: str | None = None,
     dry_run: bool = False,
+    ledger: LedgerStep | None = None,
 ) -> ReindexReport:
     """Recompute the blind index of `targets` under their new key in `rel`; verify, then replace atomically.
 
@@ -139,18 +145,25 @@ def reindex_file(
         return report
     rewritten = ReindexReport(where, files=1, files_rewritten=1)
     store.sweep_temps(rel)
-    temp = store.temp_path(rel)
+    temp = store.create_temp(rel)  # flock-held until released: a sweeper leaves it alone while this run lives
     try:
         with open_parquet(store, rel) as source:
             digests = _write(store, temp, source, dataset, attributes, targets, keys, cache, partition, rewritten)
             with open_parquet(store, temp) as written:
                 _verify(source, written, dataset, targets, keys, cache, partition, where, digests)
-        if store.version(rel) != original_version:
-            raise VerificationError(f"{where} changed while it was being re-indexed; nothing was replaced, run again")
-        intent = before_replace(store, rel, attributes, cache, dataset.name, partition, operation="reindex")
-        store.replace(temp, rel)
+        # Compare-and-swap: under the directory lock (local) or If-Match (S3) from here to the replace.
+        with store.exclusive(rel):
+            if store.version(rel) != original_version:
+                raise ConcurrentUpdateError(
+                    f"{where} changed while it was being re-indexed; nothing was replaced, run again"
+                )
+            intent, rewritten.summary_files_removed = before_replace(
+                store, rel, attributes, cache, dataset.name, partition, operation="reindex", dataset_root=dataset_root
+            )
+            with recorded(ledger, temp, rel):  # the protection ledger's entry for the new file (fieldcrypt.ledger)
+                replace_data_file(store, temp, rel, original_version, "it was being re-indexed")
     finally:
-        store.delete(temp)
+        store.release_temp(temp)
     if cache.audit is not None:
         for name, cells in rewritten.reindexed.items():
             cache.audit.record(
@@ -257,7 +270,7 @@ def _write(
     digests: list[dict[str, bytes]] = []
     with (
         store.open_output(temp) as sink,
-        protected_writer(sink, source.schema_arrow, source, list(attributes)) as writer,
+        protected_writer(sink, source.schema_arrow, source, list(attributes), where) as writer,
     ):
         for index in range(source.num_row_groups):
             batch = row_group(source, index, where)

@@ -1,21 +1,34 @@
-"""What is checked and recorded right before a partition file is replaced, and after.
+"""What is checked, removed and recorded right before a partition file is replaced, and after.
 
 Before the replace: the file's own protection metadata against the policy in hand
 (irreversibility, fieldcrypt.policy_auth), the lake's master key against the one this
-process wraps under (a rotation by another process stops it), and an audit intent. After
+process wraps under (a rotation by another process stops it), the removal of the summary
+files the replace would make stale (fieldcrypt.summary_files), and an audit intent. After
 it: the confirmation. A crash between the two leaves an unconfirmed intent that
 `fieldcrypt audit --unconfirmed` lists.
+
+Protection, rotation, re-index and the encryption of history all replace files through here,
+so no replace can skip one of these steps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.policy import AttributePolicy
 from fieldcrypt.policy_auth import check_stored_file
 from fieldcrypt.store import LakeStore
+from fieldcrypt.summary_files import remove_before_replace
+
+
+class Replacing(NamedTuple):
+    """What before_replace did: the audit intent id (None without an audit log) and the summary files
+    it removed (lake paths)."""
+
+    intent: str | None
+    summary_files_removed: list[str]
 
 
 def before_replace(
@@ -27,14 +40,19 @@ def before_replace(
     partition: str | None,
     expected: Sequence[Mapping[str, Any]] | None = None,
     operation: str = "encrypt",
-) -> str | None:
-    """Refuse, or record the intent to replace `rel`; returns the intent id (None without an audit log)."""
+    *,
+    dataset_root: str,
+) -> Replacing:
+    """Refuse, or remove the summary files describing `rel` (below `dataset_root`, the dataset's
+    directory) and record the intent to replace it. Runs under `rel`'s lock."""
     check_stored_file(store, rel, attributes)
     cache.check_current()
+    # Removed before the intent: their removal is audited on its own and must not confirm the intent.
+    removed = remove_before_replace(store, rel, dataset_root, cache.audit, dataset, partition)
     if cache.audit is None:
-        return None
+        return Replacing(None, removed)
     cells = sum(getattr(e, "cells", 0) for group in expected for e in group.values()) if expected else None
-    return cache.audit.intent(
+    intent = cache.audit.intent(
         operation,
         dataset=dataset,
         partition=partition,
@@ -42,6 +60,7 @@ def before_replace(
         cells=cells,
         detail=store.display(rel),
     )
+    return Replacing(intent, removed)
 
 
 def confirm_replace(cache: DataKeyCache, intent: str | None, dataset: str, partition: str | None, cells: int) -> None:

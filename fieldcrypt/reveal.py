@@ -1,4 +1,4 @@
-"""Decrypting protected attributes in memory (dispatch jobs, `fieldcrypt verify`).
+"""Decrypting protected cells in memory (what fieldcrypt.read_rule reads with, and rewrites verify with).
 
 Plaintext only ever lives in the returned Arrow arrays; nothing here writes or logs it.
 """
@@ -97,23 +97,3 @@ def decrypt_rows(
 def _row_namer(where: str, row_numbers: np.ndarray, attribute: str) -> Callable[[int], str]:
     """Names cell i of a kernel call by its row in the file and its attribute (for errors; never a value)."""
     return lambda i: f"{where} row {row_numbers[i]}, {attribute}"
-
-
-def reveal(
-    batch: pa.RecordBatch,
-    dataset: DatasetSpec,
-    attribute: AttributePolicy,
-    cache: DataKeyCache,
-    where: str = "batch",
-    partition: str | None = None,
-) -> pa.Array:
-    """The attribute's real values (string or large_string): decrypted where protected, as
-    stored where not (historical)."""
-    values = read_path(batch, attribute.path, where)
-    protected = pc.is_valid(protection_columns(batch, attribute, where).ciphertext)
-    rows = pc.indices_nonzero(protected)
-    if len(rows) == 0:
-        return values
-    plaintext = decrypt_rows(batch, dataset, attribute, cache, rows, where, partition)
-    result: pa.Array = pc.replace_with_mask(values, protected, plaintext)
-    return result

@@ -19,9 +19,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fieldcrypt.cache import DataKeyCache
+from fieldcrypt.checksum_file import replace_data_file
 from fieldcrypt.columns import identical as identical_values
 from fieldcrypt.encrypt import used_wrapped_keys
 from fieldcrypt.errors import ConcurrentUpdateError, VerificationError
+from fieldcrypt.ledger import LedgerStep, recorded
 from fieldcrypt.parquet_io import chunk_span, open_parquet, protected_writer, read_ahead, row_group, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.replace_guard import before_replace
@@ -45,6 +47,7 @@ class RotateReport:
     seconds: float = 0.0
     files: int = 1
     files_rewritten: int = 0
+    summary_files_removed: list[str] = field(default_factory=list)  # fieldcrypt.summary_files
 
     @classmethod
     def total(cls, path: str, reports: Sequence[RotateReport]) -> RotateReport:
@@ -55,6 +58,7 @@ class RotateReport:
                 setattr(summed, counter, getattr(summed, counter) + getattr(report, counter))
             summed.seconds += report.seconds
             summed.files_rewritten += report.files_rewritten
+            summed.summary_files_removed = sorted({*summed.summary_files_removed, *report.summary_files_removed})
             for ref, count in report.master_keys_before.items():
                 summed.master_keys_before[ref] = summed.master_keys_before.get(ref, 0) + count
         summed.rewritten = summed.files_rewritten > 0
@@ -102,7 +106,9 @@ def rotate_file(
     attributes: Sequence[AttributePolicy],
     cache: DataKeyCache,
     *,
+    dataset_root: str,
     partition: str | None = None,
+    ledger: LedgerStep | None = None,
 ) -> RotateReport:
     started = time.perf_counter()
     calls_before = cache.calls.total
@@ -123,13 +129,13 @@ def rotate_file(
     mapping = {value: cache.rewrap(value, dataset.name, stored[value][1].path, partition) for value in stale}
     report.rewrapped = len(mapping)
 
-    temp = store.temp_path(rel)
+    temp = store.create_temp(rel)  # flock-held until released: a sweeper leaves it alone while this run lives
     try:
         with open_parquet(store, rel) as source:
             schema = source.schema_arrow
             with (
                 store.open_output(temp) as sink,
-                protected_writer(sink, schema, source, list(attributes)) as writer,
+                protected_writer(sink, schema, source, list(attributes), where) as writer,
                 read_ahead(row_groups(source, where)) as batches,
             ):
                 for batch in batches:
@@ -147,10 +153,21 @@ def rotate_file(
                 raise ConcurrentUpdateError(
                     f"{where} changed while it was being rotated; nothing was replaced, run again"
                 )
-            intent = before_replace(store, rel, attributes, cache, dataset.name, partition, None, "rotate_partition")
-            store.replace_if(temp, rel, original_version, "it was being rotated")
+            intent, removed = before_replace(
+                store,
+                rel,
+                attributes,
+                cache,
+                dataset.name,
+                partition,
+                None,
+                "rotate_partition",
+                dataset_root=dataset_root,
+            )
+            with recorded(ledger, temp, rel):  # the protection ledger's entry for the new file (fieldcrypt.ledger)
+                replace_data_file(store, temp, rel, original_version, "it was being rotated")
     finally:
-        store.delete(temp)
+        store.release_temp(temp)
     if cache.audit is not None:
         cache.audit.record(
             "rotate_partition",
@@ -163,6 +180,7 @@ def rotate_file(
         )
     report.rewritten = True
     report.files_rewritten = 1
+    report.summary_files_removed = removed
     report.kms_calls = cache.calls.total - calls_before
     report.seconds = time.perf_counter() - started
     return report

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fieldcrypt.audit import AUDIT_KEY_PATH
 from fieldcrypt.binding import Campaign, KeyBinding
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, index_context_attribute
 from fieldcrypt.blind_index_campaign import attributes_reindexing
@@ -161,8 +162,20 @@ def rotate(workspace: Workspace, dataset: str, partition: str | None) -> RotateR
     """Rewrap the data keys of every file of a partition under the current master key."""
     spec, attributes = workspace._dataset(dataset)
     cache = workspace.key_cache()
+    ledger = workspace.ledger_step(partition, spec, attributes)
     reports = workspace._each_file(
-        dataset, partition, lambda rel: rotate_file(workspace.store, rel, spec, attributes, cache, partition=partition)
+        dataset,
+        partition,
+        lambda rel: rotate_file(
+            workspace.store,
+            rel,
+            spec,
+            attributes,
+            cache,
+            dataset_root=workspace.layout(dataset).path,
+            partition=partition,
+            ledger=ledger,
+        ),
     )
     return RotateReport.total(workspace.partition_display(dataset, partition), reports)
 
@@ -241,6 +254,9 @@ def rotation_status(
     mac_key = workspace.policies.mac_key_value()
     if mac_key is not None and WrappedKey.from_bytes(mac_key).master_key_ref != current:
         remaining[POLICY_PATH] = [WrappedKey.from_bytes(mac_key).master_key_ref]
+    audit_key = workspace.audit.stored_key()
+    if audit_key is not None and WrappedKey.from_bytes(audit_key).master_key_ref != current:
+        remaining[AUDIT_KEY_PATH] = [WrappedKey.from_bytes(audit_key).master_key_ref]
     return RotationStatus(
         binding.active_campaign if binding else None,
         remaining,
@@ -252,7 +268,7 @@ def rotation_status(
 
 
 def rotate_index_keys(workspace: Workspace) -> int:
-    """Rewrap every blind-index key and the policy MAC key not yet under the current master key."""
+    """Rewrap every blind-index key, the policy MAC key and the audit key not yet under the current master key."""
     cache = workspace.key_cache()
     rewrapped = 0
 
@@ -266,7 +282,8 @@ def rotate_index_keys(workspace: Workspace) -> int:
         return stored if stale else None
 
     workspace.index_keys.update(rewrap_stale)
-    return rewrapped + int(workspace.policies.rewrap_key())
+    rewrapped += int(workspace.policies.rewrap_key())
+    return rewrapped + int(workspace.audit.rewrap_key(cache))
 
 
 def complete_rotation(workspace: Workspace) -> Campaign:

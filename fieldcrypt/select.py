@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fieldcrypt.columns import at_or_after, check_attribute_type, read_path, row_key_bytes
-from fieldcrypt.errors import InputError, IntegrityError
+from fieldcrypt.errors import FieldcryptError, InputError, IntegrityError
 from fieldcrypt.mask import is_mask_form
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 
@@ -137,41 +137,63 @@ def existing_ciphertext(batch: pa.RecordBatch, attribute: AttributePolicy) -> pa
 
 
 class UniqueRowKeys:
-    """Refuses null or repeated primary keys among a file's protected and to-be-protected rows.
+    """Refuses null or repeated primary keys among the rows a caller marks as involved.
 
-    A repeated key would let two rows' cells be swapped undetected (the key is what binds
-    a cell to its row). Fed row group by row group; `check` at the end of the file.
+    Protection marks a file's protected and to-be-protected rows; a read (fieldcrypt.read_rule)
+    marks the protected rows of every file of a partition. A repeated key would let two
+    rows' cells be swapped undetected (the key is what binds a cell to its row, and not the
+    file: docs/FORMAT.md section 3). Fed batch by batch, each from a numbered *source*
+    (a row group of the file, or of one of the partition's files); `check` at the end.
 
-    Memory: 8 bytes and 1 bit per row of the file (a keyed 64-bit hash of each involved
-    row's key, and which rows are involved), never the keys. Equal keys always hash equal,
-    so no repeat is missed. Only when hashes repeat are the keys re-read, through
-    `load_keys(row_group)` (the primary-key columns of that row group of the source), to
-    confirm on the keys themselves and name the rows: a hash collision never refuses a
-    valid file.
+    Memory: 8 bytes and 1 bit per row fed (a keyed 64-bit hash of each involved row's key,
+    and which rows are involved), never the keys. Equal keys always hash equal, so no repeat
+    is missed. Only when hashes repeat are the keys re-read, through `load_keys(source)` (the
+    primary-key columns of that source, its rows as fed), to confirm on the keys themselves
+    and name the rows: a hash collision never refuses a valid file.
     """
 
-    def __init__(self, dataset: DatasetSpec, where: str, rows: int, load_keys: Callable[[int], pa.RecordBatch]) -> None:
+    def __init__(
+        self,
+        dataset: DatasetSpec,
+        where: str,
+        rows: int,
+        load_keys: Callable[[int], pa.RecordBatch],
+        *,
+        name_source: Callable[[int], str] = "row group {}".format,
+        error: type[FieldcryptError] = InputError,
+    ) -> None:
         self.dataset = dataset
         self.where = where
         self._load_keys = load_keys
+        self._name_source = name_source
+        self._error = error
         self._seed = np.frombuffer(os.urandom(16), dtype=np.uint64)
         self._hashes = np.empty(rows if dataset.primary_key else 0, dtype=np.uint64)
         self._count = 0
-        self._involved: list[tuple[int, int, np.ndarray]] = []  # (row group, rows, packed involvement bits)
+        self._involved: list[tuple[int, int, np.ndarray]] = []  # (source, rows, packed involvement bits)
 
     def add(self, batch: pa.RecordBatch, selections: Sequence[RowSelection], row_group: int) -> None:
+        """Protection: a row group's protected and to-be-protected rows."""
         if not self.dataset.primary_key or not selections:
             return
         involved = selections[0].selected
         for rows in selections:
             involved = pc.or_(involved, pc.or_(rows.selected, pc.is_valid(rows.existing_ciphertext)))
-        if not involved.true_count:
+        self.add_rows(batch, involved, row_group)
+
+    def add_rows(self, batch: pa.RecordBatch, involved: pa.BooleanArray, source: int) -> None:
+        """The `involved` rows of `batch` (which holds at least the primary-key columns)."""
+        if not self.dataset.primary_key or not involved.true_count:
             return
-        at = f"{self.where} row group {row_group}"
+        at = f"{self.where} {self._name_source(source)}"
         hashes = self._hashed(batch, involved, at)
+        if self._count + len(hashes) > len(self._hashes):  # a partition's row count is not known up front
+            grown = np.empty(max(2 * len(self._hashes), self._count + len(hashes)), dtype=np.uint64)
+            grown[: self._count] = self._hashes[: self._count]
+            self._hashes = grown
         self._hashes[self._count : self._count + len(hashes)] = hashes
         self._count += len(hashes)
-        self._involved.append((row_group, batch.num_rows, np.packbits(involved.to_numpy(zero_copy_only=False))))
+        self._involved.append((source, batch.num_rows, np.packbits(involved.to_numpy(zero_copy_only=False))))
 
     def _hashed(self, batch: pa.RecordBatch, involved: pa.BooleanArray, at: str) -> np.ndarray:
         """The hashes of the involved rows' keys, in row order; a null key is refused."""
@@ -182,7 +204,7 @@ class UniqueRowKeys:
             keys = pc.filter(row_key_bytes(batch, self.dataset.primary_key, at), involved)
         if keys.null_count:
             row = pc.indices_nonzero(involved)[pc.indices_nonzero(pc.is_null(keys))[0].as_py()].as_py()
-            raise InputError(
+            raise self._error(
                 f"{at} row {row}: primary key ({', '.join(self.dataset.primary_key)}) of {self.dataset.name} is null "
                 "on a row that is protected or to be encrypted"
             )
@@ -196,9 +218,9 @@ class UniqueRowKeys:
         if not len(repeated):
             return
         seen: dict[bytes, tuple[int, int]] = {}
-        for row_group, count, packed in self._involved:
+        for source, count, packed in self._involved:
             involved = pa.array(np.unpackbits(packed, count=count).astype(bool))
-            batch = self._load_keys(row_group)
+            batch = self._load_keys(source)
             rows = pc.indices_nonzero(involved).to_numpy()
             suspect = np.isin(self._hashed(batch, involved, self.where), repeated)
             canonical = row_key_bytes(batch, self.dataset.primary_key, self.where)
@@ -206,12 +228,12 @@ class UniqueRowKeys:
                 key = canonical[int(row)].as_py()
                 if key in seen:
                     first = seen[key]
-                    raise InputError(
+                    raise self._error(
                         f"{self.where}: primary key ({', '.join(self.dataset.primary_key)}) of {self.dataset.name} "
-                        f"repeats on row group {first[0]} row {first[1]} and row group {row_group} row {row}; a "
-                        "repeated key would let two rows' cells be swapped undetected"
+                        f"repeats on {self._name_source(first[0])} row {first[1]} and {self._name_source(source)} "
+                        f"row {row}; a repeated key would let two rows' cells be swapped undetected"
                     )
-                seen[key] = (row_group, int(row))
+                seen[key] = (source, int(row))
 
 
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)

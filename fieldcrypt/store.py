@@ -167,13 +167,37 @@ class LakeStore:
                 found.append(info.path[len(prefix) :] if info.path.startswith(prefix) else info.path)
         return sorted(found)
 
+    def list_keys_after(self, rel_dir: str, after: str | None) -> list[str]:
+        """S3: the objects below `rel_dir` whose key sorts after `after` (all when None), sorted.
+
+        One ListObjectsV2 page per 1,000 keys from `after` on, not from the start of the prefix:
+        what the audit log uses to find its newest record cheaply.
+        """
+        if self.is_local:
+            return [rel for rel in self.list_files(rel_dir) if after is None or rel > after]
+        bucket, prefix = self._bucket_key(rel_dir.rstrip("/") + "/")
+        root = self._bucket_key("")[1]  # the lake's own prefix inside the bucket ("" for a bucket root)
+        strip = len(root) + 1 if root else 0
+        start = {"StartAfter": self._bucket_key(after)[1]} if after is not None else {}
+        found = []
+        for page in self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, **start):
+            for entry in page.get("Contents", []):
+                name = str(entry["Key"])
+                if TEMP_MARKER not in name.rsplit("/", 1)[-1]:
+                    found.append(name[strip:])
+        return sorted(found)
+
     def list_file_versions(self, rel_dir: str) -> dict[str, FileVersion]:
         """`list_files(rel_dir)` with each file's size and modification time, from the same listing."""
+        return {rel: version for rel, version in self.list_all(rel_dir).items() if TEMP_MARKER not in rel}
+
+    def list_all(self, rel_dir: str) -> dict[str, FileVersion]:
+        """Every file below `rel_dir`, temporary files included, with its size and modification time."""
         selector = pafs.FileSelector(self.full_path(rel_dir), recursive=True, allow_not_found=True)
         prefix = self._base + "/"
         found = {}
         for info in self.filesystem.get_file_info(selector):
-            if info.type == pafs.FileType.File and TEMP_MARKER not in info.base_name:
+            if info.type == pafs.FileType.File:
                 rel = info.path[len(prefix) :] if info.path.startswith(prefix) else info.path
                 found[rel] = FileVersion(int(info.size or 0), info.mtime_ns)
         return dict(sorted(found.items()))
@@ -186,13 +210,79 @@ class LakeStore:
         temp = f".{name}{TEMP_MARKER}{secrets.token_hex(6)}"
         return f"{head}/{temp}" if head else temp
 
+    def create_temp(self, rel: str) -> str:
+        """A new temporary sibling of `rel`, held by this process until `release_temp`.
+
+        Local: the temp is created (0600: it may hold plaintext until replaced) and an exclusive
+        flock is taken on it, under the directory lock that `sweep_temp` takes too, so a sweeper
+        never sees it unheld while its writer lives. The flock is held from creation through
+        write, verify and replace or delete; flocks die with their process, so a temp whose
+        flock can be taken belongs to a dead run (`sweep_temp`). S3 has no locks: the name only.
+        """
+        temp = self.temp_path(rel)
+        if not self.is_local:
+            return temp
+        full = self.full_path(temp)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with self.exclusive(temp):
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with _HELD_TEMPS_LOCK:
+            _HELD_TEMPS[full] = fd
+        return temp
+
+    def release_temp(self, temp: str) -> None:
+        """Delete a temp made by `create_temp` (if not replaced already) and drop its flock."""
+        self.delete(temp)
+        with _HELD_TEMPS_LOCK:
+            fd = _HELD_TEMPS.pop(self.full_path(temp), None)
+        if fd is not None:
+            os.close(fd)
+
+    def sweep_temp(self, temp: str, version: FileVersion | None) -> bool:
+        """Delete a temporary file a dead run left; False when a live run may still hold it.
+
+        Local: only if its flock can be taken without waiting (its writer is gone), under the
+        directory lock `create_temp` holds while creating and locking one. S3 (no locks): only
+        if older than STALE_TEMP_SECONDS, far longer than any run takes to write and verify a file.
+        """
+        if not self.is_local:
+            cutoff = time.time_ns() - int(STALE_TEMP_SECONDS * 1e9)
+            if version is None or version.mtime_ns is None or version.mtime_ns >= cutoff:
+                return False
+            self.delete(temp)
+            return True
+        full = self.full_path(temp)
+        with _HELD_TEMPS_LOCK:
+            if full in _HELD_TEMPS:  # this process's own, still being written
+                return False
+        with self.exclusive(temp):
+            try:
+                fd = os.open(full, os.O_RDONLY)
+            except FileNotFoundError:
+                return True
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    return False  # its writer is alive
+                os.unlink(full)
+            finally:
+                os.close(fd)
+        return True
+
     @contextlib.contextmanager
     def open_output(self, rel: str) -> Iterator[IO[bytes] | pa.NativeFile]:
-        """A new file; on a local lake it is fsynced before the handle closes."""
+        """A new file (or a temp this process holds, from `create_temp`); on a local lake it is fsynced
+        before the handle closes."""
         full = self.full_path(rel)
         if self.is_local:
             os.makedirs(os.path.dirname(full), exist_ok=True)
-            with open(full, "xb") as handle:
+            with _HELD_TEMPS_LOCK:
+                held = full in _HELD_TEMPS
+            with open(full, "r+b" if held else "xb") as handle:
                 yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -227,6 +317,8 @@ class LakeStore:
         except Exception as exc:
             if _s3_status(exc) in (409, 412):
                 raise self._conflict(rel, what) from None
+            if _s3_status(exc) is not None:  # a missing bucket, a denied write: storage failed, as pyarrow says it
+                raise OSError(f"{self.display(rel)}: {exc}") from exc
             raise
         return FileVersion(len(data), None, str(response.get("ETag", "")) or None)
 
@@ -351,25 +443,26 @@ class LakeStore:
             self.filesystem.copy_file(src, dst)
             self.filesystem.delete_file(src)
 
-    def sweep_temps(self, rel: str, older_than_seconds: float = STALE_TEMP_SECONDS) -> int:
-        """Delete temporary siblings of `rel` left by a crashed run; returns how many.
-
-        Only temps older than `older_than_seconds` go, so a run still writing one keeps it.
-        """
+    def sweep_temps(self, rel: str) -> int:
+        """Delete temporary siblings of `rel` left by a dead run (`sweep_temp`); returns how many."""
         head, _, name = rel.rpartition("/")
         selector = pafs.FileSelector(self.full_path(head), recursive=False, allow_not_found=True)
-        cutoff = time.time_ns() - int(older_than_seconds * 1e9)
         swept = 0
         for info in self.filesystem.get_file_info(selector):
-            stale = info.mtime_ns is not None and info.mtime_ns < cutoff
-            if info.base_name.startswith(f".{name}{TEMP_MARKER}") and stale:
-                self.delete(f"{head}/{info.base_name}" if head else info.base_name)
-                swept += 1
+            if info.base_name.startswith(f".{name}{TEMP_MARKER}"):
+                temp = f"{head}/{info.base_name}" if head else info.base_name
+                swept += self.sweep_temp(temp, FileVersion(int(info.size or 0), info.mtime_ns))
         return swept
 
     def delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):
             self.filesystem.delete_file(self.full_path(rel))
+
+
+# Temps this process holds (full path -> the descriptor holding its flock), whichever LakeStore made them:
+# `open_output` writes into them, and a sweep in this process leaves them alone without trying their flock.
+_HELD_TEMPS: dict[str, int] = {}
+_HELD_TEMPS_LOCK = threading.Lock()
 
 
 def _local_version(st: os.stat_result) -> FileVersion:

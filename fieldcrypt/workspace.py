@@ -16,13 +16,14 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fieldcrypt import blind_index_campaign, master_key_access, rotation_campaign
+from fieldcrypt import blind_index_campaign, master_key_access, rotation_campaign, summary_files
 from fieldcrypt.audit import AuditLog
 from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
-from fieldcrypt.columns import read_path, row_key_bytes
-from fieldcrypt.dispatch import DispatchReport, Segment, segment_row_groups
+from fieldcrypt.columns import row_key_bytes
+from fieldcrypt.dispatch import DispatchReport, Segment, segment_row_group_indexes, segment_row_groups
+from fieldcrypt.enable_checks import check_declared, check_map_key_occurs
 from fieldcrypt.errors import (
     ConcurrentUpdateError,
     ConfigError,
@@ -31,14 +32,14 @@ from fieldcrypt.errors import (
     KeyProviderError,
     PolicyError,
     RowNotFoundError,
-    VerificationError,
 )
 from fieldcrypt.keystore import Keystore
 from fieldcrypt.layout import DatasetLayout, partition_label
-from fieldcrypt.mask import mask_values
+from fieldcrypt.ledger import Ledger, LedgerError, LedgerStep, entry_of, is_marked
 from fieldcrypt.parquet_io import open_parquet, read_ahead, row_groups
+from fieldcrypt.partition_keys import check_unique_across_files
 from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
-from fieldcrypt.policy_auth import check_file_protection, check_stored_file
+from fieldcrypt.policy_auth import MacKey, check_stored_file
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
 from fieldcrypt.providers.aws_kms import PROVIDER_ID as KMS
 from fieldcrypt.providers.aws_kms import RETRY_MODES
@@ -46,8 +47,8 @@ from fieldcrypt.providers.base import MasterKeyInfo as KeyRef
 from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
 from fieldcrypt.providers.pkcs11 import PROVIDER_ID as PKCS11
 from fieldcrypt.providers.pkcs11 import Pkcs11Settings
+from fieldcrypt.read_rule import ReadKeys, RowChoice, check_partition, read_attribute
 from fieldcrypt.reindex import ReindexReport, RetiringIndexKeys
-from fieldcrypt.reveal import reveal
 from fieldcrypt.rotate import RotateReport
 from fieldcrypt.rotation_campaign import SCAN_THREADS, RotationStatus
 from fieldcrypt.select import existing_ciphertext
@@ -106,6 +107,7 @@ class WorkspaceConfig:
     datasets: Mapping[str, DatasetLayout] = field(default_factory=dict)  # the catalog's declarations
     file_workers: int = 2  # files of one partition processed at once
     kms_calls_per_second: float | None = None  # client-side budget of key-provider calls (None: unlimited)
+    catalog_path: str | None = None  # the catalog file this configuration was read from (named in errors)
 
 
 Result = TypeVar("Result")
@@ -122,7 +124,8 @@ class Workspace:
         self.bindings = BindingStore(self.store)
         self.index_keys = IndexKeyStore(self.store)
         self.retiring_index_keys = RetiringIndexKeys(self.store)  # old keys of blind-index re-indexes under way
-        self.audit = AuditLog(self.store, config.name, actor)
+        self.audit = AuditLog(self.store, config.name, actor, key_source=self.key_cache)
+        self.ledger = Ledger(self.store, config.name, self._policy_mac_key)  # fieldcrypt.ledger
         self._cache: DataKeyCache | None = None
         # Threads of one run may share the workspace (the Dagster assets' ranged runs): the cache is built once.
         # Re-entrant: binding a new lake writes its first policy, which reaches the cache through key_cache().
@@ -155,6 +158,46 @@ class Workspace:
     def policy(self) -> Policy:
         return self.policies.load()
 
+    def _policy_mac_key(self) -> MacKey:
+        """The policy MAC key, from which the protection ledger's key is derived."""
+        wrapped = self.policies.mac_key_value()
+        if wrapped is None:
+            raise PolicyError(
+                f"{self.store.display('_fieldcrypt/policy.json')} is missing or not authenticated: "
+                "the protection ledger cannot be read"
+            )
+        return self.key_cache().policy_key_for(wrapped)
+
+    def ledger_step(
+        self, partition: str | None, spec: DatasetSpec, attributes: Sequence[AttributePolicy]
+    ) -> LedgerStep:
+        """How a rewrite of this partition records each file in the protection ledger (each file is checked
+        against it right before its replace: a replaced file is never laundered into the ledger)."""
+        return LedgerStep(self.ledger, spec, partition, attributes)
+
+    def _check_ledger(
+        self,
+        dataset: str,
+        partition: str | None,
+        spec: DatasetSpec,
+        attributes: Sequence[AttributePolicy],
+        files: Sequence[str] | None = None,
+        deep: bool = False,
+    ) -> None:
+        """Before any cell is decrypted (verify, reveal, dispatch): the partition against the protection ledger
+        (`deep`, verify: the cell digests too).
+
+        A replaced file is first checked cell by cell, so a tampered cell is named with its row;
+        the ledger's own finding is raised when every cell authenticates.
+        """
+        try:
+            listed = self.files(dataset, partition) if files is None else files
+            self.ledger.check(spec, partition, listed, attributes, deep=deep)
+        except LedgerError as exc:
+            if exc.replaced and exc.rel is not None:
+                self._verify_cells(dataset, partition, [exc.rel])
+            raise
+
     def enable(
         self,
         attribute: str,
@@ -164,11 +207,14 @@ class Workspace:
         blind_index: bool = False,
         pad_to: int = 0,
         normalize: str = "none",
+        allow_absent_key: bool = False,
     ) -> AttributePolicy:
         """Protect `dataset.path` for every row ingested from now on. Irreversible.
 
-        The dataset must be declared in the catalog; the attribute must exist, with a type
-        that can be protected, in every file of the newest partition landed so far.
+        The dataset must be declared in the catalog, and the attribute too when the catalog
+        lists the dataset's `attributes:`; the attribute must exist, with a type that can be
+        protected, in every file of the newest partition landed so far, and a map key must
+        occur in some row of it (unless `allow_absent_key`: a key of data not landed yet).
         With `pad_to`, cells are padded to a multiple of that many bytes, so their length shows
         only the bucket of the value's length (cell format 2, docs/FORMAT.md section 2a).
         With `blind_index`, protected rows also get a keyed index of their value (joins and
@@ -194,11 +240,15 @@ class Workspace:
             normalize=normalize,
         )
         entry = policy.attributes[attribute]
+        check_declared(layout, entry, self.config.catalog_path)
         partitions = layout.partitions(self.store)
         if partitions:  # the attribute must exist, with a protectable type, in the data landed so far
-            for rel in partitions[list(partitions)[-1]]:
+            newest = list(partitions)[-1]
+            for rel in partitions[newest]:
                 with open_parquet(self.store, rel) as parquet:
                     check_schema(parquet.schema_arrow, policy.datasets[dataset], [entry], self.store.display(rel))
+            if not allow_absent_key:
+                check_map_key_occurs(self.store, partitions[newest], entry, str(newest or "unpartitioned"))
         # Refuse before creating an index key, as the save below would: another worker's change since
         # `previous` is a concurrent update (run again), not a successor that "drops" what it enabled.
         self.policies.check_change(policy, previous)
@@ -278,6 +328,16 @@ class Workspace:
                 )
         raise InputError(f"partition {partition_label(partition)} of {dataset} has no data files under {where}")
 
+    def swept_files(self, dataset: str, partition: str | None) -> tuple[list[str], int]:
+        """The data files of one partition, after deleting the temporary files dead runs left in it (their
+        plaintext copies), and how many temporary files are left: held by a live run, or, on S3 (no locks),
+        younger than store.STALE_TEMP_SECONDS."""
+        layout = self.layout(dataset)
+        layout.check_partition(partition)
+        inventory = layout.inventory(self.store, partition)
+        left = sum(not self.store.sweep_temp(temp.rel, temp.version) for temp in inventory.temps)
+        return inventory.files, left
+
     def partition_display(self, dataset: str, partition: str | None) -> str:
         return self.store.display(self.layout(dataset).partition_dir(partition))
 
@@ -301,13 +361,17 @@ class Workspace:
             )
         return spec or layout.spec, attributes
 
-    def _each_file(self, dataset: str, partition: str | None, work: Callable[[str], Result]) -> list[Result]:
-        """`work(rel)` for each file of a partition, a few at a time; every file is tried.
+    def _each_file(
+        self, dataset: str, partition: str | None, work: Callable[[str], Result], files: Sequence[str] | None = None
+    ) -> list[Result]:
+        """`work(rel)` for each file of a partition (`files`, or those listed after a sweep of the temporary
+        files dead runs left), a few at a time; every file is tried.
 
         Files are independent (each verified and replaced on its own), so one failing file
         does not stop the others; the first failure is raised afterwards, naming how many failed.
         """
-        files = self.files(dataset, partition)
+        if files is None:
+            files = self.swept_files(dataset, partition)[0]
         if len(files) <= 1:
             return [work(rel) for rel in files]
         results: list[Result] = []
@@ -334,9 +398,15 @@ class Workspace:
         where = self.partition_display(dataset, partition)
         if not attributes:
             # a file protected under a lost policy is refused, not scanned as "nothing enabled"
-            return ProtectReport.total(
-                where, self._each_file(dataset, partition, lambda rel: self._checked_scan(rel, spec, attributes))
-            )
+            scanned = self._each_file(dataset, partition, lambda rel: self._checked_scan(rel, spec, attributes))
+            self.ledger.check(spec, partition, self.files(dataset, partition), attributes, skip_replaced=True)
+            return ProtectReport.total(where, scanned)
+        # Before any work: a deleted or unledgered protected file (a restored `_fieldcrypt/`) stops the run; a
+        # replaced file is refused right before its own replace (never laundered), and named by verify.
+        files = self.files(dataset, partition)
+        self.ledger.check(spec, partition, files, attributes, skip_replaced=True)
+        check_unique_across_files(self.store, files, spec, attributes, where)
+        ledger = self.ledger_step(partition, spec, attributes)
         cache = self.key_cache()
         index_keys, wrapped = self._index_keys(attributes)
         by_name = {a.name: a for a in attributes}
@@ -374,9 +444,11 @@ class Workspace:
                 spec,
                 attributes,
                 cache,
+                dataset_root=self.layout(dataset).path,
                 partition=partition,
                 index_keys=index_keys,
                 before_replace_check=index_keys_unchanged,
+                ledger=ledger,
             ),
         )
         return ProtectReport.total(where, reports, master_key=cache.master_key.ref)
@@ -395,27 +467,50 @@ class Workspace:
         return keys, {a.name: stored[a.name] for a in wanted}
 
     def status(self, dataset: str, partition: str | None) -> ProtectReport:
-        """Per-attribute counts of a partition, summed over its files, without changing anything."""
+        """Per-attribute counts of a partition, summed over its files, without changing any data file, and
+        the summary files describing them (the next run that rewrites one of the files removes them).
+
+        Temporary files left by dead runs are deleted first; `temp_files_left` counts those that cannot
+        be yet (a live run's), since they may hold plaintext copies.
+        """
         spec, attributes = self._dataset(dataset)
-        reports = self._each_file(dataset, partition, lambda rel: scan_file(self.store, rel, spec, attributes))
-        return ProtectReport.total(self.partition_display(dataset, partition), reports)
+        files, temps_left = self.swept_files(dataset, partition)
+        self.ledger.check(spec, partition, files, attributes)
+        reports = self._each_file(dataset, partition, lambda rel: scan_file(self.store, rel, spec, attributes), files)
+        report = ProtectReport.total(self.partition_display(dataset, partition), reports)
+        report.temp_files_left = temps_left
+        report.summary_files_present = summary_files.present(self.store, files, self.layout(dataset).path)
+        return report
 
     def verify(self, dataset: str, partition: str | None, files: Sequence[str] | None = None) -> dict[str, int]:
-        """Decrypt every protected cell of a partition in memory and check its mask; counts per attribute.
+        """Decrypt every protected cell of a partition in memory and check it by the read rule; counts per attribute.
 
         `files`: the partition's files when the caller listed them already (one listing, not two).
-        Raises IntegrityError on a cell that does not authenticate, VerificationError on a
-        protected row whose stored mask is not the mask of its decrypted value.
+        Raises IntegrityError on what fieldcrypt.read_rule refuses (a cell that does not authenticate,
+        a removed ciphertext, a wrong blind index, a primary key repeated across files), VerificationError
+        on a protected row whose stored mask is not the mask of its decrypted value, and IntegrityError
+        (LedgerError) on a file that does not hold what the protection ledger recorded.
         """
+        listed = self.files(dataset, partition) if files is None else list(files)
+        spec, attributes = self._dataset(dataset)
+        self._check_ledger(dataset, partition, spec, attributes, listed, deep=True)  # before any cell is decrypted
+        return self._verify_cells(dataset, partition, listed)
+
+    def _verify_cells(self, dataset: str, partition: str | None, listed: Sequence[str]) -> dict[str, int]:
+        """verify's cell-by-cell check of `listed`: decrypt each protected cell and check it by the read rule."""
+        spec, attributes = self._dataset(dataset)
+        check_partition(self.store, listed, spec, attributes, self.partition_display(dataset, partition))
+        keys = self._read_keys(attributes)
         counts: dict[str, int] = {}
-        for rel, attribute, batch, plaintext, protected in self._revealed(dataset, partition, files):
-            counts[attribute.name] = counts.get(attribute.name, 0) + protected.true_count
-            stored = pc.filter(read_path(batch, attribute.path), protected)
-            if not stored.equals(mask_values(pc.filter(plaintext, protected), attribute.mask)):
-                raise VerificationError(
-                    f"{self.store.display(rel)}: a protected {attribute.name} "
-                    "value does not hold the mask of its decrypted value"
-                )
+        for rel in listed:
+            where = self.store.display(rel)
+            with open_parquet(self.store, rel) as parquet:
+                for index, batch in enumerate(row_groups(parquet, where)):
+                    self._audit_decryption("verify_decrypt", batch, attributes, partition)
+                    for attribute in attributes:
+                        at = f"{where} row group {index}"
+                        _, protected = read_attribute(batch, spec, attribute, keys, at, partition)
+                        counts[attribute.name] = counts.get(attribute.name, 0) + protected.true_count
         return counts
 
     def reveal(
@@ -431,6 +526,7 @@ class Workspace:
 
         With `row_keys` (primary-key values as text) only those rows are decrypted. The audit log
         records, per file and attribute, the cells revealed, with the workspace's actor and `reason`.
+        Refuses what `verify` refuses (fieldcrypt.read_rule); a repeated primary key before any plaintext exists.
         """
         spec, enabled = self._dataset(dataset)
         chosen = [a for a in enabled if a.name in attributes or a.path in attributes]
@@ -440,25 +536,34 @@ class Workspace:
         if row_keys is not None and len(spec.primary_key) != 1:
             raise InputError(f"{dataset} has no single-column primary key: rows cannot be chosen by key")
         files = self.landed_files(dataset, partition)
-        if row_keys is not None:
+        choice = None
+        if row_keys is not None:  # decrypt the chosen rows only
             with open_parquet(self.store, files[0]) as first:
                 row_keys = _canonical_row_keys(row_keys, first.schema_arrow, spec.primary_key[0], dataset)
-        wanted = None if row_keys is None else pa.array([key.encode() for key in row_keys], pa.binary())
+            wanted = pa.array([key.encode() for key in row_keys], pa.binary())
+
+            def is_wanted(batch: pa.RecordBatch) -> pa.BooleanArray:
+                keys = row_key_bytes(batch, spec.primary_key, f"{dataset} rows chosen by key").cast(pa.binary())
+                result: pa.BooleanArray = pc.fill_null(pc.is_in(keys, value_set=wanted), False)
+                return result
+
+            choice = RowChoice(lambda parquet: range(parquet.num_row_groups), is_wanted)
         found: set[bytes] = set()
-        cache = self.key_cache()
+        self._check_ledger(dataset, partition, spec, enabled, files)
+        check_partition(self.store, files, spec, enabled, self.partition_display(dataset, partition), choice)
+        keys = self._read_keys(chosen)
         for rel in files:
             where = self.store.display(rel)
             with open_parquet(self.store, rel) as parquet:
                 for index, batch in enumerate(row_groups(parquet, where)):
                     at = f"{where} row group {index}"
-                    if wanted is not None:  # decrypt the chosen rows only
-                        keys = row_key_bytes(batch, spec.primary_key, at).cast(pa.binary())
-                        batch = batch.filter(pc.is_in(keys, value_set=wanted))
+                    if choice is not None:
+                        batch = batch.filter(choice.rows(batch))
                         if batch.num_rows == 0:
                             continue
                         found.update(row_key_bytes(batch, spec.primary_key, at).cast(pa.binary()).to_pylist())
                     self._audit_decryption("reveal", batch, chosen, partition, reason=reason)
-                    columns = {a.name: reveal(batch, spec, a, cache, at, partition) for a in chosen}
+                    columns = {a.name: read_attribute(batch, spec, a, keys, at, partition)[0] for a in chosen}
                     columns = {key: batch.column(key) for key in spec.primary_key} | columns
                     yield pa.RecordBatch.from_pydict(columns)
         missing = [key for key in row_keys or () if key.encode() not in found]
@@ -487,6 +592,8 @@ class Workspace:
         only the segment's rows are decrypted. Each row group's decryption is audited
         (`dispatch`, actor, reason, attribute, cells) before its plaintext exists; the
         plaintext lives only in the yielded batches. `report`, if given, is filled with counts.
+        What `verify` refuses about the segment's rows is refused (fieldcrypt.read_rule): a segment
+        key on two protected rows of the partition before any plaintext exists.
         """
         if not reason or not reason.strip():
             raise InputError("a dispatch needs a reason (campaign or ticket id): it is written to the audit log")
@@ -505,51 +612,64 @@ class Workspace:
             partition = landed[-1]
         report = report if report is not None else DispatchReport(dataset, partition)
         report.partition = partition
-        cache = self.key_cache()
+        files = self.files(dataset, partition)
+        self._check_ledger(dataset, partition, spec, enabled, files)
         chosen_segment: Segment | None = None
-        for rel in self.files(dataset, partition):
+        for rel in files[:1]:  # the segment is typed like the key column
+            with open_parquet(self.store, rel) as parquet:
+                schema = parquet.schema_arrow
+                if schema.get_field_index(key_column) < 0:
+                    raise InputError(f"{self.store.display(rel)}: primary-key column {key_column!r} is missing")
+                chosen_segment = Segment(segment, schema.field(key_column).type, dataset)
+                report.segment_keys = len(chosen_segment)
+        if chosen_segment is None:
+            return
+        in_segment = chosen_segment
+        choice = RowChoice(
+            lambda parquet: segment_row_group_indexes(parquet, key_column, in_segment),
+            lambda batch: in_segment.contains(batch.column(key_column)),
+        )
+        check_partition(self.store, files, spec, enabled, self.partition_display(dataset, partition), choice)
+        keys = self._read_keys(chosen)
+        for rel in files:
             where = self.store.display(rel)
             with open_parquet(self.store, rel) as parquet:
-                check_file_protection(parquet, enabled, where)
                 schema = parquet.schema_arrow
                 if schema.get_field_index(key_column) < 0:
                     raise InputError(f"{where}: primary-key column {key_column!r} is missing")
-                if chosen_segment is None:
-                    chosen_segment = Segment(segment, schema.field(key_column).type, dataset)
-                    report.segment_keys = len(chosen_segment)
-                wanted = {key_column} | {a.path.split(".")[0].split("[")[0] for a in chosen}
-                wanted |= {c for a in chosen for c in (a.ciphertext_column, a.wrapped_key_column)}
+                # What the read rule reads: the values, their protection columns and the ingestion time.
+                wanted = {key_column, spec.ingested_at} | {a.path.split(".")[0].split("[")[0] for a in chosen}
+                for a in chosen:
+                    wanted |= {a.ciphertext_column, a.wrapped_key_column, a.blind_index_column or key_column}
                 columns = [name for name in schema.names if name in wanted]
                 report.files += 1
                 # The next matching row group is read and filtered on a helper thread while this one decrypts.
-                matching = segment_row_groups(parquet, where, columns, key_column, chosen_segment, report)
+                matching = segment_row_groups(parquet, where, columns, key_column, in_segment, report)
                 with read_ahead(matching) as batches:
                     for index, batch in batches:
                         at = f"{where} row group {index}"
                         self._audit_decryption("dispatch", batch, chosen, partition, reason=reason)
-                        values = {a.name: reveal(batch, spec, a, cache, at, partition) for a in chosen}
+                        values = {a.name: read_attribute(batch, spec, a, keys, at, partition)[0] for a in chosen}
                         for a in chosen:
                             cells = pc.is_valid(existing_ciphertext(batch, a)).true_count
                             report.cells[a.name] = report.cells.get(a.name, 0) + cells
                         report.rows += batch.num_rows
                         yield pa.RecordBatch.from_pydict({key_column: batch.column(key_column)} | values)
 
-    def _revealed(
-        self, dataset: str, partition: str | None, files: Sequence[str] | None = None
-    ) -> Iterator[tuple[str, AttributePolicy, pa.RecordBatch, pa.Array, pa.BooleanArray]]:
-        """Per file, row group and attribute: the batch, the real values, and which rows are protected."""
-        spec, attributes = self._dataset(dataset)
+    def _read_keys(self, attributes: list[AttributePolicy]) -> ReadKeys:
+        """The data-key cache and the index keys a stored blind index of `attributes` may be under:
+        the current key and, while a re-index of the attribute is under way, its old key."""
         cache = self.key_cache()
-        for rel in self.files(dataset, partition) if files is None else files:
-            where = self.store.display(rel)
-            with open_parquet(self.store, rel) as parquet:
-                check_file_protection(parquet, attributes, where)  # verify checks what the file says it protects
-                for index, batch in enumerate(row_groups(parquet, where)):
-                    self._audit_decryption("verify_decrypt", batch, attributes, partition)
-                    for attribute in attributes:
-                        ciphertext = existing_ciphertext(batch, attribute)
-                        plaintext = reveal(batch, spec, attribute, cache, f"{where} row group {index}", partition)
-                        yield rel, attribute, batch, plaintext, pc.is_valid(ciphertext)
+        current, wrapped = self._index_keys(attributes)
+        accepted = {name: [key] for name, key in current.items()}
+        retiring = self.retiring_index_keys.load() if current else {}
+        for attribute in attributes:
+            old = retiring.get(attribute.name)
+            if attribute.name in accepted and old is not None and old != wrapped[attribute.name]:
+                accepted[attribute.name].append(
+                    cache.index_key_for(old, attribute.dataset, attribute.path).normalized(attribute.normalize)
+                )
+        return ReadKeys(cache, accepted)
 
     def _audit_decryption(
         self,
@@ -636,12 +756,68 @@ class Workspace:
                     checked += 1
         self.key_cache()
         self.policies.write_authenticated(policy)
+        # A new MAC key: the ledger, whose key derives from it, is recorded again after every cell is verified.
+        self.ledger = Ledger(self.store, self.name, self._policy_mac_key)
+        recorded = self._record_ledger([(d, p) for d in self.datasets for p in self.partitions(d)])
         self.audit.record(
             "policy_adopt",
-            detail=f"{len(policy.attributes)} attributes; {checked} files checked; "
+            detail=f"{len(policy.attributes)} attributes; {checked} files checked; {recorded} files recorded in "
+            "the protection ledger; "
             + ("legacy policy authenticated" if legacy is not None else "missing policy replaced by an empty one"),
         )
         return policy
+
+    # -- a deliberate restore of `_fieldcrypt/` from a backup ---------------------------------
+
+    def accept_restore(self, reason: str) -> tuple[int, int, int]:
+        """Accept a deliberate restore of the policy and ledger from a backup; audited.
+
+        The restored policy (authenticated, but older than the lake has seen) is checked against
+        every stored file, as adoption does, then stored as a version above every one seen, so
+        older copies stay refused. Every partition's files are then verified cell by cell and
+        recorded in the protection ledger as they are now. Returns (the restored policy's
+        version, its new version, the files recorded). The audit log gets an intent before
+        anything is written and its confirmation after (docs/OPERATIONS.md, "Restoring from a backup").
+        """
+        if not reason or not reason.strip():
+            raise InputError("accepting a restore needs a reason (ticket id): it is written to the audit log")
+        restored = self.policies.load_restored()
+        partitions = [(d, p) for d in self.datasets for p in self.partitions(d)]
+        for dataset, partition in partitions:  # a policy that lacks what some file protects is refused
+            for rel in self.files(dataset, partition):
+                check_stored_file(self.store, rel, restored.for_dataset(dataset))
+        intent = self.audit.intent(
+            "restore_accept", reason=reason, detail=f"policy version {restored.version}; {len(partitions)} partitions"
+        )
+        version = self.policies.accept_restored(restored)
+        recorded = self._record_ledger(partitions)
+        self.audit.record(
+            "restore_accepted",
+            intent=intent,
+            reason=reason,
+            detail=f"policy.json version {restored.version} stored as version {version}; "
+            f"{recorded} files recorded in the protection ledger",
+        )
+        return restored.version, version, recorded
+
+    def _record_ledger(self, partitions: Sequence[tuple[str, str | None]]) -> int:
+        """Verify every protected cell of each partition, then record its protected files in the ledger as
+        they are now (a deliberate restore or adoption); returns the files recorded."""
+        recorded = 0
+        for dataset, partition in partitions:
+            spec, attributes = self._dataset(dataset)
+            files = self.files(dataset, partition)
+            self._verify_cells(dataset, partition, files)
+            protected = {a.ciphertext_column for a in attributes}
+            entries = {}
+            for rel in files:
+                with open_parquet(self.store, rel) as parquet:
+                    written = bool(protected & set(parquet.schema_arrow.names))
+                if written or is_marked(self.store, rel):
+                    entries[rel] = entry_of(self.store, rel, spec, attributes)
+            self.ledger.record(dataset, partition, entries)
+            recorded += len(entries)
+        return recorded
 
 
 def _canonical_row_keys(row_keys: Sequence[str], schema: pa.Schema, column: str, dataset: str) -> list[str]:

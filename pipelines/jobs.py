@@ -48,6 +48,13 @@ class EnableAttributeConfig(dg.Config):
         default=False,
         description="Also write a keyed blind index (<attribute>__fc_bidx) so analysts can join and count distinct.",
     )
+    allow_absent_key: bool = Field(
+        default=False,
+        description=(
+            "For a map key (props['email']): enable it although no row of the newest partition has that key "
+            "(a key of data not landed yet). Without it such a key is refused as a likely typo."
+        ),
+    )
 
 
 def enable_attribute_job(assets: DatasetAssets) -> dg.JobDefinition:
@@ -74,6 +81,7 @@ def enable_attribute_job(assets: DatasetAssets) -> dg.JobDefinition:
                 config.mask.value,
                 acknowledge_irreversible=config.acknowledge_irreversible,
                 blind_index=config.blind_index,
+                allow_absent_key=config.allow_absent_key,
             )
         except FieldcryptError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc

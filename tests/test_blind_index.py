@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from demo.sample_data import snapshot_path, write_snapshot
-from fieldcrypt import PolicyError, VerificationError, Workspace
+from fieldcrypt import IntegrityError, PolicyError, VerificationError, Workspace
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, INDEX_SIZE
 from fieldcrypt.keystore import Keystore
 from tests.catalogs import TEST_DATASETS
@@ -213,8 +213,54 @@ def test_index_key_bytes_never_reach_the_lake_or_the_audit_log(
     workspace.enable("users.email", "email", acknowledge_irreversible=True, blind_index=True)
     _backdate(workspace)
     workspace.protect("users", SAMPLE_DAY.isoformat())
-    assert len(issued) == 3  # the policy MAC key, the index key and one data key
+    assert len(issued) == 4  # the policy MAC key, the audit key, the index key and one data key
     stored = b"".join(p.read_bytes() for p in Path(workspace.store.uri).rglob("*") if p.is_file())
     for key in issued:
         for form in (key, key.hex().encode(), base64.b64encode(key)):
             assert form not in stored
+
+
+def _set_indexes(workspace: Workspace, changes: dict[int, bytes | None]) -> None:
+    """Rewrite the first day's file with some blind-index cells replaced (as an outside writer could)."""
+    path = workspace.store.full_path(snapshot_path("users", SAMPLE_DAY.isoformat()))
+    table = pq.read_table(path)
+    indexes = table.column("email__fc_bidx").to_pylist()
+    for row, value in changes.items():
+        indexes[row] = value
+    at = table.schema.get_field_index("email__fc_bidx")
+    pq.write_table(table.set_column(at, table.schema.field(at), pa.array(indexes, pa.binary())), path)
+
+
+def _every_read_refuses(workspace: Workspace, match: str) -> None:
+    partition = SAMPLE_DAY.isoformat()
+    with pytest.raises(IntegrityError, match=match):
+        workspace.verify("users", partition)
+    with pytest.raises(IntegrityError, match=match):
+        list(workspace.reveal("users", partition, ["email"]))
+    with pytest.raises(IntegrityError, match=match):
+        list(workspace.dispatch("users", range(len(EMAILS)), ["email"], reason="test", partition=partition))
+
+
+def test_tampered_blind_index_is_refused_by_verify_reveal_and_dispatch(indexed: Workspace) -> None:
+    indexes = _indexes(indexed)
+    assert indexes[0] != indexes[1]
+    _set_indexes(indexed, {0: indexes[1]})  # analysts would join row 0 with every b@example.com
+    _every_read_refuses(indexed, r"part-0.parquet row group 0 row 0: the blind index of users.email is not the index")
+
+
+def test_nulled_blind_index_of_a_protected_row_is_refused(indexed: Workspace) -> None:
+    _set_indexes(indexed, {1: None})
+    _every_read_refuses(indexed, r"part-0.parquet row group 0 row 1: protected users.email has no blind index")
+
+
+def test_blind_index_on_a_row_that_is_not_protected_is_refused(indexed: Workspace) -> None:
+    assert EMAILS[3] is None
+    _set_indexes(indexed, {3: _indexes(indexed)[0]})
+    _every_read_refuses(indexed, r"row group 0 row 3: users.email is not protected but has a blind index")
+
+
+def test_indexes_under_the_old_key_verify_while_a_reindex_is_under_way(indexed: Workspace) -> None:
+    indexed.start_reindex("users.email")
+    indexed.reindex("users", DAYS[1].isoformat())  # one partition under the new key, one still under the old
+    for day in DAYS:
+        assert indexed.verify("users", day.isoformat()) == {"users.email": 4}

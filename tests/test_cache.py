@@ -186,8 +186,17 @@ def test_small_cell_budget_puts_several_wrapped_keys_in_the_files_dictionary(
     policy = local_workspace.policy()
     cache = DataKeyCache(provider, "acme", clock=clock, max_cells_per_key=50)
     rel = snapshot_path("users", PARTITION)
+    spec, attributes = policy.datasets["users"], policy.for_dataset("users")
+    ledger = local_workspace.ledger_step(PARTITION, spec, attributes)  # recorded as Workspace.protect records it
     report = protect_file(
-        local_workspace.store, rel, policy.datasets["users"], policy.for_dataset("users"), cache, partition=PARTITION
+        local_workspace.store,
+        rel,
+        spec,
+        attributes,
+        cache,
+        dataset_root=local_workspace.layout("users").path,
+        partition=PARTITION,
+        ledger=ledger,
     )
     cells = report.attributes["users.email"].newly_encrypted
     expected_keys = -(-cells // 50)
@@ -204,7 +213,8 @@ def test_report_counts_the_provider_calls_of_a_run(local_workspace: Workspace, e
     report = local_workspace.protect("users", PARTITION)
     # one data key generated per attribute, and one unwrap per attribute when the new file is verified
     assert report.kms_calls == 4
-    assert local_workspace.key_cache().calls.generate == 2 + 1  # + the policy MAC key, made when the lake was bound
+    # + the policy MAC key and the audit key, made when the lake was bound
+    assert local_workspace.key_cache().calls.generate == 2 + 2
     assert local_workspace.key_cache().calls.unwrap == 2
 
 
@@ -217,7 +227,8 @@ def test_data_keys_are_reused_across_partitions_within_the_ttl(
     enable_at(local_workspace, "users.email", "email")
     for day in ("2026-11-01", "2026-11-02", "2026-11-03"):
         local_workspace.protect("users", day)
-    assert local_workspace.key_cache().calls.generate == 1 + 1  # + the policy MAC key, made when the lake was bound
+    # + the policy MAC key and the audit key, made when the lake was bound
+    assert local_workspace.key_cache().calls.generate == 1 + 2
 
 
 def test_every_provider_call_is_audited_with_ids_and_no_key(

@@ -309,6 +309,7 @@ def test_default_output_is_a_table_with_a_summary_line(cli: list[str], capsys: p
         "pending",
         "historical_plaintext",
         "null",
+        "temp_files_left",
     ]
     assert lines[2].split()[:4] == [PARTITION, "users.email", "1", "60"]
     assert lines[-1].startswith("1 partition: 0 cells protected, ") and lines[-1].endswith("historical plaintext")
@@ -426,3 +427,76 @@ def test_verify_lists_each_partitions_files_once(
 
     assert listings == [("users", PARTITION)]
     assert rows[0]["files"] == 1
+
+
+def _protected_lake_with(cli: list[str], tmp_path: Path, tamper: Any) -> int:
+    """Enable and protect users.email, then `tamper(table, row)` on the file's first protected row,
+    written back as an outside writer would; the row's number."""
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    assert run([*cli, "protect", "users"]) == 0
+    path = tmp_path / "lake" / snapshot_path("users", PARTITION)
+    table = pq.read_table(path)
+    row = next(i for i, cell in enumerate(table.column("email__fc_ct").to_pylist()) if cell)
+    tamper(table, row, path)
+    return row
+
+
+def _without_ciphertext(table: Any, row: int, path: Path) -> None:
+    import pyarrow as pa
+
+    for name in ("email__fc_ct", "email__fc_dek"):
+        at = table.schema.get_field_index(name)
+        values = table.column(at).combine_chunks()
+        values = values.dictionary_decode() if pa.types.is_dictionary(values.type) else values
+        cells = values.to_pylist()
+        cells[row] = None
+        new = pa.array(cells, values.type)
+        if pa.types.is_dictionary(table.schema.field(at).type):
+            new = new.dictionary_encode()
+        table = table.set_column(at, table.schema.field(at), new)
+    pq.write_table(table, path)
+
+
+def test_verify_of_a_row_whose_ciphertext_was_removed_exits_non_zero_naming_the_row(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secrets = plaintext(tmp_path / "lake")
+    row = _protected_lake_with(cli, tmp_path, _without_ciphertext)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, "verify", "users"])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert f"part-0.parquet row group 0 row {row}: users.email holds a value but no ciphertext" in captured.err
+    assert "all authentic" not in captured.out
+    assert not [s for s in secrets if s in captured.out + captured.err]
+
+
+def test_reveal_of_a_row_whose_ciphertext_was_removed_prints_no_value(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    row = _protected_lake_with(cli, tmp_path, _without_ciphertext)
+    key = pq.read_table(tmp_path / "lake" / snapshot_path("users", PARTITION)).column("user_id")[row].as_py()
+    capsys.readouterr()
+    args = ["reveal", "users", "--partition", PARTITION, "--attribute", "email", "--reason", "T-1"]
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, *args, "--row-key", str(key)])
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # the mask is not printed as if it were the address
+    assert "its ciphertext was removed" in captured.err
+
+
+def test_verify_of_a_row_copied_into_another_file_of_the_partition_exits_non_zero(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    row = _protected_lake_with(cli, tmp_path, lambda table, row, path: pq.write_table(table, path))
+    path = tmp_path / "lake" / snapshot_path("users", PARTITION)
+    pq.write_table(pq.read_table(path).take([row]), path.with_name("part-1.parquet"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, "verify", "users"])
+    assert exited.value.code == 2
+    # The helper rewrote part-0 with pyarrow and the copy carries its `ledgered` mark: the ledger refuses first.
+    err = capsys.readouterr().err
+    assert "LedgerError:" in err and "_fieldcrypt/ledger/users/2030-01-01.json" in err

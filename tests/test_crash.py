@@ -287,21 +287,17 @@ def test_writer_that_changes_an_already_protected_row_is_caught_by_verification(
     refused_intact(workspace, f"{problem} of a row that was not to be encrypted changed")
 
 
-def test_stale_temp_file_of_a_crashed_run_is_swept_by_the_next_run(
+def test_temp_file_of_a_dead_run_is_swept_by_the_next_run_and_a_live_runs_is_kept(
     local_workspace: Workspace, enable_at: Callable[..., Any]
 ) -> None:
-    import os
-
-    from fieldcrypt.store import TEMP_MARKER
+    from tests.temp_holder import held_by_live_process
 
     path = Path(local_workspace.store.full_path(snapshot_path("users", PARTITION)))
-    stale = path.with_name(f".{path.name}{TEMP_MARKER}deadbeef")
-    fresh = path.with_name(f".{path.name}{TEMP_MARKER}cafecafe")
-    stale.write_bytes(b"left by a crash")
-    fresh.write_bytes(b"another run is writing this")
-    day_ago = path.stat().st_mtime - 86_400
-    os.utime(stale, (day_ago, day_ago))
+    dead = path.with_name(f".{path.name}{TEMP_MARKER}deadbeef")
+    live = path.with_name(f".{path.name}{TEMP_MARKER}cafecafe")
+    dead.write_bytes(b"left by a crash")  # no process holds its flock: its run died
     enable_at(local_workspace, "users.email", "email")
-    local_workspace.protect("users", PARTITION)
-    assert not stale.exists()
-    assert fresh.exists()
+    with held_by_live_process(live):
+        local_workspace.protect("users", PARTITION)
+        assert not dead.exists()
+        assert live.exists()

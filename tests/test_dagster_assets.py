@@ -184,8 +184,31 @@ def test_tampered_wrapped_key_fails_the_unwrap_check_without_touching_the_file(
     assert not evaluations["data_keys_unwrap"].passed
     assert "IntegrityError" in evaluations["data_keys_unwrap"].metadata["error"].value
     assert evaluations["data_keys_unwrap"].metadata["failing_partitions"].value == [split_partition]
-    assert evaluations["no_plaintext_after_enablement"].passed
+    # The file was rewritten from outside: the counts (status) refuse it too, naming the protection ledger.
+    assert "does not hold what fieldcrypt wrote" in evaluations["no_plaintext_after_enablement"].metadata["error"].value
     assert _file(lake, "users").read_bytes() == stored
+
+
+def test_protected_row_copied_into_another_file_fails_the_run_naming_both_files(
+    fieldcrypt: FieldcryptResource, lake: Path, split_partition: str
+) -> None:
+    materialize_partition(fieldcrypt, split_partition)
+    table = pq.read_table(_file(lake, "users"))
+    row = pc.index(table.column("email__fc_ct").is_valid(), True).as_py()
+    copy = _file(lake, "users").with_name("part-1.parquet")
+    pq.write_table(table.take([row]), copy)  # its cells decrypt: they bind the row's key, not its file
+    before = copy.read_bytes()
+
+    users = [asset_key("protected_users")]
+    result = materialize_partition(fieldcrypt, split_partition, selection=users, raise_on_error=False)
+
+    assert not result.success
+    failure = result.failure_data_for_node(node("protected_users"))
+    assert failure is not None and failure.error is not None
+    # The copy carries the `ledgered` mark of the file it came from: the protection ledger names it first.
+    assert "part-1.parquet was written by fieldcrypt" in failure.error.message
+    assert "not in the protection ledger" in failure.error.message
+    assert copy.read_bytes() == before
 
 
 def test_failing_check_fails_the_run_naming_the_check_and_the_partition(
@@ -217,7 +240,7 @@ def test_partition_with_a_failing_check_is_not_materialized_and_its_observation_
     assert result.asset_materializations_for_node(node("protected_users")) == []
     observation = instance.fetch_observations(asset_key("protected_users"), limit=1).records[0].asset_observation
     assert observation is not None and observation.partition == split_partition
-    assert observation.metadata["failed_checks"].value == ["data_keys_unwrap"]
+    assert "data_keys_unwrap" in observation.metadata["failed_checks"].value
     assert "IntegrityError" in observation.metadata["data_keys_unwrap.error"].value
 
 
@@ -315,3 +338,30 @@ def test_protected_files_read_with_masks_in_original_columns_in_polars_pandas_an
         "select count(*) from read_parquet(?, hive_partitioning = true, union_by_name = true)", [users_glob]
     ).fetchone()
     assert counted == (400,)
+
+
+def test_attribute_dropped_with_its_columns_fails_the_protection_naming_the_file(
+    fieldcrypt: FieldcryptResource, lake: Path, split_partition: str
+) -> None:
+    import json
+
+    from fieldcrypt.select import FILE_METADATA_KEY
+
+    materialize_partition(fieldcrypt, split_partition)
+    path = _file(lake, "users")
+    table = pq.read_table(path)
+    table = table.drop_columns([c for c in table.column_names if c.startswith("email__fc_")])
+    described = json.loads(table.schema.metadata[FILE_METADATA_KEY])
+    del described["attributes"]["users.email"]
+    metadata = {**table.schema.metadata, FILE_METADATA_KEY: json.dumps(described).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+    stripped = path.read_bytes()
+
+    users = [asset_key("protected_users")]
+    result = materialize_partition(fieldcrypt, split_partition, selection=users, raise_on_error=False)
+
+    failure = result.failure_data_for_node(node("protected_users"))
+    assert failure is not None and failure.error is not None
+    assert f"LedgerError: {path} does not hold what fieldcrypt wrote" in failure.error.message
+    assert "users.email had" in failure.error.message
+    assert path.read_bytes() == stripped  # its masks were not encrypted as if they were values

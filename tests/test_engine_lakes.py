@@ -27,6 +27,7 @@ from dagster_support import catalog_fieldcrypt, node
 
 from assets import build_assets
 from fieldcrypt import Workspace
+from fieldcrypt.checksum_file import HadoopChecksums
 from resources import FieldcryptResource
 
 DAYS = ["2026-11-01", "2026-11-02"]
@@ -102,7 +103,7 @@ def write_spark_style(table: pa.Table, root: Path) -> None:
             piece = rows.slice(part * 134, 134)
             piece = piece.replace_schema_metadata({"org.apache.spark.sql.parquet.row.metadata": spark_schema})
             pq.write_table(piece, folder / name, compression="snappy")
-            (folder / f".{name}.crc").write_bytes(b"crc")
+            (folder / f".{name}.crc").write_bytes(HadoopChecksums.of([(folder / name).read_bytes()]).encode())
     (root / "_SUCCESS").write_bytes(b"")
     (root / "_temporary" / "0").mkdir(parents=True)
 

@@ -9,10 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from demo.sample_data import land_sample_lake, snapshot_path
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
+from fieldcrypt.errors import IntegrityError
 from fieldcrypt.keystore import Keystore
 from tests.catalogs import TEST_DATASETS
 from tests.conftest import SAMPLE_DAY, WORKSPACE
@@ -97,6 +101,54 @@ def test_standalone_decryptor_reads_padded_cells(local_workspace: Workspace, key
         "phone",
         primary_key="user_id",
         local_master_keys={v: keystore.key_for(v) for v in keystore.versions},
+        pad_to=16,
     )
 
     assert decrypted and all(original[row] == value for row, value in decrypted.items())
+
+
+def test_standalone_decryptor_refuses_a_format_1_cell_in_a_padded_attribute(
+    local_workspace: Workspace, keystore_path: Path
+) -> None:
+    _, path = _original_and_protected(local_workspace, "users.email", "email")  # format-1 cells
+    keystore = Keystore.load(keystore_path)
+    keys = {v: keystore.key_for(v) for v in keystore.versions}
+    decrypt = standalone_decryptor()["decrypt_column"]
+    with pytest.raises(ValueError, match="cell format version 1 in an attribute with pad_to 16"):
+        decrypt(path, WORKSPACE, "users", "email", primary_key="user_id", local_master_keys=keys, pad_to=16)
+
+
+def _with_nonzero_padding(path: str, keys: dict[int, bytes]) -> int:
+    """Re-encrypt the first padded phone cell of the file with a 0x01 padding byte, under its own data key
+    and associated data (fault injection: fieldcrypt never writes such a cell); returns its row."""
+    doc = standalone_decryptor()
+    table = pq.read_table(path)
+    cells = table.column("phone__fc_ct").to_pylist()
+    row = next(i for i, cell in enumerate(cells) if cell is not None)
+    wrapped = table.column("phone__fc_dek").to_pylist()[row]
+    dek = AESGCM(doc["unwrap"](wrapped, WORKSPACE, "users", "phone", keys))
+    ad = b"\x02" + doc["cell_ad"]("users", "phone", table.column("user_id")[row].as_py())[1:]
+    padded = bytearray(dek.decrypt(cells[row][1:13], cells[row][13:], ad))
+    padded[-1] = 1
+    cells[row] = cells[row][:13] + dek.encrypt(cells[row][1:13], bytes(padded), ad)
+    index = table.schema.get_field_index("phone__fc_ct")
+    table = table.set_column(index, table.schema.field(index), pa.array(cells, pa.binary()))
+    pq.write_table(table.replace_schema_metadata(table.schema.metadata), path)
+    return row
+
+
+def test_padded_cell_with_nonzero_padding_is_refused_by_the_standalone_decryptor_and_by_verify(
+    local_workspace: Workspace, keystore_path: Path
+) -> None:
+    local_workspace.enable("users.phone", "last4", acknowledge_irreversible=True, pad_to=16)
+    backdate_policy(local_workspace)
+    local_workspace.protect("users", SAMPLE_DAY.isoformat())
+    path = local_workspace.store.full_path(snapshot_path("users", SAMPLE_DAY.isoformat()))
+    keystore = Keystore.load(keystore_path)
+    keys = {v: keystore.key_for(v) for v in keystore.versions}
+    row = _with_nonzero_padding(path, keys)
+    decrypt = standalone_decryptor()["decrypt_column"]
+    with pytest.raises(ValueError, match=f"row {row}: padded cell with a length or padding"):
+        decrypt(path, WORKSPACE, "users", "phone", primary_key="user_id", local_master_keys=keys, pad_to=16)
+    with pytest.raises(IntegrityError, match="padding is not all zero bytes"):
+        local_workspace.verify("users", SAMPLE_DAY.isoformat())

@@ -29,6 +29,13 @@ def test_email_mask_keeps_only_the_lowercased_domain() -> None:
     assert masked(["Alice.Smith@Example.COM", "b@mail.test"], "email") == ["****@example.com", "****@mail.test"]
 
 
+def test_email_mask_lowercases_with_unicode_simple_case_mapping_not_python_lower() -> None:
+    """docs/FORMAT.md section 7: U+0130 (İ) maps to a plain i, as Arrow's utf8_lower does; Python's
+    str.lower() would give i + U+0307 (full case mapping)."""
+    assert masked(["a@İSTANBUL.EXAMPLE"], "email") == ["****@istanbul.example"]
+    assert "İSTANBUL".lower() != "istanbul"  # the mapping the format does not use
+
+
 @pytest.mark.parametrize(
     "value",
     ["not an email", "", "alice@localhost", "@example.com", "alice@", "a@b@example.com", "a b@example.com", "alice"],

@@ -8,16 +8,19 @@ bounds checks, kernel selection and the fallback when the extension is missing.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import pickle
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -28,10 +31,10 @@ from hypothesis import strategies as st
 from demo.sample_data import land_sample_lake, snapshot_path
 from fieldcrypt import InputError, IntegrityError, Workspace
 from fieldcrypt import kernel as kernels
-from fieldcrypt.cell import CELL_OVERHEAD, DataKey, ad_prefix
+from fieldcrypt.cell import AUTHENTICATION_FAILED, CELL_OVERHEAD, DataKey, ad_prefix
 from fieldcrypt.cli import run
 from fieldcrypt.errors import KernelError
-from fieldcrypt.kernel import CellFailure, Kernel, decrypt_column, encrypt_column
+from fieldcrypt.kernel import CellFailure, FirstFailure, Kernel, SliceStopped, decrypt_column, encrypt_column
 from fieldcrypt.reveal import decrypt_rows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -209,6 +212,85 @@ def test_a_failure_in_a_later_slice_names_its_row(monkeypatch: pytest.MonkeyPatc
         decrypt_column(KEY, PREFIX_UNKEYED, broken, None, lambda i: f"part-0.parquet row {10_000 + i}")
 
 
+def recorded_calls(monkeypatch: pytest.MonkeyPatch, kernel: Kernel) -> tuple[list[int], list[pa.Array]]:
+    """(column row of every decrypt call, the plaintexts each successful call returned): a recorder
+    around the real kernel (it keeps references, changes nothing) so a test can see those arrays."""
+    positions: list[int] = []
+    returned: list[pa.Array] = []
+    real = kernel.decrypt
+
+    def decrypt(
+        key: DataKey,
+        prefix: bytes,
+        cells: pa.Array,
+        row_keys: pa.Array | None,
+        first_failure: FirstFailure | None = None,
+        position: int = 0,
+    ) -> pa.Array:
+        positions.append(position)
+        plaintexts = real(key, prefix, cells, row_keys, first_failure, position)
+        returned.append(plaintexts)
+        return plaintexts
+
+    monkeypatch.setattr(kernel, "decrypt", decrypt)
+    return positions, returned
+
+
+def failing_column(monkeypatch: pytest.MonkeyPatch, kernel_name: str) -> pa.Array:
+    """1,000 cells in ten slices of 100 run one at a time, row 350 tampered."""
+    monkeypatch.setenv("FIELDCRYPT_KERNEL", kernel_name)
+    monkeypatch.setenv("FIELDCRYPT_THREADS", "1")  # one worker: slices run in order, the queue is known
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_CELLS", 10)
+    monkeypatch.setattr(kernels, "SLICE_CELLS", 100)
+    cells = encrypt_column(KEY, PREFIX_UNKEYED, pa.array([f"user{i}@example.com" for i in range(1000)]), None)
+    return tampered(cells, 350, lambda c: c[:-1] + bytes([c[-1] ^ 1]))
+
+
+@pytest.mark.parametrize("kernel_name", ["native", "python"])
+def test_a_failed_column_wipes_the_plaintext_of_the_slices_that_decrypted(
+    monkeypatch: pytest.MonkeyPatch, kernel_name: str
+) -> None:
+    broken = failing_column(monkeypatch, kernel_name)
+    _, returned = recorded_calls(monkeypatch, NATIVE if kernel_name == "native" else PYTHON)
+    with pytest.raises(IntegrityError, match=r"^row 350: ciphertext failed authentication"):
+        decrypt_column(KEY, PREFIX_UNKEYED, broken, None, lambda i: f"row {i}")
+    assert len(returned) == 3  # the slices of rows 0-299
+    for plaintexts in returned:
+        data = plaintexts.buffers()[2]
+        assert data.size > 0
+        assert data.to_pybytes() == bytes(data.size)
+
+
+@pytest.mark.parametrize("kernel_name", ["native", "python"])
+def test_a_failed_column_does_not_decrypt_the_slices_queued_after_the_failure(
+    monkeypatch: pytest.MonkeyPatch, kernel_name: str
+) -> None:
+    broken = failing_column(monkeypatch, kernel_name)
+    positions, _ = recorded_calls(monkeypatch, NATIVE if kernel_name == "native" else PYTHON)
+    with pytest.raises(IntegrityError, match=r"^row 350: "):
+        decrypt_column(KEY, PREFIX_UNKEYED, broken, None, lambda i: f"row {i}")
+    assert positions == [0, 100, 200, 300]
+
+
+def test_a_native_call_stops_at_the_rows_after_a_failure_another_slice_found() -> None:
+    cells = NATIVE.encrypt(KEY, PREFIX_UNKEYED, pa.array([f"v{i}" for i in range(10)]), None)
+    first_failure = FirstFailure()
+    first_failure.row[0] = 103  # another slice of the column failed at row 103
+    with pytest.raises(SliceStopped) as stopped:
+        NATIVE.decrypt(KEY, PREFIX_UNKEYED, cells, None, first_failure, 100)
+    assert stopped.value.index == 4  # rows 100-103 were read, row 104 was not
+
+
+def test_a_failing_native_call_lowers_the_columns_first_failure_to_its_row() -> None:
+    cells = NATIVE.encrypt(KEY, PREFIX_UNKEYED, pa.array([f"v{i}" for i in range(10)]), None)
+    broken = tampered(cells, 7, lambda c: c[:-1] + bytes([c[-1] ^ 1]))
+    first_failure = FirstFailure()
+    for position, expected in [(1000, 1007), (500, 507)]:  # a call at a later row would stop (test above)
+        with pytest.raises(CellFailure):
+            NATIVE.decrypt(KEY, PREFIX_UNKEYED, broken, None, first_failure, position)
+        assert int(first_failure.row[0]) == expected
+
+
 def test_threads_setting_must_be_a_positive_number(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("0", "-1", "two", "1.5", "²", "257"):
         monkeypatch.setenv("FIELDCRYPT_THREADS", bad)
@@ -247,6 +329,118 @@ def test_the_extension_checks_every_offset_before_reading(function: str) -> None
         native_call(function, *good, offsets, b"x" * 8, 0, 2, 4, pa.array([0, 1], pa.int32()).buffers()[1], b"k", 0, 4)
     with pytest.raises(ValueError, match="32 bytes"):
         native_call(function, bytes(16), b"prefix", offsets, b"x" * 8, 0, 2, 4, None, None, 0, 4)
+
+
+class OffsetFlipper:
+    """Another thread writing one offset of a writable buffer back and forth while the kernel runs
+    (it gets the GIL whenever the kernel releases it): value `a`, then `b`, then `a`..."""
+
+    def __init__(self, offsets: bytearray, index: int, a: int, b: int) -> None:
+        self.view = memoryview(offsets).cast("i")
+        self.index, self.values = index, (b, a)
+        self.running = True
+        self.thread = threading.Thread(target=self.flip, daemon=True)
+
+    def flip(self) -> None:
+        for value in itertools.cycle(self.values):  # one write per loop turn: the GIL may pass with either value
+            self.view[self.index] = value
+            if not self.running:
+                break
+
+    def __enter__(self) -> OffsetFlipper:
+        # The kernel waits for the GIL back from the flipping thread: let that take 0.1 ms, not 5.
+        self.switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-4)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.running = False
+        self.thread.join()
+        sys.setswitchinterval(self.switch_interval)
+        self.view.release()
+
+
+RACE_CELLS = 20_000
+RACE_CALLS = 100
+
+
+def test_offsets_changed_during_a_decrypt_give_the_right_plaintexts_or_a_named_failure() -> None:
+    values = [f"user{i}@example.com".encode() for i in range(RACE_CELLS)]
+    cells = PYTHON.encrypt(KEY, PREFIX_UNKEYED, pa.array(values, pa.binary()), None)
+    offsets = bytearray(cells.buffers()[1].to_pybytes())
+    data = cells.buffers()[2].to_pybytes()
+    k = RACE_CELLS // 2
+    right = pa.array(values, pa.binary())
+    expected_offsets, expected_data = right.buffers()[1].to_pybytes(), right.buffers()[2].to_pybytes()
+    a = memoryview(offsets).cast("i")[k]
+    b = memoryview(offsets).cast("i")[k - 1] + 1  # cell k-1 becomes 1 byte long: too short to be a cell
+    with OffsetFlipper(offsets, k, a, b):
+        for _ in range(RACE_CALLS):
+            out_offsets, out_data, failed = native_call(
+                "decrypt", KEY.key_bytes, PREFIX_UNKEYED, offsets, data, 0, RACE_CELLS, 4, None, None, 0, 4
+            )
+            if failed is not None:
+                assert failed == (k - 1, 1, 1)  # short cell of 1 byte
+            else:
+                assert out_offsets == expected_offsets
+                assert bytes(out_data) == expected_data  # every byte, and no byte past the last value
+
+
+def test_offsets_changed_during_an_encrypt_give_the_cells_of_one_of_the_two_columns() -> None:
+    values = [f"user{i}@example.com".encode() for i in range(RACE_CELLS)]
+    column = pa.array(values, pa.binary())
+    offsets = bytearray(column.buffers()[1].to_pybytes())
+    data = column.buffers()[2].to_pybytes()
+    k = RACE_CELLS // 2
+    a = memoryview(offsets).cast("i")[k]
+    shifted = [*values[: k - 1], values[k - 1][:-1], values[k - 1][-1:] + values[k], *values[k + 1 :]]
+    value_lengths, shifted_lengths = [len(v) for v in values], [len(v) for v in shifted]
+    with OffsetFlipper(offsets, k, a, a - 1):  # the last byte of value k-1 moves to value k
+        for _ in range(RACE_CALLS):
+            out_offsets, out_data = native_call(
+                "encrypt", KEY.key_bytes, PREFIX_UNKEYED, offsets, data, 0, RACE_CELLS, 4, None, None, 0, 4
+            )
+            assert int.from_bytes(out_offsets[-4:], "little") == len(out_data)  # no byte past the last cell
+            _, plain, failed = native_call(
+                "decrypt", KEY.key_bytes, PREFIX_UNKEYED, out_offsets, out_data, 0, RACE_CELLS, 4, None, None, 0, 4
+            )
+            assert failed is None
+            lengths = (np.diff(np.frombuffer(out_offsets, np.int32)) - CELL_OVERHEAD).tolist()
+            assert (lengths, bytes(plain)) in ((value_lengths, b"".join(values)), (shifted_lengths, b"".join(shifted)))
+
+
+# -- OpenSSL failing is not the data failing --------------------------------------------------
+
+
+@pytest.fixture
+def final_step_failing(nonce_path: str) -> Any:
+    """Fault injection (fieldcrypt._native.inject_final_failure): OpenSSL's final step reports failure
+    for every decrypted cell, as a failing OpenSSL would; a real libcrypto does not fail on demand."""
+    module = NATIVE._module  # type: ignore[attr-defined]
+    previous = module.inject_final_failure(True)
+    yield nonce_path
+    module.inject_final_failure(previous)
+
+
+def test_a_failing_final_step_on_a_cell_with_the_right_tag_is_a_kernel_error_not_an_integrity_error(
+    final_step_failing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FIELDCRYPT_KERNEL", "native")
+    keys = pa.array([b"1", b"2", b"3"])
+    cells = PYTHON.encrypt(KEY, PREFIX_KEYED, pa.array(["c" * 5000, "a@example.com", "b@example.com"]), keys)
+    with pytest.raises(KernelError, match="tag is right: an internal OpenSSL failure, not the data") as caught:
+        decrypt_column(KEY, PREFIX_KEYED, cells, keys, lambda i: f"row {i}")
+    assert not isinstance(caught.value, IntegrityError)
+
+
+def test_a_wrong_tag_is_an_authentication_failure_even_when_the_final_step_fails(final_step_failing: str) -> None:
+    keys = pa.array([b"1", b"2"])
+    cells = PYTHON.encrypt(KEY, PREFIX_KEYED, pa.array(["b" * 5000, "a@example.com"]), keys)
+    assert failure(NATIVE, tampered(cells, 0, lambda c: c[:-1] + bytes([c[-1] ^ 1])), keys) == (
+        0,
+        AUTHENTICATION_FAILED,
+    )
 
 
 # -- the key holder --------------------------------------------------------------------------

@@ -103,3 +103,12 @@ def test_policy_keeps_the_normalisation_and_omits_it_when_none(make_local_worksp
     assert Policy.from_json(policy.to_json(), "test").attributes["users.email"].normalize == "email"
     plain = Policy(policy.workspace, policy.datasets).with_enabled("users.email", "email", "t", blind_index=True)
     assert "normalize" not in plain.to_json()
+
+
+def test_email_normalisation_lowercases_with_unicode_simple_case_mapping() -> None:
+    """docs/FORMAT.md section 8: İ (U+0130) becomes i and a final Σ becomes σ (no context), as Arrow's
+    utf8_lower, not Python's str.lower() (i + U+0307, ς)."""
+    assert normalize(pa.array([" İNCİ@EXAMPLE.COM ", "ΟΔΟΣ@EXAMPLE.GR"]), "email").to_pylist() == [
+        "inci@example.com",
+        "οδοσ@example.gr",
+    ]

@@ -6,6 +6,7 @@ Each test edits a protected Parquet file the way an attacker or a buggy job coul
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
@@ -17,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from demo.sample_data import snapshot_path, users_table, write_snapshot
-from fieldcrypt import IntegrityError, KeyProviderError, Workspace
+from fieldcrypt import InputError, IntegrityError, KeyProviderError, VerificationError, Workspace
+from fieldcrypt.select import FILE_METADATA_KEY
 from fieldcrypt.wrapped_key import WrappedKey
 
 DAY = date(2026, 11, 1)
@@ -29,6 +31,7 @@ class Lake:
 
     def __init__(self, workspace: Workspace, plaintext: pa.Table) -> None:
         self.workspace = workspace
+        self.plaintext = plaintext
         self.path = Path(workspace.store.full_path(snapshot_path("users", PARTITION)))
         self.table = pq.read_table(self.path)
         both = pc.and_(self.table.column("email__fc_ct").is_valid(), self.table.column("phone__fc_ct").is_valid())
@@ -42,6 +45,19 @@ class Lake:
             if v
         ]
         assert protected.combine_chunks().true_count > 0 and self.secrets
+
+    def other_file(self, rows: list[int]) -> Path:
+        """A second file of the partition holding copies of some rows of the first (every column), its
+        `ledgered` mark stripped: a plain copy is named by the protection ledger (tests/test_ledger.py),
+        this one gets past it as a file fieldcrypt never wrote, and the read rule must catch it."""
+        copy = self.path.with_name("part-1.parquet")
+        table = self.table.take(rows)
+        metadata = dict(table.schema.metadata or {})
+        described = json.loads(metadata[FILE_METADATA_KEY])
+        described.pop("ledgered", None)
+        metadata[FILE_METADATA_KEY] = json.dumps(described, sort_keys=True).encode()
+        pq.write_table(table.replace_schema_metadata(metadata), copy)
+        return copy
 
     def cell(self, column: str, row: int) -> Any:
         return self.table.column(column)[row].as_py()
@@ -63,11 +79,17 @@ class Lake:
         pq.write_table(self.table, self.path)
 
     def refused(self, error: type[Exception] = IntegrityError, match: str | None = None) -> str:
-        """Both verify and reveal refuse; returns the message after checking it holds no plaintext."""
+        """Verify, reveal and dispatch all refuse (one read rule); returns verify's message after
+        checking that no message holds plaintext."""
         with pytest.raises(error, match=match) as verified:
             self.workspace.verify("users", PARTITION)
-        with pytest.raises(error, match=match):
+        with pytest.raises(error, match=match) as revealed:
             list(self.workspace.reveal("users", PARTITION, ["email", "phone"]))
+        segment = self.table.column("user_id").to_pylist()
+        with pytest.raises(error, match=match) as dispatched:
+            list(self.workspace.dispatch("users", segment, ["email", "phone"], reason="test", partition=PARTITION))
+        for refusal in (revealed, dispatched):
+            assert not [secret for secret in self.secrets if secret in str(refusal.value)]
         message = str(verified.value)
         assert "users/date=2026-11-01/part-0.parquet row " in message  # names the file and row
         for secret in self.secrets:
@@ -208,3 +230,67 @@ def test_ciphertext_of_another_file_for_the_same_row_key_decrypts_only_with_its_
     assert foreign_cell is not None
     lake.set_cells("email__fc_ct", {row: foreign_cell})
     lake.refused(match="failed authentication")
+
+
+def test_ciphertext_removed_with_its_mask_kept_is_refused(lake: Lake) -> None:
+    row = lake.rows[0]
+    lake.set_cells("email__fc_ct", {row: None})
+    lake.set_cells("email__fc_dek", {row: None})
+    message = lake.refused(match="its ciphertext was removed")
+    assert f"part-0.parquet row group 0 row {row}: users.email holds a value but no ciphertext" in message
+
+
+def test_ciphertext_removed_and_mask_replaced_by_another_value_is_refused(lake: Lake) -> None:
+    row = lake.rows[0]
+    lake.set_cells("email__fc_ct", {row: None})
+    lake.set_cells("email__fc_dek", {row: None})
+    lake.set_cells("email", {row: "attacker@evil.example"})
+    assert f"row {row}" in lake.refused(match="its ciphertext was removed")
+
+
+def test_mask_replaced_on_a_protected_row_is_refused_by_every_read(lake: Lake) -> None:
+    row = lake.rows[0]
+    lake.set_cells("phone", {row: "****0000" if lake.cell("phone", row) != "****0000" else "****1111"})
+    message = lake.refused(VerificationError, match="users.phone value does not hold the mask of its decrypted value")
+    assert f"row group 0 row {row}" in message
+
+
+def test_row_copied_into_another_file_of_the_partition_is_refused(lake: Lake) -> None:
+    lake.other_file([lake.rows[1]])
+    message = lake.refused(match="primary key \\(user_id\\) of users repeats")
+    assert f"part-0.parquet row group 0 row {lake.rows[1]} and " in message
+    assert "part-1.parquet row group 0 row 0" in message
+
+
+def test_primary_key_landed_in_two_files_of_the_partition_is_refused_by_protect(lake: Lake) -> None:
+    # A second file landed with a user of the first: each file is consistent, the partition is
+    # not (a row's cells bind its key, not its file), so protection refuses before writing.
+    second = lake.path.with_name("part-1.parquet")
+    pq.write_table(lake.plaintext.take([lake.rows[1]]), second)
+    before = second.read_bytes()
+    with pytest.raises(InputError, match="repeats across files"):
+        lake.workspace.protect("users", PARTITION)
+    assert second.read_bytes() == before
+
+
+def test_dispatch_of_a_segment_without_the_repeated_key_is_served(lake: Lake) -> None:
+    lake.other_file([lake.rows[1]])
+    repeated = lake.cell("user_id", lake.rows[1])
+    segment = [key for key in lake.table.column("user_id").to_pylist() if key != repeated]
+    batches = list(lake.workspace.dispatch("users", segment, ["email"], reason="test", partition=PARTITION))
+    assert sum(batch.num_rows for batch in batches) == len(segment)
+
+
+def test_reveal_of_a_repeated_row_key_is_refused(lake: Lake) -> None:
+    lake.other_file([lake.rows[1]])
+    key = str(lake.cell("user_id", lake.rows[1]))
+    with pytest.raises(IntegrityError, match="repeats on"):
+        list(lake.workspace.reveal("users", PARTITION, ["email"], row_keys=[key], reason="test"))
+
+
+def test_row_copied_within_its_own_file_is_refused(lake: Lake) -> None:
+    # Its cells authenticate (same key, same data key); protection refuses such a file, reads do too.
+    lake.table = pa.concat_tables([lake.table, lake.table.take([lake.rows[1]])])
+    pq.write_table(lake.table, lake.path)
+    copy = lake.table.num_rows - 1
+    assert f"part-0.parquet row group 0 row {copy}" in lake.refused(match="repeats on")

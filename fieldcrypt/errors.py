@@ -65,3 +65,8 @@ class KeyVersionError(KeyMaterialError, IntegrityError):
 
 class KernelError(FieldcryptError):
     """The requested cell kernel cannot be used (FIELDCRYPT_KERNEL=native without the extension) or failed."""
+
+
+class SpliceUnsupported(InputError):
+    """A Parquet file the column-chunk splice cannot rewrite (Parquet Modular Encryption, a footer field the
+    IDL does not know, row groups that do not line up, ...); the caller takes the full rewrite instead."""

@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 
 from assets.checks import attribute_path, evaluate_protection_checks, protection_check_specs
+from assets.discovery import discovery_check_spec, evaluate_discovery_check
 from assets.ranged import OncePerRun, PartitionDone, ranged_asset, report_partitions, run_keys, run_partitions
 from assets.scope import WorkspaceScope
 from fieldcrypt import FieldcryptError, ThrottledError
@@ -64,7 +65,7 @@ def protected_snapshot(
             "naming it."
         ),
         deps=[scope.asset_key(dataset)],
-        check_specs=protection_check_specs(asset_key),
+        check_specs=[*protection_check_specs(asset_key), discovery_check_spec(asset_key)],
         group_name="protected",
         metadata={"layout": layout_description(layout)},
     )
@@ -84,6 +85,7 @@ def protected_snapshot(
                 f"{report.files_rewritten} files rewritten"
             )
             checks = list(evaluate_protection_checks(checker.get(), dataset, partition, report))
+            checks.append(evaluate_discovery_check(checker.get(), dataset, partition))
             return PartitionDone(protection_metadata(report, partition), checks)
 
         outcomes = run_partitions(run_keys(context), partition_label, work)

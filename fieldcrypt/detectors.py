@@ -9,7 +9,8 @@ answers yes or no; it never returns what it found, so nothing downstream can pri
   VALID leniency: E.164 (`+33 6 12 34 56 78`) in any country, national forms
   (`06 12 34 56 78`, `(415) 555-2671`) in the chosen regions. A regex cannot tell a phone
   number from an order id or a date; the library knows each country's numbering plan. Digits
-  that belong to an IBAN, an email, a UUID, a dotted quad or a card-shaped run are not searched, and a
+  that belong to an IBAN, an email, a UUID, a date or time, a dotted quad or a card-shaped run are not
+  searched, and a
   number needs at least MIN_PHONE_DIGITS digits.
 - `card_number`: 13-19 digits (spaces or dashes between groups) with a known card-network
   prefix and length (Visa, Mastercard, Amex, Discover, JCB, Diners) and a valid Luhn check digit.
@@ -192,6 +193,11 @@ def _blanked(text: str, spans: list[tuple[int, int]]) -> str:
     return text
 
 
+# ISO dates and times of day, with fractions and offsets: "07.513680" in "…:07.513680+00:00" is a "valid" German number
+_DATE_TIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
+    r"|\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"
+)
 _UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 
 
@@ -205,6 +211,7 @@ def _not_phone_spans(text: str) -> list[tuple[int, int]]:
         *(m.span() for m in _EMAIL.finditer(text)),
         *(m.span() for m in _CARD.finditer(text)),
         *(m.span() for m in _UUID.finditer(text)),
+        *(m.span() for m in _DATE_TIME.finditer(text)),
     ]
 
 

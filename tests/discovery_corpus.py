@@ -125,11 +125,12 @@ POSITIVES = {"email": email, "phone": phone, "card_number": card_number, "iban":
 def negative(rng: random.Random) -> str:
     """Text that looks close to PII and is not."""
     digits = lambda n: "".join(rng.choice(string.digits) for _ in range(n))  # noqa: E731
-    moment = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randrange(10**8), microseconds=rng.choice((0, rng.randrange(10**6))))
+    fraction = rng.choice((0, rng.randrange(10**6)))  # isoformat() then shows microseconds
+    moment = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randrange(10**8), microseconds=fraction)
     kind = rng.randrange(16)
     choices = {
         0: lambda: str(uuid.UUID(int=rng.getrandbits(128))),
-        1: moment.isoformat,  # with microseconds one time in two
+        1: moment.isoformat,
         2: lambda: moment.strftime("%Y-%m-%d %H:%M:%S"),
         3: lambda: moment.strftime("%Y-%m-%d"),
         4: lambda: card_number(rng, valid=False),  # fails Luhn

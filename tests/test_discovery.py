@@ -315,8 +315,9 @@ def test_cli_named_partition_without_data_fails(
 ) -> None:
     from fieldcrypt.cli import main
 
+    empty = past_day(4).isoformat()
     with pytest.raises(SystemExit) as exit_info:
-        main(["--catalog", fieldcrypt.catalog_path or "", "discover", "customers", "--partition", past_day(4).isoformat()])
+        main(["--catalog", fieldcrypt.catalog_path or "", "discover", "customers", "--partition", empty])
 
     assert exit_info.value.code == 2
     assert "has no data files" in capsys.readouterr().err

@@ -27,6 +27,9 @@ from fieldcrypt.discovery import DiscoveryReport
 from fieldcrypt.layout import partition_label
 
 NO_UNDECLARED_PII = "no_undeclared_pii"
+# Values sampled per column by the check: it runs in every protection run of every partition, and phone
+# detection costs up to ~0.5 ms a value; 2,000 values still see a 0.5% share (`fieldcrypt discover` samples more).
+CHECK_SAMPLE = 2_000
 
 
 def discovery_check_spec(asset: dg.AssetKey) -> dg.AssetCheckSpec:
@@ -50,7 +53,7 @@ def evaluate_discovery_check(workspace: Workspace, dataset: str, partition: str 
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={"partition": partition_label(partition), "files": 0},
             )
-        report = workspace.discover(dataset, partition)
+        report = workspace.discover(dataset, partition, sample_rows=CHECK_SAMPLE)
     except FieldcryptError as exc:  # its messages name files and columns, never a value
         return dg.AssetCheckResult(
             check_name=NO_UNDECLARED_PII,

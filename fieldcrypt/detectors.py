@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import phonenumbers
 
+from fieldcrypt.errors import InputError
+
 DEFAULT_PHONE_REGIONS = ("US", "GB", "FR", "DE")
 # Short numbers (German subscriber numbers without area code, service numbers) are "valid" to the library
 # and look like any order id: a number with fewer digits is not reported.
@@ -65,9 +67,6 @@ def phone_matcher(regions: Sequence[str] = DEFAULT_PHONE_REGIONS) -> Callable[[s
     """Whether a text holds a valid phone number: international (with +) anywhere, national in `regions`."""
     unknown = [region for region in regions if region not in phonenumbers.SUPPORTED_REGIONS]
     if unknown:
-        # Imported here so the detectors stay free of the library's error family when used alone.
-        from fieldcrypt.errors import InputError
-
         raise InputError(f"phone region {', '.join(unknown)} is not a region code libphonenumber knows (e.g. US, FR)")
     chosen = tuple(regions) or ("ZZ",)  # ZZ: unknown region, international forms only
 

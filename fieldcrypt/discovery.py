@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fieldcrypt.attribute_path import AttributePath
-from fieldcrypt.columns import as_text, is_text_type, read_path
+from fieldcrypt.columns import as_text, check_attribute_type, is_text_type, read_path
 from fieldcrypt.detectors import DEFAULT_PHONE_REGIONS, Detector, detectors
 from fieldcrypt.errors import InputError, PolicyError
 from fieldcrypt.parquet_io import open_parquet, row_groups
@@ -145,6 +145,8 @@ def _sample_file(store: LakeStore, rel: str, dataset: DatasetSpec, sampler: _Sam
         for path in declared:  # a file that says an attribute is protected: its column holds masks
             sampler.mark_protected(path)
         enabled = [a for a in sampler.enabled.values() if a.column in schema.names]
+        for attribute in enabled:  # a named error for a missing field or a wrong type, before any row is read
+            check_attribute_type(schema, attribute.path, attribute.name, at)
         scanned = [
             name for name in schema.names if PROTECTION_MARK not in name and _holds_text(schema.field(name).type)
         ]
@@ -160,7 +162,7 @@ def _sample_file(store: LakeStore, rel: str, dataset: DatasetSpec, sampler: _Sam
                 protected = pc.is_valid(existing_ciphertext(batch, attribute))
                 sampler.add_enabled(attribute.path, values, protected)
             for name in scanned:
-                for path, values in _text_leaves(batch.column(name), name):
+                for path, values in _text_leaves(batch.column(name), name, sampler.named_keys):
                     if path in sampler.enabled:
                         continue  # read above, row by row with its protection state
                     if path in declared:
@@ -179,6 +181,7 @@ class _Sampler:
         self.detectors = chosen
         self.enabled = enabled
         self.findings: dict[str, ColumnFinding] = {}
+        self.named_keys: dict[str, set[str]] = {}  # per map column, the keys given a column of their own
 
     def finding(self, column: str, value_type: str) -> ColumnFinding:
         if column not in self.findings:
@@ -253,8 +256,9 @@ def _is_list(value_type: pa.DataType) -> bool:
     )
 
 
-def _text_leaves(array: pa.Array, path: str) -> Iterator[tuple[str, pa.Array]]:
-    """(column, text values) of every text leaf under `array`; a null parent gives no value."""
+def _text_leaves(array: pa.Array, path: str, named_keys: dict[str, set[str]]) -> Iterator[tuple[str, pa.Array]]:
+    """(column, text values) of every text leaf under `array`; a null parent gives no value.
+    `named_keys` holds, per map column, the keys named so far (updated here)."""
     value_type = array.type
     if is_text_type(value_type):
         yield path, as_text(array)
@@ -262,31 +266,35 @@ def _text_leaves(array: pa.Array, path: str) -> Iterator[tuple[str, pa.Array]]:
         for i in range(value_type.num_fields):
             child = value_type.field(i)
             if _holds_text(child.type):
-                yield from _text_leaves(pc.struct_field(array, [i]), f"{path}.{child.name}")
+                yield from _text_leaves(pc.struct_field(array, [i]), f"{path}.{child.name}", named_keys)
     elif _is_list(value_type):
         if _holds_text(value_type.value_type):
-            yield from _text_leaves(array.flatten(), f"{path}[]")
+            yield from _text_leaves(array.flatten(), f"{path}[]", named_keys)
     elif pa.types.is_map(value_type):
-        yield from _map_leaves(array, path)
+        yield from _map_leaves(array, path, named_keys)
 
 
-def _map_leaves(array: pa.MapArray, path: str) -> Iterator[tuple[str, pa.Array]]:
+def _map_leaves(array: pa.MapArray, path: str, named_keys: dict[str, set[str]]) -> Iterator[tuple[str, pa.Array]]:
     """A map's keys (`path{keys}`), and its values: per named key (`path['key']`) when they are text, else `path[*]`."""
     offsets = array.offsets
     start, end = offsets[0].as_py(), offsets[-1].as_py()
     keys = array.keys.slice(start, end - start)  # the child arrays are not sliced with the map
     items = array.items.slice(start, end - start)
     if _holds_text(keys.type):
-        yield from _text_leaves(keys, f"{path}{{keys}}")
+        yield from _text_leaves(keys, f"{path}{{keys}}", named_keys)
     if not _holds_text(items.type):
         return
     if not is_text_type(items.type) or not is_text_type(keys.type):
-        yield from _text_leaves(items, f"{path}[*]")
+        yield from _text_leaves(items, f"{path}[*]", named_keys)
         return
     keys, items = as_text(keys), as_text(items)
+    known = named_keys.setdefault(path, set())
     named: list[str] = []
     for key in pc.unique(keys).drop_null().to_pylist():
-        if len(named) < MAX_NAMED_MAP_KEYS and _nameable(key):
+        if key in known:
+            named.append(key)
+        elif len(known) < MAX_NAMED_MAP_KEYS and _nameable(key):
+            known.add(key)
             named.append(key)
     is_named = pc.is_in(keys, value_set=pa.array(named, keys.type)) if named else None
     for key in named:
@@ -300,8 +308,9 @@ _KEY_DETECTORS = detectors(())  # international phone forms only: a key name is 
 
 
 def _nameable(key: str) -> bool:
-    """A key printed as a column name: a valid attribute-path key that no detector matches (not a value)."""
-    if len(key) > 64:
+    """A key printed as a column name: a valid attribute-path key with few digits that no detector matches
+    (a key with six digits or more is more likely an id or a phone number than a property name)."""
+    if len(key) > 64 or sum(char.isdigit() for char in key) >= 6:
         return False
     try:
         AttributePath.parse(f"m['{key}']")

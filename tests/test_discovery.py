@@ -120,13 +120,17 @@ def fieldcrypt(tmp_path: Path) -> FieldcryptResource:
     )
 
 
+def land(fieldcrypt: FieldcryptResource, partition: str, table: pa.Table, row_group_size: int) -> None:
+    target = Path(fieldcrypt.config().lake_uri) / "customers" / f"date={partition}" / "part-0.parquet"
+    target.parent.mkdir(parents=True)
+    pq.write_table(table, target, row_group_size=row_group_size)
+
+
 @pytest.fixture
 def planted(fieldcrypt: FieldcryptResource) -> pa.Table:
     """The customers partition, landed in row groups of 100 rows; returns what it holds."""
     table = customers_table(datetime.now(UTC))
-    target = Path(fieldcrypt.config().lake_uri) / "customers" / f"date={PARTITION}" / "part-0.parquet"
-    target.parent.mkdir(parents=True)
-    pq.write_table(table, target, row_group_size=100)
+    land(fieldcrypt, PARTITION, table, row_group_size=100)
     return table
 
 
@@ -268,6 +272,37 @@ def test_sample_bounds_the_values_per_column_and_the_rows_read(
 
     assert report.rows_read == 100  # one row group of 100 rows filled every column's sample
     assert max(c.sampled for c in report.columns) == 50
+
+
+def test_a_mostly_null_column_stops_the_read_at_twenty_times_the_sample(fieldcrypt: FieldcryptResource) -> None:
+    table = pa.table({"customer_id": range(1_000), "remark": pa.nulls(1_000, pa.string())})
+    land(fieldcrypt, PARTITION, table, row_group_size=10)
+
+    report = discover(fieldcrypt, sample_rows=2)
+
+    assert (report.rows_read, by_column(report)["remark"].sampled) == (40, 0)
+
+
+def test_map_keys_beyond_fifty_are_counted_under_star(fieldcrypt: FieldcryptResource) -> None:
+    keys = [f"key_{letter}{other}" for letter in "abc" for other in string.ascii_lowercase[:20]]  # 60 keys
+    table = pa.table({"props": pa.array([[(key, "x")] for key in keys], pa.map_(pa.string(), pa.string()))})
+    land(fieldcrypt, PARTITION, table, row_group_size=7)
+
+    columns = by_column(discover(fieldcrypt))
+
+    assert len([name for name in columns if name.startswith("props['")]) == 50
+    assert columns["props[*]"].sampled == 10
+
+
+def test_an_enabled_attribute_missing_from_a_file_is_refused_by_name(
+    fieldcrypt: FieldcryptResource, planted: pa.Table
+) -> None:
+    fieldcrypt.workspace("test").enable("customers.profile.nickname", "full", acknowledge_irreversible=True)
+    later = past_day(2).isoformat()
+    land(fieldcrypt, later, planted.drop_columns(["profile"]), row_group_size=100)
+
+    with pytest.raises(InputError, match="column 'profile' not found"):
+        fieldcrypt.workspace("test").discover("customers", later)
 
 
 def test_named_partition_without_data_is_an_error(fieldcrypt: FieldcryptResource, planted: pa.Table) -> None:

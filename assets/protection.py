@@ -85,8 +85,12 @@ def protected_snapshot(
                 f"{report.files_rewritten} files rewritten"
             )
             checks = list(evaluate_protection_checks(checker.get(), dataset, partition, report))
-            checks.append(evaluate_discovery_check(checker.get(), dataset, partition))
-            return PartitionDone(protection_metadata(report, partition), checks)
+            discovered = evaluate_discovery_check(checker.get(), dataset, partition)
+            metadata = protection_metadata(report, partition)
+            if not discovered.passed:  # a warning: the partition's own findings, kept on its materialization
+                findings = {k: v for k, v in discovered.metadata.items() if k != "partition"}
+                metadata |= {f"{discovered.check_name}.{k}": v for k, v in findings.items()}
+            return PartitionDone(metadata, [*checks, discovered])
 
         outcomes = run_partitions(run_keys(context), partition_label, work)
         yield from report_partitions(context, "protecting", dataset, outcomes, protection_retryable)

@@ -46,6 +46,7 @@ from fieldcrypt.store import LakeStore
 DEFAULT_SAMPLE = 10_000  # non-null values per column
 ROWS_PER_SAMPLE = 20  # at most sample * this many rows are read (a mostly-null column stops the read here)
 DEFAULT_MIN_SHARE = 0.005  # an undeclared column is PII when at least this share of its sample matches
+MAX_TEXT_CHARS = 4_096  # of each value, searched (a JSON blob's first 4 KiB)
 MAX_NAMED_MAP_KEYS = 50  # per map column; the values of further keys are counted under `[*]`
 PROTECTION_MARK = "__fc_"  # in the names of the columns fieldcrypt writes
 
@@ -228,6 +229,7 @@ class _Sampler:
     def _match(self, finding: ColumnFinding, values: pa.Array) -> None:
         if not len(values):
             return
+        values = pc.utf8_slice_codeunits(values, 0, MAX_TEXT_CHARS)  # time per value stays bounded too
         for detector in self.detectors:
             candidates = values.filter(pc.match_substring_regex(values, detector.prefilter))
             finding.matches[detector.name] += sum(1 for text in candidates.to_pylist() if detector.matches(text))

@@ -12,6 +12,10 @@ and a failing partition is made impossible to miss another way:
   in the asset's partitions and "missing and failed" in the launch dialog selects it;
 - the run fails with a `dg.Failure` naming each failing check and partition.
 
+The exception is `no_undeclared_pii` (WARN severity, assets.discovery): PII found in a column
+that is not enabled is for a person to decide about, so it warns and blocks nothing (the
+partition is materialized, the run succeeds).
+
 The data was already written safely when a check fails: these checks observe, they do
 not guard. What guards the data (read back, decrypt a sample, compare untouched columns)
 runs inside the core before the atomic replace, so a failed check never has a
@@ -129,7 +133,12 @@ def _failed(check_name: str, partition: str | None, exc: FieldcryptError) -> dg.
 
 
 def failed_check_names(results: list[dg.AssetCheckResult]) -> list[str]:
-    return [result.check_name or "" for result in results if not result.passed]
+    """The failed checks that fail their partition: a failed WARN check (a finding for a person) does not."""
+    return [
+        result.check_name or ""
+        for result in results
+        if not result.passed and result.severity != dg.AssetCheckSeverity.WARN
+    ]
 
 
 def aggregate_check_results(
@@ -154,7 +163,10 @@ def aggregate_check_results(
             labels = sorted(partition_label(p) for p in results)
             metadata = {"partition": f"{labels[0]} .. {labels[-1]}", "partitions_checked": len(results)}
         metadata["failing_partitions"] = dg.MetadataValue.json(failing)
-        aggregated.append(dg.AssetCheckResult(check_name=name, passed=not failing, metadata=metadata))
+        severity = next(iter(results.values())).severity  # a check's severity is the same in every partition
+        aggregated.append(
+            dg.AssetCheckResult(check_name=name, passed=not failing, metadata=metadata, severity=severity)
+        )
     return aggregated
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 
 from assets.checks import attribute_path, evaluate_protection_checks, protection_check_specs
+from assets.discovery import discovery_check_spec, evaluate_discovery_check
 from assets.ranged import OncePerRun, PartitionDone, ranged_asset, report_partitions, run_keys, run_partitions
 from assets.scope import WorkspaceScope
 from fieldcrypt import FieldcryptError, ThrottledError
@@ -64,7 +65,7 @@ def protected_snapshot(
             "naming it."
         ),
         deps=[scope.asset_key(dataset)],
-        check_specs=protection_check_specs(asset_key),
+        check_specs=[*protection_check_specs(asset_key), discovery_check_spec(asset_key)],
         group_name="protected",
         metadata={"layout": layout_description(layout)},
     )
@@ -84,7 +85,12 @@ def protected_snapshot(
                 f"{report.files_rewritten} files rewritten"
             )
             checks = list(evaluate_protection_checks(checker.get(), dataset, partition, report))
-            return PartitionDone(protection_metadata(report, partition), checks)
+            discovered = evaluate_discovery_check(checker.get(), dataset, partition)
+            metadata = protection_metadata(report, partition)
+            if not discovered.passed:  # a warning: the partition's own findings, kept on its materialization
+                findings = {k: v for k, v in discovered.metadata.items() if k != "partition"}
+                metadata |= {f"{discovered.check_name}.{k}": v for k, v in findings.items()}
+            return PartitionDone(metadata, [*checks, discovered])
 
         outcomes = run_partitions(run_keys(context), partition_label, work)
         yield from report_partitions(context, "protecting", dataset, outcomes, protection_retryable)

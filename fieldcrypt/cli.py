@@ -24,6 +24,8 @@ from typing import Any
 from fieldcrypt.blind_index import NORMALIZATIONS
 from fieldcrypt.catalog import CATALOG_ENV, WORKSPACE_ENV, Catalog
 from fieldcrypt.cli_output import Output
+from fieldcrypt.detectors import DEFAULT_PHONE_REGIONS
+from fieldcrypt.discovery import DEFAULT_SAMPLE, ColumnFinding, DiscoveryReport
 from fieldcrypt.enable_checks import ALLOW_ABSENT_KEY
 from fieldcrypt.errors import ConfigError, FieldcryptError, InputError, KeyProviderError, PolicyError
 from fieldcrypt.kernel import describe as describe_kernel
@@ -163,6 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
         ("complete", "prove every index is under the new key, then forget the old one"),
     ):
         reindex.add_parser(name, help=text).add_argument("attribute", help="dataset.path of a blind-indexed attribute")
+
+    discover = commands.add_parser(
+        "discover", help="find emails, phones, card numbers, IBANs and IPs in a partition's text columns (counts only)"
+    )
+    discover.add_argument("dataset")
+    discover.add_argument(
+        "--partition", action="append", help="partition key (repeatable); default: the latest partition with data"
+    )
+    discover.add_argument(
+        "--sample", type=int, default=DEFAULT_SAMPLE, metavar="N", help="non-null values sampled per column"
+    )
+    discover.add_argument(
+        "--phone-region",
+        action="append",
+        metavar="CC",
+        help=f"region whose national phone forms are detected (repeatable; default: {' '.join(DEFAULT_PHONE_REGIONS)})",
+    )
+    discover.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON lines")
 
     reveal = commands.add_parser(
         "reveal", help="print the plaintext of chosen rows (support, dispatch); audited with a required reason"
@@ -322,6 +342,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         )
     elif args.command in PARTITION_COMMANDS:
         return _each_partition(workspace, args.command, args.dataset, args.partition, Output(args.json))
+    elif args.command == "discover":
+        _discover(workspace, args)
     elif args.command == "reveal":
         _reveal(workspace, args)
     elif args.command == "rotate":
@@ -671,6 +693,81 @@ def _rotate(workspace: Workspace, args: argparse.Namespace) -> None:
             print(f"  {where}: still under {', '.join(refs)}")
         scanned = f"{status.scanned} partition{'' if status.scanned == 1 else 's'}"
         print(f"{scanned} scanned, {len(status.remaining)} still hold data keys under an old key")
+
+
+DISCOVER_COLUMNS = [
+    "partition",
+    "column",
+    "type",
+    "sampled",
+    "detector",
+    "share",
+    "enabled",
+    "protected",
+    "historical_plaintext",
+    "finding",
+]
+
+
+def _discover(workspace: Workspace, args: argparse.Namespace) -> None:
+    """PII per column of the chosen partitions (default: the latest); names and counts, never a value."""
+    layout = workspace.layout(args.dataset)
+    partitions: list[str | None] = list(args.partition or [])
+    if not partitions:
+        landed = workspace.partitions(args.dataset)
+        if not landed:
+            raise InputError(f"dataset {args.dataset} has no data files under {workspace.store.display(layout.path)}")
+        partitions = [landed[-1]]
+    regions = args.phone_region if args.phone_region is not None else DEFAULT_PHONE_REGIONS
+    out = Output(args.json, DISCOVER_COLUMNS)
+    undeclared: set[str] = set()
+    columns = 0
+    for partition in partitions:
+        report = workspace.discover(args.dataset, partition, sample_rows=args.sample, phone_regions=regions)
+        for finding in report.columns:
+            columns += 1
+            out.row(_discovery_row(report, finding))
+        undeclared |= {f"{c.column} ({c.detector})" for c in report.undeclared_pii}
+    where = ", ".join(partition_label(p) for p in partitions)
+    summary = f"{columns} columns sampled in {args.dataset} {where}: "
+    if undeclared:
+        summary += f"{len(undeclared)} not enabled hold PII: {', '.join(sorted(undeclared))}"
+    else:
+        summary += "no column that is not enabled holds PII"
+    out.finish(summary, {"partitions": len(partitions), "columns": columns, "undeclared_pii": len(undeclared)})
+
+
+def _discovery_row(report: DiscoveryReport, finding: ColumnFinding) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "partition": partition_label(report.partition),
+        "column": finding.column,
+        "type": finding.value_type,
+        "sampled": finding.sampled,
+        "detector": finding.detector,
+        "share": f"{finding.share:.1%}" if finding.detector else None,
+        "enabled": finding.enabled,
+        "protected": finding.protected,
+        "historical_plaintext": finding.historical_plaintext,
+        "finding": _finding(report, finding),
+        # JSON only (the table shows the columns above): every detector's count, and more counts
+        "matches": dict(finding.matches),
+        "protected_sampled": finding.protected_sampled,
+        "pending": finding.pending,
+    }
+    return row
+
+
+def _finding(report: DiscoveryReport, finding: ColumnFinding) -> str:
+    if finding in report.undeclared_pii:
+        return "PII, not enabled"
+    if finding.enabled or finding.protected:
+        state = "protected" if finding.protected else "enabled, nothing protected yet"
+        if finding.historical_plaintext:
+            state += "; historical plaintext"
+        return state
+    if finding.detector:
+        return f"few matches (under {report.min_share:.1%})"
+    return "-"
 
 
 def _reveal(workspace: Workspace, args: argparse.Namespace) -> None:

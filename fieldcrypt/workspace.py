@@ -22,6 +22,8 @@ from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore
 from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
 from fieldcrypt.columns import row_key_bytes
+from fieldcrypt.detectors import DEFAULT_PHONE_REGIONS
+from fieldcrypt.discovery import DEFAULT_MIN_SHARE, DEFAULT_SAMPLE, DiscoveryReport, discover_files
 from fieldcrypt.dispatch import DispatchReport, Segment, segment_row_group_indexes, segment_row_groups
 from fieldcrypt.enable_checks import check_declared, check_map_key_occurs
 from fieldcrypt.errors import (
@@ -481,6 +483,37 @@ class Workspace:
         report.temp_files_left = temps_left
         report.summary_files_present = summary_files.present(self.store, files, self.layout(dataset).path)
         return report
+
+    def discover(
+        self,
+        dataset: str,
+        partition: str | None,
+        *,
+        sample_rows: int = DEFAULT_SAMPLE,
+        phone_regions: Sequence[str] = DEFAULT_PHONE_REGIONS,
+        min_share: float = DEFAULT_MIN_SHARE,
+    ) -> DiscoveryReport:
+        """Where a partition's text columns hold PII, per column: detector, share of the sampled values
+        matching, enabled or not, protected or not, historical plaintext (fieldcrypt.discovery).
+
+        Reads only (no temporary-file sweep; the master key only authenticates the policy, no data key
+        is unwrapped); `sample_rows` non-null values per column.
+        A named partition with no data is an error. The report holds names and counts, never a value.
+        """
+        spec, attributes = self._dataset(dataset)
+        self.layout(dataset).check_partition(partition)
+        files = self.landed_files(dataset, partition)
+        return discover_files(
+            self.store,
+            files,
+            spec,
+            attributes,
+            partition=partition,
+            where=self.partition_display(dataset, partition),
+            sample=sample_rows,
+            phone_regions=phone_regions,
+            min_share=min_share,
+        )
 
     def verify(self, dataset: str, partition: str | None, files: Sequence[str] | None = None) -> dict[str, int]:
         """Decrypt every protected cell of a partition in memory and check it by the read rule; counts per attribute.

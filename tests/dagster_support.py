@@ -109,6 +109,11 @@ def checks(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
     return {e.check_name: e for e in result.get_asset_check_evaluations() if e.asset_key == asset_key(asset)}
 
 
+def blocking_checks_passed(result: dg.ExecuteInProcessResult) -> bool:
+    """Every check of the run passed, but for warnings (no_undeclared_pii: PII in a column not enabled)."""
+    return all(e.passed or e.severity == dg.AssetCheckSeverity.WARN for e in result.get_asset_check_evaluations())
+
+
 @contextlib.contextmanager
 def fresh_code_location_import() -> Iterator[None]:
     """Inside: the code location's modules are imported anew, reading the environment as a new process would.

@@ -17,6 +17,7 @@ import pytest
 from dagster._serdes import serialize_value
 from dagster_support import (
     asset_key,
+    blocking_checks_passed,
     checks,
     enable,
     land,
@@ -35,7 +36,7 @@ from resources import FieldcryptResource
 
 DAY = past_day(3)
 PARTITION = DAY.isoformat()
-CHECK_NAMES = {"no_plaintext_after_enablement", "data_keys_unwrap", "row_count_preserved"}
+CHECK_NAMES = {"no_plaintext_after_enablement", "data_keys_unwrap", "row_count_preserved", "no_undeclared_pii"}
 
 
 @pytest.fixture
@@ -87,7 +88,8 @@ def test_partition_materializes_with_counts_ids_and_passing_checks(
         evaluations = checks(result, asset)
         assert set(evaluations) == CHECK_NAMES
         for evaluation in evaluations.values():
-            assert evaluation.passed, evaluation
+            # events.properties.phone holds phone numbers and is not enabled: a warning (tests/test_discovery.py)
+            assert evaluation.passed or (asset, evaluation.check_name) == ("protected_events", "no_undeclared_pii")
             assert evaluation.metadata["partition"].value == split_partition
 
 
@@ -125,7 +127,7 @@ def test_rerun_of_a_protected_partition_is_a_no_op(
     users = metadata(result, "protected_users")
     assert (users["rewritten"], users["newly_encrypted"], users["kms_calls"]) == (False, 0, 0)
     assert users["already_protected.email"] > 0
-    assert all(e.passed for e in result.get_asset_check_evaluations())
+    assert blocking_checks_passed(result)
 
 
 def test_schema_drift_fails_clearly_and_leaves_the_stored_file_untouched(

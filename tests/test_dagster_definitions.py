@@ -21,7 +21,7 @@ from tests.catalogs import demo_datasets_yaml, write_catalog
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROTECTED = ("protected_users", "protected_events")
 LOCAL_KEY = {"provider": "local", "keystore": "keys/keystore.json"}
-CHECK_NAMES = {"no_plaintext_after_enablement", "data_keys_unwrap", "row_count_preserved"}
+CHECK_NAMES = {"no_plaintext_after_enablement", "data_keys_unwrap", "row_count_preserved", "no_undeclared_pii"}
 
 
 def _subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:

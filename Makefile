@@ -9,8 +9,9 @@ UI_PORT ?= 3000
 KMS_POOL_LIMIT ?= 4
 
 DIST_STAMP := $(VENV)/.installed-distributed-stamp
+BROWSER_STAMP := $(VENV)/.installed-browser-stamp
 
-.PHONY: venv demo test lint typecheck pytest pytest-python-kernel pytest-spark pytest-distributed sanitize bench bench-scale ui clean
+.PHONY: venv demo test lint typecheck pytest pytest-python-kernel pytest-spark pytest-distributed pytest-browser sanitize bench bench-scale ui clean
 
 # setup.py builds the native cell kernel (fieldcrypt/_native.c) when gcc and the OpenSSL headers exist.
 $(STAMP): pyproject.toml setup.py fieldcrypt/_native.c
@@ -51,6 +52,16 @@ $(DIST_STAMP): $(STAMP)
 
 pytest-distributed: $(DIST_STAMP)
 	$(VENV)/bin/pytest -q -p no:cacheprovider -m distributed tests/test_distributed.py tests/test_deploy.py
+
+# The runbook's click paths in a real browser (tests/test_ui_*.py, marked `browser`): `dagster dev` on loopback,
+# Debian's chromium (apt-get install chromium; /usr/bin/chromium) driven by Playwright from the `browser` extra.
+# `playwright install` (its own browser download) is never run. About 80 s on 2 cores.
+$(BROWSER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,browser]'
+	touch $(BROWSER_STAMP)
+
+pytest-browser: $(BROWSER_STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m browser tests/test_ui_rotation_backfill.py
 
 # The native kernel's tests with the extension built under AddressSanitizer + UBSan (see .ci/sanitize).
 sanitize: $(STAMP)

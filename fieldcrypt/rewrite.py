@@ -34,7 +34,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -161,16 +161,42 @@ class Output:
         columns = pa.schema([schema.field(name) for name in names], metadata=schema.metadata)
         if not spliced_arrow_schema(source.schema_arrow, columns).equals(schema, check_metadata=False):
             raise SpliceUnsupported(f"{where}: the changed columns do not splice into the intended schema")
-        buffer = pa.BufferOutputStream()  # memory, not disk: attribute columns may hold plaintext
-        with protected_writer(buffer, columns, source, list(job.attributes), where) as partial:
-            yield _RowGroupWriter(partial, names)
-        metadata = footer_metadata(schema.with_metadata(protected_metadata(schema, list(job.attributes), where)))
-        with job.store.open_input(job.rel) as original, job.store.open_output(self.temp) as sink:
-            # Everything is planned and checked before the first byte is written: a SpliceUnsupported
-            # here leaves the temporary file empty for the full path.
-            self.splice = splice_columns(
-                original, buffer.getvalue(), sink, key_value_metadata=metadata, source_name=where
-            )
+        store = job.store
+        # The changed columns go to a second hidden temporary sibling, held like the new file's (it may
+        # hold plaintext of rows left as they are, as the new file does), so memory stays bounded
+        # whatever the file's size; it is deleted once spliced, whatever happens.
+        columns_temp = store.create_temp(job.rel)
+        try:
+            with (
+                _scratch_output(store, columns_temp) as sink,
+                protected_writer(sink, columns, source, list(job.attributes), where) as partial,
+            ):
+                yield _RowGroupWriter(partial, names)
+            metadata = footer_metadata(schema.with_metadata(protected_metadata(schema, list(job.attributes), where)))
+            with (
+                store.open_input(job.rel) as original,
+                store.open_input(columns_temp) as replacement,
+                store.open_output(self.temp) as output,
+            ):
+                # Everything is planned and checked before the first byte is written: a SpliceUnsupported
+                # here leaves the temporary file empty for the full path.
+                self.splice = splice_columns(
+                    original, replacement, output, key_value_metadata=metadata, source_name=where
+                )
+        finally:
+            store.release_temp(columns_temp)
+
+
+@contextlib.contextmanager
+def _scratch_output(store: LakeStore, rel: str) -> Iterator[IO[bytes] | pa.NativeFile]:
+    """A temporary file written for this run only: local, without the fsync a lake file gets (it is read
+    back at once and deleted, never replaces anything); on S3, an object like any temporary file."""
+    if store.is_local:
+        with pa.OSFile(store.full_path(rel), "wb") as handle:
+            yield handle
+    else:
+        with store.open_output(rel) as stream:
+            yield stream
 
 
 @dataclass

@@ -3,8 +3,10 @@ Parquet read + write, peak RSS at 1M and 4M rows, ciphertext overhead.
 
 Human-readable lines first; the last line is one JSON object (see issue 2, item 10, and
 issue 9 for the native kernel keys: native_kernel_*, native_decrypt_*, *threads_2_vs_1,
-protect_vs_copy, verify_cells_per_s, reveal_cells_per_s, cell_kernel).
+protect_vs_copy, verify_cells_per_s, reveal_cells_per_s, cell_kernel; issue 18, bench/passthrough.py:
+protect_s_w6/_w20/_w60 and copy_s_w*, protect_vs_copy_wide, pme_s, protect_vs_pme, load_avg_*).
 Usage: python bench/encrypt.py [--rows N] [--reps N] [--protect-reps N] [--only PART] [--keep]
+(PART: kernel, protect, rss or wide).
 
 The kernel is fieldcrypt.encrypt.encrypt_values on the email column of a 1M-row users
 snapshot (Arrow strings, with the primary key as row keys), as protect calls it; the

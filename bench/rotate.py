@@ -2,7 +2,8 @@
 Workspace.start_rotation + Workspace.rotate) against a plain Parquet read + write of the
 same file, in the same run; KMS calls against distinct data keys; ciphertext bytes changed.
 
-Human-readable lines first; the last line is one JSON object (see issue 4, item 8).
+Human-readable lines first; the last line is one JSON object (see issue 4, item 8; issue 18:
+rotate_vs_copy_wide, a 20-column protected file rotated against a copy of it, and load_avg_*).
 Usage: python bench/rotate.py [--rows N] [--reps N] [--cells-per-key N] [--keep]
 """
 

@@ -21,11 +21,11 @@ the one place a table format's own commit plugs in (`Commit`).
 
 Two paths write the new file (`Output`, docs/FORMAT.md "Column-chunk passthrough"). The splice path:
 a transform declares the top-level columns it changes or adds and reads only what it needs; the
-engine encodes those columns alone (pyarrow, in memory, one row group per source row group, with the
-choices of `protected_writer`) and splices them into the source (fieldcrypt.splice), every other
-column chunk copied as bytes; verification proves the copies by digest and the transform decodes
-only the changed columns. The full path (the source cannot be spliced, or FIELDCRYPT_REWRITE_PATH=full)
-writes and verifies every column with pyarrow.
+engine encodes those columns alone (pyarrow, into a second hidden temporary file, one row group per
+source row group, with the choices of `protected_writer`) and splices them into the source
+(fieldcrypt.splice), every other column chunk copied as bytes; verification proves the copies by
+digest and the transform decodes only the changed columns. The full path (the source cannot be
+spliced, or FIELDCRYPT_REWRITE_PATH=full) writes and verifies every column with pyarrow.
 """
 
 from __future__ import annotations
@@ -124,10 +124,11 @@ class BatchWriter(Protocol):
 class Output:
     """Where and how a transform writes the new file of `job`: `path` is "splice" or "full".
 
-    A transform reads the source through `columns(needed)` (the splice path reads only what it needs,
-    the full path everything), writes one batch per source row group through `writer(schema, changed)`
-    (`schema`: the whole new file's Arrow schema; `changed`: the top-level columns it changes or
-    adds), and verifies the columns `columns(...)` names again. It must be able to run twice: a splice
+    A transform reads the source through `columns(needed, source)` (the splice path reads only what it
+    needs, the full path everything), writes one batch per source row group through
+    `writer(source, schema, changed)` (`schema`: the whole new file's Arrow schema; `changed`: the
+    top-level columns it changes or adds; a batch may hold more, they are left out), and decodes the
+    same columns again to verify them. It must be able to run twice: a splice
     found impossible only when splicing (SpliceUnsupported) is written again on the full path.
     """
 

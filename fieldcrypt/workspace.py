@@ -115,6 +115,13 @@ class WorkspaceConfig:
 Result = TypeVar("Result")
 
 
+def has_pending_cells(
+    store: LakeStore, rel: str, dataset: DatasetSpec, attributes: Sequence[AttributePolicy]
+) -> bool:
+    """Whether a protection run would encrypt cells of this file (what the ledger asks of a re-landed file)."""
+    return any(c.pending for c in scan_file(store, rel, dataset, attributes).attributes.values())
+
+
 
 
 class Workspace:
@@ -127,7 +134,7 @@ class Workspace:
         self.index_keys = IndexKeyStore(self.store)
         self.retiring_index_keys = RetiringIndexKeys(self.store)  # old keys of blind-index re-indexes under way
         self.audit = AuditLog(self.store, config.name, actor, key_source=self.key_cache)
-        self.ledger = Ledger(self.store, config.name, self._policy_mac_key)  # fieldcrypt.ledger
+        self.ledger = Ledger(self.store, config.name, self._policy_mac_key, has_pending_cells)  # fieldcrypt.ledger
         self._cache: DataKeyCache | None = None
         # Threads of one run may share the workspace (the Dagster assets' ranged runs): the cache is built once.
         # Re-entrant: binding a new lake writes its first policy, which reaches the cache through key_cache().
@@ -790,7 +797,7 @@ class Workspace:
         self.key_cache()
         self.policies.write_authenticated(policy)
         # A new MAC key: the ledger, whose key derives from it, is recorded again after every cell is verified.
-        self.ledger = Ledger(self.store, self.name, self._policy_mac_key)
+        self.ledger = Ledger(self.store, self.name, self._policy_mac_key, has_pending_cells)
         recorded = self._record_ledger([(d, p) for d in self.datasets for p in self.partitions(d)])
         self.audit.record(
             "policy_adopt",

@@ -62,7 +62,7 @@ def has_pending_cells(
 
 class Workspace:
     def __init__(self, config: WorkspaceConfig, actor: str) -> None:
-        self.config = config
+        self._config = config
         self.name = config.name
         self.store = LakeStore.from_uri(config.lake_uri, endpoint_url=config.s3_endpoint_url, region=config.s3_region)
         self.policies = PolicyStore(self.store, config.name, keys=self.key_cache)
@@ -78,6 +78,17 @@ class Workspace:
 
     def __repr__(self) -> str:
         return f"Workspace({self.name!r}, lake={self.store.uri!r})"
+
+    @property
+    def config(self) -> WorkspaceConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: WorkspaceConfig) -> None:
+        """A workspace given a new configuration (a wider catalog, another KMS budget) hands it to its
+        master-key access too, which reads the key settings, the data-key TTL and the datasets from it."""
+        self._config = config
+        self._keys.config = config
 
     # -- keys: delegates to fieldcrypt.master_key_access --------------------------------
 

@@ -58,8 +58,9 @@ class MasterKeyAccess:
     first use), binding a new lake, and checking the key stays bound.
 
     Owns the state the Workspace used to keep for it (the cache and its lock, the bound key, the
-    binding version last seen); the Workspace holds one and delegates, the rotation campaign is
-    handed it. Nothing here contacts a KMS until a data key is first needed.
+    binding version last seen); the Workspace holds one and delegates, the campaigns
+    (fieldcrypt.rotation_campaign, fieldcrypt.blind_index_campaign) are handed it. Nothing here
+    contacts a KMS until a data key is first needed.
     """
 
     def __init__(self, config: WorkspaceConfig, lake: LakeKeyFiles) -> None:

@@ -28,16 +28,16 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.blind_index import BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
-from fieldcrypt.checksum_file import replace_data_file
 from fieldcrypt.columns import check_attribute_type, is_row_key_type
 from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_attribute, with_protection_columns
 from fieldcrypt.engine_schema import lists_columns
-from fieldcrypt.errors import ConcurrentUpdateError, InputError
-from fieldcrypt.ledger import LedgerStep, recorded
+from fieldcrypt.errors import InputError
+from fieldcrypt.ledger import LedgerStep
 from fieldcrypt.parquet_io import open_parquet, protected_writer, read_ahead, row_groups
 from fieldcrypt.parquet_io import row_group as read_row_group
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
-from fieldcrypt.replace_guard import before_replace, confirm_replace
+from fieldcrypt.replace_guard import confirm_replace
+from fieldcrypt.rewrite import FileJob, rewrite_file
 from fieldcrypt.select import RowSelection, UniqueRowKeys, select_rows
 from fieldcrypt.store import LakeStore
 from fieldcrypt.verify import verify_rewrite
@@ -211,42 +211,49 @@ def protect_file(
     report = ProtectReport(where, attributes={a.name: AttributeCounts() for a in attributes})
     report.master_key = cache.master_key.ref
 
-    temp = store.create_temp(rel)  # flock-held until released: a sweeper leaves it alone while this run lives
-    try:
-        with open_parquet(store, rel) as source:
-            schema = _protected_schema(source.schema_arrow, attributes)
-            expected = _write_protected(
-                store, temp, source, schema, dataset, attributes, cache, partition, where, report, index_keys or {}
-            )
-            with open_parquet(store, temp) as written:
-                verify_rewrite(
-                    source,
-                    written,
-                    schema,
-                    dataset,
-                    attributes,
-                    expected,
-                    cache,
-                    where,
-                    sample_per_row_group,
-                    partition,
-                    index_keys or {},
-                )
-        # Compare-and-swap: under the directory lock (local) or If-Match (S3) from here to the replace.
-        with store.exclusive(rel):
-            if store.version(rel) != original_version:
-                raise ConcurrentUpdateError(
-                    f"{where} changed while it was being protected; nothing was replaced, run again"
-                )
-            if before_replace_check is not None:
-                before_replace_check(where)
-            intent, removed = before_replace(
-                store, rel, attributes, cache, dataset.name, partition, expected, dataset_root=dataset_root
-            )
-            with recorded(ledger, temp, rel):  # the protection ledger's entry for the new file (fieldcrypt.ledger)
-                replace_data_file(store, temp, rel, original_version, "it was being protected")
-    finally:
-        store.release_temp(temp)
+    job = FileJob(
+        store,
+        rel,
+        dataset,
+        attributes,
+        cache,
+        dataset_root,
+        partition,
+        "encrypt",
+        "protected",
+        ledger,
+        before_replace_check,
+    )
+
+    def write(source: pq.ParquetFile, temp: str) -> tuple[pa.Schema, list[dict[str, EncryptedAttribute]]]:
+        schema = _protected_schema(source.schema_arrow, attributes)
+        written = _write_protected(
+            store, temp, source, schema, dataset, attributes, cache, partition, where, report, index_keys or {}
+        )
+        return schema, written
+
+    def verify(
+        source: pq.ParquetFile,
+        written: pq.ParquetFile,
+        temp: str,
+        outcome: tuple[pa.Schema, list[dict[str, EncryptedAttribute]]],
+    ) -> None:
+        schema, expected = outcome
+        verify_rewrite(
+            source,
+            written,
+            schema,
+            dataset,
+            attributes,
+            expected,
+            cache,
+            where,
+            sample_per_row_group,
+            partition,
+            index_keys or {},
+        )
+
+    (_, expected), (intent, removed) = rewrite_file(job, original_version, write, verify, expected=lambda o: o[1])
 
     wrapped_keys: set[bytes] = set()
     for row_group in expected:

@@ -31,15 +31,14 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.blind_index import INDEX_KEYS_FORMAT, BlindIndexKey
 from fieldcrypt.cache import DataKeyCache
-from fieldcrypt.checksum_file import replace_data_file
 from fieldcrypt.encrypt import ciphertext_digest
-from fieldcrypt.errors import ConcurrentUpdateError, IntegrityError, VerificationError
-from fieldcrypt.ledger import LedgerStep, recorded
+from fieldcrypt.errors import IntegrityError, VerificationError
+from fieldcrypt.ledger import LedgerStep
 from fieldcrypt.parquet_io import open_parquet, protected_writer, row_group
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.policy_auth import check_file_protection
-from fieldcrypt.replace_guard import before_replace
 from fieldcrypt.reveal import decrypt_rows
+from fieldcrypt.rewrite import FileJob, rewrite_file
 from fieldcrypt.select import existing_ciphertext
 from fieldcrypt.store import LakeStore
 
@@ -145,25 +144,15 @@ def reindex_file(
         return report
     rewritten = ReindexReport(where, files=1, files_rewritten=1)
     store.sweep_temps(rel)
-    temp = store.create_temp(rel)  # flock-held until released: a sweeper leaves it alone while this run lives
-    try:
-        with open_parquet(store, rel) as source:
-            digests = _write(store, temp, source, dataset, attributes, targets, keys, cache, partition, rewritten)
-            with open_parquet(store, temp) as written:
-                _verify(source, written, dataset, targets, keys, cache, partition, where, digests)
-        # Compare-and-swap: under the directory lock (local) or If-Match (S3) from here to the replace.
-        with store.exclusive(rel):
-            if store.version(rel) != original_version:
-                raise ConcurrentUpdateError(
-                    f"{where} changed while it was being re-indexed; nothing was replaced, run again"
-                )
-            intent, rewritten.summary_files_removed = before_replace(
-                store, rel, attributes, cache, dataset.name, partition, operation="reindex", dataset_root=dataset_root
-            )
-            with recorded(ledger, temp, rel):  # the protection ledger's entry for the new file (fieldcrypt.ledger)
-                replace_data_file(store, temp, rel, original_version, "it was being re-indexed")
-    finally:
-        store.release_temp(temp)
+    job = FileJob(store, rel, dataset, attributes, cache, dataset_root, partition, "reindex", "re-indexed", ledger)
+
+    def write(source: pq.ParquetFile, temp: str) -> list[dict[str, bytes]]:
+        return _write(store, temp, source, dataset, attributes, targets, keys, cache, partition, rewritten)
+
+    def verify(source: pq.ParquetFile, written: pq.ParquetFile, temp: str, digests: list[dict[str, bytes]]) -> None:
+        _verify(source, written, dataset, targets, keys, cache, partition, where, digests)
+
+    _, (intent, rewritten.summary_files_removed) = rewrite_file(job, original_version, write, verify)
     if cache.audit is not None:
         for name, cells in rewritten.reindexed.items():
             cache.audit.record(

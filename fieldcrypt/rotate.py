@@ -19,15 +19,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fieldcrypt.cache import DataKeyCache
-from fieldcrypt.checksum_file import replace_data_file
 from fieldcrypt.columns import identical as identical_values
 from fieldcrypt.encrypt import used_wrapped_keys
-from fieldcrypt.errors import ConcurrentUpdateError, VerificationError
-from fieldcrypt.ledger import LedgerStep, recorded
+from fieldcrypt.errors import VerificationError
+from fieldcrypt.ledger import LedgerStep
 from fieldcrypt.parquet_io import chunk_span, open_parquet, protected_writer, read_ahead, row_group, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
-from fieldcrypt.replace_guard import before_replace
 from fieldcrypt.reveal import decrypt_rows
+from fieldcrypt.rewrite import FileJob, rewrite_file
 from fieldcrypt.store import LakeStore
 from fieldcrypt.wrapped_key import WrappedKey
 
@@ -129,45 +128,28 @@ def rotate_file(
     mapping = {value: cache.rewrap(value, dataset.name, stored[value][1].path, partition) for value in stale}
     report.rewrapped = len(mapping)
 
-    temp = store.create_temp(rel)  # flock-held until released: a sweeper leaves it alone while this run lives
-    try:
-        with open_parquet(store, rel) as source:
-            schema = source.schema_arrow
-            with (
-                store.open_output(temp) as sink,
-                protected_writer(sink, schema, source, list(attributes), where) as writer,
-                read_ahead(row_groups(source, where)) as batches,
-            ):
-                for batch in batches:
-                    report.rows += batch.num_rows
-                    for attribute in attributes:
-                        batch = _map_wrapped_keys(batch, attribute, mapping)
-                    writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))
-            with open_parquet(store, temp) as written:
-                report.cells_under_rewrapped_keys = _verify_rotation(
-                    store, rel, temp, source, written, dataset, attributes, mapping, cache, partition
-                )
-        # Compare-and-swap: under the directory lock (local) or If-Match (S3) from here to the replace.
-        with store.exclusive(rel):
-            if store.version(rel) != original_version:
-                raise ConcurrentUpdateError(
-                    f"{where} changed while it was being rotated; nothing was replaced, run again"
-                )
-            intent, removed = before_replace(
-                store,
-                rel,
-                attributes,
-                cache,
-                dataset.name,
-                partition,
-                None,
-                "rotate_partition",
-                dataset_root=dataset_root,
-            )
-            with recorded(ledger, temp, rel):  # the protection ledger's entry for the new file (fieldcrypt.ledger)
-                replace_data_file(store, temp, rel, original_version, "it was being rotated")
-    finally:
-        store.release_temp(temp)
+    job = FileJob(
+        store, rel, dataset, attributes, cache, dataset_root, partition, "rotate_partition", "rotated", ledger
+    )
+
+    def write(source: pq.ParquetFile, temp: str) -> None:
+        with (
+            store.open_output(temp) as sink,
+            protected_writer(sink, source.schema_arrow, source, list(attributes), where) as writer,
+            read_ahead(row_groups(source, where)) as batches,
+        ):
+            for batch in batches:
+                report.rows += batch.num_rows
+                for attribute in attributes:
+                    batch = _map_wrapped_keys(batch, attribute, mapping)
+                writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))
+
+    def verify(source: pq.ParquetFile, written: pq.ParquetFile, temp: str, _: None) -> None:
+        report.cells_under_rewrapped_keys = _verify_rotation(
+            store, rel, temp, source, written, dataset, attributes, mapping, cache, partition
+        )
+
+    _, (intent, removed) = rewrite_file(job, original_version, write, verify)
     if cache.audit is not None:
         cache.audit.record(
             "rotate_partition",

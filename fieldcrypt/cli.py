@@ -381,11 +381,12 @@ def run(argv: Sequence[str] | None = None) -> int:
             )
         out.finish(f"{len(workspace.datasets)} datasets declared in workspace {workspace.name}")
     elif args.command == "audit" and args.verify:
-        chain = workspace.audit.verify()
+        chain = workspace.verify_audit()
         head = f"seq {chain.head.seq}, digest {chain.head.digest}" if chain.head else "none"
         print(
             f"audit log of workspace {workspace.name}: {chain.records} chained records authentic, in sequence and "
-            f"unbroken ({chain.legacy_records} earlier records without chain fields before them); head: {head}"
+            f"unbroken ({chain.legacy_records} earlier records without chain fields before them); head: {head}, "
+            "pinned in the lake's binding"
         )
     elif args.command == "audit":
         events = workspace.audit.unconfirmed() if args.unconfirmed else workspace.audit.events()

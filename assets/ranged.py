@@ -104,6 +104,7 @@ class PartitionDone:
 
     metadata: dict[str, Any]
     checks: list[dg.AssetCheckResult] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # e.g. the landed version consumed (assets/landed.py)
 
 
 @dataclass
@@ -204,7 +205,10 @@ def report_partitions(
         else:
             context.log_event(
                 dg.AssetMaterialization(
-                    asset_key=context.asset_key, partition=outcome.key, metadata=outcome.done.metadata
+                    asset_key=context.asset_key,
+                    partition=outcome.key,
+                    metadata=outcome.done.metadata,
+                    tags=outcome.done.tags or None,
                 )
             )
     checked = {o.key: o.done.checks for o in outcomes if o.done is not None and o.done.checks}

@@ -20,6 +20,7 @@ from fieldcrypt.catalog import workspace_ident
 from fieldcrypt.errors import ConfigError
 from fieldcrypt.workspace import WorkspaceConfig
 from pipelines.jobs import enable_attribute_job, encrypt_history_job, protect_jobs
+from pipelines.observation import build_observation_definitions
 from pipelines.rotation import build_rotation_definitions
 from pipelines.schedules import build_schedule_definitions
 from resources.settings import BROKEN, SERVED, resources_from_catalog
@@ -48,6 +49,7 @@ def workspace_definitions(config: WorkspaceConfig) -> dg.Definitions:
         dg.Definitions(jobs=[*protect, enable_attribute_job(assets), encrypt_history_job(assets.scope)]),
         build_schedule_definitions(assets.scope, assets.groups, protect),
         build_rotation_definitions(assets),  # master-key rotation: its jobs, schedule and sensor
+        build_observation_definitions(assets),  # landed snapshots observed; stale protection re-run
     )
 
 

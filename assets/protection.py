@@ -2,7 +2,8 @@
 
 The landed snapshot is an external asset: an upstream job (Spark, DuckDB, pandas, ...)
 writes the partition's Parquet files under the dataset's path in the lake; this code
-location only reads them. The protected snapshot is the same files after the core's
+location only reads them, and observes a data version per partition (assets/landed.py) so that
+protection made before new plaintext landed shows as stale. The protected snapshot is the same files after the core's
 `Workspace.protect` rewrote each in place (encrypt, mask, verify, atomic replace). The
 asset function only builds the workspace, calls the core, and reports counts and ids as
 metadata. Both are generated from the catalog (`assets.build_assets`).

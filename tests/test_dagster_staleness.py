@@ -1,4 +1,4 @@
-"""Protection shows as stale once new plaintext lands, as the UI reads it (GraphQL `staleStatusByPartition`).
+"""Protection shows as stale once new plaintext lands, as the UI's partition page reads it (its GraphQL query).
 
 The landed snapshots are observed (assets/landed.py); a protected partition is fresh after its own
 rewrite is observed, stale once a file lands in it or `encrypt-history` runs from the CLI, requested by
@@ -48,14 +48,14 @@ DAYS = [past_day(4), past_day(3)]
 PARTITIONS = [day.isoformat() for day in DAYS]
 LATE = PARTITIONS[1]
 
+# The query of the UI's partition page (dagster-webserver 1.13, AssetPartitionStaleQuery).
 STALE_STATUS = """
-query Stale($assetKey: AssetKeyInput!, $partitions: [String!]) {
+query AssetPartitionStaleQuery($assetKey: AssetKeyInput!, $partitionKey: String!) {
   assetNodeOrError(assetKey: $assetKey) {
     ... on AssetNode {
-      staleStatusByPartition(partitions: $partitions)
-      staleCausesByPartition(partitions: $partitions) {
-        key { path } partitionKey reason dependency { path } dependencyPartitionKey
-      }
+      id
+      staleStatus(partition: $partitionKey)
+      staleCauses(partition: $partitionKey) { key { path } partitionKey reason category dependency { path } }
     }
   }
 }
@@ -78,22 +78,21 @@ class Served:
         assert materialize_partition(self.fieldcrypt, partition, instance=self.instance).success
 
     def stale(self, asset: str = "protected_users") -> dict[str, str]:
-        """Partition -> stale status of `asset`, as the UI's asset page queries it."""
-        result = execute_dagster_graphql(
-            self.context.process_context.create_request_context(),
-            STALE_STATUS,
-            variables={"assetKey": {"path": asset_key(asset).path}, "partitions": PARTITIONS},
-        )
-        assert result.errors is None, result.errors
-        return dict(zip(PARTITIONS, result.data["assetNodeOrError"]["staleStatusByPartition"], strict=True))
+        """Partition -> stale status of `asset`, as the UI's partition page queries it."""
+        return {partition: self._partition_page(asset, partition)["staleStatus"] for partition in PARTITIONS}
 
     def stale_causes(self, partition: str) -> list[dict[str, Any]]:
+        return list(self._partition_page("protected_users", partition)["staleCauses"])
+
+    def _partition_page(self, asset: str, partition: str) -> dict[str, Any]:
         result = execute_dagster_graphql(
             self.context.process_context.create_request_context(),
             STALE_STATUS,
-            variables={"assetKey": {"path": asset_key("protected_users").path}, "partitions": [partition]},
+            variables={"assetKey": {"path": asset_key(asset).path}, "partitionKey": partition},
         )
-        return list(result.data["assetNodeOrError"]["staleCausesByPartition"][0])
+        assert result.errors is None, result.errors
+        node: dict[str, Any] = result.data["assetNodeOrError"]
+        return node
 
     def pending(self, dataset: str, partition: str) -> int:
         status = self.fieldcrypt.workspace("test").status(dataset, partition)

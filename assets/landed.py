@@ -17,7 +17,8 @@ partition finds the same version. It reports only when every file names every en
 that landed while the partition was being protected keeps the partition stale.
 
 Cost of an observation pass (`observe_dataset`): one listing of the dataset's files, one query of the
-Dagster instance for the partitions' last observation tags, and footer reads only for the partitions
+Dagster instance for the partitions' last observations and one per 1,000 of them for their tags (only the
+data version tag is indexed by partition), and footer reads only for the partitions
 whose listing (names, sizes, modification times) changed since they were last observed; a policy change
 alone re-derives every partition's version from the stored files part without reading a file. A pass
 over 10,000 unchanged partitions reads no footer and records nothing.
@@ -169,8 +170,10 @@ def observe_dataset(
     asset_key: dg.AssetKey,
     dataset: str,
     partition_keys: set[str] | None,
+    budget: int | None = None,
 ) -> list[dg.AssetObservation]:
-    """An observation of every partition whose landed version changed since its last observation.
+    """An observation of every partition whose landed version changed since its last observation, newest
+    partition first, at most `budget` of them (the others are found again by the next pass).
 
     `partition_keys`: the asset's Dagster partition keys (None: unpartitioned); partitions of the lake
     outside them are not observed (Dagster has no such partition)."""
@@ -181,8 +184,10 @@ def observe_dataset(
     for entry in layout.inventory(workspace.store).of_kind("data"):
         by_partition.setdefault(entry.partition, {})[entry.rel] = entry.version
     last = _latest_tags(instance, asset_key, partition_keys is not None)
-    observations = []
-    for partition, files in by_partition.items():
+    observations: list[dg.AssetObservation] = []
+    for partition, files in sorted(by_partition.items(), key=lambda item: item[0] or "", reverse=True):
+        if budget is not None and len(observations) >= budget:
+            break
         if partition_keys is not None and partition not in partition_keys:
             continue
         base = layout.partition_dir(partition) + "/"

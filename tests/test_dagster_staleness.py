@@ -8,6 +8,7 @@ out of process from a workspace file, as `dagster dev` does; runs and observatio
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ import pytest
 from dagster._core.definitions.observe import observe
 from dagster._core.test_utils import instance_for_test
 from dagster._core.workspace.context import WorkspaceRequestContext
+from dagster._daemon.sensor import execute_sensor_iteration
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 from dagster_support import (
     WORKSPACE,
@@ -40,7 +42,6 @@ from dagster_support import (
 from assets import build_assets
 from demo.sample_data import users_table
 from fieldcrypt.cli import ACK_FLAG, run
-from pipelines.observation import landed_observation_sensor
 from resources import FieldcryptResource
 
 LOCATION = "fieldcrypt_staleness"
@@ -159,13 +160,13 @@ def test_file_landed_into_a_protected_partition_makes_it_stale_once_observed(ser
 
 def test_observation_sensor_marks_the_partition_a_file_landed_in_stale(served: Served, tmp_path: Path) -> None:
     land_late_batch(tmp_path / "lake", LATE)
-    sensor = landed_observation_sensor(build_assets(served.fieldcrypt.config()))
+    runs_before = served.instance.get_runs_count()
 
-    with dg.build_sensor_context(instance=served.instance, resources=served.fieldcrypt.as_resources()) as context:
-        tick = sensor.evaluate_tick(context)  # as the daemon evaluates it
+    # One iteration of the sensor daemon: the sensor runs by default, in the served code location.
+    list(execute_sensor_iteration(served.context.process_context, logging.getLogger("test"), None, None))
 
-    assert not tick.run_requests  # observations are recorded without starting a run
     assert served.stale() == {PARTITIONS[0]: "FRESH", LATE: "STALE"}
+    assert served.instance.get_runs_count() == runs_before  # observations are recorded without a run
 
 
 def test_stale_partition_is_requested_by_the_automation_condition(served: Served, tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fieldcrypt import blind_index_campaign, rotation_campaign, summary_files
-from fieldcrypt.audit import AuditLog
+from fieldcrypt.audit import AuditLog, AuditReport
+from fieldcrypt.audit_chain import AuditHead
 from fieldcrypt.binding import BindingStore, Campaign
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore
 from fieldcrypt.cache import DataKeyCache
@@ -782,6 +783,15 @@ class Workspace:
             f"{recorded} files recorded in the protection ledger",
         )
         return restored.version, version, recorded
+
+    def verify_audit(self) -> AuditReport:
+        """Check every audit record (`AuditLog.verify`), also against the head the binding pinned at the last
+        verification (its newest records cut off are named), then pin this head there."""
+        pinned = self.policies.pinned_audit_head()
+        report = self.audit.verify(AuditHead(*pinned) if pinned else None)
+        if report.head is not None:
+            self.policies.pin_audit_head(report.head.seq, report.head.digest)
+        return report
 
     def accept_rewrite(self, dataset: str, partition: str | None, reason: str) -> int:
         """Accept a partition whose files an engine rewrote (a compaction: read, write new files, drop the

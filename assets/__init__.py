@@ -27,7 +27,7 @@ class DatasetAssets:
 
     scope: WorkspaceScope
     groups: list[PartitionGroup]
-    landed: dict[str, dg.AssetSpec]
+    landed: dict[str, dg.AssetsDefinition]
     protected: dict[str, dg.AssetsDefinition]
     rotated: dict[str, dg.AssetsDefinition]
     reindexed: dict[str, dg.AssetsDefinition]

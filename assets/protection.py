@@ -2,19 +2,27 @@
 
 The landed snapshot is an external asset: an upstream job (Spark, DuckDB, pandas, ...)
 writes the partition's Parquet files under the dataset's path in the lake; this code
-location only reads them. The protected snapshot is the same files after the core's
+location only reads them, and observes a data version per partition (assets/landed.py) so that
+protection made before new plaintext landed shows as stale. The protected snapshot is the same files after the core's
 `Workspace.protect` rewrote each in place (encrypt, mask, verify, atomic replace). The
 asset function only builds the workspace, calls the core, and reports counts and ids as
 metadata. Both are generated from the catalog (`assets.build_assets`).
 """
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 
-from assets.checks import attribute_path, evaluate_protection_checks, protection_check_specs
+from assets.checks import attribute_path, evaluate_protection_checks, failed_check_names, protection_check_specs
 from assets.discovery import discovery_check_spec, evaluate_discovery_check
+from assets.landed import (
+    consumed_version_tags,
+    landed_changed_condition,
+    observe_dataset,
+    report_protected_version,
+)
 from assets.ranged import OncePerRun, PartitionDone, ranged_asset, report_partitions, run_keys, run_partitions
 from assets.scope import WorkspaceScope
 from fieldcrypt import FieldcryptError, ThrottledError
@@ -30,19 +38,49 @@ def layout_description(layout: DatasetLayout) -> str:
 
 def landed_snapshot(
     scope: WorkspaceScope, layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None
-) -> dg.AssetSpec:
+) -> dg.AssetsDefinition:
+    """The landed snapshot, observable: "Observe" in the UI (or the workspace's `observe_landed_snapshots`
+    sensor) records a data version per partition (assets/landed.py), so protection made before plaintext
+    landed shows as stale."""
     spec = layout.spec
-    return dg.AssetSpec(
-        key=scope.asset_key(layout.name),
-        description=(
-            f"Snapshot of {layout.name} landed by the upstream ingestion job (ingestion time {spec.ingested_at}, "
-            f"primary key {spec.primary_key or 'none'})."
-        ),
-        partitions_def=partitions_def,
-        group_name="landed",
-        kinds={"parquet"},
-        metadata={"layout": layout_description(layout)},
-    )
+    dataset = layout.name
+    asset_key = scope.asset_key(dataset)
+
+    def observe(context: dg.OpExecutionContext) -> None:
+        workspace = scope.resource(context).workspace(f"dagster:{context.run.run_id}")
+        for observation in observe_dataset(
+            workspace, context.instance, asset_key, dataset, partition_keys(partitions_def)
+        ):
+            context.log_event(observation)
+
+    with warnings.catch_warnings():
+        # `multi_observable_source_asset` is marked beta in Dagster 1.13; an observable AssetSpec is what we mean.
+        warnings.filterwarnings("ignore", category=dg.BetaWarning)
+        observable = dg.multi_observable_source_asset(
+            specs=[
+                dg.AssetSpec(
+                    key=asset_key,
+                    description=(
+                        f"Snapshot of {dataset} landed by the upstream ingestion job (ingestion time "
+                        f"{spec.ingested_at}, primary key {spec.primary_key or 'none'}). Observed: its data version "
+                        "changes when a file lands or is replaced upstream, or the policy of the dataset changes."
+                    ),
+                    partitions_def=partitions_def,
+                    group_name="landed",
+                    kinds={"parquet"},
+                    metadata={"layout": layout_description(layout)},
+                )
+            ],
+            name=scope.job_name(f"observe_{dataset}"),
+            partitions_def=partitions_def,
+            required_resource_keys={scope.resource_key},
+        )
+        definition: dg.AssetsDefinition = observable(observe)
+    return definition
+
+
+def partition_keys(partitions_def: dg.PartitionsDefinition | None) -> set[str] | None:
+    return None if partitions_def is None else set(partitions_def.get_partition_keys())
 
 
 def protected_snapshot(
@@ -53,6 +91,8 @@ def protected_snapshot(
     dataset = layout.name
     asset_name = f"protected_{dataset}"
     asset_key = scope.asset_key(asset_name)
+    landed_key = scope.asset_key(dataset)
+
     @ranged_asset(
         scope,
         partitions_def,
@@ -64,8 +104,10 @@ def protected_snapshot(
             "a no-op. A partition that fails, or whose checks fail, is not materialized and the run fails "
             "naming it."
         ),
-        deps=[scope.asset_key(dataset)],
+        deps=[landed_key],
         check_specs=[*protection_check_specs(asset_key), discovery_check_spec(asset_key)],
+        # Evaluated only while the workspace's `protect_when_landed_changes` sensor runs (stopped by default).
+        automation_condition=landed_changed_condition(),
         group_name="protected",
         metadata={"layout": layout_description(layout)},
     )
@@ -90,7 +132,12 @@ def protected_snapshot(
             if not discovered.passed:  # a warning: the partition's own findings, kept on its materialization
                 findings = {k: v for k, v in discovered.metadata.items() if k != "partition"}
                 metadata |= {f"{discovered.check_name}.{k}": v for k, v in findings.items()}
-            return PartitionDone(metadata, [*checks, discovered])
+            consumed = None
+            if not failed_check_names(checks):
+                # The landed version this protection leaves behind, recorded as what it consumed (assets/landed.py).
+                consumed = report_protected_version(protector.get(), context.instance, landed_key, dataset, partition)
+            tags = consumed_version_tags(landed_key, consumed, context.instance, partition, context.run.run_id)
+            return PartitionDone(metadata, [*checks, discovered], tags)
 
         outcomes = run_partitions(run_keys(context), partition_label, work)
         yield from report_partitions(context, "protecting", dataset, outcomes, protection_retryable)

@@ -2,7 +2,13 @@
 
 A backfill over thousands of partitions launches `ceil(partitions / N)` runs
 (`BackfillPolicy.multi_run(max_partitions_per_run=N)`, N from FIELDCRYPT_MAX_PARTITIONS_PER_RUN,
-default 25), not one run (one process start-up, ~10 s) per partition. Inside a run a small
+default 100), not one run per partition. A run costs ~4-8 s before its first partition (queue,
+run worker start-up; bench/backfill_latency.py) and a small partition ~0.05-0.15 s, so N=25 spent
+more time starting runs than working (1,000 small partitions: 175 s in 40 runs, 115 s in 10 runs of
+100). Dagster 1.13 fixes N per asset definition when the code location loads (the backfill daemon cuts
+the selection into ranges of N, with no hook per backfill) and loading makes no lake call, so N cannot
+follow partition sizes; for large partitions lower it so a run stays well under the run monitor's
+`max_runtime_seconds` (a run takes about N x seconds per partition / partition threads). Inside a run a small
 thread pool (FIELDCRYPT_PARTITION_THREADS, default 4) works through the run's partitions;
 each partition's work is the core's, unchanged: every file is verified, then replaced
 atomically, so a partition that fails leaves its files as they were, and the partitions
@@ -35,7 +41,7 @@ from fieldcrypt.errors import ConfigError
 
 MAX_PARTITIONS_PER_RUN_ENV = "FIELDCRYPT_MAX_PARTITIONS_PER_RUN"
 PARTITION_THREADS_ENV = "FIELDCRYPT_PARTITION_THREADS"
-DEFAULT_MAX_PARTITIONS_PER_RUN = 25
+DEFAULT_MAX_PARTITIONS_PER_RUN = 100
 DEFAULT_PARTITION_THREADS = 4
 
 # A failure's description lists at most this many problems; its metadata lists all.
@@ -104,6 +110,7 @@ class PartitionDone:
 
     metadata: dict[str, Any]
     checks: list[dg.AssetCheckResult] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # e.g. the landed version consumed (assets/landed.py)
 
 
 @dataclass
@@ -204,7 +211,10 @@ def report_partitions(
         else:
             context.log_event(
                 dg.AssetMaterialization(
-                    asset_key=context.asset_key, partition=outcome.key, metadata=outcome.done.metadata
+                    asset_key=context.asset_key,
+                    partition=outcome.key,
+                    metadata=outcome.done.metadata,
+                    tags=outcome.done.tags or None,
                 )
             )
     checked = {o.key: o.done.checks for o in outcomes if o.done is not None and o.done.checks}

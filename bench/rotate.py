@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ATTRIBUTES, CODEC, OUT_DIR, PARTITION, ROW_GROUP_SIZE, make_lake, read_write, summary, write_users  # noqa: E402
 from passthrough import bench_rotate_wide, load  # noqa: E402
 
-from fieldcrypt.cache import DataKeyCache  # noqa: E402
 from fieldcrypt.wrapped_key import WrappedKey  # noqa: E402
 
 CIPHERTEXT = [f"{a}__fc_ct" for a, _ in ATTRIBUTES]
@@ -82,8 +81,7 @@ def main() -> None:
         lake = make_lake(out / "lake")
         lake.land(source)
         workspace = lake.workspace()
-        base = workspace.key_cache()
-        workspace._cache = DataKeyCache(base.provider, base.workspace, base.audit, max_cells_per_key=args.cells_per_key)
+        workspace.key_cache().max_cells_per_key = args.cells_per_key
         protected = workspace.protect("users", PARTITION)
         protected_v1 = out / "protected-v1.parquet"
         shutil.copyfile(lake.file, protected_v1)

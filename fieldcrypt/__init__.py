@@ -20,7 +20,8 @@ from fieldcrypt.errors import (
     VerificationError,
     WrongMasterKeyError,
 )
-from fieldcrypt.workspace import KeyConfig, Workspace, WorkspaceConfig
+from fieldcrypt.workspace import Workspace
+from fieldcrypt.workspace_config import KeyConfig, WorkspaceConfig
 
 __all__ = [
     "AccessDeniedError",

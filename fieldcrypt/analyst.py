@@ -31,8 +31,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from fieldcrypt.errors import InputError
+from fieldcrypt.file_metadata import FILE_METADATA_KEY
 from fieldcrypt.inventory import classify
-from fieldcrypt.select import FILE_METADATA_KEY
 from fieldcrypt.store import LakeStore
 
 if TYPE_CHECKING:

@@ -189,14 +189,30 @@ class AuditLog:
         events.sort(key=lambda e: str(e.get("time", "")))
         yield from events
 
-    def verify(self) -> AuditReport:
-        """Check every record: complete, in sequence, chained, authentic. IntegrityError names the first bad one."""
+    def verify(self, pinned: AuditHead | None = None) -> AuditReport:
+        """Check every record: complete, in sequence, chained, authentic. IntegrityError names the first bad one.
+
+        `pinned`: a head recorded earlier (the binding's, fieldcrypt.rollback): the log must still hold
+        that record, with that digest; a log that ends before it lost its newest records.
+        """
         key = self._key_in_hand()
         check = ChainCheck(key)
         for line, where in self._stored_lines():
             check.add(line, where)
+            at_pin = pinned is not None and check.head is not None and check.head.seq == pinned.seq
+            if at_pin and check.head is not None and pinned is not None and check.head.digest != pinned.digest:
+                raise IntegrityError(
+                        f"{where} (seq {pinned.seq}) is not the record this lake pinned at that position "
+                        "(`audit --verify` recorded its digest): the log was replaced or rewritten from there"
+                    )
         if check.head is None and self.stored_key() is not None:
             raise self._deleted()
+        if pinned is not None and (check.head is None or check.head.seq < pinned.seq):
+            ends = f"ends at seq {check.head.seq}" if check.head is not None else "holds no chained record"
+            raise IntegrityError(
+                f"the audit log {ends}, but this lake pinned seq {pinned.seq} when it was last verified: "
+                "its newest records were cut off (or an older copy of the log was restored)"
+            )
         return AuditReport(check.records, len(check.legacy), check.head)
 
     def head(self) -> AuditHead | None:

@@ -38,7 +38,7 @@ from fieldcrypt.cache import MAX_TTL_SECONDS
 from fieldcrypt.errors import ConfigError, FieldcryptError
 from fieldcrypt.layout import DEFAULT_LEVEL_FORMATS, HIDDEN_KEY_REASON, DatasetLayout, HiveLevel, Partitioning
 from fieldcrypt.policy import DatasetSpec
-from fieldcrypt.workspace import KeyConfig, WorkspaceConfig
+from fieldcrypt.workspace_config import KeyConfig, WorkspaceConfig
 
 CATALOG_ENV = "FIELDCRYPT_CATALOG"
 WORKSPACE_ENV = "FIELDCRYPT_WORKSPACE"

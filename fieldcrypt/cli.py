@@ -15,8 +15,9 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
+from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check every record (sequence, chain, MAC); names the first missing, edited or truncated one",
     )
+    audit.add_argument("--operation", action="append", help="only these operations (repeatable: reveal, encrypt...)")
+    audit.add_argument("--dataset", help="only records of this dataset")
+    audit.add_argument("--actor", help="only records of this actor (`cli:<user>`, `dagster:<run id>`)")
+    audit.add_argument("--since", type=_utc_time, help="only records at or after this UTC time (ISO 8601)")
+    audit.add_argument("--until", type=_utc_time, help="only records before this UTC time (ISO 8601)")
+    audit.add_argument(
+        "--summary", action="store_true", help="counts per operation (records, cells) instead of the records"
+    )
 
     restore = commands.add_parser(
         "restore-accept",
@@ -372,15 +381,21 @@ def run(argv: Sequence[str] | None = None) -> int:
             )
         out.finish(f"{len(workspace.datasets)} datasets declared in workspace {workspace.name}")
     elif args.command == "audit" and args.verify:
-        chain = workspace.audit.verify()
+        chain = workspace.verify_audit()
         head = f"seq {chain.head.seq}, digest {chain.head.digest}" if chain.head else "none"
         print(
             f"audit log of workspace {workspace.name}: {chain.records} chained records authentic, in sequence and "
-            f"unbroken ({chain.legacy_records} earlier records without chain fields before them); head: {head}"
+            f"unbroken ({chain.legacy_records} earlier records without chain fields before them); head: {head}, "
+            "pinned in the lake's binding"
         )
     elif args.command == "audit":
-        for event in workspace.audit.unconfirmed() if args.unconfirmed else workspace.audit.events():
-            print(json.dumps(event, sort_keys=True))
+        events = workspace.audit.unconfirmed() if args.unconfirmed else workspace.audit.events()
+        chosen = (event for event in events if _audit_wanted(event, args))
+        if args.summary:
+            _print_audit_summary(chosen, Output(args.json, ["operation", "records", "cells"]))
+        else:
+            for event in chosen:
+                print(json.dumps(event, sort_keys=True))
     elif args.command == "restore-accept":
         was, now, files = workspace.accept_restore(args.reason)
         print(
@@ -797,6 +812,44 @@ def _private_output(path: Path) -> Any:
     except FileExistsError:
         raise InputError(f"{path} exists; reveal never overwrites a file") from None
     return os.fdopen(fd, "w")
+
+
+def _utc_time(text: str) -> datetime:
+    """An ISO 8601 time for the audit filters; one without a zone is UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (like 2026-12-07T09:00)") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _audit_wanted(event: dict[str, Any], args: argparse.Namespace) -> bool:
+    """Whether an audit record passes the command's filters (all of them)."""
+    if args.operation and event.get("operation") not in args.operation:
+        return False
+    if args.dataset and event.get("dataset") != args.dataset:
+        return False
+    if args.actor and event.get("actor") != args.actor:
+        return False
+    if args.since or args.until:
+        moment = _utc_time(str(event.get("time", "")).replace("Z", "+00:00"))
+        if (args.since and moment < args.since) or (args.until and moment >= args.until):
+            return False
+    return True
+
+
+def _print_audit_summary(events: Iterable[dict[str, Any]], out: Output) -> None:
+    """Records and cells per operation, the operations in the order they first occur."""
+    records: dict[str, int] = {}
+    cells: dict[str, int] = {}
+    for event in events:
+        operation = str(event.get("operation"))
+        records[operation] = records.get(operation, 0) + 1
+        cells[operation] = cells.get(operation, 0) + int(event.get("cells") or 0)
+    for operation, count in records.items():
+        out.row({"operation": operation, "records": count, "cells": cells[operation]})
+    total = sum(records.values())
+    out.finish(f"{total:,} records, {len(records)} operations", {"records": total})
 
 
 def _named(exc: FieldcryptError) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -21,9 +21,6 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.errors import InputError
 from fieldcrypt.parquet_io import row_group
-
-if TYPE_CHECKING:
-    from fieldcrypt.workspace import Workspace
 
 
 @dataclass
@@ -138,8 +135,24 @@ def key_statistics(parquet: pq.ParquetFile, column: str) -> Callable[[int], tupl
     return stats
 
 
+class DispatchReader(Protocol):
+    """What `dispatch_segment` reads a segment through: `Workspace.dispatch` (named here, not imported: the
+    workspace imports this module)."""
+
+    def dispatch(
+        self,
+        dataset: str,
+        segment: pa.Array | Iterable[object],
+        attributes: Sequence[str],
+        *,
+        reason: str,
+        partition: str | None = None,
+        report: DispatchReport | None = None,
+    ) -> Iterator[pa.RecordBatch]: ...
+
+
 def dispatch_segment(
-    workspace: Workspace,
+    workspace: DispatchReader,
     dataset: str,
     segment: pa.Array | Iterable[Any],
     attributes: Sequence[str],

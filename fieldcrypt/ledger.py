@@ -41,11 +41,11 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.columns import row_key_bytes
 from fieldcrypt.errors import InputError, IntegrityError
+from fieldcrypt.file_metadata import FILE_METADATA_KEY
 from fieldcrypt.parquet_io import open_parquet, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.policy_auth import MacKey
 from fieldcrypt.rollback import RESTORE_HINT, canonical
-from fieldcrypt.select import FILE_METADATA_KEY
 from fieldcrypt.store import LakeStore
 
 LEDGER_DIR = "_fieldcrypt/ledger"
@@ -285,13 +285,21 @@ def is_marked(store: LakeStore, rel: str) -> bool:
 # -- the ledger --------------------------------------------------------------------------------
 
 
+# Whether a protection run would encrypt cells of a file (fieldcrypt.protect's scan): handed in by the
+# workspace, as protect records into the ledger and the ledger must not import it back.
+PendingCells = Callable[[LakeStore, str, DatasetSpec, Sequence[AttributePolicy]], bool]
+
+
 class Ledger:
     """The protection ledger of one workspace's lake."""
 
-    def __init__(self, store: LakeStore, workspace: str, policy_key: Callable[[], MacKey]) -> None:
+    def __init__(
+        self, store: LakeStore, workspace: str, policy_key: Callable[[], MacKey], pending: PendingCells
+    ) -> None:
         self.store = store
         self.workspace = workspace
         self._policy_key = policy_key
+        self._pending = pending
         self._key: MacKey | None = None
 
     def key(self) -> MacKey:
@@ -387,7 +395,7 @@ class Ledger:
             try:
                 self._check_file(shard, rel, ledger, dataset, attributes, deep)
             except LedgerError as exc:
-                if not (skip_replaced and exc.replaced) or _pending(self.store, rel, dataset, attributes):
+                if not (skip_replaced and exc.replaced) or self._pending(self.store, rel, dataset, attributes):
                     raise
 
     def check_file(
@@ -447,7 +455,7 @@ class Ledger:
             all(found.get(name, (0, ""))[0] >= count for name, (count, _) in entry.attributes.items())
             for entry in entries
         )
-        return keeps_cells and _pending(self.store, rel, dataset, attributes)
+        return keeps_cells and self._pending(self.store, rel, dataset, attributes)
 
     def _compare(
         self,
@@ -484,13 +492,6 @@ class Ledger:
                 rel,
                 replaced=True,
             )
-
-
-def _pending(store: LakeStore, rel: str, dataset: DatasetSpec, attributes: Sequence[AttributePolicy]) -> bool:
-    """Whether a protection run would encrypt cells of this file."""
-    from fieldcrypt.protect import scan_file  # protect records into the ledger: imported when needed
-
-    return any(c.pending for c in scan_file(store, rel, dataset, attributes).attributes.values())
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
@@ -13,8 +13,7 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.engine_schema import listing_columns
 from fieldcrypt.errors import InputError
-from fieldcrypt.policy import AttributePolicy
-from fieldcrypt.select import FILE_METADATA_KEY
+from fieldcrypt.file_metadata import FILE_METADATA_KEY, ProtectedColumns
 from fieldcrypt.store import LakeStore
 
 Choice = TypeVar("Choice")
@@ -192,7 +191,7 @@ def protected_writer(
     sink: IO[bytes] | pa.NativeFile,
     schema: pa.Schema,
     source: pq.ParquetFile,
-    attributes: list[AttributePolicy],
+    attributes: Sequence[ProtectedColumns],
     where: str,
 ) -> pq.ParquetWriter:
     """A writer for the protected file (`where`, for messages) that keeps the writer's choices of the source.

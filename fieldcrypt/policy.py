@@ -376,16 +376,52 @@ class PolicyStore:
         bwhere = self.store.display(BINDING_PATH)
 
         def change(now: dict[str, object] | None) -> dict[str, object] | None:
+            kept: SeenVersions | None = None
             if now is not None:
                 try:
-                    if SeenVersions.opened(now, key, bwhere).policy_version >= version:
-                        return None
+                    kept = SeenVersions.opened(now, key, bwhere)
                 except PolicyError:
                     if not replace_unreadable:
                         raise
-            return SeenVersions(version, sealed.mac).sealed(key)
+                if kept is not None and kept.policy_version >= version:
+                    return None
+            audit = (kept.audit_seq, kept.audit_digest) if kept is not None else (0, "")  # the pinned audit head
+            return SeenVersions(version, sealed.mac, *audit).sealed(key)
 
         BindingStore(self.store).update_seen(change)
+
+    def pinned_audit_head(self) -> tuple[int, str] | None:
+        """The audit head (seq, digest) the binding pins, MAC checked; None when none is pinned."""
+        seen = self._stored_seen()
+        return (seen.audit_seq, seen.audit_digest) if seen is not None and seen.audit_seq else None
+
+    def pin_audit_head(self, seq: int, digest: str) -> None:
+        """Record a verified audit head in the binding (never moving it back); a no-op without a policy."""
+        if self._stored_seen() is None:
+            return
+        stored = self.store.read_bytes(POLICY_PATH)
+        where = self.store.display(POLICY_PATH)
+        doc, auth = policy_auth.split(stored, where)
+        key = self._require_keys(where).policy_key_for(policy_auth.sealed(doc, auth, where).mac_key)
+        bwhere = self.store.display(BINDING_PATH)
+
+        def change(now: dict[str, object] | None) -> dict[str, object] | None:
+            if now is None:
+                return None
+            seen = SeenVersions.opened(now, key, bwhere)
+            if seen.audit_seq >= seq:
+                return None
+            return replace(seen, audit_seq=seq, audit_digest=digest).sealed(key)
+
+        BindingStore(self.store).update_seen(change)
+
+    def _stored_seen(self) -> SeenVersions | None:
+        if not self.store.exists(POLICY_PATH):
+            return None
+        stored = self.store.read_bytes(POLICY_PATH)
+        where = self.store.display(POLICY_PATH)
+        doc, auth = policy_auth.split(stored, where)
+        return self.seen(self._require_keys(where).policy_key_for(policy_auth.sealed(doc, auth, where).mac_key))
 
     def save(self, policy: Policy, previous: Policy | None = None) -> None:
         """Replace the stored policy by its successor `policy` (irreversibility checked).

@@ -35,6 +35,8 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.canonical_json import canonical_json
 from fieldcrypt.errors import InputError, PolicyError
+from fieldcrypt.file_metadata import FILE_METADATA_KEY
+from fieldcrypt.parquet_io import open_parquet
 
 AUTH_FORMAT = "fieldcrypt-policy-mac-v2"
 AUTH_FORMAT_V1 = "fieldcrypt-policy-mac-v1"  # written before the canonical form: still verified, never written
@@ -171,8 +173,6 @@ def check_file_protection(parquet: pq.ParquetFile, attributes: Sequence[Any], wh
     `attributes` are the policy's AttributePolicy entries of the file's dataset. A file is
     never processed under a policy that would leave its protected attributes unchecked.
     """
-    from fieldcrypt.select import FILE_METADATA_KEY
-
     metadata = parquet.schema_arrow.metadata or {}
     raw = metadata.get(FILE_METADATA_KEY)
     if raw is None:
@@ -198,7 +198,5 @@ def check_file_protection(parquet: pq.ParquetFile, attributes: Sequence[Any], wh
 
 def check_stored_file(store: Any, rel: str, attributes: Sequence[Any]) -> None:
     """`check_file_protection` on a lake file (reads its footer only)."""
-    from fieldcrypt.parquet_io import open_parquet
-
     with open_parquet(store, rel) as parquet:
         check_file_protection(parquet, attributes, store.display(rel))

@@ -8,8 +8,9 @@ record, or another policy of the same version, is refused by name: an older auth
 policy.json copied back (a restored backup) would silently turn protection off for
 attributes enabled since. `fieldcrypt restore-accept` is the audited way out.
 
-The record has room for more heads: the audit log's (`AuditLog.head()`, seq and digest) can
-be added as one more member of `SeenVersions` and checked the same way.
+The record also pins the audit log's head (`AuditLog.head()`: seq and digest) as
+`fieldcrypt audit --verify` last found it: a later `audit --verify` refuses a log that no
+longer holds that record (its newest records cut off, or an older copy restored).
 """
 
 from __future__ import annotations
@@ -45,12 +46,17 @@ class SeenVersions:
 
     policy_version: int
     policy_mac: bytes
+    audit_seq: int = 0  # the audit head `fieldcrypt audit --verify` last pinned (0: none)
+    audit_digest: str = ""
 
     def body(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "format": SEEN_FORMAT,
             "policy": {"version": self.policy_version, "mac": base64.b64encode(self.policy_mac).decode()},
         }
+        if self.audit_seq:
+            body["audit"] = {"seq": self.audit_seq, "digest": self.audit_digest}
+        return body
 
     def sealed(self, key: MacKey) -> dict[str, Any]:
         """The binding's `seen` member: the body and its MAC."""
@@ -71,7 +77,13 @@ class SeenVersions:
         try:
             mac = base64.b64decode(str(doc["mac"]), validate=True)
             policy = body["policy"]
-            seen = cls(int(policy["version"]), base64.b64decode(str(policy["mac"]), validate=True))
+            audit = body.get("audit") or {"seq": 0, "digest": ""}
+            seen = cls(
+                int(policy["version"]),
+                base64.b64decode(str(policy["mac"]), validate=True),
+                int(audit["seq"]),
+                str(audit["digest"]),
+            )
         except (KeyError, TypeError, ValueError, binascii.Error):
             raise bad from None
         if body.get("format") != SEEN_FORMAT or seen.body() != body:

@@ -24,10 +24,9 @@ import pyarrow.compute as pc
 
 from fieldcrypt.columns import at_or_after, check_attribute_type, read_path, row_key_bytes
 from fieldcrypt.errors import FieldcryptError, InputError, IntegrityError
+from fieldcrypt.file_metadata import FILE_METADATA_KEY
 from fieldcrypt.mask import is_mask_form
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
-
-FILE_METADATA_KEY = b"fieldcrypt"
 
 
 @dataclass(frozen=True)

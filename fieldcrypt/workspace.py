@@ -7,20 +7,18 @@ until a key is first needed.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fieldcrypt import blind_index_campaign, master_key_access, rotation_campaign, summary_files
-from fieldcrypt.audit import AuditLog
-from fieldcrypt.binding import BindingStore, Campaign, KeyBinding
+from fieldcrypt import blind_index_campaign, rotation_campaign, summary_files
+from fieldcrypt.audit import AuditLog, AuditReport
+from fieldcrypt.audit_chain import AuditHead
+from fieldcrypt.binding import BindingStore, Campaign
 from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore
-from fieldcrypt.cache import MAX_TTL_SECONDS, DataKeyCache
+from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.columns import row_key_bytes
 from fieldcrypt.detectors import DEFAULT_PHONE_REGIONS
 from fieldcrypt.discovery import DEFAULT_MIN_SHARE, DEFAULT_SAMPLE, DiscoveryReport, discover_files
@@ -29,97 +27,43 @@ from fieldcrypt.enable_checks import check_declared, check_map_key_occurs
 from fieldcrypt.errors import (
     ConcurrentUpdateError,
     ConfigError,
-    FieldcryptError,
     InputError,
-    KeyProviderError,
     PolicyError,
     RowNotFoundError,
 )
-from fieldcrypt.keystore import Keystore
 from fieldcrypt.layout import DatasetLayout, partition_label
 from fieldcrypt.ledger import Ledger, LedgerError, LedgerStep, entry_of, is_marked
+from fieldcrypt.master_key_access import LakeKeyFiles, MasterKeyAccess
 from fieldcrypt.parquet_io import open_parquet, read_ahead, row_groups
+from fieldcrypt.partition_job import EnabledDataset, PartitionJob, each_file
 from fieldcrypt.partition_keys import check_unique_across_files
 from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
 from fieldcrypt.policy_auth import MacKey, check_stored_file
 from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
-from fieldcrypt.providers.aws_kms import PROVIDER_ID as KMS
-from fieldcrypt.providers.aws_kms import RETRY_MODES
-from fieldcrypt.providers.base import MasterKeyInfo as KeyRef
-from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
-from fieldcrypt.providers.pkcs11 import PROVIDER_ID as PKCS11
-from fieldcrypt.providers.pkcs11 import Pkcs11Settings
 from fieldcrypt.read_rule import ReadKeys, RowChoice, check_partition, read_attribute
 from fieldcrypt.reindex import ReindexReport, RetiringIndexKeys
 from fieldcrypt.rotate import RotateReport
 from fieldcrypt.rotation_campaign import SCAN_THREADS, RotationStatus
 from fieldcrypt.select import existing_ciphertext
-from fieldcrypt.store import FileVersion, LakeStore
-
-
-@dataclass(frozen=True)
-class KeyConfig:
-    """Where the master key lives. `local`: a keystore file; `aws-kms`: a key ARN or alias;
-    `pkcs11`: a key label in an HSM token (`keystore_path`: the old local keystore while rotating from local)."""
-
-    provider: str = LOCAL
-    keystore_path: str | None = None
-    kms_key: str | None = None
-    kms_region: str | None = None
-    kms_endpoint_url: str | None = None
-    kms_retry_mode: str = "standard"
-    kms_max_attempts: int = 5
-    pkcs11_module: str | None = None
-    pkcs11_token: str | None = None
-    pkcs11_key_label: str | None = None
-    pkcs11_pin_env: str | None = None  # the name of the variable holding the PIN, never the PIN
-    pkcs11_pin_file: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.provider not in (LOCAL, KMS, PKCS11):
-            raise KeyProviderError(f"key provider {self.provider!r} is not one of {LOCAL}, {KMS}, {PKCS11}")
-        if self.provider == PKCS11:
-            self.pkcs11_settings()  # refuses a missing module, token or PIN source here
-            if not self.pkcs11_key_label:
-                raise KeyProviderError("the pkcs11 key provider needs a key label")
-        if self.provider == LOCAL and not self.keystore_path:
-            raise KeyProviderError("the local key provider needs a keystore path")
-        if self.provider == KMS and not self.kms_key:
-            raise KeyProviderError("the aws-kms key provider needs a key ARN or alias")
-        # Refused here, not when the KMS client is first built mid-run.
-        if self.kms_retry_mode not in RETRY_MODES:
-            raise KeyProviderError(f"KMS retry mode {self.kms_retry_mode!r} is not one of {', '.join(RETRY_MODES)}")
-        if self.kms_max_attempts < 1:
-            raise KeyProviderError(f"KMS max attempts must be at least 1, got {self.kms_max_attempts}")
-
-    def pkcs11_settings(self) -> Pkcs11Settings:
-        return Pkcs11Settings(
-            self.pkcs11_module or "", self.pkcs11_token or "", self.pkcs11_pin_env, self.pkcs11_pin_file
-        )
-
-
-@dataclass(frozen=True)
-class WorkspaceConfig:
-    name: str
-    lake_uri: str
-    key: KeyConfig
-    s3_endpoint_url: str | None = None
-    s3_region: str | None = None
-    data_key_ttl_seconds: float = MAX_TTL_SECONDS
-    datasets: Mapping[str, DatasetLayout] = field(default_factory=dict)  # the catalog's declarations
-    file_workers: int = 2  # files of one partition processed at once
-    kms_calls_per_second: float | None = None  # client-side budget of key-provider calls (None: unlimited)
-    catalog_path: str | None = None  # the catalog file this configuration was read from (named in errors)
-
+from fieldcrypt.store import LakeStore
+from fieldcrypt.workspace_config import KeyConfig as KeyConfig  # re-exported: the public name
+from fieldcrypt.workspace_config import WorkspaceConfig as WorkspaceConfig
 
 Result = TypeVar("Result")
+
+
+def has_pending_cells(
+    store: LakeStore, rel: str, dataset: DatasetSpec, attributes: Sequence[AttributePolicy]
+) -> bool:
+    """Whether a protection run would encrypt cells of this file (what the ledger asks of a re-landed file)."""
+    return any(c.pending for c in scan_file(store, rel, dataset, attributes).attributes.values())
 
 
 
 
 class Workspace:
     def __init__(self, config: WorkspaceConfig, actor: str) -> None:
-        self.config = config
+        self._config = config
         self.name = config.name
         self.store = LakeStore.from_uri(config.lake_uri, endpoint_url=config.s3_endpoint_url, region=config.s3_region)
         self.policies = PolicyStore(self.store, config.name, keys=self.key_cache)
@@ -127,35 +71,31 @@ class Workspace:
         self.index_keys = IndexKeyStore(self.store)
         self.retiring_index_keys = RetiringIndexKeys(self.store)  # old keys of blind-index re-indexes under way
         self.audit = AuditLog(self.store, config.name, actor, key_source=self.key_cache)
-        self.ledger = Ledger(self.store, config.name, self._policy_mac_key)  # fieldcrypt.ledger
-        self._cache: DataKeyCache | None = None
-        # Threads of one run may share the workspace (the Dagster assets' ranged runs): the cache is built once.
-        # Re-entrant: binding a new lake writes its first policy, which reaches the cache through key_cache().
-        self._cache_lock = threading.RLock()
-        self._bound: KeyRef | None = None  # the master key this process's cache wraps under
-        self._binding_seen: FileVersion | None = None
+        self.ledger = Ledger(self.store, config.name, self._policy_mac_key, has_pending_cells)  # fieldcrypt.ledger
+        # The bound master key and the data-key cache over it; the stores above reach it through key_cache().
+        self._keys = MasterKeyAccess(
+            config, LakeKeyFiles(self.store, self.bindings, self.policies, self.index_keys, self.audit)
+        )
 
     def __repr__(self) -> str:
         return f"Workspace({self.name!r}, lake={self.store.uri!r})"
+
+    @property
+    def config(self) -> WorkspaceConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: WorkspaceConfig) -> None:
+        """A workspace given a new configuration (a wider catalog, another KMS budget) hands it to its
+        master-key access too, which reads the key settings, the data-key TTL and the datasets from it."""
+        self._config = config
+        self._keys.config = config
 
     # -- keys: delegates to fieldcrypt.master_key_access --------------------------------
 
     def key_cache(self) -> DataKeyCache:
         """The data-key cache over the bound master key, built (and the key described) on first use."""
-        return master_key_access.key_cache(self)
-
-    def _check_binding(self) -> None:
-        """Stop a process whose master key another process rotated away (one stat while unchanged)."""
-        master_key_access.check_binding(self)
-
-    def _keystore(self) -> Keystore:
-        return master_key_access.load_keystore(self)
-
-    def _kms_client(self) -> object:
-        return master_key_access.workspace_kms_client(self)
-
-    def _checked_values(self, binding: KeyBinding, keystore: Keystore) -> KeyBinding:
-        return master_key_access.with_check_values(self, binding, keystore)
+        return self._keys.key_cache()
 
     def policy(self) -> Policy:
         return self.policies.load()
@@ -363,34 +303,35 @@ class Workspace:
             )
         return spec or layout.spec, attributes
 
+    def _enabled(self, dataset: str) -> EnabledDataset:
+        """`_dataset`, with the dataset's layout: what the campaigns are handed of a dataset."""
+        spec, attributes = self._dataset(dataset)
+        return EnabledDataset(dataset, self.layout(dataset), spec, attributes)
+
+    def _enabled_datasets(self) -> list[EnabledDataset]:
+        """Every dataset the policy names, checked against the catalog (one it dropped is an error)."""
+        return [self._enabled(dataset) for dataset in sorted(self.policy().datasets)]
+
+    def _partition_job(self, dataset: str, partition: str | None) -> PartitionJob:
+        """A partition to work on file by file, its files listed after a sweep of dead runs' temporary files."""
+        enabled = self._enabled(dataset)
+        return PartitionJob(
+            enabled,
+            partition,
+            files=self.swept_files(dataset, partition)[0],
+            where=self.partition_display(dataset, partition),
+            ledger=self.ledger_step(partition, enabled.spec, enabled.attributes),
+            file_workers=self.config.file_workers,
+        )
+
     def _each_file(
         self, dataset: str, partition: str | None, work: Callable[[str], Result], files: Sequence[str] | None = None
     ) -> list[Result]:
         """`work(rel)` for each file of a partition (`files`, or those listed after a sweep of the temporary
-        files dead runs left), a few at a time; every file is tried.
-
-        Files are independent (each verified and replaced on its own), so one failing file
-        does not stop the others; the first failure is raised afterwards, naming how many failed.
-        """
+        files dead runs left), a few at a time; every file is tried (fieldcrypt.partition_job.each_file)."""
         if files is None:
             files = self.swept_files(dataset, partition)[0]
-        if len(files) <= 1:
-            return [work(rel) for rel in files]
-        results: list[Result] = []
-        failures: list[FieldcryptError] = []
-        with ThreadPoolExecutor(max_workers=self.config.file_workers, thread_name_prefix="fieldcrypt-file") as pool:
-            for future in [pool.submit(work, rel) for rel in files]:
-                try:
-                    results.append(future.result())
-                except FieldcryptError as exc:
-                    failures.append(exc)
-        if failures:
-            first = failures[0]
-            raise type(first)(
-                f"{len(failures)} of {len(files)} files of {self.partition_display(dataset, partition)} failed "
-                f"(the others are done); first: {first}"
-            ) from first
-        return results
+        return each_file(files, work, self.config.file_workers, self.partition_display(dataset, partition))
 
     # -- protection ----------------------------------------------------------------------
 
@@ -733,15 +674,17 @@ class Workspace:
 
     def start_rotation(self, to: str | None = None, *, to_kms_key: str | None = None) -> Campaign:
         """Start moving every wrapped data key to a new master key (local: a new key version)."""
-        return rotation_campaign.start_rotation(self, to, to_kms_key=to_kms_key)
+        return rotation_campaign.start_rotation(self._keys, self.retiring_index_keys, to, to_kms_key=to_kms_key)
 
     def rotate(self, dataset: str, partition: str | None) -> RotateReport:
         """Rewrap the data keys of every file of a partition under the current master key."""
-        return rotation_campaign.rotate(self, dataset, partition)
+        job = self._partition_job(dataset, partition)
+        return rotation_campaign.rotate(job, self.key_cache(), self.store)
 
     def old_key_refs(self, dataset: str, partition: str | None) -> list[str]:
         """Master keys (refs) other than the current one that still wrap data keys of a partition (no KMS call)."""
-        return rotation_campaign.old_key_refs(self, dataset, partition)
+        _, attributes = self._dataset(dataset)
+        return rotation_campaign.old_key_refs(self._keys, attributes, self.files(dataset, partition))
 
     def rotation_status(
         self,
@@ -751,25 +694,33 @@ class Workspace:
         max_reads: int | None = None,
     ) -> RotationStatus:
         """Scan every partition for wrapped keys not under the current master key (no KMS call)."""
-        return rotation_campaign.rotation_status(self, threads=threads, known_clean=known_clean, max_reads=max_reads)
+        return rotation_campaign.rotation_status(
+            self._keys, self._enabled_datasets, threads=threads, known_clean=known_clean, max_reads=max_reads
+        )
 
     def complete_rotation(self) -> Campaign:
         """Prove no wrapped key under the old master key remains, then retire it."""
-        return rotation_campaign.complete_rotation(self)
+        return rotation_campaign.complete_rotation(self._keys, self._enabled_datasets)
 
     # -- blind-index re-index: thin delegates to fieldcrypt.blind_index_campaign ----------
 
     def start_reindex(self, attribute: str) -> None:
         """Give a blind-indexed attribute a new index key; new rows are indexed under it from now on."""
-        return blind_index_campaign.start_reindex(self, attribute)
+        return blind_index_campaign.start_reindex(self._keys, self.retiring_index_keys, self.policy(), attribute)
 
     def reindex(self, dataset: str, partition: str | None) -> ReindexReport:
         """Recompute, in every file of a partition, the blind indexes of the attributes being re-indexed."""
-        return blind_index_campaign.reindex(self, dataset, partition)
+        job = self._partition_job(dataset, partition)
+        return blind_index_campaign.reindex(self._keys, self.retiring_index_keys, job)
 
     def complete_reindex(self, attribute: str) -> int:
         """Prove every blind index of `attribute` is under the new key, then forget the old key; partitions checked."""
-        return blind_index_campaign.complete_reindex(self, attribute)
+        return blind_index_campaign.complete_reindex(
+            self._keys,
+            self.retiring_index_keys,
+            attribute,
+            lambda dataset: (self._partition_job(dataset, partition) for partition in self.partitions(dataset)),
+        )
 
     # -- policy adoption -----------------------------------------------------------------
 
@@ -790,7 +741,7 @@ class Workspace:
         self.key_cache()
         self.policies.write_authenticated(policy)
         # A new MAC key: the ledger, whose key derives from it, is recorded again after every cell is verified.
-        self.ledger = Ledger(self.store, self.name, self._policy_mac_key)
+        self.ledger = Ledger(self.store, self.name, self._policy_mac_key, has_pending_cells)
         recorded = self._record_ledger([(d, p) for d in self.datasets for p in self.partitions(d)])
         self.audit.record(
             "policy_adopt",
@@ -832,6 +783,15 @@ class Workspace:
             f"{recorded} files recorded in the protection ledger",
         )
         return restored.version, version, recorded
+
+    def verify_audit(self) -> AuditReport:
+        """Check every audit record (`AuditLog.verify`), also against the head the binding pinned at the last
+        verification (its newest records cut off are named), then pin this head there."""
+        pinned = self.policies.pinned_audit_head()
+        report = self.audit.verify(AuditHead(*pinned) if pinned else None)
+        if report.head is not None:
+            self.policies.pin_audit_head(report.head.seq, report.head.digest)
+        return report
 
     def accept_rewrite(self, dataset: str, partition: str | None, reason: str) -> int:
         """Accept a partition whose files an engine rewrote (a compaction: read, write new files, drop the

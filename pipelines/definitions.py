@@ -5,8 +5,9 @@ with the environment's overrides) and makes no network or KMS call. Every served
 gets, under its own name (assets/scope.py), its datasets' landed, protected, rotation and
 re-index assets, its protect, enable, history and rotation jobs, schedules and the rotation
 driver sensor; a new dataset or workspace is one catalog entry and a code-location reload.
-FIELDCRYPT_DAGSTER_EXECUTOR=in_process runs each run's steps in one process (tests, small
-machines); by default steps run in parallel processes.
+By default a run of one step runs in the run's process and a run of several steps runs each in a
+process of its own (pipelines/executor.py); FIELDCRYPT_DAGSTER_EXECUTOR=in_process runs every run's
+steps in one process, =multiprocess every step in its own.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ from assets import build_assets
 from fieldcrypt.catalog import workspace_ident
 from fieldcrypt.errors import ConfigError
 from fieldcrypt.workspace import WorkspaceConfig
+from pipelines.executor import by_step_count_executor
 from pipelines.jobs import enable_attribute_job, encrypt_history_job, protect_jobs
+from pipelines.observation import build_observation_definitions
 from pipelines.rotation import build_rotation_definitions
 from pipelines.schedules import build_schedule_definitions
 from resources.settings import BROKEN, SERVED, resources_from_catalog
 
 
 def _executor_defs() -> dg.Definitions:
-    choice = os.environ.get("FIELDCRYPT_DAGSTER_EXECUTOR", "multiprocess")
+    choice = os.environ.get("FIELDCRYPT_DAGSTER_EXECUTOR", "by_step_count")
+    if choice == "by_step_count":  # pipelines/executor.py: one process for a one-step run
+        return dg.Definitions(executor=by_step_count_executor)
     if choice == "in_process":
         return dg.Definitions(executor=dg.in_process_executor)
     if choice == "multiprocess":
@@ -36,7 +41,9 @@ def _executor_defs() -> dg.Definitions:
 
         broker = {"broker": {"env": "FIELDCRYPT_CELERY_BROKER"}, "backend": {"env": "FIELDCRYPT_CELERY_BACKEND"}}
         return dg.Definitions(executor=celery_executor.configured(broker))
-    raise ConfigError(f"FIELDCRYPT_DAGSTER_EXECUTOR={choice!r} is not one of in_process, multiprocess, celery")
+    raise ConfigError(
+        f"FIELDCRYPT_DAGSTER_EXECUTOR={choice!r} is not one of by_step_count, in_process, multiprocess, celery"
+    )
 
 
 def workspace_definitions(config: WorkspaceConfig) -> dg.Definitions:
@@ -48,6 +55,7 @@ def workspace_definitions(config: WorkspaceConfig) -> dg.Definitions:
         dg.Definitions(jobs=[*protect, enable_attribute_job(assets), encrypt_history_job(assets.scope)]),
         build_schedule_definitions(assets.scope, assets.groups, protect),
         build_rotation_definitions(assets),  # master-key rotation: its jobs, schedule and sensor
+        build_observation_definitions(assets),  # landed snapshots observed; stale protection re-run
     )
 
 

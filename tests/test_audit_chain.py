@@ -335,3 +335,27 @@ def test_first_look_at_the_head_on_s3_starts_from_the_hint(
     bogus = Workspace(workspace.config, actor="other")
     head = bogus.audit.head()
     assert newest is not None and head is not None and head.seq > newest.seq  # opening recorded its key uses
+
+
+def test_newest_records_cut_off_after_a_verification_are_named_by_the_next(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([*cli, "audit", "--verify"]) == 0  # pins the head in the lake's binding
+    pinned = json.loads(audit_file(tmp_path).read_text().splitlines()[-1])["seq"]
+    path = audit_file(tmp_path)
+    lines = path.read_bytes().split(b"\n")
+    path.write_bytes(b"\n".join(lines[: pinned - 5]) + b"\n")  # whole records cut off: what is left chains
+    err = failure([*cli, "audit", "--verify"], capsys)
+    assert f"but this lake pinned seq {pinned} when it was last verified: its newest records were cut off" in err or (
+        f"(seq {pinned}) is not the record this lake pinned at that position" in err
+    )
+
+
+def test_a_verification_pins_the_head_so_the_next_one_checks_it(
+    cli: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([*cli, "audit", "--verify"]) == 0
+    assert "pinned in the lake's binding" in capsys.readouterr().out
+    binding = json.loads((tmp_path / "lake" / "_fieldcrypt" / "master_key.json").read_text())
+    assert binding["seen"]["audit"]["seq"] > 1
+    assert run([*cli, "audit", "--verify"]) == 0

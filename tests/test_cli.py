@@ -518,3 +518,42 @@ def test_accept_rewrite_records_a_compacted_partition_and_verify_passes_again(
     assert run([*cli, *args]) == 0
     assert "rewrite accepted; 1 files verified and recorded" in capsys.readouterr().out
     assert run([*cli, "verify", "users"]) == 0
+
+
+def test_audit_filters_by_operation_dataset_actor_and_time(cli: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    run([*cli, "protect", "users"])
+    capsys.readouterr()
+    assert run([*cli, "audit", "--operation", "encrypt", "--dataset", "users"]) == 0
+    encrypts = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert encrypts and {(e["operation"], e["dataset"]) for e in encrypts} == {("encrypt", "users")}
+    actor = encrypts[0]["actor"]
+    assert run([*cli, "audit", "--actor", actor, "--operation", "enable"]) == 0
+    assert [json.loads(line)["operation"] for line in capsys.readouterr().out.splitlines()] == ["enable"]
+    assert run([*cli, "audit", "--since", "2999-01-01T00:00"]) == 0
+    assert capsys.readouterr().out == ""
+    assert run([*cli, "audit", "--until", "2000-01-01"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_audit_summary_counts_records_and_cells_per_operation(
+    cli: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run([*cli, "enable", "users.email", "--mask", "email", ACK_FLAG])
+    run([*cli, "protect", "users"])
+    capsys.readouterr()
+    assert run([*cli, "audit", "--operation", "encrypt"]) == 0
+    cells = sum(json.loads(line)["cells"] for line in capsys.readouterr().out.splitlines())
+    assert run([*cli, "--json", "audit", "--summary"]) == 0
+    rows, summary = json_lines(capsys.readouterr().out)
+    by_operation = {row["operation"]: row for row in rows}
+    assert by_operation["encrypt"]["cells"] == cells > 0
+    assert by_operation["enable"]["records"] == 1
+    assert summary["records"] == sum(row["records"] for row in rows)
+
+
+def test_audit_refuses_a_time_that_is_not_iso_8601(cli: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*cli, "audit", "--since", "yesterday"])
+    assert exited.value.code == 2
+    assert "'yesterday' is not an ISO 8601 time" in capsys.readouterr().err

@@ -90,12 +90,12 @@ def test_importing_the_code_location_makes_no_network_or_kms_call(tmp_path: Path
     ]
 
 
-def test_protection_assets_run_ranges_of_25_partitions_in_the_workspaces_kms_pool_with_three_checks() -> None:
+def test_protection_assets_run_ranges_of_100_partitions_in_the_workspaces_kms_pool_with_three_checks() -> None:
     from pipelines.definitions import defs
 
     for name in PROTECTED:
         asset = defs.resolve_assets_def(asset_key(name, "demo"))
-        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(25)
+        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(100)
         assert asset.op.pool == "kms_demo"
         assert {k for k in asset.required_resource_keys if k.startswith("fieldcrypt")} == {"fieldcrypt_demo"}
         assert {key.name for key in asset.check_keys} == CHECK_NAMES

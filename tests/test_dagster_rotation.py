@@ -266,7 +266,7 @@ def test_graphql_rotation_backfill_rewraps_both_datasets_resumes_and_completes(
             for dataset in DATASETS
         }
 
-    # one run per backfill (its partitions fit in one range of multi_run(25)), all succeeded
+    # one run per backfill (its partitions fit in one range of multi_run(100)), all succeeded
     assert [len(runs[first]), len(runs[resumed])] == [1, 1]
     assert {run.status for backfill in runs.values() for run in backfill} == {DagsterRunStatus.SUCCESS}
     # mid-campaign, a rotated and a not yet rotated partition both decrypt
@@ -657,7 +657,7 @@ def test_scheduled_rotation_starts_rotates_and_completes_a_local_campaign_by_its
     assert campaign is not None and campaign.new.key_version == "2"
 
     (rotation,) = tick().run_requests  # both dates in one ranged run
-    assert rotation.run_key == f"{campaign.campaign_id}/{PARTITIONS[0]}+25"
+    assert rotation.run_key == f"{campaign.campaign_id}/{PARTITIONS[0]}+100"
     assert rotation.job_name == node("rotate_keys")
     assert set(rotation.asset_selection) == {asset_key(name) for name in ROTATED.values()}
     assert rotation.partition_key is None
@@ -708,7 +708,7 @@ def test_sensor_daemon_launches_the_drivers_ranged_run_which_rotates_every_parti
         (run,) = instance.get_runs(filters=RunsFilter(tags={"fieldcrypt/rotation_campaign": campaign_id}))
         materialized = {name: instance.get_materialized_partitions(asset_key(name)) for name in ROTATED.values()}
     assert run.status == DagsterRunStatus.SUCCESS
-    assert run.tags["dagster/run_key"] == f"{campaign_id}/{PARTITIONS[0]}+25"
+    assert run.tags["dagster/run_key"] == f"{campaign_id}/{PARTITIONS[0]}+100"
     assert run.tags["dagster/asset_partition_range_start"] == f"{campaign_id}|{PARTITIONS[0]}"
     assert run.tags["dagster/asset_partition_range_end"] == f"{campaign_id}|{PARTITIONS[-1]}"
     assert materialized == {name: {f"{campaign_id}|{p}" for p in PARTITIONS} for name in ROTATED.values()}
@@ -1039,7 +1039,7 @@ def test_rotation_assets_are_partitioned_by_campaign_and_snapshot_in_the_kms_poo
     snapshot_partitions = defs.resolve_assets_def(asset_key("protected_users", "demo")).partitions_def
     for dataset, name in ROTATED.items():
         asset = defs.resolve_assets_def(asset_key(name, "demo"))
-        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(25)
+        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(100)
         assert asset.op.pool == "kms_demo"
         assert {key.name for key in asset.check_keys} == {"no_old_wrapped_keys"}
         assert isinstance(asset.partitions_def, dg.MultiPartitionsDefinition)

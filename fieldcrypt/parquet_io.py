@@ -169,7 +169,7 @@ def _int96_timestamps(source: pq.ParquetFile) -> bool:
     return int96 and not int64
 
 
-def protected_metadata(schema: pa.Schema, attributes: list[AttributePolicy], where: str) -> dict[bytes, bytes]:
+def protected_metadata(schema: pa.Schema, attributes: Sequence[ProtectedColumns], where: str) -> dict[bytes, bytes]:
     """The schema metadata of a protected file: the source's, with the protection columns listed in its
     pandas and Spark schemas (fieldcrypt.engine_schema) and the `fieldcrypt` entry describing them.
     The full rewrite stores it through pyarrow's writer; a splice stores it with `footer_metadata`."""

@@ -166,6 +166,8 @@ def protection_metadata(report: ProtectReport, partition: str | None) -> dict[st
         # Stale once a file below them was replaced: removed before it was (fieldcrypt.summary_files).
         "summary_files_removed": dg.MetadataValue.json(report.summary_files_removed),
         "master_key_id": report.master_key or "(none used)",
+        # splice: untouched column chunks copied as bytes; full: every column rewritten (docs/FORMAT.md)
+        "rewrite_path": report.rewrite_path or "(not rewritten)",
         "duration_s": dg.MetadataValue.float(round(report.seconds, 3)),
     }
     lines = [

@@ -50,6 +50,7 @@ def reindexed_index(
                     "partition": partition_label(partition),
                     "files": report.files,
                     "files_rewritten": report.files_rewritten,
+                    "rewrite_path": report.rewrite_path or "(not rewritten)",  # splice or full (docs/FORMAT.md)
                     "rows": report.rows,
                     "summary_files_removed": dg.MetadataValue.json(report.summary_files_removed),
                     **{f"reindexed.{name}": count for name, count in report.reindexed.items()},

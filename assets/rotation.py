@@ -208,6 +208,8 @@ def rotation_metadata(
         "cells_under_rewrapped_keys": report.cells_under_rewrapped_keys,
         "summary_files_removed": dg.MetadataValue.json(report.summary_files_removed),
         "master_keys_before": dg.MetadataValue.json(report.master_keys_before),  # key id -> distinct data keys
+        # splice: untouched column chunks copied as bytes; full: every column rewritten (docs/FORMAT.md)
+        "rewrite_path": report.rewrite_path or "(not rewritten)",
         "duration_s": dg.MetadataValue.float(round(report.seconds, 3)),
     }
 

@@ -3,8 +3,10 @@ Parquet read + write, peak RSS at 1M and 4M rows, ciphertext overhead.
 
 Human-readable lines first; the last line is one JSON object (see issue 2, item 10, and
 issue 9 for the native kernel keys: native_kernel_*, native_decrypt_*, *threads_2_vs_1,
-protect_vs_copy, verify_cells_per_s, reveal_cells_per_s, cell_kernel).
+protect_vs_copy, verify_cells_per_s, reveal_cells_per_s, cell_kernel; issue 18, bench/passthrough.py:
+protect_s_w6/_w20/_w60 and copy_s_w*, protect_vs_copy_wide, pme_s, protect_vs_pme, load_avg_*).
 Usage: python bench/encrypt.py [--rows N] [--reps N] [--protect-reps N] [--only PART] [--keep]
+(PART: kernel, protect, rss or wide).
 
 The kernel is fieldcrypt.encrypt.encrypt_values on the email column of a 1M-row users
 snapshot (Arrow strings, with the primary key as row keys), as protect calls it; the
@@ -52,6 +54,7 @@ from common import (  # noqa: E402
     timed,
     write_users,
 )
+from passthrough import bench_pme, bench_widths, load  # noqa: E402
 
 from fieldcrypt import kernel  # noqa: E402
 from fieldcrypt.cell import DataKey, ad_prefix  # noqa: E402
@@ -186,7 +189,9 @@ def bench_protect(source: Path, lake_root: Path, reps: int) -> tuple[dict[str, f
     kept = lake_root / "protected.parquet"
     protect_times, protect_cpu, rw_times, loop_times, baseline_cpu = [], [], [], [], []
     report = None
-    for _ in range(reps):
+    for rep in range(reps):
+        if rep:  # a fresh lake: the protection ledger refuses a protected file replaced by its plaintext
+            lake = make_lake(lake_root)
         lake.land(source)
         workspace = lake.workspace()
         workspace.key_cache()  # keystore load and key description: setup, not protection
@@ -338,7 +343,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="kernel repetitions")
     parser.add_argument("--protect-reps", type=int, default=4, help="protect and baseline repetitions")
     parser.add_argument("--keep", action="store_true", help="keep bench/out/encrypt-<pid>")
-    parser.add_argument("--only", choices=["kernel", "protect", "rss"], help="run one part (for profiling)")
+    parser.add_argument("--only", choices=["kernel", "protect", "rss", "wide"], help="run one part (for profiling)")
     parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--generate", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -352,7 +357,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        result: dict[str, object] = {}
+        result: dict[str, object] = {"load_avg_1m": load(), "load_avg_5m": round(os.getloadavg()[1], 2)}
         source = out / "source.parquet"
         subprocess.run([sys.executable, __file__, "--generate", str(source), str(args.rows)], check=True)
         size = source.stat().st_size >> 20
@@ -365,7 +370,11 @@ def main() -> None:
             result.update(protect)
             result.update(file_facts(source, protected))
             result.update(bench_read(out / "protect", args.protect_reps))
+        if args.only in (None, "wide"):  # issue 18: cost by width, the wide ratio, PME of the same columns
+            result.update(bench_widths(out / "wide", args.rows, args.protect_reps))
+            result.update(bench_pme(source, out / "wide", args.protect_reps))
         result.update(rss)
+        result["load_avg_1m_end"] = load()
         print(f"bench/encrypt.py took {time.perf_counter() - started:.0f}s")
         print(json.dumps(result))
     finally:

@@ -169,6 +169,24 @@ def _int96_timestamps(source: pq.ParquetFile) -> bool:
     return int96 and not int64
 
 
+def protected_metadata(schema: pa.Schema, attributes: Sequence[ProtectedColumns], where: str) -> dict[bytes, bytes]:
+    """The schema metadata of a protected file: the source's, with the protection columns listed in its
+    pandas and Spark schemas (fieldcrypt.engine_schema) and the `fieldcrypt` entry describing them.
+    The full rewrite stores it through pyarrow's writer; a splice stores it with `footer_metadata`."""
+    described = {
+        a.name: {"ciphertext": a.ciphertext_column, "wrapped_key": a.wrapped_key_column, "mask": a.mask}
+        | ({"blind_index": a.blind_index_column} if a.blind_index_column else {})
+        for a in attributes
+    }
+    protection = {c for a in attributes for c in (a.ciphertext_column, a.wrapped_key_column, a.blind_index_column)}
+    metadata = listing_columns(schema.metadata or {}, [n for n in schema.names if n in protection], where)
+    # "ledgered": this version of the file is recorded in the protection ledger (fieldcrypt.ledger), so one
+    # found outside the ledger was copied in or outlived a restore of `_fieldcrypt/`.
+    file_doc = {"format": 1, "attributes": described, "ledgered": True}
+    metadata[FILE_METADATA_KEY] = json.dumps(file_doc, sort_keys=True).encode()
+    return metadata
+
+
 def protected_writer(
     sink: IO[bytes] | pa.NativeFile,
     schema: pa.Schema,
@@ -192,17 +210,7 @@ def protected_writer(
     }
     leaves = leaf_paths(schema)
     plain_leaves = [p for p in leaves if p not in ciphertext]
-    described = {
-        a.name: {"ciphertext": a.ciphertext_column, "wrapped_key": a.wrapped_key_column, "mask": a.mask}
-        | ({"blind_index": a.blind_index_column} if a.blind_index_column else {})
-        for a in attributes
-    }
-    protection = {c for a in attributes for c in (a.ciphertext_column, a.wrapped_key_column, a.blind_index_column)}
-    metadata = listing_columns(schema.metadata or {}, [n for n in schema.names if n in protection], where)
-    # "ledgered": this version of the file is recorded in the protection ledger (fieldcrypt.ledger), so one
-    # found outside the ledger was copied in or outlived a restore of `_fieldcrypt/`.
-    file_doc = {"format": 1, "attributes": described, "ledgered": True}
-    metadata[FILE_METADATA_KEY] = json.dumps(file_doc, sort_keys=True).encode()
+    metadata = protected_metadata(schema, attributes, where)
     default = codec_of(source)
     wrapped_key_codec = _WRAPPED_KEY_CODEC if default == "none" else default
     kept = source_codecs(source, leaves)

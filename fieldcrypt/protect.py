@@ -4,8 +4,11 @@ The data path, top to bottom:
 1. read: the file is streamed row group by row group (fieldcrypt.parquet_io);
 2. select: rows ingested at or after enablement, not null, not protected (fieldcrypt.select);
 3. encrypt and mask: fieldcrypt.encrypt (cells: fieldcrypt.cell, masks: fieldcrypt.mask);
-4. write: into a hidden temporary file next to the original;
-5. verify: the temporary file is re-read against the original (fieldcrypt.verify);
+4. write: into a hidden temporary file next to the original (fieldcrypt.rewrite: on the splice path
+   only the attributes' top-level columns and the protection columns are read and encoded, every other
+   column chunk is copied as bytes);
+5. verify: the temporary file is re-read against the original (fieldcrypt.verify: the changed
+   columns decoded, the copied chunks proven identical by digest on the splice path);
 6. replace: atomically, only if the original did not change meanwhile (fieldcrypt.store).
 
 A file with nothing to encrypt is not rewritten at all, so a re-run is a no-op.
@@ -33,11 +36,11 @@ from fieldcrypt.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_att
 from fieldcrypt.engine_schema import lists_columns
 from fieldcrypt.errors import InputError
 from fieldcrypt.ledger import LedgerStep
-from fieldcrypt.parquet_io import open_parquet, protected_writer, read_ahead, row_groups
+from fieldcrypt.parquet_io import open_parquet, read_ahead, row_groups
 from fieldcrypt.parquet_io import row_group as read_row_group
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.replace_guard import confirm_replace
-from fieldcrypt.rewrite import FileJob, rewrite_file
+from fieldcrypt.rewrite import BatchWriter, FileJob, Output, rewrite_file
 from fieldcrypt.select import RowSelection, UniqueRowKeys, select_rows
 from fieldcrypt.store import LakeStore
 from fieldcrypt.verify import verify_rewrite
@@ -64,6 +67,9 @@ class ProtectReport:
     kms_calls: int = 0
     master_key: str = ""
     seconds: float = 0.0
+    # How a rewritten file was written (fieldcrypt.rewrite): "splice" or "full"; "" when not rewritten.
+    # A partition's total names every path its files took, "+"-joined.
+    rewrite_path: str = ""
 
     files: int = 1
     files_rewritten: int = 0
@@ -87,6 +93,7 @@ class ProtectReport:
             summed.seconds += report.seconds
             summed.files_rewritten += report.files_rewritten
             summed.master_key = summed.master_key or report.master_key
+            summed.rewrite_path = _joined_paths(summed.rewrite_path, report.rewrite_path)
             summed.summary_files_removed = sorted({*summed.summary_files_removed, *report.summary_files_removed})
             for name, counts in report.attributes.items():
                 into = summed.attributes.setdefault(name, AttributeCounts())
@@ -225,17 +232,34 @@ def protect_file(
         before_replace_check,
     )
 
-    def write(source: pq.ParquetFile, temp: str) -> tuple[pa.Schema, list[dict[str, EncryptedAttribute]]]:
+    # The top-level columns protection changes or adds, and those it reads besides.
+    changed = {a.column for a in attributes} | {
+        c for a in attributes for c in (a.ciphertext_column, a.wrapped_key_column, a.blind_index_column) if c
+    }
+    needed = changed | {dataset.ingested_at, *dataset.primary_key}
+
+    def write(source: pq.ParquetFile, out: Output) -> tuple[pa.Schema, list[dict[str, EncryptedAttribute]]]:
+        report.rows, report.attributes = 0, {a.name: AttributeCounts() for a in attributes}  # may run twice
         schema = _protected_schema(source.schema_arrow, attributes)
-        written = _write_protected(
-            store, temp, source, schema, dataset, attributes, cache, partition, where, report, index_keys or {}
-        )
+        with out.writer(source, schema, changed) as writer:
+            written = _write_protected(
+                writer,
+                source,
+                out.columns(needed, source),
+                dataset,
+                attributes,
+                cache,
+                partition,
+                where,
+                report,
+                index_keys or {},
+            )
         return schema, written
 
     def verify(
         source: pq.ParquetFile,
         written: pq.ParquetFile,
-        temp: str,
+        out: Output,
         outcome: tuple[pa.Schema, list[dict[str, EncryptedAttribute]]],
     ) -> None:
         schema, expected = outcome
@@ -251,9 +275,12 @@ def protect_file(
             sample_per_row_group,
             partition,
             index_keys or {},
+            columns=None if out.columns(needed, source) is None else needed,
         )
 
-    (_, expected), (intent, removed) = rewrite_file(job, original_version, write, verify, expected=lambda o: o[1])
+    (_, expected), (intent, removed), report.rewrite_path = rewrite_file(
+        job, original_version, write, verify, expected=lambda o: o[1]
+    )
 
     wrapped_keys: set[bytes] = set()
     for row_group in expected:
@@ -305,11 +332,14 @@ def _protected_schema(schema: pa.Schema, attributes: Sequence[AttributePolicy]) 
     return empty.schema
 
 
+def _joined_paths(*paths: str) -> str:
+    return "+".join(sorted({part for path in paths for part in path.split("+") if part}))
+
+
 def _write_protected(
-    store: LakeStore,
-    temp: str,
+    writer: BatchWriter,
     source: pq.ParquetFile,
-    schema: pa.Schema,
+    columns: list[str] | None,
     dataset: DatasetSpec,
     attributes: Sequence[AttributePolicy],
     cache: DataKeyCache,
@@ -318,17 +348,15 @@ def _write_protected(
     report: ProtectReport,
     index_keys: Mapping[str, BlindIndexKey],
 ) -> list[dict[str, EncryptedAttribute]]:
-    """Stream the source into `temp`, one output row group per input row group; counts into `report`."""
+    """Stream the source's `columns` (None: all) through `writer`, one batch per row group; counts into `report`."""
     written: list[dict[str, EncryptedAttribute]] = []
     # Helper threads overlap the GIL-free Arrow work (reading, masks, Parquet encoding) with
     # the GIL-bound encryption loop. The encoder is shut down, finishing any write, before
     # the writer closes.
     with (
-        store.open_output(temp) as sink,
-        protected_writer(sink, schema, source, list(attributes), where) as writer,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-encode") as encoder,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-mask") as helper,
-        read_ahead(row_groups(source, where)) as batches,
+        read_ahead(row_groups(source, where, columns)) as batches,
     ):
         writing: Future[None] | None = None
         row_keys = UniqueRowKeys(
@@ -358,7 +386,7 @@ def _write_protected(
                 )
             if writing is not None:
                 writing.result()
-            writing = encoder.submit(writer.write_batch, batch, row_group_size=max(batch.num_rows, 1))
+            writing = encoder.submit(writer.write_batch, batch)
             written.append(outcome)
         if writing is not None:
             writing.result()

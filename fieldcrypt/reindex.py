@@ -34,11 +34,11 @@ from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.encrypt import ciphertext_digest
 from fieldcrypt.errors import IntegrityError, VerificationError
 from fieldcrypt.ledger import LedgerStep
-from fieldcrypt.parquet_io import open_parquet, protected_writer, row_group
+from fieldcrypt.parquet_io import open_parquet, row_group
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.policy_auth import check_file_protection
 from fieldcrypt.reveal import decrypt_rows
-from fieldcrypt.rewrite import FileJob, rewrite_file
+from fieldcrypt.rewrite import BatchWriter, FileJob, Output, rewrite_file
 from fieldcrypt.select import existing_ciphertext
 from fieldcrypt.store import LakeStore
 
@@ -84,6 +84,7 @@ class ReindexReport:
     files_rewritten: int = 0
     seconds: float = 0.0
     summary_files_removed: list[str] = field(default_factory=list)  # fieldcrypt.summary_files
+    rewrite_path: str = ""  # "splice" or "full" (fieldcrypt.rewrite); a total "+"-joins its files'
 
     @property
     def pending(self) -> int:
@@ -98,6 +99,7 @@ class ReindexReport:
             out.files_rewritten += report.files_rewritten
             out.seconds += report.seconds
             out.summary_files_removed = sorted({*out.summary_files_removed, *report.summary_files_removed})
+            out.rewrite_path = "+".join(sorted({*out.rewrite_path.split("+"), *report.rewrite_path.split("+")} - {""}))
             for name, count in report.reindexed.items():
                 out.reindexed[name] = out.reindexed.get(name, 0) + count
             for name, count in report.already.items():
@@ -146,13 +148,22 @@ def reindex_file(
     store.sweep_temps(rel)
     job = FileJob(store, rel, dataset, attributes, cache, dataset_root, partition, "reindex", "re-indexed", ledger)
 
-    def write(source: pq.ParquetFile, temp: str) -> list[dict[str, bytes]]:
-        return _write(store, temp, source, dataset, attributes, targets, keys, cache, partition, rewritten)
+    # Re-indexing changes the targets' index columns only: on the splice path every other chunk is copied.
+    changed = {a.blind_index_column for a in targets if a.blind_index_column}
 
-    def verify(source: pq.ParquetFile, written: pq.ParquetFile, temp: str, digests: list[dict[str, bytes]]) -> None:
-        _verify(source, written, dataset, targets, keys, cache, partition, where, digests)
+    def write(source: pq.ParquetFile, out: Output) -> list[dict[str, bytes]]:
+        rewritten.rows, rewritten.reindexed = 0, {}  # may run twice (fieldcrypt.rewrite.Output)
+        read = out.columns(changed | set(_columns(source.schema_arrow, dataset, targets, where)), source)
+        with out.writer(source, source.schema_arrow, changed) as writer:
+            return _write(writer, read, source, dataset, targets, keys, cache, partition, where, rewritten)
 
-    _, (intent, rewritten.summary_files_removed) = rewrite_file(job, original_version, write, verify)
+    def verify(source: pq.ParquetFile, written: pq.ParquetFile, out: Output, digests: list[dict[str, bytes]]) -> None:
+        read = out.columns(changed | set(_columns(source.schema_arrow, dataset, targets, where)), source)
+        _verify(source, written, read, dataset, targets, keys, cache, partition, where, digests)
+
+    _, (intent, rewritten.summary_files_removed), rewritten.rewrite_path = rewrite_file(
+        job, original_version, write, verify
+    )
     if cache.audit is not None:
         for name, cells in rewritten.reindexed.items():
             cache.audit.record(
@@ -243,49 +254,46 @@ def _scan(
 
 
 def _write(
-    store: LakeStore,
-    temp: str,
+    writer: BatchWriter,
+    columns: list[str] | None,
     source: pq.ParquetFile,
     dataset: DatasetSpec,
-    attributes: Sequence[AttributePolicy],
     targets: Sequence[AttributePolicy],
     keys: IndexKeys,
     cache: DataKeyCache,
     partition: str | None,
+    where: str,
     report: ReindexReport,
 ) -> list[dict[str, bytes]]:
-    """Stream the source into `temp` with the targets' index columns recomputed; per row group, their digests."""
-    where = store.display(temp)
+    """Stream the source's `columns` (None: all) through `writer` with the targets' index columns
+    recomputed, one batch per row group; per row group, their digests."""
     digests: list[dict[str, bytes]] = []
-    with (
-        store.open_output(temp) as sink,
-        protected_writer(sink, source.schema_arrow, source, list(attributes), where) as writer,
-    ):
-        for index in range(source.num_row_groups):
-            batch = row_group(source, index, where)
-            report.rows += batch.num_rows
-            at = f"{store.display(temp)} row group {index}"
-            digest: dict[str, bytes] = {}
-            for attribute in targets:
-                assert attribute.blind_index_column is not None
-                found = _new_indexes(batch, dataset, attribute, keys, cache, at, partition)
-                column_at = batch.schema.get_field_index(attribute.blind_index_column)
-                if found is not None:
-                    rows, stored, new = found
-                    changed = len(new) - (pc.sum(pc.fill_null(pc.equal(stored, new), False)).as_py() or 0)
-                    report.reindexed[attribute.name] = report.reindexed.get(attribute.name, 0) + changed
-                    mask = pc.is_valid(existing_ciphertext(batch, attribute))
-                    column = pc.replace_with_mask(batch.column(column_at), mask, new.cast(batch.column(column_at).type))
-                    batch = batch.set_column(column_at, batch.schema.field(column_at), column)
-                digest[attribute.name] = ciphertext_digest(pc.drop_null(batch.column(column_at)).cast(pa.binary()))
-            writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))
-            digests.append(digest)
+    for index in range(source.num_row_groups):
+        batch = row_group(source, index, where, columns)
+        report.rows += batch.num_rows
+        at = f"{where} row group {index}"
+        digest: dict[str, bytes] = {}
+        for attribute in targets:
+            assert attribute.blind_index_column is not None
+            found = _new_indexes(batch, dataset, attribute, keys, cache, at, partition)
+            column_at = batch.schema.get_field_index(attribute.blind_index_column)
+            if found is not None:
+                rows, stored, new = found
+                changed = len(new) - (pc.sum(pc.fill_null(pc.equal(stored, new), False)).as_py() or 0)
+                report.reindexed[attribute.name] = report.reindexed.get(attribute.name, 0) + changed
+                mask = pc.is_valid(existing_ciphertext(batch, attribute))
+                column = pc.replace_with_mask(batch.column(column_at), mask, new.cast(batch.column(column_at).type))
+                batch = batch.set_column(column_at, batch.schema.field(column_at), column)
+            digest[attribute.name] = ciphertext_digest(pc.drop_null(batch.column(column_at)).cast(pa.binary()))
+        writer.write_batch(batch)
+        digests.append(digest)
     return digests
 
 
 def _verify(
     source: pq.ParquetFile,
     written: pq.ParquetFile,
+    columns: list[str] | None,
     dataset: DatasetSpec,
     targets: Sequence[AttributePolicy],
     keys: IndexKeys,
@@ -294,14 +302,15 @@ def _verify(
     where: str,
     digests: list[dict[str, bytes]],
 ) -> None:
-    """Every other column is unchanged, every index column is what was written, a sample is recomputed."""
+    """Every other column read (`columns`, None: all; a splice proved the rest copied) is unchanged, every
+    index column is what was written, a sample is recomputed."""
     if written.num_row_groups != source.num_row_groups or written.schema_arrow.names != source.schema_arrow.names:
         raise VerificationError(f"{where}: the re-indexed file does not have the source's row groups and columns")
     index_columns = {a.blind_index_column for a in targets}
     rng = random.SystemRandom()
     for index in range(source.num_row_groups):
         at = f"{where} row group {index}"
-        before, after = row_group(source, index, where), row_group(written, index, where)
+        before, after = row_group(source, index, where, columns), row_group(written, index, where, columns)
         if before.num_rows != after.num_rows:
             raise VerificationError(f"{at}: {after.num_rows} rows written, {before.num_rows} read")
         for name in before.schema.names:

@@ -23,10 +23,10 @@ from fieldcrypt.columns import identical as identical_values
 from fieldcrypt.encrypt import used_wrapped_keys
 from fieldcrypt.errors import VerificationError
 from fieldcrypt.ledger import LedgerStep
-from fieldcrypt.parquet_io import chunk_span, open_parquet, protected_writer, read_ahead, row_group, row_groups
+from fieldcrypt.parquet_io import chunk_span, open_parquet, read_ahead, row_group, row_groups
 from fieldcrypt.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.reveal import decrypt_rows
-from fieldcrypt.rewrite import FileJob, rewrite_file
+from fieldcrypt.rewrite import FULL, FileJob, Output, rewrite_file
 from fieldcrypt.store import LakeStore
 from fieldcrypt.wrapped_key import WrappedKey
 
@@ -47,6 +47,7 @@ class RotateReport:
     files: int = 1
     files_rewritten: int = 0
     summary_files_removed: list[str] = field(default_factory=list)  # fieldcrypt.summary_files
+    rewrite_path: str = ""  # "splice" or "full" (fieldcrypt.rewrite); a total "+"-joins its files'
 
     @classmethod
     def total(cls, path: str, reports: Sequence[RotateReport]) -> RotateReport:
@@ -58,6 +59,8 @@ class RotateReport:
             summed.seconds += report.seconds
             summed.files_rewritten += report.files_rewritten
             summed.summary_files_removed = sorted({*summed.summary_files_removed, *report.summary_files_removed})
+            paths = {*summed.rewrite_path.split("+"), *report.rewrite_path.split("+")} - {""}
+            summed.rewrite_path = "+".join(sorted(paths))
             for ref, count in report.master_keys_before.items():
                 summed.master_keys_before[ref] = summed.master_keys_before.get(ref, 0) + count
         summed.rewritten = summed.files_rewritten > 0
@@ -132,24 +135,37 @@ def rotate_file(
         store, rel, dataset, attributes, cache, dataset_root, partition, "rotate_partition", "rotated", ledger
     )
 
-    def write(source: pq.ParquetFile, temp: str) -> None:
+    # Rotation changes the wrapped-key columns only: on the splice path every other chunk is copied.
+    key_columns = {a.wrapped_key_column for a in attributes}
+
+    def write(source: pq.ParquetFile, out: Output) -> None:
+        report.rows = 0  # may run twice (fieldcrypt.rewrite.Output)
         with (
-            store.open_output(temp) as sink,
-            protected_writer(sink, source.schema_arrow, source, list(attributes), where) as writer,
-            read_ahead(row_groups(source, where)) as batches,
+            out.writer(source, source.schema_arrow, key_columns) as writer,
+            read_ahead(row_groups(source, where, out.columns(key_columns, source))) as batches,
         ):
             for batch in batches:
                 report.rows += batch.num_rows
                 for attribute in attributes:
                     batch = _map_wrapped_keys(batch, attribute, mapping)
-                writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))
+                writer.write_batch(batch)
 
-    def verify(source: pq.ParquetFile, written: pq.ParquetFile, temp: str, _: None) -> None:
+    def verify(source: pq.ParquetFile, written: pq.ParquetFile, out: Output, _: None) -> None:
         report.cells_under_rewrapped_keys = _verify_rotation(
-            store, rel, temp, source, written, dataset, attributes, mapping, cache, partition
+            store,
+            rel,
+            out.temp,
+            source,
+            written,
+            dataset,
+            attributes,
+            mapping,
+            cache,
+            partition,
+            copies_proven=out.path != FULL,
         )
 
-    _, (intent, removed) = rewrite_file(job, original_version, write, verify)
+    _, (intent, removed), report.rewrite_path = rewrite_file(job, original_version, write, verify)
     if cache.audit is not None:
         cache.audit.record(
             "rotate_partition",
@@ -197,8 +213,13 @@ def _verify_rotation(
     mapping: dict[bytes, bytes],
     cache: DataKeyCache,
     partition: str | None,
+    *,
+    copies_proven: bool = False,
 ) -> int:
     """Everything but the wrapped keys identical; every new wrapped key unwraps and decrypts a sample.
+
+    `copies_proven`: the engine proved every other column chunk copied byte for byte (the splice path),
+    so they are not compared again here.
 
     Columns other than the wrapped keys are compared as stored bytes, column chunk by
     column chunk: identical pages decode to identical values, and no decoding is needed.
@@ -218,7 +239,11 @@ def _verify_rotation(
         raise VerificationError(f"{where}: rotation rewrite changed the file's schema")
     present = [a for a in attributes if a.wrapped_key_column in source.schema_arrow.names]
     key_columns = list(dict.fromkeys(a.wrapped_key_column for a in present))
-    identical = _identical_chunks(store, rel, temp, source.metadata, written.metadata, set(key_columns))
+    identical = (
+        [True] * source.num_row_groups
+        if copies_proven
+        else _identical_chunks(store, rel, temp, source.metadata, written.metadata, set(key_columns))
+    )
     rng = random.SystemRandom()
     new_set = set(mapping.values())
     new_values = pa.array(list(new_set), pa.binary())

@@ -1,0 +1,187 @@
+"""Column-chunk passthrough bench (issue 18 item 3), run by bench/encrypt.py and bench/rotate.py.
+
+Users snapshots widened with filler columns (ints, floats, low-cardinality strings, timestamps) to 20
+and 60 columns, the same two protected attributes (email, phone) and so the same protected cells at
+every width. Reported, best of the repetitions, with the machine's 1-minute load average:
+
+- protect_vs_copy_wide: Workspace.protect of the 20-column file over a pyarrow read_table + write_table
+  copy of it (goal <= 0.8: protecting a wide partition costs less than copying it);
+- protect_s_w6 / _w20 / _w60 (and copy_s_w*): protect and copy time at each width;
+- rotate_vs_copy_wide: Workspace.rotate of the protected 20-column file over a copy of it (goal <= 0.3);
+- pme_s, protect_vs_pme: Parquet Modular Encryption of the same two columns (pyarrow, an in-memory KMS
+  client), timed as read_table + write_table with encryption properties, against protect of the same file.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pyarrow.parquet.encryption as pe
+from common import CODEC, PARTITION, ROW_GROUP_SIZE, BenchLake, make_lake, read_write, summary, timed, users_batch
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+WIDTHS = (6, 20, 60)
+WIDE = 20
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _filler(batch: pa.RecordBatch, width: int, start: int) -> pa.RecordBatch:
+    """`batch` (the 6 users columns) with width - 6 filler columns, cheap to generate, realistic to encode."""
+    rng = np.random.default_rng([7, start])
+    rows = batch.num_rows
+    ids = batch.column(0)
+    arrays, names = list(batch.columns), list(batch.schema.names)
+    for index in range(width - len(names)):
+        kind = index % 4
+        if kind == 0:
+            column: pa.Array = pa.array(rng.integers(0, 10**9, rows), pa.int64())
+        elif kind == 1:
+            column = pa.array(rng.random(rows), pa.float64())
+        elif kind == 2:
+            column = pc.binary_join_element_wise("segment-", pc.cast(pc.bit_wise_and(ids, 1023), pa.string()), "")
+        else:
+            column = batch.column(5)
+        arrays.append(column)
+        names.append(f"filler_{index}")
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def write_wide(path: Path, rows: int, width: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    try:
+        for start in range(0, rows, ROW_GROUP_SIZE):
+            batch = _filler(users_batch(start, min(ROW_GROUP_SIZE, rows - start), rows), width, start)
+            if writer is None:
+                writer = pq.ParquetWriter(path, batch.schema, compression=CODEC)
+            writer.write_batch(batch, row_group_size=ROW_GROUP_SIZE)
+    finally:
+        if writer is not None:
+            writer.close()
+    return path
+
+
+def _protect_once(source: Path, root: Path) -> tuple[float, Any]:
+    lake = make_lake(root)
+    lake.land(source)
+    workspace = lake.workspace()
+    workspace.key_cache()  # keystore load and key description: setup
+    started = time.perf_counter()
+    report = workspace.protect("users", PARTITION)
+    return time.perf_counter() - started, report
+
+
+def bench_widths(out: Path, rows: int, reps: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"load_avg_1m_before_widths": load()}
+    for width in WIDTHS:
+        source = write_wide(out / f"wide-{width}.parquet", rows, width)
+        target = out / "copy.parquet"
+        protect_times, copy_times, path = [], [], ""
+        for _ in range(reps):
+            seconds, report = _protect_once(source, out / f"lake-{width}")
+            protect_times.append(seconds)
+            path = report.rewrite_path
+            copy_times.append(timed(lambda source=source, target=target: read_write(source, target)))
+            os.remove(target)
+        print(
+            f"{width} columns ({source.stat().st_size >> 20} MiB): protect [{path}] {summary(protect_times)}; "
+            f"copy {summary(copy_times)}; ratio {min(protect_times) / min(copy_times):.2f}"
+        )
+        result[f"protect_s_w{width}"] = round(min(protect_times), 3)
+        result[f"copy_s_w{width}"] = round(min(copy_times), 3)
+        if width == WIDE:
+            result["protect_vs_copy_wide"] = round(min(protect_times) / min(copy_times), 3)
+            result["rewrite_path_wide"] = path
+        shutil.rmtree(out / f"lake-{width}", ignore_errors=True)
+    result["load_avg_1m_after_widths"] = load()
+    return result
+
+
+class _InMemoryKms(pe.KmsClient):  # type: ignore[misc]
+    """Master keys held in memory; data keys wrapped with AES-GCM (a KMS's job, without the network)."""
+
+    def __init__(self, master_keys: dict[str, bytes]) -> None:
+        super().__init__()
+        self.master_keys = master_keys
+
+    def wrap_key(self, key_bytes: bytes, master_key_identifier: str) -> str:
+        nonce = os.urandom(12)
+        wrapped = AESGCM(self.master_keys[master_key_identifier]).encrypt(nonce, key_bytes, None)
+        return base64.b64encode(nonce + wrapped).decode()
+
+    def unwrap_key(self, wrapped_key: str, master_key_identifier: str) -> bytes:
+        raw = base64.b64decode(wrapped_key)
+        return AESGCM(self.master_keys[master_key_identifier]).decrypt(raw[:12], raw[12:], None)  # type: ignore[no-any-return]
+
+
+def pme_write(source: Path, target: Path, columns: list[str]) -> None:
+    """read_table + write_table with Parquet Modular Encryption of `columns` (footer encrypted too)."""
+    keys = {"footer": os.urandom(16), "pii": os.urandom(16)}
+    factory = pe.CryptoFactory(lambda _config: _InMemoryKms(keys))
+    config = pe.EncryptionConfiguration(footer_key="footer", column_keys={"pii": columns}, data_key_length_bits=128)
+    properties = factory.file_encryption_properties(pe.KmsConnectionConfig(), config)
+    table = pq.read_table(source)
+    pq.write_table(table, target, compression=CODEC, row_group_size=ROW_GROUP_SIZE, encryption_properties=properties)
+
+
+def bench_pme(source: Path, out: Path, reps: int) -> dict[str, Any]:
+    """Protect vs PME of email and phone on the same file, interleaved."""
+    target = out / "pme.parquet"
+    protect_times, pme_times = [], []
+    for _ in range(reps):
+        protect_times.append(_protect_once(source, out / "lake-pme")[0])
+        pme_times.append(timed(lambda: pme_write(source, target, ["email", "phone"])))
+        os.remove(target)
+    shutil.rmtree(out / "lake-pme", ignore_errors=True)
+    print(f"PME of email, phone (read + write): {summary(pme_times)}; protect {summary(protect_times)}")
+    return {
+        "pme_s": round(min(pme_times), 3),
+        "protect_s_vs_pme": round(min(protect_times), 3),
+        "protect_vs_pme": round(min(protect_times) / min(pme_times), 3),
+        "load_avg_1m_after_pme": load(),
+    }
+
+
+def bench_rotate_wide(out: Path, rows: int, reps: int) -> dict[str, Any]:
+    """Rotate the protected 20-column file (each repetition on a freshly protected lake) vs a copy of it."""
+    source = write_wide(out / f"wide-{WIDE}.parquet", rows, WIDE)
+    target = out / "copy.parquet"
+    rotate_times, copy_times, path = [], [], ""
+    root = out / "lake-rotate"
+    for _ in range(reps):
+        _protect_once(source, root)
+        lake = BenchLake(root, root / "keys" / "keystore.json", root / "lake")
+        lake.workspace().start_rotation()
+        workspace = lake.workspace()
+        workspace.key_cache()  # keystore load and key description: setup
+        started = time.perf_counter()
+        report = workspace.rotate("users", PARTITION)
+        rotate_times.append(time.perf_counter() - started)
+        assert report.rewritten
+        path = report.rewrite_path
+        copy_times.append(timed(lambda lake=lake: read_write(lake.file, target)))
+        os.remove(target)
+    shutil.rmtree(out / "lake-rotate", ignore_errors=True)
+    print(
+        f"rotate {WIDE} columns [{path}]: {summary(rotate_times)}; copy of the protected file {summary(copy_times)}; "
+        f"ratio {min(rotate_times) / min(copy_times):.2f}"
+    )
+    return {
+        "rotate_s_wide": round(min(rotate_times), 3),
+        "copy_s_wide_protected": round(min(copy_times), 3),
+        "rotate_vs_copy_wide": round(min(rotate_times) / min(copy_times), 3),
+        "rewrite_path_rotate_wide": path,
+        "load_avg_1m_after_rotate_wide": load(),
+    }

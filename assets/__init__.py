@@ -15,7 +15,7 @@ from assets.protection import landed_snapshot, protected_snapshot
 from assets.reindex import reindexed_index
 from assets.rotation import rotated_keys
 from assets.scope import WorkspaceScope
-from fieldcrypt.layout import DatasetLayout
+from fieldcrypt.policy.layout import DatasetLayout
 from fieldcrypt.workspace import WorkspaceConfig
 
 T = TypeVar("T")

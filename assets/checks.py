@@ -32,8 +32,8 @@ from typing import Any
 import dagster as dg
 
 from fieldcrypt import FieldcryptError, Workspace
-from fieldcrypt.layout import partition_label
-from fieldcrypt.protect import ProtectReport
+from fieldcrypt.engine.protect import ProtectReport
+from fieldcrypt.policy.layout import partition_label
 
 NO_PLAINTEXT_AFTER_ENABLEMENT = "no_plaintext_after_enablement"
 DATA_KEYS_UNWRAP = "data_keys_unwrap"

@@ -24,7 +24,7 @@ import dagster as dg
 
 from fieldcrypt import FieldcryptError, Workspace
 from fieldcrypt.discovery import DiscoveryReport
-from fieldcrypt.layout import partition_label
+from fieldcrypt.policy.layout import partition_label
 
 NO_UNDECLARED_PII = "no_undeclared_pii"
 # Values sampled per column by the check: it runs in every protection run of every partition, and phone

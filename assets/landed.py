@@ -36,10 +36,10 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from dagster._core.events import DagsterEventType
 
 from fieldcrypt import Workspace
-from fieldcrypt.parquet_io import open_parquet
-from fieldcrypt.policy import AttributePolicy
-from fieldcrypt.select import declared_attributes
-from fieldcrypt.store import FileVersion
+from fieldcrypt.lake.parquet_io import open_parquet
+from fieldcrypt.lake.store import FileVersion
+from fieldcrypt.policy.policy import AttributePolicy
+from fieldcrypt.policy.select import declared_attributes
 
 LISTING_TAG = "fieldcrypt/landed_listing"  # digest of the partition's file names, sizes, modification times
 FILES_TAG = "fieldcrypt/landed_files"  # digest of the files part of the data version

@@ -1,6 +1,6 @@
 """Dagster partitions from the catalog: each dataset's declared granularity, start and end.
 
-Partition keys are the core's canonical keys (fieldcrypt.layout): daily `2026-11-28`,
+Partition keys are the core's canonical keys (fieldcrypt.policy.layout): daily `2026-11-28`,
 hourly `2026-11-28T13`, monthly `2026-11`. Datasets declared with the same partitioning
 share one PartitionsDefinition, so one job (and one backfill) covers all of them.
 With no end, the newest partition is the last complete one (UTC): a day's snapshot is
@@ -17,7 +17,7 @@ from typing import Any
 
 import dagster as dg
 
-from fieldcrypt.layout import KEY_FORMATS, DatasetLayout
+from fieldcrypt.policy.layout import KEY_FORMATS, DatasetLayout
 
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)  # when the catalog declares no start
 _DEFINITIONS = {

@@ -26,8 +26,8 @@ from assets.landed import (
 from assets.ranged import OncePerRun, PartitionDone, ranged_asset, report_partitions, run_keys, run_partitions
 from assets.scope import WorkspaceScope
 from fieldcrypt import FieldcryptError, ThrottledError
-from fieldcrypt.layout import DatasetLayout, partition_label
-from fieldcrypt.protect import ProtectReport
+from fieldcrypt.engine.protect import ProtectReport
+from fieldcrypt.policy.layout import DatasetLayout, partition_label
 
 
 def layout_description(layout: DatasetLayout) -> str:
@@ -163,7 +163,7 @@ def protection_metadata(report: ProtectReport, partition: str | None) -> dict[st
         "rewritten": report.rewritten,
         "data_keys": report.data_keys,
         "kms_calls": report.kms_calls,
-        # Stale once a file below them was replaced: removed before it was (fieldcrypt.summary_files).
+        # Stale once a file below them was replaced: removed before it was (fieldcrypt.lake.summary_files).
         "summary_files_removed": dg.MetadataValue.json(report.summary_files_removed),
         "master_key_id": report.master_key or "(none used)",
         # splice: untouched column chunks copied as bytes; full: every column rewritten (docs/FORMAT.md)

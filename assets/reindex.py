@@ -15,7 +15,7 @@ import dagster as dg
 from assets.ranged import OncePerRun, PartitionDone, ranged_asset, report_partitions, run_keys, run_partitions
 from assets.scope import WorkspaceScope
 from fieldcrypt import ThrottledError
-from fieldcrypt.layout import DatasetLayout, partition_label
+from fieldcrypt.policy.layout import DatasetLayout, partition_label
 
 
 def reindex_asset_name(dataset: str) -> str:

@@ -43,9 +43,9 @@ from assets.ranged import (
 )
 from assets.scope import WorkspaceScope
 from fieldcrypt import ThrottledError, Workspace
-from fieldcrypt.binding import Campaign, KeyBinding
-from fieldcrypt.layout import DatasetLayout, partition_label
-from fieldcrypt.rotate import RotateReport
+from fieldcrypt.engine.rotate import RotateReport
+from fieldcrypt.keys.binding import Campaign, KeyBinding
+from fieldcrypt.policy.layout import DatasetLayout, partition_label
 
 NO_OLD_WRAPPED_KEYS = "no_old_wrapped_keys"
 CAMPAIGN_DIMENSION = "campaign"

@@ -26,7 +26,7 @@ from typing import Any
 import dagster as dg
 
 from fieldcrypt.catalog import workspace_ident
-from fieldcrypt.layout import DatasetLayout
+from fieldcrypt.policy.layout import DatasetLayout
 from fieldcrypt.workspace import WorkspaceConfig
 from resources import FieldcryptResource, resource_key
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from demo.sample_data import land_sample_lake  # noqa: E402
 from fieldcrypt import Workspace  # noqa: E402
 from fieldcrypt.catalog import Catalog  # noqa: E402
-from fieldcrypt.keystore import Keystore  # noqa: E402
+from fieldcrypt.keys.keystore import Keystore  # noqa: E402
 
 WORKSPACE = "bench"
 ASSET = [WORKSPACE, "protected_users"]

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from demo.sample_data import USERS_SCHEMA, snapshot_path
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
 from fieldcrypt.catalog import Catalog
-from fieldcrypt.keystore import Keystore
+from fieldcrypt.keys.keystore import Keystore
 
 BENCH_DIR = Path(__file__).resolve().parent
 # The demo's declarations of users (and events), from the project's catalog.

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import OUT_DIR, PARTITION, ROW_GROUP_SIZE, make_lake, peak_rss_mb, summary, write_users  # noqa: E402
 
-from fieldcrypt.dispatch import DispatchReport  # noqa: E402
+from fieldcrypt.reads.dispatch import DispatchReport  # noqa: E402
 
 ATTRS = ["email", "phone"]
 

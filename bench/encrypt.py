@@ -8,14 +8,14 @@ protect_s_w6/_w20/_w60 and copy_s_w*, protect_vs_copy_wide, pme_s, protect_vs_pm
 Usage: python bench/encrypt.py [--rows N] [--reps N] [--protect-reps N] [--only PART] [--keep]
 (PART: kernel, protect, rss or wide).
 
-The kernel is fieldcrypt.encrypt.encrypt_values on the email column of a 1M-row users
+The kernel is fieldcrypt.engine.encrypt.encrypt_values on the email column of a 1M-row users
 snapshot (Arrow strings, with the primary key as row keys), as protect calls it; the
 reference loop is AESGCM.encrypt(os.urandom(12), value, None) over the same values,
 pre-encoded. Protect is Workspace.protect of the whole file with email and phone
 enabled before every row's ingestion time. Best of the repetitions is reported, with
 medians printed beside it.
 
-The kernel part also times fieldcrypt.kernel directly on the same cells: the native kernel
+The kernel part also times fieldcrypt.format.kernel directly on the same cells: the native kernel
 on 1 and 2 threads (FIELDCRYPT_THREADS) for encryption and decryption, the pure-Python
 reference kernel, and a plain AESGCM.decrypt loop, all in one interleaved loop.
 """
@@ -57,9 +57,9 @@ from common import (  # noqa: E402
 from passthrough import bench_pme, bench_widths, load  # noqa: E402
 
 from fieldcrypt import kernel  # noqa: E402
-from fieldcrypt.cell import DataKey, ad_prefix  # noqa: E402
-from fieldcrypt.columns import row_key_text  # noqa: E402
-from fieldcrypt.encrypt import encrypt_values  # noqa: E402
+from fieldcrypt.engine.encrypt import encrypt_values  # noqa: E402
+from fieldcrypt.format.cell import DataKey, ad_prefix  # noqa: E402
+from fieldcrypt.format.columns import row_key_text  # noqa: E402
 
 DICTIONARY_ENCODINGS = {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}
 
@@ -97,7 +97,7 @@ def with_env(settings: dict[str, str], fn: Callable[[], object]) -> Callable[[],
 
 def bench_kernel(source: Path, lake_root: Path, reps: int) -> dict[str, float | str]:
     """encrypt_values vs the plain loop, same values, interleaved repetitions; then the kernels
-    themselves (fieldcrypt.kernel) on 1 and 2 threads, both directions, against the plain loops."""
+    themselves (fieldcrypt.format.kernel) on 1 and 2 threads, both directions, against the plain loops."""
     table = pq.read_table(source, columns=["user_id", "email"])
     batch = table.combine_chunks().to_batches()[0]
     valid = pc.is_valid(batch.column(1))

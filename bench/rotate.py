@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ATTRIBUTES, CODEC, OUT_DIR, PARTITION, ROW_GROUP_SIZE, make_lake, read_write, summary, write_users  # noqa: E402
 from passthrough import bench_rotate_wide, load  # noqa: E402
 
-from fieldcrypt.wrapped_key import WrappedKey  # noqa: E402
+from fieldcrypt.format.wrapped_key import WrappedKey  # noqa: E402
 
 CIPHERTEXT = [f"{a}__fc_ct" for a, _ in ATTRIBUTES]
 WRAPPED = [f"{a}__fc_dek" for a, _ in ATTRIBUTES]
@@ -95,7 +95,7 @@ def main() -> None:
         campaign = lake.workspace().start_rotation()
         print(f"rotation campaign {campaign.campaign_id}: {campaign.old.ref} -> {campaign.new.ref}")
         # Each repetition starts from this state, keys, campaign and protection ledger included: the ledger
-        # refuses a file put back by hand (fieldcrypt.ledger).
+        # refuses a file put back by hand (fieldcrypt.policy.ledger).
         snapshot = out / "lake-snapshot"
         shutil.copytree(lake.root, snapshot)
         rotate_times, baseline_times = [], []

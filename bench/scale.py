@@ -65,8 +65,8 @@ sys.path.insert(0, str(ROOT))
 from demo.sample_data import land_sample_lake, snapshot_path  # noqa: E402
 from fieldcrypt import Workspace  # noqa: E402
 from fieldcrypt.catalog import Catalog  # noqa: E402
-from fieldcrypt.keystore import Keystore  # noqa: E402
-from fieldcrypt.ledger import LEDGER_DIR, entry_of  # noqa: E402
+from fieldcrypt.keys.keystore import Keystore  # noqa: E402
+from fieldcrypt.policy.ledger import LEDGER_DIR, entry_of  # noqa: E402
 from pipelines.rotation_driver import DEFAULT_DRIVER_MAX_READS  # noqa: E402
 
 WORKSPACE = "bench"
@@ -308,7 +308,7 @@ class ProviderCalls:
     NAMES = ("generate_data_key", "unwrap", "rewrap")
 
     def __init__(self) -> None:
-        from fieldcrypt.providers.local import LocalKeyProvider
+        from fieldcrypt.keys.providers.local import LocalKeyProvider
 
         self.counts = dict.fromkeys(self.NAMES, 0)
         self._lock = threading.Lock()
@@ -334,7 +334,7 @@ class ProviderCalls:
         self.counts = dict.fromkeys(self.NAMES, 0)
 
     def close(self) -> None:
-        from fieldcrypt.providers.local import LocalKeyProvider
+        from fieldcrypt.keys.providers.local import LocalKeyProvider
 
         for name, original in self._originals.items():
             setattr(LocalKeyProvider, name, original)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import CODEC, ROW_GROUP_SIZE, read_write, summary, users_batch  # noqa: E402
 
-from fieldcrypt.splice import footer_metadata, prove_copied, splice_columns, spliced_arrow_schema  # noqa: E402
+from fieldcrypt.format.splice import footer_metadata, prove_copied, splice_columns, spliced_arrow_schema  # noqa: E402
 
 ATTRIBUTES = ["email", "phone"]
 WIDE_EXTRA = 14  # users' 6 columns + 14 = 20

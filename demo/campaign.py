@@ -1,7 +1,7 @@
 """`campaign_dispatch`: an example Dagster asset sending a campaign the way a campaign sender would.
 
 It reads the segment's real e-mail addresses and phone numbers through fieldcrypt's dispatch
-reader (`fieldcrypt.dispatch.dispatch_segment`: only the segment's rows are decrypted, in memory,
+reader (`fieldcrypt.reads.dispatch.dispatch_segment`: only the segment's rows are decrypted, in memory,
 audited with the run id and a reason) and "sends" them by counting and hashing: nothing is written,
 logged or put in metadata but counts. `make demo` materializes it for today's partition.
 """
@@ -12,7 +12,7 @@ import dagster as dg
 import pyarrow as pa
 
 from assets.scope import WorkspaceScope
-from fieldcrypt.dispatch import dispatch_segment
+from fieldcrypt.reads.dispatch import dispatch_segment
 
 DATASET = "users"  # the demo's catalog entry (fieldcrypt.yaml)
 ATTRIBUTES = ["email", "phone"]

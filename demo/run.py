@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     from assets.scope import WorkspaceScope
     from demo.sample_data import land_sample_lake
     from fieldcrypt import Workspace
-    from fieldcrypt.keystore import Keystore
-    from fieldcrypt.store import LakeStore
+    from fieldcrypt.keys.keystore import Keystore
+    from fieldcrypt.lake.store import LakeStore
     from pipelines.definitions import defs
     from resources.settings import CATALOG
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fieldcrypt.store import LakeStore
+from fieldcrypt.lake.store import LakeStore
 
 PART_FILE = "part-0.parquet"
 

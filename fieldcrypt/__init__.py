@@ -4,6 +4,7 @@ The safe layer is `Workspace` (enable, protect, status, verify, reveal, rotate);
 cell formats, nonces, key bytes and wrapping stay internal. Formats: docs/FORMAT.md.
 """
 
+from fieldcrypt.access.workspace_config import KeyConfig, WorkspaceConfig
 from fieldcrypt.errors import (
     AccessDeniedError,
     ConcurrentUpdateError,
@@ -21,7 +22,6 @@ from fieldcrypt.errors import (
     WrongMasterKeyError,
 )
 from fieldcrypt.workspace import Workspace
-from fieldcrypt.workspace_config import KeyConfig, WorkspaceConfig
 
 __all__ = [
     "AccessDeniedError",

@@ -1,13 +1,13 @@
 /*
  * fieldcrypt._native: the batch cell kernel, AES-256-GCM over whole Arrow binary arrays.
  *
- * Format (docs/FORMAT.md sections 2 and 3, fieldcrypt/cell.py is the reference):
+ * Format (docs/FORMAT.md sections 2 and 3, fieldcrypt/format/cell.py is the reference):
  *
  *   cell = 0x01 || nonce (12 bytes) || AES-256-GCM ciphertext (n bytes) || tag (16 bytes)
  *   ad   = prefix                                  (dataset without a primary key)
  *   ad   = prefix || u32be(len(row_key)) || row_key (dataset with a primary key)
  *
- * `prefix` is built by fieldcrypt.cell.ad_prefix; this module never interprets it.
+ * `prefix` is built by fieldcrypt.format.cell.ad_prefix; this module never interprets it.
  *
  * An Arrow binary array arrives as (offsets buffer, data buffer, array offset, offset
  * width 4 or 8) and a length. Every offset is read once, with the GIL held, into the call's
@@ -85,7 +85,7 @@
 /* Largest EVP update chunk (EVP lengths are int). */
 #define EVP_CHUNK (1 << 30)
 
-/* Why a cell did not decrypt (fieldcrypt.kernel turns these into IntegrityError messages). */
+/* Why a cell did not decrypt (fieldcrypt.format.kernel turns these into IntegrityError messages). */
 #define FAIL_SHORT 1
 #define FAIL_VERSION 2
 #define FAIL_TAG 3
@@ -373,7 +373,7 @@ static void openssl_reason(char *out, size_t size) {
 }
 
 /*
- * The first failure of a column (fieldcrypt.kernel.decrypt_column): one aligned int64 shared by
+ * The first failure of a column (fieldcrypt.format.kernel.decrypt_column): one aligned int64 shared by
  * the calls decrypting the column's slices side by side, holding the lowest column row found
  * failing so far (INT64_MAX: none). A call checks it before each cell and stops at a row after
  * it (nothing it decrypts past a known failure can be returned); a call whose cell fails lowers

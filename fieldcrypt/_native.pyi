@@ -1,4 +1,4 @@
-# Types of the C extension fieldcrypt._native (fieldcrypt/_native.c); used through fieldcrypt.kernel only.
+# Types of the C extension fieldcrypt._native (fieldcrypt/_native.c); used through fieldcrypt.format.kernel only.
 from typing_extensions import Buffer
 
 OPENSSL_VERSION: str

@@ -31,9 +31,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from fieldcrypt.errors import InputError
-from fieldcrypt.file_metadata import FILE_METADATA_KEY
-from fieldcrypt.inventory import classify
-from fieldcrypt.store import LakeStore
+from fieldcrypt.format.file_metadata import FILE_METADATA_KEY
+from fieldcrypt.lake.inventory import classify
+from fieldcrypt.lake.store import LakeStore
 
 if TYPE_CHECKING:
     import polars as pl
@@ -145,7 +145,7 @@ def _locate(
 
 
 def _data_files(store: LakeStore, folder: str) -> list[str]:
-    """The data files below `folder`, classified as every command classifies a dataset's (fieldcrypt.inventory)."""
+    """The data files below `folder`, classified as every command classifies a dataset's (fieldcrypt.lake.inventory)."""
     try:
         listed = store.list_all(folder)
     except OSError as exc:

@@ -34,11 +34,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fieldcrypt.cache import MAX_TTL_SECONDS
+from fieldcrypt.access.workspace_config import KeyConfig, WorkspaceConfig
 from fieldcrypt.errors import ConfigError, FieldcryptError
-from fieldcrypt.layout import DEFAULT_LEVEL_FORMATS, HIDDEN_KEY_REASON, DatasetLayout, HiveLevel, Partitioning
-from fieldcrypt.policy import DatasetSpec
-from fieldcrypt.workspace_config import KeyConfig, WorkspaceConfig
+from fieldcrypt.keys.cache import MAX_TTL_SECONDS
+from fieldcrypt.policy.layout import DEFAULT_LEVEL_FORMATS, HIDDEN_KEY_REASON, DatasetLayout, HiveLevel, Partitioning
+from fieldcrypt.policy.policy import DatasetSpec
 
 CATALOG_ENV = "FIELDCRYPT_CATALOG"
 WORKSPACE_ENV = "FIELDCRYPT_WORKSPACE"

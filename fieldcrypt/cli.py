@@ -22,19 +22,19 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
-from fieldcrypt.blind_index import NORMALIZATIONS
 from fieldcrypt.catalog import CATALOG_ENV, WORKSPACE_ENV, Catalog
 from fieldcrypt.cli_output import Output
 from fieldcrypt.detectors import DEFAULT_PHONE_REGIONS
 from fieldcrypt.discovery import DEFAULT_SAMPLE, ColumnFinding, DiscoveryReport
-from fieldcrypt.enable_checks import ALLOW_ABSENT_KEY
 from fieldcrypt.errors import ConfigError, FieldcryptError, InputError, KeyProviderError, PolicyError
-from fieldcrypt.kernel import describe as describe_kernel
-from fieldcrypt.keystore import Keystore, new_wrapping_key, parse_base64_key, unwrap_imported_key
-from fieldcrypt.layout import partition_label
+from fieldcrypt.format.kernel import describe as describe_kernel
+from fieldcrypt.keys.blind_index import NORMALIZATIONS
+from fieldcrypt.keys.keystore import Keystore, new_wrapping_key, parse_base64_key, unwrap_imported_key
+from fieldcrypt.keys.providers.aws_kms import key_policy_statements
 from fieldcrypt.log_safety import silence_key_material_loggers
-from fieldcrypt.policy import MASKS
-from fieldcrypt.providers.aws_kms import key_policy_statements
+from fieldcrypt.policy.enable_checks import ALLOW_ABSENT_KEY
+from fieldcrypt.policy.layout import partition_label
+from fieldcrypt.policy.policy import MASKS
 from fieldcrypt.workspace import Workspace, WorkspaceConfig
 
 ACK_FLAG = "--i-understand-this-is-irreversible"
@@ -51,7 +51,7 @@ _OVERRIDE_FLAGS = {
 
 
 class _VersionAction(argparse.Action):
-    """`--version`: the package version and the cell kernel in use (fieldcrypt.kernel), then exit."""
+    """`--version`: the package version and the cell kernel in use (fieldcrypt.format.kernel), then exit."""
 
     def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
@@ -487,7 +487,7 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
 
 
 def _summary_files_note(rows: list[dict[str, Any]]) -> str:
-    """Summary files a run removed, or (status) found: by name (fieldcrypt.summary_files)."""
+    """Summary files a run removed, or (status) found: by name (fieldcrypt.lake.summary_files)."""
     removed = sorted({name for row in rows for name in row.get("summary_files_removed", ())})
     present = sorted({name for row in rows for name in row.get("summary_files", ())})
     note = ""

@@ -18,7 +18,7 @@ ROWS_PER_SAMPLE` rows were read, so memory and time stay bounded whatever the pa
 The detectors (fieldcrypt.detectors) run on the plaintext values only: a protected row of
 an enabled attribute holds a mask, counted as protected, never matched. The historical
 plaintext of an enabled attribute is counted over the whole partition, the way protection
-selects rows (fieldcrypt.select, through fieldcrypt.protect.scan_file).
+selects rows (fieldcrypt.policy.select, through fieldcrypt.engine.protect.scan_file).
 
 Nothing here keeps or returns a value: findings are names and counts. A map key is named in
 a column only if it is a valid attribute-path key and no detector matches it; other keys are
@@ -33,15 +33,15 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fieldcrypt.attribute_path import AttributePath
-from fieldcrypt.columns import as_text, check_attribute_type, is_text_type, read_path
 from fieldcrypt.detectors import DEFAULT_PHONE_REGIONS, Detector, detectors
+from fieldcrypt.engine.protect import scan_file
 from fieldcrypt.errors import InputError, PolicyError
-from fieldcrypt.parquet_io import open_parquet, row_groups
-from fieldcrypt.policy import AttributePolicy, DatasetSpec
-from fieldcrypt.protect import scan_file
-from fieldcrypt.select import declared_attributes, existing_ciphertext
-from fieldcrypt.store import LakeStore
+from fieldcrypt.format.attribute_path import AttributePath
+from fieldcrypt.format.columns import as_text, check_attribute_type, is_text_type, read_path
+from fieldcrypt.lake.parquet_io import open_parquet, row_groups
+from fieldcrypt.lake.store import LakeStore
+from fieldcrypt.policy.policy import AttributePolicy, DatasetSpec
+from fieldcrypt.policy.select import declared_attributes, existing_ciphertext
 
 DEFAULT_SAMPLE = 10_000  # non-null values per column
 ROWS_PER_SAMPLE = 20  # at most sample * this many rows are read (a mostly-null column stops the read here)

@@ -13,17 +13,17 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fieldcrypt import blind_index_campaign, rotation_campaign, summary_files
-from fieldcrypt.audit import AuditLog, AuditReport
-from fieldcrypt.audit_chain import AuditHead
-from fieldcrypt.binding import BindingStore, Campaign
-from fieldcrypt.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore
-from fieldcrypt.cache import DataKeyCache
-from fieldcrypt.columns import row_key_bytes
+from fieldcrypt.access.master_key_access import LakeKeyFiles, MasterKeyAccess
+from fieldcrypt.access.partition_job import EnabledDataset, PartitionJob, each_file
+from fieldcrypt.access.workspace_config import KeyConfig as KeyConfig  # re-exported: the public name
+from fieldcrypt.access.workspace_config import WorkspaceConfig as WorkspaceConfig
+from fieldcrypt.campaigns import blind_index_campaign, rotation_campaign
+from fieldcrypt.campaigns.rotation_campaign import SCAN_THREADS, RotationStatus
 from fieldcrypt.detectors import DEFAULT_PHONE_REGIONS
 from fieldcrypt.discovery import DEFAULT_MIN_SHARE, DEFAULT_SAMPLE, DiscoveryReport, discover_files
-from fieldcrypt.dispatch import DispatchReport, Segment, segment_row_group_indexes, segment_row_groups
-from fieldcrypt.enable_checks import check_declared, check_map_key_occurs
+from fieldcrypt.engine.protect import ProtectReport, check_schema, protect_file, scan_file
+from fieldcrypt.engine.reindex import ReindexReport, RetiringIndexKeys
+from fieldcrypt.engine.rotate import RotateReport
 from fieldcrypt.errors import (
     ConcurrentUpdateError,
     ConfigError,
@@ -31,23 +31,24 @@ from fieldcrypt.errors import (
     PolicyError,
     RowNotFoundError,
 )
-from fieldcrypt.layout import DatasetLayout, partition_label
-from fieldcrypt.ledger import Ledger, LedgerError, LedgerStep, entry_of, is_marked
-from fieldcrypt.master_key_access import LakeKeyFiles, MasterKeyAccess
-from fieldcrypt.parquet_io import open_parquet, read_ahead, row_groups
-from fieldcrypt.partition_job import EnabledDataset, PartitionJob, each_file
-from fieldcrypt.partition_keys import check_unique_across_files
-from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
-from fieldcrypt.policy_auth import MacKey, check_stored_file
-from fieldcrypt.protect import ProtectReport, check_schema, protect_file, scan_file
-from fieldcrypt.read_rule import ReadKeys, RowChoice, check_partition, read_attribute
-from fieldcrypt.reindex import ReindexReport, RetiringIndexKeys
-from fieldcrypt.rotate import RotateReport
-from fieldcrypt.rotation_campaign import SCAN_THREADS, RotationStatus
-from fieldcrypt.select import existing_ciphertext
-from fieldcrypt.store import LakeStore
-from fieldcrypt.workspace_config import KeyConfig as KeyConfig  # re-exported: the public name
-from fieldcrypt.workspace_config import WorkspaceConfig as WorkspaceConfig
+from fieldcrypt.format.columns import row_key_bytes
+from fieldcrypt.keys.binding import BindingStore, Campaign
+from fieldcrypt.keys.blind_index import INDEX_KEYS_PATH, BlindIndexKey, IndexKeyStore
+from fieldcrypt.keys.cache import DataKeyCache
+from fieldcrypt.keys.policy_auth import MacKey, check_stored_file
+from fieldcrypt.lake import summary_files
+from fieldcrypt.lake.audit import AuditLog, AuditReport
+from fieldcrypt.lake.audit_chain import AuditHead
+from fieldcrypt.lake.parquet_io import open_parquet, read_ahead, row_groups
+from fieldcrypt.lake.store import LakeStore
+from fieldcrypt.policy.enable_checks import check_declared, check_map_key_occurs
+from fieldcrypt.policy.layout import DatasetLayout, partition_label
+from fieldcrypt.policy.ledger import Ledger, LedgerError, LedgerStep, entry_of, is_marked
+from fieldcrypt.policy.partition_keys import check_unique_across_files
+from fieldcrypt.policy.policy import AttributePolicy, DatasetSpec, Policy, PolicyStore
+from fieldcrypt.policy.select import existing_ciphertext
+from fieldcrypt.reads.dispatch import DispatchReport, Segment, segment_row_group_indexes, segment_row_groups
+from fieldcrypt.reads.read_rule import ReadKeys, RowChoice, check_partition, read_attribute
 
 Result = TypeVar("Result")
 
@@ -71,7 +72,7 @@ class Workspace:
         self.index_keys = IndexKeyStore(self.store)
         self.retiring_index_keys = RetiringIndexKeys(self.store)  # old keys of blind-index re-indexes under way
         self.audit = AuditLog(self.store, config.name, actor, key_source=self.key_cache)
-        self.ledger = Ledger(self.store, config.name, self._policy_mac_key, has_pending_cells)  # fieldcrypt.ledger
+        self.ledger = Ledger(self.store, config.name, self._policy_mac_key, has_pending_cells)  # policy/ledger.py
         # The bound master key and the data-key cache over it; the stores above reach it through key_cache().
         self._keys = MasterKeyAccess(
             config, LakeKeyFiles(self.store, self.bindings, self.policies, self.index_keys, self.audit)
@@ -91,7 +92,7 @@ class Workspace:
         self._config = config
         self._keys.config = config
 
-    # -- keys: delegates to fieldcrypt.master_key_access --------------------------------
+    # -- keys: delegates to fieldcrypt.access.master_key_access --------------------------------
 
     def key_cache(self) -> DataKeyCache:
         """The data-key cache over the bound master key, built (and the key described) on first use."""
@@ -328,7 +329,7 @@ class Workspace:
         self, dataset: str, partition: str | None, work: Callable[[str], Result], files: Sequence[str] | None = None
     ) -> list[Result]:
         """`work(rel)` for each file of a partition (`files`, or those listed after a sweep of the temporary
-        files dead runs left), a few at a time; every file is tried (fieldcrypt.partition_job.each_file)."""
+        files dead runs left), a few at a time; every file is tried (fieldcrypt.access.partition_job.each_file)."""
         if files is None:
             files = self.swept_files(dataset, partition)[0]
         return each_file(files, work, self.config.file_workers, self.partition_display(dataset, partition))
@@ -460,7 +461,7 @@ class Workspace:
         """Decrypt every protected cell of a partition in memory and check it by the read rule; counts per attribute.
 
         `files`: the partition's files when the caller listed them already (one listing, not two).
-        Raises IntegrityError on what fieldcrypt.read_rule refuses (a cell that does not authenticate,
+        Raises IntegrityError on what fieldcrypt.reads.read_rule refuses (a cell that does not authenticate,
         a removed ciphertext, a wrong blind index, a primary key repeated across files), VerificationError
         on a protected row whose stored mask is not the mask of its decrypted value, and IntegrityError
         (LedgerError) on a file that does not hold what the protection ledger recorded.
@@ -500,7 +501,7 @@ class Workspace:
 
         With `row_keys` (primary-key values as text) only those rows are decrypted. The audit log
         records, per file and attribute, the cells revealed, with the workspace's actor and `reason`.
-        Refuses what `verify` refuses (fieldcrypt.read_rule); a repeated primary key before any plaintext exists.
+        Refuses what `verify` refuses (fieldcrypt.reads.read_rule); a repeated primary key before any plaintext exists.
         """
         spec, enabled = self._dataset(dataset)
         chosen = [a for a in enabled if a.name in attributes or a.path in attributes]
@@ -566,7 +567,7 @@ class Workspace:
         only the segment's rows are decrypted. Each row group's decryption is audited
         (`dispatch`, actor, reason, attribute, cells) before its plaintext exists; the
         plaintext lives only in the yielded batches. `report`, if given, is filled with counts.
-        What `verify` refuses about the segment's rows is refused (fieldcrypt.read_rule): a segment
+        What `verify` refuses about the segment's rows is refused (fieldcrypt.reads.read_rule): a segment
         key on two protected rows of the partition before any plaintext exists.
         """
         if not reason or not reason.strip():
@@ -670,7 +671,7 @@ class Workspace:
         check_stored_file(self.store, rel, attributes)
         return scan_file(self.store, rel, spec, attributes)
 
-    # -- rotation: thin delegates to fieldcrypt.rotation_campaign -------------------------
+    # -- rotation: thin delegates to fieldcrypt.campaigns.rotation_campaign -------------------------
 
     def start_rotation(self, to: str | None = None, *, to_kms_key: str | None = None) -> Campaign:
         """Start moving every wrapped data key to a new master key (local: a new key version)."""
@@ -702,7 +703,7 @@ class Workspace:
         """Prove no wrapped key under the old master key remains, then retire it."""
         return rotation_campaign.complete_rotation(self._keys, self._enabled_datasets)
 
-    # -- blind-index re-index: thin delegates to fieldcrypt.blind_index_campaign ----------
+    # -- blind-index re-index: thin delegates to fieldcrypt.campaigns.blind_index_campaign ----------
 
     def start_reindex(self, attribute: str) -> None:
         """Give a blind-indexed attribute a new index key; new rows are indexed under it from now on."""

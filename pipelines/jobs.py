@@ -9,7 +9,7 @@ from pydantic import Field
 from assets import DatasetAssets
 from assets.scope import WorkspaceScope
 from fieldcrypt import FieldcryptError
-from fieldcrypt.policy import MASKS
+from fieldcrypt.policy.policy import MASKS
 
 # The launchpad offers the core's masks as a drop-down.
 MaskStyle = Enum("MaskStyle", {mask: mask for mask in MASKS})  # type: ignore[misc]

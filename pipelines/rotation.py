@@ -27,8 +27,8 @@ from assets import DatasetAssets
 from assets.rotation import rotation_asset_name
 from assets.scope import WorkspaceScope
 from fieldcrypt import FieldcryptError, PolicyError
-from fieldcrypt.binding import Campaign
-from fieldcrypt.providers.local import PROVIDER_ID as LOCAL
+from fieldcrypt.keys.binding import Campaign
+from fieldcrypt.keys.providers.local import PROVIDER_ID as LOCAL
 from pipelines.campaign_partitions import show_campaign_partitions
 from pipelines.rotation_driver import key_rotation_driver_sensor
 

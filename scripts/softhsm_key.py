@@ -11,7 +11,7 @@
 
 The key is generated inside the token, token-resident (CKA_TOKEN), private, sensitive,
 never extractable, and allowed to encrypt and decrypt only (no wrap, sign or derive):
-what `fieldcrypt.providers.pkcs11` requires. A label already in use is refused.
+what `fieldcrypt.keys.providers.pkcs11` requires. A label already in use is refused.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 
 from fieldcrypt.catalog import Catalog
-from fieldcrypt.layout import DatasetLayout, Partitioning
-from fieldcrypt.policy import DatasetSpec
+from fieldcrypt.policy.layout import DatasetLayout, Partitioning
+from fieldcrypt.policy.policy import DatasetSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_CATALOG = REPO_ROOT / "fieldcrypt.yaml"

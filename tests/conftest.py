@@ -19,7 +19,7 @@ import pytest
 
 from demo.sample_data import land_sample_lake
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
-from fieldcrypt.keystore import Keystore
+from fieldcrypt.keys.keystore import Keystore
 from tests.catalogs import TEST_DATASETS
 from tests.faults import KmsFaults
 
@@ -128,7 +128,7 @@ def enable_at() -> Callable[..., Any]:
     """
     from dataclasses import replace
 
-    from fieldcrypt.policy import DatasetSpec
+    from fieldcrypt.policy.policy import DatasetSpec
     from tests.catalogs import declared
 
     def enable(

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
-from fieldcrypt.keystore import Keystore
-from fieldcrypt.store import LakeStore
+from fieldcrypt.keys.keystore import Keystore
+from fieldcrypt.lake.store import LakeStore
 from tests.catalogs import TEST_DATASETS
 
 CRASHED = 17
@@ -50,7 +50,7 @@ def run(lake: str, keystore: str, operation: str) -> None:
         Keystore.create(Path(keystore), WORKSPACE)
         return
     if operation == "key_import":
-        from fieldcrypt.keystore import parse_base64_key
+        from fieldcrypt.keys.keystore import parse_base64_key
 
         Keystore.create(Path(keystore), WORKSPACE, parse_base64_key(IMPORTED_KEY), origin="imported")
         return

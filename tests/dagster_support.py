@@ -21,7 +21,7 @@ from dagster._core.execution.backfill import BulkActionStatus
 from dagster._daemon.backfill import execute_backfill_iteration
 
 from demo.sample_data import land_sample_lake
-from fieldcrypt.keystore import Keystore
+from fieldcrypt.keys.keystore import Keystore
 from resources import FieldcryptResource
 from tests.catalogs import write_catalog
 

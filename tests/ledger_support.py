@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from fieldcrypt.ledger import shard_path
-from fieldcrypt.select import FILE_METADATA_KEY
+from fieldcrypt.policy.ledger import shard_path
+from fieldcrypt.policy.select import FILE_METADATA_KEY
 
 
 def as_written_before_the_ledger(lake: Path, data_file: Path, dataset: str, partition: str | None) -> None:

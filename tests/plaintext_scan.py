@@ -9,7 +9,7 @@ reader could decompress or decode it into:
   bloom filter of a byte-array column admits a plaintext (a membership test), and every
   value decoded by pyarrow (so a prefix-compressed `DELTA_BYTE_ARRAY` page cannot hide one);
   the footer and page headers are parsed with the parquet-format Thrift IDL
-  (`fieldcrypt/parquet.thrift`, the library's copy, see its header) through thriftpy2;
+  (`fieldcrypt/format/parquet.thrift`, the library's copy, see its header) through thriftpy2;
 - gzip and zstd files (by their magic bytes), decompressed and scanned like any file;
 - JSON documents, parsed and scanned with their `\\uXXXX` escapes undone.
 
@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import thriftpy2
 from thriftpy2.protocol import TCompactProtocol
 
-PARQUET_THRIFT = Path(__file__).resolve().parents[1] / "fieldcrypt" / "parquet.thrift"
+PARQUET_THRIFT = Path(__file__).resolve().parents[1] / "fieldcrypt" / "format" / "parquet.thrift"
 parquet_format: Any = thriftpy2.load(str(PARQUET_THRIFT), module_name="parquet_format_thrift")
 
 MAGIC = b"PAR1"

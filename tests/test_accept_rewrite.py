@@ -18,7 +18,7 @@ import pytest
 
 from demo.sample_data import snapshot_path
 from fieldcrypt import IntegrityError, Workspace
-from fieldcrypt.ledger import LedgerError, shard_path
+from fieldcrypt.policy.ledger import LedgerError, shard_path
 
 PARTITION = "2026-11-01"
 FILE = snapshot_path("users", PARTITION)

@@ -15,11 +15,11 @@ import pytest
 
 from demo.sample_data import land_sample_lake
 from fieldcrypt import Workspace
-from fieldcrypt.audit import AUDIT_DIR, AUDIT_KEY_PATH, CHAIN_DIR
 from fieldcrypt.cli import ACK_FLAG, main, run
 from fieldcrypt.errors import IntegrityError
-from fieldcrypt.store import LakeStore
-from fieldcrypt.wrapped_key import WrappedKey
+from fieldcrypt.format.wrapped_key import WrappedKey
+from fieldcrypt.lake.audit import AUDIT_DIR, AUDIT_KEY_PATH, CHAIN_DIR
+from fieldcrypt.lake.store import LakeStore
 from tests.catalogs import write_catalog
 
 PARTITION = "2030-01-01"
@@ -311,7 +311,7 @@ def test_first_look_at_the_head_on_s3_starts_from_the_hint(
     s3_chain: tuple[Workspace, Any, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A fresh process finds the newest record by listing from the hint; a bogus hint costs a full listing only."""
-    import fieldcrypt.audit as audit_module
+    import fieldcrypt.lake.audit as audit_module
 
     workspace, s3, bucket = s3_chain
     monkeypatch.setattr(audit_module, "HINT_EVERY", 2)  # a hint every 2 records instead of 256, to see it used

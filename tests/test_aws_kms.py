@@ -33,11 +33,11 @@ from fieldcrypt import (
     Workspace,
     WorkspaceConfig,
 )
-from fieldcrypt.binding import BINDING_PATH
-from fieldcrypt.providers.aws_kms import AwsKmsProvider, key_policy_statements, kms_client
-from fieldcrypt.providers.base import EncryptionContext
-from fieldcrypt.store import TEMP_MARKER
-from fieldcrypt.wrapped_key import WrappedKey
+from fieldcrypt.format.wrapped_key import WrappedKey
+from fieldcrypt.keys.binding import BINDING_PATH
+from fieldcrypt.keys.providers.aws_kms import AwsKmsProvider, key_policy_statements, kms_client
+from fieldcrypt.keys.providers.base import EncryptionContext
+from fieldcrypt.lake.store import TEMP_MARKER
 from tests.catalogs import TEST_DATASETS
 from tests.conftest import WORKSPACE
 from tests.faults import KmsFaults

@@ -15,8 +15,8 @@ import pytest
 
 from demo.sample_data import snapshot_path, write_snapshot
 from fieldcrypt import IntegrityError, PolicyError, VerificationError, Workspace
-from fieldcrypt.blind_index import INDEX_KEYS_PATH, INDEX_SIZE
-from fieldcrypt.keystore import Keystore
+from fieldcrypt.keys.blind_index import INDEX_KEYS_PATH, INDEX_SIZE
+from fieldcrypt.keys.keystore import Keystore
 from tests.catalogs import TEST_DATASETS
 from tests.conftest import NOON, SAMPLE_DAY
 from tests.policy_support import backdate_policy
@@ -134,7 +134,7 @@ def test_completion_rewraps_an_index_key_left_under_the_old_key(indexed: Workspa
 
 
 def test_verification_refuses_a_rewrite_with_a_wrong_index(indexed: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fieldcrypt.blind_index import BlindIndexKey
+    from fieldcrypt.keys.blind_index import BlindIndexKey
 
     extra = SAMPLE_DAY + timedelta(days=3)
     table = pa.table(
@@ -167,7 +167,7 @@ def test_blind_index_on_aws_kms_uses_its_own_encryption_context(
     import boto3
 
     from fieldcrypt import KeyConfig, WorkspaceConfig
-    from fieldcrypt.wrapped_key import WrappedKey
+    from fieldcrypt.format.wrapped_key import WrappedKey
 
     config = WorkspaceConfig(
         "acme",
@@ -197,7 +197,7 @@ def test_index_key_bytes_never_reach_the_lake_or_the_audit_log(
 ) -> None:
     import base64
 
-    from fieldcrypt.providers.local import LocalKeyProvider
+    from fieldcrypt.keys.providers.local import LocalKeyProvider
 
     issued: list[bytes] = []
     real = LocalKeyProvider.generate_data_key

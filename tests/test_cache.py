@@ -16,12 +16,12 @@ import pytest
 
 from demo.sample_data import snapshot_path
 from fieldcrypt import InputError, KeyConfig, Workspace, WorkspaceConfig
-from fieldcrypt.cache import MAX_CELLS_PER_KEY, MAX_TTL_SECONDS, DataKeyCache
-from fieldcrypt.keystore import Keystore
-from fieldcrypt.protect import protect_file
-from fieldcrypt.providers.base import EncryptionContext
-from fieldcrypt.providers.local import LocalKeyProvider
-from fieldcrypt.wrapped_key import WrappedKey
+from fieldcrypt.engine.protect import protect_file
+from fieldcrypt.format.wrapped_key import WrappedKey
+from fieldcrypt.keys.cache import MAX_CELLS_PER_KEY, MAX_TTL_SECONDS, DataKeyCache
+from fieldcrypt.keys.keystore import Keystore
+from fieldcrypt.keys.providers.base import EncryptionContext
+from fieldcrypt.keys.providers.local import LocalKeyProvider
 
 PARTITION = date(2026, 11, 1).isoformat()
 

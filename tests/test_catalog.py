@@ -13,7 +13,7 @@ import yaml
 from fieldcrypt import ConfigError, Workspace
 from fieldcrypt.catalog import Catalog
 from fieldcrypt.cli import run
-from fieldcrypt.layout import HiveLevel
+from fieldcrypt.policy.layout import HiveLevel
 from tests.catalogs import SHIPPED_CATALOG, TEST_DATASETS, declared, demo_datasets_yaml
 
 LOCAL = {"provider": "local", "keystore": "keys/keystore.json"}

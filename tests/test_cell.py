@@ -1,4 +1,4 @@
-"""Cell ciphertext and associated data (fieldcrypt.cell): layout, round trip, binding, tampering."""
+"""Cell ciphertext and associated data (fieldcrypt.format.cell): layout, round trip, binding, tampering."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fieldcrypt import IntegrityError, KeyMaterialError
-from fieldcrypt.cell import (
+from fieldcrypt.format.cell import (
     CELL_OVERHEAD,
     CELL_VERSION,
     NONCE_SIZE,

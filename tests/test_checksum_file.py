@@ -15,8 +15,8 @@ import pytest
 
 from demo.sample_data import snapshot_path
 from fieldcrypt import IntegrityError, Workspace
-from fieldcrypt.checksum_file import HadoopChecksums, checksum_path
-from fieldcrypt.store import LakeStore
+from fieldcrypt.lake.checksum_file import HadoopChecksums, checksum_path
+from fieldcrypt.lake.store import LakeStore
 from tests.conftest import SAMPLE_DAY
 from tests.policy_support import backdate_policy
 

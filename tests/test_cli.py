@@ -18,9 +18,9 @@ import pytest
 
 from demo.sample_data import land_sample_lake, snapshot_path
 from fieldcrypt.cli import ACK_FLAG, main, run
-from fieldcrypt.keystore import Keystore
-from fieldcrypt.policy import POLICY_PATH
-from fieldcrypt.store import LakeStore
+from fieldcrypt.keys.keystore import Keystore
+from fieldcrypt.lake.store import LakeStore
+from fieldcrypt.policy.policy import POLICY_PATH
 from tests.catalogs import write_catalog
 
 PARTITION = "2030-01-01"

@@ -14,7 +14,7 @@ import pytest
 
 from demo.sample_data import land_sample_lake
 from fieldcrypt.cli import ACK_FLAG, main, run
-from fieldcrypt.store import LakeStore
+from fieldcrypt.lake.store import LakeStore
 from tests.catalogs import write_catalog
 
 PARTITION = "2030-01-01"

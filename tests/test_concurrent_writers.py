@@ -23,10 +23,10 @@ import pytest
 
 from demo.sample_data import land_sample_lake
 from fieldcrypt import ConcurrentUpdateError, Workspace
-from fieldcrypt.binding import BINDING_PATH, BindingStore, KeyBinding
-from fieldcrypt.blind_index import INDEX_KEYS_PATH, IndexKeyStore
-from fieldcrypt.providers.base import MasterKeyInfo
-from fieldcrypt.store import LakeStore
+from fieldcrypt.keys.binding import BINDING_PATH, BindingStore, KeyBinding
+from fieldcrypt.keys.blind_index import INDEX_KEYS_PATH, IndexKeyStore
+from fieldcrypt.keys.providers.base import MasterKeyInfo
+from fieldcrypt.lake.store import LakeStore
 from tests.conftest import SAMPLE_DAY
 
 THREADS = 6
@@ -136,8 +136,8 @@ def test_s3_replace_of_a_partition_file_is_a_copy_conditional_on_the_etag_read(m
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ADD_KEYS_SCRIPT = """
 import sys
-from fieldcrypt.blind_index import IndexKeyStore
-from fieldcrypt.store import LakeStore
+from fieldcrypt.keys.blind_index import IndexKeyStore
+from fieldcrypt.lake.store import LakeStore
 keys = IndexKeyStore(LakeStore.from_uri(sys.argv[1]))
 for n in range(int(sys.argv[3])):
     keys.update(lambda stored, n=n: {**stored, f"users.{sys.argv[2]}{n}": b"k" * 32})

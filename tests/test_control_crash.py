@@ -21,7 +21,7 @@ import pytest
 
 from demo.sample_data import land_sample_lake
 from fieldcrypt import FieldcryptError, KeyConfig, Workspace, WorkspaceConfig
-from fieldcrypt.keystore import Keystore, key_check_value, parse_base64_key
+from fieldcrypt.keys.keystore import Keystore, key_check_value, parse_base64_key
 from tests.catalogs import TEST_DATASETS
 from tests.conftest import SAMPLE_DAY, WORKSPACE
 from tests.control_crash_child import CRASHED, IMPORTED_KEY

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 
 from fieldcrypt import KeyMaterialError, KeyProviderError, PolicyError, Workspace
-from fieldcrypt.binding import BINDING_PATH
-from fieldcrypt.cache import DataKeyCache
 from fieldcrypt.errors import KeyVersionError, WrongMasterKeyError
-from fieldcrypt.keystore import Keystore, parse_base64_key
-from fieldcrypt.policy import POLICY_PATH, DatasetSpec, Policy
-from fieldcrypt.policy_auth import UnauthenticatedPolicyError
-from fieldcrypt.providers.local import LocalKeyProvider
-from fieldcrypt.wrapped_key import WrappedKey
+from fieldcrypt.format.wrapped_key import WrappedKey
+from fieldcrypt.keys.binding import BINDING_PATH
+from fieldcrypt.keys.cache import DataKeyCache
+from fieldcrypt.keys.keystore import Keystore, parse_base64_key
+from fieldcrypt.keys.policy_auth import UnauthenticatedPolicyError
+from fieldcrypt.keys.providers.local import LocalKeyProvider
+from fieldcrypt.policy.policy import POLICY_PATH, DatasetSpec, Policy
 from tests.conftest import SAMPLE_DAY
 from tests.policy_support import backdate_policy
 
@@ -370,7 +370,7 @@ def test_non_canonical_local_key_version_in_a_wrapped_key_is_a_named_error(keyst
 
 
 def provider_context() -> Any:
-    from fieldcrypt.providers.base import EncryptionContext
+    from fieldcrypt.keys.providers.base import EncryptionContext
 
     return EncryptionContext("acme", "users", "email")
 
@@ -420,7 +420,7 @@ def test_verify_writes_an_event_per_attribute_with_cell_counts(protected: Worksp
 def test_crash_between_replace_and_its_audit_record_leaves_an_unconfirmed_intent(
     local_workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fieldcrypt.audit import AuditLog
+    from fieldcrypt.lake.audit import AuditLog
 
     local_workspace.enable("users.email", "email", acknowledge_irreversible=True)
     backdate_policy(local_workspace)

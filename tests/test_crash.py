@@ -2,7 +2,7 @@
 
 The kill tests run protect in a real subprocess and inject the fault there: a monkeypatch
 that sends SIGKILL to the process itself at a chosen point. The other tests inject faults
-in-process at `fieldcrypt.protect`'s seams. Every injection is marked "fault injection".
+in-process at `fieldcrypt.engine.protect`'s seams. Every injection is marked "fault injection".
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pytest
 import fieldcrypt
 from demo.sample_data import snapshot_path, users_table, write_snapshot
 from fieldcrypt import VerificationError, Workspace
-from fieldcrypt.columns import raw_path, replace_path
-from fieldcrypt.store import TEMP_MARKER
+from fieldcrypt.format.columns import raw_path, replace_path
+from fieldcrypt.lake.store import TEMP_MARKER
 
 DAY = date(2026, 11, 1)
 PARTITION = DAY.isoformat()
@@ -33,8 +33,8 @@ REPO = Path(fieldcrypt.__file__).resolve().parents[1]
 CHILD = r"""
 import os, signal, sys
 
-import fieldcrypt.protect
-import fieldcrypt.store
+import fieldcrypt.engine.protect
+import fieldcrypt.lake.store
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
 
 lake, keystore, stage = sys.argv[1:4]
@@ -45,8 +45,8 @@ def die():
 
 
 # fault injection: SIGKILL at the chosen point of the protection run
-real_replace = fieldcrypt.store.LakeStore.replace
-real_encrypt = fieldcrypt.protect.encrypt_attribute
+real_replace = fieldcrypt.lake.store.LakeStore.replace
+real_encrypt = fieldcrypt.engine.protect.encrypt_attribute
 batches = []
 
 
@@ -65,8 +65,8 @@ def encrypt_attribute(*args, **kwargs):
     return real_encrypt(*args, **kwargs)
 
 
-fieldcrypt.store.LakeStore.replace = replace
-fieldcrypt.protect.encrypt_attribute = encrypt_attribute
+fieldcrypt.lake.store.LakeStore.replace = replace
+fieldcrypt.engine.protect.encrypt_attribute = encrypt_attribute
 from tests.catalogs import TEST_DATASETS
 
 config = WorkspaceConfig("acme", lake, KeyConfig("local", keystore), datasets=TEST_DATASETS)
@@ -155,13 +155,13 @@ def test_kill_9_right_after_the_replacement_leaves_the_complete_new_file(workspa
 
 def wrap_encrypt(monkeypatch: pytest.MonkeyPatch, damage: Callable[[pa.RecordBatch, Any], pa.RecordBatch]) -> None:
     """Fault injection: run the real encryption, then damage its output batch before it is written."""
-    real = fieldcrypt.protect.encrypt_attribute
+    real = fieldcrypt.engine.protect.encrypt_attribute
 
     def encrypt_attribute(batch: pa.RecordBatch, dataset: Any, attribute: Any, rows: Any, *args: Any, **kw: Any) -> Any:
         encrypted, outcome = real(batch, dataset, attribute, rows, *args, **kw)
         return damage(encrypted, (attribute, rows)), outcome
 
-    monkeypatch.setattr(fieldcrypt.protect, "encrypt_attribute", encrypt_attribute)
+    monkeypatch.setattr(fieldcrypt.engine.protect, "encrypt_attribute", encrypt_attribute)
 
 
 def refused_intact(workspace: Workspace, match: str) -> None:
@@ -180,7 +180,7 @@ def test_failure_raised_during_verification_leaves_the_original_and_no_temp_file
     def failing_verify(*args: Any, **kwargs: Any) -> None:
         raise VerificationError("injected verification failure")
 
-    monkeypatch.setattr(fieldcrypt.protect, "verify_rewrite", failing_verify)  # fault injection
+    monkeypatch.setattr(fieldcrypt.engine.protect, "verify_rewrite", failing_verify)  # fault injection
     refused_intact(workspace, "injected verification failure")
 
 
@@ -233,14 +233,14 @@ def test_unselected_row_changed_by_the_writer_is_caught_by_verification(
 def test_file_replaced_by_upstream_during_protection_is_not_overwritten(
     workspace: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_verify = fieldcrypt.protect.verify_rewrite
+    real_verify = fieldcrypt.engine.protect.verify_rewrite
     path = original_file(workspace)
 
     def verify_while_upstream_lands(*args: Any, **kwargs: Any) -> None:
         write_snapshot(workspace.store, "users", DAY, users_table(DAY, 300, seed=1), row_group_size=150)
         real_verify(*args, **kwargs)
 
-    monkeypatch.setattr(fieldcrypt.protect, "verify_rewrite", verify_while_upstream_lands)  # fault injection
+    monkeypatch.setattr(fieldcrypt.engine.protect, "verify_rewrite", verify_while_upstream_lands)  # fault injection
     with pytest.raises(VerificationError, match="changed while it was being protected"):
         workspace.protect("users", PARTITION)
     landed = pq.read_table(path)

@@ -31,7 +31,7 @@ from dagster_support import (
 )
 
 from demo.sample_data import snapshot_path
-from fieldcrypt.keystore import Keystore
+from fieldcrypt.keys.keystore import Keystore
 from resources import FieldcryptResource
 
 DAY = past_day(3)
@@ -347,7 +347,7 @@ def test_attribute_dropped_with_its_columns_fails_the_protection_naming_the_file
 ) -> None:
     import json
 
-    from fieldcrypt.select import FILE_METADATA_KEY
+    from fieldcrypt.policy.select import FILE_METADATA_KEY
 
     materialize_partition(fieldcrypt, split_partition)
     path = _file(lake, "users")

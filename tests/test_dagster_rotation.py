@@ -44,8 +44,8 @@ from dagster_support import (
 from assets.rotation import rotation_partition_key
 from demo.sample_data import snapshot_path
 from fieldcrypt import AccessDeniedError, ConfigError, ThrottledError, Workspace
-from fieldcrypt.keystore import Keystore
-from fieldcrypt.store import TEMP_MARKER
+from fieldcrypt.keys.keystore import Keystore
+from fieldcrypt.lake.store import TEMP_MARKER
 from resources import FieldcryptResource
 from tests.faults import KmsFaults
 

@@ -11,7 +11,7 @@ import pytest
 
 from demo.run import land_today
 from demo.sample_data import land_sample_lake, snapshot_path, users_table
-from fieldcrypt.store import LakeStore
+from fieldcrypt.lake.store import LakeStore
 from tests.dagster_support import node
 
 

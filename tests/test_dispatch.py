@@ -10,7 +10,7 @@ import pytest
 
 from demo.sample_data import users_table, write_snapshot
 from fieldcrypt import InputError, Workspace
-from fieldcrypt.dispatch import DispatchReport, dispatch_segment
+from fieldcrypt.reads.dispatch import DispatchReport, dispatch_segment
 from tests.conftest import SAMPLE_DAY
 from tests.policy_support import backdate_policy
 

@@ -13,7 +13,7 @@ import pytest
 
 from demo.sample_data import land_sample_lake, write_snapshot
 from fieldcrypt.cli import ACK_FLAG, main, run
-from fieldcrypt.store import LakeStore
+from fieldcrypt.lake.store import LakeStore
 from tests.catalogs import demo_datasets_yaml, write_catalog
 
 DAY = date(2030, 1, 1)

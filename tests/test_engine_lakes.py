@@ -27,7 +27,7 @@ from dagster_support import catalog_fieldcrypt, node
 
 from assets import build_assets
 from fieldcrypt import Workspace
-from fieldcrypt.checksum_file import HadoopChecksums
+from fieldcrypt.lake.checksum_file import HadoopChecksums
 from resources import FieldcryptResource
 
 DAYS = ["2026-11-01", "2026-11-02"]

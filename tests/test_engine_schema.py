@@ -15,8 +15,8 @@ import pytest
 
 from demo.sample_data import snapshot_path, write_snapshot
 from fieldcrypt import InputError, Workspace
-from fieldcrypt.engine_schema import PANDAS_METADATA, SPARK_ROW_METADATA
-from fieldcrypt.store import LakeStore
+from fieldcrypt.format.engine_schema import PANDAS_METADATA, SPARK_ROW_METADATA
+from fieldcrypt.lake.store import LakeStore
 from tests.conftest import SAMPLE_DAY
 from tests.ledger_support import as_written_before_the_ledger
 from tests.policy_support import backdate_policy

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from demo.sample_data import land_sample_lake, snapshot_path
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
 from fieldcrypt.errors import IntegrityError
-from fieldcrypt.keystore import Keystore
+from fieldcrypt.keys.keystore import Keystore
 from tests.catalogs import TEST_DATASETS
 from tests.conftest import SAMPLE_DAY, WORKSPACE
 from tests.policy_support import backdate_policy

@@ -21,9 +21,9 @@ from demo.sample_data import snapshot_path
 from fieldcrypt import ConfigError, InputError, Workspace
 from fieldcrypt.catalog import Catalog
 from fieldcrypt.cli import run
-from fieldcrypt.inventory import CHECKSUM, DATA, MARKER, SUMMARY, TEMP
-from fieldcrypt.layout import HIVE_DEFAULT_PARTITION
-from fieldcrypt.store import TEMP_MARKER
+from fieldcrypt.lake.inventory import CHECKSUM, DATA, MARKER, SUMMARY, TEMP
+from fieldcrypt.lake.store import TEMP_MARKER
+from fieldcrypt.policy.layout import HIVE_DEFAULT_PARTITION
 from tests.catalogs import write_catalog
 from tests.conftest import SAMPLE_DAY
 from tests.temp_holder import held_by_live_process

@@ -15,7 +15,7 @@ import pytest
 
 from fieldcrypt import KeyMaterialError, KeyProviderError, Workspace
 from fieldcrypt.cli import run
-from fieldcrypt.keystore import Keystore, parse_base64_key
+from fieldcrypt.keys.keystore import Keystore, parse_base64_key
 from tests.catalogs import write_catalog
 
 OPENSSL = shutil.which("openssl")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from fieldcrypt import InputError
-from fieldcrypt.layout import DatasetLayout, HiveLevel, Partitioning
-from fieldcrypt.policy import DatasetSpec
-from fieldcrypt.store import LakeStore
+from fieldcrypt.lake.store import LakeStore
+from fieldcrypt.policy.layout import DatasetLayout, HiveLevel, Partitioning
+from fieldcrypt.policy.policy import DatasetSpec
 
 DAILY_DT = Partitioning("daily", (HiveLevel("dt", "%Y-%m-%d"),))
 HOURLY_TWO_LEVELS = Partitioning("hourly", (HiveLevel("dt", "%Y-%m-%d"), HiveLevel("hour", "%-H")))

@@ -19,8 +19,8 @@ import pytest
 
 from demo.sample_data import snapshot_path, users_table, write_snapshot
 from fieldcrypt import IntegrityError, Workspace
-from fieldcrypt.ledger import shard_path
-from fieldcrypt.select import FILE_METADATA_KEY
+from fieldcrypt.policy.ledger import shard_path
+from fieldcrypt.policy.select import FILE_METADATA_KEY
 
 DAY = date(2026, 11, 1)
 PARTITION = DAY.isoformat()

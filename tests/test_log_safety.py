@@ -25,10 +25,10 @@ import pytest
 
 from demo.sample_data import land_sample_lake, users_table
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
+from fieldcrypt.format.wrapped_key import WrappedKey
+from fieldcrypt.keys.providers.aws_kms import AwsKmsProvider, kms_client
+from fieldcrypt.keys.providers.base import EncryptionContext, KeyProvider
 from fieldcrypt.log_safety import BODY_LOGGERS, silence_key_material_loggers
-from fieldcrypt.providers.aws_kms import AwsKmsProvider, kms_client
-from fieldcrypt.providers.base import EncryptionContext, KeyProvider
-from fieldcrypt.wrapped_key import WrappedKey
 from tests.catalogs import TEST_DATASETS
 from tests.conftest import WORKSPACE
 

@@ -1,4 +1,4 @@
-"""Analyst masks (fieldcrypt.mask): full, email, last4; nulls stay null; no mask reveals length."""
+"""Analyst masks (fieldcrypt.format.mask): full, email, last4; nulls stay null; no mask reveals length."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fieldcrypt import Workspace
-from fieldcrypt.mask import mask_values
+from fieldcrypt.format.mask import mask_values
 
 
 def masked(values: list[str | None], style: str, type_: pa.DataType = pa.string()) -> list[str | None]:

@@ -1,4 +1,4 @@
-"""The native cell kernel (fieldcrypt._native via fieldcrypt.kernel) against the pure-Python reference.
+"""The native cell kernel (fieldcrypt._native via fieldcrypt.format.kernel) against the pure-Python reference.
 
 Differential: cells written by one kernel are read by the other, for random values (empty,
 NUL bytes, multi-byte UTF-8, 1 MB), random row keys or none, arrays sliced at an offset;
@@ -30,12 +30,12 @@ from hypothesis import strategies as st
 
 from demo.sample_data import land_sample_lake, snapshot_path
 from fieldcrypt import InputError, IntegrityError, Workspace
-from fieldcrypt import kernel as kernels
-from fieldcrypt.cell import AUTHENTICATION_FAILED, CELL_OVERHEAD, DataKey, ad_prefix
 from fieldcrypt.cli import run
 from fieldcrypt.errors import KernelError
-from fieldcrypt.kernel import CellFailure, FirstFailure, Kernel, SliceStopped, decrypt_column, encrypt_column
-from fieldcrypt.reveal import decrypt_rows
+from fieldcrypt.format import kernel as kernels
+from fieldcrypt.format.cell import AUTHENTICATION_FAILED, CELL_OVERHEAD, DataKey, ad_prefix
+from fieldcrypt.format.kernel import CellFailure, FirstFailure, Kernel, SliceStopped, decrypt_column, encrypt_column
+from fieldcrypt.reads.reveal import decrypt_rows
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = DataKey(bytes(range(32)))
@@ -481,7 +481,7 @@ def test_forced_native_kernel_that_is_missing_is_an_error_naming_why(monkeypatch
 MISSING_EXTENSION = """
 import os, sys
 sys.modules["fieldcrypt._native"] = None  # as if the extension had not been built
-from fieldcrypt import kernel
+from fieldcrypt.format import kernel
 print(kernel.active_kernel())
 os.environ["FIELDCRYPT_KERNEL"] = "native"
 try:

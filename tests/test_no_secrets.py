@@ -24,10 +24,10 @@ import pytest
 from demo.sample_data import snapshot_path
 from fieldcrypt import IntegrityError, Workspace
 from fieldcrypt.cli import run
-from fieldcrypt.keystore import Keystore
-from fieldcrypt.providers.base import EncryptionContext
-from fieldcrypt.providers.local import LocalKeyProvider
-from fieldcrypt.wrapped_key import WrappedKey
+from fieldcrypt.format.wrapped_key import WrappedKey
+from fieldcrypt.keys.keystore import Keystore
+from fieldcrypt.keys.providers.base import EncryptionContext
+from fieldcrypt.keys.providers.local import LocalKeyProvider
 from tests.catalogs import write_catalog
 
 PARTITION = "2026-11-01"

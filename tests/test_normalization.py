@@ -10,8 +10,8 @@ import pytest
 
 from demo.sample_data import snapshot_path, write_snapshot
 from fieldcrypt import PolicyError, Workspace
-from fieldcrypt.blind_index import normalize
-from fieldcrypt.policy import Policy
+from fieldcrypt.keys.blind_index import normalize
+from fieldcrypt.policy.policy import Policy
 from tests.conftest import NOON, SAMPLE_DAY
 from tests.policy_support import backdate_policy
 

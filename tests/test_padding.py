@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from demo.sample_data import snapshot_path, write_snapshot
 from fieldcrypt import IntegrityError, PolicyError, Workspace
-from fieldcrypt.cell import CELL_OVERHEAD
-from fieldcrypt.padding import pad, padded_length, unpad
-from fieldcrypt.policy import POLICY_PATH
+from fieldcrypt.format.cell import CELL_OVERHEAD
+from fieldcrypt.format.padding import pad, padded_length, unpad
+from fieldcrypt.policy.policy import POLICY_PATH
 
 NOON = datetime(2026, 11, 1, 12, tzinfo=UTC)
 DAY = date(2026, 11, 1)
@@ -27,7 +27,7 @@ EMAILS = ["a@x.io", "bob@example.com", "a-much-longer-address@mail.example.org",
 
 @pytest.fixture(params=["python", "native"])
 def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from fieldcrypt.kernel import NATIVE
+    from fieldcrypt.format.kernel import NATIVE
 
     if request.param == "native" and NATIVE is None:
         pytest.skip("the native kernel is not built here")
@@ -107,7 +107,7 @@ def test_format_2_cells_fail_authentication_under_format_1_rules(
     """The version byte is bound through the associated data: a padded cell read as an unpadded one fails."""
     workspace = padded_workspace(make_local_workspace)
     workspace.protect("users", PARTITION)
-    from fieldcrypt.reveal import decrypt_rows
+    from fieldcrypt.reads.reveal import decrypt_rows
 
     table = stored(workspace)
     batch = table.to_batches()[0]

@@ -28,9 +28,9 @@ import thriftpy2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fieldcrypt.columns import identical
 from fieldcrypt.errors import InputError, SpliceUnsupported, VerificationError
-from fieldcrypt.splice import (
+from fieldcrypt.format.columns import identical
+from fieldcrypt.format.splice import (
     SpliceReport,
     arrow_schema_metadata,
     footer_metadata,
@@ -38,8 +38,8 @@ from fieldcrypt.splice import (
     splice_columns,
     spliced_arrow_schema,
 )
-from fieldcrypt.splice._thrift import decode, encode, parquet
-from fieldcrypt.splice.footer import ParquetLayout
+from fieldcrypt.format.splice._thrift import decode, encode, parquet
+from fieldcrypt.format.splice.footer import ParquetLayout
 from tests.test_types import wide_table
 
 NOON = datetime(2026, 11, 1, 12, tzinfo=UTC)

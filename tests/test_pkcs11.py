@@ -21,10 +21,10 @@ import pytest
 
 from demo.sample_data import land_sample_lake
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
+from fieldcrypt.engine.rotate import wrapped_key_refs
 from fieldcrypt.errors import AccessDeniedError, ConfigError, IntegrityError, KeyProviderError, WrongMasterKeyError
-from fieldcrypt.providers.base import EncryptionContext
-from fieldcrypt.providers.pkcs11 import Pkcs11Provider, Pkcs11Settings, Pkcs11Token
-from fieldcrypt.rotate import wrapped_key_refs
+from fieldcrypt.keys.providers.base import EncryptionContext
+from fieldcrypt.keys.providers.pkcs11 import Pkcs11Provider, Pkcs11Settings, Pkcs11Token
 from tests.catalogs import TEST_DATASETS
 from tests.conftest import SAMPLE_DAY, WORKSPACE
 
@@ -527,7 +527,7 @@ def test_wrong_pin_is_access_denied_without_the_pin_in_the_message(
     # A fresh process: this one is already logged in to the token (PKCS#11 login is per process).
     code = f"""
 import os, sys
-from fieldcrypt.providers.pkcs11 import Pkcs11Provider, Pkcs11Settings, Pkcs11Token
+from fieldcrypt.keys.providers.pkcs11 import Pkcs11Provider, Pkcs11Settings, Pkcs11Token
 from fieldcrypt.errors import AccessDeniedError
 os.environ["WRONG_PIN"] = "wrong-pin-7731"
 try:
@@ -548,7 +548,7 @@ def test_second_configuration_with_a_wrong_pin_is_refused_although_the_process_i
     configuration (another workspace, another PIN variable) with a wrong PIN is still refused."""
     code = f"""
 import os
-from fieldcrypt.providers.pkcs11 import Pkcs11Provider, Pkcs11Settings, Pkcs11Token
+from fieldcrypt.keys.providers.pkcs11 import Pkcs11Provider, Pkcs11Settings, Pkcs11Token
 from fieldcrypt.errors import AccessDeniedError
 os.environ["GOOD_PIN"] = {PIN!r}
 os.environ["WRONG_PIN"] = "wrong-pin-7731"

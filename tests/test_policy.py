@@ -12,7 +12,7 @@ import pytest
 
 from demo.sample_data import write_snapshot
 from fieldcrypt import InputError, PolicyError, Workspace
-from fieldcrypt.policy import POLICY_PATH, DatasetSpec, Policy, PolicyStore
+from fieldcrypt.policy.policy import POLICY_PATH, DatasetSpec, Policy, PolicyStore
 from tests.catalogs import TEST_DATASETS, declared
 
 DAY = date(2026, 11, 1)

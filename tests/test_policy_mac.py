@@ -14,10 +14,10 @@ import pytest
 
 from demo.sample_data import land_sample_lake
 from fieldcrypt.cli import ACK_FLAG, main, run
-from fieldcrypt.keystore import Keystore
-from fieldcrypt.policy import POLICY_PATH, Policy
-from fieldcrypt.policy_auth import AUTH_FORMAT_V1, MAC_LABEL_V1
-from fieldcrypt.store import LakeStore
+from fieldcrypt.keys.keystore import Keystore
+from fieldcrypt.keys.policy_auth import AUTH_FORMAT_V1, MAC_LABEL_V1
+from fieldcrypt.lake.store import LakeStore
+from fieldcrypt.policy.policy import POLICY_PATH, Policy
 from tests.catalogs import write_catalog
 from tests.test_format_doc import standalone_decryptor
 

@@ -15,9 +15,9 @@ import pytest
 
 from demo.sample_data import snapshot_path, write_snapshot
 from fieldcrypt import InputError, Workspace
-from fieldcrypt.cell import CELL_OVERHEAD
-from fieldcrypt.store import TEMP_MARKER
-from fieldcrypt.wrapped_key import WrappedKey
+from fieldcrypt.format.cell import CELL_OVERHEAD
+from fieldcrypt.format.wrapped_key import WrappedKey
+from fieldcrypt.lake.store import TEMP_MARKER
 
 DAY = date(2026, 11, 1)
 PARTITION = DAY.isoformat()

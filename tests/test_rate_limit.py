@@ -12,7 +12,7 @@ import yaml
 
 from fieldcrypt import ConfigError, Workspace
 from fieldcrypt.catalog import Catalog
-from fieldcrypt.rate_limit import CallRateLimit, for_workspace
+from fieldcrypt.keys.rate_limit import CallRateLimit, for_workspace
 from tests.catalogs import demo_datasets_yaml
 
 

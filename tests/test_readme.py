@@ -27,7 +27,7 @@ from demo.run import land_today
 from demo.sample_data import land_sample_lake
 from fieldcrypt import Workspace
 from fieldcrypt.catalog import Catalog
-from fieldcrypt.keystore import Keystore
+from fieldcrypt.keys.keystore import Keystore
 
 PROJECT = Path(__file__).resolve().parents[1]
 README = PROJECT / "README.md"

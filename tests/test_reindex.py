@@ -13,8 +13,8 @@ import pytest
 
 from demo.sample_data import snapshot_path, write_snapshot
 from fieldcrypt import ConcurrentUpdateError, IntegrityError, PolicyError, Workspace
-from fieldcrypt.blind_index import INDEX_KEYS_PATH
-from fieldcrypt.reindex import RETIRING_PATH
+from fieldcrypt.engine.reindex import RETIRING_PATH
+from fieldcrypt.keys.blind_index import INDEX_KEYS_PATH
 from tests.conftest import NOON, SAMPLE_DAY
 from tests.dagster_support import node
 from tests.policy_support import backdate_policy

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from demo.sample_data import snapshot_path, write_snapshot
 from fieldcrypt import InputError, Workspace
-from fieldcrypt.policy import DatasetSpec
-from fieldcrypt.reveal import decrypt_rows
+from fieldcrypt.policy.policy import DatasetSpec
+from fieldcrypt.reads.reveal import decrypt_rows
 
 NOON = datetime(2026, 11, 1, 12, tzinfo=UTC)
 PARTITION = "2026-11-01"

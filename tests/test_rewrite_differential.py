@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from demo.sample_data import snapshot_path
 from fieldcrypt import Workspace
-from fieldcrypt.rewrite import REWRITE_PATH_ENV
+from fieldcrypt.engine.rewrite import REWRITE_PATH_ENV
 from tests.test_parquet_splice import (
     SPARK_ROW_METADATA,
     duckdb_column,

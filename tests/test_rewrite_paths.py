@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import fieldcrypt.rewrite as rewrite
+import fieldcrypt.engine.rewrite as rewrite
 from demo.sample_data import snapshot_path, write_snapshot
 from fieldcrypt import InputError, VerificationError, Workspace
-from fieldcrypt.parquet_io import chunk_span
+from fieldcrypt.lake.parquet_io import chunk_span
 from tests.conftest import NOON, SAMPLE_DAY
 from tests.policy_support import backdate_policy
 

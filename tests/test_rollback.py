@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from demo.sample_data import land_sample_lake
-from fieldcrypt.binding import BINDING_PATH
 from fieldcrypt.cli import ACK_FLAG, main, run
-from fieldcrypt.policy import POLICY_PATH
-from fieldcrypt.store import LakeStore
+from fieldcrypt.keys.binding import BINDING_PATH
+from fieldcrypt.lake.store import LakeStore
+from fieldcrypt.policy.policy import POLICY_PATH
 from tests.catalogs import write_catalog
 
 DAY1, DAY2 = "2030-01-01", "2030-01-02"

@@ -15,8 +15,8 @@ import pytest
 
 from demo.sample_data import land_sample_lake, snapshot_path
 from fieldcrypt import KeyMaterialError, PolicyError, Workspace
-from fieldcrypt.keystore import Keystore
-from fieldcrypt.rotate import wrapped_key_refs
+from fieldcrypt.engine.rotate import wrapped_key_refs
+from fieldcrypt.keys.keystore import Keystore
 from tests.conftest import SAMPLE_DAY
 from tests.policy_support import backdate_policy
 
@@ -152,7 +152,7 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
-    from fieldcrypt.store import LakeStore
+    from fieldcrypt.lake.store import LakeStore
     from tests.catalogs import TEST_DATASETS
 
     def die(self, temp, rel):

@@ -19,7 +19,7 @@ import pytest
 
 from demo.sample_data import land_sample_lake, snapshot_path, users_table
 from fieldcrypt import KeyConfig, Workspace, WorkspaceConfig
-from fieldcrypt.store import TEMP_MARKER, LakeStore
+from fieldcrypt.lake.store import TEMP_MARKER, LakeStore
 from tests.catalogs import TEST_DATASETS
 from tests.conftest import WORKSPACE
 

@@ -25,8 +25,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import BinaryType
 
 from fieldcrypt import Workspace
-from fieldcrypt.checksum_file import HadoopChecksums, checksum_path
-from fieldcrypt.ledger import LedgerError
+from fieldcrypt.lake.checksum_file import HadoopChecksums, checksum_path
+from fieldcrypt.policy.ledger import LedgerError
 from resources import FieldcryptResource
 from tests.dagster_support import catalog_fieldcrypt, make_keystore
 from tests.plaintext_scan import scan

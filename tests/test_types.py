@@ -19,11 +19,11 @@ import pytest
 
 from demo.sample_data import snapshot_path
 from fieldcrypt import InputError, IntegrityError, Workspace
-from fieldcrypt.attribute_path import AttributePath
-from fieldcrypt.columns import identical, row_key_bytes
 from fieldcrypt.errors import PolicyError
-from fieldcrypt.policy import AttributePolicy, DatasetSpec, Policy
-from fieldcrypt.select import RowSelection, select_rows
+from fieldcrypt.format.attribute_path import AttributePath
+from fieldcrypt.format.columns import identical, row_key_bytes
+from fieldcrypt.policy.policy import AttributePolicy, DatasetSpec, Policy
+from fieldcrypt.policy.select import RowSelection, select_rows
 from tests.ledger_support import as_written_before_the_ledger
 
 DAY = date(2026, 11, 1)
@@ -683,7 +683,7 @@ def test_rotation_of_a_file_rewritten_by_another_writer_compares_nan_by_bits(
 def test_standalone_decryptor_of_format_md_reads_a_map_value_under_a_composite_key(
     make_local_workspace: Callable[..., Workspace], enable_at: Enable, keystore_path: Path
 ) -> None:
-    from fieldcrypt.keystore import Keystore
+    from fieldcrypt.keys.keystore import Keystore
     from tests.conftest import WORKSPACE
     from tests.test_format_doc import standalone_decryptor
 
@@ -734,7 +734,7 @@ def test_hash_collisions_between_distinct_keys_do_not_refuse_the_file(
 ) -> None:
     import numpy as np
 
-    from fieldcrypt import select
+    from fieldcrypt.policy import select
 
     monkeypatch.setattr(select, "_keyed_hashes", lambda keys, seed: np.zeros(len(keys), np.uint64))
     workspace = make_local_workspace()

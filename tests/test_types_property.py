@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from demo.sample_data import snapshot_path
 from fieldcrypt import Workspace
-from fieldcrypt.columns import identical, read_path
-from fieldcrypt.policy import DatasetSpec
+from fieldcrypt.format.columns import identical, read_path
+from fieldcrypt.policy.policy import DatasetSpec
 
 NOON = datetime(2026, 11, 1, 12, tzinfo=UTC)
 SPEC = DatasetSpec("things", "ingested_at", "id")

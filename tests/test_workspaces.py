@@ -37,7 +37,7 @@ from dagster_support import (
 )
 
 from fieldcrypt import ConfigError
-from fieldcrypt.keystore import Keystore
+from fieldcrypt.keys.keystore import Keystore
 from resources import FieldcryptResource
 from tests.catalogs import write_workspaces_catalog
 

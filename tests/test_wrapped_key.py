@@ -1,4 +1,4 @@
-"""Wrapped data key values (fieldcrypt.wrapped_key) and the local provider's wrapping."""
+"""Wrapped data key values (fieldcrypt.format.wrapped_key) and the local provider's wrapping."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fieldcrypt import IntegrityError, KeyMaterialError, KeyProviderError
-from fieldcrypt.keystore import Keystore
-from fieldcrypt.providers.base import EncryptionContext
-from fieldcrypt.providers.local import LocalKeyProvider
-from fieldcrypt.wrapped_key import WrappedKey
+from fieldcrypt.format.wrapped_key import WrappedKey
+from fieldcrypt.keys.keystore import Keystore
+from fieldcrypt.keys.providers.base import EncryptionContext
+from fieldcrypt.keys.providers.local import LocalKeyProvider
 
 EMAIL = EncryptionContext("acme", "users", "email")
 PHONE = EncryptionContext("acme", "users", "phone")

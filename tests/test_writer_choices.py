@@ -17,7 +17,7 @@ import pytest
 
 from demo.sample_data import snapshot_path
 from fieldcrypt import Workspace
-from fieldcrypt.policy import DatasetSpec
+from fieldcrypt.policy.policy import DatasetSpec
 
 DAY = date(2026, 11, 1)
 PARTITION = DAY.isoformat()

@@ -1,0 +1,3 @@
+"""What the facade hands to the campaigns: master-key access, a dataset's partition jobs, the workspace
+configuration.
+"""

@@ -1,0 +1,2 @@
+"""Campaigns over every partition: master-key rotation and blind-index re-index.
+"""

@@ -1,0 +1,285 @@
+"""The one rewrite engine: source file -> transform some columns -> write -> verify -> commit.
+
+Protection, rotation, re-index and the encryption of history are transforms of one file
+(fieldcrypt.engine.protect, fieldcrypt.engine.rotate, fieldcrypt.engine.reindex): each writes its new file and
+verifies what it wrote. The skeleton around them lives here, once:
+
+1. a hidden temporary file beside the original, created under an exclusive flock that is held
+   until it is replaced or deleted, so no sweeper takes it while this run lives
+   (fieldcrypt.lake.store);
+2. the transform writes the new file into it, the source opened once;
+3. the transform verifies the written file against the source, before anything is replaced;
+4. the commit. On a plain lake (`LakeCommit`), under the file's lock: compare-and-swap on the
+   version read before any work, the operation's own last check, what must be checked,
+   removed and recorded before a replace (fieldcrypt.engine.replace_guard: stored protection
+   metadata, the current master key, stale summary files, the audit intent), the protection
+   ledger's staged entry (fieldcrypt.policy.ledger), and the atomic replace with its Hadoop checksum
+   (fieldcrypt.lake.checksum_file).
+
+A crash anywhere leaves the original file or the verified new one, never a mix. The commit is
+the one place a table format's own commit plugs in (`Commit`).
+
+Two paths write the new file (`Output`, docs/FORMAT.md "Column-chunk passthrough"). The splice path:
+a transform declares the top-level columns it changes or adds and reads only what it needs; the
+engine encodes those columns alone (pyarrow, into a second hidden temporary file, one row group per
+source row group, with the choices of `protected_writer`) and splices them into the source
+(fieldcrypt.format.splice), every other column chunk copied as bytes; verification proves the copies by
+digest and the transform decodes only the changed columns. The full path (the source cannot be
+spliced, or FIELDCRYPT_REWRITE_PATH=full) writes and verifies every column with pyarrow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fieldcrypt.engine.replace_guard import Replacing, before_replace
+from fieldcrypt.errors import ConcurrentUpdateError, InputError, SpliceUnsupported, VerificationError
+from fieldcrypt.format.splice import SpliceReport, footer_metadata, prove_copied, splice_columns, spliced_arrow_schema
+from fieldcrypt.format.splice.footer import ParquetLayout
+from fieldcrypt.keys.cache import DataKeyCache
+from fieldcrypt.lake.checksum_file import replace_data_file
+from fieldcrypt.lake.parquet_io import open_parquet, protected_metadata, protected_writer
+from fieldcrypt.lake.store import FileVersion, LakeStore
+from fieldcrypt.policy.ledger import LedgerStep, recorded
+from fieldcrypt.policy.policy import AttributePolicy, DatasetSpec
+
+Outcome = TypeVar("Outcome")
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One file rewrite: which file of which dataset, under which policy and keys, for which operation."""
+
+    store: LakeStore
+    rel: str
+    dataset: DatasetSpec
+    attributes: Sequence[AttributePolicy]
+    cache: DataKeyCache
+    dataset_root: str  # the dataset's directory: summary files between it and the file go stale
+    partition: str | None
+    operation: str  # the audit intent's operation: encrypt, rotate_partition, reindex
+    doing: str  # for messages: "protected", "rotated", "re-indexed"
+    ledger: LedgerStep | None = None
+    # Runs under the file's lock right before the replace and may refuse it (protection: the
+    # blind-index keys it loaded are still the current ones).
+    before_replace_check: Callable[[str], None] | None = None
+
+    @property
+    def where(self) -> str:
+        return self.store.display(self.rel)
+
+
+class Commit(Protocol):
+    """Make the verified temporary file the job's file, or refuse with nothing replaced."""
+
+    def __call__(
+        self, job: FileJob, temp: str, original: FileVersion, expected: Sequence[Mapping[str, Any]] | None
+    ) -> Replacing: ...
+
+
+def lake_commit(
+    job: FileJob, temp: str, original: FileVersion, expected: Sequence[Mapping[str, Any]] | None
+) -> Replacing:
+    """The plain lake's commit: compare-and-swap replace under the file's lock (local) or If-Match (S3)."""
+    store = job.store
+    with store.exclusive(job.rel):
+        if store.version(job.rel) != original:
+            raise ConcurrentUpdateError(
+                f"{job.where} changed while it was being {job.doing}; nothing was replaced, run again"
+            )
+        if job.before_replace_check is not None:
+            job.before_replace_check(job.where)
+        replacing = before_replace(
+            store,
+            job.rel,
+            job.attributes,
+            job.cache,
+            job.dataset.name,
+            job.partition,
+            expected,
+            job.operation,
+            dataset_root=job.dataset_root,
+        )
+        with recorded(job.ledger, temp, job.rel):  # the protection ledger's entry for the new file
+            replace_data_file(store, temp, job.rel, original, f"it was being {job.doing}")
+    return replacing
+
+
+REWRITE_PATH_ENV = "FIELDCRYPT_REWRITE_PATH"  # "full": every file takes the full path (tests, benchmarks)
+SPLICE, FULL = "splice", "full"
+
+
+class BatchWriter(Protocol):
+    def write_batch(self, batch: pa.RecordBatch) -> None: ...
+
+
+@dataclass
+class Output:
+    """Where and how a transform writes the new file of `job`: `path` is "splice" or "full".
+
+    A transform reads the source through `columns(needed, source)` (the splice path reads only what it
+    needs, the full path everything), writes one batch per source row group through
+    `writer(source, schema, changed)` (`schema`: the whole new file's Arrow schema; `changed`: the
+    top-level columns it changes or adds; a batch may hold more, they are left out), and decodes the
+    same columns again to verify them. It must be able to run twice: a splice
+    found impossible only when splicing (SpliceUnsupported) is written again on the full path.
+    """
+
+    job: FileJob
+    temp: str
+    path: str
+    splice: SpliceReport | None = field(default=None, init=False)
+    schema: pa.Schema | None = field(default=None, init=False)
+
+    def columns(self, needed: Iterable[str], source: pq.ParquetFile) -> list[str] | None:
+        """The top-level columns to read: None (all) on the full path, else those of `needed` present."""
+        if self.path == FULL:
+            return None
+        wanted = set(needed)
+        return [name for name in source.schema_arrow.names if name in wanted]
+
+    @contextlib.contextmanager
+    def writer(self, source: pq.ParquetFile, schema: pa.Schema, changed: Iterable[str]) -> Iterator[BatchWriter]:
+        """A writer of one batch per source row group into the temporary file; the file is complete on exit."""
+        job, where = self.job, self.job.where
+        self.schema = schema
+        if self.path == FULL:
+            with (
+                job.store.open_output(self.temp) as sink,
+                protected_writer(sink, schema, source, list(job.attributes), where) as full,
+            ):
+                yield _RowGroupWriter(full, None)
+            return
+        wanted = set(changed)
+        names = [name for name in schema.names if name in wanted]  # the new file's order
+        columns = pa.schema([schema.field(name) for name in names], metadata=schema.metadata)
+        if not spliced_arrow_schema(source.schema_arrow, columns).equals(schema, check_metadata=False):
+            raise SpliceUnsupported(f"{where}: the changed columns do not splice into the intended schema")
+        store = job.store
+        # The changed columns go to a second hidden temporary sibling, held like the new file's (it may
+        # hold plaintext of rows left as they are, as the new file does), so memory stays bounded
+        # whatever the file's size; it is deleted once spliced, whatever happens.
+        columns_temp = store.create_temp(job.rel)
+        try:
+            with (
+                _scratch_output(store, columns_temp) as sink,
+                protected_writer(sink, columns, source, list(job.attributes), where) as partial,
+            ):
+                yield _RowGroupWriter(partial, names)
+            metadata = footer_metadata(schema.with_metadata(protected_metadata(schema, list(job.attributes), where)))
+            with (
+                store.open_input(job.rel) as original,
+                store.open_input(columns_temp) as replacement,
+                store.open_output(self.temp) as output,
+            ):
+                # Everything is planned and checked before the first byte is written: a SpliceUnsupported
+                # here leaves the temporary file empty for the full path.
+                self.splice = splice_columns(
+                    original, replacement, output, key_value_metadata=metadata, source_name=where
+                )
+        finally:
+            store.release_temp(columns_temp)
+
+
+@contextlib.contextmanager
+def _scratch_output(store: LakeStore, rel: str) -> Iterator[IO[bytes] | pa.NativeFile]:
+    """A temporary file written for this run only: local, without the fsync a lake file gets (it is read
+    back at once and deleted, never replaces anything); on S3, an object like any temporary file."""
+    if store.is_local:
+        with pa.OSFile(store.full_path(rel), "wb") as handle:
+            yield handle
+    else:
+        with store.open_output(rel) as stream:
+            yield stream
+
+
+@dataclass
+class _RowGroupWriter:
+    writer: pq.ParquetWriter
+    names: list[str] | None
+
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        if self.names is not None:
+            batch = batch.select(self.names)
+        self.writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))
+
+
+def chosen_path(store: LakeStore, rel: str, forced: str | None = None) -> str:
+    """The path a file takes: the full one when asked (argument or FIELDCRYPT_REWRITE_PATH) or when the
+    source cannot be spliced (Parquet Modular Encryption, an unknown footer field, an empty row group...)."""
+    asked = forced or os.environ.get(REWRITE_PATH_ENV) or SPLICE
+    if asked not in (SPLICE, FULL):
+        raise InputError(f"{REWRITE_PATH_ENV} is {asked!r}; expected {SPLICE!r} or {FULL!r}")
+    if asked == FULL:
+        return FULL
+    with store.open_input(rel) as file:
+        try:
+            layout = ParquetLayout(file, store.display(rel))
+        except SpliceUnsupported:
+            return FULL
+        except InputError:
+            return FULL  # the full path reports what is wrong with the file, in its words
+        groups = layout.metadata.row_groups
+    # pyarrow writes no row group for an empty batch: such a file cannot keep its boundaries.
+    if not groups or any(group.num_rows == 0 for group in groups):
+        return FULL
+    return SPLICE
+
+
+def _prove_splice(job: FileJob, source: pq.ParquetFile, written: pq.ParquetFile, out: Output) -> None:
+    """Row counts and schema as intended, and every copied chunk where the footer says and identical."""
+    assert out.splice is not None and out.schema is not None
+    where = job.where
+    if written.metadata.num_rows != source.metadata.num_rows or written.num_row_groups != source.num_row_groups:
+        raise VerificationError(f"{where}: the spliced file's rows or row groups differ from the original's")
+    for index in range(source.num_row_groups):
+        if written.metadata.row_group(index).num_rows != source.metadata.row_group(index).num_rows:
+            raise VerificationError(f"{where}: row group {index} of the spliced file holds other rows")
+    if not written.schema_arrow.equals(out.schema, check_metadata=False):
+        raise VerificationError(f"{where}: the spliced file's schema differs from the intended schema")
+    with job.store.open_input(job.rel) as before, job.store.open_input(out.temp) as after:
+        prove_copied(before, after, out.splice.copied)
+
+
+def rewrite_file(
+    job: FileJob,
+    original: FileVersion,
+    write: Callable[[pq.ParquetFile, Output], Outcome],
+    verify: Callable[[pq.ParquetFile, pq.ParquetFile, Output, Outcome], None],
+    *,
+    expected: Callable[[Outcome], Sequence[Mapping[str, Any]] | None] = lambda _: None,
+    commit: Commit = lake_commit,
+    path: str | None = None,
+) -> tuple[Outcome, Replacing, str]:
+    """Rewrite `job.rel`: `write(source, out)` writes the new file and returns what it did,
+    `verify(source, written, out, outcome)` raises on any difference from the intent, then
+    `commit` replaces the file if it is still at `original` (the version the caller read before
+    deciding to rewrite). `expected(outcome)`: what the audit intent counts (protection: cells).
+    `path` forces "splice" or "full"; returns the outcome, the commit's result and the path taken."""
+    store = job.store
+    temp = store.create_temp(job.rel)
+    try:
+        with open_parquet(store, job.rel) as source:
+            out = Output(job, temp, chosen_path(store, job.rel, path))
+            try:
+                outcome = write(source, out)
+            except SpliceUnsupported:
+                if out.path == FULL:
+                    raise
+                out = Output(job, temp, FULL)
+                outcome = write(source, out)
+            with open_parquet(store, temp) as written:
+                if out.path == SPLICE:
+                    _prove_splice(job, source, written, out)
+                verify(source, written, out, outcome)
+        replacing = commit(job, temp, original, expected(outcome))
+    finally:
+        store.release_temp(temp)
+    return outcome, replacing, out.path

@@ -1,0 +1,2 @@
+"""Decrypting reads: the one read rule, reveal and dispatch.
+"""

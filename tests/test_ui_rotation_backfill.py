@@ -268,9 +268,18 @@ def test_runbook_rotation_backfill_launches_the_missing_partitions_and_rotates_e
         expect(header).to_have_text("0 partitions")
         all_buttons = dialog.get_by_role("button", name="All", exact=True)
         expect(all_buttons).to_have_count(2)  # one per dimension, in order: campaign, snapshot
-        all_buttons.nth(0).click()
-        all_buttons.nth(1).click()
-        expect(header).to_have_text(f"{len(PARTITIONS)} partitions")  # the current campaign x every date
+        # The dialog fetches each dimension's keys after it opens: an All clicked before they arrive selects
+        # nothing, so the clicks are repeated (bounded) until the header counts the current campaign x every date.
+        deadline = time.monotonic() + UI_SECONDS / 1000
+        while True:
+            all_buttons.nth(0).click()
+            all_buttons.nth(1).click()
+            try:
+                expect(header).to_have_text(f"{len(PARTITIONS)} partitions", timeout=3_000)
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
         # 3. Missing and failed: the date rotated earlier drops out.
         dialog.get_by_text(MISSING_AND_FAILED).click()
         expect(header).to_have_text(f"{len(missing)} partitions")

@@ -40,7 +40,8 @@ def fieldcrypt(tmp_path: Path) -> FieldcryptResource:
     fieldcrypt = local_fieldcrypt(tmp_path / "lake", make_keystore(tmp_path))
     enable(fieldcrypt, ("users.email", "email"))
     for day in DAYS:
-        land(fieldcrypt, day, past_day(0) - day, users=50, events=50)
+        # Moved to tomorrow: every row is ingested after the enablement, whatever the time of day the test runs.
+        land(fieldcrypt, day, past_day(-1) - day, users=50, events=50)
     path = tmp_path / "lake" / snapshot_path("users", BAD)
     table = pq.read_table(path)
     pq.write_table(table.set_column(table.schema.get_field_index("email"), "email", pa.array(range(len(table)))), path)
@@ -144,7 +145,7 @@ def test_a_ranged_run_unwraps_each_key_once_not_once_per_partition(tmp_path: Pat
     fieldcrypt = local_fieldcrypt(tmp_path / "lake", make_keystore(tmp_path))
     enable(fieldcrypt, ("users.email", "email"))
     for day in DAYS:
-        land(fieldcrypt, day, past_day(0) - day, users=50, events=50)
+        land(fieldcrypt, day, past_day(-1) - day, users=50, events=50)  # all after the enablement (tomorrow)
     audit_before = len(list(fieldcrypt.workspace("count").audit.events()))
 
     result = protect_range(fieldcrypt, dg.DagsterInstance.ephemeral())

@@ -35,11 +35,12 @@ from fieldcrypt.format.splice import (
     arrow_schema_metadata,
     footer_metadata,
     prove_copied,
+    range_digest,
     splice_columns,
     spliced_arrow_schema,
 )
 from fieldcrypt.format.splice._thrift import decode, encode, parquet
-from fieldcrypt.format.splice.footer import ParquetLayout
+from fieldcrypt.format.splice.footer import ParquetLayout, RandomAccess
 from tests.test_types import wide_table
 
 NOON = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -468,6 +469,30 @@ def test_a_changed_byte_in_a_copied_chunk_fails_the_proof(spliced_by_writer: Cal
         VerificationError, match=f"{target.part} of {target.column} row group {target.row_group}: bytes"
     ):
         prove_copied(result.source, bytes(tampered), result.report.copied)
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_the_digests_taken_while_copying_are_those_of_the_origin_s_ranges(
+    spliced_by_writer: Callable[[str], Spliced], writer: str
+) -> None:
+    result = spliced_by_writer(writer)
+    source = RandomAccess(result.source, "source")
+    replacement = RandomAccess(result.replacement, "replacement")
+    assert list(result.report.copied_sha256) == [range_digest(source, *c.source) for c in result.report.copied]
+    assert list(result.report.spliced_sha256) == [range_digest(replacement, *c.source) for c in result.report.spliced]
+
+
+def test_a_changed_byte_in_a_copied_chunk_fails_the_proof_from_copy_time_digests(
+    spliced_by_writer: Callable[[str], Spliced],
+) -> None:
+    result = spliced_by_writer("pyarrow-snappy-dictionary")
+    target = result.report.copied[len(result.report.copied) // 2]
+    tampered = bytearray(result.spliced)
+    tampered[target.destination[0]] ^= 0x01
+    with pytest.raises(
+        VerificationError, match=f"{target.part} of {target.column} row group {target.row_group}: bytes"
+    ):
+        prove_copied(result.source, bytes(tampered), result.report.copied, result.report.copied_sha256)
 
 
 def test_a_footer_pointing_a_copied_chunk_elsewhere_fails_the_proof(

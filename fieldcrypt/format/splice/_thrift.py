@@ -39,16 +39,19 @@ class _BoundedReader:
     """The transport thriftpy2 reads from: bytes with a cursor that refuses to read past their end."""
 
     def __init__(self, data: bytes | memoryview) -> None:
-        self._data = memoryview(data).cast("B")
+        # bytes, not a memoryview: thriftpy2 reads a byte or a few at a time, and slicing bytes makes one
+        # object per read where a view makes two (the slice, then its copy).
+        self._data = bytes(data)
+        self._size = len(self._data)
         self.position = 0
 
     def read(self, size: int) -> bytes:
-        end = self.position + size
-        if size < 0 or end > len(self._data):
+        start = self.position
+        end = start + size
+        if size < 0 or end > self._size:
             raise _Truncated
-        chunk = self._data[self.position : end].tobytes()
         self.position = end
-        return chunk
+        return self._data[start:end]
 
 
 class _StrictCompactProtocol(TCompactProtocol):

@@ -8,6 +8,8 @@ Thrift FileMetaData) | footer length (u32 little-endian) | `PAR1`. An encrypted 
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -28,6 +30,28 @@ _PARQUET_816_FIXED = (1, 2, 9)
 _PARQUET_MR = re.compile(rb"^parquet-mr version (\d+)\.(\d+)\.(\d+)")
 
 Source: TypeAlias = pa.NativeFile | bytes | bytearray | memoryview | pa.Buffer
+
+
+# The engine opens a source three times (path choice, splice, proof); its footer bytes are read each time
+# and the decoded FileMetaData is reused when they are the same bytes (decoding is a pure function of
+# them, and pure-Python Thrift costs tens of milliseconds). Decoded footers are shared: nothing mutates
+# a layout's metadata (the splice copies every struct it changes).
+_FOOTERS_KEPT = 4
+_footers: OrderedDict[bytes, tuple[Any, int]] = OrderedDict()
+_footers_lock = threading.Lock()
+
+
+def _decoded_footer(data: bytes, what: str) -> tuple[Any, int]:
+    with _footers_lock:
+        if data in _footers:
+            _footers.move_to_end(data)
+            return _footers[data]
+    decoded: tuple[Any, int] = decode(parquet.FileMetaData, data, what)
+    with _footers_lock:
+        _footers[data] = decoded
+        while len(_footers) > _FOOTERS_KEPT:
+            _footers.popitem(last=False)
+    return decoded
 
 
 class RandomAccess:
@@ -114,7 +138,7 @@ class ParquetLayout:
         footer_start = size - _TAIL - footer_length
         if footer_start < len(MAGIC):
             raise InputError(f"{self.name}: corrupt Parquet: footer length {footer_length} exceeds the file")
-        metadata, used = decode(parquet.FileMetaData, self.file.read(footer_start, size - _TAIL), f"{self.name} footer")
+        metadata, used = _decoded_footer(bytes(self.file.read(footer_start, size - _TAIL)), f"{self.name} footer")
         if metadata.encryption_algorithm is not None or metadata.footer_signing_key_metadata is not None:
             # Checked before the footer's length: a signed plaintext footer is followed by its signature.
             raise SpliceUnsupported(

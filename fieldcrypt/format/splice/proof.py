@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,15 +32,25 @@ def range_digest(file: RandomAccess, start: int, end: int) -> bytes:
 
 
 def prove_copied(
-    origin: Source | str | os.PathLike[str], destination: Source | str | os.PathLike[str], ranges: Iterable[CopiedRange]
+    origin: Source | str | os.PathLike[str],
+    destination: Source | str | os.PathLike[str],
+    ranges: Iterable[CopiedRange],
+    origin_sha256: Sequence[bytes] | None = None,
 ) -> int:
     """Raise VerificationError unless every range copied from `origin` (a SpliceReport's `copied` for the
     source, `spliced` for the replacement) is where the destination's footer says, described as in the
-    origin, and byte-identical; returns the number of bytes proven. Paths are opened and closed here."""
+    origin, and byte-identical; returns the number of bytes proven. Paths are opened and closed here.
+
+    `origin_sha256` (the SpliceReport's `copied_sha256` or `spliced_sha256`): the digests of the bytes the
+    splice read from the origin and wrote, so the origin's ranges are not read again; the destination's
+    ranges are always read back and hashed."""
+    ranges = list(ranges)
+    if origin_sha256 is not None and len(origin_sha256) != len(ranges):
+        raise VerificationError(f"{len(origin_sha256)} origin digests for {len(ranges)} copied ranges")
     with _layout(origin, "splice origin") as before, _layout(destination, "spliced file") as after:
         chunks_before, chunks_after = _chunks_by_path(before), _chunks_by_path(after)
         proven = 0
-        for copied in ranges:
+        for position, copied in enumerate(ranges):
             where = f"{copied.part} of {copied.column} row group {copied.row_group}"
             leaf_before = _leaf(chunks_before, copied, where, before.name)
             leaf_after = _leaf(chunks_after, copied, where, after.name)
@@ -58,7 +68,11 @@ def prove_copied(
                 chunk_after = after.metadata.row_groups[copied.row_group].columns[leaf_after]
                 _prove_described_alike(where, chunk_before, chunk_after)
                 _prove_offset_index_moved(where, before, after, ranges_before, ranges_after)
-            if range_digest(before.file, *copied.source) != range_digest(after.file, *copied.destination):
+            if origin_sha256 is not None:
+                expected = origin_sha256[position]
+            else:
+                expected = range_digest(before.file, *copied.source)
+            if expected != range_digest(after.file, *copied.destination):
                 raise VerificationError(
                     f"{where}: bytes {copied.destination} of the spliced file differ from bytes {copied.source} "
                     "they were copied from (SHA-256)"

@@ -17,8 +17,9 @@ file's chunks would be a lie).
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fieldcrypt.errors import InputError, SpliceUnsupported
@@ -47,7 +48,9 @@ class CopiedRange:
 @dataclass(frozen=True)
 class SpliceReport:
     """What the splice wrote: which top-level columns were kept, replaced and added, and every byte range
-    copied from the source (`copied`) and from the replacement (`spliced`), for `prove_copied`."""
+    copied from the source (`copied`) and from the replacement (`spliced`), for `prove_copied`, with the
+    SHA-256 of the bytes read from their origin while copying them (`copied_sha256`, `spliced_sha256`, in
+    the same order), so the proof need not read the origin again."""
 
     kept: tuple[str, ...]
     replaced: tuple[str, ...]
@@ -56,6 +59,8 @@ class SpliceReport:
     copied: tuple[CopiedRange, ...]
     spliced: tuple[CopiedRange, ...]
     bytes_written: int
+    copied_sha256: tuple[bytes, ...] = ()
+    spliced_sha256: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class _Copy:
     origin: ParquetLayout
     start: int
     end: int
+    # Fed the bytes of [start, end) as they are read for the copy (the same bytes that are written).
+    digest: Any = field(default_factory=hashlib.sha256, compare=False)
 
 
 def splice_columns(
@@ -103,6 +110,8 @@ def splice_columns(
         copied=tuple(plan.copied[src]),
         spliced=tuple(plan.copied[rep]),
         bytes_written=written,
+        copied_sha256=tuple(piece.digest.digest() for piece in plan.copies[src]),
+        spliced_sha256=tuple(piece.digest.digest() for piece in plan.copies[rep]),
     )
 
 
@@ -131,6 +140,7 @@ class _Plan:
     def __init__(self, src: ParquetLayout, rep: ParquetLayout, output: list[tuple[ParquetLayout, TopColumn]]) -> None:
         self.src, self.rep, self.output = src, rep, output
         self.copied: dict[ParquetLayout, list[CopiedRange]] = {src: [], rep: []}
+        self.copies: dict[ParquetLayout, list[_Copy]] = {src: [], rep: []}  # aligned with `copied`
         self.pieces: list[_Copy | bytes] = []
         self.position = len(MAGIC)
         self.row_groups = self._lay_out()
@@ -168,7 +178,9 @@ class _Plan:
 
     def _copy(self, layout: ParquetLayout, part: str, label: str, index: int, span: tuple[int, int]) -> int:
         start = self.position
-        self.pieces.append(_Copy(layout, span[0], span[1]))
+        piece = _Copy(layout, span[0], span[1])
+        self.pieces.append(piece)
+        self.copies[layout].append(piece)
         self.position += span[1] - span[0]
         self.copied[layout].append(CopiedRange(part, label, index, span, (start, self.position)))
         return start
@@ -290,30 +302,44 @@ class _Plan:
 
     def _output_bytes(self, footer: bytes) -> Iterator[bytes | memoryview]:
         yield MAGIC
-        pending: _Copy | None = None
+        pending: list[_Copy] = []  # adjacent in both files: read as one run
         for piece in self.pieces:
             if (
                 isinstance(piece, _Copy)
-                and pending is not None
-                and pending.origin is piece.origin
-                and pending.end == piece.start
+                and pending
+                and pending[-1].origin is piece.origin
+                and pending[-1].end == piece.start
             ):
-                pending = _Copy(piece.origin, pending.start, piece.end)  # adjacent in both files: one read
+                pending.append(piece)
                 continue
-            if pending is not None:
+            if pending:
                 yield from _blocks(pending)
-                pending = None
+                pending = []
             if isinstance(piece, _Copy):
-                pending = piece
+                pending = [piece]
             else:
                 yield piece
-        if pending is not None:
+        if pending:
             yield from _blocks(pending)
         yield footer
         yield len(footer).to_bytes(4, "little")
         yield MAGIC
 
 
-def _blocks(piece: _Copy) -> Iterator[bytes | memoryview]:
-    for start in range(piece.start, piece.end, _COPY_BLOCK):
-        yield piece.origin.file.read(start, min(start + _COPY_BLOCK, piece.end))
+def _blocks(run: list[_Copy]) -> Iterator[bytes | memoryview]:
+    """The bytes of a run of adjacent copies, a block at a time, each copy's digest fed its share."""
+    origin, start, end = run[0].origin, run[0].start, run[-1].end
+    pieces = iter(run)
+    piece = next(pieces)
+    for block_start in range(start, end, _COPY_BLOCK):
+        block_end = min(block_start + _COPY_BLOCK, end)
+        data = origin.file.read(block_start, block_end)
+        view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        position = block_start
+        while position < block_end:
+            while piece.end <= position:  # empty or finished copies
+                piece = next(pieces)
+            upto = min(piece.end, block_end)
+            piece.digest.update(view[position - block_start : upto - block_start])
+            position = upto
+        yield data

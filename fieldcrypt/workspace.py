@@ -347,7 +347,7 @@ class Workspace:
             return ProtectReport.total(where, scanned)
         # Before any work: a deleted or unledgered protected file (a restored `_fieldcrypt/`) stops the run; a
         # replaced file is refused right before its own replace (never laundered), and named by verify.
-        files = self.files(dataset, partition)
+        files, _ = self.swept_files(dataset, partition)  # one listing: the checks below and the work share it
         self.ledger.check(spec, partition, files, attributes, skip_replaced=True)
         check_unique_across_files(self.store, files, spec, attributes, where)
         ledger = self.ledger_step(partition, spec, attributes)
@@ -394,6 +394,7 @@ class Workspace:
                 before_replace_check=index_keys_unchanged,
                 ledger=ledger,
             ),
+            files,
         )
         return ProtectReport.total(where, reports, master_key=cache.master_key.ref)
 

@@ -207,7 +207,6 @@ def protect_file(
     calls_before = cache.calls.total
     where = store.display(rel)
     original_version = store.version(rel)
-    store.sweep_temps(rel)
     # Reads the involved columns up to the first row group with work to do: a file with
     # nothing pending is scanned whole (and left alone), any other is counted while written.
     report = _scan(store, rel, dataset, attributes, stop_when_pending=True)

@@ -145,7 +145,6 @@ def reindex_file(
         report.seconds = time.perf_counter() - started
         return report
     rewritten = ReindexReport(where, files=1, files_rewritten=1)
-    store.sweep_temps(rel)
     job = FileJob(store, rel, dataset, attributes, cache, dataset_root, partition, "reindex", "re-indexed", ledger)
 
     # Re-indexing changes the targets' index columns only: on the splice path every other chunk is copied.

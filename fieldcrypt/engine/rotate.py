@@ -117,7 +117,6 @@ def rotate_file(
     where = store.display(rel)
     report = RotateReport(where)
     original_version = store.version(rel)
-    store.sweep_temps(rel)
     stored = _stored_keys(store, rel, attributes)
     report.distinct_data_keys = len(stored)
     for ref, _ in stored.values():

@@ -443,17 +443,6 @@ class LakeStore:
             self.filesystem.copy_file(src, dst)
             self.filesystem.delete_file(src)
 
-    def sweep_temps(self, rel: str) -> int:
-        """Delete temporary siblings of `rel` left by a dead run (`sweep_temp`); returns how many."""
-        head, _, name = rel.rpartition("/")
-        selector = pafs.FileSelector(self.full_path(head), recursive=False, allow_not_found=True)
-        swept = 0
-        for info in self.filesystem.get_file_info(selector):
-            if info.base_name.startswith(f".{name}{TEMP_MARKER}"):
-                temp = f"{head}/{info.base_name}" if head else info.base_name
-                swept += self.sweep_temp(temp, FileVersion(int(info.size or 0), info.mtime_ns))
-        return swept
-
     def delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):
             self.filesystem.delete_file(self.full_path(rel))

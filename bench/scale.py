@@ -145,7 +145,8 @@ def fill(workspace: Workspace, days: list[date], source: str) -> None:
     """A copy of `source` as the users file of each day (S3: a server-side copy), recorded in the protection
     ledger as fieldcrypt would have recorded it (a copy holds the same cells, so the same entry)."""
     store = workspace.store
-    spec, attributes = workspace._dataset("users")
+    policy = workspace.policy()
+    spec, attributes = policy.datasets["users"], policy.for_dataset("users")
     entry = entry_of(store, source, spec, attributes)
     for day in days:
         target = snapshot_path("users", day.isoformat())

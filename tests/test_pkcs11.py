@@ -132,7 +132,7 @@ def _enable_and_protect(workspace: Workspace) -> None:
 
 def _refs(workspace: Workspace) -> set[str]:
     (rel,) = workspace.files("users", PARTITION)
-    _, attributes = workspace._dataset("users")
+    attributes = workspace.policy().for_dataset("users")
     return set(wrapped_key_refs(workspace.store, rel, attributes).values())
 
 
@@ -517,7 +517,7 @@ def test_dagster_materializes_a_partition_under_an_hsm_key(
     assert result.success
     workspace = fieldcrypt.workspace("test")
     (rel,) = workspace.files("users", day.isoformat())
-    _, attributes = workspace._dataset("users")
+    attributes = workspace.policy().for_dataset("users")
     assert set(wrapped_key_refs(workspace.store, rel, attributes).values()) == {label}
 
 

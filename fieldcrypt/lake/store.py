@@ -89,6 +89,16 @@ class LakeStore:
         return cls(path, pafs.LocalFileSystem(), path)
 
     @property
+    def s3_endpoint_url(self) -> str | None:
+        """The S3-compatible endpoint the lake was opened with (None: AWS's own, or a local lake)."""
+        return self._s3_options.get("endpoint_url")
+
+    @property
+    def s3_region(self) -> str | None:
+        """The S3 lake's region, as given or from AWS_REGION / AWS_DEFAULT_REGION (None: unknown or local)."""
+        return self._s3_options.get("region_name")
+
+    @property
     def supports_append(self) -> bool:
         return self.is_local
 

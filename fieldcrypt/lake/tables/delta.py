@@ -47,6 +47,7 @@ from fieldcrypt.lake.tables.base import (
 
 STATS_COLUMNS = "delta.dataSkippingStatsColumns"
 LOG_RETENTION = "delta.logRetentionDuration"
+CONDITIONAL_PUT = "conditional_put"  # object_store's S3 option: commit with If-None-Match (S3 conditional writes)
 METADATA_KEY = "fieldcrypt"  # the commitInfo member naming fieldcrypt's operation
 # Writer features delta-rs writes and a file-level add/remove commit keeps valid.
 WRITABLE_FEATURES = frozenset(
@@ -73,14 +74,15 @@ class DeltaTableFormat:
         self.store = store
         self.location = location.strip("/")
         self.dataset = dataset
-        self.uri = store.full_path(self.location) if store.is_local else f"{store.uri.rstrip('/')}/{self.location}"
+        self.uri = table_uri(store, self.location)
+        self.storage_options = storage_options(store)
 
     def describe(self) -> str:
         return self.store.display(self.location)
 
     def _load(self) -> DeltaTable:
         try:
-            return DeltaTable(self.uri)
+            return DeltaTable(self.uri, storage_options=self.storage_options)
         except TableNotFoundError:
             raise InputError(
                 f"{self.dataset} is declared kind: delta but {self.describe()} is not a Delta table (no _delta_log)"
@@ -257,6 +259,37 @@ class DeltaTableFormat:
 
     def _log_files(self) -> set[str]:
         return set(self.store.list_files(f"{self.location}/_delta_log"))
+
+
+def table_uri(store: LakeStore, location: str) -> str:
+    """The URI delta-rs opens for the table at `location` (relative to the lake)."""
+    location = location.strip("/")
+    return store.full_path(location) if store.is_local else f"{store.uri.rstrip('/')}/{location}"
+
+
+def storage_options(store: LakeStore) -> dict[str, str]:
+    """delta-rs's storage options for the lake's S3 settings (none for a local lake).
+
+    The endpoint and region are the workspace's (`s3_endpoint_url`, `region`), the ones the lake's own
+    clients use; credentials are never passed: delta-rs reads them from the environment (AWS_ACCESS_KEY_ID,
+    AWS_SESSION_TOKEN, a web identity, ...). An `http://` endpoint (a loopback test server, an S3-compatible
+    store on a private network) needs AWS_ALLOW_HTTP. A commit is the PUT of the next log entry with
+    `If-None-Match: *` (`conditional_put: etag`), so of two writers committing the same version one is
+    refused by S3 and retried by delta-rs's conflict checker: no locking provider is needed, and the unsafe
+    rename (AWS_S3_ALLOW_UNSAFE_RENAME, where the later writer silently overwrites the earlier commit) is
+    never used.
+    """
+    if store.is_local:
+        return {}
+    options = {CONDITIONAL_PUT: "etag"}
+    if store.s3_region:
+        options["AWS_REGION"] = store.s3_region
+    endpoint = store.s3_endpoint_url
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+        if endpoint.lower().startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    return options
 
 
 def _table(snapshot: TableSnapshot) -> DeltaTable:

@@ -1,8 +1,10 @@
-"""Generated sample snapshots (users and events) for the demo, tests and benchmarks.
+"""Generated sample snapshots (users and events) and orders for the demo, tests and benchmarks.
 
 They land where the demo's catalog (fieldcrypt.yaml) declares them: `<lake>/<dataset>/
 date=YYYY-MM-DD/part-0.parquet`, one file per daily partition, as a simple upstream job
 would. Lakes written by real engines (many files, other names) are built in the tests.
+Orders are a Delta table (`<lake>/orders`, kind: delta) written and appended to by delta-rs
+(`write_deltalake`), partitioned by its `date` column.
 
 Values are synthetic; ingestion times are spread over the snapshot's day (or over a
 chosen spans within it, `ingested=`), so that an enablement time inside the day splits
@@ -20,10 +22,13 @@ from datetime import UTC, date, datetime, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from deltalake import write_deltalake
 
 from fieldcrypt.lake.store import LakeStore
+from fieldcrypt.lake.tables.delta import storage_options, table_uri
 
 PART_FILE = "part-0.parquet"
+ORDERS_TABLE = "orders"  # the demo's Delta table, relative to the lake
 
 _DOMAINS = ["Example.com", "mail.test", "corp.example", "post.invalid"]
 _COUNTRIES = ["FR", "DE", "US", "BR", "JP", "IN"]
@@ -46,6 +51,17 @@ EVENTS_SCHEMA = pa.schema(
         ("event_type", pa.string()),
         ("properties", pa.struct([("email", pa.string()), ("phone", pa.string()), ("campaign", pa.string())])),
         ("ingested_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+ORDERS_SCHEMA = pa.schema(
+    [
+        ("order_id", pa.string()),
+        ("email", pa.string()),
+        ("amount_cents", pa.int64()),
+        ("country", pa.string()),
+        ("ingested_at", pa.timestamp("us", tz="UTC")),
+        ("date", pa.string()),
     ]
 )
 
@@ -105,6 +121,39 @@ def events_table(day: date, rows: int, seed: int = 0, ingested: Sequence[Span] |
         },
         schema=EVENTS_SCHEMA,
     )
+
+
+def orders_table(day: date, rows: int, seed: int = 0, ingested: Sequence[Span] | None = None) -> pa.Table:
+    rng = random.Random(f"orders-{day}-{seed}")
+    return pa.table(
+        {
+            "order_id": [f"o-{day:%Y%m%d}-{seed}-{i:06d}" for i in range(rows)],
+            "email": [
+                None if i % 19 == 4 else f"buyer{rng.randrange(10**6)}@{rng.choice(_DOMAINS)}" for i in range(rows)
+            ],
+            "amount_cents": [rng.randrange(100, 50_000) for _ in range(rows)],
+            "country": [rng.choice(_COUNTRIES) for _ in range(rows)],
+            "ingested_at": _times(day, rows, rng, ingested),
+            "date": [day.isoformat()] * rows,
+        },
+        schema=ORDERS_SCHEMA,
+    )
+
+
+def write_orders(store: LakeStore, table: pa.Table) -> None:
+    """Commit orders to the Delta table as an upstream delta-rs job would: the first write creates it
+    (partitioned by `date`), later ones append, merging the columns fieldcrypt added since."""
+    uri = table_uri(store, ORDERS_TABLE)
+    options = storage_options(store)
+    if store.exists(f"{ORDERS_TABLE}/_delta_log/00000000000000000000.json"):
+        write_deltalake(uri, table, mode="append", schema_mode="merge", storage_options=options)
+    else:
+        write_deltalake(uri, table, partition_by=["date"], storage_options=options)
+
+
+def land_orders(store: LakeStore, first_day: date, days: int, rows: int = 1_000) -> None:
+    """The orders of `days` complete days from `first_day`, in one Delta commit."""
+    write_orders(store, pa.concat_tables(orders_table(first_day + timedelta(days=d), rows) for d in range(days)))
 
 
 def snapshot_path(dataset: str, day: date | str) -> str:

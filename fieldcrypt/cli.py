@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fieldcrypt.catalog import CATALOG_ENV, WORKSPACE_ENV, Catalog
-from fieldcrypt.cli_output import Output
+from fieldcrypt.cli_output import Output, history_line
 from fieldcrypt.detectors import DEFAULT_PHONE_REGIONS
 from fieldcrypt.discovery import DEFAULT_SAMPLE, ColumnFinding, DiscoveryReport
 from fieldcrypt.errors import ConfigError, FieldcryptError, InputError, KeyProviderError, PolicyError
@@ -507,11 +507,7 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
         )
     history = workspace.table_history(dataset) if command == "status" and layout.kind != "hive" else None
     if history is not None and history.holds_plaintext:
-        summary += (
-            f"\n{dataset}: {history.versions} older versions of the {layout.kind} table still hold plaintext of "
-            f"{', '.join(history.attributes)} ({history.files} unreferenced data files, and the log's statistics) "
-            f"until vacuumed: fieldcrypt purge-history {dataset} --older-than <retention>"
-        )
+        summary += f"\n{history_line(dataset, layout.kind, history)}"
     if command == "status" and not failed and not temps_left:
         fully = sorted(_fully_protected(rows_seen))
         if history is not None and history.holds_plaintext:

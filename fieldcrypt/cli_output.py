@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from fieldcrypt.lake.tables.base import History
+
 Item = TypeVar("Item")
 
 
@@ -77,3 +79,12 @@ def _cell(value: Any) -> str:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) or value is None
+
+
+def history_line(dataset: str, kind: str, history: History) -> str:
+    """`status`'s line for a table whose older versions still hold plaintext (counts and names, no value)."""
+    return (
+        f"{dataset}: {history.versions} older versions of the {kind} table still hold plaintext of "
+        f"{', '.join(history.attributes)} ({history.files} unreferenced data files, and the log's statistics) "
+        f"until vacuumed: fieldcrypt purge-history {dataset} --older-than <retention>"
+    )

@@ -32,9 +32,10 @@ def entry(**overrides: Any) -> dict[str, Any]:
 def test_shipped_catalog_declares_the_demo_workspace() -> None:
     config = Catalog.load(SHIPPED_CATALOG, environ={}).workspace_config()
     assert config.name == "demo"
-    assert sorted(config.datasets) == ["events", "users"]
+    assert sorted(config.datasets) == ["events", "orders", "users"]
     assert config.lake_uri == str(SHIPPED_CATALOG.parent / "demo-workspace" / "lake")
     assert dict(config.datasets["users"].attributes) == {"email": "email", "phone": "last4"}
+    assert (config.datasets["orders"].kind, config.datasets["orders"].path) == ("delta", "orders")
 
 
 def test_relative_paths_are_relative_to_the_catalog_file(tmp_path: Path) -> None:

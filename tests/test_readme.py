@@ -6,8 +6,9 @@ block runs in bash. They run from a folder holding a copy of the project's catal
 (fieldcrypt.yaml) and the demo's lake and keystore where it declares them
 (demo-workspace/), with no FIELDCRYPT_* variable set: what a user has after `make demo`.
 The lake is built through the core (not Dagster, for speed) with the demo's datasets,
-partitions and story (demo/run.py): a week of complete days, every attribute the catalog
-lists enabled now, then today's snapshot, half of it ingested after the enablement.
+partitions and story (demo/run.py): a week of complete days (and the orders Delta table's
+last two), every attribute the catalog lists enabled now, then today's snapshot (and today's
+orders appended to the table), half of it ingested after the enablement.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from demo.run import land_today
-from demo.sample_data import land_sample_lake
+from demo.run import ORDER_DAYS, land_today
+from demo.sample_data import land_orders, land_sample_lake
 from fieldcrypt import Workspace
 from fieldcrypt.catalog import Catalog
 from fieldcrypt.keys.keystore import Keystore
@@ -34,6 +35,7 @@ README = PROJECT / "README.md"
 DAYS = 7
 USERS = 5_000  # the demo's size: the README's reveal names user 4242, ingested after enablement
 EVENTS = 100
+ORDERS = 50
 FENCE = re.compile(r"^```(\w+) readme-test\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
@@ -62,13 +64,14 @@ def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workspace = Workspace(config, actor="readme-test")
     today = datetime.now(UTC).date()
     land_sample_lake(workspace.store, today - timedelta(days=DAYS), DAYS, users=USERS, events=EVENTS)
+    land_orders(workspace.store, today - timedelta(days=ORDER_DAYS), ORDER_DAYS, ORDERS)
     for dataset, layout in config.datasets.items():
         for path, mask in layout.attributes.items():
             workspace.enable(f"{dataset}.{path}", mask, acknowledge_irreversible=True)
     enabled_at = max(entry.enabled_at for entry in workspace.policy().attributes.values())
-    land_today(workspace.store, enabled_at, USERS, EVENTS)
+    land_today(workspace.store, enabled_at, USERS, EVENTS, ORDERS)
     for dataset in config.datasets:
-        for partition in workspace.layout(dataset).partitions(workspace.store):
+        for partition in workspace.partitions(dataset):
             workspace.protect(dataset, partition)
     return folder
 

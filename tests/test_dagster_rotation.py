@@ -109,9 +109,7 @@ def evaluate(definition: Any, context: Any, instance: DagsterInstance | None = N
     if isinstance(definition, dg.ScheduleDefinition):
         (request,) = data.run_requests
         return request
-    return dg.SensorResult(
-        run_requests=data.run_requests, dynamic_partitions_requests=data.dynamic_partitions_requests
-    )
+    return dg.SensorResult(run_requests=data.run_requests, dynamic_partitions_requests=data.dynamic_partitions_requests)
 
 
 def start_campaign(
@@ -359,9 +357,7 @@ def partition_stats(context: Any, asset: str) -> dict[str, int]:
 
 
 @pytest.fixture
-def second_campaign(
-    tmp_path: Path, workspace_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> Any:
+def second_campaign(tmp_path: Path, workspace_file: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A local lake whose first campaign was backfilled over every partition and completed, then a second
     campaign started; yields (resource, instance, GraphQL context, every snapshot partition, second campaign)."""
     lake, keystore = tmp_path / "lake", make_keystore(tmp_path)
@@ -1059,4 +1055,9 @@ def test_rotation_assets_are_partitioned_by_campaign_and_snapshot_in_the_kms_poo
     assert (schedule.job_name, schedule.execution_timezone) == ("demo__start_key_rotation", "UTC")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
-    assert {job.name for job in sensor.jobs} == {"demo__rotate_keys", "demo__complete_key_rotation"}
+    # the demo's orders Delta table has a rotation job of its own, partitioned by the table's partitions
+    assert {job.name for job in sensor.jobs} == {
+        "demo__rotate_keys",
+        "demo__rotate_keys_orders",
+        "demo__complete_key_rotation",
+    }

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -22,6 +23,7 @@ from fieldcrypt.engine import erase as erase_module
 from fieldcrypt.lake.parquet_io import chunk_span
 from fieldcrypt.policy.erasure import ERASURE_DIR
 from tests.catalogs import write_catalog
+from tests.dagster_support import enable, land, local_fieldcrypt, make_keystore, node, past_day
 from tests.plaintext_scan import scan
 from tests.policy_support import backdate_policy
 
@@ -355,3 +357,72 @@ def test_cli_erase_then_status_shows_the_request_by_id_and_counts(
     bad.write_text("5\nnot-a-number\n")
     with pytest.raises(InputError, match="line 2: the user_id given is not a int64 value"):
         run([*cli, "erase", "users", "--keys", str(bad), "--reason", "GDPR-9"])
+
+
+def test_dagster_records_the_request_then_a_ranged_backfill_run_erases_every_partition(tmp_path: Path) -> None:
+    from assets import build_assets
+    from pipelines.erasure import record_erasure_request_job
+
+    fieldcrypt = local_fieldcrypt(tmp_path / "lake", make_keystore(tmp_path))
+    enable(fieldcrypt, ("users.email", "email"), ("users.phone", "last4"))
+    days = [past_day(4), past_day(3), past_day(2)]
+    for day in days:
+        # Moved to tomorrow: every row is ingested after the enablement, whatever the time of day the test runs.
+        land(fieldcrypt, day, past_day(-1) - day, users=50, events=10)
+    workspace = fieldcrypt.workspace("test")
+    for day in days:
+        workspace.protect("users", day.isoformat())
+    keys = _keys_file(tmp_path, [3, 7])
+    instance = dg.DagsterInstance.ephemeral()
+    assets = build_assets(fieldcrypt.config())
+    job = record_erasure_request_job(assets.scope)
+    config = {"dataset": "users", "keys_file": str(keys), "reason": "GDPR-77"}
+
+    recorded = job.execute_in_process(
+        run_config={"ops": {node("record_erasure"): {"config": config}}},
+        resources=fieldcrypt.as_resources(),
+        instance=instance,
+    )
+
+    assert recorded.success
+    (request,) = workspace.erasure_requests("users")
+    assert request.state() == "open" and request.keys == 2 and request.reason == "GDPR-77"
+    erased = dg.materialize(
+        [assets.erased["users"]],
+        tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[-1].isoformat(),
+        },
+        resources=fieldcrypt.as_resources(),
+        instance=instance,
+    )
+    assert erased.success
+    materialized = erased.asset_materializations_for_node(node("erased_users"))
+    assert sorted(m.partition for m in materialized) == [day.isoformat() for day in days]
+    assert all(m.metadata["cells_erased"].value > 0 for m in materialized)
+    (request,) = workspace.erasure_requests("users")
+    assert request.state() == "done" and request.files_rewritten == len(days)
+    for day in days:
+        rows = pq.read_table(workspace.store.full_path(snapshot_path("users", day))).filter(
+            pc.is_in(pc.field("user_id"), value_set=pa.array([3, 7], pa.int64()))
+        )
+        assert rows.num_rows == 2
+        for column in ("email", "email__fc_ct", "email__fc_dek", "phone", "phone__fc_ct", "phone__fc_dek"):
+            assert rows.column(column).null_count == 2, column
+        workspace.verify("users", day.isoformat())
+    # The keys never reach Dagster's storage: the run config holds the file's path only.
+    stored = json.dumps([instance.get_run_by_id(r.run_id).run_config for r in (recorded, erased)], default=str)
+    assert str(keys) in stored and "GDPR-77" in stored
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("3\nseven\n")
+    refused = job.execute_in_process(
+        run_config={"ops": {node("record_erasure"): {"config": {**config, "keys_file": str(bad)}}}},
+        resources=fieldcrypt.as_resources(),
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not refused.success
+    (failure,) = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "line 2: the user_id given is not a int64 value" in str(failure.event_specific_data)
+    assert "seven" not in str(failure.event_specific_data)

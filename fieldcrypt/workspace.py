@@ -552,9 +552,9 @@ class Workspace:
             datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         )
         for request in requests:
-            if label in request.progress and not report.files_rewritten:
+            if not report.files_rewritten and self.erasures.has_progress(dataset, request.request_id, label):
                 continue  # nothing new: the partition's record stays as the run that erased it left it
-            was_done, now = self.erasures.record_progress(dataset, request.request_id, label, progress)
+            was_done, now = self.erasures.record_progress(request, label, progress)
             if now.done and not was_done:
                 self.audit.record(
                     "erasure_done",

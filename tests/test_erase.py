@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from demo.sample_data import events_table, snapshot_path, users_table, write_snapshot
-from fieldcrypt import ConcurrentUpdateError, InputError, Workspace
+from fieldcrypt import ConcurrentUpdateError, InputError, IntegrityError, Workspace
 from fieldcrypt.cli import run
 from fieldcrypt.engine import erase as erase_module
 from fieldcrypt.lake.parquet_io import chunk_span
@@ -228,7 +228,8 @@ def test_a_snapshot_landed_later_with_an_erased_key_is_erased_by_the_next_protec
     assert recorded.done and late.isoformat() not in recorded.partitions  # landed after the request
     # Once expired, protection runs no longer apply it.
     assert workspace.erasures.active("users", now=request.expires_at + timedelta(seconds=1)) == []
-    assert workspace.erasures.active("users", now=request.expires_at - timedelta(seconds=1)) == [recorded]
+    (active,) = workspace.erasures.active("users", now=request.expires_at - timedelta(seconds=1))
+    assert active.request_id == recorded.request_id
 
 
 def test_files_whose_key_statistics_exclude_every_key_are_skipped_by_their_footer(
@@ -260,7 +261,8 @@ def test_the_request_record_holds_keyed_hashes_only(
     raw = b"".join(p.read_bytes() for p in (Path(workspace.config.lake_uri) / ERASURE_DIR).rglob("*.json"))
     assert raw and not any(key.encode() in raw for key in ids)
     assert scan(Path(workspace.config.lake_uri) / "_fieldcrypt", ids) == []  # request, ledger and audit
-    doc = json.loads(raw)
+    (request_file,) = (Path(workspace.config.lake_uri) / ERASURE_DIR / "events").glob("*.json")
+    doc = json.loads(request_file.read_text())
     assert len(doc["keys"]) == len(ids) and doc["key_hash"].startswith("hmac-sha256")
     tags = {workspace.erasures.key().tag(key.encode()) for key in ids}
     assert request.tags == tags  # keyed: the same key under another lake's key gives another tag
@@ -426,3 +428,110 @@ def test_dagster_records_the_request_then_a_ranged_backfill_run_erases_every_par
     (failure,) = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "line 2: the user_id given is not a int64 value" in str(failure.event_specific_data)
     assert "seven" not in str(failure.event_specific_data)
+
+
+def test_the_full_rewrite_path_erases_the_same_cells_and_verifies(
+    lake: tuple[Workspace, dict[date, pa.Table]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fieldcrypt.engine.rewrite import REWRITE_PATH_ENV
+
+    workspace, landed = lake
+    before = {day: pq.read_table(_file(workspace, day)) for day in DAYS}
+    monkeypatch.setenv(REWRITE_PATH_ENV, "full")
+
+    _, report = workspace.erase("users", _keys_file(tmp_path, ERASED), "GDPR-1234")
+
+    assert report.rewrite_path == "full" and report.files_rewritten == len(DAYS)
+    for day in DAYS:
+        after = pq.read_table(_file(workspace, day))
+        kept = pc.invert(pc.is_in(before[day].column("user_id"), value_set=pa.array(ERASED, pa.int64())))
+        assert after.filter(kept).equals(before[day].filter(kept))
+        assert after.filter(pc.invert(kept)).column("email").null_count == len(ERASED)
+        workspace.verify("users", day.isoformat())
+    erased = set().union(*(_cells(table, ERASED, erased=True) for table in landed.values()))
+    assert scan(Path(workspace.config.lake_uri), erased) == []
+
+
+def test_a_crash_after_the_files_are_replaced_is_finished_by_a_rerun(
+    lake: tuple[Workspace, dict[date, pa.Table]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fieldcrypt.policy.erasure import ErasureRequests
+
+    workspace, _ = lake
+    keys = _keys_file(tmp_path, ERASED)
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        # Fault injection: the process dies after the partition's files were replaced, before its progress is
+        # recorded (no server produces this on cue).
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ErasureRequests, "record_progress", crash)
+    with pytest.raises(KeyboardInterrupt):
+        workspace.erase("users", keys, "GDPR-1234")
+    monkeypatch.undo()
+    (request,) = workspace.erasure_requests("users")
+    assert request.state() == "open" and request.partitions_done == 0
+    assert workspace.audit.unconfirmed() == []  # the first file's replace was confirmed before the crash
+
+    again, report = workspace.erase("users", keys, "GDPR-1234")  # the same request, finished
+
+    assert again.request_id == request.request_id and again.state() == "done"
+    assert report.files_rewritten == len(DAYS) - 1  # the first partition was already erased
+    assert again.progress[DAYS[0].isoformat()].files_rewritten == 0
+    for day in DAYS:
+        workspace.verify("users", day.isoformat())
+
+
+def test_a_map_value_by_key_is_erased_inside_the_map(
+    make_local_workspace: Callable[..., Workspace], enable_at: Callable[..., Any], tmp_path: Path
+) -> None:
+    from fieldcrypt.policy.policy import DatasetSpec
+
+    workspace = make_local_workspace()
+    properties = [
+        [("email", "a@example.com"), ("plan", "pro")],
+        [("plan", "free"), ("email", "b@example.com")],
+        None,
+        [("email", "c@example.com")],
+    ]
+    times = [ENABLED_AT + timedelta(minutes=i) for i in range(len(properties))]
+    table = pa.table(
+        {
+            "id": pa.array(range(len(properties)), pa.int64()),
+            "properties": pa.array(properties, pa.map_(pa.string(), pa.string())),
+            "ingested_at": pa.array(times, pa.timestamp("us", "UTC")),
+        }
+    )
+    write_snapshot(workspace.store, "things", DAYS[1], table)
+    enable_at(workspace, "things.properties['email']", "email", ENABLED_AT, DatasetSpec("things", "ingested_at", "id"))
+    workspace.protect("things", DAYS[1].isoformat())
+
+    workspace.erase("things", _keys_file(tmp_path, [1, 2]), "T-2")
+
+    after = pq.read_table(workspace.store.full_path(snapshot_path("things", DAYS[1])))
+    assert after.column("properties").to_pylist() == [
+        [("email", "****@example.com"), ("plan", "pro")],
+        [("plan", "free"), ("email", None)],
+        None,
+        [("email", "****@example.com")],
+    ]
+    assert scan(Path(workspace.config.lake_uri), ["b@example.com"]) == []
+    assert list(workspace.reveal("things", DAYS[1].isoformat(), ["properties['email']"]))[0].column(
+        "things.properties['email']"
+    ).to_pylist() == ["a@example.com", None, None, "c@example.com"]
+
+
+def test_a_request_whose_keys_were_edited_is_refused_by_name(
+    lake: tuple[Workspace, dict[date, pa.Table]], tmp_path: Path
+) -> None:
+    workspace, _ = lake
+    request, _ = workspace.erase("users", _keys_file(tmp_path, ERASED), "GDPR-1234")
+    (path,) = (Path(workspace.config.lake_uri) / ERASURE_DIR / "users").glob("*.json")
+    doc = json.loads(path.read_text())
+    doc["keys"] = doc["keys"][1:]  # someone drops a key so protection stops erasing it
+    path.write_text(json.dumps(doc))
+
+    with pytest.raises(IntegrityError, match="is not a valid erasure request, or failed authentication"):
+        workspace.protect("users", DAYS[0].isoformat())
+    with pytest.raises(IntegrityError, match=f"{request.request_id}.json is not a valid erasure request"):
+        workspace.erasure_requests("users")

@@ -78,12 +78,20 @@ class ClearKeys:
             if parquet.metadata.row_group(index).num_rows == 0:
                 continue
             # A row group may hold a key only if every key column's range holds some key's component.
-            if all(
-                (bounds := stats[column](index)) is None or segment.overlaps(*bounds)
-                for column, segment in self._segments.items()
-            ):
+            if all(_overlaps(segment, stats[column](index)) for column, segment in self._segments.items()):
                 return True
         return False
+
+
+def _overlaps(segment: Segment, bounds: tuple[object, object] | None) -> bool:
+    """Whether the statistics (min, max) may hold a key; True without statistics, or with statistics of
+    another type than the keys (a partition where the key column was written as text, say)."""
+    if bounds is None:
+        return True
+    try:
+        return segment.overlaps(*bounds)
+    except TypeError:
+        return True
 
 
 class TaggedKeys:

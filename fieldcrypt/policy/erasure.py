@@ -3,9 +3,11 @@
 A request (GDPR article 17, CCPA deletion) is recorded before any file is rewritten, as one
 file per request, `_fieldcrypt/erasure/<dataset>/<id>.json` (docs/FORMAT.md section 6e): its
 id, reason, dataset, creation and expiry times, the primary-key columns, and the keys as
-HMAC-SHA256 tags, never in clear. Progress is kept in the same file, per partition (files
-rewritten, files skipped by their statistics, cells erased), replaced by compare-and-swap
-(LakeStore.update), and the whole file is MAC'd, so a key removed from it is noticed.
+HMAC-SHA256 tags, never in clear. It is written once (absent-only) and MAC'd, so a key removed
+from it is noticed. Progress is one small file per partition beside it,
+`_fieldcrypt/erasure/<dataset>/<id>/<partition>.json` (files rewritten, files skipped by their
+statistics, cells erased), MAC'd too: runs of different partitions never write the same file,
+and a protection run reads the requests without their progress.
 
 Why keyed: the keys an erasure names are phone numbers, e-mail addresses, integer ids. An
 unkeyed hash of any of these is inverted by enumerating the key space (10^10 phone numbers
@@ -41,10 +43,12 @@ from fieldcrypt.policy.rollback import canonical
 
 ERASURE_DIR = "_fieldcrypt/erasure"
 ERASURE_FORMAT = "fieldcrypt-erasure-request-v1"
+PROGRESS_FORMAT = "fieldcrypt-erasure-progress-v1"
 ERASURE_KEY_LABEL = b"fieldcrypt-erasure-key-v1"
 TAG_LABEL = b"fieldcrypt-erasure-row-key-v1\n"
 CHECK_LABEL = b"fieldcrypt-erasure-key-check-v1\n"
 MAC_LABEL = b"fieldcrypt-erasure-request-v1\n"
+PROGRESS_MAC_LABEL = b"fieldcrypt-erasure-progress-v1\n"
 DEFAULT_EXPIRY_DAYS = 90
 
 
@@ -70,15 +74,15 @@ class ErasureKey:
         """What a request stores to recognise its tag key (a MAC of a fixed label, not the key)."""
         return base64.b64encode(self._key.mac_bytes(CHECK_LABEL, b"")[:16]).decode()
 
-    def seal(self, body: dict[str, Any]) -> str:
-        return base64.b64encode(self._key.mac_bytes(MAC_LABEL, canonical(body))).decode()
+    def seal(self, body: dict[str, Any], label: bytes = MAC_LABEL) -> str:
+        return base64.b64encode(self._key.mac_bytes(label, canonical(body))).decode()
 
-    def opens(self, body: dict[str, Any], mac: str) -> bool:
+    def opens(self, body: dict[str, Any], mac: str, label: bytes = MAC_LABEL) -> bool:
         try:
             expected = base64.b64decode(mac, validate=True)
         except (binascii.Error, ValueError):
             return False
-        return hmac.compare_digest(self._key.mac_bytes(MAC_LABEL, canonical(body)), expected)
+        return hmac.compare_digest(self._key.mac_bytes(label, canonical(body)), expected)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class PartitionProgress:
 
     def to_doc(self) -> dict[str, Any]:
         return {
+            "format": PROGRESS_FORMAT,
             "files": self.files,
             "files_rewritten": self.files_rewritten,
             "files_skipped_by_statistics": self.files_skipped_by_statistics,
@@ -126,8 +131,7 @@ class ErasureRequest:
     tags: frozenset[bytes] = field(repr=False)
     key_check: str
     partitions: tuple[str, ...]  # the partitions (labels) the dataset had when the request was made
-    progress: dict[str, PartitionProgress] = field(default_factory=dict)
-    version: int = 1
+    progress: dict[str, PartitionProgress] = field(default_factory=dict)  # loaded with the request when asked
 
     @property
     def keys(self) -> int:
@@ -177,8 +181,6 @@ class ErasureRequest:
             "key_check": self.key_check,
             "keys": sorted(base64.b64encode(tag).decode() for tag in self.tags),
             "partitions": list(self.partitions),
-            "progress": {label: p.to_doc() for label, p in sorted(self.progress.items())},
-            "version": self.version,
         }
 
     @classmethod
@@ -195,13 +197,15 @@ class ErasureRequest:
             tags=frozenset(base64.b64decode(str(tag), validate=True) for tag in body["keys"]),
             key_check=str(body["key_check"]),
             partitions=tuple(str(p) for p in body["partitions"]),
-            progress={str(label): PartitionProgress.from_doc(p) for label, p in body["progress"].items()},
-            version=int(body["version"]),
         )
 
 
 def request_path(dataset: str, request_id: str) -> str:
     return f"{ERASURE_DIR}/{quote(dataset, safe='')}/{request_id}.json"
+
+
+def progress_path(dataset: str, request_id: str, partition: str) -> str:
+    return f"{ERASURE_DIR}/{quote(dataset, safe='')}/{request_id}/{quote(partition, safe='')}.json"
 
 
 class ErasureRequests:
@@ -258,44 +262,83 @@ class ErasureRequests:
         return request
 
     def load(self, dataset: str, request_id: str) -> ErasureRequest:
+        """One request, with its progress."""
         rel = request_path(dataset, request_id)
         found = self.store.read_versioned(rel)
         if found is None:
             raise InputError(f"no erasure request {request_id} of {dataset} under {self.store.display(rel)}")
-        return self._opened(found[0], rel, dataset)
+        request = self._opened(found[0], rel, dataset)
+        return replace(request, progress=self._progress(dataset, request_id))
 
-    def of_dataset(self, dataset: str) -> list[ErasureRequest]:
-        """Every request of `dataset`, oldest first."""
+    def of_dataset(self, dataset: str, *, progress: bool = True) -> list[ErasureRequest]:
+        """Every request of `dataset`, oldest first; with their progress unless asked not to (one listing)."""
         folder = f"{ERASURE_DIR}/{quote(dataset, safe='')}"
+        listed = self.store.list_files(folder, ".json")
         requests = []
-        for rel in self.store.list_files(folder):
-            if not rel.endswith(".json"):
-                continue
-            raw = self.store.read_bytes(rel)
-            requests.append(self._opened(raw, rel, dataset))
+        for rel in listed:
+            if "/" in rel[len(folder) + 1 :]:
+                continue  # a partition's progress
+            request = self._opened(self.store.read_bytes(rel), rel, dataset)
+            if progress:
+                request = replace(request, progress=self._progress(dataset, request.request_id, listed))
+            requests.append(request)
         return sorted(requests, key=lambda r: (r.created_at, r.request_id))
 
     def active(self, dataset: str, now: datetime | None = None) -> list[ErasureRequest]:
-        """The requests of `dataset` not expired: what protection runs still erase."""
-        return [r for r in self.of_dataset(dataset) if not r.expired(now)]
+        """The requests of `dataset` not expired, without their progress: what protection runs still erase."""
+        return [r for r in self.of_dataset(dataset, progress=False) if not r.expired(now)]
+
+    def has_progress(self, dataset: str, request_id: str, partition: str) -> bool:
+        return self.store.exists(progress_path(dataset, request_id, partition))
 
     def record_progress(
-        self, dataset: str, request_id: str, partition: str, progress: PartitionProgress
+        self, request: ErasureRequest, partition: str, progress: PartitionProgress
     ) -> tuple[bool, ErasureRequest]:
-        """Record what a run did to one partition; (whether the request was done before, the request now)."""
-        rel = request_path(dataset, request_id)
-        seen: list[tuple[bool, ErasureRequest]] = []
+        """Record what a run did to one partition (replacing what an earlier run recorded for it); returns
+        whether the request was done before and the request with its progress now. Two runs finishing a
+        request's last partitions at once may both see it become done, never neither."""
+        before = self._progress(request.dataset, request.request_id)
+        rel = progress_path(request.dataset, request.request_id, partition)
+        body = {
+            **progress.to_doc(),
+            "workspace": self.workspace,
+            "dataset": request.dataset,
+            "request": request.request_id,
+            "partition": partition,
+        }
+        doc = {**body, "mac": self.key().seal(body, PROGRESS_MAC_LABEL)}
+        self.store.write_bytes(rel, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+        was_done = replace(request, progress=before).done
+        return was_done, replace(request, progress=self._progress(request.dataset, request.request_id))
 
-        def change(stored: bytes | None) -> bytes | None:
-            if stored is None:
-                raise IntegrityError(f"{self.store.display(rel)}: the erasure request disappeared while it was run")
-            request = self._opened(stored, rel, dataset)
-            updated = replace(request, progress={**request.progress, partition: progress}, version=request.version + 1)
-            seen[:] = [(request.done, updated)]
-            return self._sealed(updated)
-
-        self.store.update(rel, change, "the erasure request's progress was being recorded")
-        return seen[0]
+    def _progress(
+        self, dataset: str, request_id: str, listed: Sequence[str] | None = None
+    ) -> dict[str, PartitionProgress]:
+        folder = f"{ERASURE_DIR}/{quote(dataset, safe='')}/{request_id}/"
+        files = (
+            [rel for rel in listed if rel.startswith(folder)]
+            if listed is not None
+            else self.store.list_files(folder.rstrip("/"), ".json")
+        )
+        found = {}
+        for rel in files:
+            where = self.store.display(rel)
+            bad = IntegrityError(f"{where} is not a valid erasure progress record, or failed authentication; refused")
+            try:
+                doc = json.loads(self.store.read_bytes(rel))
+                body = {k: v for k, v in doc.items() if k != "mac"}
+                partition = str(body["partition"])
+                progress = PartitionProgress.from_doc(body)
+                mac = str(doc["mac"])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise bad from None
+            expected = (self.workspace, dataset, request_id, progress_path(dataset, request_id, partition))
+            if body.get("format") != PROGRESS_FORMAT or not self.key().opens(body, mac, PROGRESS_MAC_LABEL):
+                raise bad
+            if (body.get("workspace"), body.get("dataset"), body.get("request"), rel) != expected:
+                raise IntegrityError(f"{where} is the progress of another request or partition (moved or copied)")
+            found[partition] = progress
+        return found
 
     def _sealed(self, request: ErasureRequest) -> bytes:
         body = request.body()

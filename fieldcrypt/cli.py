@@ -1,4 +1,4 @@
-"""`fieldcrypt` command line: keys, enablement, protection, status, verification, rotation.
+"""`fieldcrypt` command line: keys, enablement, protection, status, verification, rotation, erasure.
 
 Settings come from the catalog (`fieldcrypt.yaml` in the current folder, or --catalog /
 FIELDCRYPT_CATALOG), the same file the Dagster code location reads; flags and the

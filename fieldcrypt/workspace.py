@@ -1,6 +1,6 @@
 """A workspace: one customer's lake, policy and master key; the safe entry point.
 
-`Workspace` exposes what users do - enable, protect, status, verify, reveal, rotate -
+`Workspace` exposes what users do - enable, protect, status, verify, reveal, rotate, erase -
 and keeps key material, nonces and wrapping internal. Nothing here contacts a KMS
 until a key is first needed.
 """
@@ -462,7 +462,10 @@ class Workspace:
     def erasure_requests(self, dataset: str) -> list[ErasureRequest]:
         """The erasure requests of `dataset`, oldest first (ids, counts and progress; never a key)."""
         self.layout(dataset)
-        return self.erasures.of_dataset(dataset)
+        requests = self.erasures.of_dataset(dataset)
+        for request in requests:
+            self._note_done(request)
+        return requests
 
     def erase_partition(
         self, dataset: str, partition: str | None, keys: KeysFile | None = None, request: ErasureRequest | None = None
@@ -554,17 +557,22 @@ class Workspace:
         for request in requests:
             if not report.files_rewritten and self.erasures.has_progress(dataset, request.request_id, label):
                 continue  # nothing new: the partition's record stays as the run that erased it left it
-            was_done, now = self.erasures.record_progress(request, label, progress)
-            if now.done and not was_done:
-                self.audit.record(
-                    "erasure_done",
-                    dataset=dataset,
-                    reason=now.reason,
-                    cells=now.cells_erased,
-                    detail=f"{now.request_id}: {len(now.partitions)} partitions, {now.files_rewritten} files "
-                    f"rewritten, {now.files_skipped_by_statistics} skipped by their key statistics",
-                )
+            if self.erasures.record_progress(request, label, progress):
+                self._note_done(self.erasures.load(dataset, request.request_id))
         return report
+
+    def _note_done(self, request: ErasureRequest) -> None:
+        """Audit the end of a done request, once (whoever sees it done first: the run that erased its last
+        partition, or a status)."""
+        if request.done and self.erasures.mark_done(request):
+            self.audit.record(
+                "erasure_done",
+                dataset=request.dataset,
+                reason=request.reason,
+                cells=request.cells_erased,
+                detail=f"{request.request_id}: {len(request.partitions)} partitions, {request.files_rewritten} files "
+                f"rewritten, {request.files_skipped_by_statistics} skipped by their key statistics",
+            )
 
     def _index_keys(self, attributes: list[AttributePolicy]) -> tuple[dict[str, BlindIndexKey], dict[str, bytes]]:
         """The unwrapped blind-index keys of the attributes that have one, and their stored (wrapped) form."""

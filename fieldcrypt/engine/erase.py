@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fieldcrypt.engine.rewrite import FileJob, Output, rewrite_file
+from fieldcrypt.engine.rewrite import Commit, FileJob, Output, lake_commit, rewrite_file
 from fieldcrypt.errors import VerificationError
 from fieldcrypt.format.columns import identical, raw_path, replace_path, row_key_bytes
 from fieldcrypt.keys.cache import DataKeyCache
@@ -160,11 +160,14 @@ def erase_file(
     partition: str | None = None,
     ledger: LedgerStep | None = None,
     requests: Sequence[str] = (),
+    commit: Commit = lake_commit,
 ) -> EraseReport:
     """Null every cell of `attributes` on the rows of `rel` whose key is `erased`; verify, then replace atomically.
 
     `attributes`: every enabled attribute of the dataset (an attribute whose column the file lacks
-    has nothing here). `requests`: the erasure request ids, for the audit log.
+    has nothing here). `requests`: the erasure request ids, for the audit log. `commit`: how the
+    verified file replaces `rel` (a plain lake's compare-and-swap; a table format plugs its own commit
+    in here, fieldcrypt.engine.rewrite.Commit).
     """
     started = time.perf_counter()
     where = store.display(rel)
@@ -221,7 +224,9 @@ def erase_file(
                 if not identical(after.column(name), expected.column(name)):
                     raise VerificationError(f"{at}: column {name} differs from the original beyond the erased rows")
 
-    _, (intent, report.summary_files_removed), report.rewrite_path = rewrite_file(job, original_version, write, verify)
+    _, (intent, report.summary_files_removed), report.rewrite_path = rewrite_file(
+        job, original_version, write, verify, commit=commit
+    )
     if cache.audit is not None:
         cache.audit.record(
             "erase",

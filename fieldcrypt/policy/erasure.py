@@ -30,13 +30,14 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
-from fieldcrypt.errors import InputError, IntegrityError
+from fieldcrypt.errors import ConcurrentUpdateError, InputError, IntegrityError
 from fieldcrypt.keys.policy_auth import MacKey
 from fieldcrypt.lake.store import LakeStore
 from fieldcrypt.policy.rollback import canonical
@@ -208,6 +209,11 @@ def progress_path(dataset: str, request_id: str, partition: str) -> str:
     return f"{ERASURE_DIR}/{quote(dataset, safe='')}/{request_id}/{quote(partition, safe='')}.json"
 
 
+def done_path(dataset: str, request_id: str) -> str:
+    """Written once when a request is first seen done (so its end is audited once)."""
+    return f"{ERASURE_DIR}/{quote(dataset, safe='')}/{request_id}/done"
+
+
 class ErasureRequests:
     """The erasure requests of one workspace's lake."""
 
@@ -216,6 +222,8 @@ class ErasureRequests:
         self.workspace = workspace
         self._policy_key = policy_key
         self._key: ErasureKey | None = None
+        self._lock = threading.Lock()
+        self._known: dict[str, set[str]] = {}  # request id -> partitions with progress (record_progress)
 
     def key(self) -> ErasureKey:
         if self._key is None:
@@ -291,13 +299,13 @@ class ErasureRequests:
     def has_progress(self, dataset: str, request_id: str, partition: str) -> bool:
         return self.store.exists(progress_path(dataset, request_id, partition))
 
-    def record_progress(
-        self, request: ErasureRequest, partition: str, progress: PartitionProgress
-    ) -> tuple[bool, ErasureRequest]:
-        """Record what a run did to one partition (replacing what an earlier run recorded for it); returns
-        whether the request was done before and the request with its progress now. Two runs finishing a
-        request's last partitions at once may both see it become done, never neither."""
-        before = self._progress(request.dataset, request.request_id)
+    def record_progress(self, request: ErasureRequest, partition: str, progress: PartitionProgress) -> bool:
+        """Record what a run did to one partition (replacing what an earlier run recorded for it). Returns
+        True when every partition the request listed now has progress, as a listing confirms.
+
+        Which partitions have progress is listed once per request and process, then kept up to date
+        with this process's own writes; it is listed again only when that says the request may be done.
+        """
         rel = progress_path(request.dataset, request.request_id, partition)
         body = {
             **progress.to_doc(),
@@ -308,8 +316,31 @@ class ErasureRequests:
         }
         doc = {**body, "mac": self.key().seal(body, PROGRESS_MAC_LABEL)}
         self.store.write_bytes(rel, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
-        was_done = replace(request, progress=before).done
-        return was_done, replace(request, progress=self._progress(request.dataset, request.request_id))
+        with self._lock:
+            known = self._known.get(request.request_id)
+            if known is None:
+                known = self._known[request.request_id] = self._listed(request.dataset, request.request_id)
+            known.add(partition)
+            if not set(request.partitions) <= known:
+                return False
+            self._known[request.request_id] = self._listed(request.dataset, request.request_id)
+            return set(request.partitions) <= self._known[request.request_id]
+
+    def mark_done(self, request: ErasureRequest) -> bool:
+        """Mark a done request as such, once: True for the one caller that marked it (it audits the end)."""
+        rel = done_path(request.dataset, request.request_id)
+        if self.store.exists(rel):
+            return False
+        try:
+            self.store.write_if(rel, f"{request.request_id}\n".encode(), None, "the erasure request was marked done")
+        except ConcurrentUpdateError:
+            return False
+        return True
+
+    def _listed(self, dataset: str, request_id: str) -> set[str]:
+        """The partitions with a progress file (names only: nothing read)."""
+        folder = f"{ERASURE_DIR}/{quote(dataset, safe='')}/{request_id}"
+        return {unquote(rel.rpartition("/")[2][: -len(".json")]) for rel in self.store.list_files(folder, ".json")}
 
     def _progress(
         self, dataset: str, request_id: str, listed: Sequence[str] | None = None

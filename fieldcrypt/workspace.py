@@ -8,7 +8,7 @@ until a key is first needed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,11 +19,11 @@ from fieldcrypt.access.master_key_access import LakeKeyFiles, MasterKeyAccess
 from fieldcrypt.access.partition_job import EnabledDataset, PartitionJob, each_file
 from fieldcrypt.access.workspace_config import KeyConfig as KeyConfig  # re-exported: the public name
 from fieldcrypt.access.workspace_config import WorkspaceConfig as WorkspaceConfig
-from fieldcrypt.campaigns import blind_index_campaign, rotation_campaign
+from fieldcrypt.campaigns import blind_index_campaign, erasure_campaign, rotation_campaign
 from fieldcrypt.campaigns.rotation_campaign import SCAN_THREADS, RotationStatus
 from fieldcrypt.detectors import DEFAULT_PHONE_REGIONS
 from fieldcrypt.discovery import DEFAULT_MIN_SHARE, DEFAULT_SAMPLE, DiscoveryReport, discover_files
-from fieldcrypt.engine.erase import ClearKeys, ErasedKeys, EraseReport, TaggedKeys, erase_file
+from fieldcrypt.engine.erase import EraseReport
 from fieldcrypt.engine.protect import ProtectReport, check_schema, protect_file, scan_file
 from fieldcrypt.engine.reindex import ReindexReport, RetiringIndexKeys
 from fieldcrypt.engine.rotate import RotateReport
@@ -47,7 +47,7 @@ from fieldcrypt.lake.audit_chain import AuditHead
 from fieldcrypt.lake.parquet_io import open_parquet, read_ahead, row_groups
 from fieldcrypt.lake.store import LakeStore
 from fieldcrypt.policy.enable_checks import check_declared, check_map_key_occurs
-from fieldcrypt.policy.erasure import DEFAULT_EXPIRY_DAYS, ErasureRequest, ErasureRequests, PartitionProgress
+from fieldcrypt.policy.erasure import DEFAULT_EXPIRY_DAYS, ErasureRequest, ErasureRequests
 from fieldcrypt.policy.layout import DatasetLayout, partition_label
 from fieldcrypt.policy.ledger import Ledger, LedgerError, LedgerStep, entry_of, is_marked
 from fieldcrypt.policy.partition_keys import check_unique_across_files
@@ -59,9 +59,13 @@ from fieldcrypt.reads.read_rule import ReadKeys, RowChoice, check_partition, rea
 Result = TypeVar("Result")
 
 
-def has_pending_cells(store: LakeStore, rel: str, dataset: DatasetSpec, attributes: Sequence[AttributePolicy]) -> bool:
+def has_pending_cells(
+    store: LakeStore, rel: str, dataset: DatasetSpec, attributes: Sequence[AttributePolicy]
+) -> bool:
     """Whether a protection run would encrypt cells of this file (what the ledger asks of a re-landed file)."""
     return any(c.pending for c in scan_file(store, rel, dataset, attributes).attributes.values())
+
+
 
 
 class Workspace:
@@ -463,8 +467,10 @@ class Workspace:
         """The erasure requests of `dataset`, oldest first (ids, counts and progress; never a key)."""
         self.layout(dataset)
         requests = self.erasures.of_dataset(dataset)
-        for request in requests:
-            self._note_done(request)
+        if any(request.done for request in requests):
+            cache = self.key_cache()
+            for request in requests:
+                erasure_campaign.note_done(self.erasures, cache, request)
         return requests
 
     def erase_partition(
@@ -515,64 +521,19 @@ class Workspace:
         requests: Sequence[ErasureRequest],
         keys: KeysFile | None,
     ) -> EraseReport:
-        spec, attributes = self._dataset(dataset)
-        where = self.partition_display(dataset, partition)
-        if not requests:
-            return EraseReport.total(where, [])
-        self.ledger.check(spec, partition, files, attributes, skip_replaced=True)
-        erased: ErasedKeys
-        if keys is not None:
-            erased = ClearKeys(keys.canonical, keys.components, dataset)
-        else:
-            erased = TaggedKeys(frozenset().union(*(r.tags for r in requests)), self.erasures.key())
-        cache = self.key_cache()
-        ledger = self.ledger_step(partition, spec, attributes)
-        ids = [r.request_id for r in requests]
-        reports = self._each_file(
-            dataset,
+        """The requests' keys erased from `files` (the partition's listing); fieldcrypt.campaigns.erasure_campaign."""
+        enabled = self._enabled(dataset)
+        if requests:  # a deleted or unledgered protected file stops the run before any rewrite
+            self.ledger.check(enabled.spec, partition, files, enabled.attributes, skip_replaced=True)
+        job = PartitionJob(
+            enabled,
             partition,
-            lambda rel: erase_file(
-                self.store,
-                rel,
-                spec,
-                attributes,
-                erased,
-                cache,
-                dataset_root=self.layout(dataset).path,
-                partition=partition,
-                ledger=ledger,
-                requests=ids,
-            ),
-            files,
+            files=list(files),
+            where=self.partition_display(dataset, partition),
+            ledger=self.ledger_step(partition, enabled.spec, enabled.attributes),
+            file_workers=self.config.file_workers,
         )
-        report = EraseReport.total(where, reports)
-        label = partition_label(partition)
-        progress = PartitionProgress(
-            report.files,
-            report.files_rewritten,
-            report.files_skipped_by_statistics,
-            report.cells,
-            datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        )
-        for request in requests:
-            if not report.files_rewritten and self.erasures.has_progress(dataset, request.request_id, label):
-                continue  # nothing new: the partition's record stays as the run that erased it left it
-            if self.erasures.record_progress(request, label, progress):
-                self._note_done(self.erasures.load(dataset, request.request_id))
-        return report
-
-    def _note_done(self, request: ErasureRequest) -> None:
-        """Audit the end of a done request, once (whoever sees it done first: the run that erased its last
-        partition, or a status)."""
-        if request.done and self.erasures.mark_done(request):
-            self.audit.record(
-                "erasure_done",
-                dataset=request.dataset,
-                reason=request.reason,
-                cells=request.cells_erased,
-                detail=f"{request.request_id}: {len(request.partitions)} partitions, {request.files_rewritten} files "
-                f"rewritten, {request.files_skipped_by_statistics} skipped by their key statistics",
-            )
+        return erasure_campaign.erase_partition(job, self.key_cache(), self.store, self.erasures, requests, keys)
 
     def _index_keys(self, attributes: list[AttributePolicy]) -> tuple[dict[str, BlindIndexKey], dict[str, bytes]]:
         """The unwrapped blind-index keys of the attributes that have one, and their stored (wrapped) form."""

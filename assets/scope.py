@@ -75,3 +75,4 @@ class WorkspaceScope:
         """The workspace's resource from an asset, op, schedule or sensor context that requires it."""
         resource: FieldcryptResource = getattr(context.resources, self.resource_key)
         return resource
+

@@ -1,1 +1,2 @@
-"""Decrypting reads: the one read rule, reveal and dispatch."""
+"""Decrypting reads: the one read rule, reveal and dispatch.
+"""

@@ -583,6 +583,11 @@ def _request_row(request: ErasureRequest) -> dict[str, Any]:
         "files_rewritten": request.files_rewritten,
         "files_skipped_by_statistics": request.files_skipped_by_statistics,
         "cells_erased": request.cells_erased,
+        # JSON only: per partition, what the run that erased it did
+        "progress": {
+            label: {k: v for k, v in progress.to_doc().items() if k != "format"}
+            for label, progress in sorted(request.progress.items())
+        },
     }
 
 

@@ -355,6 +355,8 @@ def test_cli_erase_then_status_shows_the_request_by_id_and_counts(
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])["summary"]
     (shown,) = summary["erasure_requests"]
     assert shown["request"] == request.request_id and shown["state"] == "done" and shown["cells_erased"] > 0
+    assert sorted(shown["progress"]) == [day.isoformat() for day in DAYS]
+    assert all(p["files_rewritten"] == 1 and p["cells_erased"] > 0 for p in shown["progress"].values())
     bad = tmp_path / "bad.txt"
     bad.write_text("5\nnot-a-number\n")
     with pytest.raises(InputError, match="line 2: the user_id given is not a int64 value"):

@@ -537,3 +537,38 @@ def test_a_request_whose_keys_were_edited_is_refused_by_name(
         workspace.protect("users", DAYS[0].isoformat())
     with pytest.raises(IntegrityError, match=f"{request.request_id}.json is not a valid erasure request"):
         workspace.erasure_requests("users")
+
+
+def test_erasure_on_an_s3_lake_with_a_kms_key(
+    moto: str, s3_bucket: str, make_kms_key: Callable[..., str], tmp_path: Path
+) -> None:
+    import boto3
+
+    from fieldcrypt import KeyConfig, WorkspaceConfig
+    from tests.catalogs import TEST_DATASETS
+
+    key = KeyConfig(provider="aws-kms", kms_key=make_kms_key(), kms_region="us-east-1", kms_endpoint_url=moto)
+    config = WorkspaceConfig(
+        "acme", f"s3://{s3_bucket}/lake", key, s3_endpoint_url=moto, s3_region="us-east-1", datasets=TEST_DATASETS
+    )
+    workspace = Workspace(config, actor="test")
+    table = users_table(DAYS[0], 60)
+    write_snapshot(workspace.store, "users", DAYS[0], table)
+    workspace.enable("users.email", "email", acknowledge_irreversible=True)
+    backdate_policy(workspace)
+    workspace.protect("users", DAYS[0].isoformat())
+
+    request, report = workspace.erase("users", _keys_file(tmp_path, [3, 4, 5]), "GDPR-S3")
+
+    assert request.state() == "done" and report.files_rewritten == 1 and report.rows_matched == 3
+    s3 = boto3.client("s3", endpoint_url=moto, region_name="us-east-1")
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="lake/_fieldcrypt/erasure/")["Contents"]]
+    assert sorted(k.rpartition("/")[2] for k in listed if not k.endswith("/")) == sorted(
+        [f"{request.request_id}.json", f"{DAYS[0].isoformat()}.json", "done"]
+    )
+    body = s3.get_object(Bucket=s3_bucket, Key=f"lake/{snapshot_path('users', DAYS[0])}")["Body"].read()
+    after = pq.read_table(pa.BufferReader(body))
+    erased = after.filter(pc.is_in(pc.field("user_id"), value_set=pa.array([3, 4, 5], pa.int64())))
+    assert erased.column("email").null_count == erased.column("email__fc_ct").null_count == 3
+    assert workspace.erase("users", _keys_file(tmp_path, [3, 4, 5]), "GDPR-S3")[1].files_rewritten == 0
+    workspace.verify("users", DAYS[0].isoformat())

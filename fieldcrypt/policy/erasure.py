@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import secrets
@@ -402,11 +401,6 @@ class ErasureRequests:
                 "(moved or copied); refused"
             )
         return request
-
-
-def tag_digest(tags: Iterable[bytes]) -> str:
-    """A short digest of a set of tags (what an audit record may carry to tie runs to one key set)."""
-    return hashlib.sha256(b"".join(sorted(tags))).hexdigest()[:16]
 
 
 def _iso(moment: datetime) -> str:

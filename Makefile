@@ -75,7 +75,7 @@ bench: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) bench/layout.py
 	PYTHONPATH=$(CURDIR) $(PY) bench/dispatch.py
 
-# Erasure (issue 21): 1,000 keys from 1,000 small users partitions; set-up ~30 s, erasure ~1 min (bench/erase.py).
+# Erasure (issue 21): 1,000 keys from 1,000 small users partitions; set-up ~45 s, erasure ~25 s (bench/erase.py).
 bench-erase: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) bench/erase.py
 

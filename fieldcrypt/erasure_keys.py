@@ -143,7 +143,7 @@ def _typed(values: list[str], numbers: list[int], column: str, key_type: pa.Data
             pa.array([value], pa.string()).cast(key_type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise InputError(
-                f"keys file {path} line {number}: the {column} given is not a {key_type} value (the primary-key "
-                f"column {column} is {key_type})"
+                f"keys file {path} line {number}: the {column} given is not of type {key_type} (the type of the "
+                f"primary-key column {column})"
             ) from None
     raise AssertionError("unreachable")

@@ -282,13 +282,13 @@ def test_the_request_record_holds_keyed_hashes_only(
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("keys.txt", "5\nabc\n", "line 2: the user_id given is not a int64 value"),
+        ("keys.txt", "5\nabc\n", "line 2: the user_id given is not of type int64"),
         ("keys.txt", "5\n\n7\n", "line 2 is empty"),
         ("keys.txt", "", "holds no key"),
         ("keys.csv", "id\n5\n", r"header \(line 1\) lacks user_id; names id, not a primary-key column"),
         ("keys.csv", "user_id\n5\n6,7\n", "line 3 has 2 fields; the header names 1"),
         ("keys.csv", 'user_id\n5\n""\n', "line 3: user_id is empty"),
-        ("keys.txt", "99999999999999999999\n", "line 1: the user_id given is not a int64 value"),
+        ("keys.txt", "99999999999999999999\n", "line 1: the user_id given is not of type int64"),
     ],
 )
 def test_a_malformed_keys_file_is_refused_by_line_without_its_value(
@@ -359,7 +359,7 @@ def test_cli_erase_then_status_shows_the_request_by_id_and_counts(
     assert all(p["files_rewritten"] == 1 and p["cells_erased"] > 0 for p in shown["progress"].values())
     bad = tmp_path / "bad.txt"
     bad.write_text("5\nnot-a-number\n")
-    with pytest.raises(InputError, match="line 2: the user_id given is not a int64 value"):
+    with pytest.raises(InputError, match="line 2: the user_id given is not of type int64"):
         run([*cli, "erase", "users", "--keys", str(bad), "--reason", "GDPR-9"])
 
 
@@ -428,7 +428,7 @@ def test_dagster_records_the_request_then_a_ranged_backfill_run_erases_every_par
     )
     assert not refused.success
     (failure,) = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert "line 2: the user_id given is not a int64 value" in str(failure.event_specific_data)
+    assert "line 2: the user_id given is not of type int64" in str(failure.event_specific_data)
     assert "seven" not in str(failure.event_specific_data)
 
 

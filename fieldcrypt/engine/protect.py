@@ -77,6 +77,9 @@ class ProtectReport:
     # Summary files (fieldcrypt.lake.summary_files): removed before a replace; found by a status scan.
     summary_files_removed: list[str] = field(default_factory=list)
     summary_files_present: list[str] = field(default_factory=list)
+    # Erasure requests applied before protecting (fieldcrypt.engine.erase): files rewritten, cells set to null.
+    erasure_files_rewritten: int = 0
+    erasure_cells: int = 0
 
     @property
     def newly_encrypted(self) -> int:

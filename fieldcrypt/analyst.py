@@ -170,4 +170,3 @@ def _unified(schemas: list[pa.Schema], store: LakeStore) -> pa.Schema:
         return pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InputError(f"the files under {store.uri} have incompatible schemas: {exc}") from None
-

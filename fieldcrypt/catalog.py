@@ -21,6 +21,15 @@ Shape (docs/CATALOG.md has every field)::
             ingested_at: ingested_at
             primary_key: user_id                 # or a list for a composite key
             attributes: {email: email, phone: last4}
+          orders:                                # a Delta Lake table: partitions from its log
+            kind: delta
+            path: warehouse/orders               # its root under the lake (or a file:// / s3:// URI inside it)
+            ingested_at: ingested_at
+          events:                                # an Apache Iceberg table, through a pyiceberg catalog
+            kind: iceberg
+            table: analytics.events
+            iceberg_catalog: {type: sql, uri: sqlite:///demo-workspace/iceberg.db, warehouse: demo-workspace/lake}
+            ingested_at: ingested_at
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fieldcrypt.access.workspace_config import KeyConfig, WorkspaceConfig
 from fieldcrypt.errors import ConfigError, FieldcryptError
 from fieldcrypt.keys.cache import MAX_TTL_SECONDS
+from fieldcrypt.lake.tables.base import DELTA_KIND, HIVE_KIND, ICEBERG_KIND, TableSource
 from fieldcrypt.policy.layout import DEFAULT_LEVEL_FORMATS, HIDDEN_KEY_REASON, DatasetLayout, HiveLevel, Partitioning
 from fieldcrypt.policy.policy import DatasetSpec
 
@@ -143,8 +153,38 @@ class PartitioningEntry(_Strict):
         return Partitioning(self.granularity, levels)
 
 
+# Catalog properties that would hold a credential: they come from the environment, never the catalog file.
+_CREDENTIAL_WORDS = ("secret", "password", "token", "credential", "access-key", "access_key", "session")
+
+
+class IcebergCatalogEntry(BaseModel):
+    """A pyiceberg catalog: `type` sql (SQLite for tests and the demo), rest or glue, and its properties."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: Literal["sql", "rest", "glue"]
+    uri: str | None = None
+    warehouse: str | None = None
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> IcebergCatalogEntry:
+        for name in self.model_extra or {}:
+            if any(word in name.lower() for word in _CREDENTIAL_WORDS):
+                raise ValueError(
+                    f"{name}: credentials are read from the environment (AWS_*, PYICEBERG_CATALOG__*), "
+                    "never from the catalog file"
+                )
+        if self.type in ("sql", "rest") and not self.uri:
+            raise ValueError(f"a {self.type} catalog needs a uri")
+        return self
+
+
 class DatasetEntry(_Strict):
+    kind: Literal["hive", "delta", "iceberg"] = Field(
+        default="hive", description="hive: a folder of Parquet files; delta / iceberg: a table, through its own log"
+    )
     path: str | None = Field(default=None, description="folder under the lake; default: the dataset's name")
+    table: str | None = Field(default=None, description="kind: iceberg: the table's identifier, namespace.name")
+    iceberg_catalog: IcebergCatalogEntry | None = None
     partitioning: PartitioningEntry | Literal["daily", "hourly", "monthly", "none"] = "daily"
     ingested_at: str = Field(min_length=1)
     primary_key: str | list[str] | None = None
@@ -153,6 +193,8 @@ class DatasetEntry(_Strict):
     @field_validator("path")
     @classmethod
     def _relative_path(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(("file://", "s3://")):
+            return value  # a full URI (kind: delta), made relative to the lake when the workspace is read
         if value is not None and (not value.strip("/") or value.startswith("/") or ".." in value.split("/")):
             raise ValueError("must be a folder relative to the lake root, without '..'")
         return value.strip("/") if value else value
@@ -163,6 +205,26 @@ class DatasetEntry(_Strict):
         if isinstance(value, list) and (not value or len(set(value)) != len(value)):
             raise ValueError("a composite primary key lists distinct columns")
         return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> DatasetEntry:
+        given = self.model_fields_set
+        if self.kind != HIVE_KIND and "partitioning" in given:
+            raise ValueError(
+                f"partitioning: a {self.kind} table's partitions come from its own partition columns; remove it"
+            )
+        if self.kind != ICEBERG_KIND:
+            extra = [name for name in ("table", "iceberg_catalog") if name in given]
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: only for kind: iceberg (this dataset is kind: {self.kind})")
+        else:
+            if not self.table or len(self.table.split(".")) < 2 or not all(self.table.split(".")):
+                raise ValueError("kind: iceberg needs table: <namespace>.<name>")
+            if self.iceberg_catalog is None:
+                raise ValueError("kind: iceberg needs iceberg_catalog: {type: sql|rest|glue, uri: ..., ...}")
+        if self.kind != DELTA_KIND and self.path is not None and "://" in self.path:
+            raise ValueError("a full URI as path is only for kind: delta")
+        return self
 
     def partitioning_entry(self) -> PartitioningEntry:
         if isinstance(self.partitioning, str):
@@ -329,6 +391,7 @@ class Catalog:
                 f"{self.path}: workspace {name!r} is not declared (declared: {', '.join(self.workspace_names)})"
             )
         where = f"{self.path}: workspaces.{name}"
+        lake = entry.lake if entry.lake.startswith("s3://") else self._local_path(entry.lake)
         try:
             key = (
                 KeyConfig(provider="local", keystore_path=self._local_path(entry.key.keystore))
@@ -344,10 +407,11 @@ class Catalog:
                     kms_max_attempts=entry.key.max_attempts,
                 )
             )
-            datasets = {dataset: self._layout(dataset, spec, entry) for dataset, spec in sorted(entry.datasets.items())}
+            datasets = {
+                dataset: self._layout(dataset, spec, entry, lake) for dataset, spec in sorted(entry.datasets.items())
+            }
         except FieldcryptError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        lake = entry.lake if entry.lake.startswith("s3://") else self._local_path(entry.lake)
         return WorkspaceConfig(
             name,
             lake,
@@ -372,25 +436,73 @@ class Catalog:
             pkcs11_pin_file=self._local_path(key.pin_file) if key.pin_file else None,
         )
 
+    @staticmethod
+    def _inside_lake(name: str, path: str, lake: str) -> str:
+        """A delta table's root relative to the lake: a relative path as given, a full URI inside the lake made
+        relative (fieldcrypt reads and writes a table's files through the lake's store)."""
+        if "://" not in path:
+            return path
+        root = _strip_scheme(lake)
+        target = _strip_scheme(path)
+        if path.startswith("file://"):
+            target = str(Path(target).resolve())
+            root = str(Path(root).resolve()) if not lake.startswith("s3://") else root
+        if not target.startswith(root + "/"):
+            raise ConfigError(f"datasets.{name}.path: {path} is not inside the lake {lake}")
+        return target[len(root) + 1 :]
+
+    def _iceberg_catalog(self, entry: IcebergCatalogEntry) -> dict[str, str]:
+        """The pyiceberg catalog properties: a relative SQLite database or warehouse folder resolved against this
+        file; credentials are not here (the environment)."""
+        properties = {k: str(v) for k, v in (entry.model_extra or {}).items()}
+        properties["type"] = entry.type
+        if entry.uri is not None:
+            prefix = "sqlite:///"
+            uri = entry.uri
+            if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+                uri = prefix + self._local_path(uri[len(prefix) :])
+            properties["uri"] = uri
+        if entry.warehouse is not None:
+            warehouse = entry.warehouse
+            if "://" not in warehouse or warehouse.startswith("file://"):
+                warehouse = "file://" + self._local_path(warehouse)
+            properties["warehouse"] = warehouse
+        return properties
+
     def _local_path(self, value: str) -> str:
         path = Path(value.removeprefix("file://")).expanduser()
         return str(path if path.is_absolute() else (self.path.parent / path).resolve())
 
-    @staticmethod
-    def _layout(name: str, entry: DatasetEntry, workspace: WorkspaceEntry) -> DatasetLayout:
+    def _layout(self, name: str, entry: DatasetEntry, workspace: WorkspaceEntry, lake: str) -> DatasetLayout:
         partitioning = entry.partitioning_entry()
         try:
             layout_partitioning = partitioning.partitioning()
         except FieldcryptError as exc:
             raise ConfigError(f"datasets.{name}.partitioning: {exc}") from None
+        path = entry.path or name
+        source = None
+        if entry.kind == DELTA_KIND:
+            path = self._inside_lake(name, path, lake)
+            source = TableSource(DELTA_KIND, location=path)
+        elif entry.kind == ICEBERG_KIND and entry.iceberg_catalog is not None and entry.table is not None:
+            source = TableSource(
+                ICEBERG_KIND, identifier=entry.table, catalog=self._iceberg_catalog(entry.iceberg_catalog)
+            )
+        if source is not None:
+            layout_partitioning = Partitioning("none", ())  # the table's own partitions (fieldcrypt.lake.tables)
         return DatasetLayout(
             spec=DatasetSpec(name, entry.ingested_at, entry.primary_key),
-            path=entry.path or name,
+            path=path,
+            source=source,
             partitioning=layout_partitioning,
             attributes=dict(entry.attributes),
             partitions_start=_utc(workspace.partitions_start or partitioning.start),
             partitions_end=_utc(workspace.partitions_end or partitioning.end),
         )
+
+
+def _strip_scheme(uri: str) -> str:
+    return uri.removeprefix("file://").rstrip("/")
 
 
 def _utc(value: date | datetime | None) -> datetime | None:

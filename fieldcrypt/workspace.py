@@ -7,6 +7,7 @@ until a key is first needed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
@@ -23,7 +24,9 @@ from fieldcrypt.detectors import DEFAULT_PHONE_REGIONS
 from fieldcrypt.discovery import DEFAULT_MIN_SHARE, DEFAULT_SAMPLE, DiscoveryReport, discover_files
 from fieldcrypt.engine.protect import ProtectReport, check_schema, protect_file, scan_file
 from fieldcrypt.engine.reindex import ReindexReport, RetiringIndexKeys
+from fieldcrypt.engine.rewrite import Commit, lake_commit
 from fieldcrypt.engine.rotate import RotateReport
+from fieldcrypt.engine.table_commit import TableCommit
 from fieldcrypt.errors import (
     ConcurrentUpdateError,
     ConfigError,
@@ -41,6 +44,7 @@ from fieldcrypt.lake.audit import AuditLog, AuditReport
 from fieldcrypt.lake.audit_chain import AuditHead
 from fieldcrypt.lake.parquet_io import open_parquet, read_ahead, row_groups
 from fieldcrypt.lake.store import LakeStore
+from fieldcrypt.lake.tables.base import TableOperation
 from fieldcrypt.policy.enable_checks import check_declared, check_map_key_occurs
 from fieldcrypt.policy.layout import DatasetLayout, partition_label
 from fieldcrypt.policy.ledger import Ledger, LedgerError, LedgerStep, entry_of, is_marked
@@ -53,13 +57,9 @@ from fieldcrypt.reads.read_rule import ReadKeys, RowChoice, check_partition, rea
 Result = TypeVar("Result")
 
 
-def has_pending_cells(
-    store: LakeStore, rel: str, dataset: DatasetSpec, attributes: Sequence[AttributePolicy]
-) -> bool:
+def has_pending_cells(store: LakeStore, rel: str, dataset: DatasetSpec, attributes: Sequence[AttributePolicy]) -> bool:
     """Whether a protection run would encrypt cells of this file (what the ledger asks of a re-landed file)."""
     return any(c.pending for c in scan_file(store, rel, dataset, attributes).attributes.values())
-
-
 
 
 class Workspace:
@@ -313,17 +313,58 @@ class Workspace:
         """Every dataset the policy names, checked against the catalog (one it dropped is an error)."""
         return [self._enabled(dataset) for dataset in sorted(self.policy().datasets)]
 
-    def _partition_job(self, dataset: str, partition: str | None) -> PartitionJob:
-        """A partition to work on file by file, its files listed after a sweep of dead runs' temporary files."""
+    def _partition_job(self, dataset: str, partition: str | None, operation: str | None = None) -> PartitionJob:
+        """A partition to work on file by file, its files listed after a sweep of dead runs' temporary files.
+
+        With `operation`, a Delta or Iceberg table's partition gets its table commit (its files then are
+        those of the snapshot the commit reads from); the caller finishes it (`_committed`)."""
         enabled = self._enabled(dataset)
-        return PartitionJob(
+        ledger = self.ledger_step(partition, enabled.spec, enabled.attributes)
+        files = self.swept_files(dataset, partition)[0]
+        commit = None if operation is None else self._table_commit(dataset, partition, operation, ledger)
+        job = PartitionJob(
             enabled,
             partition,
-            files=self.swept_files(dataset, partition)[0],
+            files=files if commit is None else commit.files(partition),
             where=self.partition_display(dataset, partition),
-            ledger=self.ledger_step(partition, enabled.spec, enabled.attributes),
+            ledger=ledger,
             file_workers=self.config.file_workers,
         )
+        return job if commit is None else dataclasses.replace(job, commit=commit)
+
+    def _table_commit(
+        self, dataset: str, partition: str | None, operation: str, ledger: LedgerStep
+    ) -> TableCommit | None:
+        """For a Delta or Iceberg dataset: its table read once (files, writability) and the commit of this
+        partition's rewrites into one table transaction; None for a Hive folder."""
+        table = self.layout(dataset).table(self.store)
+        if table is None:
+            return None
+        snapshot = table.snapshot()
+        table.check_writable(snapshot)
+        names = [a.name for a in ledger.attributes]
+        return TableCommit(
+            self.store,
+            table,
+            snapshot,
+            TableOperation(operation, dataset, partition, names, self.name),
+            ledger,
+            self.audit,
+        )
+
+    @staticmethod
+    def _committed(commit: Commit | None, work: Callable[[], Result]) -> Result:
+        """`work()`, then the table commit of what it staged (also when some files failed: those that were
+        written and verified are committed, then the failure is raised)."""
+        if not isinstance(commit, TableCommit):
+            return work()
+        try:
+            result = work()
+        except BaseException:
+            commit.finish()
+            raise
+        commit.finish()
+        return result
 
     def _each_file(
         self, dataset: str, partition: str | None, work: Callable[[str], Result], files: Sequence[str] | None = None
@@ -348,9 +389,12 @@ class Workspace:
         # Before any work: a deleted or unledgered protected file (a restored `_fieldcrypt/`) stops the run; a
         # replaced file is refused right before its own replace (never laundered), and named by verify.
         files, _ = self.swept_files(dataset, partition)  # one listing: the checks below and the work share it
+        ledger = self.ledger_step(partition, spec, attributes)
+        table_commit = self._table_commit(dataset, partition, "encrypt", ledger)
+        if table_commit is not None:  # a table's files: those of the snapshot its commit reads from
+            files = table_commit.files(partition)
         self.ledger.check(spec, partition, files, attributes, skip_replaced=True)
         check_unique_across_files(self.store, files, spec, attributes, where)
-        ledger = self.ledger_step(partition, spec, attributes)
         cache = self.key_cache()
         index_keys, wrapped = self._index_keys(attributes)
         by_name = {a.name: a for a in attributes}
@@ -379,22 +423,26 @@ class Workspace:
                     "protected (a re-index started); nothing was replaced, run again"
                 )
 
-        reports = self._each_file(
-            dataset,
-            partition,
-            lambda rel: protect_file(
-                self.store,
-                rel,
-                spec,
-                attributes,
-                cache,
-                dataset_root=self.layout(dataset).path,
-                partition=partition,
-                index_keys=index_keys,
-                before_replace_check=index_keys_unchanged,
-                ledger=ledger,
+        reports = self._committed(
+            table_commit,
+            lambda: self._each_file(
+                dataset,
+                partition,
+                lambda rel: protect_file(
+                    self.store,
+                    rel,
+                    spec,
+                    attributes,
+                    cache,
+                    dataset_root=self.layout(dataset).path,
+                    partition=partition,
+                    index_keys=index_keys,
+                    before_replace_check=index_keys_unchanged,
+                    ledger=ledger,
+                    commit=table_commit or lake_commit,
+                ),
+                files,
             ),
-            files,
         )
         return ProtectReport.total(where, reports, master_key=cache.master_key.ref)
 
@@ -680,8 +728,8 @@ class Workspace:
 
     def rotate(self, dataset: str, partition: str | None) -> RotateReport:
         """Rewrap the data keys of every file of a partition under the current master key."""
-        job = self._partition_job(dataset, partition)
-        return rotation_campaign.rotate(job, self.key_cache(), self.store)
+        job = self._partition_job(dataset, partition, "rotate_partition")
+        return self._committed(job.commit, lambda: rotation_campaign.rotate(job, self.key_cache(), self.store))
 
     def old_key_refs(self, dataset: str, partition: str | None) -> list[str]:
         """Master keys (refs) other than the current one that still wrap data keys of a partition (no KMS call)."""
@@ -712,8 +760,10 @@ class Workspace:
 
     def reindex(self, dataset: str, partition: str | None) -> ReindexReport:
         """Recompute, in every file of a partition, the blind indexes of the attributes being re-indexed."""
-        job = self._partition_job(dataset, partition)
-        return blind_index_campaign.reindex(self._keys, self.retiring_index_keys, job)
+        job = self._partition_job(dataset, partition, "reindex")
+        return self._committed(
+            job.commit, lambda: blind_index_campaign.reindex(self._keys, self.retiring_index_keys, job)
+        )
 
     def complete_reindex(self, attribute: str) -> int:
         """Prove every blind index of `attribute` is under the new key, then forget the old key; partitions checked."""

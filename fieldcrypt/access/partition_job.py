@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from fieldcrypt.engine.rewrite import Commit, lake_commit
 from fieldcrypt.errors import FieldcryptError
 from fieldcrypt.policy.layout import DatasetLayout
 from fieldcrypt.policy.ledger import LedgerStep
@@ -41,6 +42,9 @@ class PartitionJob:
     where: str  # the partition, for messages
     ledger: LedgerStep
     file_workers: int
+    # How each rewritten file is committed: replaced in place (a Hive folder), or staged for the table's
+    # one transaction per partition (kind: delta / iceberg; the Workspace finishes it).
+    commit: Commit = lake_commit
 
     def each_file(self, work: Callable[[str], Result]) -> list[Result]:
         return each_file(self.files, work, self.file_workers, self.where)

@@ -93,6 +93,7 @@ def reindex_files(
             partition=job.partition,
             dry_run=dry_run,
             ledger=job.ledger,
+            commit=job.commit,
         ),
     )
     return ReindexReport.total(job.where, reports)

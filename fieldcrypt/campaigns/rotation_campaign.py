@@ -175,6 +175,7 @@ def rotate(job: PartitionJob, cache: DataKeyCache, store: LakeStore) -> RotateRe
             dataset_root=job.dataset.layout.path,
             partition=job.partition,
             ledger=job.ledger,
+            commit=job.commit,
         ),
     )
     return RotateReport.total(job.where, reports)

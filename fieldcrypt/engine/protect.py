@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from fieldcrypt.engine.encrypt import WRAPPED_KEY_TYPE, EncryptedAttribute, encrypt_attribute, with_protection_columns
 from fieldcrypt.engine.replace_guard import confirm_replace
-from fieldcrypt.engine.rewrite import BatchWriter, FileJob, Output, rewrite_file
+from fieldcrypt.engine.rewrite import BatchWriter, Commit, FileJob, Output, lake_commit, rewrite_file
 from fieldcrypt.engine.verify import verify_rewrite
 from fieldcrypt.errors import InputError
 from fieldcrypt.format.columns import check_attribute_type, is_row_key_type
@@ -188,8 +188,10 @@ def protect_file(
     index_keys: Mapping[str, BlindIndexKey] | None = None,
     before_replace_check: Callable[[str], None] | None = None,
     ledger: LedgerStep | None = None,
+    commit: Commit = lake_commit,
 ) -> ProtectReport:
-    """Encrypt every pending cell of `rel` and replace it atomically.
+    """Encrypt every pending cell of `rel` and replace it atomically (`commit`: a table format's, for a
+    Delta or Iceberg table, fieldcrypt.engine.table_commit).
 
     `dataset_root` is the dataset's directory: the summary files between it and `rel` are removed
     before the replace (fieldcrypt.lake.summary_files).
@@ -278,7 +280,7 @@ def protect_file(
         )
 
     (_, expected), (intent, removed), report.rewrite_path = rewrite_file(
-        job, original_version, write, verify, expected=lambda o: o[1]
+        job, original_version, write, verify, expected=lambda o: o[1], commit=commit
     )
 
     wrapped_keys: set[bytes] = set()

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fieldcrypt.engine.encrypt import ciphertext_digest
-from fieldcrypt.engine.rewrite import BatchWriter, FileJob, Output, rewrite_file
+from fieldcrypt.engine.rewrite import BatchWriter, Commit, FileJob, Output, lake_commit, rewrite_file
 from fieldcrypt.errors import IntegrityError, VerificationError
 from fieldcrypt.keys.blind_index import INDEX_KEYS_FORMAT, BlindIndexKey
 from fieldcrypt.keys.cache import DataKeyCache
@@ -128,6 +128,7 @@ def reindex_file(
     partition: str | None = None,
     dry_run: bool = False,
     ledger: LedgerStep | None = None,
+    commit: Commit = lake_commit,
 ) -> ReindexReport:
     """Recompute the blind index of `targets` under their new key in `rel`; verify, then replace atomically.
 
@@ -161,7 +162,7 @@ def reindex_file(
         _verify(source, written, read, dataset, targets, keys, cache, partition, where, digests)
 
     _, (intent, rewritten.summary_files_removed), rewritten.rewrite_path = rewrite_file(
-        job, original_version, write, verify
+        job, original_version, write, verify, commit=commit
     )
     if cache.audit is not None:
         for name, cells in rewritten.reindexed.items():

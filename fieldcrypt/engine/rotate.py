@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fieldcrypt.engine.encrypt import used_wrapped_keys
-from fieldcrypt.engine.rewrite import FULL, FileJob, Output, rewrite_file
+from fieldcrypt.engine.rewrite import FULL, Commit, FileJob, Output, lake_commit, rewrite_file
 from fieldcrypt.errors import VerificationError
 from fieldcrypt.format.columns import identical as identical_values
 from fieldcrypt.format.wrapped_key import WrappedKey
@@ -111,6 +111,7 @@ def rotate_file(
     dataset_root: str,
     partition: str | None = None,
     ledger: LedgerStep | None = None,
+    commit: Commit = lake_commit,
 ) -> RotateReport:
     started = time.perf_counter()
     calls_before = cache.calls.total
@@ -164,7 +165,7 @@ def rotate_file(
             copies_proven=out.path != FULL,
         )
 
-    _, (intent, removed), report.rewrite_path = rewrite_file(job, original_version, write, verify)
+    _, (intent, removed), report.rewrite_path = rewrite_file(job, original_version, write, verify, commit=commit)
     if cache.audit is not None:
         cache.audit.record(
             "rotate_partition",

@@ -202,9 +202,9 @@ class AuditLog:
             at_pin = pinned is not None and check.head is not None and check.head.seq == pinned.seq
             if at_pin and check.head is not None and pinned is not None and check.head.digest != pinned.digest:
                 raise IntegrityError(
-                        f"{where} (seq {pinned.seq}) is not the record this lake pinned at that position "
-                        "(`audit --verify` recorded its digest): the log was replaced or rewritten from there"
-                    )
+                    f"{where} (seq {pinned.seq}) is not the record this lake pinned at that position "
+                    "(`audit --verify` recorded its digest): the log was replaced or rewritten from there"
+                )
         if check.head is None and self.stored_key() is not None:
             raise self._deleted()
         if pinned is not None and (check.head is None or check.head.seq < pinned.seq):

@@ -1,4 +1,6 @@
-"""Delta Lake and Iceberg tables are refused by name: their logs would go stale under a file-by-file rewrite.
+"""Delta Lake and Iceberg tables declared as Hive folders are refused by name: their logs would go stale under a
+file-by-file rewrite. Declared `kind: delta` / `kind: iceberg`, they are protected through their own commits
+(fieldcrypt.lake.tables).
 
 A table format keeps, outside the data files, a log of which files make the table with
 their sizes and column statistics (Delta `_delta_log/`, Iceberg `metadata/`). Rewriting a
@@ -35,10 +37,15 @@ def refuse_table_format(store: LakeStore, dataset: str, directory: str, listing:
     found = _in_listing(directory, listing) or _at_or_above(store, directory)
     if found is not None:
         kind, log = found
-        name, article = ("_delta_log", "a") if kind == DELTA else ("metadata/", "an")
+        name, article, declare = (
+            ("_delta_log", "a", "kind: delta with its table root as path")
+            if kind == DELTA
+            else ("metadata/", "an", "kind: iceberg with its table identifier and catalog")
+        )
         raise InputError(
             f"{dataset} is {article} {kind} table ({name} at {store.display(log)}): it cannot be rewritten file "
-            "by file (its log's sizes and statistics would go stale); fieldcrypt read and wrote nothing of it"
+            f"by file (its log's sizes and statistics would go stale); declare it {declare}; fieldcrypt read and "
+            "wrote nothing of it"
         )
 
 

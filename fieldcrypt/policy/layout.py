@@ -8,7 +8,12 @@ and however deep (Spark's `part-00000-<uuid>-c000.snappy.parquet`, DuckDB's
 `data_0.parquet`, pandas' `<uuid>.parquet`, ...). Every file under the dataset is
 classified by `fieldcrypt.lake.inventory` (data, engine marker, checksum, summary file,
 fieldcrypt temp, table log); a file that may hold data but is neither is refused by name,
-never skipped, and a Delta or Iceberg table is refused (`fieldcrypt.lake.table_formats`).
+never skipped, and a Delta or Iceberg table declared as a Hive folder is refused
+(`fieldcrypt.lake.table_formats`).
+
+A dataset declared `kind: delta` or `kind: iceberg` (`source`) is not listed by directory: its
+partitions and files come from the table's log (fieldcrypt.lake.tables), its partition keys
+are the table's partition values rendered `key=value/...`.
 
 Partition keys are canonical per granularity, and are what Dagster's partitions use:
 daily `2026-11-28`, hourly `2026-11-28T13`, monthly `2026-11`. A null partition value, as
@@ -24,9 +29,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fieldcrypt.errors import InputError
-from fieldcrypt.lake.inventory import Inventory, classify, is_hidden
-from fieldcrypt.lake.store import FileVersion, LakeStore
+from fieldcrypt.lake.inventory import DATA, TEMP, Entry, Inventory, classify, is_hidden
+from fieldcrypt.lake.store import TEMP_MARKER, FileVersion, LakeStore
 from fieldcrypt.lake.table_formats import refuse_table_format
+from fieldcrypt.lake.tables.base import HIVE_KIND, TableFormat, TableSource
+from fieldcrypt.lake.tables.open import open_table
 from fieldcrypt.policy.policy import DatasetSpec
 
 GRANULARITIES = ("daily", "hourly", "monthly", "none")
@@ -201,13 +208,28 @@ class DatasetLayout:
     attributes: Mapping[str, str] = field(default_factory=dict)  # expected protected attributes -> mask
     partitions_start: datetime | None = None  # first partition (Dagster's partitions definition)
     partitions_end: datetime | None = None  # first moment not in the set; None: up to now
+    source: TableSource | None = None  # kind: delta / iceberg; None: a Hive folder
 
     @property
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def kind(self) -> str:
+        return HIVE_KIND if self.source is None else self.source.kind
+
+    def table(self, store: LakeStore) -> TableFormat | None:
+        """The dataset's table format (its log not read yet); None for a Hive folder."""
+        return None if self.source is None else open_table(store, self.source, self.name)
+
     def check_partition(self, partition: str | None) -> None:
         """A named error for a partition key that does not fit the declaration."""
+        if self.source is not None:  # the table's own partition values: checked against its log when listed
+            if partition is not None and "=" not in partition:
+                raise InputError(
+                    f"partition {partition!r} of {self.name} is not a {self.kind} table partition (key=value/...)"
+                )
+            return
         if self.partitioning.partitioned:
             if partition is None:
                 granularity = self.partitioning.granularity
@@ -220,17 +242,23 @@ class DatasetLayout:
         self.check_partition(partition)
         if partition is None:
             return self.path
+        if self.source is not None:
+            return f"{self.path}/{partition}"
         return f"{self.path}/{self.partitioning.directory(partition)}"
 
     def files(self, store: LakeStore, partition: str | None) -> list[str]:
         """The data files of one partition (relative to the lake), sorted; empty for an empty partition."""
         self.check_partition(partition)
+        table = self.table(store)
+        if table is not None:
+            return table.partitions(table.snapshot()).get(partition, [])
         return self.inventory(store, partition).files
 
     def partitions(self, store: LakeStore, listing: Iterable[str] | None = None) -> dict[str | None, list[str]]:
         """Every partition that has data files -> its files, oldest partition first (one listing, or
         `listing`: the files below the dataset's path, e.g. the keys of `store.list_file_versions`)."""
-        found = self.inventory(store, listing=listing).data
+        table = self.table(store)
+        found = table.partitions(table.snapshot()) if table is not None else self.inventory(store, listing=listing).data
         return {key: found[key] for key in sorted(found, key=self._order)}
 
     def inventory(
@@ -241,6 +269,9 @@ class DatasetLayout:
         A Delta or Iceberg table, a file that may hold data below a hidden directory and a data
         file outside the declared partition levels are InputErrors naming them.
         """
+        table = self.table(store)
+        if table is not None:
+            return self._table_inventory(store, table, partition)
         whole = partition is None and self.partitioning.partitioned
         directory = self.path if whole else self.partition_dir(partition)
         found: dict[str, FileVersion | None] = (
@@ -251,6 +282,19 @@ class DatasetLayout:
         return classify(
             store, self.name, self.path, found, lambda rel, parts: self._partition_of(store, rel, parts, keys)
         )
+
+    def _table_inventory(self, store: LakeStore, table: TableFormat, partition: str | None) -> Inventory:
+        """A table's live files (from its log) and the temporary files dead runs left beside them."""
+        self.check_partition(partition)
+        found = table.partitions(table.snapshot())
+        wanted = found if partition is None else {partition: found.get(partition, [])}
+        entries = [Entry(rel, DATA, key) for key, files in wanted.items() for rel in files]
+        directory = self.partition_dir(partition)
+        for rel, version in store.list_all(directory).items():
+            name = rel.rpartition("/")[2]
+            if name.startswith(".") and TEMP_MARKER in name:
+                entries.append(Entry(rel, TEMP, partition, version))
+        return Inventory(self.name, entries)
 
     def _partition_of(
         self, store: LakeStore, rel: str, parts: list[str], keys: dict[tuple[str, ...], str]

@@ -357,6 +357,24 @@ class Ledger:
 
         self._update(dataset, partition, change)
 
+    def replace_files(
+        self, dataset: str, partition: str | None, added: dict[str, FileEntry], retired: Sequence[str]
+    ) -> None:
+        """After a table commit (fieldcrypt.engine.table_commit): the new files' staged entries become theirs and
+        the files the commit removed from the table leave the ledger, in one update."""
+
+        def change(shard: Shard) -> bool:
+            for rel, entry in added.items():
+                if shard.staged.get(rel) == entry:
+                    del shard.staged[rel]
+                shard.files[rel] = entry
+            for rel in retired:
+                shard.files.pop(rel, None)
+                shard.staged.pop(rel, None)
+            return True
+
+        self._update(dataset, partition, change)
+
     def record(self, dataset: str, partition: str | None, entries: dict[str, FileEntry]) -> None:
         """Replace a partition's whole shard by `entries` (a deliberate, audited restore): the stored shard
         is not read, so one that no longer authenticates (a policy adopted under a new MAC key) is replaced."""

@@ -1,2 +1,1 @@
-"""Decrypting reads: the one read rule, reveal and dispatch.
-"""
+"""Decrypting reads: the one read rule, reveal and dispatch."""

@@ -1,0 +1,177 @@
+"""The rewrite engine's commit for a Delta or Iceberg table (fieldcrypt.engine.rewrite.Commit).
+
+A table format owns its files, so no file of it is replaced in place. For each file of a
+partition, under the file's lock: the same checks as the plain lake's commit (the file unchanged
+since it was read, the operation's own last check, fieldcrypt.engine.replace_guard's stored
+metadata, master key and audit intent), the new file's protection-ledger entry staged, and the
+verified temporary file renamed to a new visible data file beside the old one
+(`part-fc-<uuid>.parquet`). The old file is untouched: still live in the table, and afterwards
+kept for time travel until purged.
+
+`finish` then commits the partition's replacements in ONE table transaction
+(fieldcrypt.lake.tables.base.TableFormat.commit: the old files removed from the table, the new
+added, fieldcrypt's operation in the commit metadata), after the table's schema gained the new
+`__fc_*` columns with their statistics turned off; then the ledger's staged entries become the
+new files' and the old files leave it. A refused commit deletes the new files (never referenced
+by the table) and withdraws their staged entries: the table is as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fieldcrypt.engine.replace_guard import Replacing, before_replace
+from fieldcrypt.engine.rewrite import FileJob
+from fieldcrypt.errors import ConcurrentUpdateError
+from fieldcrypt.lake.audit import AuditLog
+from fieldcrypt.lake.store import FileVersion, LakeStore
+from fieldcrypt.lake.tables.base import (
+    Replacement,
+    TableFormat,
+    TableOperation,
+    TableSnapshot,
+    is_protection_column,
+)
+from fieldcrypt.policy.ledger import FileEntry, LedgerStep, entry_of
+
+NEW_FILE_PREFIX = "part-fc-"
+
+
+def new_data_path(rel: str) -> str:
+    """A new data file's name beside `rel`: visible (engines read it once the table references it)."""
+    head, _, _ = rel.rpartition("/")
+    name = f"{NEW_FILE_PREFIX}{uuid.uuid4()}.parquet"
+    return f"{head}/{name}" if head else name
+
+
+@dataclass
+class _Staged:
+    replacement: Replacement
+    entry: FileEntry | None
+    fields: list[pa.Field]
+    protected: set[str]
+
+
+@dataclass
+class TableCommit:
+    """The commit of one partition's rewrites into a table: `__call__` per file, `finish` once."""
+
+    store: LakeStore
+    table: TableFormat
+    snapshot: TableSnapshot
+    operation: TableOperation
+    ledger: LedgerStep | None
+    audit: AuditLog | None = None
+    _staged: list[_Staged] = field(default_factory=list, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def files(self, partition: str | None) -> list[str]:
+        """The partition's live files at the snapshot this commit's transaction reads from."""
+        return self.table.partitions(self.snapshot).get(partition, [])
+
+    def __call__(
+        self, job: FileJob, temp: str, original: FileVersion, expected: Sequence[Mapping[str, Any]] | None
+    ) -> Replacing:
+        store = job.store
+        new = new_data_path(job.rel)
+        with store.exclusive(job.rel):
+            if store.version(job.rel) != original:
+                raise ConcurrentUpdateError(
+                    f"{job.where} changed while it was being {job.doing}; nothing was committed, run again"
+                )
+            if job.before_replace_check is not None:
+                job.before_replace_check(job.where)
+            replacing = before_replace(
+                store,
+                job.rel,
+                job.attributes,
+                job.cache,
+                job.dataset.name,
+                job.partition,
+                expected,
+                job.operation,
+                dataset_root=job.dataset_root,
+            )
+            entry = None
+            if self.ledger is not None:  # never launder a replaced file; the new file's entry staged first
+                self.ledger.ledger.check_file(self.ledger.dataset, self.ledger.partition, job.rel, job.attributes)
+                entry = entry_of(store, temp, self.ledger.dataset, self.ledger.attributes)
+                self.ledger.ledger.stage(self.ledger.dataset.name, self.ledger.partition, new, entry)
+            self._publish(store, temp, new, job.rel)
+        with store.open_input(new) as handle:
+            metadata = pq.ParquetFile(handle).metadata
+            schema = metadata.schema.to_arrow_schema()
+            rows = metadata.num_rows
+        version = store.version(new)
+        protected = {a.column for a in job.attributes}
+        changed = frozenset(protected | {name for name in schema.names if is_protection_column(name)})
+        replacement = Replacement(job.rel, new, version.size, (version.mtime_ns or 0) // 1_000_000, rows, changed)
+        fields = [f for f in schema if is_protection_column(f.name)]
+        with self._lock:
+            self._staged.append(_Staged(replacement, entry, fields, protected))
+        return replacing
+
+    @staticmethod
+    def _publish(store: LakeStore, temp: str, new: str, old: str) -> None:
+        """The verified temporary file becomes the new data file, with the old file's permission bits."""
+        if store.is_local:
+            mode = stat.S_IMODE(os.stat(store.full_path(old)).st_mode)
+            os.chmod(store.full_path(temp), mode)
+        store.replace(temp, new)
+
+    def finish(self) -> int | None:
+        """Commit every staged replacement in one table transaction; the table's new version (None: none)."""
+        with self._lock:
+            staged, self._staged = list(self._staged), []
+        if not staged:
+            return None
+        replacements = [s.replacement for s in staged]
+        fields = list({f.name: f for s in staged for f in s.fields}.values())
+        protected = sorted({name for s in staged for name in s.protected})
+        try:
+            self.table.prepare_columns(fields, protected)
+            version = self.table.commit(self.snapshot, replacements, self.operation)
+        except BaseException:
+            self._abandon(staged)
+            raise
+        if self.ledger is not None:
+            added = {s.replacement.new: s.entry for s in staged if s.entry is not None}
+            self.ledger.ledger.replace_files(
+                self.ledger.dataset.name, self.ledger.partition, added, [r.old for r in replacements]
+            )
+        if self.audit is not None:
+            self.audit.record(
+                "table_commit",
+                dataset=self.operation.dataset,
+                partition=self.operation.partition,
+                detail=f"{self.table.kind} {self.table.describe()} version {version}: {self.operation.operation}, "
+                f"{len(replacements)} files replaced (the old ones kept for time travel until purge-history)",
+            )
+        return version
+
+    def _abandon(self, staged: Sequence[_Staged]) -> None:
+        if self.audit is not None:
+            self.audit.record(
+                "table_commit_refused",
+                dataset=self.operation.dataset,
+                partition=self.operation.partition,
+                detail=f"{self.table.kind} {self.table.describe()}: {self.operation.operation} of {len(staged)} files "
+                "not committed; the new files were deleted, the table is as it was",
+            )
+        for item in staged:
+            self.store.delete(item.replacement.new)
+            if self.ledger is not None and item.entry is not None:
+                with contextlib.suppress(Exception):  # the commit's own error is the one to report
+                    self.ledger.ledger.unstage(
+                        self.ledger.dataset.name, self.ledger.partition, item.replacement.new, item.entry
+                    )

@@ -230,6 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     rewrite.add_argument("--partition", action="append", help="partition key (repeatable; required if partitioned)")
     rewrite.add_argument("--reason", required=True, help="why (ticket id); written to the audit log")
 
+    purge = commands.add_parser(
+        "purge-history",
+        help="delete a Delta table's old versions (VACUUM and log cleanup): their files still hold plaintext; audited",
+    )
+    purge.add_argument("dataset", help="a dataset declared kind: delta")
+    purge.add_argument(
+        "--older-than",
+        required=True,
+        type=_duration_hours,
+        help="retention: versions older than this stop being readable (e.g. 7d, 24h, 0h); the table's own "
+        "retention check is disabled for it",
+    )
+
     policy = commands.add_parser("policy", help="the workspace policy").add_subparsers(
         dest="policy_command", required=True
     )
@@ -409,6 +422,13 @@ def run(argv: Sequence[str] | None = None) -> int:
                 f"{args.dataset} {partition_label(partition)}: rewrite accepted; {files} files verified and recorded "
                 "in the protection ledger"
             )
+    elif args.command == "purge-history":
+        purge = workspace.purge_history(args.dataset, older_than_hours=args.older_than)
+        print(
+            f"{args.dataset}: purged history older than {purge.retention_hours:g} h: {purge.files_deleted} data "
+            f"files and {purge.log_files_deleted} log files deleted (audited); copies outside the table (clones, "
+            "backups, S3 non-current object versions) are not reached: docs/OPERATIONS.md"
+        )
     elif args.command == "policy":
         adopted = workspace.adopt_policy()
         print(
@@ -416,6 +436,18 @@ def run(argv: Sequence[str] | None = None) -> int:
             f"{len(adopted.attributes)} enabled attributes ({', '.join(sorted(adopted.attributes)) or 'none'})"
         )
     return 0
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([dhm])")
+
+
+def _duration_hours(value: str) -> float:
+    """`7d`, `24h`, `30m` as hours; a named error for anything else."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration like 7d, 24h or 30m")
+    amount, unit = float(match.group(1)), match.group(2)
+    return amount * {"d": 24.0, "h": 1.0, "m": 1 / 60}[unit]
 
 
 _KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+")
@@ -473,8 +505,17 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
             f"\n{temps_left:,} temporary files of runs still under way are left (they may hold plaintext "
             "copies); run status again once those runs end"
         )
+    history = workspace.table_history(dataset) if command == "status" and layout.kind != "hive" else None
+    if history is not None and history.holds_plaintext:
+        summary += (
+            f"\n{dataset}: {history.versions} older versions of the {layout.kind} table still hold plaintext of "
+            f"{', '.join(history.attributes)} ({history.files} unreferenced data files, and the log's statistics) "
+            f"until vacuumed: fieldcrypt purge-history {dataset} --older-than <retention>"
+        )
     if command == "status" and not failed and not temps_left:
         fully = sorted(_fully_protected(rows_seen))
+        if history is not None and history.holds_plaintext:
+            fully = []  # the current version is, its older versions are not
         if any(row.get("summary_files") for row in rows_seen):  # their statistics are not read
             summary += "".join(f"\n{name}: every data file fully protected" for name in fully)
         else:

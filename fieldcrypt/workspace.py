@@ -44,7 +44,7 @@ from fieldcrypt.lake.audit import AuditLog, AuditReport
 from fieldcrypt.lake.audit_chain import AuditHead
 from fieldcrypt.lake.parquet_io import open_parquet, read_ahead, row_groups
 from fieldcrypt.lake.store import LakeStore
-from fieldcrypt.lake.tables.base import TableOperation
+from fieldcrypt.lake.tables.base import History, Purge, TableFormat, TableOperation
 from fieldcrypt.policy.enable_checks import check_declared, check_map_key_occurs
 from fieldcrypt.policy.layout import DatasetLayout, partition_label
 from fieldcrypt.policy.ledger import Ledger, LedgerError, LedgerStep, entry_of, is_marked
@@ -719,6 +719,45 @@ class Workspace:
     def _checked_scan(self, rel: str, spec: DatasetSpec, attributes: list[AttributePolicy]) -> ProtectReport:
         check_stored_file(self.store, rel, attributes)
         return scan_file(self.store, rel, spec, attributes)
+
+    # -- a Delta or Iceberg table's history -----------------------------------------------------
+
+    def _table(self, dataset: str) -> TableFormat:
+        table = self.layout(dataset).table(self.store)
+        if table is None:
+            raise InputError(
+                f"{dataset} is a Hive folder (kind: hive): it has no table history; copies of its files outside "
+                "the lake (S3 object versions, snapshots, backups) are out of fieldcrypt's reach (docs/OPERATIONS.md)"
+            )
+        return table
+
+    def table_history(self, dataset: str) -> History:
+        """What a Delta or Iceberg table's older versions still hold: how many versions (time travel) and
+        unreferenced data files from before its newest protection commit, and of which protected attributes."""
+        table = self._table(dataset)
+        _, attributes = self._dataset(dataset)
+        return table.history([a.name for a in attributes])
+
+    def purge_history(self, dataset: str, *, older_than_hours: float) -> Purge:
+        """Delete what only a table's versions older than `older_than_hours` need: the table's own VACUUM
+        (or expire-snapshots) with that retention, the format's retention check disabled (the operator chose
+        it), then its log cleanup. Audited: an intent before, the counts after. It cannot reach clones,
+        backups, readers pinned to an old version, nor S3 non-current object versions (docs/OPERATIONS.md)."""
+        if older_than_hours < 0:
+            raise InputError(f"--older-than must not be negative (got {older_than_hours} hours)")
+        table = self._table(dataset)
+        intent = self.audit.intent(
+            "purge_history", dataset=dataset, detail=f"{table.kind} {table.describe()}: older than {older_than_hours} h"
+        )
+        purge = table.purge_history(older_than_hours)
+        self.audit.record(
+            "history_purged",
+            dataset=dataset,
+            intent=intent,
+            detail=f"{purge.files_deleted} data files and {purge.log_files_deleted} log files deleted; retention "
+            f"{purge.retention_hours} h, the table's own retention check disabled for the operator's retention",
+        )
+        return purge
 
     # -- rotation: thin delegates to fieldcrypt.campaigns.rotation_campaign -------------------------
 

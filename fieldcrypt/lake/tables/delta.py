@@ -97,6 +97,7 @@ class DeltaTableFormat:
 
     def partitions(self, snapshot: TableSnapshot) -> dict[str | None, list[str]]:
         table = _table(snapshot)
+        self.check_writable(snapshot)  # a file of such a table read on its own would not be the table's rows
         columns = list(table.metadata().partition_columns)
         found: dict[str | None, list[str]] = {}
         for row in self._adds(table):
@@ -115,7 +116,7 @@ class DeltaTableFormat:
     def check_writable(self, snapshot: TableSnapshot) -> None:
         table = _table(snapshot)
         protocol = table.protocol()
-        config = {k: str(v).lower() for k, v in table.metadata().configuration.items()}
+        config = {k.lower(): str(v).lower() for k, v in table.metadata().configuration.items()}
         features = set(protocol.writer_features or []) | set(protocol.reader_features or [])
         where = f"{self.dataset} (Delta table {self.describe()})"
         tail = "fieldcrypt read and wrote nothing of it"
@@ -189,9 +190,15 @@ class DeltaTableFormat:
                 actions, mode="append", schema=current.schema(), partition_by=columns, commit_properties=properties
             )
         except CommitFailedError as exc:
-            raise ConcurrentUpdateError(
-                f"{self.describe()}: another writer's commit conflicts with fieldcrypt's {operation.operation} of "
-                f"{operation.partition or 'the table'} (delta-rs: {_first_line(exc)}); nothing was committed, run again"
+            said = _first_line(exc)
+            what = f"fieldcrypt's {operation.operation} of {operation.partition or 'the table'}"
+            if any(word in said.lower() for word in ("conflict", "concurrent")):
+                raise ConcurrentUpdateError(
+                    f"{self.describe()}: another writer's commit conflicts with {what} (delta-rs: {said}); nothing "
+                    "was committed, run again"
+                ) from None
+            raise InputError(
+                f"{self.describe()}: delta-rs refused {what} (delta-rs: {said}); nothing was committed"
             ) from None
         return int(self._load().version())
 

@@ -129,6 +129,12 @@ class TableFormat(Protocol):
         feed, append-only, unknown writer features; Iceberg delete files (merge-on-read)."""
         ...
 
+    def file_schema(self, schema: pa.Schema, protected_columns: Sequence[str]) -> pa.Schema:
+        """The schema a new data file of the table is written with, given the one the rewrite intends (Delta: as
+        is; Iceberg: the table's schema first gains the new columns, then every field gets its Parquet field id).
+        Called by each file's write, possibly from several threads."""
+        ...
+
     def prepare_columns(self, fields: Sequence[pa.Field], protected_columns: Sequence[str]) -> None:
         """Before the first commit that adds them: the table's schema gains `fields` (fieldcrypt's columns,
         nullable), and its statistics leave out every `__fc_*` column and `protected_columns` (Delta

@@ -1,6 +1,7 @@
 """An Apache Iceberg table through pyiceberg: its partitions and files, what fieldcrypt refuses, the
 protection columns added by schema evolution, one copy-on-write overwrite snapshot per batch of
 replaced files, and the history that still holds plaintext (docs/CATALOG.md "Iceberg tables").
+Paths here are the table's own locations (URIs); fieldcrypt.lake.tables.iceberg maps them to the lake.
 
 Iceberg owns its files: a data file is never rewritten in place. A replaced file is written beside
 it under a new name, and one `overwrite` snapshot removes the old files and adds the new ones; the
@@ -10,14 +11,14 @@ snapshots and deletes what only they referenced.
 Metrics (`write.metadata.metrics.column.<column>`): manifests keep, per data file and column, value
 and null counts and, in the default mode `truncate(16)`, the first 16 characters of the column's
 smallest and largest value. For a protected attribute that is a prefix of a real address, i.e.
-protected plaintext (`truncate(n)` leaks n characters for any n >= 1, `full` all of them), so
-`prepare_protection` sets the attribute's columns to `counts` (value, null and NaN counts only: no
-value is ever recorded, and `email IS NULL` still prunes) and fieldcrypt's own `__fc_*` columns to
-`none` (random bytes: bounds and counts are useless to a reader). Bounds recorded before that, by
-the writer of a file fieldcrypt later replaces, stay in the manifests that list the old file: the
-older snapshots' manifests, and the DELETED entries of the overwrite snapshot's own manifest
-(pyiceberg writes the removed file's entry with its metrics), which `plaintext_history` counts
-and `purge_history` removes.
+protected plaintext (`truncate(n)` keeps n characters for any n >= 1, `full` all of them).
+`counts` would be enough to keep plaintext out (value, null and NaN counts: no value is recorded);
+`prepare_protection` sets `none` for the attribute's columns as for fieldcrypt's own `__fc_*`
+columns (random bytes: neither bounds nor counts serve a reader), so no statistic of a protected
+column is kept at all, as on a Delta table. Bounds recorded before that, by the writer of a file
+fieldcrypt later replaces, stay in the manifests that list the old file: the older snapshots'
+manifests, and the DELETED entries of the overwrite snapshot's own manifest (pyiceberg writes the
+removed file's entry with its metrics), which `plaintext_history` counts and `purge_history` removes.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from pyiceberg.manifest import (
     ManifestEntryStatus,
     ManifestFile,
 )
-from pyiceberg.schema import Schema, index_by_name, index_name_by_id
+from pyiceberg.schema import Schema, index_by_id, index_by_name, index_name_by_id
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import BinaryType
@@ -53,10 +54,11 @@ from pyiceberg.types import BinaryType
 from fieldcrypt.errors import ConcurrentUpdateError, ConfigError, InputError
 
 OPERATION_PROPERTY = "fieldcrypt.operation"  # the snapshot summary's entry naming fieldcrypt's operation
-FIELDCRYPT_FILE_PREFIX = "fieldcrypt-"  # the name of every data file fieldcrypt writes into a table
+# Every data file fieldcrypt writes into a table is named so (fieldcrypt.engine.table_commit.NEW_FILE_PREFIX).
+FIELDCRYPT_FILE_PREFIX = "part-fc-"
 METRICS_PROPERTY_PREFIX = "write.metadata.metrics.column."
 PROTECTION_COLUMN_METRICS = "none"
-ATTRIBUTE_COLUMN_METRICS = "counts"
+ATTRIBUTE_COLUMN_METRICS = "none"
 PARQUET_FIELD_ID = b"PARQUET:field_id"
 WRITABLE_FORMAT_VERSIONS = (1, 2)
 COMMIT_ATTEMPTS = 4
@@ -253,9 +255,14 @@ class IcebergTable:
             found = schema.find_field(column, case_sensitive=True) if _has_field(schema, column) else None
             if found is None:
                 raise InputError(f"{where} has no column {column}")
+            below = (
+                {found.field_id} | set(index_by_id(found.field_type))
+                if not found.field_type.is_primitive
+                else {found.field_id}
+            )
             for spec in self.table.specs().values():
                 for partition_field in spec.fields:
-                    if partition_field.source_id == found.field_id:
+                    if partition_field.source_id in below:
                         raise InputError(
                             f"{where} is partitioned by {column} ({partition_field.name}): the partition values "
                             "and paths are its plaintext, which fieldcrypt cannot protect"
@@ -270,7 +277,7 @@ class IcebergTable:
                     "(fieldcrypt's ciphertext, wrapped-key and blind-index columns)"
                 )
         wanted = {METRICS_PROPERTY_PREFIX + c: PROTECTION_COLUMN_METRICS for c in protection_columns}
-        wanted |= {METRICS_PROPERTY_PREFIX + c: ATTRIBUTE_COLUMN_METRICS for c in attribute_columns}
+        wanted |= {METRICS_PROPERTY_PREFIX + c: ATTRIBUTE_COLUMN_METRICS for c in _leaves(schema, attribute_columns)}
         changed = {k: v for k, v in wanted.items() if self.table.properties.get(k) != v}
         if not missing and not changed:
             return False
@@ -337,21 +344,20 @@ class IcebergTable:
         """One overwrite (copy-on-write) snapshot removing each replacement's old file and adding its new one,
         its summary naming fieldcrypt's `operation` (plus `summary`: the run, the attributes).
 
-        The first attempt commits on the metadata the caller planned from (this object's, not refreshed):
-        optimistic concurrency, as Iceberg means it. When another writer committed since, pyiceberg's commit
-        fails and its retry re-validates on the new head, where a concurrent append fails its serializable
-        check; the batch is then planned again here on the refreshed table, up to `attempts` times. An old
-        file no longer live (another writer replaced or deleted it) refuses the whole batch
-        (ConcurrentUpdateError) with nothing committed: its new file stays unreferenced, for the caller to
-        delete."""
+        Each attempt reads the table's head: an old file no longer live there (another writer replaced or
+        deleted it) refuses the whole batch (ConcurrentUpdateError) with nothing committed, its new file left
+        unreferenced for the caller to delete; files appended since are kept (the overwrite names the files it
+        removes). A commit landing between that read and this commit fails the catalog's check; pyiceberg's
+        retry re-validates on the new head, where an append fails the serializable check
+        (`write.delete.isolation-level`), and the batch is planned again here, up to `attempts` times.
+        """
         if not replacements:
             raise InputError(f"{self.dataset}: no replacement to commit")
         new_files = [self.data_file_for(r) for r in replacements]
         properties = {**(summary or {}), OPERATION_PROPERTY: operation}
         failure = ""
-        for attempt in range(attempts):
-            if attempt:
-                self.table.refresh()
+        for _ in range(attempts):
+            self.table.refresh()
             entries = self._live_entries()
             self._check_writable(entries)  # a delete file committed since would be lost under the overwrite
             live = {entry.data_file.file_path: entry.data_file for entry in entries}
@@ -394,7 +400,7 @@ class IcebergTable:
         """What of the table's snapshots still holds plaintext of the protected attributes (PlaintextHistory).
 
         A data file holds it when an older snapshot lists it, the current one does not, and fieldcrypt did not
-        write it (`fieldcrypt-*.parquet`: a file rotation or re-index replaced holds ciphertext): it was
+        write it (`part-fc-*.parquet`: a file rotation or re-index replaced holds ciphertext): it was
         replaced by a protection or removed by another writer before being protected. A manifest holds it when
         it records a bound (a min or max value, or its prefix) of a protected attribute's column and the
         current snapshot does not list it, or, listed by the current snapshot, records it for a removed file
@@ -556,6 +562,22 @@ def _has_field(schema: Schema, column: str) -> bool:
 
 def _field_ids(schema: Schema, columns: Iterable[str]) -> set[int]:
     return {schema.find_field(c).field_id for c in columns if _has_field(schema, c)}
+
+
+def _leaves(schema: Schema, columns: Iterable[str]) -> list[str]:
+    """The columns' primitive fields by full name (a struct attribute's fields: `properties.email`), which the
+    per-column metrics properties name."""
+    names = index_name_by_id(schema)
+    found: list[str] = []
+    for column in columns:
+        if not _has_field(schema, column):
+            continue
+        nested = schema.find_field(column)
+        if nested.field_type.is_primitive:
+            found.append(column)
+            continue
+        found += [names[i] for i, f in index_by_id(nested.field_type).items() if f.field_type.is_primitive]
+    return found
 
 
 def _has_bounds(data_file: DataFile, field_ids: set[int]) -> bool:

@@ -224,6 +224,8 @@ class _RowGroupWriter:
     def write_batch(self, batch: pa.RecordBatch) -> None:
         if self.names is not None:
             batch = batch.select(self.names)
+        if not batch.schema.equals(self.writer.schema, check_metadata=False):
+            batch = batch.cast(self.writer.schema)  # a commit's file schema (Iceberg: no dictionary type declared)
         self.writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))
 
 

@@ -32,7 +32,8 @@ class TableSource:
     """Where a table is, as the catalog declares it (`kind: delta` / `kind: iceberg`).
 
     delta: `location`, the table root relative to the lake (a full URI inside the lake is
-    made relative by the catalog). iceberg: `identifier` (`namespace.name`) and `catalog`,
+    made relative by the catalog). iceberg: `identifier` (`namespace.name`), `location` (the
+    declared `path:`, which must be the table's location relative to the lake) and `catalog`,
     pyiceberg catalog properties (`type`, `uri`, `warehouse`, ...; local paths already resolved,
     no credentials: those come from the environment).
     """

@@ -68,6 +68,7 @@ class IcebergTableFormat:
     def __init__(self, store: LakeStore, source: TableSource, dataset: str) -> None:
         self.store = store
         self.identifier = source.identifier
+        self.location = source.location.strip("/")
         properties = dict(source.catalog)
         # The name pyiceberg knows the catalog by: its SQL catalog keys tables by it, and its environment
         # variables (PYICEBERG_CATALOG__<NAME>__*) carry the credentials. pyiceberg's default is "default".
@@ -87,6 +88,7 @@ class IcebergTableFormat:
 
     def snapshot(self) -> IcebergSnapshot:
         table = self._load()
+        self._check_location(table)
         files: dict[str, DataFile] = {}
         found: dict[str | None, list[str]] = {}
         for data_file in table.live_files():
@@ -117,6 +119,16 @@ class IcebergTableFormat:
             values[partition_field.name] = human
         return partition_key([f.name for f in spec.fields], values)
 
+    def _check_location(self, table: IcebergTable) -> None:
+        """The declared `path:` is the table's location in the lake: summary files, temporary files of dead
+        runs and the dataset's messages are found under it."""
+        actual = self._rel(table.table.location().rstrip("/") + "/")[:-1] or "."
+        if actual != self.location:
+            raise InputError(
+                f"{self.dataset}: iceberg table {self.identifier} is at {self.store.display(actual)}, not at the "
+                f"declared path {self.location!r}; declare `path: {actual}` for it in the catalog"
+            )
+
     def _rel(self, location: str) -> str:
         """A table location as a path relative to the lake; InputError when the file is outside the lake."""
         path = _without_scheme(location)
@@ -146,7 +158,11 @@ class IcebergTableFormat:
                 table = self._load()
                 table.prepare_protection(sorted(key[0]), key[1])
                 self._prepared[key] = table
-        return with_field_ids(schema, table.table.schema(), f"{self.dataset} (iceberg table {self.identifier})")
+        # Iceberg has no dictionary type, and pyiceberg 0.12 reads a column an `ARROW:schema` declares dictionary
+        # as such, which it cannot concatenate with another file's binary: the file declares the plain type (its
+        # pages stay dictionary-encoded).
+        plain = pa.schema([f.with_type(_plain(f.type)) for f in schema], metadata=schema.metadata)
+        return with_field_ids(plain, table.table.schema(), f"{self.dataset} (iceberg table {self.identifier})")
 
     def prepare_columns(self, fields: Sequence[pa.Field], protected_columns: Sequence[str]) -> None:
         """A no-op once `file_schema` prepared the table (the usual case: the field ids are needed first)."""
@@ -206,6 +222,10 @@ def _snapshot(snapshot: TableSnapshot) -> IcebergSnapshot:
     if not isinstance(snapshot, IcebergSnapshot):
         raise TypeError(f"an Iceberg table is committed from its own snapshot, not {type(snapshot).__name__}")
     return snapshot
+
+
+def _plain(kind: pa.DataType) -> pa.DataType:
+    return kind.value_type if pa.types.is_dictionary(kind) else kind
 
 
 def _without_scheme(location: str) -> str:

@@ -42,7 +42,7 @@ def build_assets(workspace: WorkspaceConfig | WorkspaceScope) -> DatasetAssets:
     """The assets of one workspace's declared datasets."""
     scope = workspace if isinstance(workspace, WorkspaceScope) else WorkspaceScope.of(workspace)
     datasets = scope.datasets
-    groups = partition_groups(datasets)
+    groups = partition_groups(datasets, scope.name)
 
     def each(factory: Callable[[WorkspaceScope, DatasetLayout, dg.PartitionsDefinition | None], T]) -> dict[str, T]:
         return {name: factory(scope, layout, partitions_of(groups, name)) for name, layout in datasets.items()}

@@ -3,6 +3,9 @@
 Partition keys are the core's canonical keys (fieldcrypt.policy.layout): daily `2026-11-28`,
 hourly `2026-11-28T13`, monthly `2026-11`. Datasets declared with the same partitioning
 share one PartitionsDefinition, so one job (and one backfill) covers all of them.
+A Delta or Iceberg table (`kind: delta` / `kind: iceberg`) has the partitions of its own log
+(`date=2026-11-28`): a DynamicPartitionsDefinition of its own, `<workspace>__<dataset>_table_partitions`,
+filled from the table by the workspace's `sync_table_partitions` sensor (pipelines/observation.py).
 With no end, the newest partition is the last complete one (UTC): a day's snapshot is
 complete once the day is over, and Dagster has no partition keys after now. A declared end
 after now includes the period in progress (today's partition), up to that end.
@@ -20,6 +23,7 @@ import dagster as dg
 from fieldcrypt.policy.layout import KEY_FORMATS, DatasetLayout
 
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)  # when the catalog declares no start
+TABLE = "table"  # the granularity of a table's group: its partitions are the table's own
 _DEFINITIONS = {
     "daily": dg.DailyPartitionsDefinition,
     "hourly": dg.HourlyPartitionsDefinition,
@@ -59,10 +63,20 @@ def _definition(granularity: str, start: datetime | None, end: datetime | None) 
     return definition
 
 
-def partition_groups(datasets: Mapping[str, DatasetLayout]) -> list[PartitionGroup]:
-    """The catalog's datasets grouped by partitioning, in a stable order."""
+def table_partitions_name(workspace: str, dataset: str) -> str:
+    """The dynamic partitions of a Delta or Iceberg dataset's table partitions."""
+    return f"{workspace}__{dataset}_table_partitions"
+
+
+def partition_groups(datasets: Mapping[str, DatasetLayout], workspace: str = "") -> list[PartitionGroup]:
+    """The catalog's datasets grouped by partitioning, in a stable order; each table dataset a group of its own."""
     by_signature: dict[tuple[str, datetime | None, datetime | None], list[str]] = {}
+    tables: list[PartitionGroup] = []
     for name in sorted(datasets):
+        if datasets[name].source is not None:
+            definition = dg.DynamicPartitionsDefinition(name=table_partitions_name(workspace, name))
+            tables.append(PartitionGroup(f"_{name}", TABLE, definition, [name]))
+            continue
         by_signature.setdefault(_signature(datasets[name]), []).append(name)
     groups = []
     single = len(by_signature) == 1
@@ -72,7 +86,7 @@ def partition_groups(datasets: Mapping[str, DatasetLayout]) -> list[PartitionGro
         if not single and sum(s[0] == granularity for s in by_signature) > 1 and start is not None:
             suffix += f"_{start:%Y%m%d%H}"
         groups.append(PartitionGroup(suffix, granularity, _definition(*signature), names))
-    return groups
+    return groups + tables
 
 
 def partitions_of(groups: list[PartitionGroup], dataset: str) -> dg.PartitionsDefinition | None:

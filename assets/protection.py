@@ -32,6 +32,8 @@ from fieldcrypt.policy.layout import DatasetLayout, partition_label
 
 def layout_description(layout: DatasetLayout) -> str:
     """Where the dataset's files are, as the catalog declares it."""
+    if layout.source is not None:
+        return f"{layout.kind} table <lake>/{layout.path}: partitions and files from its log"
     levels = "/".join(f"{level.key}={level.format}" for level in layout.partitioning.levels)
     return f"<lake>/{layout.path}/{levels + '/' if levels else ''}*.parquet (any file names, nested folders)"
 
@@ -49,7 +51,7 @@ def landed_snapshot(
     def observe(context: dg.OpExecutionContext) -> None:
         workspace = scope.resource(context).workspace(f"dagster:{context.run.run_id}")
         for observation in observe_dataset(
-            workspace, context.instance, asset_key, dataset, partition_keys(partitions_def)
+            workspace, context.instance, asset_key, dataset, partition_keys(partitions_def, context.instance)
         ):
             context.log_event(observation)
 
@@ -79,8 +81,11 @@ def landed_snapshot(
     return definition
 
 
-def partition_keys(partitions_def: dg.PartitionsDefinition | None) -> set[str] | None:
-    return None if partitions_def is None else set(partitions_def.get_partition_keys())
+def partition_keys(partitions_def: dg.PartitionsDefinition | None, instance: dg.DagsterInstance) -> set[str] | None:
+    """The asset's partition keys (a table's dynamic partitions: as the instance holds them)."""
+    if partitions_def is None:
+        return None
+    return set(partitions_def.get_partition_keys(dynamic_partitions_store=instance))
 
 
 def protected_snapshot(

@@ -230,7 +230,7 @@ def report_partitions(
             f"{len(problems)} of {len(outcomes)} partitions of {dataset} failed (the other partitions are done): "
             + "; ".join(listed[:LISTED_PROBLEMS])
             + ("; ..." if len(listed) > LISTED_PROBLEMS else "")
-            + ". Re-run them: a backfill of the asset with \"missing and failed\" selects exactly these."
+            + '. Re-run them: a backfill of the asset with "missing and failed" selects exactly these.'
         )
     raise dg.Failure(
         description=description,

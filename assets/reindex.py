@@ -26,6 +26,7 @@ def reindexed_index(
     scope: WorkspaceScope, layout: DatasetLayout, partitions_def: dg.PartitionsDefinition | None
 ) -> dg.AssetsDefinition:
     dataset = layout.name
+
     @ranged_asset(
         scope,
         partitions_def,

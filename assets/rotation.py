@@ -228,4 +228,3 @@ def _no_old_wrapped_keys(workspace: Workspace, dataset: str, partition: str | No
             "old_master_keys": dg.MetadataValue.json(old),
         },
     )
-

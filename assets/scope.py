@@ -75,4 +75,3 @@ class WorkspaceScope:
         """The workspace's resource from an asset, op, schedule or sensor context that requires it."""
         resource: FieldcryptResource = getattr(context.resources, self.resource_key)
         return resource
-

@@ -140,8 +140,10 @@ def encrypt_history_job(scope: WorkspaceScope) -> dg.JobDefinition:
                 allow_retries=False,
             )
         try:
-            entry = scope.resource(context).workspace(actor=f"dagster:{context.run.run_id}").encrypt_history(
-                attribute, acknowledge_irreversible=True
+            entry = (
+                scope.resource(context)
+                .workspace(actor=f"dagster:{context.run.run_id}")
+                .encrypt_history(attribute, acknowledge_irreversible=True)
             )
         except FieldcryptError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc

@@ -8,6 +8,10 @@ moved then shows as stale ("unsynced") in the UI.
 
 `<workspace>__protect_when_landed_changes` (stopped by default: starting protection runs is the
 operator's choice) requests protection of those partitions (assets/landed.py `landed_changed_condition`).
+
+`<workspace>__sync_table_partitions` (running by default; only in a workspace with a Delta or Iceberg
+dataset) adds each table's partitions, read from its log, to the table's dynamic partitions
+(assets/partitions.py), so new partitions of the table can be protected, rotated and re-indexed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import dagster as dg
 
 from assets import DatasetAssets
 from assets.landed import observe_dataset
+from assets.partitions import TABLE
 from assets.protection import partition_keys
 
 OBSERVE_INTERVAL_SECONDS = 300
@@ -47,7 +52,7 @@ def landed_observation_sensor(assets: DatasetAssets) -> dg.SensorDefinition:
                 context.instance,
                 definition.key,
                 dataset,
-                partition_keys(definition.partitions_def),
+                partition_keys(definition.partitions_def, context.instance),
                 budget=OBSERVATIONS_PER_TICK - len(observations),
             )
         # Recorded by the daemon, not in this evaluation (a tick of the code server times out after 60 s).
@@ -72,5 +77,44 @@ def protect_when_landed_changes(assets: DatasetAssets) -> dg.AutomationCondition
     )
 
 
+def table_partitions_sensor(assets: DatasetAssets) -> dg.SensorDefinition | None:
+    """Adds the partitions a Delta or Iceberg table's log holds to its dynamic partitions; None without tables."""
+    scope = assets.scope
+    tables = {
+        group.datasets[0]: group.partitions_def
+        for group in assets.groups
+        if group.granularity == TABLE and isinstance(group.partitions_def, dg.DynamicPartitionsDefinition)
+    }
+    if not tables:
+        return None
+
+    @dg.sensor(
+        name=scope.job_name("sync_table_partitions"),
+        minimum_interval_seconds=OBSERVE_INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        required_resource_keys={scope.resource_key},
+        description=(
+            f"Adds the partitions of workspace {scope.name}'s Delta and Iceberg tables, read from each table's log, "
+            "to their dynamic partitions. Starts no run."
+        ),
+    )
+    def sync_table_partitions(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        workspace = scope.resource(context).workspace("dagster:sensor")
+        requests = []
+        for dataset, definition in tables.items():
+            assert definition.name is not None  # a table's definition is named (assets/partitions.py)
+            known = set(context.instance.get_dynamic_partitions(definition.name))
+            new = [p for p in workspace.partitions(dataset) if p is not None and p not in known]
+            if new:
+                requests.append(definition.build_add_request(new))
+        if not requests:
+            return dg.SkipReason("every table partition is known")
+        return dg.SensorResult(dynamic_partitions_requests=requests)
+
+    return sync_table_partitions
+
+
 def build_observation_definitions(assets: DatasetAssets) -> dg.Definitions:
-    return dg.Definitions(sensors=[landed_observation_sensor(assets), protect_when_landed_changes(assets)])
+    tables = table_partitions_sensor(assets)
+    sensors = [landed_observation_sensor(assets), protect_when_landed_changes(assets)]
+    return dg.Definitions(sensors=[*sensors, *([tables] if tables is not None else [])])

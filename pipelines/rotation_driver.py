@@ -130,8 +130,10 @@ def key_rotation_driver_sensor(
             dataset, _, key = entry.partition("/")
             partition = key or None
             partitions_def = partitions_of.get(dataset)
-            in_range = partition is None if partitions_def is None else (
-                partition is not None and partitions_def.has_partition_key(partition)
+            in_range = (
+                partition is None
+                if partitions_def is None
+                else (partition is not None and partitions_def.has_partition_key(partition))
             )
             if dataset in job_of and in_range:
                 wanted.setdefault(job_of[dataset].name, {}).setdefault(dataset, []).append(partition)
@@ -152,7 +154,11 @@ def key_rotation_driver_sensor(
             partitioned = {dataset: [key for key in keys if key is not None] for dataset, keys in by_dataset.items()}
             ranges.extend(
                 (job_name, found)
-                for found in partition_ranges(partitioned, partitions_def.get_partition_keys(), range_size[job_name])
+                for found in partition_ranges(
+                    partitioned,
+                    partitions_def.get_partition_keys(dynamic_partitions_store=context.instance),
+                    range_size[job_name],
+                )
             )
         earlier = earlier_range_runs(context.instance, scope, campaign.campaign_id) if ranges else {}
         requests: list[dg.RunRequest] = []
@@ -171,7 +177,7 @@ def key_rotation_driver_sensor(
                 f"rotation {campaign.campaign_id}: {len(given_up)} partition ranges still hold old wrapped keys after "
                 f"{max_attempts} runs each ({DRIVER_MAX_ATTEMPTS_ENV}); the driver requests them no more. Fix the "
                 "cause named in the last run's failure, then re-execute that run or backfill the rotation assets "
-                f"with \"missing and failed\": {'; '.join(given_up[:20])}"
+                f'with "missing and failed": {"; ".join(given_up[:20])}'
             )
         if not requests:
             if shown:
@@ -380,5 +386,3 @@ def read_driver_cursor(cursor: str | None, campaign_id: str) -> dict[str, str]:
     if not isinstance(clean, dict):
         return {}
     return {str(label): str(fingerprint) for label, fingerprint in clean.items()}
-
-

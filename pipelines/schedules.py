@@ -19,7 +19,7 @@ def build_schedule_definitions(
 ) -> dg.Definitions:
     schedules = []
     for group, job in zip(groups, protect_jobs, strict=True):
-        if group.partitions_def is None:
+        if group.partitions_def is None or group.granularity not in _TIMING:  # unpartitioned, or a table's own
             continue
         schedules.append(
             dg.build_schedule_from_partitioned_job(

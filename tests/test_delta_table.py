@@ -311,3 +311,45 @@ def test_the_catalog_declares_delta_by_uri_and_iceberg_with_paths_resolved_again
         "uri": f"sqlite:///{tmp_path / 'iceberg' / 'catalog.db'}",
         "warehouse": f"file://{lake}",
     }
+
+
+def test_an_unpartitioned_delta_table_is_one_partition(tmp_path: Path, keystore_path: Path) -> None:
+    lake = tmp_path / "lake"
+    write_deltalake(str(lake / TABLE), users(0, 50, DAYS))
+    catalog = write_catalog(
+        tmp_path / "fieldcrypt.yaml", "acme", str(lake), {"provider": "local", "keystore": str(keystore_path)}, DATASETS
+    )
+    workspace = Workspace(Catalog.load(catalog, environ={}).workspace_config(), actor="test")
+    before = read(lake)
+    assert workspace.partitions("users_delta") == [None]
+    workspace.enable("users_delta.email", "email", acknowledge_irreversible=True)
+    workspace.encrypt_history("users_delta.email", acknowledge_irreversible=True)
+
+    assert workspace.protect("users_delta", None).newly_encrypted == 50
+
+    after = assert_reads_back(lake, before)
+    assert not set(emails(after)) & set(emails(before))
+    assert workspace.verify("users_delta", None) == {"users_delta.email": 50}
+    with pytest.raises(InputError, match="is not a delta table partition"):
+        workspace.protect("users_delta", "2026-11-01")
+
+
+def test_a_vacuum_that_deleted_the_new_files_before_the_commit_is_refused_by_name(
+    workspace: Workspace, lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace.enable("users_delta.email", "email", acknowledge_irreversible=True)
+    workspace.encrypt_history("users_delta.email", acknowledge_irreversible=True)
+    before = read(lake)
+    _between_plan_and_commit(
+        monkeypatch,
+        lambda: DeltaTable(str(lake / TABLE)).vacuum(
+            retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True
+        ),
+    )
+
+    with pytest.raises(ConcurrentUpdateError, match="written and verified by this run, is gone before its commit"):
+        workspace.protect("users_delta", "date=2026-11-01")
+
+    assert read(lake).select(before.column_names).equals(before)  # only the new (null) columns were added
+    monkeypatch.undo()
+    assert workspace.protect("users_delta", "date=2026-11-01").newly_encrypted == 100

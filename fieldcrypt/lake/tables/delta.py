@@ -171,6 +171,13 @@ class DeltaTableFormat:
                 f"writer while fieldcrypt {operation.operation} ran (version {planned.version()} -> "
                 f"{current.version()}); nothing was committed, run again"
             )
+        lost = [r.new for r in replacements if not self.store.exists(r.new)]
+        if lost:  # a VACUUM with a retention shorter than this run deleted a file not in the log yet
+            raise ConcurrentUpdateError(
+                f"{self.describe()}: {self.store.display(lost[0])}, written and verified by this run, is gone before "
+                "its commit (a VACUUM / purge-history with a shorter retention than this run?); nothing was "
+                "committed, run again"
+            )
         now = int(time.time() * 1000)
         actions: list[AddAction | RemoveAction] = []
         for item in replacements:

@@ -263,6 +263,15 @@ def test_prepare_adds_binary_columns_with_new_field_ids_and_metrics_that_keep_no
     assert users.prepare_protection(PROTECTION_COLUMNS, ["email"]) is False  # already so: no commit
 
 
+def test_two_processes_preparing_at_once_add_the_columns_once(
+    users: IcebergTable, catalog: IcebergCatalogConfig
+) -> None:
+    other = IcebergTable(load_table(catalog, "shop.users"), "users")  # read before the first prepare commits
+    assert users.prepare_protection(PROTECTION_COLUMNS, ["email"]) is True
+    assert other.prepare_protection(PROTECTION_COLUMNS, ["email"]) is False  # its commit failed, read again
+    assert [f.name for f in other.table.schema().fields][5:] == PROTECTION_COLUMNS
+
+
 def test_append_after_prepare_records_no_email_bounds(users: IcebergTable) -> None:
     users.prepare_protection(PROTECTION_COLUMNS, ["email"])
     users.table.append(

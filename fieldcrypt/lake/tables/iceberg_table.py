@@ -241,25 +241,55 @@ class IcebergTable:
 
     # -- preparing protection ------------------------------------------------------------------------
 
-    def prepare_protection(self, protection_columns: Sequence[str], attribute_columns: Sequence[str]) -> bool:
+    def prepare_protection(
+        self, protection_columns: Sequence[str], attribute_columns: Sequence[str], *, attempts: int = COMMIT_ATTEMPTS
+    ) -> bool:
         """Add the missing `__fc_*` columns (optional binary, field ids assigned by pyiceberg) and set the
         metrics of protection and attribute columns (module docstring), in one commit; False when already so.
 
-        `attribute_columns`: the protected attributes' column names (a struct field dotted: `properties.email`).
-        A table partitioned by a protected attribute is refused: its partition values are the plaintext.
+        `attribute_columns`: the protected attributes' column names (a struct column's fields get the property
+        each). A table partitioned by a protected attribute is refused: its partition values are the plaintext.
+        Another process preparing the same table at once (parallel partitions) makes the commit fail; it is
+        read again and retried, and finds the columns there.
         """
         self.check_writable()
-        schema = self.table.schema()
+        for _ in range(attempts):
+            schema = self.table.schema()
+            missing = self._missing(schema, protection_columns, attribute_columns)
+            wanted = {METRICS_PROPERTY_PREFIX + c: PROTECTION_COLUMN_METRICS for c in protection_columns}
+            wanted |= {
+                METRICS_PROPERTY_PREFIX + c: ATTRIBUTE_COLUMN_METRICS for c in _leaves(schema, attribute_columns)
+            }
+            changed = {k: v for k, v in wanted.items() if self.table.properties.get(k) != v}
+            if not missing and not changed:
+                return False
+            try:
+                with self.table.transaction() as transaction:
+                    if missing:
+                        with transaction.update_schema() as update:
+                            for column in missing:
+                                update.add_column(column, BinaryType(), doc="fieldcrypt protection column")
+                    if changed:
+                        transaction.set_properties(changed)
+            except CommitFailedException:
+                self.table.refresh()
+                continue
+            return True
+        raise ConcurrentUpdateError(
+            f"{self.dataset}: iceberg table {self.name} kept changing while its protection columns were added "
+            f"({attempts} attempts); run again"
+        )
+
+    def _missing(
+        self, schema: Schema, protection_columns: Sequence[str], attribute_columns: Sequence[str]
+    ) -> list[str]:
+        """The protection columns the schema lacks; InputError for what cannot be protected."""
         where = f"{self.dataset}: iceberg table {self.name}"
         for column in attribute_columns:
             found = schema.find_field(column, case_sensitive=True) if _has_field(schema, column) else None
             if found is None:
                 raise InputError(f"{where} has no column {column}")
-            below = (
-                {found.field_id} | set(index_by_id(found.field_type))
-                if not found.field_type.is_primitive
-                else {found.field_id}
-            )
+            below = {found.field_id} | (set() if found.field_type.is_primitive else set(index_by_id(found.field_type)))
             for spec in self.table.specs().values():
                 for partition_field in spec.fields:
                     if partition_field.source_id in below:
@@ -276,19 +306,7 @@ class IcebergTable:
                     f"{where}: column {column} is {schema.find_field(column).field_type}, expected binary "
                     "(fieldcrypt's ciphertext, wrapped-key and blind-index columns)"
                 )
-        wanted = {METRICS_PROPERTY_PREFIX + c: PROTECTION_COLUMN_METRICS for c in protection_columns}
-        wanted |= {METRICS_PROPERTY_PREFIX + c: ATTRIBUTE_COLUMN_METRICS for c in _leaves(schema, attribute_columns)}
-        changed = {k: v for k, v in wanted.items() if self.table.properties.get(k) != v}
-        if not missing and not changed:
-            return False
-        with self.table.transaction() as transaction:
-            if missing:
-                with transaction.update_schema() as update:
-                    for column in missing:
-                        update.add_column(column, BinaryType(), doc="fieldcrypt protection column (docs/FORMAT.md)")
-            if changed:
-                transaction.set_properties(changed)
-        return True
+        return missing
 
     # -- committing replacements ---------------------------------------------------------------------
 

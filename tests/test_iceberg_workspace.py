@@ -324,3 +324,32 @@ def test_a_path_that_is_not_the_tables_location_is_refused_naming_the_right_one(
     workspace = Workspace(Catalog.load(catalog, environ={}).workspace_config(), actor="test")
     with pytest.raises(InputError, match="not at the declared path 'users'; declare `path: warehouse/shop/users`"):
         workspace.partitions("users_ice")
+
+
+def test_an_unpartitioned_iceberg_table_is_one_partition(
+    tmp_path: Path, lake: Path, keystore_path: Path, catalog_properties: dict[str, str]
+) -> None:
+    catalog = SqlCatalog("default", **catalog_properties)
+    catalog.create_namespace("shop")
+    flat = catalog.create_table("shop.flat", schema=SCHEMA)
+    flat.append(users(0, 30, DAYS))
+    datasets = {
+        "flat": {
+            "kind": "iceberg",
+            "table": "shop.flat",
+            "path": "warehouse/shop/flat",
+            "iceberg_catalog": catalog_properties,
+            "ingested_at": "ingested_at",
+            "primary_key": "user_id",
+        }
+    }
+    config = write_catalog(
+        tmp_path / "flat.yaml", "acme", str(lake), {"provider": "local", "keystore": str(keystore_path)}, datasets
+    )
+    workspace = Workspace(Catalog.load(config, environ={}).workspace_config(), actor="test")
+    assert workspace.partitions("flat") == [None]
+    workspace.enable("flat.email", "email", acknowledge_irreversible=True)
+    workspace.encrypt_history("flat.email", acknowledge_irreversible=True)
+    assert workspace.protect("flat", None).newly_encrypted == 30
+    assert set(read(flat).column("email").to_pylist()) == {"****@example.com"}
+    assert sum(workspace.verify("flat", None).values()) == 30

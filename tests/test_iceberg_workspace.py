@@ -353,3 +353,14 @@ def test_an_unpartitioned_iceberg_table_is_one_partition(
     assert workspace.protect("flat", None).newly_encrypted == 30
     assert set(read(flat).column("email").to_pylist()) == {"****@example.com"}
     assert sum(workspace.verify("flat", None).values()) == 30
+
+
+def test_a_dead_runs_temporary_file_beside_an_iceberg_data_file_is_swept(workspace: Workspace, table: Table) -> None:
+    data_file = next(task.file for task in table.scan().plan_files() if "2026-11-01" in task.file.file_path)
+    folder = Path(data_file.file_path.removeprefix("file://")).parent
+    dead = folder / f".{Path(data_file.file_path).name}.fieldcrypt-tmp-dead"  # a killed run's plaintext copy
+    dead.write_bytes(b"plaintext copy")
+    os.utime(dead, (0, 0))
+    files, left = workspace.swept_files("users_ice", PARTITIONS[0])
+    assert not dead.exists() and left == 0
+    assert len(files) == 1

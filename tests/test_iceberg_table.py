@@ -25,6 +25,7 @@ from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadataUtil
+from pyiceberg.table.update.snapshot import ExpireSnapshots
 from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform, MonthTransform
 from pyiceberg.types import DateType, DoubleType, LongType, NestedField, StringType, TimestampType
 
@@ -438,6 +439,35 @@ def test_purge_history_leaves_no_protected_plaintext_under_the_table(users: Iceb
     assert untouched(table.scan().to_arrow()).equals(untouched(before))
     for path in report.data_files + report.manifests + report.manifest_lists + report.metadata_files:
         assert not os.path.exists(local_path(path))
+
+
+def test_purge_killed_before_its_expire_commit_is_finished_by_the_next(
+    users: IcebergTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = users.table.scan().to_arrow()
+    plaintexts = bound_prefixes(emails(before))
+    location = Path(local_path(users.table.location()))
+    users.prepare_protection(PROTECTION_COLUMNS, ["email"])
+    protect_partitions(users, users.partitions() or [])
+
+    def killed(self: ExpireSnapshots) -> None:  # a process killed right before its commit (no server does that)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ExpireSnapshots, "commit", killed)
+        with pytest.raises(KeyboardInterrupt):
+            users.purge_history(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+    # The two appends, the overwrite and the purge's own metadata-only snapshot: nothing expired, but the files
+    # only the old ones named are gone already.
+    assert len(users.table.refresh().snapshots()) == 4
+    assert scan(location, plaintexts) == []
+    assert not users.plaintext_history(["email"]).holds_plaintext
+    assert untouched(users.table.scan().to_arrow()).equals(untouched(before))
+
+    report = users.purge_history(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+    assert len(report.expired_snapshots) == 3
+    assert len(users.table.refresh().snapshots()) == 1
+    assert untouched(users.table.scan().to_arrow()).equals(untouched(before))
 
 
 def test_purge_history_keeps_what_a_tag_pins(users: IcebergTable) -> None:

@@ -23,6 +23,7 @@ removed file's entry with its metrics), which `plaintext_history` counts and `pu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -442,16 +443,24 @@ class IcebergTable:
         )
         snapshots = 0
         reachable: set[str] = set()
+        stored: dict[str, bool] = {}
+
+        def on_disk(location: str) -> bool:
+            if location not in stored:
+                stored[location] = _exists(table, location)
+            return stored[location]
+
         for snapshot in table.snapshots():
             if snapshot.snapshot_id == current.snapshot_id:
                 continue
             holds = False
-            for manifest in snapshot.manifests(table.io):
+            for manifest in _manifests(table, snapshot, missing_ok=True):  # an interrupted purge's leftovers
                 replaced = {
                     e.data_file.file_path
                     for e in _live(table, manifest, cache)
                     if e.data_file.file_path not in live_now and not _written_by_fieldcrypt(e.data_file.file_path)
                 }
+                replaced = {path for path in replaced if on_disk(path)}  # an interrupted purge deleted the others
                 reachable |= replaced
                 bounds = manifest.manifest_path not in current_manifests and any(
                     _has_bounds(e.data_file, protected_ids) for e in _entries(table, manifest, cache)
@@ -460,7 +469,7 @@ class IcebergTable:
             snapshots += int(holds)
         return PlaintextHistory(snapshots, len(reachable), current_holding)
 
-    def purge_history(self, older_than: datetime) -> PurgeReport:
+    def purge_history(self, older_than: datetime, *, attempts: int = COMMIT_ATTEMPTS) -> PurgeReport:
         """Expire the snapshots older than `older_than` (never the current one, nor a tag's or branch's head) and
         delete the files only they referenced: data and delete files, manifests, manifest lists, and the previous
         metadata files the metadata log dates before `older_than`.
@@ -468,8 +477,11 @@ class IcebergTable:
         First, when the current snapshot's manifests still carry removed files' entries (the DELETED entries
         of an overwrite, with their metrics), one metadata-only snapshot is committed that lists the live
         manifests only (pyiceberg's fast append, no file added), so those manifests can go with the old
-        snapshots. Files no snapshot ever referenced (orphans of a crashed writer) are left alone: they may
-        belong to a commit in flight.
+        snapshots. The files are deleted before the snapshots are expired (data files, then manifests, then
+        manifest lists): a purge interrupted anywhere leaves snapshots that still name what is left, which
+        `plaintext_history` counts and the next purge deletes, never a plaintext file no snapshot names.
+        Files no snapshot ever referenced (orphans of a crashed writer) are left alone: they may belong to a
+        commit in flight.
         """
         report = PurgeReport()
         table = self.table.refresh()
@@ -485,24 +497,36 @@ class IcebergTable:
             ):
                 report.compacted_snapshot = append.snapshot_id
             table = self.table.refresh()
-        before = _referenced_files(table, table.snapshots())
         cutoff_ms = int(older_than.timestamp() * 1000)
-        refs = {name: ref.snapshot_id for name, ref in table.metadata.refs.items()}
-        old = {s.snapshot_id for s in table.snapshots() if s.timestamp_ms < cutoff_ms}
-        to_expire = sorted(old - set(refs.values()))
-        current_id = table.metadata.current_snapshot_id
-        report.kept_by_refs = sorted(
-            n for n, snapshot_id in refs.items() if snapshot_id in old and snapshot_id != current_id
-        )
-        if to_expire:
-            table.maintenance.expire_snapshots().by_ids(to_expire).commit()
+        for _ in range(attempts):
+            refs = {name: ref.snapshot_id for name, ref in table.metadata.refs.items()}
+            old = {s.snapshot_id for s in table.snapshots() if s.timestamp_ms < cutoff_ms}
+            to_expire = sorted(old - set(refs.values()))
+            current_id = table.metadata.current_snapshot_id
+            report.kept_by_refs = sorted(n for n, i in refs.items() if i in old and i != current_id)
+            if not to_expire:
+                break
+            kept = [s for s in table.snapshots() if s.snapshot_id not in set(to_expire)]
+            doomed = _referenced_files(table, [s for s in table.snapshots() if s.snapshot_id in set(to_expire)], True)
+            needed = _referenced_files(table, kept)
+            for kind in ("data_files", "manifests", "manifest_lists"):
+                for path in sorted(doomed[kind] - needed[kind]):
+                    with contextlib.suppress(FileNotFoundError):  # an interrupted purge deleted it already
+                        table.io.delete(path)
+                    getattr(report, kind).append(path)
+            try:
+                table.maintenance.expire_snapshots().by_ids(to_expire).commit()
+            except CommitFailedException:
+                table = self.table.refresh()  # another commit landed: what to expire is decided again
+                continue
             report.expired_snapshots = to_expire
+            break
+        else:
+            raise ConcurrentUpdateError(
+                f"{self.dataset}: iceberg table {self.name} kept changing while its snapshots were expired "
+                f"({attempts} attempts); run purge-history again"
+            )
         table = self.table.refresh()
-        after = _referenced_files(table, table.snapshots())
-        for kind, paths in before.items():
-            for path in sorted(paths - after[kind]):
-                table.io.delete(path)
-                getattr(report, kind).append(path)
         for entry in table.metadata.metadata_log:
             if entry.timestamp_ms < cutoff_ms and _exists(table, entry.metadata_file):
                 table.io.delete(entry.metadata_file)
@@ -605,7 +629,10 @@ def _has_bounds(data_file: DataFile, field_ids: set[int]) -> bool:
 
 def _entries(table: Table, manifest: ManifestFile, cache: dict[str, list[ManifestEntry]]) -> list[ManifestEntry]:
     if manifest.manifest_path not in cache:
-        cache[manifest.manifest_path] = manifest.fetch_manifest_entry(table.io, discard_deleted=False)
+        try:
+            cache[manifest.manifest_path] = manifest.fetch_manifest_entry(table.io, discard_deleted=False)
+        except FileNotFoundError:  # deleted by an interrupted purge (after the data files it listed)
+            cache[manifest.manifest_path] = []
     return cache[manifest.manifest_path]
 
 
@@ -625,20 +652,35 @@ def _has_deleted(table: Table, manifest: ManifestFile) -> bool:
     )
 
 
-def _referenced_files(table: Table, snapshots: Iterable[Snapshot]) -> dict[str, set[str]]:
-    """Every file the snapshots reference, by kind: manifest lists, manifests, live data and delete files."""
+def _referenced_files(table: Table, snapshots: Iterable[Snapshot], missing_ok: bool = False) -> dict[str, set[str]]:
+    """Every file the snapshots reference, by kind: manifest lists, manifests, live data and delete files.
+    `missing_ok`: a manifest list or manifest an interrupted purge already deleted is skipped."""
     found: dict[str, set[str]] = {"manifest_lists": set(), "manifests": set(), "data_files": set()}
     seen: set[str] = set()
     for snapshot in snapshots:
         found["manifest_lists"].add(snapshot.manifest_list)
-        for manifest in snapshot.manifests(table.io):
+        for manifest in _manifests(table, snapshot, missing_ok):
             found["manifests"].add(manifest.manifest_path)
             if manifest.manifest_path in seen:
                 continue
             seen.add(manifest.manifest_path)
-            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
-                found["data_files"].add(entry.data_file.file_path)
+            try:
+                entries = manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+            except FileNotFoundError:
+                if not missing_ok:
+                    raise
+                continue
+            found["data_files"] |= {entry.data_file.file_path for entry in entries}
     return found
+
+
+def _manifests(table: Table, snapshot: Snapshot, missing_ok: bool) -> list[ManifestFile]:
+    try:
+        return list(snapshot.manifests(table.io))
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+        return []
 
 
 def _exists(table: Table, location: str) -> bool:

@@ -6,7 +6,6 @@ from fieldcrypt.errors import InputError
 from fieldcrypt.lake.store import LakeStore
 from fieldcrypt.lake.tables.base import DELTA_KIND, ICEBERG_KIND, TableFormat, TableSource
 from fieldcrypt.lake.tables.delta import DeltaTableFormat
-from fieldcrypt.lake.tables.iceberg import IcebergTableFormat
 
 
 def open_table(store: LakeStore, source: TableSource, dataset: str) -> TableFormat:
@@ -14,5 +13,8 @@ def open_table(store: LakeStore, source: TableSource, dataset: str) -> TableForm
     if source.kind == DELTA_KIND:
         return DeltaTableFormat(store, source.location, dataset)
     if source.kind == ICEBERG_KIND:
+        # pyiceberg takes ~0.3 s to import: only a workspace with an Iceberg table pays it.
+        from fieldcrypt.lake.tables.iceberg import IcebergTableFormat
+
         return IcebergTableFormat(store, source, dataset)
     raise InputError(f"{dataset}: table kind {source.kind!r} is not one of {DELTA_KIND}, {ICEBERG_KIND}")

@@ -151,7 +151,12 @@ def test_identity_month_and_hour_partitions_render_as_key_value_paths(catalog: I
     schema = Schema(
         NestedField(1, "region", StringType(), required=False), NestedField(2, "at", TimestampType(), required=False)
     )
-    data = pa.table({"region": ["eu", "us"], "at": [dt.datetime(2026, 11, 3, 13, 5), dt.datetime(2026, 12, 1, 0, 1)]})
+    data = pa.table(
+        {
+            "region": ["eu", "us", None],
+            "at": [dt.datetime(2026, 11, 3, 13, 5), dt.datetime(2026, 12, 1, 0, 1), dt.datetime(2026, 12, 1, 0, 2)],
+        }
+    )
     by_month = PartitionSpec(
         PartitionField(1, 1000, IdentityTransform(), "region"), PartitionField(2, 1001, MonthTransform(), "at_month")
     )
@@ -159,6 +164,7 @@ def test_identity_month_and_hour_partitions_render_as_key_value_paths(catalog: I
     for name, spec in (("monthly", by_month), ("hourly", by_hour)):
         catalog.load().create_table(f"shop.{name}", schema=schema, partition_spec=spec).append(data)
     assert IcebergTable(load_table(catalog, "shop.monthly"), "m").partitions() == [
+        "region=__HIVE_DEFAULT_PARTITION__/at_month=2026-12",
         "region=eu/at_month=2026-11",
         "region=us/at_month=2026-12",
     ]

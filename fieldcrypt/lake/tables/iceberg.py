@@ -33,7 +33,6 @@ from fieldcrypt.lake.tables.base import (
     TableSnapshot,
     TableSource,
     is_protection_column,
-    partition_key,
 )
 from fieldcrypt.lake.tables.iceberg_table import (
     IcebergCatalogConfig,
@@ -94,7 +93,7 @@ class IcebergTableFormat:
         for data_file in table.live_files():
             rel = self._rel(data_file.file_path)
             files[rel] = data_file
-            found.setdefault(self._partition(table, data_file), []).append(rel)
+            found.setdefault(table.partition_of(data_file), []).append(rel)
         partitions = {key: sorted(found[key]) for key in sorted(found, key=lambda k: k or "")}
         return IcebergSnapshot(table, files, partitions)
 
@@ -103,21 +102,6 @@ class IcebergTableFormat:
 
     def check_writable(self, snapshot: TableSnapshot) -> None:
         _snapshot(snapshot).table.check_writable()
-
-    @staticmethod
-    def _partition(table: IcebergTable, data_file: DataFile) -> str | None:
-        """The file's partition key, `field=value/...` with the transform's human value (`event_date_day=
-        2026-11-24`, `at_hour=2026-11-24-13`, `region=eu`), None on an unpartitioned table."""
-        spec = table.table.specs()[data_file.spec_id]
-        if spec.is_unpartitioned():
-            return None
-        types = spec.partition_type(table.table.schema()).fields
-        values: dict[str, str | None] = {}
-        for position, (partition_field, field_type) in enumerate(zip(spec.fields, types, strict=True)):
-            value = data_file.partition[position]
-            human = None if value is None else partition_field.transform.to_human_string(field_type.field_type, value)
-            values[partition_field.name] = human
-        return partition_key([f.name for f in spec.fields], values)
 
     def _check_location(self, table: IcebergTable) -> None:
         """The declared `path:` is the table's location in the lake: summary files, temporary files of dead

@@ -33,7 +33,7 @@ from datetime import datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
+from pyiceberg.exceptions import CommitFailedException, NoSuchNamespaceError, NoSuchTableError, ValidationException
 from pyiceberg.io.pyarrow import (
     compute_statistics_plan,
     data_file_statistics_from_parquet_metadata,
@@ -53,6 +53,7 @@ from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import BinaryType
 
 from fieldcrypt.errors import ConcurrentUpdateError, ConfigError, InputError
+from fieldcrypt.lake.tables.base import partition_key
 
 OPERATION_PROPERTY = "fieldcrypt.operation"  # the snapshot summary's entry naming fieldcrypt's operation
 # Every data file fieldcrypt writes into a table is named so (fieldcrypt.engine.table_commit.NEW_FILE_PREFIX).
@@ -105,7 +106,7 @@ def load_table(catalog: IcebergCatalogConfig, identifier: str) -> Table:
     """The table `identifier` (`namespace.table`) of `catalog`; an error naming it when it does not exist."""
     try:
         return catalog.load().load_table(identifier)
-    except NoSuchTableError:
+    except (NoSuchTableError, NoSuchNamespaceError):
         raise InputError(f"iceberg table {identifier} does not exist in catalog {catalog.name}") from None
 
 
@@ -120,13 +121,13 @@ class Replacement:
 
 @dataclass(frozen=True)
 class PlaintextHistory:
-    """What of the table's history still holds plaintext of protected attributes.
+    """What of the table's history still holds plaintext of protected attributes (`plaintext_history`).
 
-    `snapshots`: older snapshots (not the current one) that list, as live files, data files a
-    plaintext-removing fieldcrypt snapshot replaced, or manifests carrying those files' metrics of a
-    protected column; `data_files`: such replaced files still reachable; `current_manifests`: manifests of
-    the current snapshot that still carry a replaced file's metrics of a protected column (its DELETED
-    entries)."""
+    `snapshots`: older snapshots (not the current one) that list, as live, data files the current one no
+    longer lists and fieldcrypt did not write, or manifests the current one does not list that record a
+    bound of a protected column; `data_files`: such data files still on disk; `current_manifests`:
+    manifests of the current snapshot that record a removed file's bound of a protected column (the
+    DELETED entries of an overwrite)."""
 
     snapshots: int
     data_files: int
@@ -170,16 +171,26 @@ class IcebergTable:
         return [entry.data_file for entry in entries]
 
     def partitions(self) -> list[str] | None:
-        """The table's partitions, as `field=value/...` (pyiceberg's partition paths: `event_date_day=2026-11-24`),
-        sorted; None when the table is not partitioned."""
+        """The table's partitions as `field=value/...` (fieldcrypt.lake.tables.base.partition_key), sorted; None
+        when the table is not partitioned."""
         if self.table.spec().is_unpartitioned():
             return None
-        return sorted({self.partition_of(data_file) for data_file in self.live_files()})
+        return sorted({key for data_file in self.live_files() if (key := self.partition_of(data_file)) is not None})
 
-    def partition_of(self, data_file: DataFile) -> str:
-        """A data file's partition as `field=value/...`, from the table's own partition values."""
+    def partition_of(self, data_file: DataFile) -> str | None:
+        """A data file's partition key from the table's own partition values, each as its transform prints it
+        (`event_date_day=2026-11-24`, `at_hour=2026-11-24-13`, `at_month=2026-11`, `region=eu`); None when
+        its spec is unpartitioned."""
         spec = self.table.specs()[data_file.spec_id]
-        return spec.partition_to_path(data_file.partition, self.table.schema())
+        if spec.is_unpartitioned():
+            return None
+        types = spec.partition_type(self.table.schema()).fields
+        values: dict[str, str | None] = {}
+        for position, (partition_field, result) in enumerate(zip(spec.fields, types, strict=True)):
+            value = data_file.partition[position]
+            shown = None if value is None else partition_field.transform.to_human_string(result.field_type, value)
+            values[partition_field.name] = shown
+        return partition_key([f.name for f in spec.fields], values)
 
     def data_files(self, partition: str | None) -> list[DataFile]:
         """The live data files of one partition (`None`: of an unpartitioned table), by path."""

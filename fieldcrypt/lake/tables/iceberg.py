@@ -194,8 +194,9 @@ class IcebergTableFormat:
         return History(found.snapshots, found.data_files + found.current_manifests, protected)
 
     def purge_history(self, older_than_hours: float) -> Purge:
-        """pyiceberg's expire-snapshots for the snapshots older than the retention, then the deletion of the
-        files only they referenced (IcebergTable.purge_history says exactly which)."""
+        """The files only the snapshots older than the retention reference deleted, then those snapshots expired
+        (pyiceberg's expire-snapshots), then the older metadata files (IcebergTable.purge_history says exactly
+        which); `log_files_deleted` counts manifests, manifest lists and metadata files."""
         hours = max(0.0, older_than_hours)
         report = self._load().purge_history(datetime.now(UTC) - timedelta(hours=hours))
         log_files = len(report.manifests) + len(report.manifest_lists) + len(report.metadata_files)

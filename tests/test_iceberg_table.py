@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,6 @@ from fieldcrypt.lake.tables.iceberg_table import (
     Replacement,
     check_field_ids,
     load_table,
-    local_path,
     with_field_ids,
 )
 from tests.plaintext_scan import scan
@@ -67,6 +67,15 @@ class Email:
     ciphertext_column: str = "email__fc_ct"
     wrapped_key_column: str = "email__fc_dek"
     blind_index_column: str | None = None
+
+
+def local_path(location: str) -> str:
+    return location.removeprefix("file://")
+
+
+def new_file_path(old: DataFile) -> str:
+    """A replacement's name beside the old file, as the engine names it (fieldcrypt.engine.table_commit)."""
+    return f"{old.file_path.rpartition('/')[0]}/{FIELDCRYPT_FILE_PREFIX}{uuid.uuid4()}.parquet"
 
 
 def rows(start: int, count: int) -> pa.Table:
@@ -114,7 +123,7 @@ def users(catalog: IcebergCatalogConfig) -> IcebergTable:
 def protect_file(users: IcebergTable, old: DataFile) -> Replacement:
     """What the engine does for one file: the old file's rows, the email masked, the protection columns
     filled, written by fieldcrypt's writer beside the old file with every column's field id."""
-    path = users.new_file_path(old)
+    path = new_file_path(old)
     with open(local_path(old.file_path), "rb") as handle:
         source = pq.ParquetFile(handle)
         data = source.read()
@@ -312,7 +321,7 @@ def test_fieldcrypts_writer_writes_every_columns_field_id(users: IcebergTable) -
 def test_file_without_field_ids_is_refused_by_name(users: IcebergTable) -> None:
     users.prepare_protection(PROTECTION_COLUMNS, ["email"])
     old = users.data_files("event_date_day=2026-11-20")[0]
-    path = users.new_file_path(old)
+    path = new_file_path(old)
     pq.write_table(
         pq.read_table(local_path(old.file_path))
         .replace_schema_metadata(None)

@@ -24,8 +24,6 @@ removed file's entry with its metrics), which `plaintext_history` counts and `pu
 from __future__ import annotations
 
 import contextlib
-import os
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -321,11 +319,6 @@ class IcebergTable:
         return missing
 
     # -- committing replacements ---------------------------------------------------------------------
-
-    def new_file_path(self, old: DataFile) -> str:
-        """Where the replacement of `old` is written: beside it, under a name no other file has."""
-        folder = old.file_path.rpartition("/")[0]
-        return f"{folder}/{FIELDCRYPT_FILE_PREFIX}{uuid.uuid4()}.parquet"
 
     def data_file_for(self, replacement: Replacement) -> DataFile:
         """The DataFile of a replacement's new Parquet file: its metrics computed by pyiceberg from the file's
@@ -696,8 +689,3 @@ def _manifests(table: Table, snapshot: Snapshot, missing_ok: bool) -> list[Manif
 
 def _exists(table: Table, location: str) -> bool:
     return bool(table.io.new_input(location).exists())
-
-
-def local_path(location: str) -> str:
-    """A `file://` location as a local path (tests, the demo's SQLite catalog)."""
-    return location.removeprefix("file://") if location.startswith("file://") else os.fspath(location)

@@ -26,7 +26,7 @@ from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
-from pyiceberg.types import DateType, LongType, NestedField, StringType, TimestamptzType
+from pyiceberg.types import DateType, LongType, NestedField, StringType, StructType, TimestamptzType
 
 from fieldcrypt import InputError, Workspace
 from fieldcrypt.catalog import Catalog
@@ -364,3 +364,63 @@ def test_a_dead_runs_temporary_file_beside_an_iceberg_data_file_is_swept(workspa
     files, left = workspace.swept_files("users_ice", PARTITIONS[0])
     assert not dead.exists() and left == 0
     assert len(files) == 1
+
+
+def test_a_struct_field_attribute_keeps_every_nested_field_id(
+    tmp_path: Path, lake: Path, keystore_path: Path, catalog_properties: dict[str, str]
+) -> None:
+    schema = Schema(
+        NestedField(1, "event_id", LongType(), required=False),
+        NestedField(2, "ingested_at", TimestamptzType(), required=False),
+        NestedField(
+            3,
+            "properties",
+            StructType(
+                NestedField(4, "email", StringType(), required=False),
+                NestedField(5, "plan", StringType(), required=False),
+            ),
+            required=False,
+        ),
+    )
+    catalog = SqlCatalog("default", **catalog_properties)
+    catalog.create_namespace("shop")
+    events = catalog.create_table("shop.events", schema=schema)
+    ids = list(range(40))
+    events.append(
+        pa.table(
+            {
+                "event_id": pa.array(ids, pa.int64()),
+                "ingested_at": pa.array([datetime(2026, 11, 1, tzinfo=UTC)] * 40, pa.timestamp("us", tz="UTC")),
+                "properties": [{"email": f"event{i:03d}.secret@example.com", "plan": "pro"} for i in ids],
+            }
+        )
+    )
+    datasets = {
+        "events": {
+            "kind": "iceberg",
+            "table": "shop.events",
+            "path": "warehouse/shop/events",
+            "iceberg_catalog": catalog_properties,
+            "ingested_at": "ingested_at",
+            "primary_key": "event_id",
+        }
+    }
+    config = write_catalog(
+        tmp_path / "events.yaml", "acme", str(lake), {"provider": "local", "keystore": str(keystore_path)}, datasets
+    )
+    workspace = Workspace(Catalog.load(config, environ={}).workspace_config(), actor="test")
+    workspace.enable("events.properties.email", "email", acknowledge_irreversible=True)
+    workspace.encrypt_history("events.properties.email", acknowledge_irreversible=True)
+    assert workspace.protect("events", None).newly_encrypted == 40
+
+    events.refresh()
+    assert events.properties["write.metadata.metrics.column.properties.email"] == "none"
+    read = events.scan().to_arrow().sort_by("event_id")
+    assert read.column("properties").combine_chunks().field("plan").to_pylist() == ["pro"] * 40
+    assert set(read.column("properties").combine_chunks().field("email").to_pylist()) == {"****@example.com"}
+    (task,) = list(events.scan().plan_files())
+    written = pq.read_schema(task.file.file_path.removeprefix("file://"))
+    nested = written.field("properties").type
+    assert [nested.field(i).metadata[b"PARQUET:field_id"] for i in range(nested.num_fields)] == [b"4", b"5"]
+    assert 4 not in (task.file.lower_bounds or {})
+    assert sum(workspace.verify("events", None).values()) == 40

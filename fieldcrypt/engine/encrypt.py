@@ -24,6 +24,7 @@ from fieldcrypt.format.mask import mask_values
 from fieldcrypt.format.padding import PADDED_CELL_VERSION, pad, padded_ad_prefix, with_version
 from fieldcrypt.keys.blind_index import BlindIndexKey
 from fieldcrypt.keys.cache import DataKeyCache
+from fieldcrypt.lake.parquet_io import with_binary_protection_columns
 from fieldcrypt.policy.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.policy.select import RowSelection
 
@@ -147,7 +148,9 @@ def _masks(values: pa.Array, style: str) -> tuple[pa.Array, bytes]:
 
 
 def with_protection_columns(batch: pa.RecordBatch, attribute: AttributePolicy) -> pa.RecordBatch:
-    """Add the (all-null) ciphertext, wrapped-key and blind-index columns if the batch lacks them."""
+    """Add the (all-null) ciphertext, wrapped-key and blind-index columns if the batch lacks them (and read
+    `large_binary` ones, as another writer of an Iceberg table declares them, as `binary`)."""
+    batch = with_binary_protection_columns(batch)
     for column in (attribute.ciphertext_column, attribute.blind_index_column):
         if column is not None and batch.schema.get_field_index(column) < 0:
             batch = batch.append_column(pa.field(column, pa.binary()), pa.nulls(batch.num_rows, pa.binary()))

@@ -132,9 +132,9 @@ def check_schema(schema: pa.Schema, dataset: DatasetSpec, attributes: Sequence[A
     for attribute in attributes:
         check_attribute_type(schema, attribute.path, attribute.name, where)
         for column, accepted in (
-            (attribute.ciphertext_column, (pa.binary(),)),
-            (attribute.wrapped_key_column, (pa.binary(), WRAPPED_KEY_TYPE)),
-            (attribute.blind_index_column, (pa.binary(),)),
+            (attribute.ciphertext_column, (pa.binary(), pa.large_binary())),
+            (attribute.wrapped_key_column, (pa.binary(), pa.large_binary(), WRAPPED_KEY_TYPE)),
+            (attribute.blind_index_column, (pa.binary(), pa.large_binary())),
         ):
             if column is not None and column in schema.names and schema.field(column).type not in accepted:
                 raise InputError(f"{where}: column {column} is {schema.field(column).type}, not what fieldcrypt writes")
@@ -258,7 +258,7 @@ def protect_file(
                 report,
                 index_keys or {},
             )
-        return schema, written
+        return out.schema or schema, written  # as written: a table commit may have had its say (Iceberg field ids)
 
     def verify(
         source: pq.ParquetFile,

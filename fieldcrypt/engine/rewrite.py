@@ -31,10 +31,11 @@ spliced, or FIELDCRYPT_REWRITE_PATH=full) writes and verifies every column with 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -82,6 +83,18 @@ class Commit(Protocol):
     def __call__(
         self, job: FileJob, temp: str, original: FileVersion, expected: Sequence[Mapping[str, Any]] | None
     ) -> Replacing: ...
+
+
+@runtime_checkable
+class FileSchemaCommit(Protocol):
+    """A commit that also decides the schema a new file is written with (an Iceberg table: every column's
+    Parquet field id, the table's schema gaining the new columns first; fieldcrypt.engine.table_commit)."""
+
+    def __call__(
+        self, job: FileJob, temp: str, original: FileVersion, expected: Sequence[Mapping[str, Any]] | None
+    ) -> Replacing: ...
+
+    def file_schema(self, job: FileJob, schema: pa.Schema) -> pa.Schema: ...
 
 
 def lake_commit(
@@ -135,6 +148,7 @@ class Output:
     job: FileJob
     temp: str
     path: str
+    file_schema: Callable[[pa.Schema], pa.Schema] | None = None  # the commit's say on the new file's schema
     splice: SpliceReport | None = field(default=None, init=False)
     schema: pa.Schema | None = field(default=None, init=False)
 
@@ -149,6 +163,8 @@ class Output:
     def writer(self, source: pq.ParquetFile, schema: pa.Schema, changed: Iterable[str]) -> Iterator[BatchWriter]:
         """A writer of one batch per source row group into the temporary file; the file is complete on exit."""
         job, where = self.job, self.job.where
+        if self.file_schema is not None:
+            schema = self.file_schema(schema)
         self.schema = schema
         if self.path == FULL:
             with (
@@ -208,6 +224,8 @@ class _RowGroupWriter:
     def write_batch(self, batch: pa.RecordBatch) -> None:
         if self.names is not None:
             batch = batch.select(self.names)
+        if not batch.schema.equals(self.writer.schema, check_metadata=False):
+            batch = batch.cast(self.writer.schema)  # a commit's file schema (Iceberg: no dictionary type declared)
         self.writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))
 
 
@@ -264,16 +282,17 @@ def rewrite_file(
     deciding to rewrite). `expected(outcome)`: what the audit intent counts (protection: cells).
     `path` forces "splice" or "full"; returns the outcome, the commit's result and the path taken."""
     store = job.store
+    file_schema = functools.partial(commit.file_schema, job) if isinstance(commit, FileSchemaCommit) else None
     temp = store.create_temp(job.rel)
     try:
         with open_parquet(store, job.rel) as source:
-            out = Output(job, temp, chosen_path(store, job.rel, path))
+            out = Output(job, temp, chosen_path(store, job.rel, path), file_schema)
             try:
                 outcome = write(source, out)
             except SpliceUnsupported:
                 if out.path == FULL:
                     raise
-                out = Output(job, temp, FULL)
+                out = Output(job, temp, FULL, file_schema)
                 outcome = write(source, out)
             with open_parquet(store, temp) as written:
                 if out.path == SPLICE:

@@ -32,7 +32,8 @@ class TableSource:
     """Where a table is, as the catalog declares it (`kind: delta` / `kind: iceberg`).
 
     delta: `location`, the table root relative to the lake (a full URI inside the lake is
-    made relative by the catalog). iceberg: `identifier` (`namespace.name`) and `catalog`,
+    made relative by the catalog). iceberg: `identifier` (`namespace.name`), `location` (the
+    declared `path:`, which must be the table's location relative to the lake) and `catalog`,
     pyiceberg catalog properties (`type`, `uri`, `warehouse`, ...; local paths already resolved,
     no credentials: those come from the environment).
     """
@@ -127,6 +128,12 @@ class TableFormat(Protocol):
     def check_writable(self, snapshot: TableSnapshot) -> None:
         """InputError naming what fieldcrypt cannot write: Delta deletion vectors, column mapping, change data
         feed, append-only, unknown writer features; Iceberg delete files (merge-on-read)."""
+        ...
+
+    def file_schema(self, schema: pa.Schema, protected_columns: Sequence[str]) -> pa.Schema:
+        """The schema a new data file of the table is written with, given the one the rewrite intends (Delta: as
+        is; Iceberg: the table's schema first gains the new columns, then every field gets its Parquet field id).
+        Called by each file's write, possibly from several threads."""
         ...
 
     def prepare_columns(self, fields: Sequence[pa.Field], protected_columns: Sequence[str]) -> None:

@@ -137,6 +137,9 @@ class DeltaTableFormat:
 
     # -- writing ------------------------------------------------------------------------------
 
+    def file_schema(self, schema: pa.Schema, protected_columns: Sequence[str]) -> pa.Schema:
+        return schema  # Delta matches a file's columns by name
+
     def prepare_columns(self, fields: Sequence[pa.Field], protected_columns: Sequence[str]) -> None:
         table = self._load()
         existing = set(pa.schema(table.schema().to_arrow()).names)

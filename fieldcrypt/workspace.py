@@ -397,13 +397,15 @@ class Workspace:
         # replaced file is refused right before its own replace (never laundered), and named by verify.
         files, _ = self.swept_files(dataset, partition)  # one listing: the checks below and the work share it
         ledger = self.ledger_step(partition, spec, attributes)
+        # A snapshot landed after an erasure request may hold an erased key: erased before anything is protected
+        # (its files ledger-checked first). A table's erasure is its own transaction, committed here, so the
+        # protection below reads the table after it: a new snapshot, never a second staging of an old file.
+        active = self.erasures.active(dataset)
+        erased = self._erase_files(dataset, partition, files, active, None) if active else None
         table_commit = self._table_commit(dataset, partition, "encrypt", ledger)
         if table_commit is not None:  # a table's files: those of the snapshot its commit reads from
             files = table_commit.files(partition)
         self.ledger.check(spec, partition, files, attributes, skip_replaced=True)
-        # A snapshot landed after an erasure request may hold an erased key: erased before anything is protected.
-        active = self.erasures.active(dataset)
-        erased = self._erase_files(dataset, partition, files, active, None) if active else None
         check_unique_across_files(self.store, files, spec, attributes, where)
         cache = self.key_cache()
         index_keys, wrapped = self._index_keys(attributes)
@@ -528,7 +530,9 @@ class Workspace:
 
         With `keys` and `request` (the run that recorded it): that request's keys, in clear, so files whose
         key statistics exclude them are skipped by their footer. Otherwise every request of the dataset not
-        expired, by their tags (a Dagster backfill). Each request's progress records the partition.
+        expired, by their tags (a Dagster backfill). Each request's progress records the partition (a Delta or
+        Iceberg table's: once its `erase` transaction is committed; its older versions keep the erased rows until
+        `purge_history`).
         """
         self._dataset(dataset)
         files, _ = self.swept_files(dataset, partition)
@@ -569,8 +573,16 @@ class Workspace:
         requests: Sequence[ErasureRequest],
         keys: KeysFile | None,
     ) -> EraseReport:
-        """The requests' keys erased from `files` (the partition's listing); fieldcrypt.campaigns.erasure_campaign."""
+        """The requests' keys erased from `files` (the partition's listing); fieldcrypt.campaigns.erasure_campaign.
+
+        A Delta or Iceberg table's partition is erased through its table commit (operation `erase`): its files
+        are those of the snapshot the commit reads (not `files`), each rewritten file is a new data file, and the
+        partition's rewrites are one table transaction, committed before any request's progress is recorded."""
         enabled = self._enabled(dataset)
+        ledger = self.ledger_step(partition, enabled.spec, enabled.attributes)
+        commit = self._table_commit(dataset, partition, "erase", ledger) if requests else None
+        if commit is not None:
+            files = commit.files(partition)
         if requests:  # a deleted or unledgered protected file stops the run before any rewrite
             self.ledger.check(enabled.spec, partition, files, enabled.attributes, skip_replaced=True)
         job = PartitionJob(
@@ -578,10 +590,20 @@ class Workspace:
             partition,
             files=list(files),
             where=self.partition_display(dataset, partition),
-            ledger=self.ledger_step(partition, enabled.spec, enabled.attributes),
+            ledger=ledger,
             file_workers=self.config.file_workers,
         )
-        return erasure_campaign.erase_partition(job, self.key_cache(), self.store, self.erasures, requests, keys)
+        if commit is not None:
+            job = dataclasses.replace(job, commit=commit)
+        return erasure_campaign.erase_partition(
+            job,
+            self.key_cache(),
+            self.store,
+            self.erasures,
+            requests,
+            keys,
+            committed=lambda work: self._committed(commit, work),
+        )
 
     def _index_keys(self, attributes: list[AttributePolicy]) -> tuple[dict[str, BlindIndexKey], dict[str, bytes]]:
         """The unwrapped blind-index keys of the attributes that have one, and their stored (wrapped) form."""

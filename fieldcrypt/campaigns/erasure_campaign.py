@@ -8,7 +8,7 @@ and the lake's erasure requests (fieldcrypt.policy.erasure)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from fieldcrypt.access.partition_job import PartitionJob
@@ -27,11 +27,15 @@ def erase_partition(
     erasures: ErasureRequests,
     requests: Sequence[ErasureRequest],
     keys: KeysFile | None = None,
+    committed: Callable[[Callable[[], EraseReport]], EraseReport] = lambda work: work(),
 ) -> EraseReport:
     """Erase the keys of `requests` from every file of the partition, then record the partition in each.
 
     `keys`: the keys of the one request in `requests`, in clear (the run that recorded it): files whose key
     statistics exclude them are skipped by their footer. Without: the requests' keyed tags.
+    Each rewritten file is committed by `job.commit`; `committed(work)` runs the rewrites and, for a Delta or
+    Iceberg table, then commits the partition's one table transaction (the Workspace's `_committed`). The
+    requests' progress is recorded only after that returned: a refused table commit records nothing.
     """
     if not requests:
         return EraseReport.total(job.where, [])
@@ -41,22 +45,25 @@ def erase_partition(
     else:
         erased = TaggedKeys(frozenset().union(*(r.tags for r in requests)), erasures.key())
     ids = [r.request_id for r in requests]
-    report = EraseReport.total(
-        job.where,
-        job.each_file(
-            lambda rel: erase_file(
-                store,
-                rel,
-                job.dataset.spec,
-                job.dataset.attributes,
-                erased,
-                cache,
-                dataset_root=job.dataset.layout.path,
-                partition=job.partition,
-                ledger=job.ledger,
-                requests=ids,
-            )
-        ),
+    report = committed(
+        lambda: EraseReport.total(
+            job.where,
+            job.each_file(
+                lambda rel: erase_file(
+                    store,
+                    rel,
+                    job.dataset.spec,
+                    job.dataset.attributes,
+                    erased,
+                    cache,
+                    dataset_root=job.dataset.layout.path,
+                    partition=job.partition,
+                    ledger=job.ledger,
+                    requests=ids,
+                    commit=job.commit,
+                )
+            ),
+        )
     )
     label = partition_label(job.partition)
     progress = PartitionProgress(

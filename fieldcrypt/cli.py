@@ -535,8 +535,9 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
     if history is not None and history.holds_plaintext:
         summary += (
             f"\n{dataset}: {history.versions} older versions of the {layout.kind} table still hold plaintext of "
-            f"{', '.join(history.attributes)} ({history.files} unreferenced data files, and the log's statistics) "
-            f"until vacuumed: fieldcrypt purge-history {dataset} --older-than <retention>"
+            f"{', '.join(history.attributes)} ({history.files} unreferenced data files, and the log's statistics)"
+            + (", and the rows of erasure requests erased since," if history.erased else "")
+            + f" until vacuumed: fieldcrypt purge-history {dataset} --older-than <retention>"
         )
     requests: list[dict[str, Any]] = []
     if command == "status":  # erasure requests of the dataset: ids and counts, never a key
@@ -595,8 +596,15 @@ def _erase(workspace: Workspace, args: argparse.Namespace) -> int:
             }
         )
     row = _request_row(workspace.erasures.load(args.dataset, request.request_id))
+    kind = workspace.layout(args.dataset).kind
+    tail = (
+        f"\nthe older versions of the {kind} table still hold the erased rows (time travel): run "
+        f"fieldcrypt purge-history {args.dataset} --older-than <retention> (docs/OPERATIONS.md)"
+        if kind != "hive" and row.get("files_rewritten")
+        else ""
+    )
     out.finish(
-        f"{_request_line(row)}; {keys.lines:,} lines read",
+        f"{_request_line(row)}; {keys.lines:,} lines read{tail}",
         {"failed": failed, "lines": keys.lines, **row},
     )
     if failed:

@@ -26,6 +26,7 @@ from fieldcrypt.errors import ConcurrentUpdateError, InputError
 from fieldcrypt.lake.store import LakeStore
 from fieldcrypt.lake.tables.base import (
     ICEBERG_KIND,
+    LEAVES_PLAINTEXT,
     History,
     Purge,
     Replacement,
@@ -35,14 +36,13 @@ from fieldcrypt.lake.tables.base import (
     is_protection_column,
 )
 from fieldcrypt.lake.tables.iceberg_table import (
+    ERASE_OPERATION,
     IcebergCatalogConfig,
     IcebergTable,
     load_table,
     with_field_ids,
 )
 from fieldcrypt.lake.tables.iceberg_table import Replacement as IcebergReplacement
-
-ENCRYPT = "encrypt"  # the operation whose commits remove plaintext (fieldcrypt.engine.table_commit)
 
 
 @dataclass(frozen=True)
@@ -186,12 +186,14 @@ class IcebergTableFormat:
         if not found.holds_plaintext:
             return History(0, 0, ())
         named = set()
+        erased = False
         for snapshot in table.table.snapshots():
             summary = snapshot.summary
-            if summary is not None and summary["fieldcrypt.operation"] == ENCRYPT:
+            if summary is not None and summary["fieldcrypt.operation"] in LEAVES_PLAINTEXT:
                 named |= set(str(summary["fieldcrypt.attributes"] or "").split(","))
+                erased = erased or summary["fieldcrypt.operation"] == ERASE_OPERATION
         protected = tuple(sorted(a for a in attributes if a in named)) or tuple(sorted(attributes))
-        return History(found.snapshots, found.data_files + found.current_manifests, protected)
+        return History(found.snapshots, found.data_files + found.current_manifests, protected, erased)
 
     def purge_history(self, older_than_hours: float) -> Purge:
         """The files only the snapshots older than the retention reference deleted, then those snapshots expired

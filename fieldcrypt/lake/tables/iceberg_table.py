@@ -53,6 +53,8 @@ from pyiceberg.types import BinaryType
 from fieldcrypt.errors import ConcurrentUpdateError, ConfigError, InputError
 from fieldcrypt.lake.tables.base import partition_key
 
+ERASE_OPERATION = "erase"  # fieldcrypt's erasure commits: the files they replaced keep the erased rows
+
 OPERATION_PROPERTY = "fieldcrypt.operation"  # the snapshot summary's entry naming fieldcrypt's operation
 # Every data file fieldcrypt writes into a table is named so (fieldcrypt.engine.table_commit.NEW_FILE_PREFIX).
 FIELDCRYPT_FILE_PREFIX = "part-fc-"
@@ -424,7 +426,9 @@ class IcebergTable:
 
         A data file holds it when an older snapshot lists it, the current one does not, and fieldcrypt did not
         write it (`part-fc-*.parquet`: a file rotation or re-index replaced holds ciphertext): it was
-        replaced by a protection or removed by another writer before being protected. A manifest holds it when
+        replaced by a protection or removed by another writer before being protected; or when a fieldcrypt
+        `erase` snapshot removed it (even one fieldcrypt wrote: it holds the erased rows' masks, ciphertext
+        and historical plaintext). A manifest holds it when
         it records a bound (a min or max value, or its prefix) of a protected attribute's column and the
         current snapshot does not list it, or, listed by the current snapshot, records it for a removed file
         (the DELETED entries of an overwrite).
@@ -448,6 +452,7 @@ class IcebergTable:
         snapshots = 0
         reachable: set[str] = set()
         stored: dict[str, bool] = {}
+        erased_away = _removed_by(table, ERASE_OPERATION, cache)
 
         def on_disk(location: str) -> bool:
             if location not in stored:
@@ -462,7 +467,8 @@ class IcebergTable:
                 replaced = {
                     e.data_file.file_path
                     for e in _live(table, manifest, cache)
-                    if e.data_file.file_path not in live_now and not _written_by_fieldcrypt(e.data_file.file_path)
+                    if e.data_file.file_path not in live_now
+                    and (not _written_by_fieldcrypt(e.data_file.file_path) or e.data_file.file_path in erased_away)
                 }
                 replaced = {path for path in replaced if on_disk(path)}  # an interrupted purge deleted the others
                 reachable |= replaced
@@ -642,6 +648,27 @@ def _entries(table: Table, manifest: ManifestFile, cache: dict[str, list[Manifes
 
 def _live(table: Table, manifest: ManifestFile, cache: dict[str, list[ManifestEntry]]) -> list[ManifestEntry]:
     return [e for e in _entries(table, manifest, cache) if e.status != ManifestEntryStatus.DELETED]
+
+
+def _removed_by(table: Table, operation: str, cache: dict[str, list[ManifestEntry]]) -> set[str]:
+    """The data files fieldcrypt's `operation` snapshots removed: live in the parent, not in the snapshot
+    (the parent expired by a purge: nothing of it is reachable any more)."""
+    removed: set[str] = set()
+    for snapshot in table.snapshots():
+        summary = snapshot.summary
+        if summary is None or summary[OPERATION_PROPERTY] != operation or snapshot.parent_snapshot_id is None:
+            continue
+        parent = table.metadata.snapshot_by_id(snapshot.parent_snapshot_id)
+        if parent is None:
+            continue
+
+        def live(of: Snapshot) -> set[str]:
+            return {
+                e.data_file.file_path for m in _manifests(table, of, missing_ok=True) for e in _live(table, m, cache)
+            }
+
+        removed |= live(parent) - live(snapshot)
+    return removed
 
 
 def _written_by_fieldcrypt(location: str) -> bool:

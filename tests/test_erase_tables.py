@@ -251,11 +251,14 @@ def test_an_erasure_after_a_purge_is_history_again_until_the_next_purge(
     workspace.purge_history(dataset, older_than_hours=0)
     assert not workspace.table_history(dataset).holds_plaintext
 
-    workspace.erase(dataset, _keys_file(tmp_path, ERASED), "GDPR-1234")
+    cli = ["--catalog", str(tmp_path / "fieldcrypt.yaml")]
+    keys = str(_keys_file(tmp_path, ERASED))
+    assert run([*cli, "erase", dataset, "--keys", keys, "--reason", "GDPR-1234"]) == 0
+    assert f"fieldcrypt purge-history {dataset}" in capsys.readouterr().out
 
     history = workspace.table_history(dataset)  # the erase is the newest commit that left plaintext behind
     assert history.holds_plaintext and history.erased and history.versions > 0
-    assert run(["--catalog", str(tmp_path / "fieldcrypt.yaml"), "status", dataset]) == 0
+    assert run([*cli, "status", dataset]) == 0
     said = capsys.readouterr().out
     assert "the rows of erasure requests erased since" in said and "no plaintext left" not in said
     assert scan(lake.location, emails([4, 150, 298]))  # the erased historical rows, in the replaced files

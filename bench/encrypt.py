@@ -56,8 +56,8 @@ from common import (  # noqa: E402
 )
 from passthrough import bench_pme, bench_widths, load  # noqa: E402
 
-from fieldcrypt import kernel  # noqa: E402
 from fieldcrypt.engine.encrypt import encrypt_values  # noqa: E402
+from fieldcrypt.format import kernel  # noqa: E402
 from fieldcrypt.format.cell import DataKey, ad_prefix  # noqa: E402
 from fieldcrypt.format.columns import row_key_text  # noqa: E402
 

@@ -26,7 +26,7 @@ from fieldcrypt.format.wrapped_key import WrappedKey
 from fieldcrypt.keys.cache import DataKeyCache
 from fieldcrypt.lake.parquet_io import chunk_span, open_parquet, read_ahead, row_group, row_groups
 from fieldcrypt.lake.store import LakeStore
-from fieldcrypt.policy.ledger import LedgerStep
+from fieldcrypt.policy.ledger import CellDigester, LedgerStep
 from fieldcrypt.policy.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.reads.reveal import decrypt_rows
 
@@ -162,6 +162,7 @@ def rotate_file(
             cache,
             partition,
             copies_proven=out.path != FULL,
+            digester=out.cells,
         )
 
     _, (intent, removed), report.rewrite_path = rewrite_file(job, original_version, write, verify)
@@ -214,6 +215,7 @@ def _verify_rotation(
     partition: str | None,
     *,
     copies_proven: bool = False,
+    digester: CellDigester | None = None,
 ) -> int:
     """Everything but the wrapped keys identical; every new wrapped key unwraps and decrypts a sample.
 
@@ -225,7 +227,8 @@ def _verify_rotation(
     A row group where any of them differs (say, a file written with other settings) is
     decoded from both files and compared value by value instead. The ciphertexts are so
     proven unchanged, and a sample authenticating under each new wrapped key proves it
-    holds the same data key. Returns the cells under new keys.
+    holds the same data key. Returns the cells under new keys. `digester`: the ledger's digester of the
+    written file, fed each row group read here (with the columns it needs besides the wrapped keys).
     """
     where = store.display(rel)
     if written.metadata.num_rows != source.metadata.num_rows:
@@ -260,7 +263,10 @@ def _verify_rotation(
                 raise VerificationError(f"{at}: rotation changed a column other than the wrapped keys")
         if not key_columns:
             continue
-        old_keys, new_keys = row_group(source, index, where, key_columns), row_group(written, index, where, key_columns)
+        read_after = key_columns if digester is None else list(dict.fromkeys([*key_columns, *digester.columns]))
+        old_keys, new_keys = row_group(source, index, where, key_columns), row_group(written, index, where, read_after)
+        if digester is not None:
+            digester.add(new_keys)
         if old_keys.num_rows != new_keys.num_rows:
             raise VerificationError(f"{at}: rotation rewrite has {new_keys.num_rows} rows, {old_keys.num_rows} read")
         for attribute in present:

@@ -185,3 +185,38 @@ def bench_rotate_wide(out: Path, rows: int, reps: int) -> dict[str, Any]:
         "rewrite_path_rotate_wide": path,
         "load_avg_1m_after_rotate_wide": load(),
     }
+
+
+def main() -> None:
+    """Run alone: `python bench/passthrough.py [--rows N] [--reps N] [--only widths|pme|rotate] [--keep]`; the last
+    line is one JSON object with the keys above and the load before and after."""
+    import argparse
+    import json
+
+    from common import OUT_DIR, write_users
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--only", choices=["widths", "pme", "rotate"])
+    parser.add_argument("--keep", action="store_true", help="keep bench/out/passthrough-<pid>")
+    args = parser.parse_args()
+    out = OUT_DIR / f"passthrough-{os.getpid()}"
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        result: dict[str, Any] = {"load_avg_1m": load(), "load_avg_5m": round(os.getloadavg()[1], 2)}
+        if args.only in (None, "widths"):
+            result.update(bench_widths(out, args.rows, args.reps))
+        if args.only in (None, "pme"):
+            result.update(bench_pme(write_users(out / "source.parquet", args.rows), out, args.reps))
+        if args.only in (None, "rotate"):
+            result.update(bench_rotate_wide(out, args.rows, args.reps))
+        result["load_avg_1m_end"] = load()
+        print(json.dumps(result), flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":  # PYTHONPATH=. (as `make bench` sets it)
+    main()

@@ -252,7 +252,9 @@ def _prove_splice(job: FileJob, source: pq.ParquetFile, written: pq.ParquetFile,
     if not written.schema_arrow.equals(out.schema, check_metadata=False):
         raise VerificationError(f"{where}: the spliced file's schema differs from the intended schema")
     with job.store.open_input(job.rel) as before, job.store.open_input(out.temp) as after:
-        prove_copied(before, after, out.splice.copied, out.splice.copied_sha256)
+        parsed = out.splice.source_layout
+        origin = before if parsed is None else parsed.over(before)
+        prove_copied(origin, after, out.splice.copied, out.splice.copied_sha256)
 
 
 def rewrite_file(

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -274,8 +275,10 @@ def _verify_rotation(
             expected = _mapped(_as_dictionary(old_keys.column(attribute.wrapped_key_column)), mapping)
             if not _same_keys(new, expected):
                 raise VerificationError(f"{at}, {attribute.name}: a wrapped key was not mapped to its rewrap")
-            is_new = pc.is_in(new.dictionary, value_set=new_values)
-            cells += pc.take(is_new, new.indices).true_count
+            # Rows per dictionary entry (null rows left out), summed over the new entries.
+            is_new = pc.fill_null(pc.is_in(new.dictionary, value_set=new_values), False)
+            uses = np.bincount(new.indices.drop_null().to_numpy(), minlength=len(new.dictionary))
+            cells += int(uses[is_new.to_numpy(zero_copy_only=False)].sum())
             entries: dict[bytes, list[int]] = {}
             for position, value in enumerate(new.dictionary.to_pylist()):
                 if value in new_set and value not in sampled:

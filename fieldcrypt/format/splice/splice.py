@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,6 +63,9 @@ class SpliceReport:
     bytes_written: int
     copied_sha256: tuple[bytes, ...] = ()
     spliced_sha256: tuple[bytes, ...] = ()
+    # The source's footer as the splice parsed it (its file closed since: ParquetLayout.over reopens it), so
+    # the proof need not parse it again.
+    source_layout: ParquetLayout | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,7 @@ def splice_columns(
         bytes_written=written,
         copied_sha256=tuple(piece.digest.digest() for piece in plan.copies[src]),
         spliced_sha256=tuple(piece.digest.digest() for piece in plan.copies[rep]),
+        source_layout=src,
     )
 
 
@@ -290,18 +296,32 @@ class _Plan:
         ]
 
     def write(self, sink: BinarySink, footer: bytes) -> int:
+        """Write the file; the copies' digests are fed on one helper thread (hashlib releases the GIL) while
+        this one writes, at most two blocks behind; every digest is complete when this returns."""
         written = 0
-        for data in self._output_bytes(footer):
-            count = sink.write(data)
-            if count is not None and count != len(data):
-                raise InputError(f"short write to the splice output: {count} of {len(data)} bytes")
-            written += len(data)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-splice-digest") as hasher:
+            hashing: deque[Future[None]] = deque()
+            try:
+                for data, feeds in self._output_bytes(footer):
+                    if feeds:
+                        while len(hashing) >= 2:
+                            hashing.popleft().result()
+                        hashing.append(hasher.submit(_feed, feeds))
+                    count = sink.write(data)
+                    if count is not None and count != len(data):
+                        raise InputError(f"short write to the splice output: {count} of {len(data)} bytes")
+                    written += len(data)
+                while hashing:
+                    hashing.popleft().result()
+            finally:
+                for pending in hashing:
+                    pending.cancel()
         if written != self.position + len(footer) + 8:
             raise AssertionError("splice wrote a different number of bytes than it planned")
         return written
 
-    def _output_bytes(self, footer: bytes) -> Iterator[bytes | memoryview]:
-        yield MAGIC
+    def _output_bytes(self, footer: bytes) -> Iterator[tuple[bytes | memoryview, list[_Feed]]]:
+        yield MAGIC, []
         pending: list[_Copy] = []  # adjacent in both files: read as one run
         for piece in self.pieces:
             if (
@@ -318,16 +338,25 @@ class _Plan:
             if isinstance(piece, _Copy):
                 pending = [piece]
             else:
-                yield piece
+                yield piece, []
         if pending:
             yield from _blocks(pending)
-        yield footer
-        yield len(footer).to_bytes(4, "little")
-        yield MAGIC
+        yield footer, []
+        yield len(footer).to_bytes(4, "little"), []
+        yield MAGIC, []
 
 
-def _blocks(run: list[_Copy]) -> Iterator[bytes | memoryview]:
-    """The bytes of a run of adjacent copies, a block at a time, each copy's digest fed its share."""
+_Feed = tuple[Any, memoryview]  # a copy's digest and its share of a block
+
+
+def _feed(feeds: list[_Feed]) -> None:
+    for digest, share in feeds:
+        digest.update(share)
+
+
+def _blocks(run: list[_Copy]) -> Iterator[tuple[bytes | memoryview, list[_Feed]]]:
+    """The bytes of a run of adjacent copies, a block at a time, with each copy's digest and its share of it
+    (in order: fed in order, every digest gets exactly the bytes written)."""
     origin, start, end = run[0].origin, run[0].start, run[-1].end
     pieces = iter(run)
     piece = next(pieces)
@@ -335,11 +364,12 @@ def _blocks(run: list[_Copy]) -> Iterator[bytes | memoryview]:
         block_end = min(block_start + _COPY_BLOCK, end)
         data = origin.file.read(block_start, block_end)
         view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        feeds: list[_Feed] = []
         position = block_start
         while position < block_end:
             while piece.end <= position:  # empty or finished copies
                 piece = next(pieces)
             upto = min(piece.end, block_end)
-            piece.digest.update(view[position - block_start : upto - block_start])
+            feeds.append((piece.digest, view[position - block_start : upto - block_start]))
             position = upto
-        yield data
+        yield data, feeds

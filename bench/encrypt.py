@@ -54,7 +54,7 @@ from common import (  # noqa: E402
     timed,
     write_users,
 )
-from passthrough import bench_pme, bench_widths, load  # noqa: E402
+from passthrough import bench_pme, bench_widths, load, report_goals  # noqa: E402
 
 from fieldcrypt.engine.encrypt import encrypt_values  # noqa: E402
 from fieldcrypt.format import kernel  # noqa: E402
@@ -375,6 +375,7 @@ def main() -> None:
             result.update(bench_pme(source, out / "wide", args.protect_reps))
         result.update(rss)
         result["load_avg_1m_end"] = load()
+        report_goals(result)
         print(f"bench/encrypt.py took {time.perf_counter() - started:.0f}s")
         print(json.dumps(result))
     finally:

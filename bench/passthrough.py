@@ -9,7 +9,12 @@ every width. Reported, best of the repetitions, with the machine's 1-minute load
 - protect_s_w6 / _w20 / _w60 (and copy_s_w*): protect and copy time at each width;
 - rotate_vs_copy_wide: Workspace.rotate of the protected 20-column file over a copy of it (goal <= 0.3);
 - pme_s, protect_vs_pme: Parquet Modular Encryption of the same two columns (pyarrow, an in-memory KMS
-  client), timed as read_table + write_table with encryption properties, against protect of the same file.
+  client), timed as read_table + write_table with encryption properties, against protect of the same file;
+- protect_w60_minus_w6_s: what 54 more untouched columns add to a protection (same protected cells);
+- goal_<ratio>_met: each of issue 18's goals (GOALS) against its ratio, printed with the load.
+
+Run by bench/encrypt.py (widths, PME) and bench/rotate.py (rotation), or alone:
+`PYTHONPATH=. python bench/passthrough.py [--rows N] [--reps N] [--only widths|pme|rotate]`.
 """
 
 from __future__ import annotations
@@ -31,10 +36,25 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 WIDTHS = (6, 20, 60)
 WIDE = 20
+# Issue 18's goals: ratio key -> the most it may be.
+GOALS = {"protect_vs_copy": 1.3, "protect_vs_copy_wide": 0.8, "rotate_vs_copy_wide": 0.3}
 
 
 def load() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+def report_goals(result: dict[str, Any]) -> None:
+    """Print each of issue 18's goals found in `result` with the load it was measured under, and add
+    `goal_<key>_met` (the ratios are best-of-repetitions, measured side by side in this run)."""
+    for key, goal in GOALS.items():
+        if key in result:
+            met = result[key] <= goal
+            result[f"goal_{key}_met"] = met
+            print(
+                f"goal {key} <= {goal}: {result[key]:.2f} ({'met' if met else 'not met'}; 1-minute load "
+                f"{result.get('load_avg_1m', '?')} at the start, {load()} now, on {os.cpu_count()} cores)"
+            )
 
 
 def _filler(batch: pa.RecordBatch, width: int, start: int) -> pa.RecordBatch:
@@ -105,6 +125,13 @@ def bench_widths(out: Path, rows: int, reps: int) -> dict[str, Any]:
             result["protect_vs_copy_wide"] = round(min(protect_times) / min(copy_times), 3)
             result["rewrite_path_wide"] = path
         shutil.rmtree(out / f"lake-{width}", ignore_errors=True)
+    narrow, wide = result[f"protect_s_w{WIDTHS[0]}"], result[f"protect_s_w{WIDTHS[-1]}"]
+    copies = result[f"copy_s_w{WIDTHS[-1]}"] - result[f"copy_s_w{WIDTHS[0]}"]
+    result["protect_w60_minus_w6_s"] = round(wide - narrow, 3)
+    print(
+        f"protect at {WIDTHS[-1]} columns costs {wide - narrow:+.2f}s over {WIDTHS[0]} columns (same protected cells; "
+        f"the copy costs {copies:+.2f}s more): the untouched columns are copied as bytes"
+    )
     result["load_avg_1m_after_widths"] = load()
     return result
 
@@ -212,6 +239,7 @@ def main() -> None:
         if args.only in (None, "rotate"):
             result.update(bench_rotate_wide(out, args.rows, args.reps))
         result["load_avg_1m_end"] = load()
+        report_goals(result)
         print(json.dumps(result), flush=True)
     finally:
         if not args.keep:

@@ -286,9 +286,9 @@ def _verify_rotation(
             picked: list[int] = []
             for new_value, positions in entries.items():
                 uses = pc.is_in(new.indices, value_set=pa.array(positions, new.indices.type))
-                rows = pc.indices_nonzero(uses).to_pylist()
-                if rows:
-                    picked += rng.sample(rows, min(_SAMPLE_PER_KEY, len(rows)))
+                rows = pc.indices_nonzero(uses).to_numpy()
+                if len(rows):
+                    picked += [int(rows[i]) for i in rng.sample(range(len(rows)), min(_SAMPLE_PER_KEY, len(rows)))]
                     sampled.add(new_value)
             if picked:  # one read and one call for all the keys' samples; a failure is an IntegrityError
                 needed = [attribute.ciphertext_column, attribute.wrapped_key_column, attribute.column]

@@ -193,8 +193,10 @@ def _verify_attribute(
         raise VerificationError(f"{at}: ciphertexts read back differ from those written")
     for wrapped in used_wrapped_keys(new_dek):
         cache.cipher_for(wrapped, dataset.name, attribute.path, partition)
-    positions = pc.indices_nonzero(rows.selected).to_pylist()
-    picked = pa.array(sorted(rng.sample(positions, min(sample, len(positions)))), pa.int64())
+    # Sampled by position among the selected rows (no Python object per selected row).
+    positions = pc.indices_nonzero(rows.selected).to_numpy()
+    chosen = sorted(rng.sample(range(len(positions)), min(sample, len(positions))))
+    picked = pa.array(positions[chosen], pa.int64())
     original = rows.values.take(picked)
     if not new_value.take(picked).equals(mask_values(original, attribute.mask)):
         raise VerificationError(f"{at}: an encrypted row does not hold its mask")

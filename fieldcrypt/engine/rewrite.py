@@ -188,8 +188,9 @@ class Output:
             ):
                 # Everything is planned and checked before the first byte is written: a SpliceUnsupported
                 # here leaves the temporary file empty for the full path.
+                # The changed columns are decoded and checked by the transform: only the copies are hashed.
                 self.splice = splice_columns(
-                    original, replacement, output, key_value_metadata=metadata, source_name=where
+                    original, replacement, output, key_value_metadata=metadata, source_name=where, digest_spliced=False
                 )
         finally:
             store.release_temp(columns_temp)

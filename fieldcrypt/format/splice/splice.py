@@ -73,7 +73,8 @@ class _Copy:
     origin: ParquetLayout
     start: int
     end: int
-    # Fed the bytes of [start, end) as they are read for the copy (the same bytes that are written).
+    # Fed the bytes of [start, end) as they are read for the copy (the same bytes that are written); None
+    # where no digest was asked for.
     digest: Any = field(default_factory=hashlib.sha256, compare=False)
 
 
@@ -85,6 +86,7 @@ def splice_columns(
     key_value_metadata: dict[bytes, bytes] | None = None,
     source_name: str = "source",
     replacement_name: str = "replacement",
+    digest_spliced: bool = True,
 ) -> SpliceReport:
     """Write to `sink` the source with the replacement's top-level columns substituted or appended.
 
@@ -92,7 +94,8 @@ def splice_columns(
     exactly the source's row-group boundaries. `key_value_metadata`, when given, replaces the footer's
     key-value metadata (the caller owns `ARROW:schema`: see `footer_metadata`). Everything is read and
     checked before the first byte is written: what cannot be spliced raises SpliceUnsupported (take the
-    full rewrite instead), a corrupt file raises InputError.
+    full rewrite instead), a corrupt file raises InputError. `digest_spliced=False`: the replacement's
+    copies are not hashed (`spliced_sha256` is empty), for a caller that decodes and checks them instead.
     """
     src = ParquetLayout(source, source_name)
     rep = ParquetLayout(replacement, replacement_name)
@@ -104,7 +107,7 @@ def splice_columns(
     source_names = {column.name for column in src.columns}
     output += [(rep, column) for column in rep.columns if column.name not in source_names]
 
-    plan = _Plan(src, rep, output)
+    plan = _Plan(src, rep, output, digest_replacement=digest_spliced)
     footer = encode(plan.file_metadata(key_value_metadata))
     written = plan.write(sink, footer)
     return SpliceReport(
@@ -116,7 +119,7 @@ def splice_columns(
         spliced=tuple(plan.copied[rep]),
         bytes_written=written,
         copied_sha256=tuple(piece.digest.digest() for piece in plan.copies[src]),
-        spliced_sha256=tuple(piece.digest.digest() for piece in plan.copies[rep]),
+        spliced_sha256=tuple(piece.digest.digest() for piece in plan.copies[rep]) if digest_spliced else (),
         source_layout=src,
     )
 
@@ -143,8 +146,16 @@ def _check_row_groups_line_up(src: ParquetLayout, rep: ParquetLayout) -> None:
 class _Plan:
     """Every output offset, computed from the two footers before anything is written."""
 
-    def __init__(self, src: ParquetLayout, rep: ParquetLayout, output: list[tuple[ParquetLayout, TopColumn]]) -> None:
+    def __init__(
+        self,
+        src: ParquetLayout,
+        rep: ParquetLayout,
+        output: list[tuple[ParquetLayout, TopColumn]],
+        *,
+        digest_replacement: bool = True,
+    ) -> None:
         self.src, self.rep, self.output = src, rep, output
+        self.digest_replacement = digest_replacement
         self.copied: dict[ParquetLayout, list[CopiedRange]] = {src: [], rep: []}
         self.copies: dict[ParquetLayout, list[_Copy]] = {src: [], rep: []}  # aligned with `copied`
         self.pieces: list[_Copy | bytes] = []
@@ -184,7 +195,8 @@ class _Plan:
 
     def _copy(self, layout: ParquetLayout, part: str, label: str, index: int, span: tuple[int, int]) -> int:
         start = self.position
-        piece = _Copy(layout, span[0], span[1])
+        hashed = layout is self.src or self.digest_replacement
+        piece = _Copy(layout, span[0], span[1]) if hashed else _Copy(layout, span[0], span[1], None)
         self.pieces.append(piece)
         self.copies[layout].append(piece)
         self.position += span[1] - span[0]
@@ -370,6 +382,7 @@ def _blocks(run: list[_Copy]) -> Iterator[tuple[bytes | memoryview, list[_Feed]]
             while piece.end <= position:  # empty or finished copies
                 piece = next(pieces)
             upto = min(piece.end, block_end)
-            feeds.append((piece.digest, view[position - block_start : upto - block_start]))
+            if piece.digest is not None:
+                feeds.append((piece.digest, view[position - block_start : upto - block_start]))
             position = upto
         yield data, feeds

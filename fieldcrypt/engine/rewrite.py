@@ -253,8 +253,11 @@ def _prove_splice(job: FileJob, source: pq.ParquetFile, written: pq.ParquetFile,
     if not written.schema_arrow.equals(out.schema, check_metadata=False):
         raise VerificationError(f"{where}: the spliced file's schema differs from the intended schema")
     with job.store.open_input(job.rel) as before, job.store.open_input(out.temp) as after:
-        parsed = out.splice.source_layout
-        origin = before if parsed is None else parsed.over(before)
+        parsed = out.splice.source_layout  # the footer the splice parsed, read through this handle
+        try:
+            origin = before if parsed is None else parsed.over(before)
+        except InputError as exc:
+            raise VerificationError(f"{where}: the original changed while it was being spliced: {exc}") from None
         prove_copied(origin, after, out.splice.copied, out.splice.copied_sha256)
 
 

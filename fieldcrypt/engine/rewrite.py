@@ -31,6 +31,7 @@ spliced, or FIELDCRYPT_REWRITE_PATH=full) writes and verifies every column with 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,7 +49,7 @@ from fieldcrypt.keys.cache import DataKeyCache
 from fieldcrypt.lake.checksum_file import replace_data_file
 from fieldcrypt.lake.parquet_io import open_parquet, protected_metadata, protected_writer
 from fieldcrypt.lake.store import FileVersion, LakeStore
-from fieldcrypt.policy.ledger import LedgerStep, recorded
+from fieldcrypt.policy.ledger import CellDigester, LedgerStep, recorded
 from fieldcrypt.policy.policy import AttributePolicy, DatasetSpec
 
 Outcome = TypeVar("Outcome")
@@ -71,6 +72,9 @@ class FileJob:
     # Runs under the file's lock right before the replace and may refuse it (protection: the
     # blind-index keys it loaded are still the current ones).
     before_replace_check: Callable[[str], None] | None = None
+    # Set by rewrite_file for the commit: the new file's ledger cell digests, taken by its verification from
+    # the bytes it decoded (Output.cells); None: the ledger reads them from the file (fieldcrypt.policy.ledger).
+    verified_cells: Mapping[str, tuple[int, str]] | None = None
 
     @property
     def where(self) -> str:
@@ -120,7 +124,7 @@ def lake_commit(
             job.operation,
             dataset_root=job.dataset_root,
         )
-        with recorded(job.ledger, temp, job.rel):  # the protection ledger's entry for the new file
+        with recorded(job.ledger, temp, job.rel, job.verified_cells):  # the protection ledger's entry for the new file
             replace_data_file(store, temp, job.rel, original, f"it was being {job.doing}")
     return replacing
 
@@ -151,6 +155,9 @@ class Output:
     file_schema: Callable[[pa.Schema], pa.Schema] | None = None  # the commit's say on the new file's schema
     splice: SpliceReport | None = field(default=None, init=False)
     schema: pa.Schema | None = field(default=None, init=False)
+    # The ledger's digester of the new file's cells (fieldcrypt.policy.ledger.CellDigester), set before
+    # `verify`: a verification that decodes the written file's row groups feeds them to it, in order.
+    cells: CellDigester | None = field(default=None, init=False)
 
     def columns(self, needed: Iterable[str], source: pq.ParquetFile) -> list[str] | None:
         """The top-level columns to read: None (all) on the full path, else those of `needed` present."""
@@ -197,8 +204,9 @@ class Output:
             ):
                 # Everything is planned and checked before the first byte is written: a SpliceUnsupported
                 # here leaves the temporary file empty for the full path.
+                # The changed columns are decoded and checked by the transform: only the copies are hashed.
                 self.splice = splice_columns(
-                    original, replacement, output, key_value_metadata=metadata, source_name=where
+                    original, replacement, output, key_value_metadata=metadata, source_name=where, digest_spliced=False
                 )
         finally:
             store.release_temp(columns_temp)
@@ -263,7 +271,12 @@ def _prove_splice(job: FileJob, source: pq.ParquetFile, written: pq.ParquetFile,
     if not written.schema_arrow.equals(out.schema, check_metadata=False):
         raise VerificationError(f"{where}: the spliced file's schema differs from the intended schema")
     with job.store.open_input(job.rel) as before, job.store.open_input(out.temp) as after:
-        prove_copied(before, after, out.splice.copied, out.splice.copied_sha256)
+        parsed = out.splice.source_layout  # the footer the splice parsed, read through this handle
+        try:
+            origin = before if parsed is None else parsed.over(before)
+        except InputError as exc:
+            raise VerificationError(f"{where}: the original changed while it was being spliced: {exc}") from None
+        prove_copied(origin, after, out.splice.copied, out.splice.copied_sha256)
 
 
 def rewrite_file(
@@ -297,8 +310,19 @@ def rewrite_file(
             with open_parquet(store, temp) as written:
                 if out.path == SPLICE:
                     _prove_splice(job, source, written, out)
-                verify(source, written, out, outcome)
-        replacing = commit(job, temp, original, expected(outcome))
+                if job.ledger is not None:
+                    out.cells = job.ledger.digester(written.schema_arrow.names, job.where)
+                try:
+                    verify(source, written, out, outcome)
+                    cells = (
+                        None
+                        if out.cells is None
+                        else out.cells.result(written.num_row_groups, written.metadata.num_rows)
+                    )
+                finally:
+                    if out.cells is not None:
+                        out.cells.close()
+        replacing = commit(dataclasses.replace(job, verified_cells=cells), temp, original, expected(outcome))
     finally:
         store.release_temp(temp)
     return outcome, replacing, out.path

@@ -1,5 +1,5 @@
 """Assets of the fieldcrypt code location, generated from the catalog: per workspace and declared dataset,
-its landed snapshot, its protection, its key rotation and its blind-index re-index, partitioned as the
+its landed snapshot, its protection, its key rotation, its blind-index re-index and its erasure, partitioned as the
 catalog declares it, under the workspace's key prefix (assets/scope.py)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import dagster as dg
 
+from assets.erasure import erased_rows
 from assets.partitions import PartitionGroup, partition_groups, partitions_of
 from assets.protection import landed_snapshot, protected_snapshot
 from assets.reindex import reindexed_index
@@ -31,10 +32,17 @@ class DatasetAssets:
     protected: dict[str, dg.AssetsDefinition]
     rotated: dict[str, dg.AssetsDefinition]
     reindexed: dict[str, dg.AssetsDefinition]
+    erased: dict[str, dg.AssetsDefinition]
 
     def definitions(self) -> dg.Definitions:
         return dg.Definitions(
-            assets=[*self.landed.values(), *self.protected.values(), *self.rotated.values(), *self.reindexed.values()]
+            assets=[
+                *self.landed.values(),
+                *self.protected.values(),
+                *self.rotated.values(),
+                *self.reindexed.values(),
+                *self.erased.values(),
+            ]
         )
 
 
@@ -54,6 +62,7 @@ def build_assets(workspace: WorkspaceConfig | WorkspaceScope) -> DatasetAssets:
         protected=each(protected_snapshot),
         rotated=each(rotated_keys),
         reindexed=each(reindexed_index),
+        erased=each(erased_rows),
     )
 
 

@@ -174,6 +174,9 @@ def protection_metadata(report: ProtectReport, partition: str | None) -> dict[st
         # splice: untouched column chunks copied as bytes; full: every column rewritten (docs/FORMAT.md)
         "rewrite_path": report.rewrite_path or "(not rewritten)",
         "duration_s": dg.MetadataValue.float(round(report.seconds, 3)),
+        # Keys of open erasure requests found in the partition (a snapshot landed later), erased before protecting.
+        "erasure_files_rewritten": report.erasure_files_rewritten,
+        "erasure_cells": report.erasure_cells,
     }
     lines = [
         "| attribute | newly encrypted | historical plaintext | already protected | null |",

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ATTRIBUTES, CODEC, OUT_DIR, PARTITION, ROW_GROUP_SIZE, make_lake, read_write, summary, write_users  # noqa: E402
-from passthrough import bench_rotate_wide, load  # noqa: E402
+from passthrough import bench_rotate_wide, load, report_goals  # noqa: E402
 
 from fieldcrypt.format.wrapped_key import WrappedKey  # noqa: E402
 
@@ -174,6 +174,7 @@ def main() -> None:
         assert report.distinct_data_keys == len(keys_before)
         result["load_avg_1m"] = load_before
         result.update(bench_rotate_wide(out / "wide", args.rows, min(3, args.reps)))  # issue 18
+        report_goals(result)
         print(json.dumps(result))
     finally:
         if not args.keep:

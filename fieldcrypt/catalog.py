@@ -486,7 +486,10 @@ class Catalog:
             source = TableSource(DELTA_KIND, location=path)
         elif entry.kind == ICEBERG_KIND and entry.iceberg_catalog is not None and entry.table is not None:
             source = TableSource(
-                ICEBERG_KIND, identifier=entry.table, catalog=self._iceberg_catalog(entry.iceberg_catalog)
+                ICEBERG_KIND,
+                location=path,
+                identifier=entry.table,
+                catalog=self._iceberg_catalog(entry.iceberg_catalog),
             )
         if source is not None:
             layout_partitioning = Partitioning("none", ())  # the table's own partitions (fieldcrypt.lake.tables)

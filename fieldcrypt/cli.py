@@ -1,4 +1,4 @@
-"""`fieldcrypt` command line: keys, enablement, protection, status, verification, rotation.
+"""`fieldcrypt` command line: keys, enablement, protection, status, verification, rotation, erasure.
 
 Settings come from the catalog (`fieldcrypt.yaml` in the current folder, or --catalog /
 FIELDCRYPT_CATALOG), the same file the Dagster code location reads; flags and the
@@ -33,6 +33,7 @@ from fieldcrypt.keys.keystore import Keystore, new_wrapping_key, parse_base64_ke
 from fieldcrypt.keys.providers.aws_kms import key_policy_statements
 from fieldcrypt.log_safety import silence_key_material_loggers
 from fieldcrypt.policy.enable_checks import ALLOW_ABSENT_KEY
+from fieldcrypt.policy.erasure import DEFAULT_EXPIRY_DAYS, ErasureRequest
 from fieldcrypt.policy.layout import partition_label
 from fieldcrypt.policy.policy import MASKS
 from fieldcrypt.workspace import Workspace, WorkspaceConfig
@@ -184,6 +185,29 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"region whose national phone forms are detected (repeatable; default: {' '.join(DEFAULT_PHONE_REGIONS)})",
     )
     discover.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON lines")
+
+    erase = commands.add_parser(
+        "erase",
+        help="forget rows: null the protected cells and historical plaintext of the given primary keys in every "
+        "partition (an erasure request, audited; keys kept only as keyed hashes)",
+    )
+    erase.add_argument("dataset")
+    erase.add_argument(
+        "--keys",
+        type=Path,
+        required=True,
+        help="file of primary keys: one per line, or CSV with a header naming the key columns (composite keys, "
+        "or any .csv file); a malformed line is an error naming it",
+    )
+    erase.add_argument("--reason", required=True, help="why (the request's ticket id); recorded with the request")
+    erase.add_argument(
+        "--expires-in-days",
+        type=int,
+        default=DEFAULT_EXPIRY_DAYS,
+        metavar="DAYS",
+        help=f"protection runs keep erasing these keys from snapshots landed later for DAYS (default "
+        f"{DEFAULT_EXPIRY_DAYS})",
+    )
 
     reveal = commands.add_parser(
         "reveal", help="print the plaintext of chosen rows (support, dispatch); audited with a required reason"
@@ -368,6 +392,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         _discover(workspace, args)
     elif args.command == "reveal":
         _reveal(workspace, args)
+    elif args.command == "erase":
+        return _erase(workspace, args)
     elif args.command == "rotate":
         _rotate(workspace, args)
     elif args.command == "reindex":
@@ -508,6 +534,10 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
     history = workspace.table_history(dataset) if command == "status" and layout.kind != "hive" else None
     if history is not None and history.holds_plaintext:
         summary += f"\n{history_line(dataset, layout.kind, history)}"
+    requests: list[dict[str, Any]] = []
+    if command == "status":  # erasure requests of the dataset: ids and counts, never a key
+        requests = [_request_row(request) for request in workspace.erasure_requests(dataset)]
+        summary += "".join(f"\n{_request_line(row)}" for row in requests)
     if command == "status" and not failed and not temps_left:
         fully = sorted(_fully_protected(rows_seen))
         if history is not None and history.holds_plaintext:
@@ -516,11 +546,102 @@ def _each_partition(workspace: Workspace, command: str, dataset: str, chosen: li
             summary += "".join(f"\n{name}: every data file fully protected" for name in fully)
         else:
             summary += "".join(f"\n{name}: fully protected, no plaintext left" for name in fully)
-    out.finish(summary, {"partitions": done, "failed": failed, **summed})
+    out.finish(
+        summary,
+        {"partitions": done, "failed": failed, **summed, **({"erasure_requests": requests} if requests else {})},
+    )
     if failed:
         print(f"fieldcrypt: {failed} of {len(partitions)} partitions failed", file=sys.stderr)
         return 2
     return 0
+
+
+ERASE_COLUMNS = [
+    "partition",
+    "files",
+    "files_rewritten",
+    "files_skipped_by_statistics",
+    "rows_matched",
+    "cells_erased",
+]
+
+
+def _erase(workspace: Workspace, args: argparse.Namespace) -> int:
+    """Record an erasure request for the keys file, then erase its keys from every partition (each is tried)."""
+    keys = workspace.erasure_keys(args.dataset, args.keys)
+    request = workspace.request_erasure(args.dataset, keys, args.reason, expires_in_days=args.expires_in_days)
+    out = Output(args.json, ERASE_COLUMNS)
+    partitions = workspace.partitions(args.dataset)
+    failed = 0
+    for partition in out.progress(partitions, f"erase {args.dataset}"):
+        try:
+            report = workspace.erase_partition(args.dataset, partition, keys, request)
+        except FieldcryptError as exc:
+            failed += 1
+            print(f"fieldcrypt: error: {args.dataset} {partition_label(partition)}: {_named(exc)}", file=sys.stderr)
+            continue
+        out.row(
+            {
+                "partition": partition_label(partition),
+                "files": report.files,
+                "files_rewritten": report.files_rewritten,
+                "files_skipped_by_statistics": report.files_skipped_by_statistics,
+                "rows_matched": report.rows_matched,
+                "cells_erased": report.cells,
+            }
+        )
+    row = _request_row(workspace.erasures.load(args.dataset, request.request_id))
+    kind = workspace.layout(args.dataset).kind
+    tail = (
+        f"\nthe older versions of the {kind} table still hold the erased rows (time travel): run "
+        f"fieldcrypt purge-history {args.dataset} --older-than <retention> (docs/OPERATIONS.md)"
+        if kind != "hive" and row.get("files_rewritten")
+        else ""
+    )
+    out.finish(
+        f"{_request_line(row)}; {keys.lines:,} lines read{tail}",
+        {"failed": failed, "lines": keys.lines, **row},
+    )
+    if failed:
+        print(
+            f"fieldcrypt: {failed} of {len(partitions)} partitions failed; run `fieldcrypt erase` again with the "
+            "same keys file (the request is reused), or `protect` them",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
+
+
+def _request_row(request: ErasureRequest) -> dict[str, Any]:
+    return {
+        "request": request.request_id,
+        "dataset": request.dataset,
+        "state": request.state(),
+        "reason": request.reason,
+        "keys": request.keys,
+        "created_at": request.created_at.isoformat(),
+        "expires_at": request.expires_at.isoformat(),
+        "partitions": len(request.partitions),
+        "partitions_done": request.partitions_done,
+        "partitions_checked": len(request.progress),
+        "files_rewritten": request.files_rewritten,
+        "files_skipped_by_statistics": request.files_skipped_by_statistics,
+        "cells_erased": request.cells_erased,
+        # JSON only: per partition, what the run that erased it did
+        "progress": {
+            label: {k: v for k, v in progress.to_doc().items() if k != "format"}
+            for label, progress in sorted(request.progress.items())
+        },
+    }
+
+
+def _request_line(row: dict[str, Any]) -> str:
+    return (
+        f"erasure request {row['request']} ({row['reason']}): {row['state']}, {row['keys']:,} keys, "
+        f"{row['partitions_done']:,} of {row['partitions']:,} partitions done, {row['cells_erased']:,} cells erased "
+        f"in {row['files_rewritten']:,} files ({row['files_skipped_by_statistics']:,} skipped by their key "
+        f"statistics), expires {row['expires_at']}"
+    )
 
 
 def _summary_files_note(rows: list[dict[str, Any]]) -> str:

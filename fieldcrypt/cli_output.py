@@ -85,6 +85,7 @@ def history_line(dataset: str, kind: str, history: History) -> str:
     """`status`'s line for a table whose older versions still hold plaintext (counts and names, no value)."""
     return (
         f"{dataset}: {history.versions} older versions of the {kind} table still hold plaintext of "
-        f"{', '.join(history.attributes)} ({history.files} unreferenced data files, and the log's statistics) "
-        f"until vacuumed: fieldcrypt purge-history {dataset} --older-than <retention>"
+        f"{', '.join(history.attributes)} ({history.files} unreferenced data files, and the log's statistics)"
+        + (", and the rows of erasure requests erased since," if history.erased else "")
+        + f" until vacuumed: fieldcrypt purge-history {dataset} --older-than <retention>"
     )

@@ -1,6 +1,6 @@
 """A workspace: one customer's lake, policy and master key; the safe entry point.
 
-`Workspace` exposes what users do - enable, protect, status, verify, reveal, rotate -
+`Workspace` exposes what users do - enable, protect, status, verify, reveal, rotate, erase -
 and keeps key material, nonces and wrapping internal. Nothing here contacts a KMS
 until a key is first needed.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
 from typing import TypeVar
 
 import pyarrow as pa
@@ -18,18 +20,21 @@ from fieldcrypt.access.master_key_access import LakeKeyFiles, MasterKeyAccess
 from fieldcrypt.access.partition_job import EnabledDataset, PartitionJob, each_file
 from fieldcrypt.access.workspace_config import KeyConfig as KeyConfig  # re-exported: the public name
 from fieldcrypt.access.workspace_config import WorkspaceConfig as WorkspaceConfig
-from fieldcrypt.campaigns import blind_index_campaign, rotation_campaign
+from fieldcrypt.campaigns import blind_index_campaign, erasure_campaign, rotation_campaign
 from fieldcrypt.campaigns.rotation_campaign import SCAN_THREADS, RotationStatus
 from fieldcrypt.detectors import DEFAULT_PHONE_REGIONS
 from fieldcrypt.discovery import DEFAULT_MIN_SHARE, DEFAULT_SAMPLE, DiscoveryReport, discover_files
+from fieldcrypt.engine.erase import EraseReport
 from fieldcrypt.engine.protect import ProtectReport, check_schema, protect_file, scan_file
 from fieldcrypt.engine.reindex import ReindexReport, RetiringIndexKeys
 from fieldcrypt.engine.rewrite import Commit, lake_commit
 from fieldcrypt.engine.rotate import RotateReport
 from fieldcrypt.engine.table_commit import TableCommit
+from fieldcrypt.erasure_keys import KeysFile, read_keys_file
 from fieldcrypt.errors import (
     ConcurrentUpdateError,
     ConfigError,
+    FieldcryptError,
     InputError,
     PolicyError,
     RowNotFoundError,
@@ -46,6 +51,7 @@ from fieldcrypt.lake.parquet_io import open_parquet, read_ahead, row_groups
 from fieldcrypt.lake.store import LakeStore
 from fieldcrypt.lake.tables.base import History, Purge, TableFormat, TableOperation
 from fieldcrypt.policy.enable_checks import check_declared, check_map_key_occurs
+from fieldcrypt.policy.erasure import DEFAULT_EXPIRY_DAYS, ErasureRequest, ErasureRequests
 from fieldcrypt.policy.layout import DatasetLayout, partition_label
 from fieldcrypt.policy.ledger import Ledger, LedgerError, LedgerStep, entry_of, is_marked
 from fieldcrypt.policy.partition_keys import check_unique_across_files
@@ -73,6 +79,7 @@ class Workspace:
         self.retiring_index_keys = RetiringIndexKeys(self.store)  # old keys of blind-index re-indexes under way
         self.audit = AuditLog(self.store, config.name, actor, key_source=self.key_cache)
         self.ledger = Ledger(self.store, config.name, self._policy_mac_key, has_pending_cells)  # policy/ledger.py
+        self.erasures = ErasureRequests(self.store, config.name, self._policy_mac_key)  # policy/erasure.py
         # The bound master key and the data-key cache over it; the stores above reach it through key_cache().
         self._keys = MasterKeyAccess(
             config, LakeKeyFiles(self.store, self.bindings, self.policies, self.index_keys, self.audit)
@@ -390,6 +397,11 @@ class Workspace:
         # replaced file is refused right before its own replace (never laundered), and named by verify.
         files, _ = self.swept_files(dataset, partition)  # one listing: the checks below and the work share it
         ledger = self.ledger_step(partition, spec, attributes)
+        # A snapshot landed after an erasure request may hold an erased key: erased before anything is protected
+        # (its files ledger-checked first). A table's erasure is its own transaction, committed here, so the
+        # protection below reads the table after it: a new snapshot, never a second staging of an old file.
+        active = self.erasures.active(dataset)
+        erased = self._erase_files(dataset, partition, files, active, None) if active else None
         table_commit = self._table_commit(dataset, partition, "encrypt", ledger)
         if table_commit is not None:  # a table's files: those of the snapshot its commit reads from
             files = table_commit.files(partition)
@@ -444,7 +456,154 @@ class Workspace:
                 files,
             ),
         )
-        return ProtectReport.total(where, reports, master_key=cache.master_key.ref)
+        report = ProtectReport.total(where, reports, master_key=cache.master_key.ref)
+        if erased is not None:
+            report.erasure_files_rewritten, report.erasure_cells = erased.files_rewritten, erased.cells
+        return report
+
+    # -- erasure -------------------------------------------------------------------------
+
+    def erasure_keys(self, dataset: str, keys_file: Path) -> KeysFile:
+        """The primary keys of `keys_file` (fieldcrypt.erasure_keys), typed like `dataset`'s key columns in its
+        latest partition; a named error (file, line, column) for any that is not a key."""
+        spec, _ = self._dataset(dataset)
+        partitions = self.partitions(dataset)
+        files = self.files(dataset, partitions[-1]) if partitions else []
+        if not files:
+            raise InputError(f"dataset {dataset} has no data files: there is nothing to erase keys from")
+        with open_parquet(self.store, files[0]) as parquet:
+            schema = parquet.schema_arrow
+        missing = [c for c in spec.primary_key if c not in schema.names]
+        if missing:
+            raise InputError(f"{self.store.display(files[0])}: primary-key column {', '.join(missing)} not found")
+        return read_keys_file(keys_file, spec.primary_key, {c: schema.field(c).type for c in spec.primary_key})
+
+    def request_erasure(
+        self, dataset: str, keys: KeysFile, reason: str, *, expires_in_days: int = DEFAULT_EXPIRY_DAYS
+    ) -> ErasureRequest:
+        """Record an erasure request (the keys as keyed tags, never in clear; fieldcrypt.policy.erasure), audited.
+
+        A request for exactly the keys of one not expired is that request. Nothing is erased here:
+        `erase_partition` over the partitions (the CLI's `erase`, a Dagster backfill of
+        the erasure assets) does it, and every protection run erases the request's keys until it expires.
+        """
+        spec, _ = self._dataset(dataset)
+        if not reason or not reason.strip():
+            raise InputError("an erasure request needs a reason (a ticket id): it is written to the audit log")
+        same = self.erasures.key().tags(keys.canonical.to_pylist())
+        for existing in self.erasures.active(dataset):
+            if existing.tags == same:  # the same keys asked again (a re-run): the open request, not a second one
+                return existing
+        partitions = [partition_label(p) for p in self.partitions(dataset)]
+        request = self.erasures.create(
+            dataset,
+            spec.primary_key,
+            keys.canonical.to_pylist(),
+            reason,
+            self.audit.actor,
+            partitions,
+            expires_in=timedelta(days=expires_in_days),
+        )
+        self.audit.record(
+            "erasure_request",
+            dataset=dataset,
+            reason=request.reason,
+            detail=f"{request.request_id}: {request.keys} keys ({', '.join(request.key_columns)}), "
+            f"{len(partitions)} partitions, expires {request.expires_at.isoformat()}",
+        )
+        return request
+
+    def erasure_requests(self, dataset: str) -> list[ErasureRequest]:
+        """The erasure requests of `dataset`, oldest first (ids, counts and progress; never a key)."""
+        self.layout(dataset)
+        requests = self.erasures.of_dataset(dataset)
+        if any(request.done for request in requests):
+            cache = self.key_cache()
+            for request in requests:
+                erasure_campaign.note_done(self.erasures, cache, request)
+        return requests
+
+    def erase_partition(
+        self, dataset: str, partition: str | None, keys: KeysFile | None = None, request: ErasureRequest | None = None
+    ) -> EraseReport:
+        """Null the protected cells of erased keys in every file of a partition (fieldcrypt.engine.erase).
+
+        With `keys` and `request` (the run that recorded it): that request's keys, in clear, so files whose
+        key statistics exclude them are skipped by their footer. Otherwise every request of the dataset not
+        expired, by their tags (a Dagster backfill). Each request's progress records the partition (a Delta or
+        Iceberg table's: once its `erase` transaction is committed; its older versions keep the erased rows until
+        `purge_history`).
+        """
+        self._dataset(dataset)
+        files, _ = self.swept_files(dataset, partition)
+        if keys is not None and request is not None:
+            return self._erase_files(dataset, partition, files, [request], keys)
+        return self._erase_files(dataset, partition, files, self.erasures.active(dataset), None)
+
+    def erase(
+        self, dataset: str, keys_file: Path, reason: str, *, expires_in_days: int = DEFAULT_EXPIRY_DAYS
+    ) -> tuple[ErasureRequest, EraseReport]:
+        """Record an erasure request for the keys of `keys_file`, then erase them from every partition.
+
+        Every partition is tried; the first failure is raised afterwards (the request stays open, and a
+        re-run of `erase_partition`, or any protection run, finishes it). Returns the request as recorded
+        after the run and the report summed over the partitions.
+        """
+        keys = self.erasure_keys(dataset, keys_file)
+        request = self.request_erasure(dataset, keys, reason, expires_in_days=expires_in_days)
+        reports: list[EraseReport] = []
+        failures: list[FieldcryptError] = []
+        for partition in self.partitions(dataset):
+            try:
+                reports.append(self.erase_partition(dataset, partition, keys, request))
+            except FieldcryptError as exc:
+                failures.append(exc)
+        if failures:
+            raise type(failures[0])(
+                f"erasure request {request.request_id}: {len(failures)} partitions of {dataset} failed (the others "
+                f"are done; run it again with erase_partition or protect); first: {failures[0]}"
+            ) from failures[0]
+        return self.erasures.load(dataset, request.request_id), EraseReport.total(dataset, reports)
+
+    def _erase_files(
+        self,
+        dataset: str,
+        partition: str | None,
+        files: Sequence[str],
+        requests: Sequence[ErasureRequest],
+        keys: KeysFile | None,
+    ) -> EraseReport:
+        """The requests' keys erased from `files` (the partition's listing); fieldcrypt.campaigns.erasure_campaign.
+
+        A Delta or Iceberg table's partition is erased through its table commit (operation `erase`): its files
+        are those of the snapshot the commit reads (not `files`), each rewritten file is a new data file, and the
+        partition's rewrites are one table transaction, committed before any request's progress is recorded."""
+        enabled = self._enabled(dataset)
+        ledger = self.ledger_step(partition, enabled.spec, enabled.attributes)
+        commit = self._table_commit(dataset, partition, "erase", ledger) if requests else None
+        if commit is not None:
+            files = commit.files(partition)
+        if requests:  # a deleted or unledgered protected file stops the run before any rewrite
+            self.ledger.check(enabled.spec, partition, files, enabled.attributes, skip_replaced=True)
+        job = PartitionJob(
+            enabled,
+            partition,
+            files=list(files),
+            where=self.partition_display(dataset, partition),
+            ledger=ledger,
+            file_workers=self.config.file_workers,
+        )
+        if commit is not None:
+            job = dataclasses.replace(job, commit=commit)
+        return erasure_campaign.erase_partition(
+            job,
+            self.key_cache(),
+            self.store,
+            self.erasures,
+            requests,
+            keys,
+            committed=lambda work: self._committed(commit, work),
+        )
 
     def _index_keys(self, attributes: list[AttributePolicy]) -> tuple[dict[str, BlindIndexKey], dict[str, bytes]]:
         """The unwrapped blind-index keys of the attributes that have one, and their stored (wrapped) form."""

@@ -2,8 +2,8 @@
 
 Importing it reads the catalog (`resources.settings`: fieldcrypt.yaml, or $FIELDCRYPT_CATALOG,
 with the environment's overrides) and makes no network or KMS call. Every served workspace
-gets, under its own name (assets/scope.py), its datasets' landed, protected, rotation and
-re-index assets, its protect, enable, history and rotation jobs, schedules and the rotation
+gets, under its own name (assets/scope.py), its datasets' landed, protected, rotation,
+re-index and erasure assets, its protect, enable, history, rotation and erasure jobs, schedules and the rotation
 driver sensor; a new dataset or workspace is one catalog entry and a code-location reload.
 By default a run of one step runs in the run's process and a run of several steps runs each in a
 process of its own (pipelines/executor.py); FIELDCRYPT_DAGSTER_EXECUTOR=in_process runs every run's
@@ -20,6 +20,7 @@ from assets import build_assets
 from fieldcrypt.catalog import workspace_ident
 from fieldcrypt.errors import ConfigError
 from fieldcrypt.workspace import WorkspaceConfig
+from pipelines.erasure import build_erasure_definitions
 from pipelines.executor import by_step_count_executor
 from pipelines.jobs import enable_attribute_job, encrypt_history_job, protect_jobs
 from pipelines.observation import build_observation_definitions
@@ -55,6 +56,7 @@ def workspace_definitions(config: WorkspaceConfig) -> dg.Definitions:
         dg.Definitions(jobs=[*protect, enable_attribute_job(assets), encrypt_history_job(assets.scope)]),
         build_schedule_definitions(assets.scope, assets.groups, protect),
         build_rotation_definitions(assets),  # master-key rotation: its jobs, schedule and sensor
+        build_erasure_definitions(assets),  # erasure requests: record one, erase partitions (a backfill)
         build_observation_definitions(assets),  # landed snapshots observed; stale protection re-run
     )
 

@@ -11,6 +11,9 @@ reader could decompress or decode it into:
   the footer and page headers are parsed with the parquet-format Thrift IDL
   (`fieldcrypt/format/parquet.thrift`, the library's copy, see its header) through thriftpy2;
 - gzip and zstd files (by their magic bytes), decompressed and scanned like any file;
+- Avro object container files (`Obj\\x01`: Iceberg manifests and manifest lists): the header, and each
+  data block decompressed with the file's codec (null, deflate, snappy, zstandard); Avro stores strings
+  and bytes as their raw bytes, so a decompressed block is searched as it is;
 - JSON documents, parsed and scanned with their `\\uXXXX` escapes undone.
 
 A hit is (file, where in it, how many matches): never the plaintext itself, so a failing
@@ -25,6 +28,7 @@ import json
 import os
 import re
 import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,7 @@ parquet_format: Any = thriftpy2.load(str(PARQUET_THRIFT), module_name="parquet_f
 MAGIC = b"PAR1"
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+AVRO_MAGIC = b"Obj\x01"
 # parquet-format CompressionCodec -> pyarrow codec name (LZ4 is Hadoop's framing of lz4 blocks).
 CODECS = {0: None, 1: "snappy", 2: "gzip", 4: "brotli", 5: "lz4_hadoop", 6: "zstd", 7: "lz4_raw"}
 PAGE_TYPES = {0: "data page", 1: "index page", 2: "dictionary page", 3: "data page v2"}
@@ -97,6 +102,8 @@ def _scan_bytes(data: bytes, sought: Plaintexts, within: str = "") -> Iterator[t
         yield from _scan_bytes(gzip.decompress(data), sought, f"{within}gzip-decompressed ")
     elif data.startswith(ZSTD_MAGIC):
         yield from _scan_bytes(_zstd_decompress(data), sought, f"{within}zstd-decompressed ")
+    elif data.startswith(AVRO_MAGIC):
+        yield from _scan_avro(data, sought, within)
     elif len(data) >= 12 and data.startswith(MAGIC) and data.endswith(MAGIC):
         yield from _scan_parquet(data, sought, within)
     elif data.lstrip()[:1] in (b"{", b"["):
@@ -133,6 +140,89 @@ def _zstd_content_size(data: bytes) -> int | None:
         return None
     value = int.from_bytes(data[at : at + width], "little")
     return value + 256 if width == 2 else value
+
+
+# -- Avro ---------------------------------------------------------------------------------
+
+
+def _avro_long(data: bytes, at: int) -> tuple[int, int]:
+    """A zig-zag varint (Avro `long`) at `at`; returns it and the offset after it."""
+    shift = value = 0
+    while True:
+        if at >= len(data):
+            raise ScanError("an Avro varint runs past the end of the file")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return (value >> 1) ^ -(value & 1), at
+
+
+def avro_blocks(data: bytes) -> tuple[dict[str, bytes], list[bytes]]:
+    """An Avro object container file's header metadata and its data blocks, decompressed (Avro 1.11 spec,
+    "Object Container Files")."""
+    at = len(AVRO_MAGIC)
+    metadata: dict[str, bytes] = {}
+    while True:
+        count, at = _avro_long(data, at)
+        if count == 0:
+            break
+        if count < 0:
+            count = -count
+            _, at = _avro_long(data, at)  # the block's byte size
+        for _ in range(count):
+            length, at = _avro_long(data, at)
+            key = data[at : at + length].decode()
+            at += length
+            length, at = _avro_long(data, at)
+            metadata[key] = data[at : at + length]
+            at += length
+    sync = data[at : at + 16]
+    at += 16
+    codec = metadata.get("avro.codec", b"null").decode()
+    blocks = []
+    while at < len(data):
+        _, at = _avro_long(data, at)  # objects in the block
+        size, at = _avro_long(data, at)
+        block = data[at : at + size]
+        at += size
+        if data[at : at + 16] != sync:
+            raise ScanError("an Avro block is not followed by the file's sync marker")
+        at += 16
+        blocks.append(_avro_decompress(block, codec))
+    return metadata, blocks
+
+
+def _avro_decompress(block: bytes, codec: str) -> bytes:
+    if codec == "null":
+        return block
+    if codec == "deflate":
+        return zlib.decompress(block, -15)
+    if codec == "zstandard":
+        return _zstd_decompress(block)
+    if codec == "snappy":  # raw snappy, then a 4-byte CRC32 of the uncompressed bytes
+        size, _ = _snappy_length(block)
+        return bytes(pa.decompress(block[:-4], decompressed_size=size, codec="snappy"))
+    raise ScanError(f"Avro codec {codec!r} is not one the scan knows")
+
+
+def _snappy_length(block: bytes) -> tuple[int, int]:
+    shift = value = at = 0
+    while True:
+        byte = block[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def _scan_avro(data: bytes, sought: Plaintexts, within: str) -> Iterator[tuple[str, int]]:
+    metadata, blocks = avro_blocks(data)
+    yield f"{within}avro header", sum(sought.matches(value) for value in metadata.values())
+    for index, block in enumerate(blocks):
+        yield f"{within}avro block {index} decompressed", sought.matches(block)
 
 
 # -- Parquet ------------------------------------------------------------------------------

@@ -962,3 +962,17 @@ def test_an_encrypted_column_chunk_is_refused() -> None:
 
     message, _ = refused(footer_edited(small_source(), encrypted), small_replacement())
     assert "row group 1 column 1: Parquet Modular Encryption (encrypted column)" in message
+
+
+def test_without_replacement_digests_the_same_bytes_are_written_and_the_copies_still_proven(tmp_path: Path) -> None:
+    """The engine decodes the changed columns and checks them itself: it asks for no digest of the replacement's
+    copies (digest_spliced=False); the file is the same, and the source's copies are proven as before."""
+    source_bytes, changes = pyarrow_source(compression="zstd")(tmp_path)
+    replacement = write_in_groups(pa.table(changes), rows_per_group(source_bytes))
+    hashed, unhashed = io.BytesIO(), io.BytesIO()
+    with_digests = splice_columns(source_bytes, replacement, hashed)
+    without = splice_columns(source_bytes, replacement, unhashed, digest_spliced=False)
+    assert unhashed.getvalue() == hashed.getvalue()
+    assert len(with_digests.spliced_sha256) == len(with_digests.spliced) > 0 and without.spliced_sha256 == ()
+    assert without.copied_sha256 == with_digests.copied_sha256
+    assert prove_copied(source_bytes, unhashed.getvalue(), without.copied, without.copied_sha256) > 0

@@ -1,1 +1,1 @@
-"""Campaigns over every partition: master-key rotation and blind-index re-index."""
+"""Campaigns over every partition: master-key rotation, blind-index re-index, erasure requests."""

@@ -24,6 +24,7 @@ from fieldcrypt.format.mask import mask_values
 from fieldcrypt.format.padding import PADDED_CELL_VERSION, pad, padded_ad_prefix, with_version
 from fieldcrypt.keys.blind_index import BlindIndexKey
 from fieldcrypt.keys.cache import DataKeyCache
+from fieldcrypt.lake.parquet_io import with_binary_protection_columns
 from fieldcrypt.policy.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.policy.select import RowSelection
 
@@ -93,12 +94,15 @@ def encrypt_attribute(
     *,
     helper: Executor | None = None,
     index_key: BlindIndexKey | None = None,
+    batch_row_keys: pa.Array | None = None,
 ) -> tuple[pa.RecordBatch, EncryptedAttribute]:
     """The batch with the selected rows of `attribute` encrypted, masked and (with an
     `index_key`) blind-indexed.
 
-    With a `helper` executor the masks (Arrow kernels, which release the GIL) are computed
-    on it while this thread encrypts.
+    With a `helper` executor the masks (Arrow kernels, which release the GIL) and the digest of
+    the new ciphertexts (hashlib releases it too) are computed on it while this thread works.
+    `batch_row_keys`: row_key_bytes of the whole batch, when the caller has them (one batch,
+    several attributes).
     """
     if attribute.blind_index and index_key is None:
         raise InputError(f"{attribute.name} has a blind index but no index key was given")
@@ -108,7 +112,9 @@ def encrypt_attribute(
     masking = None if helper is None else helper.submit(_masks, selected_values, attribute.mask)
     row_keys = None
     if dataset.primary_key:
-        row_keys = pc.filter(row_key_bytes(batch, dataset.primary_key, dataset.name), rows.selected)
+        if batch_row_keys is None:
+            batch_row_keys = row_key_bytes(batch, dataset.primary_key, dataset.name)
+        row_keys = pc.filter(batch_row_keys, rows.selected)
         if row_keys.null_count:
             raise InputError(
                 f"{dataset.name}: {row_keys.null_count} rows to encrypt have a null primary key "
@@ -117,10 +123,11 @@ def encrypt_attribute(
     ciphertext, key_index, wrapped_keys = encrypt_values(
         selected_values, row_keys, cache, dataset.name, attribute.path, partition, attribute.pad_to
     )
+    digesting = None if helper is None else helper.submit(ciphertext_digest, ciphertext)
     batch = with_protection_columns(batch, attribute)
     ct_at = batch.schema.get_field_index(attribute.ciphertext_column)
     dek_at = batch.schema.get_field_index(attribute.wrapped_key_column)
-    new_ct = pc.replace_with_mask(rows.existing_ciphertext, rows.selected, ciphertext)
+    new_ct = _placed(rows.existing_ciphertext, rows.selected, ciphertext)
     new_dek = _merge_wrapped_keys(batch.column(dek_at), rows.selected, key_index, wrapped_keys)
     batch = batch.set_column(ct_at, batch.schema.field(ct_at), new_ct)
     batch = batch.set_column(dek_at, batch.schema.field(dek_at), new_dek)
@@ -136,8 +143,38 @@ def encrypt_attribute(
         batch = batch.set_column(
             at, batch.schema.field(at), pc.replace_with_mask(batch.column(at), rows.selected, indexes)
         )
-    return batch, EncryptedAttribute(
-        len(ciphertext), ciphertext_digest(ciphertext), wrapped_keys, mask_digest, index_digest
+    digest = ciphertext_digest(ciphertext) if digesting is None else digesting.result()
+    return batch, EncryptedAttribute(len(ciphertext), digest, wrapped_keys, mask_digest, index_digest)
+
+
+def _placed(existing: pa.Array, selected: pa.BooleanArray, cells: pa.Array) -> pa.Array:
+    """`existing` with the selected rows replaced, in order, by `cells` (pc.replace_with_mask).
+
+    When `existing` is all null (a file's first protection) the result is built from buffers: the
+    cells' data buffer as it is, offsets spread over the rows, the selection as validity; an
+    element-by-element copy of every ciphertext byte was a large part of protecting a file.
+    """
+    rows = len(existing)
+    if (
+        existing.null_count != rows
+        or selected.null_count
+        or cells.null_count
+        or cells.type != pa.binary()
+        or len(cells) != selected.true_count
+    ):
+        return pc.replace_with_mask(existing, selected, cells)
+    chosen = selected.to_numpy(zero_copy_only=False)
+    offsets = np.frombuffer(cells.buffers()[1], dtype=np.int32, count=len(cells) + 1, offset=cells.offset * 4)
+    placed = np.empty(rows + 1, dtype=np.int32)
+    placed[0] = offsets[0]
+    lengths = np.zeros(rows, dtype=np.int32)
+    lengths[chosen] = np.diff(offsets)
+    np.cumsum(lengths, out=placed[1:])
+    placed[1:] += offsets[0]
+    validity = pa.py_buffer(np.packbits(chosen, bitorder="little"))
+    data = cells.buffers()[2] or pa.py_buffer(b"")
+    return pa.Array.from_buffers(
+        pa.binary(), rows, [validity, pa.py_buffer(placed), data], null_count=rows - len(cells)
     )
 
 
@@ -147,7 +184,9 @@ def _masks(values: pa.Array, style: str) -> tuple[pa.Array, bytes]:
 
 
 def with_protection_columns(batch: pa.RecordBatch, attribute: AttributePolicy) -> pa.RecordBatch:
-    """Add the (all-null) ciphertext, wrapped-key and blind-index columns if the batch lacks them."""
+    """Add the (all-null) ciphertext, wrapped-key and blind-index columns if the batch lacks them (and read
+    `large_binary` ones, as another writer of an Iceberg table declares them, as `binary`)."""
+    batch = with_binary_protection_columns(batch)
     for column in (attribute.ciphertext_column, attribute.blind_index_column):
         if column is not None and batch.schema.get_field_index(column) < 0:
             batch = batch.append_column(pa.field(column, pa.binary()), pa.nulls(batch.num_rows, pa.binary()))

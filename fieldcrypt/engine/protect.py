@@ -34,7 +34,7 @@ from fieldcrypt.engine.replace_guard import confirm_replace
 from fieldcrypt.engine.rewrite import BatchWriter, Commit, FileJob, Output, lake_commit, rewrite_file
 from fieldcrypt.engine.verify import verify_rewrite
 from fieldcrypt.errors import InputError
-from fieldcrypt.format.columns import check_attribute_type, is_row_key_type
+from fieldcrypt.format.columns import check_attribute_type, is_row_key_type, row_key_bytes
 from fieldcrypt.format.engine_schema import lists_columns
 from fieldcrypt.keys.blind_index import BlindIndexKey
 from fieldcrypt.keys.cache import DataKeyCache
@@ -77,6 +77,9 @@ class ProtectReport:
     # Summary files (fieldcrypt.lake.summary_files): removed before a replace; found by a status scan.
     summary_files_removed: list[str] = field(default_factory=list)
     summary_files_present: list[str] = field(default_factory=list)
+    # Erasure requests applied before protecting (fieldcrypt.engine.erase): files rewritten, cells set to null.
+    erasure_files_rewritten: int = 0
+    erasure_cells: int = 0
 
     @property
     def newly_encrypted(self) -> int:
@@ -129,9 +132,9 @@ def check_schema(schema: pa.Schema, dataset: DatasetSpec, attributes: Sequence[A
     for attribute in attributes:
         check_attribute_type(schema, attribute.path, attribute.name, where)
         for column, accepted in (
-            (attribute.ciphertext_column, (pa.binary(),)),
-            (attribute.wrapped_key_column, (pa.binary(), WRAPPED_KEY_TYPE)),
-            (attribute.blind_index_column, (pa.binary(),)),
+            (attribute.ciphertext_column, (pa.binary(), pa.large_binary())),
+            (attribute.wrapped_key_column, (pa.binary(), pa.large_binary(), WRAPPED_KEY_TYPE)),
+            (attribute.blind_index_column, (pa.binary(), pa.large_binary())),
         ):
             if column is not None and column in schema.names and schema.field(column).type not in accepted:
                 raise InputError(f"{where}: column {column} is {schema.field(column).type}, not what fieldcrypt writes")
@@ -255,7 +258,7 @@ def protect_file(
                 report,
                 index_keys or {},
             )
-        return schema, written
+        return out.schema or schema, written  # as written: a table commit may have had its say (Iceberg field ids)
 
     def verify(
         source: pq.ParquetFile,
@@ -277,6 +280,7 @@ def protect_file(
             partition,
             index_keys or {},
             columns=None if out.columns(needed, source) is None else needed,
+            cells=out.cells,
         )
 
     (_, expected), (intent, removed), report.rewrite_path = rewrite_file(
@@ -366,6 +370,7 @@ def _write_protected(
             source.metadata.num_rows,
             lambda index: read_row_group(source, index, where, list(dataset.primary_key)),
         )
+        share_keys = bool(dataset.primary_key) and not {a.column for a in attributes} & set(dataset.primary_key)
         for index, batch in enumerate(batches):
             report.rows += batch.num_rows
             at = f"{where} row group {index}"
@@ -373,6 +378,13 @@ def _write_protected(
             selections = [select_rows(batch, dataset, attribute, at) for attribute in attributes]
             row_keys.add(batch, selections, index)
             outcome: dict[str, EncryptedAttribute] = {}
+            # The row keys of the batch as read, once for all its attributes (unless an attribute is a key
+            # column: then each attribute takes them from the batch as the attributes before it left it).
+            keys = (
+                row_key_bytes(batch, dataset.primary_key, dataset.name)
+                if share_keys and any(rows.count for rows in selections)
+                else None
+            )
             for attribute, rows in zip(attributes, selections, strict=True):
                 _count(report.attributes[attribute.name], rows)
                 batch, outcome[attribute.name] = encrypt_attribute(
@@ -384,6 +396,7 @@ def _write_protected(
                     partition,
                     helper=helper,
                     index_key=index_keys.get(attribute.name),
+                    batch_row_keys=keys,
                 )
             if writing is not None:
                 writing.result()

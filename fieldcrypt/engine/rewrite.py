@@ -31,10 +31,12 @@ spliced, or FIELDCRYPT_REWRITE_PATH=full) writes and verifies every column with 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,7 +49,7 @@ from fieldcrypt.keys.cache import DataKeyCache
 from fieldcrypt.lake.checksum_file import replace_data_file
 from fieldcrypt.lake.parquet_io import open_parquet, protected_metadata, protected_writer
 from fieldcrypt.lake.store import FileVersion, LakeStore
-from fieldcrypt.policy.ledger import LedgerStep, recorded
+from fieldcrypt.policy.ledger import CellDigester, LedgerStep, recorded
 from fieldcrypt.policy.policy import AttributePolicy, DatasetSpec
 
 Outcome = TypeVar("Outcome")
@@ -70,6 +72,9 @@ class FileJob:
     # Runs under the file's lock right before the replace and may refuse it (protection: the
     # blind-index keys it loaded are still the current ones).
     before_replace_check: Callable[[str], None] | None = None
+    # Set by rewrite_file for the commit: the new file's ledger cell digests, taken by its verification from
+    # the bytes it decoded (Output.cells); None: the ledger reads them from the file (fieldcrypt.policy.ledger).
+    verified_cells: Mapping[str, tuple[int, str]] | None = None
 
     @property
     def where(self) -> str:
@@ -82,6 +87,18 @@ class Commit(Protocol):
     def __call__(
         self, job: FileJob, temp: str, original: FileVersion, expected: Sequence[Mapping[str, Any]] | None
     ) -> Replacing: ...
+
+
+@runtime_checkable
+class FileSchemaCommit(Protocol):
+    """A commit that also decides the schema a new file is written with (an Iceberg table: every column's
+    Parquet field id, the table's schema gaining the new columns first; fieldcrypt.engine.table_commit)."""
+
+    def __call__(
+        self, job: FileJob, temp: str, original: FileVersion, expected: Sequence[Mapping[str, Any]] | None
+    ) -> Replacing: ...
+
+    def file_schema(self, job: FileJob, schema: pa.Schema) -> pa.Schema: ...
 
 
 def lake_commit(
@@ -107,7 +124,7 @@ def lake_commit(
             job.operation,
             dataset_root=job.dataset_root,
         )
-        with recorded(job.ledger, temp, job.rel):  # the protection ledger's entry for the new file
+        with recorded(job.ledger, temp, job.rel, job.verified_cells):  # the protection ledger's entry for the new file
             replace_data_file(store, temp, job.rel, original, f"it was being {job.doing}")
     return replacing
 
@@ -135,8 +152,12 @@ class Output:
     job: FileJob
     temp: str
     path: str
+    file_schema: Callable[[pa.Schema], pa.Schema] | None = None  # the commit's say on the new file's schema
     splice: SpliceReport | None = field(default=None, init=False)
     schema: pa.Schema | None = field(default=None, init=False)
+    # The ledger's digester of the new file's cells (fieldcrypt.policy.ledger.CellDigester), set before
+    # `verify`: a verification that decodes the written file's row groups feeds them to it, in order.
+    cells: CellDigester | None = field(default=None, init=False)
 
     def columns(self, needed: Iterable[str], source: pq.ParquetFile) -> list[str] | None:
         """The top-level columns to read: None (all) on the full path, else those of `needed` present."""
@@ -149,6 +170,8 @@ class Output:
     def writer(self, source: pq.ParquetFile, schema: pa.Schema, changed: Iterable[str]) -> Iterator[BatchWriter]:
         """A writer of one batch per source row group into the temporary file; the file is complete on exit."""
         job, where = self.job, self.job.where
+        if self.file_schema is not None:
+            schema = self.file_schema(schema)
         self.schema = schema
         if self.path == FULL:
             with (
@@ -181,8 +204,9 @@ class Output:
             ):
                 # Everything is planned and checked before the first byte is written: a SpliceUnsupported
                 # here leaves the temporary file empty for the full path.
+                # The changed columns are decoded and checked by the transform: only the copies are hashed.
                 self.splice = splice_columns(
-                    original, replacement, output, key_value_metadata=metadata, source_name=where
+                    original, replacement, output, key_value_metadata=metadata, source_name=where, digest_spliced=False
                 )
         finally:
             store.release_temp(columns_temp)
@@ -208,6 +232,8 @@ class _RowGroupWriter:
     def write_batch(self, batch: pa.RecordBatch) -> None:
         if self.names is not None:
             batch = batch.select(self.names)
+        if not batch.schema.equals(self.writer.schema, check_metadata=False):
+            batch = batch.cast(self.writer.schema)  # a commit's file schema (Iceberg: no dictionary type declared)
         self.writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))
 
 
@@ -245,7 +271,12 @@ def _prove_splice(job: FileJob, source: pq.ParquetFile, written: pq.ParquetFile,
     if not written.schema_arrow.equals(out.schema, check_metadata=False):
         raise VerificationError(f"{where}: the spliced file's schema differs from the intended schema")
     with job.store.open_input(job.rel) as before, job.store.open_input(out.temp) as after:
-        prove_copied(before, after, out.splice.copied, out.splice.copied_sha256)
+        parsed = out.splice.source_layout  # the footer the splice parsed, read through this handle
+        try:
+            origin = before if parsed is None else parsed.over(before)
+        except InputError as exc:
+            raise VerificationError(f"{where}: the original changed while it was being spliced: {exc}") from None
+        prove_copied(origin, after, out.splice.copied, out.splice.copied_sha256)
 
 
 def rewrite_file(
@@ -264,22 +295,34 @@ def rewrite_file(
     deciding to rewrite). `expected(outcome)`: what the audit intent counts (protection: cells).
     `path` forces "splice" or "full"; returns the outcome, the commit's result and the path taken."""
     store = job.store
+    file_schema = functools.partial(commit.file_schema, job) if isinstance(commit, FileSchemaCommit) else None
     temp = store.create_temp(job.rel)
     try:
         with open_parquet(store, job.rel) as source:
-            out = Output(job, temp, chosen_path(store, job.rel, path))
+            out = Output(job, temp, chosen_path(store, job.rel, path), file_schema)
             try:
                 outcome = write(source, out)
             except SpliceUnsupported:
                 if out.path == FULL:
                     raise
-                out = Output(job, temp, FULL)
+                out = Output(job, temp, FULL, file_schema)
                 outcome = write(source, out)
             with open_parquet(store, temp) as written:
                 if out.path == SPLICE:
                     _prove_splice(job, source, written, out)
-                verify(source, written, out, outcome)
-        replacing = commit(job, temp, original, expected(outcome))
+                if job.ledger is not None:
+                    out.cells = job.ledger.digester(written.schema_arrow.names, job.where)
+                try:
+                    verify(source, written, out, outcome)
+                    cells = (
+                        None
+                        if out.cells is None
+                        else out.cells.result(written.num_row_groups, written.metadata.num_rows)
+                    )
+                finally:
+                    if out.cells is not None:
+                        out.cells.close()
+        replacing = commit(dataclasses.replace(job, verified_cells=cells), temp, original, expected(outcome))
     finally:
         store.release_temp(temp)
     return outcome, replacing, out.path

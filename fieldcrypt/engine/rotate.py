@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -26,7 +27,7 @@ from fieldcrypt.format.wrapped_key import WrappedKey
 from fieldcrypt.keys.cache import DataKeyCache
 from fieldcrypt.lake.parquet_io import chunk_span, open_parquet, read_ahead, row_group, row_groups
 from fieldcrypt.lake.store import LakeStore
-from fieldcrypt.policy.ledger import LedgerStep
+from fieldcrypt.policy.ledger import CellDigester, LedgerStep
 from fieldcrypt.policy.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.reads.reveal import decrypt_rows
 
@@ -163,6 +164,7 @@ def rotate_file(
             cache,
             partition,
             copies_proven=out.path != FULL,
+            digester=out.cells,
         )
 
     _, (intent, removed), report.rewrite_path = rewrite_file(job, original_version, write, verify, commit=commit)
@@ -215,6 +217,7 @@ def _verify_rotation(
     partition: str | None,
     *,
     copies_proven: bool = False,
+    digester: CellDigester | None = None,
 ) -> int:
     """Everything but the wrapped keys identical; every new wrapped key unwraps and decrypts a sample.
 
@@ -226,7 +229,8 @@ def _verify_rotation(
     A row group where any of them differs (say, a file written with other settings) is
     decoded from both files and compared value by value instead. The ciphertexts are so
     proven unchanged, and a sample authenticating under each new wrapped key proves it
-    holds the same data key. Returns the cells under new keys.
+    holds the same data key. Returns the cells under new keys. `digester`: the ledger's digester of the
+    written file, fed each row group read here (with the columns it needs besides the wrapped keys).
     """
     where = store.display(rel)
     if written.metadata.num_rows != source.metadata.num_rows:
@@ -261,7 +265,10 @@ def _verify_rotation(
                 raise VerificationError(f"{at}: rotation changed a column other than the wrapped keys")
         if not key_columns:
             continue
-        old_keys, new_keys = row_group(source, index, where, key_columns), row_group(written, index, where, key_columns)
+        read_after = key_columns if digester is None else list(dict.fromkeys([*key_columns, *digester.columns]))
+        old_keys, new_keys = row_group(source, index, where, key_columns), row_group(written, index, where, read_after)
+        if digester is not None:
+            digester.add(new_keys)
         if old_keys.num_rows != new_keys.num_rows:
             raise VerificationError(f"{at}: rotation rewrite has {new_keys.num_rows} rows, {old_keys.num_rows} read")
         for attribute in present:
@@ -269,8 +276,10 @@ def _verify_rotation(
             expected = _mapped(_as_dictionary(old_keys.column(attribute.wrapped_key_column)), mapping)
             if not _same_keys(new, expected):
                 raise VerificationError(f"{at}, {attribute.name}: a wrapped key was not mapped to its rewrap")
-            is_new = pc.is_in(new.dictionary, value_set=new_values)
-            cells += pc.take(is_new, new.indices).true_count
+            # Rows per dictionary entry (null rows left out), summed over the new entries.
+            is_new = pc.fill_null(pc.is_in(new.dictionary, value_set=new_values), False)
+            uses = np.bincount(new.indices.drop_null().to_numpy(), minlength=len(new.dictionary))
+            cells += int(uses[is_new.to_numpy(zero_copy_only=False)].sum())
             entries: dict[bytes, list[int]] = {}
             for position, value in enumerate(new.dictionary.to_pylist()):
                 if value in new_set and value not in sampled:
@@ -278,9 +287,9 @@ def _verify_rotation(
             picked: list[int] = []
             for new_value, positions in entries.items():
                 uses = pc.is_in(new.indices, value_set=pa.array(positions, new.indices.type))
-                rows = pc.indices_nonzero(uses).to_pylist()
-                if rows:
-                    picked += rng.sample(rows, min(_SAMPLE_PER_KEY, len(rows)))
+                rows = pc.indices_nonzero(uses).to_numpy()
+                if len(rows):
+                    picked += [int(rows[i]) for i in rng.sample(range(len(rows)), min(_SAMPLE_PER_KEY, len(rows)))]
                     sampled.add(new_value)
             if picked:  # one read and one call for all the keys' samples; a failure is an IntegrityError
                 needed = [attribute.ciphertext_column, attribute.wrapped_key_column, attribute.column]

@@ -121,6 +121,10 @@ class TableCommit:
             self._staged.append(_Staged(replacement, entry, fields, protected))
         return replacing
 
+    def file_schema(self, job: FileJob, schema: pa.Schema) -> pa.Schema:
+        """The schema each new file is written with: the table format's (an Iceberg table's field ids)."""
+        return self.table.file_schema(schema, sorted({a.column for a in job.attributes}))
+
     @staticmethod
     def _publish(store: LakeStore, temp: str, new: str, old: str) -> None:
         """The verified temporary file becomes the new data file, with the old file's permission bits."""

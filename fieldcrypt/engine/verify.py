@@ -27,6 +27,7 @@ from fieldcrypt.format.padding import padded_length
 from fieldcrypt.keys.blind_index import BlindIndexKey
 from fieldcrypt.keys.cache import DataKeyCache
 from fieldcrypt.lake.parquet_io import read_ahead, row_groups
+from fieldcrypt.policy.ledger import CellDigester
 from fieldcrypt.policy.policy import AttributePolicy, DatasetSpec
 from fieldcrypt.policy.select import existing_ciphertext, select_rows
 from fieldcrypt.reads.reveal import decrypt_rows
@@ -46,12 +47,14 @@ def verify_rewrite(
     index_keys: Mapping[str, BlindIndexKey] | None = None,
     *,
     columns: Collection[str] | None = None,
+    cells: CellDigester | None = None,
 ) -> None:
     """Raise VerificationError unless `written` is exactly the intended rewrite of `source`.
 
     `columns`: the top-level columns to decode and compare (None: all). A spliced file names the ones
     protection read and changed; its other column chunks were proven copied byte for byte
     (fieldcrypt.engine.rewrite), so decoding them would prove nothing more.
+    `cells`: the ledger's digester of the written file, fed each row group decoded here.
     """
     if written.metadata.num_rows != source.metadata.num_rows:
         raise VerificationError(
@@ -80,6 +83,7 @@ def verify_rewrite(
             sample_per_row_group,
             partition,
             index_keys or {},
+            cells,
         )
 
 
@@ -95,9 +99,12 @@ def _verify_row_groups(
     sample_per_row_group: int,
     partition: str | None,
     index_keys: Mapping[str, BlindIndexKey],
+    cells: CellDigester | None,
 ) -> None:
     for index, (before, after) in enumerate(zip(befores, afters, strict=True)):
         at = f"{where} row group {index}"
+        if cells is not None:
+            cells.add(after)
         if before.num_rows != after.num_rows:
             raise VerificationError(f"{at}: {after.num_rows} rows written, {before.num_rows} read")
         # Both sides get the original attribute values written back in, so what is compared
@@ -186,8 +193,10 @@ def _verify_attribute(
         raise VerificationError(f"{at}: ciphertexts read back differ from those written")
     for wrapped in used_wrapped_keys(new_dek):
         cache.cipher_for(wrapped, dataset.name, attribute.path, partition)
-    positions = pc.indices_nonzero(rows.selected).to_pylist()
-    picked = pa.array(sorted(rng.sample(positions, min(sample, len(positions)))), pa.int64())
+    # Sampled by position among the selected rows (no Python object per selected row).
+    positions = pc.indices_nonzero(rows.selected).to_numpy()
+    chosen = sorted(rng.sample(range(len(positions)), min(sample, len(positions))))
+    picked = pa.array(positions[chosen], pa.int64())
     original = rows.values.take(picked)
     if not new_value.take(picked).equals(mask_values(original, attribute.mask)):
         raise VerificationError(f"{at}: an encrypted row does not hold its mask")

@@ -68,6 +68,22 @@ def row_group(parquet: pq.ParquetFile, index: int, where: str, columns: list[str
         raise InputError(f"{where}: row group {index} is corrupt ({type(exc).__name__})") from None
     batches = table.combine_chunks().to_batches()
     batch: pa.RecordBatch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
+    return with_binary_protection_columns(batch)
+
+
+PROTECTION_MARK = "__fc_"  # in the name of every column fieldcrypt adds (docs/FORMAT.md)
+
+
+def with_binary_protection_columns(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with fieldcrypt's columns as `binary` where the file declares them `large_binary`.
+
+    An Iceberg table's schema lists the `__fc_*` columns, so its other writers write them too (all null
+    until fieldcrypt protects the file), and pyiceberg declares every binary column `large_binary`.
+    fieldcrypt reads and writes them as `binary` (and dictionary-encoded wrapped keys) whoever wrote them.
+    """
+    for index, field in enumerate(batch.schema):
+        if PROTECTION_MARK in field.name and pa.types.is_large_binary(field.type):
+            batch = batch.set_column(index, field.with_type(pa.binary()), batch.column(index).cast(pa.binary()))
     return batch
 
 

@@ -289,8 +289,15 @@ class DatasetLayout:
         found = table.partitions(table.snapshot())
         wanted = found if partition is None else {partition: found.get(partition, [])}
         entries = [Entry(rel, DATA, key) for key, files in wanted.items() for rel in files]
+        # Temporary files are made beside the file they replace: below the partition's directory (Delta), or in
+        # the data files' own folders (Iceberg: `<table>/data/<partition>/`, or wherever its location provider
+        # put them).
         directory = self.partition_dir(partition)
-        for rel, version in store.list_all(directory).items():
+        folders = {rel.rpartition("/")[0] for files in wanted.values() for rel in files}
+        listed: dict[str, FileVersion] = {}
+        for folder in [directory, *sorted(f for f in folders if f != directory and not f.startswith(f"{directory}/"))]:
+            listed.update(store.list_all(folder))
+        for rel, version in sorted(listed.items()):
             name = rel.rpartition("/")[2]
             if name.startswith(".") and TEMP_MARKER in name:
                 entries.append(Entry(rel, TEMP, partition, version))

@@ -29,7 +29,8 @@ import contextlib
 import hashlib
 import json
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -207,18 +208,136 @@ class _ColumnDigest:
     def update(self, column: pa.Array) -> None:
         if pa.types.is_dictionary(column.type):
             column = column.dictionary_decode()
-        column = column.cast(pa.large_binary())
-        lengths = pc.fill_null(pc.binary_length(column), -1).cast(pa.int64()).to_numpy(zero_copy_only=False)
-        self.lengths.update(lengths.astype("<i8").tobytes())
-        dense = pa.concat_arrays([pc.fill_null(column, b"")])  # offset 0, null cells empty
-        if len(dense):
-            offsets = np.frombuffer(dense.buffers()[1], dtype="<i8")[dense.offset : dense.offset + len(dense) + 1]
-            data = dense.buffers()[2]
-            if data is not None:
-                self.values.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+        lengths, data = _cells(column)
+        self.lengths.update(lengths)
+        self.values.update(data)
 
     def digest(self) -> bytes:
         return self.lengths.digest() + self.values.digest()
+
+
+_OFFSET_TYPES = {pa.binary(): "<i4", pa.string(): "<i4", pa.large_binary(): "<i8", pa.large_string(): "<i8"}
+
+
+def _cells(column: pa.Array) -> tuple[bytes, memoryview | bytes]:
+    """A column's cell lengths (little-endian int64, -1 for null) and its non-null cells concatenated, read
+    from its offsets and data buffers (no copy of the values)."""
+    offset_type = _OFFSET_TYPES.get(column.type)
+    if offset_type is None:  # a type the buffers cannot be read as: the values, cast
+        column = column.cast(pa.large_binary())
+        offset_type = "<i8"
+    count = len(column)
+    if count == 0:
+        return b"", b""
+    if column.null_count == count:
+        return np.full(count, -1, dtype="<i8").tobytes(), b""
+    width = np.dtype(offset_type).itemsize
+    offsets = np.frombuffer(column.buffers()[1], dtype=offset_type, count=count + 1, offset=column.offset * width)
+    lengths = np.diff(offsets).astype("<i8")
+    if column.null_count:
+        valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
+        if int(lengths[~valid].sum()) != 0:  # bytes behind null slots: concatenate the non-null cells alone
+            return np.where(valid, lengths, -1).astype("<i8").tobytes(), _cells(pc.drop_null(column))[1]
+        lengths = np.where(valid, lengths, -1).astype("<i8")
+    data = column.buffers()[2]
+    values = b"" if data is None else memoryview(data)[int(offsets[0]) : int(offsets[-1])]
+    return lengths.tobytes(), values
+
+
+class CellDigester:
+    """The cell digests of one file (`cell_digests`), fed its row groups in file order by whoever decodes them.
+
+    A rewrite's verification decodes the new file's protection columns anyway: fed those batches, this gives
+    the ledger entry's digests without a second decode (fieldcrypt.engine.rewrite). The hashing runs on one
+    helper thread (hashlib and Arrow's kernels release the GIL), at most two row groups behind the feeder.
+    `result` is None unless it was fed every row group, each with every column it needs (`columns`);
+    `close` (also done by `result`) stops the helper.
+    """
+
+    _BEHIND = 2
+
+    def __init__(
+        self, dataset: DatasetSpec, attributes: Sequence[AttributePolicy], names: Sequence[str], where: str
+    ) -> None:
+        self.dataset = dataset
+        self.where = where
+        self.present = [a for a in attributes if a.ciphertext_column in names]
+        wanted = set(dataset.primary_key) if self.present else set()
+        for a in self.present:
+            wanted |= {a.ciphertext_column, a.wrapped_key_column, a.blind_index_column or a.ciphertext_column}
+        self.columns = [n for n in names if n in wanted]
+        self.counts = {a.name: 0 for a in self.present}
+        self.digests = {a.name: [_ColumnDigest() for _ in range(4)] for a in self.present}
+        self.groups = 0
+        self.rows = 0
+        self.complete = True
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        """The next row group (it may hold more columns than needed)."""
+        index = self.groups
+        self.groups += 1
+        self.rows += batch.num_rows
+        if not self.present or not self.complete:
+            return
+        if any(batch.schema.get_field_index(name) < 0 for name in self.columns):
+            self.complete = False
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-ledger")
+        while len(self._pending) >= self._BEHIND:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self._digest, batch, index))
+
+    def _digest(self, batch: pa.RecordBatch, index: int) -> None:
+        # A dataset without a primary key binds no row key into its cells: its key column counts as all null.
+        keys = (
+            row_key_bytes(batch, self.dataset.primary_key, f"{self.where} row group {index}")
+            if self.dataset.primary_key
+            else pa.nulls(batch.num_rows, pa.binary())
+        )
+        for a in self.present:
+            ciphertext = batch.column(a.ciphertext_column)
+            protected = pc.is_valid(ciphertext)
+            protected_count = protected.true_count
+            self.counts[a.name] += protected_count
+            columns = [keys, ciphertext]
+            for column in (a.wrapped_key_column, a.blind_index_column):
+                at = batch.schema.get_field_index(column) if column else -1
+                columns.append(batch.column(at) if at >= 0 else pa.nulls(batch.num_rows, pa.binary()))
+            every = protected_count == batch.num_rows
+            for digest, column in zip(self.digests[a.name], columns, strict=True):
+                digest.update(column if every else pc.filter(column, protected))
+
+    def close(self) -> None:
+        """Stop the helper thread (waiting for the row group it is on); nothing is returned after this."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if pending:
+            self.complete = False
+
+    def result(self, row_groups: int, rows: int) -> dict[str, tuple[int, str]] | None:
+        """The digests, if fed exactly `row_groups` row groups of `rows` rows with every column needed."""
+        try:
+            for future in self._pending:
+                future.result()
+            self._pending = []
+        finally:
+            self.close()
+        if not self.complete or (self.groups, self.rows) != (row_groups, rows):
+            return None
+        out = {}
+        for a in self.present:
+            h = hashlib.sha256(CELLS_LABEL + struct.pack("<Q", self.counts[a.name]))
+            for digest in self.digests[a.name]:
+                h.update(digest.digest())
+            out[a.name] = (self.counts[a.name], h.hexdigest())
+        return out
 
 
 def cell_digests(
@@ -230,42 +349,28 @@ def cell_digests(
     row key, ciphertext, wrapped key and blind index of each: a cell removed, added, moved or
     replaced changes it.
     """
-    names = parquet.schema_arrow.names
-    present = [a for a in attributes if a.ciphertext_column in names]
-    if not present:
+    digester = CellDigester(dataset, attributes, parquet.schema_arrow.names, where)
+    if not digester.present:
         return {}
-    wanted = set(dataset.primary_key)
-    for a in present:
-        wanted |= {a.ciphertext_column, a.wrapped_key_column, a.blind_index_column or a.ciphertext_column}
-    counts = {a.name: 0 for a in present}
-    digests = {a.name: [_ColumnDigest() for _ in range(4)] for a in present}
-    for index, batch in enumerate(row_groups(parquet, where, columns=[n for n in names if n in wanted])):
-        # A dataset without a primary key binds no row key into its cells: its key column counts as all null.
-        keys = (
-            row_key_bytes(batch, dataset.primary_key, f"{where} row group {index}")
-            if dataset.primary_key
-            else pa.nulls(batch.num_rows, pa.binary())
-        )
-        for a in present:
-            protected = pc.is_valid(batch.column(a.ciphertext_column))
-            counts[a.name] += protected.true_count
-            columns = [keys, batch.column(a.ciphertext_column)]
-            for column in (a.wrapped_key_column, a.blind_index_column):
-                at = batch.schema.get_field_index(column) if column else -1
-                columns.append(batch.column(at) if at >= 0 else pa.nulls(batch.num_rows, pa.binary()))
-            for digest, column in zip(digests[a.name], columns, strict=True):
-                digest.update(pc.filter(column, protected))
-    out = {}
-    for a in present:
-        h = hashlib.sha256(CELLS_LABEL + struct.pack("<Q", counts[a.name]))
-        for digest in digests[a.name]:
-            h.update(digest.digest())
-        out[a.name] = (counts[a.name], h.hexdigest())
-    return out
+    for batch in row_groups(parquet, where, columns=digester.columns):
+        digester.add(batch)
+    found = digester.result(parquet.num_row_groups, parquet.metadata.num_rows)
+    assert found is not None  # fed every row group with the columns it asked for
+    return found
 
 
-def entry_of(store: LakeStore, rel: str, dataset: DatasetSpec, attributes: Sequence[AttributePolicy]) -> FileEntry:
+def entry_of(
+    store: LakeStore,
+    rel: str,
+    dataset: DatasetSpec,
+    attributes: Sequence[AttributePolicy],
+    cells: Mapping[str, tuple[int, str]] | None = None,
+) -> FileEntry:
+    """The ledger entry of a file; `cells`: its cell digests when already taken from its decoded bytes
+    (CellDigester), else they are read here."""
     size, footer, chunks = file_identity(store, rel)
+    if cells is not None:
+        return FileEntry(size, footer, chunks, dict(cells))
     with open_parquet(store, rel) as parquet:
         return FileEntry(size, footer, chunks, cell_digests(parquet, dataset, attributes, store.display(rel)))
 
@@ -521,20 +626,27 @@ class LedgerStep:
     partition: str | None
     attributes: Sequence[AttributePolicy]
 
+    def digester(self, names: Sequence[str], where: str) -> CellDigester:
+        """A digester of a new file's cells (`names`: its columns), for its verification to feed."""
+        return CellDigester(self.dataset, self.attributes, names, where)
+
 
 @contextlib.contextmanager
-def recorded(step: LedgerStep | None, temp: str, rel: str) -> Iterator[None]:
+def recorded(
+    step: LedgerStep | None, temp: str, rel: str, cells: Mapping[str, tuple[int, str]] | None = None
+) -> Iterator[None]:
     """Around the replace of `rel` by `temp`: stage the new file's entry, then commit it.
 
     Staged before the replace, so a crash right after it leaves a file the ledger accepts (and
-    an unconfirmed audit intent); withdrawn if the replace fails.
+    an unconfirmed audit intent); withdrawn if the replace fails. `cells`: the temporary file's cell
+    digests, taken by its verification from the bytes it decoded (a CellDigester of `step`); None: read here.
     """
     if step is None:
         yield
         return
     store, name = step.ledger.store, step.dataset.name
     step.ledger.check_file(step.dataset, step.partition, rel, step.attributes)  # never launder a replaced file
-    entry = entry_of(store, temp, step.dataset, step.attributes)
+    entry = entry_of(store, temp, step.dataset, step.attributes, cells)
     step.ledger.stage(name, step.partition, rel, entry)
     try:
         yield

@@ -7,6 +7,7 @@ Thrift FileMetaData) | footer length (u32 little-endian) | `PAR1`. An encrypted 
 
 from __future__ import annotations
 
+import copy
 import re
 import threading
 from collections import OrderedDict
@@ -122,6 +123,16 @@ class ParquetLayout:
         self.ranges = [
             self._row_group_ranges(index, row_group) for index, row_group in enumerate(self.metadata.row_groups)
         ]
+
+    def over(self, source: Source) -> ParquetLayout:
+        """This layout (footer and ranges as parsed), reading its bytes through `source`: the same file
+        opened again (InputError when its size differs)."""
+        file = RandomAccess(source, self.name)
+        if file.size != self.file.size:
+            raise InputError(f"{self.name}: {file.size} bytes where its footer was read from {self.file.size}")
+        reopened = copy.copy(self)
+        reopened.file = file
+        return reopened
 
     def _read_footer(self) -> tuple[Any, int]:
         size = self.file.size

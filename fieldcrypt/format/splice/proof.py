@@ -32,7 +32,7 @@ def range_digest(file: RandomAccess, start: int, end: int) -> bytes:
 
 
 def prove_copied(
-    origin: Source | str | os.PathLike[str],
+    origin: ParquetLayout | Source | str | os.PathLike[str],
     destination: Source | str | os.PathLike[str],
     ranges: Iterable[CopiedRange],
     origin_sha256: Sequence[bytes] | None = None,
@@ -43,7 +43,8 @@ def prove_copied(
 
     `origin_sha256` (the SpliceReport's `copied_sha256` or `spliced_sha256`): the digests of the bytes the
     splice read from the origin and wrote, so the origin's ranges are not read again; the destination's
-    ranges are always read back and hashed."""
+    ranges are always read back and hashed. `origin` may be the layout the splice parsed (SpliceReport's
+    `source_layout`, reopened with ParquetLayout.over): its footer is not parsed again."""
     ranges = list(ranges)
     if origin_sha256 is not None and len(origin_sha256) != len(ranges):
         raise VerificationError(f"{len(origin_sha256)} origin digests for {len(ranges)} copied ranges")
@@ -153,8 +154,11 @@ def _offset_index(layout: ParquetLayout, span: tuple[int, int], where: str) -> A
 
 
 @contextmanager
-def _layout(source: Source | str | os.PathLike[str], name: str) -> Iterator[ParquetLayout]:
+def _layout(source: ParquetLayout | Source | str | os.PathLike[str], name: str) -> Iterator[ParquetLayout]:
     """The file's layout, over a path opened and closed here or a file or buffer the caller owns."""
+    if isinstance(source, ParquetLayout):
+        yield source
+        return
     owned: pa.NativeFile | None = None
     if isinstance(source, str | os.PathLike):
         name = os.fspath(source)

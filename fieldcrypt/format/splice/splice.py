@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,6 +63,9 @@ class SpliceReport:
     bytes_written: int
     copied_sha256: tuple[bytes, ...] = ()
     spliced_sha256: tuple[bytes, ...] = ()
+    # The source's footer as the splice parsed it (its file closed since: ParquetLayout.over reopens it), so
+    # the proof need not parse it again.
+    source_layout: ParquetLayout | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,8 @@ class _Copy:
     origin: ParquetLayout
     start: int
     end: int
-    # Fed the bytes of [start, end) as they are read for the copy (the same bytes that are written).
+    # Fed the bytes of [start, end) as they are read for the copy (the same bytes that are written); None
+    # where no digest was asked for.
     digest: Any = field(default_factory=hashlib.sha256, compare=False)
 
 
@@ -80,6 +86,7 @@ def splice_columns(
     key_value_metadata: dict[bytes, bytes] | None = None,
     source_name: str = "source",
     replacement_name: str = "replacement",
+    digest_spliced: bool = True,
 ) -> SpliceReport:
     """Write to `sink` the source with the replacement's top-level columns substituted or appended.
 
@@ -87,7 +94,8 @@ def splice_columns(
     exactly the source's row-group boundaries. `key_value_metadata`, when given, replaces the footer's
     key-value metadata (the caller owns `ARROW:schema`: see `footer_metadata`). Everything is read and
     checked before the first byte is written: what cannot be spliced raises SpliceUnsupported (take the
-    full rewrite instead), a corrupt file raises InputError.
+    full rewrite instead), a corrupt file raises InputError. `digest_spliced=False`: the replacement's
+    copies are not hashed (`spliced_sha256` is empty), for a caller that decodes and checks them instead.
     """
     src = ParquetLayout(source, source_name)
     rep = ParquetLayout(replacement, replacement_name)
@@ -99,7 +107,7 @@ def splice_columns(
     source_names = {column.name for column in src.columns}
     output += [(rep, column) for column in rep.columns if column.name not in source_names]
 
-    plan = _Plan(src, rep, output)
+    plan = _Plan(src, rep, output, digest_replacement=digest_spliced)
     footer = encode(plan.file_metadata(key_value_metadata))
     written = plan.write(sink, footer)
     return SpliceReport(
@@ -111,7 +119,8 @@ def splice_columns(
         spliced=tuple(plan.copied[rep]),
         bytes_written=written,
         copied_sha256=tuple(piece.digest.digest() for piece in plan.copies[src]),
-        spliced_sha256=tuple(piece.digest.digest() for piece in plan.copies[rep]),
+        spliced_sha256=tuple(piece.digest.digest() for piece in plan.copies[rep]) if digest_spliced else (),
+        source_layout=src,
     )
 
 
@@ -137,8 +146,16 @@ def _check_row_groups_line_up(src: ParquetLayout, rep: ParquetLayout) -> None:
 class _Plan:
     """Every output offset, computed from the two footers before anything is written."""
 
-    def __init__(self, src: ParquetLayout, rep: ParquetLayout, output: list[tuple[ParquetLayout, TopColumn]]) -> None:
+    def __init__(
+        self,
+        src: ParquetLayout,
+        rep: ParquetLayout,
+        output: list[tuple[ParquetLayout, TopColumn]],
+        *,
+        digest_replacement: bool = True,
+    ) -> None:
         self.src, self.rep, self.output = src, rep, output
+        self.digest_replacement = digest_replacement
         self.copied: dict[ParquetLayout, list[CopiedRange]] = {src: [], rep: []}
         self.copies: dict[ParquetLayout, list[_Copy]] = {src: [], rep: []}  # aligned with `copied`
         self.pieces: list[_Copy | bytes] = []
@@ -178,7 +195,8 @@ class _Plan:
 
     def _copy(self, layout: ParquetLayout, part: str, label: str, index: int, span: tuple[int, int]) -> int:
         start = self.position
-        piece = _Copy(layout, span[0], span[1])
+        hashed = layout is self.src or self.digest_replacement
+        piece = _Copy(layout, span[0], span[1]) if hashed else _Copy(layout, span[0], span[1], None)
         self.pieces.append(piece)
         self.copies[layout].append(piece)
         self.position += span[1] - span[0]
@@ -290,18 +308,32 @@ class _Plan:
         ]
 
     def write(self, sink: BinarySink, footer: bytes) -> int:
+        """Write the file; the copies' digests are fed on one helper thread (hashlib releases the GIL) while
+        this one writes, at most two blocks behind; every digest is complete when this returns."""
         written = 0
-        for data in self._output_bytes(footer):
-            count = sink.write(data)
-            if count is not None and count != len(data):
-                raise InputError(f"short write to the splice output: {count} of {len(data)} bytes")
-            written += len(data)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-splice-digest") as hasher:
+            hashing: deque[Future[None]] = deque()
+            try:
+                for data, feeds in self._output_bytes(footer):
+                    if feeds:
+                        while len(hashing) >= 2:
+                            hashing.popleft().result()
+                        hashing.append(hasher.submit(_feed, feeds))
+                    count = sink.write(data)
+                    if count is not None and count != len(data):
+                        raise InputError(f"short write to the splice output: {count} of {len(data)} bytes")
+                    written += len(data)
+                while hashing:
+                    hashing.popleft().result()
+            finally:
+                for pending in hashing:
+                    pending.cancel()
         if written != self.position + len(footer) + 8:
             raise AssertionError("splice wrote a different number of bytes than it planned")
         return written
 
-    def _output_bytes(self, footer: bytes) -> Iterator[bytes | memoryview]:
-        yield MAGIC
+    def _output_bytes(self, footer: bytes) -> Iterator[tuple[bytes | memoryview, list[_Feed]]]:
+        yield MAGIC, []
         pending: list[_Copy] = []  # adjacent in both files: read as one run
         for piece in self.pieces:
             if (
@@ -318,16 +350,25 @@ class _Plan:
             if isinstance(piece, _Copy):
                 pending = [piece]
             else:
-                yield piece
+                yield piece, []
         if pending:
             yield from _blocks(pending)
-        yield footer
-        yield len(footer).to_bytes(4, "little")
-        yield MAGIC
+        yield footer, []
+        yield len(footer).to_bytes(4, "little"), []
+        yield MAGIC, []
 
 
-def _blocks(run: list[_Copy]) -> Iterator[bytes | memoryview]:
-    """The bytes of a run of adjacent copies, a block at a time, each copy's digest fed its share."""
+_Feed = tuple[Any, memoryview]  # a copy's digest and its share of a block
+
+
+def _feed(feeds: list[_Feed]) -> None:
+    for digest, share in feeds:
+        digest.update(share)
+
+
+def _blocks(run: list[_Copy]) -> Iterator[tuple[bytes | memoryview, list[_Feed]]]:
+    """The bytes of a run of adjacent copies, a block at a time, with each copy's digest and its share of it
+    (in order: fed in order, every digest gets exactly the bytes written)."""
     origin, start, end = run[0].origin, run[0].start, run[-1].end
     pieces = iter(run)
     piece = next(pieces)
@@ -335,11 +376,13 @@ def _blocks(run: list[_Copy]) -> Iterator[bytes | memoryview]:
         block_end = min(block_start + _COPY_BLOCK, end)
         data = origin.file.read(block_start, block_end)
         view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        feeds: list[_Feed] = []
         position = block_start
         while position < block_end:
             while piece.end <= position:  # empty or finished copies
                 piece = next(pieces)
             upto = min(piece.end, block_end)
-            piece.digest.update(view[position - block_start : upto - block_start])
+            if piece.digest is not None:
+                feeds.append((piece.digest, view[position - block_start : upto - block_start]))
             position = upto
-        yield data
+        yield data, feeds

@@ -25,6 +25,9 @@ import pyarrow as pa
 DELTA_KIND, ICEBERG_KIND, HIVE_KIND = "delta", "iceberg", "hive"
 NULL_PARTITION_VALUE = "__HIVE_DEFAULT_PARTITION__"
 PROTECTION_MARK = "__fc_"  # every column fieldcrypt adds has it in its name (`email__fc_ct`)
+# fieldcrypt's commits whose replaced files, kept for time travel, hold what the commit removed from the table:
+# an encryption's plaintext, an erasure's erased rows (their masks, ciphertext, historical plaintext).
+LEAVES_PLAINTEXT = frozenset({"encrypt", "erase"})
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ class TableSource:
     """Where a table is, as the catalog declares it (`kind: delta` / `kind: iceberg`).
 
     delta: `location`, the table root relative to the lake (a full URI inside the lake is
-    made relative by the catalog). iceberg: `identifier` (`namespace.name`) and `catalog`,
+    made relative by the catalog). iceberg: `identifier` (`namespace.name`), `location` (the
+    declared `path:`, which must be the table's location relative to the lake) and `catalog`,
     pyiceberg catalog properties (`type`, `uri`, `warehouse`, ...; local paths already resolved,
     no credentials: those come from the environment).
     """
@@ -60,7 +64,7 @@ class Replacement:
 class TableOperation:
     """fieldcrypt's operation, carried in the table commit's metadata (Delta commitInfo, Iceberg summary)."""
 
-    operation: str  # encrypt, rotate_partition, reindex
+    operation: str  # encrypt, erase, rotate_partition, reindex
     dataset: str
     partition: str | None
     attributes: Sequence[str]
@@ -79,12 +83,15 @@ class TableOperation:
 @dataclass(frozen=True)
 class History:
     """What older table versions still hold: `versions` older versions (or snapshots) readable by time travel
-    from before the newest fieldcrypt commit, `files` data files no live version references any more but
-    still on disk, and the attributes fieldcrypt's commits protected (whose plaintext those hold)."""
+    from before the newest fieldcrypt commit that left plaintext behind (an `encrypt`, or an `erase`: older
+    versions keep the erased rows), `files` data files no live version references any more but still on disk,
+    and the attributes fieldcrypt's commits protected or erased (whose plaintext those hold); `erased`: some
+    fieldcrypt commit was an `erase` (so older versions still hold rows of erasure requests)."""
 
     versions: int
     files: int
     attributes: tuple[str, ...]
+    erased: bool = False  # an `erase` commit is among them: older versions keep erased rows until purged
 
     @property
     def holds_plaintext(self) -> bool:
@@ -127,6 +134,12 @@ class TableFormat(Protocol):
     def check_writable(self, snapshot: TableSnapshot) -> None:
         """InputError naming what fieldcrypt cannot write: Delta deletion vectors, column mapping, change data
         feed, append-only, unknown writer features; Iceberg delete files (merge-on-read)."""
+        ...
+
+    def file_schema(self, schema: pa.Schema, protected_columns: Sequence[str]) -> pa.Schema:
+        """The schema a new data file of the table is written with, given the one the rewrite intends (Delta: as
+        is; Iceberg: the table's schema first gains the new columns, then every field gets its Parquet field id).
+        Called by each file's write, possibly from several threads."""
         ...
 
     def prepare_columns(self, fields: Sequence[pa.Field], protected_columns: Sequence[str]) -> None:

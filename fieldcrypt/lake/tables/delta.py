@@ -36,6 +36,7 @@ from fieldcrypt.errors import ConcurrentUpdateError, InputError
 from fieldcrypt.lake.store import LakeStore
 from fieldcrypt.lake.tables.base import (
     DELTA_KIND,
+    LEAVES_PLAINTEXT,
     History,
     Purge,
     Replacement,
@@ -49,6 +50,7 @@ STATS_COLUMNS = "delta.dataSkippingStatsColumns"
 LOG_RETENTION = "delta.logRetentionDuration"
 CONDITIONAL_PUT = "conditional_put"  # object_store's S3 option: commit with If-None-Match (S3 conditional writes)
 METADATA_KEY = "fieldcrypt"  # the commitInfo member naming fieldcrypt's operation
+ERASE = "erase"  # fieldcrypt's erasure commits (fieldcrypt.engine.table_commit)
 # Writer features delta-rs writes and a file-level add/remove commit keeps valid.
 WRITABLE_FEATURES = frozenset(
     {"appendOnly", "invariants", "checkConstraints", "timestampNtz", "domainMetadata", "generatedColumns"}
@@ -139,6 +141,9 @@ class DeltaTableFormat:
 
     # -- writing ------------------------------------------------------------------------------
 
+    def file_schema(self, schema: pa.Schema, protected_columns: Sequence[str]) -> pa.Schema:
+        return schema  # Delta matches a file's columns by name
+
     def prepare_columns(self, fields: Sequence[pa.Field], protected_columns: Sequence[str]) -> None:
         table = self._load()
         existing = set(pa.schema(table.schema().to_arrow()).names)
@@ -219,22 +224,26 @@ class DeltaTableFormat:
     def history(self, attributes: Sequence[str]) -> History:
         table = self._load()
         entries = table.history()
-        ours = [e for e in entries if isinstance(e.get(METADATA_KEY), dict)]
+        ours = [
+            e
+            for e in entries
+            if isinstance(e.get(METADATA_KEY), dict) and e[METADATA_KEY].get("fieldcrypt.operation") in LEAVES_PLAINTEXT
+        ]
         protected = sorted(
             {
                 name
                 for e in ours
-                if e[METADATA_KEY].get("fieldcrypt.operation") == "encrypt"
                 for name in str(e[METADATA_KEY].get("fieldcrypt.attributes", "")).split(",")
                 if name and name in attributes
             }
         )
         if not protected:
             return History(0, 0, ())
-        newest = max(int(e["version"]) for e in ours if e[METADATA_KEY].get("fieldcrypt.operation") == "encrypt")
+        newest = max(int(e["version"]) for e in ours)
         older = sum(1 for e in entries if int(e.get("version", -1)) < newest)
         unreferenced = table.vacuum(retention_hours=0, dry_run=True, enforce_retention_duration=False, full=True)
-        return History(older, len(unreferenced), tuple(protected))
+        erased = any(e[METADATA_KEY].get("fieldcrypt.operation") == ERASE for e in ours)
+        return History(older, len(unreferenced), tuple(protected), erased)
 
     def purge_history(self, older_than_hours: float) -> Purge:
         """VACUUM (full: every file no version within the retention references) with the operator's retention,

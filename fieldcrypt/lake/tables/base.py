@@ -18,9 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    import polars as pl
 
 DELTA_KIND, ICEBERG_KIND, HIVE_KIND = "delta", "iceberg", "hive"
 NULL_PARTITION_VALUE = "__HIVE_DEFAULT_PARTITION__"
@@ -129,6 +132,12 @@ class TableFormat(Protocol):
 
     def partitions(self, snapshot: TableSnapshot) -> dict[str | None, list[str]]:
         """Every partition (rendered `key=value/...`, None unpartitioned) -> its live data files, sorted."""
+        ...
+
+    def scan(self, snapshot: TableSnapshot) -> pl.LazyFrame:
+        """The table's rows at `snapshot`, lazily, as its own readers see them: its live files only (never a file
+        an older version removed), partition columns from the log, deletes applied (polars' `scan_delta` /
+        `scan_iceberg`, which refuse by name a table feature they cannot read)."""
         ...
 
     def check_writable(self, snapshot: TableSnapshot) -> None:

@@ -16,6 +16,7 @@ partition-column order (`date=2026-11-28`, `region=eu/day=3`); a null value is
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -170,6 +171,18 @@ class TableFormat(Protocol):
     def purge_history(self, older_than_hours: float) -> Purge:
         """Delete what only versions older than the retention need (data files and log entries)."""
         ...
+
+
+_COMMIT_LOCKS: dict[str, threading.Lock] = {}
+_COMMIT_LOCKS_GUARD = threading.Lock()
+
+
+def commit_lock(table: str) -> threading.Lock:
+    """One lock per table (its root or identifier) in this process: the partitions a run works on at once
+    commit one after the other instead of failing each other's optimistic commit; commits from other
+    processes are still detected by the format and retried."""
+    with _COMMIT_LOCKS_GUARD:
+        return _COMMIT_LOCKS.setdefault(table, threading.Lock())
 
 
 def partition_key(columns: Sequence[str], values: Mapping[str, str | None]) -> str | None:

@@ -44,6 +44,7 @@ from fieldcrypt.lake.tables.base import (
     Replacement,
     TableOperation,
     TableSnapshot,
+    commit_lock,
     is_protection_column,
     partition_key,
 )
@@ -182,18 +183,24 @@ class DeltaTableFormat:
         another commit removing ANY file since the read (another partition's commit of this same run or of a
         concurrent one) fails it. What this transaction depends on is only that its old files are still live:
         each attempt reloads the head and checks exactly that (a removed one refuses the batch by name), so a
-        commit that only touched other files is followed by a retry, up to COMMIT_ATTEMPTS times."""
+        commit that only touched other files is followed by a retry, up to COMMIT_ATTEMPTS times. Within this
+        process the commits of one table take turns (commit_lock), so a run's own partitions never race."""
         planned = _table(snapshot)
         what = f"fieldcrypt's {operation.operation} of {operation.partition or 'the table'}"
         said = ""
         for _ in range(COMMIT_ATTEMPTS):
-            current = self._load()  # fieldcrypt's own column change, or another commit, may have landed since
-            actions, columns = self._actions(planned, current, replacements, operation)
-            properties = CommitProperties(custom_metadata={METADATA_KEY: operation.metadata()})
             try:
-                current.create_write_transaction(
-                    actions, mode="append", schema=current.schema(), partition_by=columns, commit_properties=properties
-                )
+                with commit_lock(self.uri):  # this process's other partitions commit before or after, not across
+                    current = self._load()  # fieldcrypt's own column change, or another commit, may have landed
+                    actions, columns = self._actions(planned, current, replacements, operation)
+                    properties = CommitProperties(custom_metadata={METADATA_KEY: operation.metadata()})
+                    current.create_write_transaction(
+                        actions,
+                        mode="append",
+                        schema=current.schema(),
+                        partition_by=columns,
+                        commit_properties=properties,
+                    )
             except CommitFailedError as exc:
                 said = _first_line(exc)
                 if any(word in said.lower() for word in ("conflict", "concurrent")):

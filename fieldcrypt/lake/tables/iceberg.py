@@ -34,6 +34,7 @@ from fieldcrypt.lake.tables.base import (
     TableOperation,
     TableSnapshot,
     TableSource,
+    commit_lock,
     is_protection_column,
 )
 from fieldcrypt.lake.tables.iceberg_table import (
@@ -183,7 +184,8 @@ class IcebergTableFormat:
                     f"{self.identifier} at the snapshot read; nothing was committed, run again"
                 )
             ours.append(IcebergReplacement(old, self._location(item.new, old.file_path)))
-        committed = table.commit_replacements(ours, operation.operation, operation.metadata())
+        with commit_lock(f"iceberg:{self.catalog.name}:{self.identifier}"):  # a run's partitions take turns
+            committed = table.commit_replacements(ours, operation.operation, operation.metadata())
         return int(committed.snapshot_id)
 
     # -- history --------------------------------------------------------------------------------------

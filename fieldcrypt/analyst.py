@@ -15,6 +15,12 @@ hidden and `_`-prefixed names are skipped); their schemas are unified, so snapsh
 not yet protected (no protection columns) read with `<stem>_is_protected` false.
 Hive partition directories (`date=2026-11-24/`) become columns.
 
+A Delta or Iceberg dataset (`kind: delta` / `kind: iceberg`, or a folder holding a `_delta_log`)
+is never listed: its folder also holds the files older versions removed (the plaintext a
+protection replaced, rows an erasure removed) and its log (Iceberg's Avro manifests). It is read
+as its own readers read its current version (TableFormat.scan: polars' `scan_delta` /
+`scan_iceberg`), and its protected attributes are those whose `__fc_ct` column its schema holds.
+
 Only the file footers are read when the frame is built; rows are read when it is collected.
 """
 
@@ -33,7 +39,9 @@ import pyarrow.parquet as pq
 from fieldcrypt.errors import InputError
 from fieldcrypt.format.file_metadata import FILE_METADATA_KEY
 from fieldcrypt.lake.inventory import classify
-from fieldcrypt.lake.store import LakeStore
+from fieldcrypt.lake.store import FileVersion, LakeStore
+from fieldcrypt.lake.tables.base import DELTA_KIND, TableFormat, TableSource
+from fieldcrypt.lake.tables.open import open_table
 
 if TYPE_CHECKING:
     import polars as pl
@@ -44,6 +52,7 @@ CIPHERTEXT_SUFFIX = "__fc_ct"
 PROTECTION_MARK = "__fc_"  # every column fieldcrypt adds holds it (docs/FORMAT.md §1)
 FLAG_SUFFIX = "_is_protected"
 _FOOTER_READERS = 8
+DELTA_LOG = "_delta_log"
 
 
 def scan_dataset(
@@ -64,8 +73,12 @@ def scan_dataset(
     lake, the dataset's folder and the S3 endpoint and region. S3 credentials come from the
     standard AWS chain.
     """
-    store, folder = _locate(dataset, lake, path, catalog, workspace, s3_endpoint_url, region)
-    files = _data_files(store, folder)
+    store, folder, table = _locate(dataset, lake, path, catalog, workspace, s3_endpoint_url, region)
+    listed = _listed(store, folder) if table is None else {}
+    table = table or _table_in_folder(store, folder, listed, dataset)
+    if table is not None:
+        return _table_view(table)
+    files = classify(store, folder, folder, listed, lambda rel, parts: None).files
     if not files:
         raise InputError(f"dataset {dataset}: no data files under {store.display(folder)}")
     schemas = _footers(store, files)
@@ -93,7 +106,25 @@ def scan_dataset(
     )
     import polars as pl
 
-    frame = pl.scan_pyarrow_dataset(source)
+    return _masked(pl.scan_pyarrow_dataset(source), stems)
+
+
+def _table_view(table: TableFormat) -> pl.LazyFrame:
+    """A Delta or Iceberg table's view: its current version's rows as its own log gives them (TableFormat.scan),
+    never a file an older version removed; the protected attributes are those whose `__fc_ct` column the
+    table's schema holds (a file written before the column was added reads it as null: not protected)."""
+    frame = table.scan(table.snapshot())
+    names = frame.collect_schema().names()
+    stems = sorted(name.removesuffix(CIPHERTEXT_SUFFIX) for name in names if name.endswith(CIPHERTEXT_SUFFIX))
+    kept = set(_ct_columns(stems))
+    return _masked(frame.drop([name for name in names if PROTECTION_MARK in name and name not in kept]), stems)
+
+
+def _masked(frame: pl.LazyFrame, stems: list[str]) -> pl.LazyFrame:
+    """`frame` (no `__fc_*` column left but the ciphertexts of `stems`) with a `<stem>_is_protected` flag per
+    stem, true where the row's ciphertext is not null, and the ciphertexts dropped."""
+    import polars as pl
+
     flags = [pl.col(f"{stem}{CIPHERTEXT_SUFFIX}").is_not_null().alias(f"{stem}{FLAG_SUFFIX}") for stem in stems]
     return frame.with_columns(flags).drop(_ct_columns(stems))
 
@@ -125,11 +156,14 @@ def _locate(
     workspace: str | None,
     s3_endpoint_url: str | None,
     region: str | None,
-) -> tuple[LakeStore, str]:
+) -> tuple[LakeStore, str, TableFormat | None]:
+    """The lake, the dataset's folder, and its table format when the catalog declares it `kind: delta` or
+    `kind: iceberg`."""
     if lake is not None:
         if catalog is not None or workspace is not None:
             raise InputError("give either a lake or a catalog and workspace, not both")
-        return LakeStore.from_uri(str(lake), endpoint_url=s3_endpoint_url, region=region), (path or dataset).strip("/")
+        store = LakeStore.from_uri(str(lake), endpoint_url=s3_endpoint_url, region=region)
+        return store, (path or dataset).strip("/"), None
     from fieldcrypt.catalog import Catalog
 
     loaded = catalog if isinstance(catalog, Catalog) else Catalog.load(catalog)
@@ -141,16 +175,34 @@ def _locate(
     store = LakeStore.from_uri(
         config.lake_uri, endpoint_url=s3_endpoint_url or config.s3_endpoint_url, region=region or config.s3_region
     )
-    return store, path or layout.path
+    if path is not None and layout.source is not None:
+        raise InputError(f"dataset {dataset} is a {layout.kind} table: it is read from its log, not from a path")
+    return store, path or layout.path, layout.table(store)
 
 
-def _data_files(store: LakeStore, folder: str) -> list[str]:
-    """The data files below `folder`, classified as every command classifies a dataset's (fieldcrypt.lake.inventory)."""
+def _listed(store: LakeStore, folder: str) -> dict[str, FileVersion]:
     try:
-        listed = store.list_all(folder)
+        return store.list_all(folder)
     except OSError as exc:
         raise InputError(f"cannot list {store.display(folder)}: {exc}") from None
-    return classify(store, folder, folder, listed, lambda rel, parts: None).files
+
+
+def _table_in_folder(
+    store: LakeStore, folder: str, listed: Mapping[str, FileVersion], dataset: str
+) -> TableFormat | None:
+    """A folder given by path that holds a table: a Delta table is read from its `_delta_log`; an Iceberg table
+    needs its catalog (its files are listed by its manifests, which name the current snapshot), so it is
+    refused by name. Never listed as a folder: the files older versions removed would read as live rows."""
+    prefix = f"{folder}/" if folder else ""
+    names = [rel[len(prefix) :] for rel in listed]
+    if any(name.startswith(f"{DELTA_LOG}/") for name in names):
+        return open_table(store, TableSource(DELTA_KIND, location=folder), dataset)
+    if any(name.startswith("metadata/") and name.endswith(".metadata.json") for name in names):
+        raise InputError(
+            f"{store.display(folder)} is an Iceberg table: declare it `kind: iceberg` in the catalog and scan "
+            f"{dataset} through the catalog (its live files are those its current snapshot lists)"
+        )
+    return None
 
 
 def _footers(store: LakeStore, files: list[str]) -> list[pa.Schema]:

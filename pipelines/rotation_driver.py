@@ -117,7 +117,7 @@ def key_rotation_driver_sensor(
         )
         tags = {**scope.tags("rotate"), CAMPAIGN_TAG: campaign.campaign_id}
         # A campaign started with the CLI gets its partitions in the UI here.
-        shown = campaign_partition_requests(scope, context.instance, campaign.campaign_id)
+        shown: list[PartitionsRequest] = [*campaign_partition_requests(scope, context.instance, campaign.campaign_id)]
         if status.complete:
             complete_request = dg.RunRequest(
                 job_name=complete.name, run_key=f"{campaign.campaign_id}/complete", tags=tags
@@ -126,16 +126,11 @@ def key_rotation_driver_sensor(
         # job -> dataset -> snapshot partitions (None: the dataset is unpartitioned) still under the old key
         wanted: dict[str, dict[str, list[str | None]]] = {}
         elsewhere = []  # a dataset without rotation assets here, or a partition outside the definitions
+        keys_of = SnapshotKeys(context.instance, partitions_of)
         for entry in sorted(status.remaining):
             dataset, _, key = entry.partition("/")
             partition = key or None
-            partitions_def = partitions_of.get(dataset)
-            in_range = (
-                partition is None
-                if partitions_def is None
-                else (partition is not None and partitions_def.has_partition_key(partition))
-            )
-            if dataset in job_of and in_range:
+            if dataset in job_of and keys_of.covers(dataset, partition):
                 wanted.setdefault(job_of[dataset].name, {}).setdefault(dataset, []).append(partition)
             else:
                 elsewhere.append(entry)
@@ -145,6 +140,8 @@ def key_rotation_driver_sensor(
                 f"assets still hold old wrapped keys; rotate them with `fieldcrypt --workspace {scope.name} "
                 f"rotate-partition <dataset> --partition <key>`: {', '.join(elsewhere[:20])}"
             )
+        # A table partition found before the sync_table_partitions sensor added it: added here, rotated this tick.
+        shown += keys_of.add_requests()
         ranges: list[tuple[str, PartitionRange]] = []
         for job_name, by_dataset in wanted.items():
             partitions_def = partitions_of[next(iter(by_dataset))]
@@ -154,11 +151,7 @@ def key_rotation_driver_sensor(
             partitioned = {dataset: [key for key in keys if key is not None] for dataset, keys in by_dataset.items()}
             ranges.extend(
                 (job_name, found)
-                for found in partition_ranges(
-                    partitioned,
-                    partitions_def.get_partition_keys(dynamic_partitions_store=context.instance),
-                    range_size[job_name],
-                )
+                for found in partition_ranges(partitioned, keys_of.keys(next(iter(by_dataset))), range_size[job_name])
             )
         earlier = earlier_range_runs(context.instance, scope, campaign.campaign_id) if ranges else {}
         requests: list[dg.RunRequest] = []
@@ -201,6 +194,58 @@ def key_rotation_driver_sensor(
         return dg.SensorResult(dynamic_partitions_requests=shown, run_requests=requests)
 
     return key_rotation_driver
+
+
+PartitionsRequest = dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest
+
+
+class SnapshotKeys:
+    """The snapshot partition keys of each dataset's rotation assets, read once per tick.
+
+    A Delta or Iceberg dataset's keys are dynamic partitions (assets/partitions.py) that the
+    `sync_table_partitions` sensor fills from the table's log; a table partition holding old wrapped keys that
+    it has not added yet is a key of the table all the same: the driver adds it (after the keys known, in the
+    order found, as the instance appends them) and covers it in this tick's ranges. The instance is passed
+    explicitly: the sensor daemon evaluates a tick outside any `partition_loading_context`."""
+
+    def __init__(
+        self, instance: dg.DagsterInstance, partitions_of: Mapping[str, dg.PartitionsDefinition | None]
+    ) -> None:
+        self._instance = instance
+        self._partitions_of = partitions_of
+        self._keys: dict[str, list[str]] = {}
+        self._known: dict[str, set[str]] = {}
+        self._added: dict[str, list[str]] = {}  # dynamic partitions definition name -> keys this tick adds
+
+    def covers(self, dataset: str, partition: str | None) -> bool:
+        """Whether the dataset's rotation assets have (or, for a table, get) a partition for `partition`."""
+        partitions_def = self._partitions_of.get(dataset)
+        if partitions_def is None or partition is None:
+            return partitions_def is None and partition is None
+        known = self._known_keys(dataset)
+        if partition in known:
+            return True
+        if not isinstance(partitions_def, dg.DynamicPartitionsDefinition) or partitions_def.name is None:
+            return False
+        self._added.setdefault(partitions_def.name, []).append(partition)
+        self._keys[dataset].append(partition)
+        known.add(partition)
+        return True
+
+    def keys(self, dataset: str) -> list[str]:
+        self._known_keys(dataset)
+        return self._keys[dataset]
+
+    def add_requests(self) -> list[PartitionsRequest]:
+        return [dg.AddDynamicPartitionsRequest(name, keys) for name, keys in self._added.items()]
+
+    def _known_keys(self, dataset: str) -> set[str]:
+        if dataset not in self._known:
+            partitions_def = self._partitions_of[dataset]
+            assert partitions_def is not None  # callers check
+            self._keys[dataset] = list(partitions_def.get_partition_keys(dynamic_partitions_store=self._instance))
+            self._known[dataset] = set(self._keys[dataset])
+        return self._known[dataset]
 
 
 # -- the driver's ranged run requests --------------------------------------------------------------------------

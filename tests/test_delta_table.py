@@ -218,6 +218,35 @@ def test_a_file_removed_by_another_writer_before_the_commit_is_refused_by_name_a
     assert workspace.protect("users_delta", "date=2026-11-01").newly_encrypted == 99
 
 
+def test_a_commit_that_lost_the_race_to_another_partitions_commit_is_retried_on_the_new_head(
+    workspace: Workspace, lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """delta-rs takes fieldcrypt's transaction (no predicate) to have read the whole table: another writer's
+    commit removing a file of ANOTHER partition, landing between fieldcrypt's reload and its commit, fails it.
+    The other writer is a real delta-rs delete, run at that moment (the one hook: `_actions`)."""
+    workspace.enable("users_delta.email", "email", acknowledge_irreversible=True)
+    workspace.encrypt_history("users_delta.email", acknowledge_irreversible=True)
+    original = DeltaTableFormat._actions
+    raced: list[int] = []
+
+    def actions(self: DeltaTableFormat, *args: Any) -> Any:
+        planned = original(self, *args)
+        if not raced:  # user 4 lives in date=2026-11-02: its file there is removed and rewritten
+            raced.append(DeltaTable(str(lake / TABLE)).delete("user_id = 4")["num_deleted_rows"])
+        return planned
+
+    monkeypatch.setattr(DeltaTableFormat, "_actions", actions)
+
+    report = workspace.protect("users_delta", "date=2026-11-01")
+
+    assert raced == [1] and report.newly_encrypted == 100
+    table = read(lake)
+    assert table.num_rows == 299 and 4 not in table.column("user_id").to_pylist()
+    ours = [entry["fieldcrypt"] for entry in DeltaTable(str(lake / TABLE)).history() if "fieldcrypt" in entry]
+    assert [entry["fieldcrypt.partition"] for entry in ours] == ["date=2026-11-01"]
+    assert sum(workspace.verify("users_delta", "date=2026-11-01").values()) == 100
+
+
 @pytest.mark.parametrize(
     ("configuration", "refusal"),
     [

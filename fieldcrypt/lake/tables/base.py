@@ -16,11 +16,15 @@ partition-column order (`date=2026-11-28`, `region=eu/day=3`); a null value is
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    import polars as pl
 
 DELTA_KIND, ICEBERG_KIND, HIVE_KIND = "delta", "iceberg", "hive"
 NULL_PARTITION_VALUE = "__HIVE_DEFAULT_PARTITION__"
@@ -131,6 +135,12 @@ class TableFormat(Protocol):
         """Every partition (rendered `key=value/...`, None unpartitioned) -> its live data files, sorted."""
         ...
 
+    def scan(self, snapshot: TableSnapshot) -> pl.LazyFrame:
+        """The table's rows at `snapshot`, lazily, as its own readers see them: its live files only (never a file
+        an older version removed), partition columns from the log, deletes applied (polars' `scan_delta` /
+        `scan_iceberg`, which refuse by name a table feature they cannot read)."""
+        ...
+
     def check_writable(self, snapshot: TableSnapshot) -> None:
         """InputError naming what fieldcrypt cannot write: Delta deletion vectors, column mapping, change data
         feed, append-only, unknown writer features; Iceberg delete files (merge-on-read)."""
@@ -161,6 +171,18 @@ class TableFormat(Protocol):
     def purge_history(self, older_than_hours: float) -> Purge:
         """Delete what only versions older than the retention need (data files and log entries)."""
         ...
+
+
+_COMMIT_LOCKS: dict[str, threading.Lock] = {}
+_COMMIT_LOCKS_GUARD = threading.Lock()
+
+
+def commit_lock(table: str) -> threading.Lock:
+    """One lock per table (its root or identifier) in this process: the partitions a run works on at once
+    commit one after the other instead of failing each other's optimistic commit; commits from other
+    processes are still detected by the format and retried."""
+    with _COMMIT_LOCKS_GUARD:
+        return _COMMIT_LOCKS.setdefault(table, threading.Lock())
 
 
 def partition_key(columns: Sequence[str], values: Mapping[str, str | None]) -> str | None:

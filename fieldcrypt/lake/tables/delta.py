@@ -5,10 +5,12 @@ log cleanup (fieldcrypt.lake.tables.base says what each step promises).
 The commit is `DeltaTable.create_write_transaction(actions, mode="append", ...)` with one `AddAction`
 per new file and one `RemoveAction` per old one (delta-rs 1.x accepts remove actions in an append
 transaction), its `CommitProperties(custom_metadata={"fieldcrypt": ...})` naming fieldcrypt's operation
-in the commit's `commitInfo`. The transaction's read version is the snapshot the partition was planned
-from: delta-rs's conflict checker retries over a concurrent append (the appended files are kept, and
-protected by the next run) and fails over a concurrent remove of a file fieldcrypt replaces, which is
-refused here as a ConcurrentUpdateError naming the table.
+in the commit's `commitInfo`. The transaction reads the table's head as reloaded at commit time, once
+the old files are found live there: delta-rs's conflict checker retries over a concurrent append (the
+appended files are kept, and protected by the next run), but fails over a concurrent remove of ANY file
+(another partition's commit, of the same run or another); fieldcrypt then reloads the head and commits
+again, up to COMMIT_ATTEMPTS times. A remove of a file fieldcrypt replaces is refused as a
+ConcurrentUpdateError naming the table and the file.
 
 The statistics of an added file hold `numRecords` and, for the columns fieldcrypt left untouched, the
 old file's min, max and null count (the values are the same); never any of a changed column (a
@@ -23,7 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 import pyarrow as pa
@@ -42,13 +44,20 @@ from fieldcrypt.lake.tables.base import (
     Replacement,
     TableOperation,
     TableSnapshot,
+    commit_lock,
     is_protection_column,
     partition_key,
 )
 
+if TYPE_CHECKING:
+    import polars as pl
+
 STATS_COLUMNS = "delta.dataSkippingStatsColumns"
 LOG_RETENTION = "delta.logRetentionDuration"
 CONDITIONAL_PUT = "conditional_put"  # object_store's S3 option: commit with If-None-Match (S3 conditional writes)
+# Commits of one batch: each a reload of the head, the batch's old files checked live there, and the transaction
+# (more than the partitions a run works on at once, assets/ranged.py, whose commits race each other).
+COMMIT_ATTEMPTS = 8
 METADATA_KEY = "fieldcrypt"  # the commitInfo member naming fieldcrypt's operation
 ERASE = "erase"  # fieldcrypt's erasure commits (fieldcrypt.engine.table_commit)
 # Writer features delta-rs writes and a file-level add/remove commit keeps valid.
@@ -109,6 +118,12 @@ class DeltaTableFormat:
             found.setdefault(partition_key(columns, values), []).append(self._rel(row["path"]))
         return {key: sorted(found[key]) for key in sorted(found, key=lambda k: k or "")}
 
+    def scan(self, snapshot: TableSnapshot) -> pl.LazyFrame:
+        """The rows at `snapshot`'s version (polars' `scan_delta` of that DeltaTable: its log's live files)."""
+        import polars as pl
+
+        return pl.scan_delta(_table(snapshot))
+
     def _rel(self, path: str) -> str:
         if "://" in path or path.startswith("/"):
             raise InputError(
@@ -164,8 +179,48 @@ class DeltaTableFormat:
             table.alter.set_table_properties({"delta.dataSkippingNumIndexedCols": "0"})
 
     def commit(self, snapshot: TableSnapshot, replacements: Sequence[Replacement], operation: TableOperation) -> int:
+        """One write transaction of the replacements, read at the table's head and retried on a new head.
+
+        delta-rs's conflict checker takes a transaction without a predicate to have read the whole table, so
+        another commit removing ANY file since the read (another partition's commit of this same run or of a
+        concurrent one) fails it. What this transaction depends on is only that its old files are still live:
+        each attempt reloads the head and checks exactly that (a removed one refuses the batch by name), so a
+        commit that only touched other files is followed by a retry, up to COMMIT_ATTEMPTS times. Within this
+        process the commits of one table take turns (commit_lock), so a run's own partitions never race."""
         planned = _table(snapshot)
-        current = self._load()  # fieldcrypt's own column change may have committed since the plan
+        what = f"fieldcrypt's {operation.operation} of {operation.partition or 'the table'}"
+        said = ""
+        for _ in range(COMMIT_ATTEMPTS):
+            try:
+                with commit_lock(self.uri):  # this process's other partitions commit before or after, not across
+                    current = self._load()  # fieldcrypt's own column change, or another commit, may have landed
+                    actions, columns = self._actions(planned, current, replacements, operation)
+                    properties = CommitProperties(custom_metadata={METADATA_KEY: operation.metadata()})
+                    current.create_write_transaction(
+                        actions,
+                        mode="append",
+                        schema=current.schema(),
+                        partition_by=columns,
+                        commit_properties=properties,
+                    )
+            except CommitFailedError as exc:
+                said = _first_line(exc)
+                if any(word in said.lower() for word in ("conflict", "concurrent")):
+                    continue  # another commit landed between the reload and this commit: check again on its head
+                raise InputError(
+                    f"{self.describe()}: delta-rs refused {what} (delta-rs: {said}); nothing was committed"
+                ) from None
+            return int(self._load().version())
+        raise ConcurrentUpdateError(
+            f"{self.describe()}: other writers' commits kept conflicting with {what} ({COMMIT_ATTEMPTS} attempts, "
+            f"last delta-rs: {said}); nothing was committed, run again"
+        )
+
+    def _actions(
+        self, planned: DeltaTable, current: DeltaTable, replacements: Sequence[Replacement], operation: TableOperation
+    ) -> tuple[list[AddAction | RemoveAction], list[str]]:
+        """The add and remove actions of the replacements at `current`, once each old file is found live there
+        and each new file on storage (else a ConcurrentUpdateError naming the file)."""
         columns = list(current.metadata().partition_columns)
         live = {self._rel(row["path"]): row for row in self._adds(current)}
         gone = [r.old for r in replacements if r.old not in live]
@@ -198,23 +253,7 @@ class DeltaTableFormat:
                 )
             )
             actions.append(RemoveAction(self._table_path(item.old), True, now, int(old["size_bytes"]), values))
-        properties = CommitProperties(custom_metadata={METADATA_KEY: operation.metadata()})
-        try:
-            current.create_write_transaction(
-                actions, mode="append", schema=current.schema(), partition_by=columns, commit_properties=properties
-            )
-        except CommitFailedError as exc:
-            said = _first_line(exc)
-            what = f"fieldcrypt's {operation.operation} of {operation.partition or 'the table'}"
-            if any(word in said.lower() for word in ("conflict", "concurrent")):
-                raise ConcurrentUpdateError(
-                    f"{self.describe()}: another writer's commit conflicts with {what} (delta-rs: {said}); nothing "
-                    "was committed, run again"
-                ) from None
-            raise InputError(
-                f"{self.describe()}: delta-rs refused {what} (delta-rs: {said}); nothing was committed"
-            ) from None
-        return int(self._load().version())
+        return actions, columns
 
     def _table_path(self, rel: str) -> str:
         return quote(rel[len(self.location) + 1 :], safe="/=")

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from pyiceberg.manifest import DataFile
@@ -33,6 +34,7 @@ from fieldcrypt.lake.tables.base import (
     TableOperation,
     TableSnapshot,
     TableSource,
+    commit_lock,
     is_protection_column,
 )
 from fieldcrypt.lake.tables.iceberg_table import (
@@ -43,6 +45,9 @@ from fieldcrypt.lake.tables.iceberg_table import (
     with_field_ids,
 )
 from fieldcrypt.lake.tables.iceberg_table import Replacement as IcebergReplacement
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,15 @@ class IcebergTableFormat:
 
     def partitions(self, snapshot: TableSnapshot) -> dict[str | None, list[str]]:
         return dict(_snapshot(snapshot).partitions)
+
+    def scan(self, snapshot: TableSnapshot) -> pl.LazyFrame:
+        """The rows of `snapshot`'s Iceberg snapshot (polars' `scan_iceberg`: its manifests' live files, deletes
+        applied)."""
+        import polars as pl
+
+        table = _snapshot(snapshot).table.table
+        current = table.current_snapshot()
+        return pl.scan_iceberg(table, snapshot_id=None if current is None else current.snapshot_id)
 
     def check_writable(self, snapshot: TableSnapshot) -> None:
         _snapshot(snapshot).table.check_writable()
@@ -170,7 +184,8 @@ class IcebergTableFormat:
                     f"{self.identifier} at the snapshot read; nothing was committed, run again"
                 )
             ours.append(IcebergReplacement(old, self._location(item.new, old.file_path)))
-        committed = table.commit_replacements(ours, operation.operation, operation.metadata())
+        with commit_lock(f"iceberg:{self.catalog.name}:{self.identifier}"):  # a run's partitions take turns
+            committed = table.commit_replacements(ours, operation.operation, operation.metadata())
         return int(committed.snapshot_id)
 
     # -- history --------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from fieldcrypt.lake.store import LakeStore
 from fieldcrypt.lake.tables.iceberg import file_io_properties
 from tests.catalogs import write_catalog
 from tests.plaintext_scan import scan
-from tests.test_delta_s3 import download
+from tests.test_delta_s3 import BUCKET, download  # the bucket its `moto` fixture creates
 from tests.test_delta_s3 import moto as moto  # noqa: F401  (the fixtures: a moto server in its own process)
 from tests.test_delta_s3 import moto_process as moto_process  # noqa: F401
 from tests.test_iceberg_workspace import (
@@ -38,7 +38,6 @@ from tests.test_iceberg_workspace import (
     users,
 )
 
-BUCKET = "delta-lake-bucket"  # the bucket tests/test_delta_s3.py's `moto` fixture creates
 PREFIX = "lake"
 REGION = "us-east-1"
 
@@ -73,7 +72,7 @@ def catalog(
         "users_ice": {
             "kind": "iceberg",
             "table": "shop.users",
-            "path": table.location().removeprefix(f"{lake_uri}/"),
+            "path": "warehouse/shop/users",  # the table's location under the lake
             "iceberg_catalog": catalog_properties,
             "ingested_at": "ingested_at",
             "primary_key": "user_id",

@@ -11,7 +11,9 @@ environment only. The moto server runs in a process of its own, as for the Delta
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pyarrow as pa
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
@@ -20,13 +22,16 @@ from pyiceberg.table import Table
 from fieldcrypt import Workspace
 from fieldcrypt.catalog import Catalog
 from fieldcrypt.cli import run
+from fieldcrypt.errors import ConcurrentUpdateError, ConfigError
 from fieldcrypt.lake.store import LakeStore
 from fieldcrypt.lake.tables.iceberg import file_io_properties
+from fieldcrypt.lake.tables.iceberg_table import IcebergCatalogConfig
 from tests.catalogs import write_catalog
 from tests.plaintext_scan import scan
 from tests.test_delta_s3 import BUCKET, download  # the bucket its `moto` fixture creates
-from tests.test_delta_s3 import moto as moto  # noqa: F401  (the fixtures: a moto server in its own process)
-from tests.test_delta_s3 import moto_process as moto_process  # noqa: F401
+from tests.test_delta_s3 import moto as moto  # the fixtures: a moto server in a process of its own
+from tests.test_delta_s3 import moto_process as moto_process
+from tests.test_delta_table import _catalog_error
 from tests.test_iceberg_workspace import (
     BY_DAY,
     DAYS,
@@ -118,6 +123,23 @@ def test_file_io_properties_carry_the_workspace_endpoint_and_region_and_never_cr
     assert file_io_properties(LakeStore.from_uri("/tmp/lake")) == {}
 
 
+@pytest.mark.parametrize(
+    "key", ["s3.access-key-id", "s3.secret-access-key", "s3.session-token", "client.access-key-id"]
+)
+def test_s3_credentials_in_the_iceberg_catalog_declaration_are_refused_by_name(
+    tmp_path: Path, keystore_path: Path, key: str
+) -> None:
+    declaration = {
+        "kind": "iceberg",
+        "table": "shop.users",
+        "iceberg_catalog": {"type": "sql", "uri": "sqlite:///c.db", key: "x"},
+    }
+    said = _catalog_error(tmp_path, keystore_path, declaration)
+    assert f"{key}: credentials are read from the environment" in said
+    with pytest.raises(ConfigError, match=f"{key} is a secret and cannot be in the catalog file"):
+        IcebergCatalogConfig("default", {"type": "sql", "uri": "sqlite:///c.db", key: "x"})  # the lake's own check
+
+
 def test_an_iceberg_table_on_s3_is_protected_verified_and_purged_with_no_plaintext_left(
     workspace: Workspace,
     table: Table,
@@ -192,3 +214,28 @@ def test_an_append_committed_on_s3_while_fieldcrypt_commits_is_kept(
     assert workspace.protect("users_ice", PARTITIONS[0]).newly_encrypted == 12
     assert read(table).num_rows == 312
     assert sum(workspace.verify("users_ice", PARTITIONS[0]).values()) == 112
+
+
+def test_a_file_replaced_on_s3_before_the_commit_is_refused_by_name_and_its_new_files_deleted(
+    workspace: Workspace, table: Table, moto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace.enable("users_ice.email", "email", acknowledge_irreversible=True)
+    workspace.encrypt_history("users_ice.email", acknowledge_irreversible=True)
+    _between_plan_and_commit(monkeypatch, lambda: table.refresh().delete("user_id = 3"))  # copy-on-write
+
+    with pytest.raises(ConcurrentUpdateError, match="is no longer in iceberg table shop.users"):
+        workspace.protect("users_ice", PARTITIONS[0])
+
+    assert not [s for s in table.refresh().snapshots() if s.summary and s.summary["fieldcrypt.operation"]]
+    assert read(table).num_rows == 299
+    s3: Any = boto3.client("s3", endpoint_url=moto, region_name=REGION)
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{PREFIX}/")
+        for o in page.get("Contents", [])
+    ]
+    names = [k.rpartition("/")[2] for k in keys]
+    assert not [n for n in names if n.startswith("part-fc-")], "the new files of a refused commit are deleted"
+    assert not [n for n in names if ".fieldcrypt-tmp" in n], "no temporary object is left"
+    monkeypatch.undo()
+    assert workspace.protect("users_ice", PARTITIONS[0]).newly_encrypted == 99

@@ -4,7 +4,9 @@
 The table is loaded from its pyiceberg catalog (`iceberg_catalog:` in the catalog file: the SQL
 catalog on SQLite for tests and the demo, REST or Glue; credentials from the environment). Its data
 files must lie in the workspace's lake: fieldcrypt reads, locks and writes them through the lake's
-store, and maps the table's locations (`file:///...`, `s3://bucket/...`) to lake-relative paths.
+store, and maps the table's locations (`file:///...`, `s3://bucket/...`) to lake-relative paths. In an
+`s3://` lake pyiceberg's FileIO (pyarrow's S3 filesystem) is given the workspace's S3 endpoint and
+region (`file_io_properties`), its credentials from the environment.
 
 Before the first file of a run is written (`file_schema`), the table's schema gains the missing
 `__fc_*` columns (schema evolution: pyiceberg assigns their field ids) and its metrics properties
@@ -21,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+from pyiceberg.io import S3_ENDPOINT, S3_FORCE_VIRTUAL_ADDRESSING, S3_REGION
 from pyiceberg.manifest import DataFile
 
 from fieldcrypt.errors import ConcurrentUpdateError, InputError
@@ -73,7 +76,9 @@ class IcebergTableFormat:
         self.store = store
         self.identifier = source.identifier
         self.location = source.location.strip("/")
-        properties = dict(source.catalog)
+        # The FileIO reaches the lake's files as the lake's store does (same endpoint and region); what the
+        # catalog file sets itself wins.
+        properties = {**file_io_properties(store), **source.catalog}
         # The name pyiceberg knows the catalog by: its SQL catalog keys tables by it, and its environment
         # variables (PYICEBERG_CATALOG__<NAME>__*) carry the credentials. pyiceberg's default is "default".
         name = properties.pop("name", "default")
@@ -218,6 +223,19 @@ class IcebergTableFormat:
         report = self._load().purge_history(datetime.now(UTC) - timedelta(hours=hours))
         log_files = len(report.manifests) + len(report.manifest_lists) + len(report.metadata_files)
         return Purge(len(report.data_files), log_files, hours)
+
+
+def file_io_properties(store: LakeStore) -> dict[str, str]:
+    """The pyiceberg FileIO properties of the workspace's `s3://` lake: its endpoint (path-style addressing, as an
+    S3-compatible store such as MinIO or moto serves) and region; none for a local lake. Never credentials:
+    pyarrow's S3 filesystem reads them from the environment (the AWS credential chain)."""
+    properties: dict[str, str] = {}
+    if store.s3_endpoint_url:
+        properties[S3_ENDPOINT] = store.s3_endpoint_url
+        properties[S3_FORCE_VIRTUAL_ADDRESSING] = "false"
+    if store.s3_region:
+        properties[S3_REGION] = store.s3_region
+    return properties
 
 
 def _snapshot(snapshot: TableSnapshot) -> IcebergSnapshot:

@@ -66,7 +66,7 @@ WRITABLE_FORMAT_VERSIONS = (1, 2)
 COMMIT_ATTEMPTS = 4
 # Catalog properties that hold a secret: they come from the environment (PYICEBERG_CATALOG__<NAME>__<KEY>,
 # or the AWS chain for Glue and S3), never from the catalog file.
-_SECRET_MARKERS = ("credential", "token", "password", "secret", "session")
+_SECRET_MARKERS = ("credential", "token", "password", "secret", "session", "access-key", "access_key")
 CATALOG_TYPES = ("sql", "rest", "glue")
 
 

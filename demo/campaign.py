@@ -7,6 +7,7 @@ logged or put in metadata but counts. `make demo` materializes it for today's pa
 """
 
 import hashlib
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
@@ -31,7 +32,7 @@ def campaign_dispatch_asset(
         group_name="campaigns",
         description="Send a campaign to a segment (demo: every third user): real values in memory only, counts out.",
     )
-    def campaign_dispatch(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def campaign_dispatch(context: dg.AssetExecutionContext) -> dg.MaterializeResult[Any]:
         workspace = scope.resource(context).workspace(f"dagster:{context.run.run_id}")
         segment = pa.array(range(0, 5_000, 3), pa.int64())  # the audience
         sent = hashlib.sha256()

@@ -151,13 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - started
 
         protect_job = defs.resolve_job_def(scope.job_name("protect_snapshots"))
-        rerun = protect_job.execute_in_process(partition_key=partitions[-1], instance=instance, run_config=QUIET)
-        rerun = [m for _, m in _materializations(rerun, scope)]
+        rerun_result = protect_job.execute_in_process(partition_key=partitions[-1], instance=instance, run_config=QUIET)
+        rerun = [m for _, m in _materializations(rerun_result, scope)]
 
         from demo.campaign import campaign_dispatch_asset
 
         users = defs.resolve_assets_def(scope.asset_key("protected_users"))
         campaign = campaign_dispatch_asset(scope, users.partitions_def)
+        assert defs.resources is not None  # the code location's definitions carry each workspace's resource
         resources = {scope.resource_key: defs.resources[scope.resource_key]}
         sent = dg.materialize(
             [campaign], partition_key=partitions[-1], instance=instance, resources=resources, run_config=QUIET

@@ -73,7 +73,7 @@ def _times(day: date, rows: int, rng: random.Random, ingested: Sequence[Span] | 
     """Sorted ingestion times over the snapshot's day, or split evenly over `ingested` spans within that day."""
     day_start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     spans = list(ingested or [(day_start, day_start + timedelta(days=1))])
-    times = []
+    times: list[datetime] = []
     for index, (start, end) in enumerate(spans):
         if not (day_start <= start < end <= day_start + timedelta(days=1)):
             raise ValueError(f"ingestion times {start} .. {end} are not within the snapshot's day {day}")

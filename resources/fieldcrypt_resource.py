@@ -22,7 +22,7 @@ def resource_key(workspace: str) -> str:
     return f"fieldcrypt_{workspace_ident(workspace)}"
 
 
-class FieldcryptResource(dg.ConfigurableResource):
+class FieldcryptResource(dg.ConfigurableResource["FieldcryptResource"]):
     """One workspace (customer) of the catalog: its lake, master key and datasets.
 
     The code location has one per workspace, under `resource_key(workspace)`; only that

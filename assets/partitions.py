@@ -8,7 +8,7 @@ A Delta or Iceberg table (`kind: delta` / `kind: iceberg`) has the partitions of
 filled from the table by the workspace's `sync_table_partitions` sensor (pipelines/observation.py).
 An unpartitioned table is one partition (the core's `None`): its Dagster key is `(unpartitioned)`
 (fieldcrypt.policy.layout.UNPARTITIONED), which no table partition can be (a table's keys are
-`column=value`) and Dagster allows in a partition key. A Hive dataset declared `granularity: none`
+`column=value`) and Dagster allows in a partition key. A Hive dataset declared `partitioning: none`
 has no partitions definition at all (its assets are unpartitioned, their key None). Every place the
 Dagster layer passes a partition to the core or back maps it with `dataset_partition` / `partition_key`.
 With no end, the newest partition is the last complete one (UTC): a day's snapshot is

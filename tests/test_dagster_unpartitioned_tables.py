@@ -5,7 +5,7 @@ dynamic partitions) see it as `(unpartitioned)` (assets/partitions.py). Each kin
 on a SQLite SQL catalog) is synced into its dynamic partitions by the `sync_table_partitions` sensor, observed
 by `observe_landed_snapshots`, protected by a real materialization (after which the observer finds nothing
 changed), rotated by the run the `key_rotation_driver` sensor requests (not sent to the CLI) and completed by the
-run it requests next, then re-indexed. After each step the table is read back by its own library.
+run it requests next, then re-indexed and erased. After each step the table is read back by its own library.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from dagster_support import asset_key, catalog_fieldcrypt, node
 from deltalake import DeltaTable, write_deltalake
@@ -26,10 +27,12 @@ from assets import build_assets
 from assets.partitions import table_partitions_name
 from assets.rotation import rotation_partition_key
 from fieldcrypt.policy.layout import UNPARTITIONED
+from pipelines.erasure import record_erasure_request_job
 from pipelines.observation import landed_observation_sensor, table_partitions_sensor
 from resources import FieldcryptResource
 from tests.test_dagster_rotation import launch, start_campaign, workspace_defs
 from tests.test_dagster_tables import (
+    ERASED,
     RANGE_END,
     RANGE_START,
     apply_partition_requests,
@@ -117,7 +120,9 @@ def observe(flat: FlatTable, instance: dg.DagsterInstance) -> list[dg.AssetObser
     return observations
 
 
-def test_an_unpartitioned_table_is_synced_protected_rotated_by_the_driver_and_completed(flat: FlatTable) -> None:
+def test_an_unpartitioned_table_is_synced_protected_rotated_by_the_driver_and_completed(
+    flat: FlatTable, tmp_path: Path
+) -> None:
     fieldcrypt, dataset = flat.fieldcrypt, flat.dataset
     instance = dg.DagsterInstance.ephemeral()
     defs = workspace_defs(fieldcrypt)
@@ -182,3 +187,25 @@ def test_an_unpartitioned_table_is_synced_protected_rotated_by_the_driver_and_co
     indexed = flat.read()
     assert indexed.drop_columns(["email__fc_bidx"]).equals(after.drop_columns(["email__fc_bidx"]))
     assert indexed.column("email__fc_bidx") != after.column("email__fc_bidx")
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("".join(f"{key}\n" for key in ERASED))
+    recorded = record_erasure_request_job(assets.scope).execute_in_process(
+        run_config={
+            "ops": {node("record_erasure"): {"config": {"dataset": dataset, "keys_file": str(keys), "reason": "G-1"}}}
+        },
+        resources=fieldcrypt.as_resources(),
+        instance=instance,
+    )
+    assert recorded.success
+    erased = dg.materialize(
+        [assets.erased[dataset]], partition_key=UNPARTITIONED, resources=fieldcrypt.as_resources(), instance=instance
+    )
+    (materialization,) = erased.asset_materializations_for_node(node(f"erased_{dataset}"))
+    assert materialization.metadata["rows_matched"].value == len(ERASED)
+    (request,) = fieldcrypt.workspace("test").erasure_requests(dataset)
+    assert request.state() == "done"
+    chosen = pc.is_in(flat.read().column("user_id"), value_set=pa.array(ERASED, pa.int64()))
+    for column in ("email", "email__fc_ct", "email__fc_dek", "email__fc_bidx"):
+        assert flat.read().filter(chosen).column(column).null_count == len(ERASED), column
+    assert flat.read().filter(pc.invert(chosen)).equals(indexed.filter(pc.invert(chosen)))

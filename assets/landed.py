@@ -35,6 +35,7 @@ import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from dagster._core.events import DagsterEventType
 
+from assets.partitions import dataset_partition, partition_key
 from fieldcrypt import Workspace
 from fieldcrypt.lake.parquet_io import open_parquet
 from fieldcrypt.lake.store import FileVersion
@@ -78,7 +79,7 @@ def data_version(policy: str, files: str) -> str:
 class LandedVersion:
     """One partition's landed state: its data version and the parts it is made of."""
 
-    partition: str | None
+    partition: str | None  # the core's (None: unpartitioned)
     listing: str
     files: str
     policy: str
@@ -97,10 +98,11 @@ class LandedVersion:
             POLICY_TAG: self.policy,
         }
 
-    def observation(self, asset_key: dg.AssetKey) -> dg.AssetObservation:
+    def observation(self, asset_key: dg.AssetKey, partitioned: bool) -> dg.AssetObservation:
+        """The observation of the landed asset (`partitioned`: it has a partitions definition)."""
         return dg.AssetObservation(
             asset_key=asset_key,
-            partition=self.partition,
+            partition=partition_key(self.partition, partitioned),
             tags=self.tags(),
             metadata={
                 "files": self.file_count,
@@ -142,7 +144,8 @@ def _partition_listing(workspace: Workspace, dataset: str, partition: str | None
 def _latest_tags(
     instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitioned: bool
 ) -> dict[str | None, Mapping[str, str]]:
-    """Each partition's tags of its last observation: one query for the events' ids, one per 1,000 events."""
+    """Each partition's tags of its last observation (by the core's partition): one query for the events' ids,
+    one per 1,000 events."""
     if not partitioned:
         records = instance.fetch_observations(asset_key, limit=1).records
         event = records[0].asset_observation if records else None
@@ -160,7 +163,7 @@ def _latest_tags(
         for record in records:
             event = record.asset_observation
             if event is not None and event.partition is not None:
-                found[event.partition] = dict(event.tags or {})
+                found[dataset_partition(event.partition)] = dict(event.tags or {})
     return found
 
 
@@ -188,7 +191,7 @@ def observe_dataset(
     for partition, files in sorted(by_partition.items(), key=lambda item: item[0] or "", reverse=True):
         if budget is not None and len(observations) >= budget:
             break
-        if partition_keys is not None and partition not in partition_keys:
+        if partition_keys is not None and partition_key(partition, True) not in partition_keys:
             continue
         base = layout.partition_dir(partition) + "/"
         listing = listing_part(base, files)
@@ -200,29 +203,36 @@ def observe_dataset(
             landed = LandedVersion(partition, listing, seen[FILES_TAG], policy, len(files), unprotected)
         else:
             landed = read_landed_version(workspace, dataset, partition, attributes, files)
-        observations.append(landed.observation(asset_key))
+        observations.append(landed.observation(asset_key, partition_keys is not None))
     return observations
 
 
 def report_protected_version(
-    workspace: Workspace, instance: dg.DagsterInstance, asset_key: dg.AssetKey, dataset: str, partition: str | None
+    workspace: Workspace,
+    instance: dg.DagsterInstance,
+    asset_key: dg.AssetKey,
+    dataset: str,
+    partition: str | None,
+    partitioned: bool,
 ) -> tuple[str, int] | None:
-    """After protecting a partition: record its landed version as observed and return (version, storage id)
-    for the protection's materialization to name as consumed; None when a file does not name every
-    enabled attribute (it landed during the run): the partition then stays stale until protected again."""
+    """After protecting a partition (the core's; `partitioned`: the landed asset has a partitions definition):
+    record its landed version as observed and return (version, storage id) for the protection's
+    materialization to name as consumed; None when a file does not name every enabled attribute (it landed
+    during the run): the partition then stays stale until protected again."""
     attributes = workspace.policy().for_dataset(dataset)
     landed = read_landed_version(
         workspace, dataset, partition, attributes, _partition_listing(workspace, dataset, partition)
     )
     if landed.unprotected:
         return None
-    instance.report_runless_asset_event(landed.observation(asset_key))
+    instance.report_runless_asset_event(landed.observation(asset_key, partitioned))
+    key = partition_key(partition, partitioned)
     records = instance.fetch_observations(
-        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition] if partition else None), limit=5
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[key] if key else None), limit=5
     ).records
     for record in records:  # newest first: ours, or an observer's of the same state
         event = record.asset_observation
-        ours = event is not None and event.partition == partition
+        ours = event is not None and event.partition == key
         if ours and event is not None and (event.tags or {}).get(DATA_VERSION_TAG) == landed.version:
             return landed.version, record.storage_id
     return None
@@ -232,12 +242,12 @@ def consumed_version_tags(
     landed_key: dg.AssetKey,
     consumed: tuple[str, int] | None,
     instance: dg.DagsterInstance,
-    partition: str | None,
+    key: str | None,
     code_version: str,
 ) -> dict[str, str]:
-    """Provenance tags of a protection materialization: the landed version it consumed and the event that
-    recorded it, as Dagster writes them for an asset's inputs (its staleness compares them with the
-    landed partition's later observations)."""
+    """Provenance tags of a protection materialization of the Dagster partition `key` (None: the asset has no
+    partitions): the landed version it consumed and the event that recorded it, as Dagster writes them for an
+    asset's inputs (its staleness compares them with the landed partition's later observations)."""
     from dagster._core.definitions.data_version import (
         CODE_VERSION_TAG,
         DataVersion,
@@ -250,7 +260,7 @@ def consumed_version_tags(
         # Nothing reported: point at the landed partition's last observation, so any later different
         # observation makes the protection stale; with none, at the first event id (all later ones count).
         records = instance.fetch_observations(
-            dg.AssetRecordsFilter(asset_key=landed_key, asset_partitions=[partition] if partition else None), limit=1
+            dg.AssetRecordsFilter(asset_key=landed_key, asset_partitions=[key] if key else None), limit=1
         ).records
         if records and records[0].asset_observation is not None:
             tags = records[0].asset_observation.tags or {}

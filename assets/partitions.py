@@ -6,6 +6,11 @@ share one PartitionsDefinition, so one job (and one backfill) covers all of them
 A Delta or Iceberg table (`kind: delta` / `kind: iceberg`) has the partitions of its own log
 (`date=2026-11-28`): a DynamicPartitionsDefinition of its own, `<workspace>__<dataset>_table_partitions`,
 filled from the table by the workspace's `sync_table_partitions` sensor (pipelines/observation.py).
+An unpartitioned table is one partition (the core's `None`): its Dagster key is `(unpartitioned)`
+(fieldcrypt.policy.layout.UNPARTITIONED), which no table partition can be (a table's keys are
+`column=value`) and Dagster allows in a partition key. A Hive dataset declared `partitioning: none`
+has no partitions definition at all (its assets are unpartitioned, their key None). Every place the
+Dagster layer passes a partition to the core or back maps it with `dataset_partition` / `partition_key`.
 With no end, the newest partition is the last complete one (UTC): a day's snapshot is
 complete once the day is over, and Dagster has no partition keys after now. A declared end
 after now includes the period in progress (today's partition), up to that end.
@@ -20,7 +25,7 @@ from typing import Any
 
 import dagster as dg
 
-from fieldcrypt.policy.layout import KEY_FORMATS, DatasetLayout
+from fieldcrypt.policy.layout import KEY_FORMATS, UNPARTITIONED, DatasetLayout
 
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)  # when the catalog declares no start
 TABLE = "table"  # the granularity of a table's group: its partitions are the table's own
@@ -61,6 +66,22 @@ def _definition(granularity: str, start: datetime | None, end: datetime | None) 
         **naive, fmt=KEY_FORMATS[granularity], timezone="UTC"
     )
     return definition
+
+
+def dataset_partition(key: str | None) -> str | None:
+    """The core's partition of a Dagster partition key: None for an unpartitioned dataset (no key, or a table's
+    `(unpartitioned)`), else the key itself."""
+    return None if key is None or key == UNPARTITIONED else key
+
+
+def partition_key(partition: str | None, partitioned: bool) -> str | None:
+    """The Dagster partition key of the core's `partition`, for an asset with (`partitioned`) or without a
+    partitions definition: without one, None; with one, `(unpartitioned)` for an unpartitioned table."""
+    if not partitioned:
+        if partition is not None:
+            raise ValueError(f"partition {partition!r} of an asset without partitions")
+        return None
+    return UNPARTITIONED if partition is None else partition
 
 
 def table_partitions_name(workspace: str, dataset: str) -> str:

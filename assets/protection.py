@@ -23,7 +23,8 @@ from assets.landed import (
     observe_dataset,
     report_protected_version,
 )
-from assets.ranged import OncePerRun, PartitionDone, ranged_asset, report_partitions, run_keys, run_partitions
+from assets.partitions import partition_key
+from assets.ranged import OncePerRun, PartitionDone, ranged_asset, report_partitions, run_dataset_partitions
 from assets.scope import WorkspaceScope
 from fieldcrypt import FieldcryptError, ThrottledError
 from fieldcrypt.engine.protect import ProtectReport
@@ -97,6 +98,7 @@ def protected_snapshot(
     asset_name = f"protected_{dataset}"
     asset_key = scope.asset_key(asset_name)
     landed_key = scope.asset_key(dataset)
+    partitioned = partitions_def is not None  # the landed asset's too
 
     @ranged_asset(
         scope,
@@ -140,11 +142,14 @@ def protected_snapshot(
             consumed = None
             if not failed_check_names(checks):
                 # The landed version this protection leaves behind, recorded as what it consumed (assets/landed.py).
-                consumed = report_protected_version(protector.get(), context.instance, landed_key, dataset, partition)
-            tags = consumed_version_tags(landed_key, consumed, context.instance, partition, context.run.run_id)
+                consumed = report_protected_version(
+                    protector.get(), context.instance, landed_key, dataset, partition, partitioned
+                )
+            key = partition_key(partition, partitioned)
+            tags = consumed_version_tags(landed_key, consumed, context.instance, key, context.run.run_id)
             return PartitionDone(metadata, [*checks, discovered], tags)
 
-        outcomes = run_partitions(run_keys(context), partition_label, work)
+        outcomes = run_dataset_partitions(context, work)
         yield from report_partitions(context, "protecting", dataset, outcomes, protection_retryable)
 
     return protect_partitions

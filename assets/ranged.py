@@ -36,8 +36,10 @@ from typing import Any, Generic, TypeVar
 import dagster as dg
 
 from assets.checks import aggregate_check_results, failed_check_names
+from assets.partitions import dataset_partition
 from assets.scope import WorkspaceScope
 from fieldcrypt.errors import ConfigError
+from fieldcrypt.policy.layout import partition_label
 
 MAX_PARTITIONS_PER_RUN_ENV = "FIELDCRYPT_MAX_PARTITIONS_PER_RUN"
 PARTITION_THREADS_ENV = "FIELDCRYPT_PARTITION_THREADS"
@@ -167,6 +169,16 @@ def run_partitions(
         return [attempt(key) for key in keys]
     with ThreadPoolExecutor(max_workers=min(partition_threads(), len(keys))) as pool:
         return list(pool.map(attempt, keys))
+
+
+def run_dataset_partitions(
+    context: dg.AssetExecutionContext, work: Callable[[str | None], PartitionDone]
+) -> list[Outcome]:
+    """`run_partitions` over the run's keys, `work` given the core's partition of each (None for an unpartitioned
+    dataset: a Hive dataset's None key, a table's `(unpartitioned)`; assets.partitions.dataset_partition)."""
+    return run_partitions(
+        run_keys(context), lambda key: partition_label(dataset_partition(key)), lambda key: work(dataset_partition(key))
+    )
 
 
 def report_partitions(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from assets.ranged import OncePerRun, PartitionDone, ranged_asset, report_partitions, run_keys, run_partitions
+from assets.ranged import OncePerRun, PartitionDone, ranged_asset, report_partitions, run_dataset_partitions
 from assets.scope import WorkspaceScope
 from fieldcrypt import ThrottledError
 from fieldcrypt.policy.layout import DatasetLayout, partition_label
@@ -59,7 +59,7 @@ def reindexed_index(
                 }
             )
 
-        outcomes = run_partitions(run_keys(context), partition_label, work)
+        outcomes = run_dataset_partitions(context, work)
         yield from report_partitions(
             context, "re-indexing", dataset, outcomes, lambda exc: isinstance(exc, ThrottledError)
         )

@@ -3,9 +3,10 @@
 A partition of `rotated_<dataset>_keys` is "in campaign C, every wrapped data key in the
 dataset's files of snapshot partition D is under C's new master key": its key is the
 multi-partition key `C|D` (dimensions `campaign`, a dynamic partitions definition, and
-`snapshot`, the dataset's own partitions; an unpartitioned dataset has the campaign
-alone). Materializing it calls the core's `Workspace.rotate`, which rewraps each distinct
-data key not yet under the current key once, rewrites only the wrapped-key columns,
+`snapshot`, the dataset's own partitions; an unpartitioned Hive dataset has the campaign
+alone, an unpartitioned table the snapshot `(unpartitioned)`). Materializing it calls the
+core's `Workspace.rotate`, which rewraps each distinct data key not yet under the current
+key once, rewrites only the wrapped-key columns,
 verifies and replaces atomically; a file already under the current key is skipped
 without being rewritten.
 
@@ -32,6 +33,7 @@ from typing import Any
 
 import dagster as dg
 
+from assets.partitions import dataset_partition
 from assets.ranged import (
     OncePerRun,
     Outcome,
@@ -72,20 +74,22 @@ def rotation_partitions(
 
 
 def rotation_partition_key(campaign_id: str, snapshot: str | None) -> str:
-    """The rotation assets' partition key of `snapshot` (None: unpartitioned) in campaign `campaign_id`."""
+    """The rotation assets' partition key of the Dagster snapshot partition key `snapshot` (None: the dataset's
+    assets have no partitions; an unpartitioned table's is `(unpartitioned)`, assets.partitions.partition_key)
+    in campaign `campaign_id`."""
     if snapshot is None:
         return campaign_id
     return dg.MultiPartitionKey({CAMPAIGN_DIMENSION: campaign_id, SNAPSHOT_DIMENSION: snapshot})
 
 
 def split_rotation_key(key: str, partitioned: bool) -> tuple[str, str | None]:
-    """(campaign id, snapshot partition or None) of a rotation partition key."""
+    """(campaign id, the core's snapshot partition, None when unpartitioned) of a rotation partition key."""
     if not partitioned:
         return key, None
     campaign, separator, snapshot = key.partition("|")  # dimensions in name order: campaign|snapshot
     if not separator:
         raise dg.Failure(description=f"rotation partition key {key!r} is not <campaign>|<partition>")
-    return campaign, snapshot
+    return campaign, dataset_partition(snapshot)
 
 
 def latest_campaign(binding: KeyBinding | None) -> Campaign | None:

@@ -11,7 +11,8 @@ operator's choice) requests protection of those partitions (assets/landed.py `la
 
 `<workspace>__sync_table_partitions` (running by default; only in a workspace with a Delta or Iceberg
 dataset) adds each table's partitions, read from its log, to the table's dynamic partitions
-(assets/partitions.py), so new partitions of the table can be protected, rotated and re-indexed.
+(assets/partitions.py; an unpartitioned table's one partition as `(unpartitioned)`), so new partitions of
+the table can be protected, rotated and re-indexed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import dagster as dg
 
 from assets import DatasetAssets
 from assets.landed import observe_dataset
-from assets.partitions import TABLE
+from assets.partitions import TABLE, partition_key
 from assets.protection import partition_keys
 
 OBSERVE_INTERVAL_SECONDS = 300
@@ -104,7 +105,8 @@ def table_partitions_sensor(assets: DatasetAssets) -> dg.SensorDefinition | None
         for dataset, definition in tables.items():
             assert definition.name is not None  # a table's definition is named (assets/partitions.py)
             known = set(context.instance.get_dynamic_partitions(definition.name))
-            new = [p for p in workspace.partitions(dataset) if p is not None and p not in known]
+            keys = [partition_key(p, True) for p in workspace.partitions(dataset)]
+            new = [key for key in keys if key is not None and key not in known]
             if new:
                 requests.append(definition.build_add_request(new))
         if not requests:

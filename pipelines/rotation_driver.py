@@ -55,6 +55,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from assets import DatasetAssets
+from assets.partitions import partition_key
 from assets.rotation import rotation_asset_name, rotation_partition_key
 from assets.scope import WorkspaceScope
 from fieldcrypt import ConfigError
@@ -123,7 +124,8 @@ def key_rotation_driver_sensor(
                 job_name=complete.name, run_key=f"{campaign.campaign_id}/complete", tags=tags
             )
             return dg.SensorResult(run_requests=[complete_request], dynamic_partitions_requests=shown)
-        # job -> dataset -> snapshot partitions (None: the dataset is unpartitioned) still under the old key
+        # job -> dataset -> Dagster snapshot partition keys still under the old key (None: the dataset's assets have
+        # no partitions; an unpartitioned table's is `(unpartitioned)`)
         wanted: dict[str, dict[str, list[str | None]]] = {}
         elsewhere = []  # a dataset without rotation assets here, or a partition outside the definitions
         keys_of = SnapshotKeys(context.instance, partitions_of)
@@ -131,7 +133,9 @@ def key_rotation_driver_sensor(
             dataset, _, key = entry.partition("/")
             partition = key or None
             if dataset in job_of and keys_of.covers(dataset, partition):
-                wanted.setdefault(job_of[dataset].name, {}).setdefault(dataset, []).append(partition)
+                wanted.setdefault(job_of[dataset].name, {}).setdefault(dataset, []).append(
+                    keys_of.snapshot_key(dataset, partition)
+                )
             else:
                 elsewhere.append(entry)
         if elsewhere:
@@ -217,19 +221,26 @@ class SnapshotKeys:
         self._known: dict[str, set[str]] = {}
         self._added: dict[str, list[str]] = {}  # dynamic partitions definition name -> keys this tick adds
 
+    def snapshot_key(self, dataset: str, partition: str | None) -> str | None:
+        """The Dagster snapshot key of the core's `partition` (assets.partitions.partition_key)."""
+        return partition_key(partition, self._partitions_of.get(dataset) is not None)
+
     def covers(self, dataset: str, partition: str | None) -> bool:
-        """Whether the dataset's rotation assets have (or, for a table, get) a partition for `partition`."""
+        """Whether the dataset's rotation assets have (or, for a table, get) a partition for the core's `partition`
+        (None: unpartitioned, a table's `(unpartitioned)` key)."""
         partitions_def = self._partitions_of.get(dataset)
-        if partitions_def is None or partition is None:
-            return partitions_def is None and partition is None
+        if partitions_def is None:
+            return partition is None
+        key = partition_key(partition, True)
+        assert key is not None  # a partitioned asset's key
         known = self._known_keys(dataset)
-        if partition in known:
+        if key in known:
             return True
         if not isinstance(partitions_def, dg.DynamicPartitionsDefinition) or partitions_def.name is None:
             return False
-        self._added.setdefault(partitions_def.name, []).append(partition)
-        self._keys[dataset].append(partition)
-        known.add(partition)
+        self._added.setdefault(partitions_def.name, []).append(key)
+        self._keys[dataset].append(key)
+        known.add(key)
         return True
 
     def keys(self, dataset: str) -> list[str]:

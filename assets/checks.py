@@ -154,16 +154,16 @@ def aggregate_check_results(
         names.update((result.check_name or "", None) for result in results)
     aggregated = []
     for name in names:
-        results = {p: r for p, rs in by_partition.items() for r in rs if r.check_name == name}
-        failing = sorted(partition_label(p) for p, result in results.items() if not result.passed)
-        if len(results) == 1:
-            (only,) = results.values()
+        per_partition = {p: r for p, rs in by_partition.items() for r in rs if r.check_name == name}
+        failing = sorted(partition_label(p) for p, result in per_partition.items() if not result.passed)
+        if len(per_partition) == 1:
+            (only,) = per_partition.values()
             metadata: dict[str, Any] = dict(only.metadata)
         else:
-            labels = sorted(partition_label(p) for p in results)
-            metadata = {"partition": f"{labels[0]} .. {labels[-1]}", "partitions_checked": len(results)}
+            labels = sorted(partition_label(p) for p in per_partition)
+            metadata = {"partition": f"{labels[0]} .. {labels[-1]}", "partitions_checked": len(per_partition)}
         metadata["failing_partitions"] = dg.MetadataValue.json(failing)
-        severity = next(iter(results.values())).severity  # a check's severity is the same in every partition
+        severity = next(iter(per_partition.values())).severity  # a check's severity is the same in every partition
         aggregated.append(
             dg.AssetCheckResult(check_name=name, passed=not failing, metadata=metadata, severity=severity)
         )

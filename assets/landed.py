@@ -276,7 +276,7 @@ def consumed_version_tags(
     }
 
 
-def landed_changed_condition() -> dg.AutomationCondition:
+def landed_changed_condition() -> dg.AutomationCondition[dg.AssetKey | dg.AssetCheckKey]:
     """A protection partition whose landed partition's data version changed since it was last requested or
     protected (a file landed, the policy changed), once nothing of it is in progress. Protection's own
     report of the version it leaves lands in the same evaluation as its materialization, which resets it."""

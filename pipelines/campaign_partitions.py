@@ -17,7 +17,7 @@ def campaign_partition_requests(
 ) -> list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]:
     """What makes `campaign_id` the only campaign of the workspace's `campaign` dimension (nothing when it is)."""
     campaigns = rotation_campaigns(scope)
-    shown = instance.get_dynamic_partitions(campaigns.name)
+    shown = instance.get_dynamic_partitions(_name(campaigns))
     requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
     if campaign_id not in shown:
         requests.append(campaigns.build_add_request([campaign_id]))
@@ -32,10 +32,17 @@ def show_campaign_partitions(scope: WorkspaceScope, instance: dg.DagsterInstance
 
     Dropping an earlier campaign's key hides its partitions from the asset's partition bar
     and the launch dialog; its runs, observations and materialization events stay."""
-    name = rotation_campaigns(scope).name
+    name = _name(rotation_campaigns(scope))
     for request in campaign_partition_requests(scope, instance, campaign_id):
         if isinstance(request, dg.AddDynamicPartitionsRequest):
             instance.add_dynamic_partitions(name, list(request.partition_keys))
         else:
             for key in request.partition_keys:
                 instance.delete_dynamic_partition(name, key)
+
+
+def _name(partitions: dg.DynamicPartitionsDefinition) -> str:
+    """The name of a dynamic partitions definition the instance stores (the rotation campaigns' always has one)."""
+    if partitions.name is None:
+        raise ValueError("a dynamic partitions definition without a name has no keys in the instance")
+    return partitions.name

@@ -11,7 +11,8 @@ from assets.scope import WorkspaceScope
 # 02:00 UTC for daily partitions (the day that just ended), 15 minutes past each hour for hourly,
 # 02:00 on the 1st for monthly. Stopped by default; start them in the UI (Automation) or with
 # `dagster schedule start <workspace>__protect_newest_partition`. Unpartitioned datasets have no schedule.
-_TIMING = {"daily": {"hour_of_day": 2}, "hourly": {"minute_of_hour": 15}, "monthly": {"hour_of_day": 2}}
+# When the newest partition is protected: (hour_of_day, minute_of_hour) of the schedule's tick.
+_TIMING: dict[str, tuple[int | None, int | None]] = {"daily": (2, None), "hourly": (None, 15), "monthly": (2, None)}
 
 
 def build_schedule_definitions(
@@ -26,7 +27,8 @@ def build_schedule_definitions(
                 job,
                 name=scope.job_name(f"protect_newest_partition{group.suffix}"),
                 default_status=dg.DefaultScheduleStatus.STOPPED,
-                **_TIMING[group.granularity],
+                hour_of_day=_TIMING[group.granularity][0],
+                minute_of_hour=_TIMING[group.granularity][1],
             )
         )
     return dg.Definitions(schedules=schedules)

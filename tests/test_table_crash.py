@@ -208,4 +208,3 @@ def test_a_published_file_held_by_a_live_run_is_left_and_counted(workspace: Work
         assert workspace.protect("users_delta", PARTITION).newly_encrypted == 100
     assert seen == [1]
     assert workspace.verify("users_delta", PARTITION)["users_delta.email"] == 100
-

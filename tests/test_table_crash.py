@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
+from pyiceberg.catalog.sql import SqlCatalog
 
 import fieldcrypt
 from fieldcrypt import Workspace
@@ -32,20 +33,27 @@ from fieldcrypt.lake.tables.base import NEW_FILE_PREFIX
 from fieldcrypt.policy.ledger import LedgerError
 from tests.catalogs import write_catalog
 from tests.test_delta_table import DATASETS, DAYS, TABLE, UNTOUCHED, emails, users
+from tests.test_iceberg_workspace import BY_DAY, PARTITIONS
+from tests.test_iceberg_workspace import DAYS as ICE_DAYS
+from tests.test_iceberg_workspace import SCHEMA as ICE_SCHEMA
+from tests.test_iceberg_workspace import UNTOUCHED as ICE_UNTOUCHED
+from tests.test_iceberg_workspace import users as ice_users
 
 REPO = Path(fieldcrypt.__file__).resolve().parents[1]
 PARTITION = f"date={DAYS[0]}"
+ICE_PARTITION = PARTITIONS[0]
 
 CHILD = r"""
 import os, signal, sys
 
 import fieldcrypt.lake.tables.delta
+import fieldcrypt.lake.tables.iceberg
 import fieldcrypt.policy.ledger
 from fieldcrypt import Workspace
 from fieldcrypt.catalog import Catalog
 from fieldcrypt.errors import IntegrityError
 
-catalog, partition, operation, stage = sys.argv[1:5]
+catalog, dataset, partition, operation, stage = sys.argv[1:6]
 
 
 def die(*args, **kwargs):
@@ -57,8 +65,9 @@ if stage == "after-commit":
     fieldcrypt.policy.ledger.Ledger.replace_files = die
 elif stage == "before-commit":
     fieldcrypt.lake.tables.delta.DeltaTableFormat.commit = die
+    fieldcrypt.lake.tables.iceberg.IcebergTableFormat.commit = die
 workspace = Workspace(Catalog.load(catalog, environ={}).workspace_config(), actor="crash-test")
-getattr(workspace, operation)("users_delta", partition)
+getattr(workspace, operation)(dataset, partition)
 print(operation, "finished without being killed")
 """
 
@@ -86,9 +95,11 @@ def workspace(catalog: Path) -> Workspace:
     return workspace
 
 
-def run_in_child_killed_at(catalog: Path, operation: str, stage: str) -> None:
+def run_in_child_killed_at(
+    catalog: Path, operation: str, stage: str, dataset: str = "users_delta", partition: str = PARTITION
+) -> None:
     child = subprocess.run(
-        [sys.executable, "-c", CHILD, str(catalog), PARTITION, operation, stage],
+        [sys.executable, "-c", CHILD, str(catalog), dataset, partition, operation, stage],
         cwd=REPO,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(REPO)},
         capture_output=True,
@@ -208,3 +219,80 @@ def test_a_published_file_held_by_a_live_run_is_left_and_counted(workspace: Work
         assert workspace.protect("users_delta", PARTITION).newly_encrypted == 100
     assert seen == [1]
     assert workspace.verify("users_delta", PARTITION)["users_delta.email"] == 100
+
+
+# -- Iceberg (pyiceberg, SQL catalog on SQLite) --------------------------------------------------------------
+
+
+@pytest.fixture
+def iceberg(tmp_path: Path, keystore_path: Path) -> tuple[Workspace, Path, Path]:
+    """An Iceberg table of 300 users over three days, users_ice.email enabled: (workspace, catalog, table root)."""
+    lake = tmp_path / "lake"
+    (lake / "warehouse").mkdir(parents=True)
+    properties = {"type": "sql", "uri": f"sqlite:///{tmp_path}/iceberg.db", "warehouse": f"file://{lake}/warehouse"}
+    sql = SqlCatalog("default", **properties)
+    sql.create_namespace("shop")
+    sql.create_table("shop.users", schema=ICE_SCHEMA, partition_spec=BY_DAY).append(ice_users(0, 300, ICE_DAYS))
+    datasets = {
+        "users_ice": {
+            "kind": "iceberg",
+            "table": "shop.users",
+            "path": "warehouse/shop/users",
+            "iceberg_catalog": properties,
+            "ingested_at": "ingested_at",
+            "primary_key": "user_id",
+        }
+    }
+    catalog = write_catalog(
+        tmp_path / "fieldcrypt.yaml", "acme", str(lake), {"provider": "local", "keystore": str(keystore_path)}, datasets
+    )
+    workspace = Workspace(Catalog.load(catalog, environ={}).workspace_config(), actor="test")
+    workspace.enable("users_ice.email", "email", acknowledge_irreversible=True)
+    workspace.encrypt_history("users_ice.email", acknowledge_irreversible=True)
+    workspace.key_cache()
+    return workspace, catalog, lake / "warehouse/shop/users"
+
+
+def ice_published(root: Path) -> set[Path]:
+    return set(root.rglob(f"{NEW_FILE_PREFIX}*.parquet"))
+
+
+def ice_read(workspace: Workspace) -> pa.Table:
+    """The table as pyiceberg itself reads it."""
+    source = workspace.layout("users_ice").source
+    assert source is not None
+    properties = {k: v for k, v in source.catalog.items() if k != "name"}
+    return SqlCatalog("default", **properties).load_table("shop.users").scan().to_arrow().sort_by("user_id")
+
+
+def test_an_iceberg_run_killed_after_its_commit_is_recorded_by_the_next_protect(
+    iceberg: tuple[Workspace, Path, Path],
+) -> None:
+    workspace, catalog, root = iceberg
+    assert workspace.protect("users_ice", ICE_PARTITION).newly_encrypted == 100
+    old = ice_published(root)
+    before = ice_read(workspace)
+    workspace.start_rotation()
+    run_in_child_killed_at(catalog, "rotate", "after-commit", "users_ice", ICE_PARTITION)
+    (new,) = ice_published(root) - old
+    live = workspace.files("users_ice", ICE_PARTITION)
+    assert [Path(rel).name for rel in live] == [new.name]
+
+    assert workspace.protect("users_ice", ICE_PARTITION).newly_encrypted == 0  # no accept-rewrite needed
+    assert "table_commit_recovered" in audited(workspace)
+    assert workspace.verify("users_ice", ICE_PARTITION)["users_ice.email"] == 100
+    after = ice_read(workspace)
+    assert after.select(ICE_UNTOUCHED).equals(before.select(ICE_UNTOUCHED))
+
+
+def test_an_iceberg_run_killed_before_its_commit_leaves_files_the_next_run_deletes(
+    iceberg: tuple[Workspace, Path, Path],
+) -> None:
+    workspace, catalog, root = iceberg
+    run_in_child_killed_at(catalog, "protect", "before-commit", "users_ice", ICE_PARTITION)
+    (orphan,) = ice_published(root)
+    assert workspace.status("users_ice", ICE_PARTITION).temp_files_left == 0
+    assert not orphan.exists()
+    assert "table_file_swept" in audited(workspace)
+    assert workspace.protect("users_ice", ICE_PARTITION).newly_encrypted == 100
+    assert workspace.verify("users_ice", ICE_PARTITION)["users_ice.email"] == 100

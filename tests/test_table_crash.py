@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -30,7 +31,7 @@ from fieldcrypt import Workspace
 from fieldcrypt.catalog import Catalog
 from fieldcrypt.errors import IntegrityError
 from fieldcrypt.lake.tables.base import NEW_FILE_PREFIX
-from fieldcrypt.policy.ledger import LedgerError
+from fieldcrypt.policy.ledger import Ledger, LedgerError
 from tests.catalogs import write_catalog
 from tests.test_delta_table import DATASETS, DAYS, TABLE, UNTOUCHED, emails, users
 from tests.test_iceberg_workspace import BY_DAY, PARTITIONS
@@ -296,3 +297,21 @@ def test_an_iceberg_run_killed_before_its_commit_leaves_files_the_next_run_delet
     assert "table_file_swept" in audited(workspace)
     assert workspace.protect("users_ice", ICE_PARTITION).newly_encrypted == 100
     assert workspace.verify("users_ice", ICE_PARTITION)["users_ice.email"] == 100
+
+
+def test_a_live_run_between_its_commit_and_its_ledger_step_is_left_to_record_it(workspace: Workspace) -> None:
+    """Another run reading the partition meanwhile does not 'recover' a commit whose run is alive."""
+    real = Ledger.replace_files
+    seen: list[int] = []
+
+    def replace_files(self: Ledger, *args: Any, **kwargs: Any) -> None:
+        # fault injection: a second workspace's status runs after the commit, before this run's ledger step
+        seen.append(Workspace(workspace.config, actor="other").status("users_delta", PARTITION).temp_files_left)
+        real(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Ledger, "replace_files", replace_files)
+        assert workspace.protect("users_delta", PARTITION).newly_encrypted == 100
+    assert seen == [0]  # committed: live in the table, nothing to sweep
+    assert "table_commit_recovered" not in audited(workspace)
+    assert workspace.verify("users_delta", PARTITION)["users_delta.email"] == 100

@@ -266,6 +266,29 @@ class LakeStore:
         if fd is not None:
             os.close(fd)
 
+    def held(self, rel: str) -> bool:
+        """Local: whether a live run holds the flock of `rel` (a temp, or a file `hold_published` keeps). S3: False
+        (no locks)."""
+        if not self.is_local:
+            return False
+        full = self.full_path(rel)
+        with _HELD_TEMPS_LOCK:
+            if full in _HELD_TEMPS:
+                return True
+        try:
+            fd = os.open(full, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            return True
+        finally:
+            os.close(fd)  # drops the shared lock taken, if any
+        return False
+
     def sweep_temp(self, temp: str, version: FileVersion | None) -> bool:
         """Delete a temporary file a dead run left; False when a live run may still hold it.
 

@@ -116,6 +116,8 @@ def recover(
             continue  # recorded already, or not this recovery's to prove: the ledger check decides
         if not _proved(ledger, dataset, partition, pairs, entries, metadata.get(PROOF_KEY, "")):
             continue
+        if any(store.held(new) for new in entries):
+            continue  # its run is alive, between its commit and its own ledger step
         for new, entry in sorted(entries.items()):
             if file_identity(store, new) != entry.identity:
                 raise LedgerError(

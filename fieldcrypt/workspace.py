@@ -289,7 +289,7 @@ class Workspace:
         inventory = layout.inventory(self.store, partition)
         left = sum(not self.store.sweep_temp(temp.rel, temp.version) for temp in inventory.temps)
         table = layout.table(self.store)
-        if table is not None and inventory.published:  # files a dead run published and never committed
+        if table is not None:  # files a dead run published and never committed
             left += table_recovery.sweep_published(
                 self.ledger, self.store, table, dataset, partition, inventory.published, self.audit
             )

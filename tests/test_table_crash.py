@@ -47,6 +47,7 @@ ICE_PARTITION = PARTITIONS[0]
 CHILD = r"""
 import os, signal, sys
 
+import fieldcrypt.engine.table_commit
 import fieldcrypt.lake.tables.delta
 import fieldcrypt.lake.tables.iceberg
 import fieldcrypt.policy.ledger
@@ -64,6 +65,8 @@ def die(*args, **kwargs):
 # fault injection: SIGKILL at the chosen point of the protection run
 if stage == "after-commit":
     fieldcrypt.policy.ledger.Ledger.replace_files = die
+elif stage == "before-publish":
+    fieldcrypt.engine.table_commit.TableCommit._publish = staticmethod(die)
 elif stage == "before-commit":
     fieldcrypt.lake.tables.delta.DeltaTableFormat.commit = die
     fieldcrypt.lake.tables.iceberg.IcebergTableFormat.commit = die
@@ -315,3 +318,16 @@ def test_a_live_run_between_its_commit_and_its_ledger_step_is_left_to_record_it(
     assert seen == [0]  # committed: live in the table, nothing to sweep
     assert "table_commit_recovered" not in audited(workspace)
     assert workspace.verify("users_delta", PARTITION)["users_delta.email"] == 100
+
+
+def test_a_run_killed_between_staging_and_publishing_leaves_an_entry_the_next_run_withdraws(
+    workspace: Workspace, catalog: Path, lake: Path
+) -> None:
+    run_in_child_killed_at(catalog, "protect", "before-publish")
+    assert not published(lake)
+    shard = workspace.ledger.load("users_delta", PARTITION)
+    assert shard is not None and len(shard.staged) == 1  # the entry of a file that was never written
+    workspace.status("users_delta", PARTITION)
+    shard = workspace.ledger.load("users_delta", PARTITION)
+    assert shard is not None and not shard.staged
+    assert workspace.protect("users_delta", PARTITION).newly_encrypted == 100

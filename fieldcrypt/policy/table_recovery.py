@@ -31,8 +31,8 @@ from collections.abc import Mapping, Sequence
 from fieldcrypt.lake.audit import AuditLog
 from fieldcrypt.lake.inventory import Entry
 from fieldcrypt.lake.store import DELETED, HELD, LakeStore
-from fieldcrypt.lake.tables.base import PROOF_KEY, REPLACED_KEY, TableFormat
-from fieldcrypt.policy.ledger import FileEntry, Ledger, LedgerError, file_identity, shard_path
+from fieldcrypt.lake.tables.base import NEW_FILE_PREFIX, PROOF_KEY, REPLACED_KEY, TableFormat
+from fieldcrypt.policy.ledger import FileEntry, Ledger, LedgerError, Shard, file_identity, shard_path
 from fieldcrypt.policy.rollback import canonical
 
 PROOF_LABEL = b"fieldcrypt-table-commit-v1\n"
@@ -158,11 +158,10 @@ def sweep_published(
 ) -> int:
     """Delete the published files (`candidates`: `part-fc-*` files not live in the table) that a dead run never
     committed, and withdraw their staged entries; how many are left because a live run may still hold them."""
-    if not candidates:
-        return 0
     shard = ledger.load(dataset, partition)
     if shard is None:
         return 0
+    _withdraw_unpublished(ledger, store, table, dataset, partition, shard, {e.rel for e in candidates})
     staged = {e.rel: shard.staged[e.rel] for e in candidates if e.rel in shard.staged and e.rel not in shard.files}
     if not staged:
         return 0  # a file an older version references (kept for time travel), or not fieldcrypt's: left alone
@@ -197,3 +196,33 @@ def sweep_published(
                     "protection-ledger entry withdrawn",
                 )
     return left
+
+
+def _withdraw_unpublished(
+    ledger: Ledger,
+    store: LakeStore,
+    table: TableFormat,
+    dataset: str,
+    partition: str | None,
+    shard: Shard,
+    on_disk: set[str],
+) -> None:
+    """Local lake: withdraw the staged entries of `part-fc-*` files that are not on storage (a run died between
+    staging and publishing, or its withdrawal after a refused commit failed). Staging and publishing happen under
+    the directory lock taken here, so a live run's entry is never seen without its file. S3: left (harmless)."""
+    if not store.is_local:
+        return
+    lost = {
+        rel: entry
+        for rel, entry in shard.staged.items()
+        if rel not in shard.files and rel.rpartition("/")[2].startswith(NEW_FILE_PREFIX) and rel not in on_disk
+    }
+    if not lost:
+        return
+    live = set(table.partitions(table.snapshot()).get(partition, []))
+    for rel, entry in sorted(lost.items()):
+        if rel in live:
+            continue  # a table file gone from storage: the ledger check names it
+        with store.exclusive(rel):
+            if not store.exists(rel):
+                ledger.unstage(dataset, partition, rel, entry)

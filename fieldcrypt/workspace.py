@@ -50,6 +50,7 @@ from fieldcrypt.lake.audit_chain import AuditHead
 from fieldcrypt.lake.parquet_io import open_parquet, read_ahead, row_groups
 from fieldcrypt.lake.store import LakeStore
 from fieldcrypt.lake.tables.base import History, Purge, TableFormat, TableOperation
+from fieldcrypt.policy import table_recovery
 from fieldcrypt.policy.enable_checks import check_declared, check_map_key_occurs
 from fieldcrypt.policy.erasure import DEFAULT_EXPIRY_DAYS, ErasureRequest, ErasureRequests
 from fieldcrypt.policy.layout import DatasetLayout, partition_label
@@ -141,6 +142,7 @@ class Workspace:
         the ledger's own finding is raised when every cell authenticates.
         """
         try:
+            self._recover_table(dataset, partition)
             listed = self.files(dataset, partition) if files is None else files
             self.ledger.check(spec, partition, listed, attributes, deep=deep)
         except LedgerError as exc:
@@ -286,7 +288,22 @@ class Workspace:
         layout.check_partition(partition)
         inventory = layout.inventory(self.store, partition)
         left = sum(not self.store.sweep_temp(temp.rel, temp.version) for temp in inventory.temps)
+        table = layout.table(self.store)
+        if table is not None:  # files a dead run published and never committed
+            left += table_recovery.sweep_published(
+                self.ledger, self.store, table, dataset, partition, inventory.published, self.audit
+            )
+        if self._recover_table(dataset, partition):
+            inventory = layout.inventory(self.store, partition)
         return inventory.files, left
+
+    def _recover_table(self, dataset: str, partition: str | None) -> int:
+        """A Delta or Iceberg partition's ledger step that a run died before (after its table commit) completed,
+        when fieldcrypt.policy.table_recovery proves the commit and the new files fieldcrypt's; files recorded."""
+        table = self.layout(dataset).table(self.store)
+        if table is None:
+            return 0
+        return table_recovery.recover(self.ledger, self.store, table, dataset, partition, self.audit)
 
     def partition_display(self, dataset: str, partition: str | None) -> str:
         return self.store.display(self.layout(dataset).partition_dir(partition))

@@ -19,6 +19,7 @@ by the table) and withdraws their staged entries: the table is as it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import stat
 import threading
@@ -36,6 +37,7 @@ from fieldcrypt.errors import ConcurrentUpdateError
 from fieldcrypt.lake.audit import AuditLog
 from fieldcrypt.lake.store import FileVersion, LakeStore
 from fieldcrypt.lake.tables.base import (
+    NEW_FILE_PREFIX,
     Replacement,
     TableFormat,
     TableOperation,
@@ -43,8 +45,7 @@ from fieldcrypt.lake.tables.base import (
     is_protection_column,
 )
 from fieldcrypt.policy.ledger import FileEntry, LedgerStep, entry_of
-
-NEW_FILE_PREFIX = "part-fc-"
+from fieldcrypt.policy.table_recovery import commit_proof
 
 
 def new_data_path(rel: str) -> str:
@@ -73,6 +74,7 @@ class TableCommit:
     ledger: LedgerStep | None
     audit: AuditLog | None = None
     _staged: list[_Staged] = field(default_factory=list, init=False)
+    _held: list[str] = field(default_factory=list, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def files(self, partition: str | None) -> list[str]:
@@ -108,6 +110,9 @@ class TableCommit:
                 entry = entry_of(store, temp, self.ledger.dataset, self.ledger.attributes)
                 self.ledger.ledger.stage(self.ledger.dataset.name, self.ledger.partition, new, entry)
             self._publish(store, temp, new, job.rel)
+            store.hold_published(temp, new)  # its run's flock until committed: never swept as a dead run's
+            with self._lock:
+                self._held.append(new)
         with store.open_input(new) as handle:
             metadata = pq.ParquetFile(handle).metadata
             schema = metadata.schema.to_arrow_schema()
@@ -137,14 +142,29 @@ class TableCommit:
         """Commit every staged replacement in one table transaction; the table's new version (None: none)."""
         with self._lock:
             staged, self._staged = list(self._staged), []
+            held, self._held = list(self._held), []
+        try:
+            return self._finish(staged)
+        finally:
+            for rel in held:  # committed and recorded, or deleted: nothing of this run to sweep
+                self.store.release_published(rel)
+
+    def _finish(self, staged: Sequence[_Staged]) -> int | None:
         if not staged:
             return None
         replacements = [s.replacement for s in staged]
         fields = list({f.name: f for s in staged for f in s.fields}.values())
         protected = sorted({name for s in staged for name in s.protected})
+        operation = self.operation
+        if self.ledger is not None and all(s.entry is not None for s in staged):
+            # what the next run needs to finish the ledger step, should this one die after the commit
+            pairs = tuple((r.old, r.new) for r in replacements)
+            entries = {s.replacement.new: s.entry for s in staged if s.entry is not None}
+            proof = commit_proof(self.ledger.ledger, self.ledger.dataset.name, self.ledger.partition, pairs, entries)
+            operation = dataclasses.replace(operation, replaced=pairs, proof=proof)
         try:
             self.table.prepare_columns(fields, protected)
-            version = self.table.commit(self.snapshot, replacements, self.operation)
+            version = self.table.commit(self.snapshot, replacements, operation)
         except BaseException:
             self._abandon(staged)
             raise

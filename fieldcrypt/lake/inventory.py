@@ -39,6 +39,8 @@ CHECKSUM = "checksum"
 SUMMARY = "summary"
 TEMP = "temp"
 TABLE_LOG = "table_log"
+# A table's `part-fc-*` file its current version does not reference (fieldcrypt.policy.table_recovery).
+PUBLISHED = "published"
 
 SUMMARY_FILES = frozenset({"_metadata", "_common_metadata"})
 # Spark writes `_SUCCESS`; Databricks' DBIO commit protocol `_started_<txn>` and `_committed_<txn>`.
@@ -112,6 +114,10 @@ class Inventory:
     @property
     def temps(self) -> list[Entry]:
         return self.of_kind(TEMP)
+
+    @property
+    def published(self) -> list[Entry]:
+        return self.of_kind(PUBLISHED)
 
     @property
     def table_logs(self) -> list[str]:

@@ -39,6 +39,7 @@ TEMP_MARKER = ".fieldcrypt-tmp-"
 STALE_TEMP_SECONDS = 6 * 3600  # far longer than any run takes to write and verify one file
 LOCK_TIMEOUT_SECONDS = 120.0  # a holder does one compare-and-rename (or one small control-file update)
 CONTROL_UPDATE_ATTEMPTS = 5
+HELD, KEPT, DELETED = "held", "kept", "deleted"  # what `sweep_orphan` did
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,45 @@ class LakeStore:
         if fd is not None:
             os.close(fd)
 
+    def hold_published(self, temp: str, rel: str) -> None:
+        """After `replace(temp, rel)` of a temp this process holds: its flock (on the same inode) stays held on
+        `rel` until `release_published(rel)`, not dropped by `release_temp(temp)`. So a file published but not
+        yet committed to its table is never swept as a dead run's (`sweep_orphan`). S3: nothing (no locks)."""
+        with _HELD_TEMPS_LOCK:
+            fd = _HELD_TEMPS.pop(self.full_path(temp), None)
+            if fd is not None:
+                _HELD_TEMPS[self.full_path(rel)] = fd
+
+    def release_published(self, rel: str) -> None:
+        """Drop the flock `hold_published` kept on `rel` (the file itself stays)."""
+        with _HELD_TEMPS_LOCK:
+            fd = _HELD_TEMPS.pop(self.full_path(rel), None)
+        if fd is not None:
+            os.close(fd)
+
+    def held(self, rel: str) -> bool:
+        """Local: whether a live run holds the flock of `rel` (a temp, or a file `hold_published` keeps). S3: False
+        (no locks)."""
+        if not self.is_local:
+            return False
+        full = self.full_path(rel)
+        with _HELD_TEMPS_LOCK:
+            if full in _HELD_TEMPS:
+                return True
+        try:
+            fd = os.open(full, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            return True
+        finally:
+            os.close(fd)  # drops the shared lock taken, if any
+        return False
+
     def sweep_temp(self, temp: str, version: FileVersion | None) -> bool:
         """Delete a temporary file a dead run left; False when a live run may still hold it.
 
@@ -256,32 +296,42 @@ class LakeStore:
         directory lock `create_temp` holds while creating and locking one. S3 (no locks): only
         if older than STALE_TEMP_SECONDS, far longer than any run takes to write and verify a file.
         """
+        return self.sweep_orphan(temp, version, lambda: True) != HELD
+
+    def sweep_orphan(self, rel: str, version: FileVersion | None, still_orphan: Callable[[], bool]) -> str:
+        """Delete a file a dead run left (a temp, or a published file its table never referenced) as
+        `sweep_temp` does, once `still_orphan()`, asked while the dead run's flock is taken (local) or the file
+        is stale (S3), confirms it: HELD (a live run may hold it), KEPT (not an orphan any more) or DELETED."""
         if not self.is_local:
             cutoff = time.time_ns() - int(STALE_TEMP_SECONDS * 1e9)
             if version is None or version.mtime_ns is None or version.mtime_ns >= cutoff:
-                return False
-            self.delete(temp)
-            return True
-        full = self.full_path(temp)
+                return HELD
+            if not still_orphan():
+                return KEPT
+            self.delete(rel)
+            return DELETED
+        full = self.full_path(rel)
         with _HELD_TEMPS_LOCK:
             if full in _HELD_TEMPS:  # this process's own, still being written
-                return False
-        with self.exclusive(temp):
+                return HELD
+        with self.exclusive(rel):
             try:
                 fd = os.open(full, os.O_RDONLY)
             except FileNotFoundError:
-                return True
+                return DELETED
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EACCES):
                         raise
-                    return False  # its writer is alive
+                    return HELD  # its writer is alive
+                if not still_orphan():
+                    return KEPT
                 os.unlink(full)
             finally:
                 os.close(fd)
-        return True
+        return DELETED
 
     @contextlib.contextmanager
     def open_output(self, rel: str) -> Iterator[IO[bytes] | pa.NativeFile]:

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fieldcrypt.errors import InputError
-from fieldcrypt.lake.inventory import DATA, TEMP, Entry, Inventory, classify, is_hidden
+from fieldcrypt.lake.inventory import DATA, PUBLISHED, TEMP, Entry, Inventory, classify, is_hidden
 from fieldcrypt.lake.store import TEMP_MARKER, FileVersion, LakeStore
 from fieldcrypt.lake.table_formats import refuse_table_format
-from fieldcrypt.lake.tables.base import HIVE_KIND, TableFormat, TableSource
+from fieldcrypt.lake.tables.base import HIVE_KIND, NEW_FILE_PREFIX, TableFormat, TableSource
 from fieldcrypt.lake.tables.open import open_table
 from fieldcrypt.policy.policy import DatasetSpec
 
@@ -297,10 +297,13 @@ class DatasetLayout:
         listed: dict[str, FileVersion] = {}
         for folder in [directory, *sorted(f for f in folders if f != directory and not f.startswith(f"{directory}/"))]:
             listed.update(store.list_all(folder))
+        live = {rel for files in found.values() for rel in files}
         for rel, version in sorted(listed.items()):
             name = rel.rpartition("/")[2]
             if name.startswith(".") and TEMP_MARKER in name:
                 entries.append(Entry(rel, TEMP, partition, version))
+            elif name.startswith(NEW_FILE_PREFIX) and rel not in live:  # kept for time travel, or never committed
+                entries.append(Entry(rel, PUBLISHED, partition, version))
         return Inventory(self.name, entries)
 
     def _partition_of(

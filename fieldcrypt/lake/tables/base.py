@@ -16,6 +16,7 @@ partition-column order (`date=2026-11-28`, `region=eu/day=3`); a null value is
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ PROTECTION_MARK = "__fc_"  # every column fieldcrypt adds has it in its name (`e
 # fieldcrypt's commits whose replaced files, kept for time travel, hold what the commit removed from the table:
 # an encryption's plaintext, an erasure's erased rows (their masks, ciphertext, historical plaintext).
 LEAVES_PLAINTEXT = frozenset({"encrypt", "erase"})
+NEW_FILE_PREFIX = "part-fc-"  # the name of every data file fieldcrypt adds to a table: `part-fc-<uuid>.parquet`
 
 
 @dataclass(frozen=True)
@@ -73,15 +75,26 @@ class TableOperation:
     partition: str | None
     attributes: Sequence[str]
     workspace: str = ""
+    # What recovery after a crash between the commit and the ledger's update needs (fieldcrypt.policy.table_recovery):
+    # the commit's (old, new) file pairs and the ledger key's MAC over them and the new files' staged entries.
+    replaced: tuple[tuple[str, str], ...] = ()
+    proof: str = ""
 
     def metadata(self) -> dict[str, str]:
-        return {
+        found = {
             "fieldcrypt.operation": self.operation,
             "fieldcrypt.dataset": self.dataset,
             "fieldcrypt.partition": self.partition or "",
             "fieldcrypt.attributes": ",".join(self.attributes),
             "fieldcrypt.workspace": self.workspace,
         }
+        if self.replaced:
+            found[REPLACED_KEY] = json.dumps([list(pair) for pair in self.replaced], separators=(",", ":"))
+            found[PROOF_KEY] = self.proof
+        return found
+
+
+REPLACED_KEY, PROOF_KEY = "fieldcrypt.replaced", "fieldcrypt.proof"
 
 
 @dataclass(frozen=True)
@@ -162,6 +175,11 @@ class TableFormat(Protocol):
         """Remove every `old` and add every `new` in ONE table transaction carrying `operation`; the table's
         new version. A concurrent commit is retried by the format when it does not touch the old files (an
         append), else ConcurrentUpdateError naming it; nothing is committed then."""
+        ...
+
+    def operations(self) -> list[Mapping[str, str]]:
+        """The fieldcrypt metadata (TableOperation.metadata) of every commit still in the table's history that
+        carries one, newest first (Delta: the log's commitInfo; Iceberg: the snapshots' summaries)."""
         ...
 
     def history(self, attributes: Sequence[str]) -> History:

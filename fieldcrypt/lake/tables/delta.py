@@ -260,6 +260,12 @@ class DeltaTableFormat:
 
     # -- history ------------------------------------------------------------------------------
 
+    def operations(self) -> list[Mapping[str, str]]:
+        """The `fieldcrypt` members of the log's commitInfo, newest first (delta-rs `history()`)."""
+        entries = sorted(self._load().history(), key=lambda e: -int(e.get("version", -1)))
+        ours = [e[METADATA_KEY] for e in entries if isinstance(e.get(METADATA_KEY), dict)]
+        return [{str(k): str(v) for k, v in metadata.items()} for metadata in ours]
+
     def history(self, attributes: Sequence[str]) -> History:
         table = self._load()
         entries = table.history()

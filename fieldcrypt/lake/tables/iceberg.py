@@ -17,7 +17,7 @@ the table's field id (`PARQUET:field_id`), which is how Iceberg readers match co
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -194,6 +194,16 @@ class IcebergTableFormat:
         return int(committed.snapshot_id)
 
     # -- history --------------------------------------------------------------------------------------
+
+    def operations(self) -> list[Mapping[str, str]]:
+        """The `fieldcrypt.*` members of the snapshots' summaries, newest first."""
+        snapshots = sorted(self._load().table.snapshots(), key=lambda s: -int(s.timestamp_ms))
+        found: list[Mapping[str, str]] = []
+        for snapshot in snapshots:
+            properties = {} if snapshot.summary is None else snapshot.summary.additional_properties
+            if "fieldcrypt.operation" in properties:
+                found.append({str(k): str(v) for k, v in properties.items() if str(k).startswith("fieldcrypt.")})
+        return found
 
     def history(self, attributes: Sequence[str]) -> History:
         """Older snapshots and files holding plaintext (IcebergTable.plaintext_history); `files` counts the

@@ -11,7 +11,7 @@ KMS_POOL_LIMIT ?= 4
 DIST_STAMP := $(VENV)/.installed-distributed-stamp
 BROWSER_STAMP := $(VENV)/.installed-browser-stamp
 
-.PHONY: venv demo test lint typecheck pytest pytest-python-kernel pytest-spark pytest-distributed pytest-browser sanitize bench bench-scale bench-erase ui clean
+.PHONY: venv demo test lint typecheck pytest pytest-python-kernel pytest-spark pytest-distributed pytest-browser sanitize bench bench-scale bench-erase bench-tables ui clean
 
 # setup.py builds the native cell kernel (fieldcrypt/_native.c) when gcc and the OpenSSL headers exist.
 $(STAMP): pyproject.toml setup.py fieldcrypt/_native.c
@@ -79,6 +79,11 @@ bench: $(STAMP)
 # Erasure (issue 21): 1,000 keys from 1,000 small users partitions; set-up ~45 s, erasure ~25 s (bench/erase.py).
 bench-erase: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) bench/erase.py
+
+# Tables (issue 19): the same 200k users rows as a Hive folder, a Delta and an Iceberg table; protect, verify, rotate
+# and purge-history of each, the table/hive ratios and the cost of the table commits (bench/tables.py; ~1 minute).
+bench-tables: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(PY) bench/tables.py
 
 # Completion scan and rotation driver over 1,000 and 10,000 small partitions (local and moto S3), the
 # runs a 1,000-partition rotation backfill launches, and a whole rotation by the driver sensor over 1,000

@@ -23,8 +23,9 @@ commit, the ledger's update) and in the format's `commit` alone; schema_s, the t
 `prepare_columns` and `file_schema` (the `__fc_*` columns added to the table's schema: Delta inside finish,
 Iceberg before the first file is written, outside finish); snapshot_s and snapshots_read, the time in and
 calls of the format's `snapshot` (reading the table's current state: the Delta log, the Iceberg metadata and
-manifests); all measured by wrapping those methods in this process; and commit_share, finish time over the
-operation's time.
+manifests); load_s and loads, in its `_load` (opening the table: delta-rs's log replay, the Iceberg catalog
+and metadata JSON; within snapshot_s, commit_s and schema_s, and also outside them); all measured by wrapping
+those methods in this process; and commit_share, finish time over the operation's time.
 
 Human-readable lines first (with the 1-minute load average at start and end); the last line is one JSON object.
 Usage: python bench/tables.py [--rows N] [--days N] [--keep]
@@ -108,6 +109,7 @@ for _format in (DeltaTableFormat, IcebergTableFormat):
     TIMINGS.wrap(_format, "prepare_columns", "schema")
     TIMINGS.wrap(_format, "file_schema", "schema")  # Iceberg evolves its schema here (field ids before writing)
     TIMINGS.wrap(_format, "snapshot", "snapshot")  # reading the table's state: the Delta log, Iceberg manifests
+    TIMINGS.wrap(_format, "_load", "load")  # opening the table: Delta log replay, Iceberg catalog + metadata JSON
 
 
 def days(count: int) -> list[date]:
@@ -238,6 +240,8 @@ def run_operation(workspace: Workspace, kind: str, root: Path, fn: Callable[[], 
         "schema_s": round(spent.get("schema", 0.0), 3),
         "snapshot_s": round(spent.get("snapshot", 0.0), 3),
         "snapshots_read": calls.get("snapshot", 0),
+        "load_s": round(spent.get("load", 0.0), 3),
+        "loads": calls.get("load", 0),
         "commit_share": round(spent.get("finish", 0.0) / seconds, 3) if seconds else 0.0,
     }
 
@@ -286,7 +290,8 @@ def report(measured: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
             commit = (
                 f"; {numbers['commits']} commits (version +{numbers['versions']}), finish {numbers['finish_s']:.3f}s "
                 f"= {numbers['commit_share']:.0%} (format commit {numbers['commit_s']:.3f}s); schema "
-                f"{numbers['schema_s']:.3f}s; {numbers['snapshots_read']} table reads {numbers['snapshot_s']:.3f}s"
+                f"{numbers['schema_s']:.3f}s; {numbers['snapshots_read']} table reads {numbers['snapshot_s']:.3f}s; "
+                f"{numbers['loads']} table opens {numbers['load_s']:.3f}s"
                 if kind != "hive"
                 else ""
             )

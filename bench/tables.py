@@ -13,19 +13,19 @@ Operations, each timed as a whole (wall seconds, and CPU seconds of the process)
 - rotate: start_rotation, rotate of every partition, complete_rotation (a new local master key version);
 - purge: Workspace.purge_history(older_than_hours=0) (tables only: the table's VACUUM / expire-snapshots).
 
-For each: the table/hive ratio; the table commits fieldcrypt made (calls of the format's commit) and how far
-the table's version moved (Delta: log versions, which also counts the schema and property commits of
-prepare_columns and VACUUM's own commits; Iceberg: snapshots, by sequence number); files written under the
-dataset's root (new or replaced paths: data `.parquet`, and log, checkpoint or metadata files; fieldcrypt's own
-ledger and audit, outside it, are not counted), and files deleted; the time inside
-fieldcrypt.engine.table_commit.TableCommit.finish (the whole partition commit: prepare_columns, the format's
-commit, the ledger's update) and in the format's `commit` alone; schema_s, the time in the format's
-`prepare_columns` and `file_schema` (the `__fc_*` columns added to the table's schema: Delta inside finish,
-Iceberg before the first file is written, outside finish); snapshot_s and snapshots_read, the time in and
+For each: the table/hive ratio, of wall and of CPU seconds (a shared machine's load inflates wall time far more);
+the table commits fieldcrypt made (calls of the format's commit) and how far the table's version moved (Delta: log
+versions, which also counts the schema and property commits of prepare_columns and VACUUM's own commits; Iceberg:
+snapshots, by sequence number); files written under the dataset's root (new or replaced paths: data `.parquet`, and
+log, checkpoint or metadata files; fieldcrypt's own ledger and audit, outside it, are not counted), and files
+deleted; the time inside fieldcrypt.engine.table_commit.TableCommit.finish (the whole partition commit:
+prepare_columns, the format's commit, the ledger's update) and in the format's `commit` alone; schema_s, the time
+in the format's `prepare_columns` and `file_schema` (the `__fc_*` columns added to the table's schema: Delta inside
+finish, Iceberg before the first file is written, outside finish); snapshot_s and snapshots_read, the time in and
 calls of the format's `snapshot` (reading the table's current state: the Delta log, the Iceberg metadata and
-manifests); load_s and loads, in its `_load` (opening the table: delta-rs's log replay, the Iceberg catalog
-and metadata JSON; within snapshot_s, commit_s and schema_s, and also outside them); all measured by wrapping
-those methods in this process; and commit_share, finish time over the operation's time.
+manifests); load_s and loads, in its `_load` (opening the table: delta-rs's log replay, the Iceberg catalog and
+metadata JSON; within snapshot_s, commit_s and schema_s, and also outside them); all measured by wrapping those
+methods in this process; and commit_share, finish time over the operation's time.
 
 Human-readable lines first (with the 1-minute load average at start and end); the last line is one JSON object.
 Usage: python bench/tables.py [--rows N] [--days N] [--keep]
@@ -286,7 +286,11 @@ def report(measured: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
             numbers = measured[kind].get(operation)
             if numbers is None:
                 continue
-            ratio = f", {numbers['s'] / hive['s']:.2f}x hive" if hive and kind != "hive" else ""
+            ratio = (
+                f", {numbers['s'] / hive['s']:.2f}x hive (CPU {numbers['cpu_s'] / hive['cpu_s']:.2f}x)"
+                if hive and kind != "hive"
+                else ""
+            )
             commit = (
                 f"; {numbers['commits']} commits (version +{numbers['versions']}), finish {numbers['finish_s']:.3f}s "
                 f"= {numbers['commit_share']:.0%} (format commit {numbers['commit_s']:.3f}s); schema "
@@ -304,6 +308,7 @@ def report(measured: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
                 result[f"{kind}_{operation}_{key}"] = value
             if hive and kind != "hive":
                 result[f"{kind}_vs_hive_{operation}"] = round(numbers["s"] / hive["s"], 3)
+                result[f"{kind}_vs_hive_{operation}_cpu"] = round(numbers["cpu_s"] / hive["cpu_s"], 3)
     return result
 
 

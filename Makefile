@@ -79,6 +79,7 @@ bench: $(STAMP)
 # Erasure (issue 21): 1,000 keys from 1,000 small users partitions; set-up ~45 s, erasure ~25 s (bench/erase.py).
 bench-erase: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) bench/erase.py
+	PYTHONPATH=$(CURDIR) $(PY) bench/erase.py --requests-on-file 0,100,2000
 
 # Completion scan and rotation driver over 1,000 and 10,000 small partitions (local and moto S3), the
 # runs a 1,000-partition rotation backfill launches, and a whole rotation by the driver sensor over 1,000

@@ -79,6 +79,7 @@ bench: $(STAMP)
 # Erasure (issue 21): 1,000 keys from 1,000 small users partitions; set-up ~45 s, erasure ~25 s (bench/erase.py).
 bench-erase: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(PY) bench/erase.py
+	PYTHONPATH=$(CURDIR) $(PY) bench/erase.py --requests-on-file 0,100,2000
 
 # Tables (issue 19): the same 200k users rows as a Hive folder, a Delta and an Iceberg table; protect, verify, rotate
 # and purge-history of each, the table/hive ratios and the cost of the table commits (bench/tables.py; ~1 minute).

@@ -16,7 +16,17 @@ row group, in its footer) exclude every key is skipped without reading past its 
 
 Set-up (landing and protecting the partitions) is timed apart. Human-readable lines first; the last line
 is one JSON object.
+
+`--requests-on-file 0,100,2000` measures instead what the requests on file cost every protection run (issue 21,
+the index of active requests): one partition of ROWS users, protected; N one-key requests recorded as a lake
+that gets 3 a day with the default 90-day expiry would have them (so at most 270 active, the rest expired;
+their keys in no file, so nothing is rewritten); then `protect` of that partition, median of 5, by a new
+Workspace each time (a new process: nothing cached) and again by the same one (a later run of one process).
+The first protect after recording (which moves expired requests out of the index) is not timed. Only
+`ErasureRequests.create` and `Workspace.protect` are used, so the same script times the code before the index
+(PYTHONPATH at a checkout of it).
 Usage: python bench/erase.py [--partitions 1000] [--keys 1000] [--rows 100] [--keep]
+       python bench/erase.py --requests-on-file 0,100,2000 [--rows 100]
 """
 
 from __future__ import annotations
@@ -25,9 +35,10 @@ import argparse
 import json
 import random
 import shutil
+import statistics
 import tempfile
 import time
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +65,68 @@ def land_and_protect(root: Path, partitions: int, rows: int) -> tuple[Any, list[
     return lake, days, time.perf_counter() - started
 
 
+PER_DAY = 3
+EXPIRY_DAYS = 90
+
+
+def requests_on_file(root: Path, counts: list[int], rows: int) -> dict[str, Any]:
+    """Protect cost of one partition with each count of requests on file (see the module's docstring)."""
+    results: dict[str, Any] = {}
+    for count in counts:
+        lake, days, _ = land_and_protect(root / f"requests-{count}", 1, rows)
+        workspace = lake.workspace()
+        now = datetime.now(UTC)
+        started = time.perf_counter()
+        for i in range(count):
+            made = now - timedelta(days=(count - 1 - i) / PER_DAY)
+            workspace.erasures.create(
+                "users", ["user_id"], [str(10**9 + i).encode()], f"BENCH-{i}", "bench", days,
+                expires_in=timedelta(days=EXPIRY_DAYS), now=made,
+            )  # fmt: skip
+            if i % 100 == 99:
+                workspace.erasures.active("users")  # as the day's protection runs would: expired ones leave the index
+        recording = time.perf_counter() - started
+        workspace.protect("users", days[0])  # untimed: moves the expired requests out of the index
+        cold, warm = [], []
+        for _ in range(5):
+            fresh = lake.workspace()
+            started = time.perf_counter()
+            fresh.protect("users", days[0])
+            cold.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            fresh.protect("users", days[0])
+            warm.append(time.perf_counter() - started)
+        active = sum(1 for i in range(count) if (count - 1 - i) / PER_DAY < EXPIRY_DAYS)
+        print(
+            f"{count:,} requests on file ({active} active): recorded in {recording:.1f}s; protect of one partition: "
+            f"new process median {statistics.median(cold) * 1000:.0f} ms, same process again median "
+            f"{statistics.median(warm) * 1000:.0f} ms"
+        )
+        results[str(count)] = {
+            "active": active,
+            "protect_new_process_ms": round(statistics.median(cold) * 1000, 1),
+            "protect_same_process_ms": round(statistics.median(warm) * 1000, 1),
+        }
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--partitions", type=int, default=1000)
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=100, help="users per partition")
     parser.add_argument("--keep", action="store_true", help="keep the lake (printed) instead of deleting it")
+    parser.add_argument(
+        "--requests-on-file", metavar="N,N,...", help="time protect of one partition with N requests on file instead"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fieldcrypt-erase-bench-"))
     try:
+        if args.requests_on_file:
+            counts = [int(n) for n in args.requests_on_file.split(",")]
+            measured = requests_on_file(root, counts, args.rows)
+            print(json.dumps({"rows_per_partition": args.rows, "requests_on_file": measured}))
+            return
         lake, days, setup = land_and_protect(root / "bench", args.partitions, args.rows)
         print(f"set-up: {args.partitions} partitions of {args.rows} users landed and protected in {setup:.1f}s")
         keys = sorted(random.Random(21).sample(range(args.partitions * args.rows), args.keys))

@@ -186,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     discover.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON lines")
 
+    erase_reindex = commands.add_parser(
+        "erase-reindex",
+        help="rebuild a dataset's index of active erasure requests from the requests on file (audited): after the "
+        "index was removed or damaged, or on a lake from before the index",
+    )
+    erase_reindex.add_argument("dataset")
+    erase_reindex.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+
     erase = commands.add_parser(
         "erase",
         help="forget rows: null the protected cells and historical plaintext of the given primary keys in every "
@@ -394,6 +402,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         _reveal(workspace, args)
     elif args.command == "erase":
         return _erase(workspace, args)
+    elif args.command == "erase-reindex":
+        active = workspace.rebuild_erasure_index(args.dataset, args.reason)
+        print(f"erasure index of {args.dataset} rebuilt: {active} active requests")
     elif args.command == "rotate":
         _rotate(workspace, args)
     elif args.command == "reindex":

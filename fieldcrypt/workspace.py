@@ -417,7 +417,8 @@ class Workspace:
         # A snapshot landed after an erasure request may hold an erased key: erased before anything is protected
         # (its files ledger-checked first). A table's erasure is its own transaction, committed here, so the
         # protection below reads the table after it: a new snapshot, never a second staging of an old file.
-        active = self.erasures.active(dataset)
+        active = self.erasures.active(dataset)  # the index, then only the active requests (read once per process)
+        self._audit_expired()
         erased = self._erase_files(dataset, partition, files, active, None) if active else None
         table_commit = self._table_commit(dataset, partition, "encrypt", ledger)
         if table_commit is not None:  # a table's files: those of the snapshot its commit reads from
@@ -533,12 +534,32 @@ class Workspace:
     def erasure_requests(self, dataset: str) -> list[ErasureRequest]:
         """The erasure requests of `dataset`, oldest first (ids, counts and progress; never a key)."""
         self.layout(dataset)
-        requests = self.erasures.of_dataset(dataset)
+        requests = self.erasures.of_dataset_indexed(dataset)
         if any(request.done for request in requests):
             cache = self.key_cache()
             for request in requests:
                 erasure_campaign.note_done(self.erasures, cache, request)
         return requests
+
+    def rebuild_erasure_index(self, dataset: str, reason: str) -> int:
+        """Rebuild `dataset`'s index of active erasure requests from every request on file (audited); returns how
+        many are active. For an index removed, damaged, or missing on a lake from before it (FORMAT.md 6e)."""
+        self.layout(dataset)
+        if not reason or not reason.strip():
+            raise InputError("rebuilding the erasure index needs a reason: it is written to the audit log")
+        index = self.erasures.rebuild_index(dataset)
+        self.audit.record(
+            "erasure_reindex",
+            dataset=dataset,
+            reason=reason.strip(),
+            detail=f"{len(index.active)} active requests, {index.expired} expired, index version {index.version}",
+        )
+        return len(index.active)
+
+    def _audit_expired(self) -> None:
+        """Audit the requests this process moved out of an index once expired (each by the one run that did)."""
+        for dataset, request_id in self.erasures.expired_out():
+            self.audit.record("erasure_expired", dataset=dataset, detail=f"{request_id}: out of the active index")
 
     def erase_partition(
         self, dataset: str, partition: str | None, keys: KeysFile | None = None, request: ErasureRequest | None = None
@@ -555,7 +576,9 @@ class Workspace:
         files, _ = self.swept_files(dataset, partition)
         if keys is not None and request is not None:
             return self._erase_files(dataset, partition, files, [request], keys)
-        return self._erase_files(dataset, partition, files, self.erasures.active(dataset), None)
+        active = self.erasures.active(dataset)
+        self._audit_expired()
+        return self._erase_files(dataset, partition, files, active, None)
 
     def erase(
         self, dataset: str, keys_file: Path, reason: str, *, expires_in_days: int = DEFAULT_EXPIRY_DAYS

@@ -19,7 +19,9 @@ its tag key, so a request whose tags were made under another key (a policy adopt
 restored with a new MAC key) is refused by name, never silently matching nothing.
 
 Until a request expires, every protection run of its dataset erases the request's keys from
-the files it is about to protect (a snapshot landed later that holds an erased key).
+the files it is about to protect (a snapshot landed later that holds an erased key). It finds
+them through the dataset's index of active requests (fieldcrypt.policy.erasure_index), not by
+reading every request ever recorded; an expired request leaves the index (its file is kept).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from urllib.parse import quote, unquote
 from fieldcrypt.errors import ConcurrentUpdateError, InputError, IntegrityError
 from fieldcrypt.keys.policy_auth import MacKey
 from fieldcrypt.lake.store import LakeStore
+from fieldcrypt.policy.erasure_index import ActiveIndex, IndexEntry, index_path, open_index
 from fieldcrypt.policy.rollback import canonical
 
 ERASURE_DIR = "_fieldcrypt/erasure"
@@ -132,6 +135,7 @@ class ErasureRequest:
     key_check: str
     partitions: tuple[str, ...]  # the partitions (labels) the dataset had when the request was made
     progress: dict[str, PartitionProgress] = field(default_factory=dict)  # loaded with the request when asked
+    indexed: bool = True  # False: not expired, yet not in the index (its recording stopped before the index)
 
     @property
     def keys(self) -> int:
@@ -152,6 +156,8 @@ class ErasureRequest:
     def state(self, now: datetime | None = None) -> str:
         if self.expired(now):
             return "expired" if not self.done else "done, expired"
+        if not self.indexed:
+            return "not indexed (protection runs do not apply it: run `fieldcrypt erase-reindex`)"
         return "done" if self.done else "open"
 
     @property
@@ -223,6 +229,8 @@ class ErasureRequests:
         self._key: ErasureKey | None = None
         self._lock = threading.Lock()
         self._known: dict[str, set[str]] = {}  # request id -> partitions with progress (record_progress)
+        self._read: dict[tuple[str, str], tuple[str, ErasureRequest]] = {}  # (dataset, id) -> (its MAC, request)
+        self._moved: list[tuple[str, str]] = []  # requests this process moved out of an index (expired_out)
 
     def key(self) -> ErasureKey:
         if self._key is None:
@@ -264,8 +272,12 @@ class ErasureRequests:
             key_check=key.check_value(),
             partitions=tuple(partitions),
         )
+        self._index_ready(dataset)
         rel = request_path(dataset, request.request_id)
-        self.store.write_if(rel, self._sealed(request), None, "the erasure request was being recorded")
+        sealed, mac = self._sealed_with_mac(request)
+        self.store.write_if(rel, sealed, None, "the erasure request was being recorded")
+        entry = IndexEntry(request.request_id, _iso(request.expires_at), mac)
+        self._change_index(dataset, lambda index: replace(index, active=(*index.active, entry)))
         return request
 
     def load(self, dataset: str, request_id: str) -> ErasureRequest:
@@ -291,9 +303,139 @@ class ErasureRequests:
             requests.append(request)
         return sorted(requests, key=lambda r: (r.created_at, r.request_id))
 
+    def of_dataset_indexed(self, dataset: str) -> list[ErasureRequest]:
+        """`of_dataset`, each request marked when it is not expired yet not in the index (status)."""
+        requests = self.of_dataset(dataset)
+        index = self.index(dataset)
+        return [r if r.expired() or r.request_id in index.ids() else replace(r, indexed=False) for r in requests]
+
     def active(self, dataset: str, now: datetime | None = None) -> list[ErasureRequest]:
-        """The requests of `dataset` not expired, without their progress: what protection runs still erase."""
-        return [r for r in self.of_dataset(dataset, progress=False) if not r.expired(now)]
+        """The requests of `dataset` not expired, without their progress: what protection runs still erase.
+
+        One read of the index, then each request it names that this process has not read yet (by its MAC).
+        A named request missing or changed is refused by name. Requests found expired are moved out of
+        the index (compare-and-swap; `expired_out` names them for the one caller that moved them).
+        """
+        moment = now or datetime.now(UTC)
+        index = self.index(dataset)
+        live = [e for e in index.active if _parse_time(e.expires_at) > moment]
+        if len(live) < len(index.active):
+            self._expire(dataset, moment)
+        return [self._named(dataset, entry) for entry in live]
+
+    def index(self, dataset: str) -> ActiveIndex:
+        """The dataset's index of active requests, authenticated; an empty one when none is stored and no request
+        is on file. An index missing while requests are on file is refused by name (removed, or a lake from
+        before the index: `fieldcrypt erase-reindex`)."""
+        rel = index_path(dataset)
+        found = self.store.read_versioned(rel)
+        if found is None:
+            if self._request_files(dataset):
+                raise IntegrityError(
+                    f"{self.store.display(rel)} is missing while erasure requests of {dataset} are on file (removed "
+                    "outside fieldcrypt, or a lake from before the index): protection cannot tell which are active; "
+                    f"refused. Rebuild it from the requests on file: `fieldcrypt erase-reindex {dataset} --reason ...`"
+                )
+            return ActiveIndex(self.workspace, dataset)
+        return open_index(found[0], self.key(), self.workspace, dataset, self.store.display(rel))
+
+    def rebuild_index(self, dataset: str, now: datetime | None = None) -> ActiveIndex:
+        """Replace the index by one built from every request on file (each read and authenticated): the not
+        expired ones active. Never drops a request on file; the caller audits it."""
+        moment = now or datetime.now(UTC)
+        entries, expired = [], 0
+        for rel in self._request_files(dataset):
+            raw = self.store.read_bytes(rel)
+            request, mac = self._parsed(raw, rel, dataset)
+            if request.expired(moment):
+                expired += 1
+            else:
+                entries.append(IndexEntry(request.request_id, _iso(request.expires_at), mac))
+        built = ActiveIndex(self.workspace, dataset, active=tuple(entries), expired=expired)
+
+        def change(stored: bytes | None) -> bytes:
+            version = 0
+            if stored is not None:
+                try:
+                    version = int(json.loads(stored)["version"])
+                except (ValueError, KeyError, TypeError):
+                    version = 0  # an unreadable index is what the rebuild replaces
+            return replace(built, version=version + 1).sealed(self.key())
+
+        self.store.update(index_path(dataset), change, "the erasure index was being rebuilt")
+        return self.index(dataset)
+
+    def expired_out(self) -> list[tuple[str, str]]:
+        """(dataset, request id) of the requests this process moved out of an index since last asked."""
+        with self._lock:
+            moved, self._moved = self._moved, []
+        return moved
+
+    def _expire(self, dataset: str, moment: datetime) -> None:
+        moved: list[str] = []
+
+        def change(index: ActiveIndex) -> ActiveIndex | None:
+            moved.clear()
+            keep = tuple(e for e in index.active if _parse_time(e.expires_at) > moment)
+            moved.extend(e.request_id for e in index.active if e not in keep)
+            if not moved:
+                return None
+            return replace(index, active=keep, expired=index.expired + len(moved))
+
+        self._change_index(dataset, change)
+        with self._lock:
+            self._moved.extend((dataset, request_id) for request_id in moved)
+
+    def _named(self, dataset: str, entry: IndexEntry) -> ErasureRequest:
+        """The request an index entry names, read once per process (while its MAC is the same)."""
+        with self._lock:
+            cached = self._read.get((dataset, entry.request_id))
+        if cached is not None and cached[0] == entry.mac:
+            return cached[1]
+        rel = request_path(dataset, entry.request_id)
+        found = self.store.read_versioned(rel)
+        where = self.store.display(index_path(dataset))
+        if found is None:
+            raise IntegrityError(
+                f"erasure request {entry.request_id} of {dataset}, active in {where}, is missing "
+                f"({self.store.display(rel)}): removed outside fieldcrypt; refused. Restore it from a backup"
+            )
+        request, mac = self._parsed(found[0], rel, dataset)
+        if mac != entry.mac:
+            raise IntegrityError(
+                f"erasure request {entry.request_id} of {dataset} ({self.store.display(rel)}) is not the request "
+                f"{where} recorded (replaced outside fieldcrypt); refused"
+            )
+        with self._lock:
+            self._read[(dataset, entry.request_id)] = (mac, request)
+        return request
+
+    def _index_ready(self, dataset: str) -> None:
+        """Before a request is written: an index to add it to (an empty one when the dataset has no request;
+        refused by name when requests are on file without one)."""
+        if self.index(dataset).version == 0:
+            try:
+                empty = ActiveIndex(self.workspace, dataset, version=1).sealed(self.key())
+                self.store.write_if(index_path(dataset), empty, None, "the erasure index was being created")
+            except ConcurrentUpdateError:
+                pass  # another creator made it first: that one is added to
+
+    def _change_index(self, dataset: str, change: Callable[[ActiveIndex], ActiveIndex | None]) -> None:
+        rel = index_path(dataset)
+        where = self.store.display(rel)
+
+        def apply(stored: bytes | None) -> bytes | None:
+            if stored is None:
+                raise IntegrityError(f"{where} is missing (removed while a request was being recorded); refused")
+            index = open_index(stored, self.key(), self.workspace, dataset, where)
+            changed = change(index)
+            return None if changed is None else replace(changed, version=index.version + 1).sealed(self.key())
+
+        self.store.update(rel, apply, "the erasure index was being updated")
+
+    def _request_files(self, dataset: str) -> list[str]:
+        folder = f"{ERASURE_DIR}/{quote(dataset, safe='')}"
+        return [rel for rel in self.store.list_files(folder, ".json") if "/" not in rel[len(folder) + 1 :]]
 
     def has_progress(self, dataset: str, request_id: str, partition: str) -> bool:
         return self.store.exists(progress_path(dataset, request_id, partition))
@@ -370,12 +512,16 @@ class ErasureRequests:
             found[partition] = progress
         return found
 
-    def _sealed(self, request: ErasureRequest) -> bytes:
+    def _sealed_with_mac(self, request: ErasureRequest) -> tuple[bytes, str]:
         body = request.body()
-        doc = {**body, "mac": self.key().seal(body)}
-        return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+        mac = self.key().seal(body)
+        return (json.dumps({**body, "mac": mac}, indent=1, sort_keys=True) + "\n").encode(), mac
 
     def _opened(self, raw: bytes, rel: str, dataset: str) -> ErasureRequest:
+        return self._parsed(raw, rel, dataset)[0]
+
+    def _parsed(self, raw: bytes, rel: str, dataset: str) -> tuple[ErasureRequest, str]:
+        """The request in stored bytes and its MAC, after both are checked."""
         where = self.store.display(rel)
         bad = IntegrityError(f"{where} is not a valid erasure request, or failed authentication; refused")
         try:
@@ -400,7 +546,7 @@ class ErasureRequests:
                 f"{where} is a request of {request.dataset} in workspace {request.workspace!r}, not of this dataset "
                 "(moved or copied); refused"
             )
-        return request
+        return request, mac
 
 
 def _iso(moment: datetime) -> str:

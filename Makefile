@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check fieldcrypt assets pipelines resources demo tests bench
 
 # The core, the Dagster layer generated from the catalog, and the demo: all strict.
 typecheck: $(STAMP)

@@ -145,9 +145,7 @@ def test_stray_non_parquet_file_is_a_named_error(protected_lake: Workspace) -> N
 
 
 @pytest.fixture
-def s3_protected_lake(
-    moto: str, s3_bucket: str, keystore_path: Path, enable_at: Callable[..., Any]
-) -> Workspace:
+def s3_protected_lake(moto: str, s3_bucket: str, keystore_path: Path, enable_at: Callable[..., Any]) -> Workspace:
     config = WorkspaceConfig(
         WORKSPACE,
         f"s3://{s3_bucket}/lake",

@@ -115,5 +115,3 @@ def test_graphql_partition_backfill_protects_every_partition_in_ranges_of_partit
 def _check_keys(assets: tuple[str, ...]) -> list[AssetCheckKey]:
     names = ("no_plaintext_after_enablement", "data_keys_unwrap", "row_count_preserved")
     return [AssetCheckKey(AssetKey([WORKSPACE, asset]), name) for asset in assets for name in names]
-
-

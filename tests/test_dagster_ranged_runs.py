@@ -105,9 +105,7 @@ def test_ranged_run_shows_the_failed_partition_as_failed_and_the_others_as_mater
     assert (sorted(materialized), list(failed)) == ([PARTITIONS[0], PARTITIONS[2]], [BAD])
 
 
-def test_ranged_run_leaves_the_failed_partitions_file_untouched(
-    fieldcrypt: FieldcryptResource, tmp_path: Path
-) -> None:
+def test_ranged_run_leaves_the_failed_partitions_file_untouched(fieldcrypt: FieldcryptResource, tmp_path: Path) -> None:
     path = tmp_path / "lake" / snapshot_path("users", BAD)
     stored = path.read_bytes()
 

@@ -232,9 +232,7 @@ def test_negatives_match_no_detector(fieldcrypt: FieldcryptResource, planted: pa
     assert columns["tags[]"].sampled == 2 * ROWS
 
 
-def test_map_keyed_by_emails_is_counted_without_naming_a_key(
-    fieldcrypt: FieldcryptResource, planted: pa.Table
-) -> None:
+def test_map_keyed_by_emails_is_counted_without_naming_a_key(fieldcrypt: FieldcryptResource, planted: pa.Table) -> None:
     report = discover(fieldcrypt)
 
     assert by_column(report)["contacts{keys}"].matched == ROWS
@@ -258,9 +256,7 @@ def test_enabled_attribute_is_reported_protected_with_its_historical_plaintext(
     assert "email" not in {c.column for c in report.undeclared_pii}
 
 
-def test_protection_columns_are_never_scanned(
-    fieldcrypt: FieldcryptResource, enabled_and_protected: pa.Table
-) -> None:
+def test_protection_columns_are_never_scanned(fieldcrypt: FieldcryptResource, enabled_and_protected: pa.Table) -> None:
     report = discover(fieldcrypt)
 
     assert [c.column for c in report.columns if "__fc_" in c.column] == []

@@ -79,4 +79,3 @@ def test_code_location_folders_are_not_installed_as_packages(installed: Path, tm
     code = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({folder!r}) is not None)"
     done = run([str(installed / "python"), "-c", code], cwd=tmp_path)
     assert done.returncode == 0, f"{folder} is importable from site-packages"
-

@@ -592,5 +592,3 @@ def test_rotation_driver_requests_runs_of_its_own_workspace_tagged_with_it(
     assert {key.path[0] for key in request.asset_selection or ()} == {"acme"}
     assert not globex_tick.run_requests and "no rotation campaign in progress" in (globex_tick.skip_message or "")
     assert files_state(globex.root) == globex_before
-
-

@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ATTRIBUTES, CODEC, DAY, OUT_DIR, ROW_GROUP_SIZE, peak_rss_mb, users_batch  # noqa: E402
 from passthrough import load  # noqa: E402
+from pyiceberg.manifest import ManifestFile  # noqa: E402
 
 from demo.sample_data import snapshot_path  # noqa: E402
 from fieldcrypt import Workspace  # noqa: E402
@@ -110,6 +111,8 @@ for _format in (DeltaTableFormat, IcebergTableFormat):
     TIMINGS.wrap(_format, "file_schema", "schema")  # Iceberg evolves its schema here (field ids before writing)
     TIMINGS.wrap(_format, "snapshot", "snapshot")  # reading the table's state: the Delta log, Iceberg manifests
     TIMINGS.wrap(_format, "_load", "load")  # opening the table: Delta log replay, Iceberg catalog + metadata JSON
+# Every Iceberg manifest decoded (its Avro schema and entries), by fieldcrypt or by pyiceberg's own commit planning.
+TIMINGS.wrap(ManifestFile, "fetch_manifest_entry", "manifest")
 
 
 def days(count: int) -> list[date]:
@@ -242,6 +245,8 @@ def run_operation(workspace: Workspace, kind: str, root: Path, fn: Callable[[], 
         "snapshots_read": calls.get("snapshot", 0),
         "load_s": round(spent.get("load", 0.0), 3),
         "loads": calls.get("load", 0),
+        "manifest_s": round(spent.get("manifest", 0.0), 3),
+        "manifests_read": calls.get("manifest", 0),
         "commit_share": round(spent.get("finish", 0.0) / seconds, 3) if seconds else 0.0,
     }
 
@@ -295,7 +300,8 @@ def report(measured: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
                 f"; {numbers['commits']} commits (version +{numbers['versions']}), finish {numbers['finish_s']:.3f}s "
                 f"= {numbers['commit_share']:.0%} (format commit {numbers['commit_s']:.3f}s); schema "
                 f"{numbers['schema_s']:.3f}s; {numbers['snapshots_read']} table reads {numbers['snapshot_s']:.3f}s; "
-                f"{numbers['loads']} table opens {numbers['load_s']:.3f}s"
+                f"{numbers['loads']} table opens {numbers['load_s']:.3f}s; {numbers['manifests_read']} manifest reads "
+                f"{numbers['manifest_s']:.3f}s"
                 if kind != "hive"
                 else ""
             )

@@ -96,6 +96,11 @@ class ManifestCache:
             self._lists.clear()
             self._held = 0
 
+    def __contains__(self, path: object) -> bool:
+        """Whether a manifest's entries or a manifest list's manifests are held."""
+        with self._lock:
+            return path in self._entries or path in self._lists
+
     def __len__(self) -> int:
         """The manifests whose entries are held."""
         with self._lock:

@@ -695,7 +695,7 @@ def _referenced_files(table: Table, snapshots: Iterable[Snapshot], missing_ok: b
                 continue
             seen.add(manifest.manifest_path)
             try:
-                entries = manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+                entries = MANIFESTS.manifest_live_entries(manifest, table.io)
             except FileNotFoundError:
                 if not missing_ok:
                     raise

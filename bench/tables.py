@@ -24,8 +24,10 @@ in the format's `prepare_columns` and `file_schema` (the `__fc_*` columns added 
 finish, Iceberg before the first file is written, outside finish); snapshot_s and snapshots_read, the time in and
 calls of the format's `snapshot` (reading the table's current state: the Delta log, the Iceberg metadata and
 manifests); load_s and loads, in its `_load` (opening the table: delta-rs's log replay, the Iceberg catalog and
-metadata JSON; within snapshot_s, commit_s and schema_s, and also outside them); all measured by wrapping those
-methods in this process; and commit_share, finish time over the operation's time.
+metadata JSON; within snapshot_s, commit_s and schema_s, and also outside them); manifest_s and manifests_read,
+in and calls of pyiceberg's ManifestFile.fetch_manifest_entry (each Iceberg manifest decoded, by fieldcrypt or by
+pyiceberg's commit planning); all measured by wrapping those methods in this process; and commit_share, finish
+time over the operation's time.
 
 Human-readable lines first (with the 1-minute load average at start and end); the last line is one JSON object.
 Usage: python bench/tables.py [--rows N] [--days N] [--keep]

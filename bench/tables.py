@@ -24,8 +24,10 @@ in the format's `prepare_columns` and `file_schema` (the `__fc_*` columns added 
 finish, Iceberg before the first file is written, outside finish); snapshot_s and snapshots_read, the time in and
 calls of the format's `snapshot` (reading the table's current state: the Delta log, the Iceberg metadata and
 manifests); load_s and loads, in its `_load` (opening the table: delta-rs's log replay, the Iceberg catalog and
-metadata JSON; within snapshot_s, commit_s and schema_s, and also outside them); all measured by wrapping those
-methods in this process; and commit_share, finish time over the operation's time.
+metadata JSON; within snapshot_s, commit_s and schema_s, and also outside them); manifest_s and manifests_read,
+in and calls of pyiceberg's ManifestFile.fetch_manifest_entry (each Iceberg manifest decoded, by fieldcrypt or by
+pyiceberg's commit planning); all measured by wrapping those methods in this process; and commit_share, finish
+time over the operation's time.
 
 Human-readable lines first (with the 1-minute load average at start and end); the last line is one JSON object.
 Usage: python bench/tables.py [--rows N] [--days N] [--keep]
@@ -55,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ATTRIBUTES, CODEC, DAY, OUT_DIR, ROW_GROUP_SIZE, peak_rss_mb, users_batch  # noqa: E402
 from passthrough import load  # noqa: E402
+from pyiceberg.manifest import ManifestFile  # noqa: E402
 
 from demo.sample_data import snapshot_path  # noqa: E402
 from fieldcrypt import Workspace  # noqa: E402
@@ -110,6 +113,8 @@ for _format in (DeltaTableFormat, IcebergTableFormat):
     TIMINGS.wrap(_format, "file_schema", "schema")  # Iceberg evolves its schema here (field ids before writing)
     TIMINGS.wrap(_format, "snapshot", "snapshot")  # reading the table's state: the Delta log, Iceberg manifests
     TIMINGS.wrap(_format, "_load", "load")  # opening the table: Delta log replay, Iceberg catalog + metadata JSON
+# Every Iceberg manifest decoded (its Avro schema and entries), by fieldcrypt or by pyiceberg's own commit planning.
+TIMINGS.wrap(ManifestFile, "fetch_manifest_entry", "manifest")
 
 
 def days(count: int) -> list[date]:
@@ -242,6 +247,8 @@ def run_operation(workspace: Workspace, kind: str, root: Path, fn: Callable[[], 
         "snapshots_read": calls.get("snapshot", 0),
         "load_s": round(spent.get("load", 0.0), 3),
         "loads": calls.get("load", 0),
+        "manifest_s": round(spent.get("manifest", 0.0), 3),
+        "manifests_read": calls.get("manifest", 0),
         "commit_share": round(spent.get("finish", 0.0) / seconds, 3) if seconds else 0.0,
     }
 
@@ -295,7 +302,8 @@ def report(measured: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
                 f"; {numbers['commits']} commits (version +{numbers['versions']}), finish {numbers['finish_s']:.3f}s "
                 f"= {numbers['commit_share']:.0%} (format commit {numbers['commit_s']:.3f}s); schema "
                 f"{numbers['schema_s']:.3f}s; {numbers['snapshots_read']} table reads {numbers['snapshot_s']:.3f}s; "
-                f"{numbers['loads']} table opens {numbers['load_s']:.3f}s"
+                f"{numbers['loads']} table opens {numbers['load_s']:.3f}s; {numbers['manifests_read']} manifest reads "
+                f"{numbers['manifest_s']:.3f}s"
                 if kind != "hive"
                 else ""
             )

@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+from pyiceberg.io import FileIO
+from pyiceberg.manifest import DataFile, DataFileContent, FileFormat, ManifestEntry, ManifestFile
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -33,6 +34,7 @@ from pyiceberg.types import DateType, DoubleType, LongType, NestedField, StringT
 from fieldcrypt.engine.table_commit import NEW_FILE_PREFIX
 from fieldcrypt.errors import ConcurrentUpdateError, ConfigError, InputError
 from fieldcrypt.lake.parquet_io import protected_writer
+from fieldcrypt.lake.tables.iceberg_manifests import MANIFESTS, ManifestCache
 from fieldcrypt.lake.tables.iceberg_table import (
     FIELDCRYPT_FILE_PREFIX,
     OPERATION_PROPERTY,
@@ -218,10 +220,10 @@ def test_missing_table_is_named(catalog: IcebergCatalogConfig) -> None:
 # -- refusals -------------------------------------------------------------------------------------------
 
 
-def test_merge_on_read_delete_file_is_refused_by_name(users: IcebergTable, tmp_path: Path) -> None:
-    # pyiceberg 0.12 cannot write merge-on-read deletes (it falls back to copy-on-write); the positional delete
-    # file is written here and committed through pyiceberg's fast append, as Spark would commit it.
-    target = users.data_files("event_date_day=2026-11-20")[0]
+def commit_position_delete(users: IcebergTable, target: DataFile) -> None:
+    """A positional delete file of `target`'s first row, committed by another writer. pyiceberg 0.12 cannot write
+    merge-on-read deletes (it falls back to copy-on-write); the file is written here and committed through
+    pyiceberg's fast append, as Spark would commit it."""
     deletes = pa.table({"file_path": [target.file_path], "pos": pa.array([0], pa.int64())})
     path = f"{target.file_path.rpartition('/')[0]}/deletes-0.parquet"
     pq.write_table(deletes, local_path(path))
@@ -234,8 +236,13 @@ def test_merge_on_read_delete_file_is_refused_by_name(users: IcebergTable, tmp_p
         file_size_in_bytes=os.path.getsize(local_path(path)),
         spec_id=target.spec_id,
     )
-    with users.table.transaction() as tx, tx.update_snapshot().fast_append() as append:
+    other_writer = IcebergTable(users.table.catalog.load_table(users.table.name()), "users")
+    with other_writer.table.transaction() as tx, tx.update_snapshot().fast_append() as append:
         append.append_data_file(delete_file)
+
+
+def test_merge_on_read_delete_file_is_refused_by_name(users: IcebergTable) -> None:
+    commit_position_delete(users, users.data_files("event_date_day=2026-11-20")[0])
     users.table.refresh()
     with pytest.raises(InputError, match=r"merge-on-read delete files \(1 positional, 0 equality\)"):
         users.partitions()
@@ -421,6 +428,80 @@ def test_file_replaced_by_another_writer_refuses_the_whole_batch(
     assert users.table.refresh().current_snapshot().snapshot_id == snapshot.snapshot_id
 
 
+# -- manifests decoded once ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The manifests pyiceberg decodes from here on, by path (a spy around its real reader; nothing replaced),
+    the process's manifest cache emptied first."""
+    MANIFESTS.clear()
+    paths: list[str] = []
+    original = ManifestFile.fetch_manifest_entry
+
+    def spy(self: ManifestFile, io: FileIO, discard_deleted: bool = True) -> list[ManifestEntry]:
+        paths.append(self.manifest_path)
+        return original(self, io, discard_deleted)
+
+    monkeypatch.setattr(ManifestFile, "fetch_manifest_entry", spy)
+    return paths
+
+
+def test_reads_of_one_head_decode_each_manifest_once(
+    users: IcebergTable, catalog: IcebergCatalogConfig, decoded: list[str]
+) -> None:
+    manifests = [m.manifest_path for m in users.table.current_snapshot().manifests(users.table.io)]
+    assert len(manifests) == 2  # the fixture's two appends
+    files = users.live_files()
+    users.check_writable()
+    users.partitions()
+    users.data_files("event_date_day=2026-11-21")
+    again = IcebergTable(load_table(catalog, "shop.users"), "users")  # another open of the same head
+    assert [f.file_path for f in again.live_files()] == [f.file_path for f in files]
+    assert sorted(decoded) == sorted(manifests)
+
+
+def test_a_new_head_is_read_for_its_new_manifests_and_checked_again(users: IcebergTable, decoded: list[str]) -> None:
+    io = users.table.io
+    read = {m.manifest_path for m in users.table.current_snapshot().manifests(io)}
+    target = users.data_files("event_date_day=2026-11-20")[0]  # the cache holds the head's manifests
+    before = len(decoded)
+    commit_position_delete(users, target)  # another writer's fast append: one new manifest
+    users.table.refresh()
+    with pytest.raises(InputError, match=r"merge-on-read delete files \(1 positional, 0 equality\)"):
+        users.check_writable()
+    new = {m.manifest_path for m in users.table.current_snapshot().manifests(io)} - read
+    assert len(new) == 1
+    assert decoded[before:] == sorted(new)
+
+
+def test_commit_plans_on_the_head_it_reads_not_on_the_cache(users: IcebergTable, catalog: IcebergCatalogConfig) -> None:
+    users.prepare_protection(PROTECTION_COLUMNS, ["email"])
+    replacements = [protect_file(users, f) for f in users.data_files("event_date_day=2026-11-20")]
+    commit_position_delete(users, users.data_files("event_date_day=2026-11-22")[0])  # after the plan was read
+    with pytest.raises(InputError, match="merge-on-read delete files"):
+        users.commit_replacements(replacements, "protect")
+    assert users.table.refresh().current_snapshot().summary.operation.value == "append"
+
+
+def test_manifest_cache_is_bounded(users: IcebergTable) -> None:
+    snapshot = users.table.current_snapshot()
+    manifests = list(snapshot.manifests(users.table.io))
+    per_manifest = [len(m.fetch_manifest_entry(users.table.io)) for m in manifests]
+    assert per_manifest == [5, 5]  # one file per day in each append
+    small = ManifestCache(max_entries=7, max_snapshots=1)
+    entries = small.live_entries(snapshot, users.table.io)
+    assert len(entries) == 10  # every entry is returned, whatever is kept
+    assert manifests[-1].manifest_path in small and manifests[0].manifest_path not in small  # least recent dropped
+    parent = users.table.metadata.snapshot_by_id(snapshot.parent_snapshot_id)
+    assert len(small.live_entries(parent, users.table.io)) == 5
+    assert parent.manifest_list in small and snapshot.manifest_list not in small
+    tiny = ManifestCache(max_entries=4)
+    assert len(tiny.live_entries(snapshot, users.table.io)) == 10
+    assert len(tiny) == 0  # a manifest larger than the bound is read, not kept
+    assert tiny.reads == 2
+
+
 # -- history --------------------------------------------------------------------------------------------
 
 
@@ -444,6 +525,8 @@ def test_purge_history_leaves_no_protected_plaintext_under_the_table(users: Iceb
     assert {h.what.split(" ")[0] for h in hits if h.file.endswith(".avro")} == {"avro"}  # old manifests' bounds
     assert any(h.file.endswith(".parquet") for h in hits)  # the replaced files
 
+    manifests = {m.manifest_path for s in users.table.snapshots() for m in s.manifests(users.table.io)}
+    held = {p for p in manifests if p in MANIFESTS}  # read by the protection's snapshots and plans
     report = users.purge_history(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
     assert report.compacted_snapshot is not None
     assert len(report.data_files) == 10 and report.manifests and report.manifest_lists
@@ -454,6 +537,8 @@ def test_purge_history_leaves_no_protected_plaintext_under_the_table(users: Iceb
     assert untouched(table.scan().to_arrow()).equals(untouched(before))
     for path in report.data_files + report.manifests + report.manifest_lists + report.metadata_files:
         assert not os.path.exists(local_path(path))
+    assert held & set(report.manifests)
+    assert not any(path in MANIFESTS for path in report.manifests + report.manifest_lists)  # forgotten when deleted
 
 
 def test_purge_killed_before_its_expire_commit_is_finished_by_the_next(

@@ -52,6 +52,7 @@ from pyiceberg.types import BinaryType
 
 from fieldcrypt.errors import ConcurrentUpdateError, ConfigError, InputError
 from fieldcrypt.lake.tables.base import partition_key
+from fieldcrypt.lake.tables.iceberg_manifests import MANIFESTS
 
 ERASE_OPERATION = "erase"  # fieldcrypt's erasure commits: the files they replaced keep the erased rows
 
@@ -206,10 +207,7 @@ class IcebergTable:
         snapshot = self.table.current_snapshot()
         if snapshot is None:
             return []
-        entries: list[ManifestEntry] = []
-        for manifest in snapshot.manifests(self.table.io):
-            entries += manifest.fetch_manifest_entry(self.table.io, discard_deleted=True)
-        return entries
+        return MANIFESTS.live_entries(snapshot, self.table.io)  # decoded once per manifest (immutable files)
 
     # -- what fieldcrypt cannot write -----------------------------------------------------------------
 
@@ -521,6 +519,7 @@ class IcebergTable:
             needed = _referenced_files(table, kept)
             for kind in ("data_files", "manifests", "manifest_lists"):
                 for path in sorted(doomed[kind] - needed[kind]):
+                    MANIFESTS.forget(path)
                     with contextlib.suppress(FileNotFoundError):  # an interrupted purge deleted it already
                         table.io.delete(path)
                     getattr(report, kind).append(path)
@@ -696,7 +695,7 @@ def _referenced_files(table: Table, snapshots: Iterable[Snapshot], missing_ok: b
                 continue
             seen.add(manifest.manifest_path)
             try:
-                entries = manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+                entries = MANIFESTS.manifest_live_entries(manifest, table.io)
             except FileNotFoundError:
                 if not missing_ok:
                     raise

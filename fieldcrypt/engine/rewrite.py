@@ -130,6 +130,10 @@ def lake_commit(
 
 
 REWRITE_PATH_ENV = "FIELDCRYPT_REWRITE_PATH"  # "full": every file takes the full path (tests, benchmarks)
+# The most decoded source bytes a write keeps for its verification (Output.keeping): up to this size a file's
+# involved columns are decoded once (a 1M-row users file's four involved columns take ~70 MiB), above it
+# twice, so that memory stays bounded whatever the file's size.
+KEPT_SOURCE_BYTES = 128 << 20
 SPLICE, FULL = "splice", "full"
 
 
@@ -158,6 +162,31 @@ class Output:
     # The ledger's digester of the new file's cells (fieldcrypt.policy.ledger.CellDigester), set before
     # `verify`: a verification that decodes the written file's row groups feeds them to it, in order.
     cells: CellDigester | None = field(default=None, init=False)
+    # The source's row groups as the write decoded them (`keeping`), for the verification to compare with
+    # instead of decoding them again; None once they would take more than KEPT_SOURCE_BYTES.
+    _kept: list[pa.RecordBatch] | None = field(default=None, init=False)
+    _kept_columns: list[str] | None = field(default=None, init=False)
+
+    def keeping(
+        self, batches: Iterator[pa.RecordBatch], columns: list[str] | None, row_groups: int
+    ) -> Iterator[pa.RecordBatch]:
+        """`batches` (the source's row groups, `columns`: None for all, as read) passed through, and kept in
+        memory for `kept` while they take at most KEPT_SOURCE_BYTES; a larger file is decoded again."""
+        kept: list[pa.RecordBatch] | None = []
+        self._kept, self._kept_columns, size = None, columns, 0
+        for batch in batches:
+            if kept is not None:
+                size += batch.get_total_buffer_size()
+                if size <= KEPT_SOURCE_BYTES:
+                    kept.append(batch)
+                else:
+                    kept = None
+            yield batch
+        self._kept = kept if kept is not None and len(kept) == row_groups else None
+
+    def kept(self, columns: list[str] | None) -> list[pa.RecordBatch] | None:
+        """The source's row groups the write kept (`keeping`), if it read all of them with these `columns`."""
+        return self._kept if self._kept is not None and self._kept_columns == columns else None
 
     def columns(self, needed: Iterable[str], source: pq.ParquetFile) -> list[str] | None:
         """The top-level columns to read: None (all) on the full path, else those of `needed` present."""

@@ -11,6 +11,7 @@ value and the cell decrypts to it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -50,6 +51,7 @@ def verify_rewrite(
     *,
     columns: Collection[str] | None = None,
     cells: CellDigester | None = None,
+    source_batches: Sequence[pa.RecordBatch] | None = None,
 ) -> None:
     """Raise VerificationError unless `written` is exactly the intended rewrite of `source`.
 
@@ -57,6 +59,8 @@ def verify_rewrite(
     protection read and changed; its other column chunks were proven copied byte for byte
     (fieldcrypt.engine.rewrite), so decoding them would prove nothing more.
     `cells`: the ledger's digester of the written file, fed each row group decoded here.
+    `source_batches`: the source's row groups with those `columns`, as the rewrite decoded them from the
+    source (fieldcrypt.engine.rewrite.Output.kept); None: decoded here. The written file is always decoded.
     """
     if written.metadata.num_rows != source.metadata.num_rows:
         raise VerificationError(
@@ -69,8 +73,14 @@ def verify_rewrite(
     rng = random.SystemRandom()
     read_before = None if columns is None else [n for n in source.schema_arrow.names if n in columns]
     read_after = None if columns is None else [n for n in written.schema_arrow.names if n in columns]
+    if source_batches is not None and len(source_batches) != source.num_row_groups:
+        raise VerificationError(
+            f"{where}: {len(source_batches)} row groups read, the original has {source.num_row_groups}"
+        )
     with (
-        read_ahead(row_groups(source, where, read_before)) as befores,
+        contextlib.nullcontext(iter(source_batches))
+        if source_batches is not None
+        else read_ahead(row_groups(source, where, read_before)) as befores,
         read_ahead(row_groups(written, where, read_after)) as afters,
     ):
         _verify_row_groups(

@@ -233,9 +233,17 @@ class Output:
             ):
                 # Everything is planned and checked before the first byte is written: a SpliceUnsupported
                 # here leaves the temporary file empty for the full path.
-                # The changed columns are decoded and checked by the transform: only the copies are hashed.
+                # The changed columns are decoded and checked by the transform: only the copies are proven. On
+                # a local lake the proof compares the copies with the source byte for byte (reading it again
+                # costs little); elsewhere the splice hashes them as it reads them, so the source is read once.
                 self.splice = splice_columns(
-                    original, replacement, output, key_value_metadata=metadata, source_name=where, digest_spliced=False
+                    original,
+                    replacement,
+                    output,
+                    key_value_metadata=metadata,
+                    source_name=where,
+                    digest_spliced=False,
+                    digest_copied=not store.is_local,
                 )
         finally:
             store.release_temp(columns_temp)

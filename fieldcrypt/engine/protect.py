@@ -368,7 +368,7 @@ def _write_protected(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-mask") as helper,
         read_ahead(row_groups(source, where, columns)) as read,
     ):
-        batches = out.keeping(read, columns, source.num_row_groups)
+        batches = out.keeping(read, columns, source)
         writing: Future[None] | None = None
         row_keys = UniqueRowKeys(
             dataset,

@@ -168,11 +168,12 @@ class Output:
     _kept_columns: list[str] | None = field(default=None, init=False)
 
     def keeping(
-        self, batches: Iterator[pa.RecordBatch], columns: list[str] | None, row_groups: int
+        self, batches: Iterator[pa.RecordBatch], columns: list[str] | None, source: pq.ParquetFile
     ) -> Iterator[pa.RecordBatch]:
-        """`batches` (the source's row groups, `columns`: None for all, as read) passed through, and kept in
-        memory for `kept` while they take at most KEPT_SOURCE_BYTES; a larger file is decoded again."""
-        kept: list[pa.RecordBatch] | None = []
+        """`batches` (the row groups of `source`, `columns`: None for all, as read) passed through, and kept in
+        memory for `kept` while they take at most KEPT_SOURCE_BYTES; a larger file is decoded again. A file
+        whose footer says its columns are larger uncompressed is not kept at all (no memory for nothing)."""
+        kept: list[pa.RecordBatch] | None = [] if _uncompressed_size(source, columns) <= KEPT_SOURCE_BYTES else None
         self._kept, self._kept_columns, size = None, columns, 0
         for batch in batches:
             if kept is not None:
@@ -182,7 +183,7 @@ class Output:
                 else:
                     kept = None
             yield batch
-        self._kept = kept if kept is not None and len(kept) == row_groups else None
+        self._kept = kept if kept is not None and len(kept) == source.num_row_groups else None
 
     def kept(self, columns: list[str] | None) -> list[pa.RecordBatch] | None:
         """The source's row groups the write kept (`keeping`), if it read all of them with these `columns`."""
@@ -247,6 +248,21 @@ class Output:
                 )
         finally:
             store.release_temp(columns_temp)
+
+
+def _uncompressed_size(source: pq.ParquetFile, columns: list[str] | None) -> int:
+    """The footer's uncompressed size of the column chunks of the top-level `columns` (None: all): an estimate
+    of their decoded size (a dictionary-encoded column decodes larger; Output.keeping also counts as it reads)."""
+    wanted = None if columns is None else set(columns)
+    metadata = source.metadata
+    total = 0
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            if wanted is None or chunk.path_in_schema.split(".", 1)[0] in wanted:
+                total += chunk.total_uncompressed_size
+    return total
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import fieldcrypt
+import fieldcrypt.engine.rewrite
 from demo.sample_data import snapshot_path, users_table, write_snapshot
 from fieldcrypt import VerificationError, Workspace
 from fieldcrypt.format.columns import raw_path, replace_path
@@ -301,3 +302,36 @@ def test_temp_file_of_a_dead_run_is_swept_by_the_next_run_and_a_live_runs_is_kep
         local_workspace.protect("users", PARTITION)
         assert not dead.exists()
         assert live.exists()
+
+
+def test_source_kept_from_the_write_is_what_verification_compares_with(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write keeps the source's row groups it decoded (Output.keeping) and verification compares the
+    written file with them: a kept batch unlike the file is refused. Fault injection: the kept batches are
+    altered after the write (no writer produces that)."""
+    real = fieldcrypt.engine.rewrite.Output.kept
+
+    def altered(self: Any, columns: Any) -> Any:
+        kept = real(self, columns)
+        assert kept is not None  # a small file is kept whole
+        first = kept[0]
+        at = first.schema.get_field_index("ingested_at")
+        shifted = pc.add(first.column(at), pa.scalar(1, pa.duration("us")))
+        return [first.set_column(at, first.schema.field(at), shifted), *kept[1:]]
+
+    monkeypatch.setattr(fieldcrypt.engine.rewrite.Output, "kept", altered)
+    refused_intact(workspace, "a column outside the protected attributes changed")
+
+
+def test_a_source_too_large_to_keep_is_decoded_again_for_verification(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fieldcrypt.engine.rewrite, "KEPT_SOURCE_BYTES", 0)
+    kept: list[Any] = []
+    real = fieldcrypt.engine.rewrite.Output.kept
+    monkeypatch.setattr(fieldcrypt.engine.rewrite.Output, "kept", lambda self, c: kept.append(real(self, c)))
+    report = workspace.protect("users", PARTITION)
+    assert report.newly_encrypted > 0
+    assert kept == [None]
+    workspace.verify("users", PARTITION)

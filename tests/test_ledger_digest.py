@@ -22,7 +22,15 @@ from demo.sample_data import snapshot_path
 from fieldcrypt import Workspace
 from fieldcrypt.engine.encrypt import _placed
 from fieldcrypt.lake.store import LakeStore
-from fieldcrypt.policy.ledger import CELLS_LABEL, CellDigester, _cells, cell_digests, entry_of, shard_path
+from fieldcrypt.policy.ledger import (
+    CELLS_LABEL,
+    CellDigester,
+    _cells,
+    _ColumnDigest,
+    cell_digests,
+    entry_of,
+    shard_path,
+)
 from fieldcrypt.policy.policy import AttributePolicy, DatasetSpec
 
 PARTITION = date(2026, 11, 1).isoformat()
@@ -107,6 +115,32 @@ def test_cells_behind_null_slots_and_slices_are_left_out() -> None:
         values = column.cast(pa.large_binary()).to_pylist()
         assert lengths == b"".join(struct.pack("<q", -1 if v is None else len(v)) for v in values)
         assert bytes(data) == b"".join(v for v in values if v is not None)
+
+
+def test_ciphertexts_digested_in_place_equal_their_non_null_cells_copied_out() -> None:
+    """_ColumnDigest.update_valid reads a ciphertext column's protected cells in place unless bytes lie
+    behind a null; either way the digest is that of the column with its nulls dropped."""
+    offsets = np.array([0, 3, 3, 9, 12], dtype=np.int32)
+    validity = pa.py_buffer(np.packbits([True, False, True, True], bitorder="little"))
+    clean = pa.Array.from_buffers(
+        pa.binary(), 4, [validity, pa.py_buffer(offsets), pa.py_buffer(b"abcGGhiJKLmn")], null_count=1
+    )
+    behind = pa.Array.from_buffers(  # the null slot holds bytes: they must not be digested
+        pa.binary(), 4, [validity, pa.py_buffer(np.array([0, 3, 7, 9, 12], np.int32)), pa.py_buffer(b"abcDEFGhiJKL")]
+    )
+    for column in (
+        clean,
+        behind,
+        clean.slice(1, 3),
+        behind.slice(1, 2),
+        pa.array([b"x", None, b"yz"], pa.large_binary()),
+        pa.nulls(3, pa.binary()),
+        pa.array([b"a", b"b"]),
+    ):
+        in_place, copied = _ColumnDigest(), _ColumnDigest()
+        in_place.update_valid(column)
+        copied.update(pc.drop_null(column))
+        assert in_place.digest() == copied.digest()
 
 
 @pytest.mark.parametrize("seed", range(4))

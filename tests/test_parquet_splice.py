@@ -976,3 +976,23 @@ def test_without_replacement_digests_the_same_bytes_are_written_and_the_copies_s
     assert len(with_digests.spliced_sha256) == len(with_digests.spliced) > 0 and without.spliced_sha256 == ()
     assert without.copied_sha256 == with_digests.copied_sha256
     assert prove_copied(source_bytes, unhashed.getvalue(), without.copied, without.copied_sha256) > 0
+
+
+def test_without_any_digest_the_same_bytes_are_written_and_the_copies_are_compared_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    """On a local lake the engine hashes nothing while splicing (digest_copied=False): the proof reads both
+    files and compares the copied ranges, and a changed byte in a copy still fails it."""
+    source_bytes, changes = pyarrow_source(compression="zstd")(tmp_path)
+    replacement = write_in_groups(pa.table(changes), rows_per_group(source_bytes))
+    hashed, unhashed = io.BytesIO(), io.BytesIO()
+    splice_columns(source_bytes, replacement, hashed)
+    without = splice_columns(source_bytes, replacement, unhashed, digest_spliced=False, digest_copied=False)
+    assert unhashed.getvalue() == hashed.getvalue()
+    assert without.copied_sha256 == () and without.spliced_sha256 == ()
+    assert prove_copied(source_bytes, unhashed.getvalue(), without.copied, without.copied_sha256) > 0
+    target = without.copied[len(without.copied) // 2]
+    tampered = bytearray(unhashed.getvalue())
+    tampered[target.destination[1] - 1] ^= 0x01
+    with pytest.raises(VerificationError, match=f"{target.part} of {target.column} row group {target.row_group}"):
+        prove_copied(source_bytes, bytes(tampered), without.copied, without.copied_sha256)

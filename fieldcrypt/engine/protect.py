@@ -248,6 +248,7 @@ def protect_file(
         with out.writer(source, schema, changed) as writer:
             written = _write_protected(
                 writer,
+                out,
                 source,
                 out.columns(needed, source),
                 dataset,
@@ -267,6 +268,7 @@ def protect_file(
         outcome: tuple[pa.Schema, list[dict[str, EncryptedAttribute]]],
     ) -> None:
         schema, expected = outcome
+        columns = out.columns(needed, source)
         verify_rewrite(
             source,
             written,
@@ -279,8 +281,9 @@ def protect_file(
             sample_per_row_group,
             partition,
             index_keys or {},
-            columns=None if out.columns(needed, source) is None else needed,
+            columns=None if columns is None else needed,
             cells=out.cells,
+            source_batches=out.kept(columns),
         )
 
     (_, expected), (intent, removed), report.rewrite_path = rewrite_file(
@@ -343,6 +346,7 @@ def _joined_paths(*paths: str) -> str:
 
 def _write_protected(
     writer: BatchWriter,
+    out: Output,
     source: pq.ParquetFile,
     columns: list[str] | None,
     dataset: DatasetSpec,
@@ -353,7 +357,8 @@ def _write_protected(
     report: ProtectReport,
     index_keys: Mapping[str, BlindIndexKey],
 ) -> list[dict[str, EncryptedAttribute]]:
-    """Stream the source's `columns` (None: all) through `writer`, one batch per row group; counts into `report`."""
+    """Stream the source's `columns` (None: all) through `writer`, one batch per row group; counts into `report`.
+    The batches read are kept for the verification while they fit (Output.keeping)."""
     written: list[dict[str, EncryptedAttribute]] = []
     # Helper threads overlap the GIL-free Arrow work (reading, masks, Parquet encoding) with
     # the GIL-bound encryption loop. The encoder is shut down, finishing any write, before
@@ -361,8 +366,9 @@ def _write_protected(
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-encode") as encoder,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="fieldcrypt-mask") as helper,
-        read_ahead(row_groups(source, where, columns)) as batches,
+        read_ahead(row_groups(source, where, columns)) as read,
     ):
+        batches = out.keeping(read, columns, source)
         writing: Future[None] | None = None
         row_keys = UniqueRowKeys(
             dataset,

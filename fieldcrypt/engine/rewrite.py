@@ -130,6 +130,10 @@ def lake_commit(
 
 
 REWRITE_PATH_ENV = "FIELDCRYPT_REWRITE_PATH"  # "full": every file takes the full path (tests, benchmarks)
+# The most decoded source bytes a write keeps for its verification (Output.keeping): up to this size a file's
+# involved columns are decoded once (a 1M-row users file's four involved columns take ~70 MiB), above it
+# twice, so that memory stays bounded whatever the file's size.
+KEPT_SOURCE_BYTES = 128 << 20
 SPLICE, FULL = "splice", "full"
 
 
@@ -158,6 +162,32 @@ class Output:
     # The ledger's digester of the new file's cells (fieldcrypt.policy.ledger.CellDigester), set before
     # `verify`: a verification that decodes the written file's row groups feeds them to it, in order.
     cells: CellDigester | None = field(default=None, init=False)
+    # The source's row groups as the write decoded them (`keeping`), for the verification to compare with
+    # instead of decoding them again; None once they would take more than KEPT_SOURCE_BYTES.
+    _kept: list[pa.RecordBatch] | None = field(default=None, init=False)
+    _kept_columns: list[str] | None = field(default=None, init=False)
+
+    def keeping(
+        self, batches: Iterator[pa.RecordBatch], columns: list[str] | None, source: pq.ParquetFile
+    ) -> Iterator[pa.RecordBatch]:
+        """`batches` (the row groups of `source`, `columns`: None for all, as read) passed through, and kept in
+        memory for `kept` while they take at most KEPT_SOURCE_BYTES; a larger file is decoded again. A file
+        whose footer says its columns are larger uncompressed is not kept at all (no memory for nothing)."""
+        kept: list[pa.RecordBatch] | None = [] if _uncompressed_size(source, columns) <= KEPT_SOURCE_BYTES else None
+        self._kept, self._kept_columns, size = None, columns, 0
+        for batch in batches:
+            if kept is not None:
+                size += batch.get_total_buffer_size()
+                if size <= KEPT_SOURCE_BYTES:
+                    kept.append(batch)
+                else:
+                    kept = None
+            yield batch
+        self._kept = kept if kept is not None and len(kept) == source.num_row_groups else None
+
+    def kept(self, columns: list[str] | None) -> list[pa.RecordBatch] | None:
+        """The source's row groups the write kept (`keeping`), if it read all of them with these `columns`."""
+        return self._kept if self._kept is not None and self._kept_columns == columns else None
 
     def columns(self, needed: Iterable[str], source: pq.ParquetFile) -> list[str] | None:
         """The top-level columns to read: None (all) on the full path, else those of `needed` present."""
@@ -204,12 +234,35 @@ class Output:
             ):
                 # Everything is planned and checked before the first byte is written: a SpliceUnsupported
                 # here leaves the temporary file empty for the full path.
-                # The changed columns are decoded and checked by the transform: only the copies are hashed.
+                # The changed columns are decoded and checked by the transform: only the copies are proven. On
+                # a local lake the proof compares the copies with the source byte for byte (reading it again
+                # costs little); elsewhere the splice hashes them as it reads them, so the source is read once.
                 self.splice = splice_columns(
-                    original, replacement, output, key_value_metadata=metadata, source_name=where, digest_spliced=False
+                    original,
+                    replacement,
+                    output,
+                    key_value_metadata=metadata,
+                    source_name=where,
+                    digest_spliced=False,
+                    digest_copied=not store.is_local,
                 )
         finally:
             store.release_temp(columns_temp)
+
+
+def _uncompressed_size(source: pq.ParquetFile, columns: list[str] | None) -> int:
+    """The footer's uncompressed size of the column chunks of the top-level `columns` (None: all): an estimate
+    of their decoded size (a dictionary-encoded column decodes larger; Output.keeping also counts as it reads)."""
+    wanted = None if columns is None else set(columns)
+    metadata = source.metadata
+    total = 0
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            if wanted is None or chunk.path_in_schema.split(".", 1)[0] in wanted:
+                total += chunk.total_uncompressed_size
+    return total
 
 
 @contextlib.contextmanager

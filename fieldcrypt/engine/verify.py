@@ -11,9 +11,12 @@ value and the cell decrypts to it.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import random
 from collections.abc import Collection, Iterator, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -48,6 +51,7 @@ def verify_rewrite(
     *,
     columns: Collection[str] | None = None,
     cells: CellDigester | None = None,
+    source_batches: Sequence[pa.RecordBatch] | None = None,
 ) -> None:
     """Raise VerificationError unless `written` is exactly the intended rewrite of `source`.
 
@@ -55,6 +59,8 @@ def verify_rewrite(
     protection read and changed; its other column chunks were proven copied byte for byte
     (fieldcrypt.engine.rewrite), so decoding them would prove nothing more.
     `cells`: the ledger's digester of the written file, fed each row group decoded here.
+    `source_batches`: the source's row groups with those `columns`, as the rewrite decoded them from the
+    source (fieldcrypt.engine.rewrite.Output.kept); None: decoded here. The written file is always decoded.
     """
     if written.metadata.num_rows != source.metadata.num_rows:
         raise VerificationError(
@@ -67,8 +73,14 @@ def verify_rewrite(
     rng = random.SystemRandom()
     read_before = None if columns is None else [n for n in source.schema_arrow.names if n in columns]
     read_after = None if columns is None else [n for n in written.schema_arrow.names if n in columns]
+    if source_batches is not None and len(source_batches) != source.num_row_groups:
+        raise VerificationError(
+            f"{where}: {len(source_batches)} row groups read, the original has {source.num_row_groups}"
+        )
     with (
-        read_ahead(row_groups(source, where, read_before)) as befores,
+        contextlib.nullcontext(iter(source_batches))
+        if source_batches is not None
+        else read_ahead(row_groups(source, where, read_before)) as befores,
         read_ahead(row_groups(written, where, read_after)) as afters,
     ):
         _verify_row_groups(
@@ -175,21 +187,21 @@ def _verify_attribute(
             raise VerificationError(f"{at}: {name} of a row that was not to be encrypted changed")
     if rows.count == 0:
         return
-    plaintext = pc.filter(rows.values, rows.selected)
     # Every mask is the one computed when the row was encrypted (digest), and a random sample
     # of them is recomputed from the original value below.
     if written is None or values_digest(pc.filter(new_value, rows.selected)) != written.mask_digest:
         raise VerificationError(f"{at}: an encrypted row does not hold its mask")
-    ciphertext = pc.filter(new_ct, rows.selected)
-    if ciphertext.null_count or pc.filter(new_dek, rows.selected).null_count:
+    # Lengths and validity are compared per row; the ciphertext bytes are not copied out of the column.
+    ct_lengths = pc.filter(pc.binary_length(new_ct), rows.selected)
+    if ct_lengths.null_count or pc.filter(new_dek, rows.selected).null_count:
         raise VerificationError(f"{at}: an encrypted row lacks its ciphertext or wrapped key")
-    plain_lengths = pc.binary_length(plaintext)
+    plain_lengths = pc.filter(pc.binary_length(rows.values), rows.selected)
     if attribute.pad_to:  # format 2: the padded plaintext's length (fieldcrypt.format.padding)
         plain_lengths = pa.array(padded_length(plain_lengths.to_numpy(zero_copy_only=False), attribute.pad_to))
-    lengths_ok = pc.equal(pc.binary_length(ciphertext), pc.add(plain_lengths, CELL_OVERHEAD))
+    lengths_ok = pc.equal(ct_lengths, pc.add(plain_lengths, CELL_OVERHEAD))
     if not pc.all(lengths_ok).as_py():
         raise VerificationError(f"{at}: a ciphertext has the wrong length")
-    if ciphertext_digest(ciphertext) != written.ciphertext_digest:
+    if _selected_digest(new_ct, rows.selected, ct_lengths) != written.ciphertext_digest:
         raise VerificationError(f"{at}: ciphertexts read back differ from those written")
     for wrapped in used_wrapped_keys(new_dek):
         cache.cipher_for(wrapped, dataset.name, attribute.path, partition)
@@ -208,6 +220,20 @@ def _verify_attribute(
     decrypted = decrypt_rows(after, dataset, attribute, cache, picked, at, partition)
     if not decrypted.equals(original.cast(decrypted.type)):
         raise VerificationError(f"{at}: a sampled cell did not decrypt to its original value")
+
+
+def _selected_digest(column: pa.Array, selected: pa.BooleanArray, lengths: pa.Array) -> bytes:
+    """ciphertext_digest of the selected cells of a binary column (`lengths`: theirs, none null).
+
+    When the selected cells hold every byte of the column's data span (the other rows are null or empty,
+    as in a file's first protection), that span is their concatenation, hashed in place; otherwise they are
+    copied out first."""
+    if column.type == pa.binary() and len(column):
+        offsets = np.frombuffer(column.buffers()[1], dtype=np.int32, count=len(column) + 1, offset=column.offset * 4)
+        if int(pc.sum(lengths, min_count=0).as_py()) == int(offsets[-1]) - int(offsets[0]):
+            data = column.buffers()[2]
+            return hashlib.sha256(b"" if data is None else memoryview(data)[offsets[0] : offsets[-1]]).digest()
+    return ciphertext_digest(pc.filter(column, selected))
 
 
 def _decoded(column: pa.Array) -> pa.Array:

@@ -29,9 +29,9 @@ def mask_values(values: pa.Array, style: str) -> pa.Array:
         # than extracting a regex capture group.
         is_email = pc.fill_null(pc.match_substring_regex(values, _EMAIL), False)
         domain = pc.list_element(pc.split_pattern(pc.filter(values, is_email), "@", max_splits=1), 1)
-        at_domain = pc.binary_join_element_wise(
-            pa.scalar(HIDDEN + "@", values.type), pc.utf8_lower(domain), no_separator
-        )
+        # ASCII domains (the common case) take ascii_lower, the same mapping at a small part of the cost.
+        lower = pc.ascii_lower if pc.all(pc.string_is_ascii(domain)).as_py() is not False else pc.utf8_lower
+        at_domain = pc.binary_join_element_wise(pa.scalar(HIDDEN + "@", values.type), lower(domain), no_separator)
         masked = pc.replace_with_mask(
             pc.if_else(pc.is_valid(values), hidden, pa.scalar(None, values.type)), is_email, at_domain.cast(values.type)
         )
@@ -70,11 +70,12 @@ def _last4(values: pa.Array) -> pa.Array:
     shown = valid & (ends - digits_before[:-1] >= 5)
     lengths = np.where(shown, 8, np.where(valid, len(HIDDEN), 0))
     out_offsets = np.concatenate((np.zeros(1, np.int64), np.cumsum(lengths, dtype=np.int64)))
-    out = np.empty(int(out_offsets[-1]), dtype=np.uint8)
+    # Every mask is the first `lengths` bytes of its row of "********", the last four stars replaced by the
+    # digits where shown: laid out as rows of 8 bytes, then the rows' first bytes taken in one pass.
     four = np.arange(4)
-    out[(out_offsets[:-1][valid][:, None] + four).ravel()] = ord("*")
-    last_digits = digit_at[ends[shown][:, None] - 4 + four]
-    out[(out_offsets[:-1][shown][:, None] + 4 + four).ravel()] = raw[last_digits].ravel()
+    rows = np.full((count, 8), ord("*"), dtype=np.uint8)
+    rows[shown, 4:] = raw[digit_at[ends[shown][:, None] - 4 + four]]
+    out = rows[np.arange(8) < lengths[:, None]]
     validity = None if values.null_count == 0 else pa.py_buffer(np.packbits(valid, bitorder="little"))
     buffers = [validity, pa.py_buffer(out_offsets.astype(offset_type)), pa.py_buffer(out)]
     return pa.Array.from_buffers(values.type, count, buffers, null_count=values.null_count)

@@ -87,6 +87,7 @@ def splice_columns(
     source_name: str = "source",
     replacement_name: str = "replacement",
     digest_spliced: bool = True,
+    digest_copied: bool = True,
 ) -> SpliceReport:
     """Write to `sink` the source with the replacement's top-level columns substituted or appended.
 
@@ -95,7 +96,9 @@ def splice_columns(
     key-value metadata (the caller owns `ARROW:schema`: see `footer_metadata`). Everything is read and
     checked before the first byte is written: what cannot be spliced raises SpliceUnsupported (take the
     full rewrite instead), a corrupt file raises InputError. `digest_spliced=False`: the replacement's
-    copies are not hashed (`spliced_sha256` is empty), for a caller that decodes and checks them instead.
+    copies are not hashed (`spliced_sha256` is empty), for a caller that decodes and checks them instead;
+    `digest_copied=False`: nor are the source's (`copied_sha256` is empty), for a caller that proves them
+    by comparing the bytes of both files (prove_copied without digests: a local file, read again cheaply).
     """
     src = ParquetLayout(source, source_name)
     rep = ParquetLayout(replacement, replacement_name)
@@ -107,7 +110,7 @@ def splice_columns(
     source_names = {column.name for column in src.columns}
     output += [(rep, column) for column in rep.columns if column.name not in source_names]
 
-    plan = _Plan(src, rep, output, digest_replacement=digest_spliced)
+    plan = _Plan(src, rep, output, digest_replacement=digest_spliced, digest_source=digest_copied)
     footer = encode(plan.file_metadata(key_value_metadata))
     written = plan.write(sink, footer)
     return SpliceReport(
@@ -118,7 +121,7 @@ def splice_columns(
         copied=tuple(plan.copied[src]),
         spliced=tuple(plan.copied[rep]),
         bytes_written=written,
-        copied_sha256=tuple(piece.digest.digest() for piece in plan.copies[src]),
+        copied_sha256=tuple(piece.digest.digest() for piece in plan.copies[src]) if digest_copied else (),
         spliced_sha256=tuple(piece.digest.digest() for piece in plan.copies[rep]) if digest_spliced else (),
         source_layout=src,
     )
@@ -153,9 +156,11 @@ class _Plan:
         output: list[tuple[ParquetLayout, TopColumn]],
         *,
         digest_replacement: bool = True,
+        digest_source: bool = True,
     ) -> None:
         self.src, self.rep, self.output = src, rep, output
         self.digest_replacement = digest_replacement
+        self.digest_source = digest_source
         self.copied: dict[ParquetLayout, list[CopiedRange]] = {src: [], rep: []}
         self.copies: dict[ParquetLayout, list[_Copy]] = {src: [], rep: []}  # aligned with `copied`
         self.pieces: list[_Copy | bytes] = []
@@ -195,7 +200,7 @@ class _Plan:
 
     def _copy(self, layout: ParquetLayout, part: str, label: str, index: int, span: tuple[int, int]) -> int:
         start = self.position
-        hashed = layout is self.src or self.digest_replacement
+        hashed = self.digest_source if layout is self.src else self.digest_replacement
         piece = _Copy(layout, span[0], span[1]) if hashed else _Copy(layout, span[0], span[1], None)
         self.pieces.append(piece)
         self.copies[layout].append(piece)

@@ -447,10 +447,11 @@ def run(argv: Sequence[str] | None = None) -> int:
             for event in chosen:
                 print(json.dumps(event, sort_keys=True))
     elif args.command == "restore-accept":
-        was, now, files = workspace.accept_restore(args.reason)
+        was, now, files, indexes = workspace.accept_restore(args.reason)
         print(
             f"restore accepted: policy.json version {was} is now version {now}; "
             f"{files} protected files verified and recorded in the protection ledger"
+            + (f"; erasure indexes rebuilt from the requests on file: {', '.join(indexes)}" if indexes else "")
         )
     elif args.command == "accept-rewrite":
         for partition in args.partition or [None]:

@@ -716,6 +716,7 @@ class Workspace:
         """
         listed = self.files(dataset, partition) if files is None else list(files)
         spec, attributes = self._dataset(dataset)
+        self.erasures.index(dataset)  # an erasure index rolled back is refused here too (one small read)
         self._check_ledger(dataset, partition, spec, attributes, listed, deep=True)  # before any cell is decrypted
         return self._verify_cells(dataset, partition, listed)
 
@@ -1043,14 +1044,16 @@ class Workspace:
 
     # -- a deliberate restore of `_fieldcrypt/` from a backup ---------------------------------
 
-    def accept_restore(self, reason: str) -> tuple[int, int, int]:
-        """Accept a deliberate restore of the policy and ledger from a backup; audited.
+    def accept_restore(self, reason: str) -> tuple[int, int, int, list[str]]:
+        """Accept a deliberate restore of the policy, ledger and erasure indexes from a backup; audited.
 
         The restored policy (authenticated, but older than the lake has seen) is checked against
         every stored file, as adoption does, then stored as a version above every one seen, so
         older copies stay refused. Every partition's files are then verified cell by cell and
-        recorded in the protection ledger as they are now. Returns (the restored policy's
-        version, its new version, the files recorded). The audit log gets an intent before
+        recorded in the protection ledger as they are now. Each erasure index older than the
+        version the binding pinned is rebuilt from the requests on file (none on file is dropped)
+        at a version above it. Returns (the restored policy's version, its new version, the files
+        recorded, the datasets whose erasure index was rebuilt). The audit log gets an intent before
         anything is written and its confirmation after (docs/OPERATIONS.md, "Restoring from a backup").
         """
         if not reason or not reason.strip():
@@ -1060,19 +1063,29 @@ class Workspace:
         for dataset, partition in partitions:  # a policy that lacks what some file protects is refused
             for rel in self.files(dataset, partition):
                 check_stored_file(self.store, rel, restored.for_dataset(dataset))
+        indexes = self.erasures.rolled_back()
+        restored_indexes = f"; restored erasure indexes of {', '.join(indexes)}" if indexes else ""
         intent = self.audit.intent(
-            "restore_accept", reason=reason, detail=f"policy version {restored.version}; {len(partitions)} partitions"
+            "restore_accept",
+            reason=reason,
+            detail=f"policy version {restored.version}; {len(partitions)} partitions{restored_indexes}",
         )
         version = self.policies.accept_restored(restored)
         recorded = self._record_ledger(partitions)
+        rebuilt = []
+        for dataset in indexes:
+            index = self.erasures.rebuild_index(dataset)
+            rebuilt.append(
+                f"erasure index of {dataset} rebuilt as version {index.version} ({len(index.active)} active)"
+            )
         self.audit.record(
             "restore_accepted",
             intent=intent,
             reason=reason,
             detail=f"policy.json version {restored.version} stored as version {version}; "
-            f"{recorded} files recorded in the protection ledger",
+            f"{recorded} files recorded in the protection ledger" + "".join(f"; {line}" for line in rebuilt),
         )
-        return restored.version, version, recorded
+        return restored.version, version, recorded, indexes
 
     def verify_audit(self) -> AuditReport:
         """Check every audit record (`AuditLog.verify`), also against the head the binding pinned at the last

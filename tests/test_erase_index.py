@@ -14,8 +14,10 @@ import pytest
 from demo.sample_data import users_table, write_snapshot
 from fieldcrypt import IntegrityError, Workspace
 from fieldcrypt.cli import run
+from fieldcrypt.keys.binding import BINDING_PATH
 from fieldcrypt.policy.erasure import ERASURE_DIR, request_path
 from fieldcrypt.policy.erasure_index import index_path
+from fieldcrypt.policy.rollback import RollbackError
 from tests.catalogs import write_catalog
 
 DAY = date(2026, 11, 1)
@@ -105,6 +107,7 @@ def test_concurrent_creators_both_land_in_the_index(workspace: Workspace) -> Non
     assert not errors
     assert sorted(r.request_id for r in workspace.erasures.active("users")) == sorted(ids)
     assert workspace.erasures.index("users").version == 3  # created, then one update per request
+    assert _pinned(workspace) == 3  # each writer's pin, never moved back by the slower one
 
 
 def test_an_expired_request_leaves_the_index_is_no_longer_read_by_protect_and_shows_as_expired(
@@ -139,12 +142,80 @@ def test_an_expired_request_leaves_the_index_is_no_longer_read_by_protect_and_sh
     assert states[old] == "expired" and states[live] in ("open", "done")
 
 
-def test_a_request_recorded_but_not_indexed_is_shown_by_status(workspace: Workspace) -> None:
+def test_a_request_recorded_but_not_indexed_is_shown_by_status(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     request_id = _request(workspace, [1])
-    index = _path(workspace, index_path("users"))
-    kept = index.read_bytes()
-    _request(workspace, [2])
-    index.write_bytes(kept)  # an older authentic index: the second request is on file but not in it
+
+    def crash(*args: object) -> None:  # fault injection: the process dies between the request and the index write
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workspace.erasures, "_change_index", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _request(workspace, [2])
+    monkeypatch.undo()
     states = {r.request_id: r.state() for r in workspace.erasure_requests("users")}
     assert states[request_id] in ("open", "done")
     assert [s for s in states.values() if s.startswith("not indexed")]
+
+
+def _pinned(workspace: Workspace) -> int:
+    binding = json.loads(_path(workspace, BINDING_PATH).read_text())
+    return int(binding["seen"]["erasure"]["users"]["version"])
+
+
+def test_a_restored_older_index_with_a_newer_request_deleted_is_refused_by_name(workspace: Workspace) -> None:
+    _request(workspace, [1])
+    index = _path(workspace, index_path("users"))
+    older = index.read_bytes()  # version 2: created, then the first request
+    newer = _request(workspace, [2])
+    assert _pinned(workspace) == 3
+    # Someone with write access to the lake puts back the older, validly MAC'd index and deletes the newer
+    # request: nothing on file names it any more, only the binding's pin says an index of version 3 was written.
+    index.write_bytes(older)
+    _path(workspace, request_path("users", newer)).unlink()
+    refused = (
+        r"erasure index of users \(.*users\.json\) is at version 2 but version 3 was seen: .*restored from a backup"
+    )
+    with pytest.raises(RollbackError, match=refused):
+        workspace.protect("users", DAY.isoformat())
+    with pytest.raises(RollbackError, match=refused):
+        workspace.erasure_requests("users")  # status
+    with pytest.raises(RollbackError, match=refused):
+        workspace.verify("users", DAY.isoformat())
+    with pytest.raises(RollbackError, match=refused):
+        _request(workspace, [3])  # erase: no request is added to the older index either
+    index.unlink()  # nor is removing the index and every request file a way out
+    for rel in workspace.store.list_files(ERASURE_DIR, ".json"):
+        _path(workspace, rel).unlink()
+    with pytest.raises(RollbackError, match="erasure index of users .* is missing but version 3 was seen"):
+        workspace.protect("users", DAY.isoformat())
+
+
+def test_an_older_index_alone_is_refused_by_protect_and_restore_accept_rebuilds_it_audited(
+    workspace: Workspace, tmp_path: Path, keystore_path: Path
+) -> None:
+    first = _request(workspace, [1])
+    index = _path(workspace, index_path("users"))
+    older = index.read_bytes()
+    second = _request(workspace, [2])
+    index.write_bytes(older)  # the second request is still on file, but protection would not apply it
+    with pytest.raises(RollbackError, match="erasure index of users .* is at version 2 but version 3 was seen"):
+        workspace.protect("users", DAY.isoformat())
+
+    key = {"provider": "local", "keystore": str(keystore_path)}
+    catalog = write_catalog(tmp_path / "fieldcrypt.yaml", "acme", workspace.config.lake_uri, key)
+    assert run(["--catalog", str(catalog), "restore-accept", "--reason", "INC-9"]) == 0
+    fresh = Workspace(workspace.config, "test")
+    # Rebuilt from the requests on file, above the pinned version: the second request is active again.
+    assert sorted(r.request_id for r in fresh.erasures.active("users")) == sorted([first, second])
+    assert fresh.erasures.index("users").version == 4 and _pinned(fresh) == 4
+    fresh.protect("users", DAY.isoformat())
+    events = list(fresh.audit.events())
+    accepted = [e for e in events if e["operation"] == "restore_accepted"]
+    assert accepted and accepted[0]["reason"] == "INC-9"
+    assert "erasure index of users rebuilt as version 4 (2 active)" in accepted[0]["detail"]
+    assert any(e["operation"] == "restore_accept_intent" and "erasure indexes of users" in e["detail"] for e in events)
+    index.write_bytes(older)  # the older copy stays refused
+    with pytest.raises(RollbackError, match="is at version 2 but version 4 was seen"):
+        fresh.protect("users", DAY.isoformat())

@@ -22,12 +22,15 @@ Until a request expires, every protection run of its dataset erases the request'
 the files it is about to protect (a snapshot landed later that holds an erased key). It finds
 them through the dataset's index of active requests (fieldcrypt.policy.erasure_index), not by
 reading every request ever recorded; an expired request leaves the index (its file is kept).
+Each index written is pinned (version and MAC) in the binding's record of what the lake has
+seen (fieldcrypt.policy.rollback), so an older index put back is refused by name.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import secrets
@@ -39,10 +42,11 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from fieldcrypt.errors import ConcurrentUpdateError, InputError, IntegrityError
+from fieldcrypt.keys.binding import BINDING_PATH, BindingStore
 from fieldcrypt.keys.policy_auth import MacKey
 from fieldcrypt.lake.store import LakeStore
 from fieldcrypt.policy.erasure_index import ActiveIndex, IndexEntry, index_path, open_index
-from fieldcrypt.policy.rollback import canonical
+from fieldcrypt.policy.rollback import RollbackError, SeenVersions, canonical, check_erasure_index
 
 ERASURE_DIR = "_fieldcrypt/erasure"
 ERASURE_FORMAT = "fieldcrypt-erasure-request-v1"
@@ -326,10 +330,25 @@ class ErasureRequests:
     def index(self, dataset: str) -> ActiveIndex:
         """The dataset's index of active requests, authenticated; an empty one when none is stored and no request
         is on file. An index missing while requests are on file is refused by name (removed, or a lake from
-        before the index: `fieldcrypt erase-reindex`)."""
+        before the index: `fieldcrypt erase-reindex`), and so is one older than (or another than) the version the
+        binding pinned (a restored backup: `fieldcrypt restore-accept`)."""
         rel = index_path(dataset)
-        found = self.store.read_versioned(rel)
-        if found is None:
+        for attempt in range(3):  # another writer's index and pin between the two reads: a race, not a restore
+            found = self.store.read_versioned(rel)
+            index = self._stored_index(dataset, None if found is None else found[0])
+            try:
+                check_erasure_index(self._seen(), dataset, index.version, index.mac, self.store.display(rel))
+            except RollbackError:
+                now = self.store.read_versioned(rel)
+                if attempt < 2 and (None if now is None else now[0]) != (None if found is None else found[0]):
+                    continue
+                raise
+            return index
+        raise AssertionError("unreachable")
+
+    def _stored_index(self, dataset: str, raw: bytes | None) -> ActiveIndex:
+        rel = index_path(dataset)
+        if raw is None:
             if self._request_files(dataset):
                 raise IntegrityError(
                     f"{self.store.display(rel)} is missing while erasure requests of {dataset} are on file (removed "
@@ -337,7 +356,42 @@ class ErasureRequests:
                     f"refused. Rebuild it from the requests on file: `fieldcrypt erase-reindex {dataset} --reason ...`"
                 )
             return ActiveIndex(self.workspace, dataset)
-        return open_index(found[0], self.key(), self.workspace, dataset, self.store.display(rel))
+        return open_index(raw, self.key(), self.workspace, dataset, self.store.display(rel))
+
+    def _seen(self) -> SeenVersions | None:
+        """The binding's record of what the lake has seen, MAC checked (None: none recorded yet)."""
+        binding = BindingStore(self.store).load()
+        if binding is None or binding.seen is None:
+            return None
+        return SeenVersions.opened(binding.seen, self._policy_key(), self.store.display(BINDING_PATH))
+
+    def _pin(self, dataset: str) -> None:
+        """Pin the stored index's version and MAC in the binding's record (compare-and-swap, never moving back).
+        After the index write: a crash in between leaves an index newer than the pin, which is accepted."""
+        found = self.store.read_versioned(index_path(dataset))
+        if found is None:
+            return
+        index = open_index(found[0], self.key(), self.workspace, dataset, self.store.display(index_path(dataset)))
+        key, where = self._policy_key(), self.store.display(BINDING_PATH)
+
+        def change(now: dict[str, Any] | None) -> dict[str, Any] | None:
+            if now is None:
+                return None  # no record yet (a lake before rollback protection): the next policy save makes one
+            pinned = SeenVersions.opened(now, key, where).with_erasure_index(dataset, index.version, index.mac)
+            return None if pinned is None else pinned.sealed(key)
+
+        BindingStore(self.store).update_seen(change)
+
+    def rolled_back(self) -> list[str]:
+        """The datasets whose erasure index is older than, or another than, the version the binding pinned."""
+        seen = self._seen()
+        found = []
+        for dataset in sorted(seen.erasure if seen is not None else {}):
+            try:
+                self.index(dataset)
+            except RollbackError:
+                found.append(dataset)
+        return found
 
     def rebuild_index(self, dataset: str, now: datetime | None = None) -> ActiveIndex:
         """Replace the index by one built from every request on file (each read and authenticated): the not
@@ -352,17 +406,18 @@ class ErasureRequests:
             else:
                 entries.append(IndexEntry(request.request_id, _iso(request.expires_at), mac))
         built = ActiveIndex(self.workspace, dataset, active=tuple(entries), expired=expired)
+        seen = self._seen()
+        pinned = seen.erasure.get(dataset, (0, ""))[0] if seen is not None else 0  # above a restored older index
 
         def change(stored: bytes | None) -> bytes:
-            version = 0
+            version = pinned
             if stored is not None:
-                try:
-                    version = int(json.loads(stored)["version"])
-                except (ValueError, KeyError, TypeError):
-                    version = 0  # an unreadable index is what the rebuild replaces
+                with contextlib.suppress(ValueError, KeyError, TypeError):  # an unreadable index is what it replaces
+                    version = max(pinned, int(json.loads(stored)["version"]))
             return replace(built, version=version + 1).sealed(self.key())
 
         self.store.update(index_path(dataset), change, "the erasure index was being rebuilt")
+        self._pin(dataset)
         return self.index(dataset)
 
     def expired_out(self) -> list[tuple[str, str]]:
@@ -432,6 +487,7 @@ class ErasureRequests:
             return None if changed is None else replace(changed, version=index.version + 1).sealed(self.key())
 
         self.store.update(rel, apply, "the erasure index was being updated")
+        self._pin(dataset)
 
     def _request_files(self, dataset: str) -> list[str]:
         folder = f"{ERASURE_DIR}/{quote(dataset, safe='')}"

@@ -10,7 +10,9 @@ Nothing is dropped silently: a request the index names must be on file with that
 request removed or replaced is refused by name), an index edited without the key fails its
 MAC, and an index missing while requests are on file is refused by name until
 `fieldcrypt erase-reindex` rebuilds it (audited). The index is replaced by compare-and-swap
-(LakeStore.update), so two requests recorded at once are both kept.
+(LakeStore.update), so two requests recorded at once are both kept. Each version written is
+pinned in the binding's record of what the lake has seen (fieldcrypt.policy.rollback), so an
+older authentic copy put back is refused by name (`fieldcrypt restore-accept` is the way out).
 """
 
 from __future__ import annotations

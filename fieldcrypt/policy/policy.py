@@ -385,8 +385,10 @@ class PolicyStore:
                         raise
                 if kept is not None and kept.policy_version >= version:
                     return None
-            audit = (kept.audit_seq, kept.audit_digest) if kept is not None else (0, "")  # the pinned audit head
-            return SeenVersions(version, sealed.mac, *audit).sealed(key)
+            if kept is None:
+                return SeenVersions(version, sealed.mac).sealed(key)
+            # the pinned audit head and erasure indexes are kept
+            return replace(kept, policy_version=version, policy_mac=sealed.mac).sealed(key)
 
         BindingStore(self.store).update_seen(change)
 

@@ -11,6 +11,10 @@ attributes enabled since. `fieldcrypt restore-accept` is the audited way out.
 The record also pins the audit log's head (`AuditLog.head()`: seq and digest) as
 `fieldcrypt audit --verify` last found it: a later `audit --verify` refuses a log that no
 longer holds that record (its newest records cut off, or an older copy restored).
+
+And it pins each dataset's erasure index (fieldcrypt.policy.erasure_index): the newest version
+and MAC written, so an older, validly MAC'd index put back (dropping a request recorded since)
+is refused by name by every reader of the index, as an older policy is.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import base64
 import binascii
 import hmac
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fieldcrypt.errors import PolicyError
@@ -48,6 +53,8 @@ class SeenVersions:
     policy_mac: bytes
     audit_seq: int = 0  # the audit head `fieldcrypt audit --verify` last pinned (0: none)
     audit_digest: str = ""
+    # dataset -> (version, MAC) of the newest erasure index written (docs/FORMAT.md 6c, 6e); absent: none yet
+    erasure: Mapping[str, tuple[int, str]] = field(default_factory=dict)
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -56,7 +63,17 @@ class SeenVersions:
         }
         if self.audit_seq:
             body["audit"] = {"seq": self.audit_seq, "digest": self.audit_digest}
+        if self.erasure:
+            body["erasure"] = {d: {"version": v, "mac": m} for d, (v, m) in sorted(self.erasure.items())}
         return body
+
+    def with_erasure_index(self, dataset: str, version: int, mac: str) -> SeenVersions | None:
+        """This record with `dataset`'s erasure index pinned at `version`; None when it is there already
+        (never moving back)."""
+        pinned = self.erasure.get(dataset)
+        if pinned is not None and pinned[0] >= version:
+            return None
+        return replace(self, erasure={**self.erasure, dataset: (version, mac)})
 
     def sealed(self, key: MacKey) -> dict[str, Any]:
         """The binding's `seen` member: the body and its MAC."""
@@ -78,13 +95,15 @@ class SeenVersions:
             mac = base64.b64decode(str(doc["mac"]), validate=True)
             policy = body["policy"]
             audit = body.get("audit") or {"seq": 0, "digest": ""}
+            erasure = body.get("erasure") or {}
             seen = cls(
                 int(policy["version"]),
                 base64.b64decode(str(policy["mac"]), validate=True),
                 int(audit["seq"]),
                 str(audit["digest"]),
+                {str(d): (int(e["version"]), str(e["mac"])) for d, e in erasure.items()},
             )
-        except (KeyError, TypeError, ValueError, binascii.Error):
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error):
             raise bad from None
         if body.get("format") != SEEN_FORMAT or seen.body() != body:
             raise bad
@@ -105,4 +124,23 @@ def check_policy(seen: SeenVersions | None, version: int, mac: bytes, where: str
         raise RollbackError(
             f"{where} is version {version}, but not the version {version} this lake has seen (another copy): "
             f"{RESTORE_HINT}"
+        )
+
+
+def check_erasure_index(seen: SeenVersions | None, dataset: str, version: int, mac: str, where: str) -> None:
+    """Refuse an erasure index older than, or another than, the newest version of it the lake has seen
+    (0: missing while one was written)."""
+    pinned = None if seen is None else seen.erasure.get(dataset)
+    if pinned is None:
+        return
+    if version < pinned[0]:
+        state = "missing" if version == 0 else f"at version {version}"
+        raise RollbackError(
+            f"erasure index of {dataset} ({where}) is {state} but version {pinned[0]} was seen: a request recorded "
+            f"since may be dropped; {RESTORE_HINT}"
+        )
+    if version == pinned[0] and not hmac.compare_digest(mac.encode(), pinned[1].encode()):
+        raise RollbackError(
+            f"erasure index of {dataset} ({where}) is version {version}, but not the version {version} this lake "
+            f"has seen (another copy): {RESTORE_HINT}"
         )

@@ -101,29 +101,39 @@ class FileSchemaCommit(Protocol):
     def file_schema(self, job: FileJob, schema: pa.Schema) -> pa.Schema: ...
 
 
+def checked_for_commit(
+    job: FileJob, original: FileVersion, expected: Sequence[Mapping[str, Any]] | None, nothing: str
+) -> Replacing:
+    """What every commit checks and records under the file's lock before its new file takes the old one's
+    place: the file unchanged since it was read (compare-and-swap on `original`), the operation's own last
+    check, then fieldcrypt.engine.replace_guard (stored metadata, current master key, summary files, the
+    audit intent). `nothing`: what the refusal says was not done ("replaced", "committed")."""
+    if job.store.version(job.rel) != original:
+        raise ConcurrentUpdateError(
+            f"{job.where} changed while it was being {job.doing}; nothing was {nothing}, run again"
+        )
+    if job.before_replace_check is not None:
+        job.before_replace_check(job.where)
+    return before_replace(
+        job.store,
+        job.rel,
+        job.attributes,
+        job.cache,
+        job.dataset.name,
+        job.partition,
+        expected,
+        job.operation,
+        dataset_root=job.dataset_root,
+    )
+
+
 def lake_commit(
     job: FileJob, temp: str, original: FileVersion, expected: Sequence[Mapping[str, Any]] | None
 ) -> Replacing:
     """The plain lake's commit: compare-and-swap replace under the file's lock (local) or If-Match (S3)."""
     store = job.store
     with store.exclusive(job.rel):
-        if store.version(job.rel) != original:
-            raise ConcurrentUpdateError(
-                f"{job.where} changed while it was being {job.doing}; nothing was replaced, run again"
-            )
-        if job.before_replace_check is not None:
-            job.before_replace_check(job.where)
-        replacing = before_replace(
-            store,
-            job.rel,
-            job.attributes,
-            job.cache,
-            job.dataset.name,
-            job.partition,
-            expected,
-            job.operation,
-            dataset_root=job.dataset_root,
-        )
+        replacing = checked_for_commit(job, original, expected, "replaced")
         with recorded(job.ledger, temp, job.rel, job.verified_cells):  # the protection ledger's entry for the new file
             replace_data_file(store, temp, job.rel, original, f"it was being {job.doing}")
     return replacing

@@ -31,9 +31,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fieldcrypt.engine.replace_guard import Replacing, before_replace
-from fieldcrypt.engine.rewrite import FileJob
-from fieldcrypt.errors import ConcurrentUpdateError
+from fieldcrypt.engine.replace_guard import Replacing
+from fieldcrypt.engine.rewrite import FileJob, checked_for_commit
 from fieldcrypt.lake.audit import AuditLog
 from fieldcrypt.lake.store import FileVersion, LakeStore
 from fieldcrypt.lake.tables.base import (
@@ -87,27 +86,12 @@ class TableCommit:
         store = job.store
         new = new_data_path(job.rel)
         with store.exclusive(job.rel):
-            if store.version(job.rel) != original:
-                raise ConcurrentUpdateError(
-                    f"{job.where} changed while it was being {job.doing}; nothing was committed, run again"
-                )
-            if job.before_replace_check is not None:
-                job.before_replace_check(job.where)
-            replacing = before_replace(
-                store,
-                job.rel,
-                job.attributes,
-                job.cache,
-                job.dataset.name,
-                job.partition,
-                expected,
-                job.operation,
-                dataset_root=job.dataset_root,
-            )
+            replacing = checked_for_commit(job, original, expected, "committed")
             entry = None
             if self.ledger is not None:  # never launder a replaced file; the new file's entry staged first
                 self.ledger.ledger.check_file(self.ledger.dataset, self.ledger.partition, job.rel, job.attributes)
-                entry = entry_of(store, temp, self.ledger.dataset, self.ledger.attributes)
+                # the cell digests the verification took from the written bytes, when it took them all
+                entry = entry_of(store, temp, self.ledger.dataset, self.ledger.attributes, job.verified_cells)
                 self.ledger.ledger.stage(self.ledger.dataset.name, self.ledger.partition, new, entry)
             self._publish(store, temp, new, job.rel)
             store.hold_published(temp, new)  # its run's flock until committed: never swept as a dead run's

@@ -8,13 +8,13 @@ not rewritten), and records each partition in the request's progress (`fieldcryp
 request open, a partition is a no-op. Ranges of partitions per run, like the other assets (assets/ranged.py).
 """
 
-from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 
-from assets.ranged import OncePerRun, PartitionDone, ranged_asset, report_partitions, run_dataset_partitions
 from assets.scope import WorkspaceScope
-from fieldcrypt import ThrottledError
+from assets.workspace_partitions import workspace_partitions_asset
+from fieldcrypt import Workspace
 from fieldcrypt.policy.layout import DatasetLayout, partition_label
 
 
@@ -27,9 +27,26 @@ def erased_rows(
 ) -> dg.AssetsDefinition:
     dataset = layout.name
 
-    @ranged_asset(
+    def erase(workspace: Workspace, partition: str | None) -> dict[str, Any]:
+        report = workspace.erase_partition(dataset, partition)
+        return {
+            "partition": partition_label(partition),
+            "files": report.files,
+            "files_rewritten": report.files_rewritten,
+            "files_skipped_by_statistics": report.files_skipped_by_statistics,
+            "rows_matched": report.rows_matched,
+            "cells_erased": report.cells,
+            "rewrite_path": report.rewrite_path or "(not rewritten)",  # splice or full (docs/FORMAT.md)
+            "summary_files_removed": dg.MetadataValue.json(report.summary_files_removed),
+            **{f"cells_erased.{name}": count for name, count in report.cells_erased.items()},
+        }
+
+    return workspace_partitions_asset(
         scope,
         partitions_def,
+        action="erasing",
+        dataset=dataset,
+        work=erase,
         name=erasure_asset_name(dataset),
         description=(
             f"The {dataset} snapshot without the rows' cells that erasure requests name. Materializing a partition "
@@ -40,28 +57,3 @@ def erased_rows(
         deps=[scope.asset_key(f"protected_{dataset}")],
         group_name="erasure",
     )
-    def erase_partitions(context: dg.AssetExecutionContext) -> Iterator[dg.AssetCheckResult]:
-        actor = f"dagster:{context.run.run_id}"
-        fieldcrypt = scope.resource(context)
-        shared = OncePerRun(lambda: fieldcrypt.workspace(actor))  # one data-key cache for the run's partitions
-
-        def work(partition: str | None) -> PartitionDone:
-            report = shared.get().erase_partition(dataset, partition)
-            return PartitionDone(
-                {
-                    "partition": partition_label(partition),
-                    "files": report.files,
-                    "files_rewritten": report.files_rewritten,
-                    "files_skipped_by_statistics": report.files_skipped_by_statistics,
-                    "rows_matched": report.rows_matched,
-                    "cells_erased": report.cells,
-                    "rewrite_path": report.rewrite_path or "(not rewritten)",  # splice or full (docs/FORMAT.md)
-                    "summary_files_removed": dg.MetadataValue.json(report.summary_files_removed),
-                    **{f"cells_erased.{name}": count for name, count in report.cells_erased.items()},
-                }
-            )
-
-        outcomes = run_dataset_partitions(context, work)
-        yield from report_partitions(context, "erasing", dataset, outcomes, lambda exc: isinstance(exc, ThrottledError))
-
-    return erase_partitions

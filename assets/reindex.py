@@ -8,13 +8,13 @@ complete` proves none is left. With no re-index under way, a partition is a no-o
 Ranges of partitions per run, like the other assets (assets/ranged.py).
 """
 
-from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 
-from assets.ranged import OncePerRun, PartitionDone, ranged_asset, report_partitions, run_dataset_partitions
 from assets.scope import WorkspaceScope
-from fieldcrypt import ThrottledError
+from assets.workspace_partitions import workspace_partitions_asset
+from fieldcrypt import Workspace
 from fieldcrypt.policy.layout import DatasetLayout, partition_label
 
 
@@ -27,9 +27,25 @@ def reindexed_index(
 ) -> dg.AssetsDefinition:
     dataset = layout.name
 
-    @ranged_asset(
+    def reindex(workspace: Workspace, partition: str | None) -> dict[str, Any]:
+        report = workspace.reindex(dataset, partition)
+        return {
+            "partition": partition_label(partition),
+            "files": report.files,
+            "files_rewritten": report.files_rewritten,
+            "rewrite_path": report.rewrite_path or "(not rewritten)",  # splice or full (docs/FORMAT.md)
+            "rows": report.rows,
+            "summary_files_removed": dg.MetadataValue.json(report.summary_files_removed),
+            **{f"reindexed.{name}": count for name, count in report.reindexed.items()},
+            **{f"already_reindexed.{name}": count for name, count in report.already.items()},
+        }
+
+    return workspace_partitions_asset(
         scope,
         partitions_def,
+        action="re-indexing",
+        dataset=dataset,
+        work=reindex,
         name=reindex_asset_name(dataset),
         description=(
             f"Every blind index of the {dataset} snapshot under the current index key of its attribute. "
@@ -39,29 +55,3 @@ def reindexed_index(
         deps=[scope.asset_key(f"protected_{dataset}")],
         group_name="blind_index",
     )
-    def reindex_partitions(context: dg.AssetExecutionContext) -> Iterator[dg.AssetCheckResult]:
-        actor = f"dagster:{context.run.run_id}"
-        fieldcrypt = scope.resource(context)
-        shared = OncePerRun(lambda: fieldcrypt.workspace(actor))  # one data-key cache for the run's partitions
-
-        def work(partition: str | None) -> PartitionDone:
-            report = shared.get().reindex(dataset, partition)
-            return PartitionDone(
-                {
-                    "partition": partition_label(partition),
-                    "files": report.files,
-                    "files_rewritten": report.files_rewritten,
-                    "rewrite_path": report.rewrite_path or "(not rewritten)",  # splice or full (docs/FORMAT.md)
-                    "rows": report.rows,
-                    "summary_files_removed": dg.MetadataValue.json(report.summary_files_removed),
-                    **{f"reindexed.{name}": count for name, count in report.reindexed.items()},
-                    **{f"already_reindexed.{name}": count for name, count in report.already.items()},
-                }
-            )
-
-        outcomes = run_dataset_partitions(context, work)
-        yield from report_partitions(
-            context, "re-indexing", dataset, outcomes, lambda exc: isinstance(exc, ThrottledError)
-        )
-
-    return reindex_partitions

@@ -6,9 +6,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from fieldcrypt.catalog import Catalog
+from fieldcrypt.errors import ConfigError
 from fieldcrypt.policy.layout import DatasetLayout, Partitioning
 from fieldcrypt.policy.policy import DatasetSpec
 
@@ -89,3 +91,18 @@ def write_workspaces_catalog(path: Path, entries: dict[str, dict[str, Any]], def
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def catalog_error(tmp_path: Path, keystore_path: Path, declaration: dict[str, Any]) -> str:
+    """The ConfigError a catalog holding the one dataset `t` declared as `declaration` is refused with."""
+    declaration = {"ingested_at": "ingested_at", **declaration}
+    catalog = write_catalog(
+        tmp_path / "fieldcrypt.yaml",
+        "acme",
+        str(tmp_path / "lake"),
+        {"provider": "local", "keystore": str(keystore_path)},
+        {"t": declaration},
+    )
+    with pytest.raises(ConfigError) as raised:
+        Catalog.load(catalog, environ={}).workspace_config()
+    return str(raised.value)

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 from dagster._core.definitions.reconstruct import ReconstructableJob
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._daemon.backfill import execute_backfill_iteration
 
 from demo.sample_data import land_sample_lake
+from fieldcrypt.format.wrapped_key import WrappedKey
 from fieldcrypt.keys.keystore import Keystore
 from resources import FieldcryptResource
 from tests.catalogs import write_catalog
@@ -28,6 +30,7 @@ from tests.catalogs import write_catalog
 WORKSPACE = "acme"
 CODE_LOCATION_PACKAGES = ("assets", "resources", "pipelines")
 SHIPPED = Path(__file__).resolve().parents[1] / "fieldcrypt.yaml"
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 def past_day(days_ago: int) -> date:
@@ -170,3 +173,25 @@ def write_workspace_file(path: Path, location: str) -> Path:
         f"      location_name: {location}\n"
     )
     return path
+
+
+def apply_partition_requests(result: Any, instance: dg.DagsterInstance) -> None:
+    """What the sensor daemon does with a tick's dynamic partitions requests."""
+    for request in getattr(result, "dynamic_partitions_requests", None) or []:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+
+
+def driver_tick(defs: dg.Definitions, fieldcrypt: FieldcryptResource, instance: dg.DagsterInstance) -> Any:
+    """One tick of the rotation driver as the sensor daemon evaluates it: outside any partition loading context."""
+    sensor = defs.resolve_sensor_def(node("key_rotation_driver"))
+    with dg.build_sensor_context(instance=instance, resources=fieldcrypt.as_resources(), definitions=defs) as context:
+        return sensor.evaluate_tick(context)
+
+
+def wrapping_keys(table: pa.Table) -> set[str]:
+    """The master key of every wrapped data key stored in the table, as its own library reads it."""
+    return {WrappedKey.from_bytes(v).master_key_ref for v in table.column("email__fc_dek").to_pylist() if v}

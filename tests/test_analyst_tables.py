@@ -17,7 +17,7 @@ import pytest
 from fieldcrypt import InputError
 from fieldcrypt.analyst import scan_dataset
 from tests.policy_support import backdate_policy
-from tests.test_erase_tables import DAYS, ENABLED_AT, LATE, USERS, Lake, _delta, _iceberg, emails, users
+from tests.table_lakes import DAYS, ENABLED_AT, LATE, USERS, Lake, delta_lake, emails, iceberg_lake, users
 
 APPENDED = [USERS + 1, USERS + 2, USERS + 3]  # ingested like the first rows: odd ids after the enablement
 
@@ -27,7 +27,7 @@ def protected(request: pytest.FixtureRequest, tmp_path: Path, keystore_path: Pat
     """Email enabled (odd ids ingested after it, even ids historical), every partition protected, then an append
     to a protected partition and a new one, protected again: each partition's first files are removed from the
     table, still on disk."""
-    made: Callable[[Path, Path], Lake] = _delta if request.param == "delta" else _iceberg
+    made: Callable[[Path, Path], Lake] = delta_lake if request.param == "delta" else iceberg_lake
     lake = made(tmp_path, keystore_path)
     workspace = lake.workspace
     workspace.enable(f"{lake.dataset}.email", "email", acknowledge_irreversible=True)

@@ -14,7 +14,7 @@ from assets import build_assets
 from assets.partitions import table_partitions_name
 from pipelines.definitions import workspace_definitions
 from pipelines.observation import table_partitions_sensor
-from tests.test_delta_table import DATASETS, DAYS, TABLE, emails, users
+from tests.delta_tables import DATASETS, DAYS, TABLE, emails, users
 
 PARTITION = f"date={DAYS[0]}"
 

@@ -14,7 +14,7 @@ from assets import build_assets
 from assets.partitions import table_partitions_name
 from pipelines.definitions import workspace_definitions
 from pipelines.observation import table_partitions_sensor
-from tests.test_iceberg_workspace import BY_DAY, DAYS, PARTITIONS, SCHEMA, users
+from tests.iceberg_tables import BY_DAY, DAYS, PARTITIONS, SCHEMA, users
 
 
 def test_an_iceberg_partition_is_materialized_from_the_partitions_of_its_table(

@@ -21,23 +21,29 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from dagster_support import catalog_fieldcrypt, node
+from dagster_support import (
+    RANGE_END,
+    RANGE_START,
+    apply_partition_requests,
+    catalog_fieldcrypt,
+    driver_tick,
+    node,
+    wrapping_keys,
+)
 from deltalake import DeltaTable, write_deltalake
 from pyiceberg.catalog.sql import SqlCatalog
 
 from assets import build_assets
 from assets.rotation import rotation_partition_key
-from fieldcrypt.format.wrapped_key import WrappedKey
 from pipelines.erasure import record_erasure_request_job
 from pipelines.observation import table_partitions_sensor
 from resources import FieldcryptResource
+from tests.iceberg_tables import BY_DAY, SCHEMA
+from tests.table_lakes import DAYS, LATE, USERS, as_delta
+from tests.table_lakes import users as iceberg_users
 from tests.test_dagster_rotation import launch, start_campaign, workspace_defs
-from tests.test_erase_tables import DAYS, LATE, USERS
-from tests.test_erase_tables import users as iceberg_users
-from tests.test_iceberg_workspace import BY_DAY, SCHEMA
 
 ERASED = [3, 4, 7, 150]
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 @dataclass
@@ -50,11 +56,6 @@ class TableLake:
     read: Callable[[], pa.Table]
     append: Callable[[pa.Table], None]
     operations: Callable[[], list[tuple[str, str]]]  # fieldcrypt's commits, oldest first: (operation, partition)
-
-
-def as_delta(table: pa.Table) -> pa.Table:
-    days = pc.strftime(table.column("event_date"), format="%Y-%m-%d")
-    return table.drop_columns(["event_date"]).append_column("date", days)
 
 
 def delta_lake(tmp_path: Path, key: dict[str, Any]) -> TableLake:
@@ -122,33 +123,11 @@ def table_lake(request: pytest.FixtureRequest, tmp_path: Path, keystore_path: Pa
     return made
 
 
-def apply_partition_requests(result: Any, instance: dg.DagsterInstance) -> None:
-    """What the sensor daemon does with a tick's dynamic partitions requests."""
-    for request in getattr(result, "dynamic_partitions_requests", None) or []:
-        if isinstance(request, dg.AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        else:
-            for key in request.partition_keys:
-                instance.delete_dynamic_partition(request.partitions_def_name, key)
-
-
 def sync_table_partitions(lake: TableLake, instance: dg.DagsterInstance) -> None:
     sensor = table_partitions_sensor(build_assets(lake.fieldcrypt.config()))
     assert sensor is not None
     with dg.build_sensor_context(instance=instance, resources=lake.fieldcrypt.as_resources()) as context:
         apply_partition_requests(sensor.evaluate_tick(context), instance)
-
-
-def driver_tick(defs: dg.Definitions, fieldcrypt: FieldcryptResource, instance: dg.DagsterInstance) -> Any:
-    """One tick of the rotation driver as the sensor daemon evaluates it: outside any partition loading context."""
-    sensor = defs.resolve_sensor_def(node("key_rotation_driver"))
-    with dg.build_sensor_context(instance=instance, resources=fieldcrypt.as_resources(), definitions=defs) as context:
-        return sensor.evaluate_tick(context)
-
-
-def wrapping_keys(table: pa.Table) -> set[str]:
-    """The master key of every wrapped data key stored in the table, as its own library reads it."""
-    return {WrappedKey.from_bytes(v).master_key_ref for v in table.column("email__fc_dek").to_pylist() if v}
 
 
 def test_the_rotation_driver_rotates_every_table_partition_through_table_commits_then_completes(

@@ -19,7 +19,16 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from dagster_support import asset_key, catalog_fieldcrypt, node
+from dagster_support import (
+    RANGE_END,
+    RANGE_START,
+    apply_partition_requests,
+    asset_key,
+    catalog_fieldcrypt,
+    driver_tick,
+    node,
+    wrapping_keys,
+)
 from deltalake import DeltaTable, write_deltalake
 from pyiceberg.catalog.sql import SqlCatalog
 
@@ -30,19 +39,12 @@ from fieldcrypt.policy.layout import UNPARTITIONED
 from pipelines.erasure import record_erasure_request_job
 from pipelines.observation import landed_observation_sensor, table_partitions_sensor
 from resources import FieldcryptResource
+from tests.iceberg_tables import SCHEMA
+from tests.table_lakes import DAYS, UNTOUCHED, USERS, as_delta
+from tests.table_lakes import users as iceberg_users
 from tests.test_dagster_rotation import launch, start_campaign, workspace_defs
-from tests.test_dagster_tables import (
-    ERASED,
-    RANGE_END,
-    RANGE_START,
-    apply_partition_requests,
-    as_delta,
-    driver_tick,
-    wrapping_keys,
-)
-from tests.test_erase_tables import DAYS, UNTOUCHED, USERS
-from tests.test_erase_tables import users as iceberg_users
-from tests.test_iceberg_workspace import SCHEMA
+
+ERASED = [3, 4, 7, 150]
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +22,12 @@ from deltalake import DeltaTable, write_deltalake
 from fieldcrypt import InputError, Workspace
 from fieldcrypt.catalog import Catalog
 from fieldcrypt.cli import run
-from fieldcrypt.errors import ConcurrentUpdateError, ConfigError
+from fieldcrypt.errors import ConcurrentUpdateError
 from fieldcrypt.lake.tables.base import TableSource
 from fieldcrypt.lake.tables.delta import DeltaTableFormat
-from tests.catalogs import write_catalog
+from tests.catalogs import catalog_error, write_catalog
+from tests.delta_tables import DATASETS, DAYS, TABLE, UNTOUCHED, between_plan_and_commit, emails, users
 from tests.plaintext_scan import scan
-
-TABLE = "warehouse/users"
-DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
-UNTOUCHED = ["user_id", "plan", "ingested_at", "date"]
-DATASETS = {"users_delta": {"kind": "delta", "path": TABLE, "ingested_at": "ingested_at", "primary_key": "user_id"}}
-
-
-def users(first: int, count: int, days: list[str]) -> pa.Table:
-    ids = list(range(first, first + count))
-    return pa.table(
-        {
-            "user_id": pa.array(ids, pa.int64()),
-            "email": [f"person{i}.secret@example.com" for i in ids],
-            "plan": [("free", "pro", "team")[i % 3] for i in ids],
-            "ingested_at": pa.array([datetime(2026, 11, 1, 12, tzinfo=UTC)] * len(ids), pa.timestamp("us", tz="UTC")),
-            "date": [days[i % len(days)] for i in ids],
-        }
-    )
-
-
-def emails(table: pa.Table) -> list[str]:
-    return [str(value) for value in table.column("email").to_pylist()]
 
 
 @pytest.fixture
@@ -164,25 +142,13 @@ def test_a_delta_table_is_protected_through_its_own_commits_and_purged(
     assert sum(sum(workspace.verify("users_delta", p).values()) for p in workspace.partitions("users_delta")) == 340
 
 
-def _between_plan_and_commit(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
-    """Run `action` (a real delta-rs write by another writer) at the one moment a test cannot reach otherwise:
-    after fieldcrypt planned the partition from its snapshot and wrote its files, right before its commit."""
-    original = DeltaTableFormat.prepare_columns
-
-    def prepare(self: DeltaTableFormat, fields: Any, protected: Any) -> None:
-        action()
-        original(self, fields, protected)
-
-    monkeypatch.setattr(DeltaTableFormat, "prepare_columns", prepare)
-
-
 def test_an_append_between_plan_and_commit_is_kept_by_the_retried_commit(
     workspace: Workspace, lake: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     workspace.enable("users_delta.email", "email", acknowledge_irreversible=True)
     workspace.encrypt_history("users_delta.email", acknowledge_irreversible=True)
     appended = users(1000, 12, DAYS[:1])
-    _between_plan_and_commit(
+    between_plan_and_commit(
         monkeypatch, lambda: write_deltalake(str(lake / TABLE), appended, mode="append", schema_mode="merge")
     )
 
@@ -203,7 +169,7 @@ def test_a_file_removed_by_another_writer_before_the_commit_is_refused_by_name_a
 ) -> None:
     workspace.enable("users_delta.email", "email", acknowledge_irreversible=True)
     workspace.encrypt_history("users_delta.email", acknowledge_irreversible=True)
-    _between_plan_and_commit(monkeypatch, lambda: DeltaTable(str(lake / TABLE)).delete("user_id = 3"))
+    between_plan_and_commit(monkeypatch, lambda: DeltaTable(str(lake / TABLE)).delete("user_id = 3"))
 
     with pytest.raises(ConcurrentUpdateError, match="was removed from the Delta table by another writer"):
         workspace.protect("users_delta", "date=2026-11-01")
@@ -278,20 +244,6 @@ def test_a_table_fieldcrypt_cannot_write_is_refused_by_name_and_left_as_it_was(
     assert {p: p.read_bytes() for p in (lake / TABLE).rglob("*") if p.is_file()} == before
 
 
-def _catalog_error(tmp_path: Path, keystore_path: Path, declaration: dict[str, Any]) -> str:
-    declaration = {"ingested_at": "ingested_at", **declaration}
-    catalog = write_catalog(
-        tmp_path / "fieldcrypt.yaml",
-        "acme",
-        str(tmp_path / "lake"),
-        {"provider": "local", "keystore": str(keystore_path)},
-        {"t": declaration},
-    )
-    with pytest.raises(ConfigError) as raised:
-        Catalog.load(catalog, environ={}).workspace_config()
-    return str(raised.value)
-
-
 @pytest.mark.parametrize(
     ("declaration", "message"),
     [
@@ -311,7 +263,7 @@ def _catalog_error(tmp_path: Path, keystore_path: Path, declaration: dict[str, A
 def test_the_catalog_refuses_a_table_declaration_by_name(
     tmp_path: Path, keystore_path: Path, declaration: dict[str, Any], message: str
 ) -> None:
-    assert message in _catalog_error(tmp_path, keystore_path, declaration)
+    assert message in catalog_error(tmp_path, keystore_path, declaration)
 
 
 def test_the_catalog_declares_delta_by_uri_and_iceberg_with_paths_resolved_against_the_catalog_file(
@@ -369,7 +321,7 @@ def test_a_vacuum_that_deleted_the_new_files_before_the_commit_is_refused_by_nam
     workspace.enable("users_delta.email", "email", acknowledge_irreversible=True)
     workspace.encrypt_history("users_delta.email", acknowledge_irreversible=True)
     before = read(lake)
-    _between_plan_and_commit(
+    between_plan_and_commit(
         monkeypatch,
         lambda: DeltaTable(str(lake / TABLE)).vacuum(
             retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True

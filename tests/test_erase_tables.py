@@ -13,136 +13,26 @@ while the other rows' historical plaintext (still live in the table) is found.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from deltalake import DeltaTable, write_deltalake
-from pyiceberg.catalog.sql import SqlCatalog
 
-from fieldcrypt import ConcurrentUpdateError, Workspace
-from fieldcrypt.catalog import Catalog
+from fieldcrypt import ConcurrentUpdateError
 from fieldcrypt.cli import run
-from tests.catalogs import write_catalog
 from tests.plaintext_scan import scan
 from tests.policy_support import backdate_policy
-from tests.test_iceberg_workspace import BY_DAY, SCHEMA
+from tests.table_lakes import DAYS, ENABLED_AT, LATE, UNTOUCHED, USERS, Lake, delta_lake, emails, iceberg_lake, users
 
-DAYS = [date(2026, 11, 1) + timedelta(days=d) for d in range(3)]
-LATE = DAYS[-1] + timedelta(days=1)
-ENABLED_AT = datetime(2026, 11, 2, 12, tzinfo=UTC)  # even ids ingested before it (historical), odd ids after
-USERS = 300
 ERASED = [3, 4, 7, 150, 298]  # ids % 3: days 0 and 1 only; 3 and 7 protected, 4, 150 and 298 historical
 ERASED_COLUMNS = ["email", "email__fc_ct", "email__fc_dek", "email__fc_bidx"]
-UNTOUCHED = ["user_id", "plan", "ingested_at"]
 NEW = [USERS + 1, USERS + 3]  # landed later, after the enablement (odd ids)
-
-
-def users(ids: list[int], days: list[date]) -> pa.Table:
-    before, after = datetime(2026, 11, 1, 12, tzinfo=UTC), datetime(2026, 11, 3, 12, tzinfo=UTC)
-    return pa.table(
-        {
-            "user_id": pa.array(ids, pa.int64()),
-            "email": [f"person{i:04d}.secret@example.com" for i in ids],
-            "plan": [("free", "pro", "team")[i % 3] for i in ids],
-            "ingested_at": pa.array([after if i % 2 else before for i in ids], pa.timestamp("us", tz="UTC")),
-            "event_date": [days[i % len(days)] for i in ids],
-        }
-    )
-
-
-def emails(ids: list[int]) -> list[str]:
-    """Each email, and its first 16 characters (what Iceberg's default metrics keep as a bound)."""
-    values = [f"person{i:04d}.secret@example.com" for i in ids]
-    return values + [v[:16] for v in values]
-
-
-@dataclass
-class Lake:
-    """One table kind: its dataset, how its own library reads it, appends to it and lists fieldcrypt's commits."""
-
-    dataset: str
-    location: Path
-    partition: Callable[[date], str]
-    read: Callable[[], pa.Table]
-    append: Callable[[pa.Table], None]
-    operations: Callable[[], list[tuple[str, str]]]  # fieldcrypt's commits, oldest first: (operation, partition)
-    workspace: Workspace
-
-
-def _workspace(tmp_path: Path, lake: Path, keystore: Path, datasets: dict[str, object]) -> Workspace:
-    catalog = write_catalog(
-        tmp_path / "fieldcrypt.yaml", "acme", str(lake), {"provider": "local", "keystore": str(keystore)}, datasets
-    )
-    return Workspace(Catalog.load(catalog, environ={}).workspace_config(), actor="test")
-
-
-def _delta(tmp_path: Path, keystore: Path) -> Lake:
-    lake = tmp_path / "lake"
-    location = lake / "warehouse" / "users"
-
-    def as_delta(table: pa.Table) -> pa.Table:
-        days = pc.strftime(table.column("event_date"), format="%Y-%m-%d")
-        return table.drop_columns(["event_date"]).append_column("date", days)
-
-    def operations() -> list[tuple[str, str]]:
-        history = reversed(DeltaTable(str(location)).history())
-        ours = [e["fieldcrypt"] for e in history if "fieldcrypt" in e]
-        return [(e["fieldcrypt.operation"], e["fieldcrypt.partition"]) for e in ours]
-
-    write_deltalake(str(location), as_delta(users(list(range(USERS)), DAYS)), partition_by=["date"])
-    declared = {"kind": "delta", "path": "warehouse/users", "ingested_at": "ingested_at", "primary_key": "user_id"}
-    return Lake(
-        "users_delta",
-        location,
-        lambda day: f"date={day.isoformat()}",
-        lambda: DeltaTable(str(location)).to_pyarrow_table().sort_by("user_id"),
-        lambda table: write_deltalake(str(location), as_delta(table), mode="append", schema_mode="merge"),
-        operations,
-        _workspace(tmp_path, lake, keystore, {"users_delta": declared}),
-    )
-
-
-def _iceberg(tmp_path: Path, keystore: Path) -> Lake:
-    lake = tmp_path / "lake"
-    (lake / "warehouse").mkdir(parents=True)
-    properties = {"type": "sql", "uri": f"sqlite:///{tmp_path}/iceberg.db", "warehouse": f"file://{lake}/warehouse"}
-    catalog = SqlCatalog("default", **properties)
-    catalog.create_namespace("shop")
-    table = catalog.create_table("shop.users", schema=SCHEMA, partition_spec=BY_DAY)
-    table.append(users(list(range(USERS)), DAYS))
-
-    def operations() -> list[tuple[str, str]]:
-        snapshots = sorted(table.refresh().snapshots(), key=lambda s: s.sequence_number or 0)
-        ours = [s.summary for s in snapshots if s.summary is not None and s.summary["fieldcrypt.operation"]]
-        return [(str(s["fieldcrypt.operation"]), str(s["fieldcrypt.partition"])) for s in ours]
-
-    declared = {
-        "kind": "iceberg",
-        "table": "shop.users",
-        "path": "warehouse/shop/users",
-        "iceberg_catalog": properties,
-        "ingested_at": "ingested_at",
-        "primary_key": "user_id",
-    }
-    return Lake(
-        "users_ice",
-        lake / "warehouse" / "shop" / "users",
-        lambda day: f"event_date_day={day.isoformat()}",
-        lambda: table.refresh().scan().to_arrow().sort_by("user_id"),
-        lambda rows: table.refresh().append(rows),
-        operations,
-        _workspace(tmp_path, lake, keystore, {"users_ice": declared}),
-    )
 
 
 @pytest.fixture(params=["delta", "iceberg"])
 def lake(request: pytest.FixtureRequest, tmp_path: Path, keystore_path: Path) -> Lake:
-    made = _delta(tmp_path, keystore_path) if request.param == "delta" else _iceberg(tmp_path, keystore_path)
+    made = delta_lake(tmp_path, keystore_path) if request.param == "delta" else iceberg_lake(tmp_path, keystore_path)
     workspace = made.workspace
     workspace.enable(f"{made.dataset}.email", "email", acknowledge_irreversible=True, blind_index=True)
     backdate_policy(workspace, ENABLED_AT)

@@ -5,7 +5,7 @@ warehouse under the lake's `s3://` prefix, its FileIO given the S3 endpoint. fie
 declares the same catalog without any S3 setting: fieldcrypt gives pyiceberg's FileIO the workspace's
 `s3_endpoint_url` and `region` (fieldcrypt.lake.tables.iceberg.file_io_properties); credentials come from the
 environment only. The moto server runs in a process of its own, as for the Delta table on S3
-(tests/test_delta_s3.py says why).
+(tests/moto_process.py says why).
 """
 
 from __future__ import annotations
@@ -26,22 +26,21 @@ from fieldcrypt.errors import ConcurrentUpdateError, ConfigError
 from fieldcrypt.lake.store import LakeStore
 from fieldcrypt.lake.tables.iceberg import file_io_properties
 from fieldcrypt.lake.tables.iceberg_table import IcebergCatalogConfig
-from tests.catalogs import write_catalog
-from tests.plaintext_scan import scan
-from tests.test_delta_s3 import BUCKET, download  # the bucket its `moto` fixture creates
-from tests.test_delta_s3 import moto as moto  # the fixtures: a moto server in a process of its own
-from tests.test_delta_s3 import moto_process as moto_process
-from tests.test_delta_table import _catalog_error
-from tests.test_iceberg_workspace import (
+from tests.catalogs import catalog_error, write_catalog
+from tests.iceberg_tables import (
     BY_DAY,
     DAYS,
     PARTITIONS,
     SCHEMA,
     UNTOUCHED,
-    _between_plan_and_commit,
+    between_plan_and_commit,
     plaintexts,
     users,
 )
+from tests.moto_process import BUCKET, download  # the bucket its `moto` fixture creates
+from tests.moto_process import moto as moto  # the fixtures: a moto server in a process of its own
+from tests.moto_process import moto_process as moto_process
+from tests.plaintext_scan import scan
 
 PREFIX = "lake"
 REGION = "us-east-1"
@@ -134,7 +133,7 @@ def test_s3_credentials_in_the_iceberg_catalog_declaration_are_refused_by_name(
         "table": "shop.users",
         "iceberg_catalog": {"type": "sql", "uri": "sqlite:///c.db", key: "x"},
     }
-    said = _catalog_error(tmp_path, keystore_path, declaration)
+    said = catalog_error(tmp_path, keystore_path, declaration)
     assert f"{key}: credentials are read from the environment" in said
     with pytest.raises(ConfigError, match=f"{key} is a secret and cannot be in the catalog file"):
         IcebergCatalogConfig("default", {"type": "sql", "uri": "sqlite:///c.db", key: "x"})  # the lake's own check
@@ -203,7 +202,7 @@ def test_an_append_committed_on_s3_while_fieldcrypt_commits_is_kept(
     workspace.enable("users_ice.email", "email", acknowledge_irreversible=True)
     workspace.encrypt_history("users_ice.email", acknowledge_irreversible=True)
     appended = users(1000, 12, DAYS[:1])
-    _between_plan_and_commit(monkeypatch, lambda: table.refresh().append(appended))
+    between_plan_and_commit(monkeypatch, lambda: table.refresh().append(appended))
 
     assert workspace.protect("users_ice", PARTITIONS[0]).newly_encrypted == 100  # the planned files
 
@@ -221,7 +220,7 @@ def test_a_file_replaced_on_s3_before_the_commit_is_refused_by_name_and_its_new_
 ) -> None:
     workspace.enable("users_ice.email", "email", acknowledge_irreversible=True)
     workspace.encrypt_history("users_ice.email", acknowledge_irreversible=True)
-    _between_plan_and_commit(monkeypatch, lambda: table.refresh().delete("user_id = 3"))  # copy-on-write
+    between_plan_and_commit(monkeypatch, lambda: table.refresh().delete("user_id = 3"))  # copy-on-write
 
     with pytest.raises(ConcurrentUpdateError, match="is no longer in iceberg table shop.users"):
         workspace.protect("users_ice", PARTITIONS[0])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,50 +22,26 @@ import pyarrow.parquet as pq
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
-from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
-from pyiceberg.transforms import DayTransform
-from pyiceberg.types import DateType, LongType, NestedField, StringType, StructType, TimestamptzType
+from pyiceberg.types import LongType, NestedField, StringType, StructType, TimestamptzType
 
 from fieldcrypt import InputError, Workspace
 from fieldcrypt.catalog import Catalog
 from fieldcrypt.cli import run
 from fieldcrypt.errors import ConcurrentUpdateError
-from fieldcrypt.lake.tables.iceberg import IcebergTableFormat
 from tests.catalogs import write_catalog
-from tests.plaintext_scan import scan
-
-DAYS = [date(2026, 11, 1) + timedelta(days=d) for d in range(3)]
-PARTITIONS = [f"event_date_day={day.isoformat()}" for day in DAYS]
-UNTOUCHED = ["user_id", "plan", "ingested_at", "event_date"]
-SCHEMA = Schema(
-    NestedField(1, "user_id", LongType(), required=False),
-    NestedField(2, "email", StringType(), required=False),
-    NestedField(3, "plan", StringType(), required=False),
-    NestedField(4, "ingested_at", TimestamptzType(), required=False),
-    NestedField(5, "event_date", DateType(), required=False),
+from tests.iceberg_tables import (
+    BY_DAY,
+    DAYS,
+    PARTITIONS,
+    SCHEMA,
+    UNTOUCHED,
+    between_plan_and_commit,
+    plaintexts,
+    users,
 )
-BY_DAY = PartitionSpec(PartitionField(source_id=5, field_id=1000, transform=DayTransform(), name="event_date_day"))
-
-
-def users(first: int, count: int, days: list[date]) -> pa.Table:
-    ids = list(range(first, first + count))
-    return pa.table(
-        {
-            "user_id": pa.array(ids, pa.int64()),
-            "email": [f"person{i:04d}.secret@example.com" for i in ids],
-            "plan": [("free", "pro", "team")[i % 3] for i in ids],
-            "ingested_at": pa.array([datetime(2026, 11, 1, 12, tzinfo=UTC)] * len(ids), pa.timestamp("us", tz="UTC")),
-            "event_date": [days[i % len(days)] for i in ids],
-        }
-    )
-
-
-def plaintexts(count: int) -> list[str]:
-    """Every email, and its first 16 characters: what Iceberg's default metrics (`truncate(16)`) keep."""
-    values = [str(v) for v in users(0, count, DAYS).column("email").to_pylist()]
-    return values + [v[:16] for v in values]
+from tests.plaintext_scan import scan
 
 
 @pytest.fixture
@@ -202,25 +178,13 @@ def test_an_iceberg_table_is_protected_through_its_own_snapshots_and_purged(
     assert sum(sum(workspace.verify("users_ice", p).values()) for p in PARTITIONS) == 340
 
 
-def _between_plan_and_commit(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
-    """Run `action` (a real pyiceberg commit by another writer) at the one moment a test cannot reach otherwise:
-    after fieldcrypt planned the partition from its snapshot and wrote its files, right before its commit."""
-    original = IcebergTableFormat.prepare_columns
-
-    def prepare(self: IcebergTableFormat, fields: Any, protected: Any) -> None:
-        action()
-        original(self, fields, protected)
-
-    monkeypatch.setattr(IcebergTableFormat, "prepare_columns", prepare)
-
-
 def test_an_append_between_plan_and_commit_is_kept(
     workspace: Workspace, table: Table, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     workspace.enable("users_ice.email", "email", acknowledge_irreversible=True)
     workspace.encrypt_history("users_ice.email", acknowledge_irreversible=True)
     appended = users(1000, 12, DAYS[:1])
-    _between_plan_and_commit(monkeypatch, lambda: table.refresh().append(appended))
+    between_plan_and_commit(monkeypatch, lambda: table.refresh().append(appended))
 
     assert workspace.protect("users_ice", PARTITIONS[0]).newly_encrypted == 100  # the planned files
     after = read(table)
@@ -237,7 +201,7 @@ def test_a_file_replaced_by_another_writer_before_the_commit_is_refused_by_name_
 ) -> None:
     workspace.enable("users_ice.email", "email", acknowledge_irreversible=True)
     workspace.encrypt_history("users_ice.email", acknowledge_irreversible=True)
-    _between_plan_and_commit(monkeypatch, lambda: table.refresh().delete("user_id = 3"))  # copy-on-write
+    between_plan_and_commit(monkeypatch, lambda: table.refresh().delete("user_id = 3"))  # copy-on-write
 
     with pytest.raises(ConcurrentUpdateError, match="is no longer in iceberg table shop.users"):
         workspace.protect("users_ice", PARTITIONS[0])

@@ -33,12 +33,12 @@ from fieldcrypt.errors import IntegrityError
 from fieldcrypt.lake.tables.base import NEW_FILE_PREFIX
 from fieldcrypt.policy.ledger import Ledger, LedgerError
 from tests.catalogs import write_catalog
-from tests.test_delta_table import DATASETS, DAYS, TABLE, UNTOUCHED, emails, users
-from tests.test_iceberg_workspace import BY_DAY, PARTITIONS
-from tests.test_iceberg_workspace import DAYS as ICE_DAYS
-from tests.test_iceberg_workspace import SCHEMA as ICE_SCHEMA
-from tests.test_iceberg_workspace import UNTOUCHED as ICE_UNTOUCHED
-from tests.test_iceberg_workspace import users as ice_users
+from tests.delta_tables import DATASETS, DAYS, TABLE, UNTOUCHED, emails, users
+from tests.iceberg_tables import BY_DAY, PARTITIONS
+from tests.iceberg_tables import DAYS as ICE_DAYS
+from tests.iceberg_tables import SCHEMA as ICE_SCHEMA
+from tests.iceberg_tables import UNTOUCHED as ICE_UNTOUCHED
+from tests.iceberg_tables import users as ice_users
 
 REPO = Path(fieldcrypt.__file__).resolve().parents[1]
 PARTITION = f"date={DAYS[0]}"

@@ -322,8 +322,13 @@ def chosen_path(store: LakeStore, rel: str, forced: str | None = None) -> str:
     return SPLICE
 
 
-def _prove_splice(job: FileJob, source: pq.ParquetFile, written: pq.ParquetFile, out: Output) -> None:
-    """Row counts and schema as intended, and every copied chunk where the footer says and identical."""
+def _prove_splice(
+    job: FileJob, original: FileVersion, source: pq.ParquetFile, written: pq.ParquetFile, out: Output
+) -> None:
+    """Row counts and schema as intended, and every copied chunk where the footer says and identical.
+
+    The copies are compared with the original as it is now: one replaced meanwhile (another run) is a
+    ConcurrentUpdateError, as the commit's compare-and-swap would say, not a verification failure."""
     assert out.splice is not None and out.schema is not None
     where = job.where
     if written.metadata.num_rows != source.metadata.num_rows or written.num_row_groups != source.num_row_groups:
@@ -337,9 +342,15 @@ def _prove_splice(job: FileJob, source: pq.ParquetFile, written: pq.ParquetFile,
         parsed = out.splice.source_layout  # the footer the splice parsed, read through this handle
         try:
             origin = before if parsed is None else parsed.over(before)
-        except InputError as exc:
-            raise VerificationError(f"{where}: the original changed while it was being spliced: {exc}") from None
-        prove_copied(origin, after, out.splice.copied, out.splice.copied_sha256)
+            prove_copied(origin, after, out.splice.copied, out.splice.copied_sha256)
+        except (InputError, VerificationError) as exc:
+            if job.store.version(job.rel) != original:
+                raise ConcurrentUpdateError(
+                    f"{where} changed while it was being {job.doing}; nothing was replaced, run again"
+                ) from None
+            if isinstance(exc, InputError):
+                raise VerificationError(f"{where}: the original changed while it was being spliced: {exc}") from None
+            raise
 
 
 def rewrite_file(
@@ -372,7 +383,7 @@ def rewrite_file(
                 outcome = write(source, out)
             with open_parquet(store, temp) as written:
                 if out.path == SPLICE:
-                    _prove_splice(job, source, written, out)
+                    _prove_splice(job, original, source, written, out)
                 if job.ledger is not None:
                     out.cells = job.ledger.digester(written.schema_arrow.names, job.where)
                 try:
